@@ -1,0 +1,3 @@
+from modelfoundry.cli import main
+
+main()

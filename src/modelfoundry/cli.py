@@ -1,0 +1,193 @@
+"""`foundry` — the command line. Thin: parse, call one function, print.
+
+Mistakes a user can fix (UserError) print one message and exit with status 2; bugs keep their traceback.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelfoundry.errors import UserError
+
+app = typer.Typer(help="modelfoundry: data -> trained, evaluated, packaged model.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+runs_app = typer.Typer(help="The run registry.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+# Piped output (CI logs, files) gets wide lines instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+@app.command()
+def init(task: Annotated[str, typer.Option(help="image_classification or tabular_classification")] = "image_classification",
+         output: Annotated[Path, typer.Option("--output", "-o", help="where to write the config")] = Path("config.yaml"),
+         force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False) -> None:
+    """Write a commented starter config."""
+    from modelfoundry.starter import starter_config
+
+    if output.exists() and not force:
+        raise UserError(f"{output} exists; pass --force to overwrite it or --output to write elsewhere.")
+    output.write_text(starter_config(task))
+    out.print(f"wrote {output}; train with: foundry train {output}")
+
+
+@app.command()
+def train(config: Annotated[Path, typer.Argument(help="YAML config")],
+          set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=5")] = None,
+          run_dir: Annotated[Optional[Path], typer.Option(help="folder of the run (default runs/<run-id>)")] = None,
+          resume: Annotated[bool, typer.Option(help="continue the run in --run-dir from its last checkpoint")] = False,
+          ) -> None:
+    """Train, evaluate and package a model."""
+    from modelfoundry.runner import train as run_training
+
+    run = run_training(config, set_ or [], run_dir, resume, console=err)
+    test = run.metrics.get("test") or run.metrics.get("val") or {}
+    table = Table(title=f"run {run.id}", show_header=False)
+    for key in ("accuracy", "f1_macro", "roc_auc", "ece"):
+        if key in test:
+            table.add_row(f"test {key}" if "test" in run.metrics else f"val {key}", f"{test[key]:.4f}")
+    table.add_row("best epoch", f"{run.metrics['best_epoch']} of {run.metrics['epochs_run']}")
+    out.print(table)
+    out.print(f"model:  {run.path / 'model'}\nreport: {run.path / 'report.html'}", highlight=False)
+
+
+@app.command()
+def evaluate(run: Annotated[str, typer.Argument(help="run id or folder")],
+             data: Annotated[Optional[Path], typer.Option(help="labelled data: a CSV/Parquet/JSONL file or an image folder")] = None,
+             ) -> None:
+    """Evaluate a packaged model on new labelled data (without --data: show the run's test metrics)."""
+    from modelfoundry.runner import evaluate as run_evaluation
+    from modelfoundry.store.registry import resolve_run
+
+    path = resolve_run(run)
+    if data is None:
+        metrics_file = path / "metrics.json"
+        if not metrics_file.is_file():
+            raise UserError(f"{path}: no metrics.json; the run has not finished.")
+        metrics, where = json.loads(metrics_file.read_text()), path
+    else:
+        metrics, where = run_evaluation(path, data)
+    _print_metrics(metrics)
+    out.print(f"report: {where / 'report.html'}", highlight=False)
+
+
+@app.command()
+def predict(run: Annotated[str, typer.Argument(help="run id or folder")],
+            inputs: Annotated[list[str], typer.Argument(help="image files or folders, or one CSV/Parquet/JSONL file")],
+            output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write predictions as CSV")] = None,
+            top_k: Annotated[int, typer.Option(min=1, help="probabilities of the k most likely labels")] = 1) -> None:
+    """Predict labels for new inputs."""
+    import pandas as pd
+
+    from modelfoundry.predictor import expand_images, load, read_rows
+    from modelfoundry.store.registry import resolve_run
+
+    predictor = load(resolve_run(run))
+    if predictor.spec["preprocessing"]["kind"] == "table":
+        if len(inputs) != 1:
+            raise UserError("predict: a table model takes one CSV/Parquet/JSONL file.")
+        items = read_rows(inputs[0])
+        names = [str(i + 1) for i in range(len(items))]
+    else:
+        items = expand_images(inputs)
+        names = [str(p) for p in items]
+    probabilities = predictor.predict_proba(items)
+    top = probabilities.argsort(1)[:, ::-1][:, :top_k]
+    rows = [{"input": name, "label": predictor.labels[t[0]], "probability": round(float(p[t[0]]), 4),
+             **({"top_k": "; ".join(f"{predictor.labels[j]}={p[j]:.3f}" for j in t)} if top_k > 1 else {})}
+            for name, p, t in zip(names, probabilities, top)]
+    frame = pd.DataFrame(rows)
+    if output:
+        frame.to_csv(output, index=False)
+        out.print(f"wrote {len(frame)} predictions to {output}")
+    else:
+        out.print(frame.to_string(index=False), highlight=False)
+
+
+@runs_app.command("list")
+def runs_list(limit: Annotated[int, typer.Option(help="most recent N runs")] = 20) -> None:
+    """Runs, newest first."""
+    from modelfoundry.store.registry import Registry
+
+    table = Table("run", "task", "model", "status", "test acc", "test f1", "train s", "created")
+    for r in Registry().list(limit):
+        m = r.metrics or {}
+        table.add_row(r.id, r.task, r.model, r.status, _fmt(m.get("test_accuracy")), _fmt(m.get("test_f1_macro")),
+                      _fmt(r.train_seconds, ".1f"), f"{r.created_at:%Y-%m-%d %H:%M}")
+    out.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run: Annotated[str, typer.Argument(help="run id, id prefix or folder")]) -> None:
+    """Everything the registry knows about one run."""
+    from modelfoundry.store.registry import Registry, to_json
+
+    out.print_json(json.dumps(to_json(Registry().get(run))))
+
+
+@runs_app.command("compare")
+def runs_compare(runs: Annotated[list[str], typer.Argument(help="two or more run ids")]) -> None:
+    """Config differences and metrics side by side."""
+    from modelfoundry.store.registry import Registry
+
+    if len(runs) < 2:
+        raise UserError("runs compare: give at least two runs.")
+    records = [Registry().get(r) for r in runs]
+    table = Table("", *[r.id for r in records])
+    flat = [_flatten(r.config) for r in records]
+    for key in sorted(set().union(*flat)):
+        values = [str(f.get(key, "")) for f in flat]
+        if len(set(values)) > 1:
+            table.add_row(key, *values)
+    for key in sorted(set().union(*[(r.metrics or {}) for r in records])):
+        table.add_row(f"[bold]{key}", *[_fmt((r.metrics or {}).get(key)) for r in records])
+    table.add_row("[bold]train seconds", *[_fmt(r.train_seconds, ".1f") for r in records])
+    out.print(table)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    items = {}
+    for k, v in d.items():
+        items.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return items
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_metrics(metrics: dict) -> None:
+    table = Table("split", "accuracy", "precision", "recall", "f1 macro", "f1 weighted", "roc auc", "ece")
+    for split in ("val", "test"):
+        if split in metrics:
+            m = metrics[split]
+            table.add_row(split, *[_fmt(m.get(k)) for k in ("accuracy", "precision_macro", "recall_macro",
+                                                             "f1_macro", "f1_weighted", "roc_auc", "ece")])
+    out.print(table)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def main() -> None:
+    warnings.showwarning = _show_warning
+    try:
+        app()
+    except UserError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; resume with --resume --run-dir <run folder>")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The YAML config as pydantic models: one place that says which keys exist and what they accept.
+
+`load_config` reads YAML (or takes a dict), applies `--set a.b=c` overrides, validates, and
+reports every problem at once with the key, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from modelfoundry.errors import UserError, did_you_mean
+
+TASKS = ("image_classification", "tabular_classification")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(_Section):
+    val: float = Field(0.1, ge=0, lt=1, description="fraction of examples held out for validation")
+    test: float = Field(0.2, ge=0, lt=1, description="fraction held out for the final test")
+    seed: int = 0
+    stratify: bool = True
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> SplitConfig:
+        if self.val + self.test >= 1:
+            raise ValueError(f"val + test = {self.val + self.test:g} leaves no training data; keep it below 1")
+        return self
+
+
+class AugmentConfig(_Section):
+    """Training-time image augmentation; always off for validation, test and prediction."""
+
+    crop_padding: int = Field(0, ge=0, description="random crop after padding by this many pixels (0 = off)")
+    flip: bool = Field(False, description="random horizontal flip (off for digits: a flipped 2 is no 2)")
+    rotation: float = Field(0.0, ge=0, le=180, description="random rotation up to this many degrees")
+
+
+class DataConfig(_Section):
+    source: str = Field(description="builtin:NAME, an image folder, an MNIST IDX folder, or a .csv/.parquet/.jsonl file")
+    label: str | None = Field(None, description="label column of a table")
+    features: list[str] | None = Field(None, description="feature columns (default: every column but the label)")
+    drop: list[str] = Field(default_factory=list, description="columns to ignore, e.g. ids")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    image_size: int | None = Field(None, ge=4, le=1024, description="resize images to this square size")
+    channels: Literal[1, 3] | None = Field(None, description="1 = grey, 3 = RGB (default: what the data has)")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    missing: Literal["impute", "drop", "error"] = Field(
+        "impute", description="missing numeric/categorical values: impute (median / own category), drop rows, error")
+    max_missing_fraction: float = Field(0.5, ge=0, le=1, description="a column missing more than this is an error")
+    dedupe: bool = Field(False, description="drop exact duplicate examples before splitting")
+
+
+class ModelConfig(BaseModel):
+    """`name` picks the family; the other keys are that family's arguments (checked by the registry)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "mlp"
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adagrad", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    nesterov: bool = Field(False, description="sgd only")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
+    l1: float = Field(0.0, ge=0, description="L1 penalty on weights, added to the loss")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    schedule: Literal["constant", "step", "cosine", "onecycle"] = "constant"
+    warmup: float = Field(0.0, ge=0, lt=1, description="fraction of all steps spent warming the lr up from 0")
+    step_size: int = Field(10, ge=1, description="step schedule: epochs between lr drops")
+    gamma: float = Field(0.1, gt=0, le=1, description="step schedule: lr factor at each drop")
+    monitor: str = Field("val_accuracy", description="validation metric for early stopping and the best model")
+    early_stopping_patience: int | None = Field(None, ge=1, description="epochs without improvement before stopping")
+    restore_best: bool = Field(True, description="package the weights of the best epoch, not the last")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    accumulate: int = Field(1, ge=1, description="batches whose gradients are summed before a step")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16/fp16 only where the hardware runs it faster than fp32")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _known_monitor(self) -> TrainConfig:
+        allowed = ("val_accuracy", "val_loss", "val_f1_macro")
+        if self.monitor not in allowed:
+            raise ValueError(f"monitor must be one of {allowed}, got {self.monitor!r}")
+        return self
+
+
+class Config(_Section):
+    task: Literal["image_classification", "tabular_classification"]
+    name: str | None = Field(None, description="a readable name for the run")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _task_needs(self) -> Config:
+        builtin = self.data.source.startswith("builtin:")
+        if self.task == "tabular_classification" and not builtin and not self.data.label:
+            raise ValueError("data.label is required for tabular_classification: name the label column")
+        return self
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=c` strings to a nested dict; values are parsed as YAML (`5`, `true`, `[1, 2]`)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, for example --set train.epochs=5")
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    return raw
+
+
+def _format_errors(error: ValidationError, origin: str) -> str:
+    lines = []
+    for err in error.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            section, field = _split_key(err["loc"])
+            hint = did_you_mean(field, _fields_of(section))
+            lines.append(f"  {key}: unknown key.{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"  {key}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            shown = "" if err["type"].startswith("value_error") else f" (got {err.get('input')!r})"
+            lines.append(f"  {key or '(top level)'}: {msg}{shown}")
+    return f"{origin}: {len(lines)} problem(s) in the config:\n" + "\n".join(lines)
+
+
+def _split_key(loc: tuple) -> tuple[type[BaseModel], str]:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return model, str(loc[-1])
+
+
+def _fields_of(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> tuple[Config, Path]:
+    """Read, override and validate a config.
+
+    Returns:
+        The validated config and the folder that relative data paths are resolved against.
+    """
+    if isinstance(source, dict):
+        raw, origin, base = dict(source), "config", Path.cwd()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}. Create one with `foundry init --task image_classification`.")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: expected a mapping of keys (task:, data:, model:, train:), got {type(raw).__name__}")
+        origin, base = str(path), path.resolve().parent
+    raw = apply_overrides(raw, overrides or [])
+    if "task" in raw and raw["task"] not in TASKS:
+        raise UserError(f"{origin}: task: {raw['task']!r} is not a task here. Allowed: {', '.join(TASKS)}."
+                        + did_you_mean(str(raw["task"]), TASKS))
+    try:
+        return Config.model_validate(raw), base
+    except ValidationError as exc:
+        raise UserError(_format_errors(exc, origin)) from None
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return config.model_dump(mode="json")

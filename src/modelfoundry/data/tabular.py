@@ -1,0 +1,132 @@
+"""Tables: reading CSV / Parquet / JSONL, checking values against the missing-value policy, and
+the feature encoder (standardised numbers, one-hot categories) that is fitted on the training
+split and saved as JSON in the model package.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from modelfoundry.errors import UserError, did_you_mean
+
+TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".json"}
+MAX_CATEGORIES = 50
+MISSING = "__missing__"
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a table file; empty or unparsable files become a UserError naming the file."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        elif suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        elif suffix in (".jsonl", ".json"):
+            frame = pd.read_json(path, lines=suffix == ".jsonl")
+        else:
+            raise UserError(f"{path}: unsupported table format '{suffix}'. Use one of {', '.join(sorted(TABLE_SUFFIXES))}.")
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: the file is empty. Add a header row and at least one data row.") from None
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"{path}: could not be read as {suffix[1:]}: {exc}") from None
+    if frame.empty:
+        raise UserError(f"{path}: the table has a header but no data rows.")
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def row_name(path: str, index: int) -> str:
+    """How a user finds row `index` (0-based data row) in the file: CSV counts the header line."""
+    if path.endswith((".csv", ".tsv")):
+        return f"row {index + 1} (line {index + 2} of {Path(path).name})"
+    return f"row {index + 1}"
+
+
+def check_column(frame: pd.DataFrame, column: str, what: str, origin: str) -> None:
+    if column not in frame.columns:
+        raise UserError(f"{origin}: {what} column '{column}' not found.{did_you_mean(column, frame.columns)} "
+                        f"Columns: {', '.join(map(str, frame.columns[:30]))}.")
+
+
+def check_missing(frame: pd.DataFrame, policy: str, max_fraction: float, origin: str) -> tuple[pd.DataFrame, dict]:
+    """Apply the missing-value policy; inf is never allowed. Returns the kept rows and missing counts."""
+    numeric = frame.select_dtypes(include="number")
+    infinite = np.isinf(numeric.to_numpy(dtype=float, na_value=np.nan))
+    if infinite.any():
+        r, c = np.argwhere(infinite)[0]
+        raise UserError(f"{origin}: {row_name(origin, frame.index[r])}, column '{numeric.columns[c]}': value "
+                        f"{numeric.iat[r, c]} is infinite ({int(infinite.sum())} such cells). "
+                        "Replace them with a number or leave them empty to be imputed.")
+    missing = frame.isna()
+    counts = {c: int(n) for c, n in missing.sum().items() if n}
+    if not counts:
+        return frame, counts
+    if policy == "error":
+        r, c = np.argwhere(missing.to_numpy())[0]
+        raise UserError(f"{origin}: {row_name(origin, frame.index[r])}, column '{frame.columns[c]}' is empty "
+                        f"({sum(counts.values())} empty cells in all) and data.missing is 'error'. "
+                        "Fill them, or set data.missing to impute or drop.")
+    if policy == "drop":
+        return frame[~missing.any(axis=1)], counts
+    too_many = {c: n / len(frame) for c, n in counts.items() if n / len(frame) > max_fraction}
+    if too_many:
+        column, fraction = max(too_many.items(), key=lambda kv: kv[1])
+        raise UserError(f"{origin}: column '{column}' is {fraction:.0%} empty, more than data.max_missing_fraction="
+                        f"{max_fraction:g}. Drop the column (data.drop: [{column}]) or raise the limit.")
+    return frame, counts
+
+
+class TableEncoder:
+    """Numbers -> standardised (median-imputed); other columns -> one-hot over the training categories."""
+
+    def __init__(self, spec: dict | None = None):
+        self.spec = spec
+
+    def fit(self, frame: pd.DataFrame) -> TableEncoder:
+        columns = []
+        for name in frame.columns:
+            values = frame[name]
+            if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+                numbers = values.astype(float)
+                median = float(numbers.median()) if numbers.notna().any() else 0.0
+                filled = numbers.fillna(median)
+                std = float(filled.std(ddof=0)) or 1.0
+                columns.append({"name": name, "kind": "number", "fill": median, "mean": float(filled.mean()), "std": std})
+            else:
+                top = values.fillna(MISSING).astype(str).value_counts().index[:MAX_CATEGORIES]
+                columns.append({"name": name, "kind": "category", "categories": sorted(top)})
+        self.spec = {"columns": columns}
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        names = []
+        for col in self.spec["columns"]:
+            names += [col["name"]] if col["kind"] == "number" else [f"{col['name']}={c}" for c in col["categories"]]
+        return names
+
+    def transform(self, frame: pd.DataFrame, origin: str = "input") -> np.ndarray:
+        """Table -> (N, F) float32 features. Raises UserError naming missing columns or non-numeric values."""
+        missing = [c["name"] for c in self.spec["columns"] if c["name"] not in frame.columns]
+        if missing:
+            raise UserError(f"{origin}: the model needs column(s) {', '.join(map(repr, missing))}, which are absent."
+                            + did_you_mean(missing[0], frame.columns))
+        parts = []
+        for col in self.spec["columns"]:
+            values = frame[col["name"]]
+            if col["kind"] == "number":
+                numbers = pd.to_numeric(values, errors="coerce")
+                bad = numbers.isna() & values.notna()
+                if bad.any():
+                    i = int(np.argmax(bad.to_numpy()))
+                    raise UserError(f"{origin}: {row_name(origin, frame.index[i])}, column '{col['name']}': {values.iloc[i]!r} "
+                                    "is not a number, and the model was trained on numbers in this column.")
+                filled = numbers.fillna(col["fill"]).to_numpy(dtype=np.float32)
+                parts.append(((filled - col["mean"]) / col["std"])[:, None])
+            else:
+                strings = values.fillna(MISSING).astype(str).to_numpy()
+                parts.append((strings[:, None] == np.array(col["categories"])[None, :]).astype(np.float32))
+        return np.concatenate(parts, axis=1).astype(np.float32)

@@ -1,0 +1,25 @@
+"""The one exception type for mistakes a user can fix (bad config, bad data, bad input).
+
+The CLI prints these as one clean message and exits with status 2; anything else is a bug
+and keeps its traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """A problem in the user's config, data or input, with a message that says how to fix it."""
+
+
+def did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return ' Did you mean 'x'?' for the closest choices, or '' when nothing is close."""
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(value), choices, n=n, cutoff=0.5)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        close = [lowered[c] for c in difflib.get_close_matches(str(value).lower(), list(lowered), n=n, cutoff=0.5)]
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(f"'{c}'" for c in close) + "?"

@@ -1,0 +1,45 @@
+"""Model families by name. Adding one = one new file with a `build_*` function + one line here."""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from torch import nn
+
+from modelfoundry.errors import UserError, did_you_mean
+from modelfoundry.models.cnn import build_cnn
+from modelfoundry.models.mlp import build_mlp
+from modelfoundry.models.resnet import build_resnet
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": build_mlp,
+    "cnn": build_cnn,
+    "resnet": build_resnet,
+}
+IMAGE_ONLY = {"cnn", "resnet"}
+
+
+def model_options(name: str) -> dict[str, object]:
+    """The keyword arguments a family accepts, with their defaults."""
+    params = list(inspect.signature(BUILDERS[name]).parameters.values())[2:]
+    return {p.name: p.default for p in params}
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options) -> nn.Module:
+    """Build family `name` for examples of `input_shape`; unknown names and options are UserErrors."""
+    if name not in BUILDERS:
+        raise UserError(f"model.name: unknown model '{name}'.{did_you_mean(name, BUILDERS)} "
+                        f"Available: {', '.join(BUILDERS)}.")
+    if name in IMAGE_ONLY and len(input_shape) != 3:
+        raise UserError(f"model.name: '{name}' needs images (C, H, W); this data has shape {input_shape}. "
+                        "Use model.name: mlp for tables.")
+    allowed = model_options(name)
+    problems = [f"model.{key}: not an option of '{name}'.{did_you_mean(key, allowed)}" for key in options
+                if key not in allowed]
+    if problems:
+        raise UserError("\n".join(problems) + f"\nOptions of '{name}': "
+                        + ", ".join(f"{k} (default {v!r})" for k, v in allowed.items()))
+    try:
+        return BUILDERS[name](tuple(input_shape), num_classes, **options)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"model: options {options} do not build a '{name}': {exc}") from None

@@ -1,0 +1,138 @@
+"""The model package: `model/` = `model.safetensors` + `model.json` (architecture, preprocessing,
+labels). `load()` turns it into a Predictor without the config or the data, and never unpickles.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from modelfoundry.data import images, tabular
+from modelfoundry.errors import UserError
+from modelfoundry.models.registry import build_model
+
+FORMAT = "modelfoundry.model/1"
+
+
+def save_package(folder: Path, model: torch.nn.Module, spec: dict) -> Path:
+    """Write weights and description. `spec` holds task, model {name, options}, input_shape, labels, preprocessing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              str(folder / "model.safetensors"))
+    (folder / "model.json").write_text(json.dumps({"format": FORMAT, **spec}, indent=2))
+    return folder
+
+
+def package_folder(path: str | Path) -> Path:
+    """Accept a run folder or its `model/` folder."""
+    path = Path(path)
+    for candidate in (path, path / "model"):
+        if (candidate / "model.json").is_file() and (candidate / "model.safetensors").is_file():
+            return candidate
+    raise UserError(f"{path}: no model package here (expected model/model.json and model/model.safetensors). "
+                    "Is the run finished? `foundry runs list` shows runs and their status.")
+
+
+def load(path: str | Path, device: str = "cpu") -> Predictor:
+    """Load a packaged model from a run folder (or its `model/` folder)."""
+    folder = package_folder(path)
+    spec = json.loads((folder / "model.json").read_text())
+    if spec.get("format") != FORMAT:
+        raise UserError(f"{folder}/model.json: format {spec.get('format')!r} is not {FORMAT!r}; "
+                        "retrain with this version of modelfoundry.")
+    model = build_model(spec["model"]["name"], tuple(spec["input_shape"]), len(spec["labels"]),
+                        **spec["model"]["options"])
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return Predictor(model.to(device).eval(), spec, folder)
+
+
+class Predictor:
+    """A trained model with its preprocessing: raw inputs in, labels or probabilities out."""
+
+    def __init__(self, model: torch.nn.Module, spec: dict, path: Path | None = None):
+        self.model = model
+        self.spec = spec
+        self.path = path
+        self.labels: list[str] = spec["labels"]
+        self.task: str = spec["task"]
+
+    def __repr__(self) -> str:
+        return f"Predictor(task={self.task!r}, model={self.spec['model']['name']!r}, labels={self.labels})"
+
+    def encode(self, inputs, origin: str = "input") -> torch.Tensor:
+        """Raw inputs -> the model's input tensor (N, ...).
+
+        Images: file paths, a folder, PIL images, or arrays (H, W) / (C, H, W) in [0, 1].
+        Tables: a DataFrame, a dict or list of dicts, or a .csv/.parquet/.jsonl path.
+        """
+        pre = self.spec["preprocessing"]
+        if pre["kind"] == "table":
+            frame = read_rows(inputs)
+            return torch.from_numpy(tabular.TableEncoder(pre).transform(frame, origin))
+        return torch.from_numpy(np.stack([self._image(item) for item in expand_images(inputs)]))
+
+    def _image(self, item) -> np.ndarray:
+        pre = self.spec["preprocessing"]
+        size, channels = tuple(pre["size"]), pre["channels"]
+        if isinstance(item, (str, Path)):
+            item = images.read_image(Path(item))
+        if isinstance(item, Image.Image):
+            return images.to_array(item, size, channels)
+        array = np.asarray(item, dtype=np.float32)
+        array = array[None] if array.ndim == 2 else array
+        if array.shape != (channels, *size):
+            raise UserError(f"image array of shape {array.shape} does not match the model's input "
+                            f"{(channels, *size)} (C, H, W); pass a file or PIL image to have it resized.")
+        return array
+
+    @torch.inference_mode()
+    def predict_proba(self, inputs, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities (N, num_classes), columns in the order of `self.labels`."""
+        x = self.encode(inputs)
+        device = next(self.model.parameters()).device
+        out = [torch.softmax(self.model(x[i:i + batch_size].to(device)).float(), 1).cpu()
+               for i in range(0, len(x), batch_size)]
+        return torch.cat(out).numpy()
+
+    def predict(self, inputs) -> list[str]:
+        """The most likely label of each input."""
+        return [self.labels[i] for i in self.predict_proba(inputs).argmax(1)]
+
+
+def expand_images(inputs) -> list:
+    """A path, a folder (searched recursively) or a list of either / of images -> a flat list."""
+    items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    flat = []
+    for item in items:
+        if isinstance(item, (str, Path)) and Path(item).is_dir():
+            found = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in images.IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{item}: no images in this folder ({', '.join(sorted(images.IMAGE_SUFFIXES))}).")
+            flat += found
+        elif isinstance(item, (str, Path)) and not Path(item).is_file():
+            raise UserError(f"{item}: no such file.")
+        else:
+            flat.append(item)
+    if not flat:
+        raise UserError("no inputs given.")
+    return flat
+
+
+def read_rows(inputs) -> pd.DataFrame:
+    if isinstance(inputs, pd.DataFrame):
+        return inputs.reset_index(drop=True)
+    if isinstance(inputs, dict):
+        return pd.DataFrame([inputs])
+    if isinstance(inputs, (str, Path)):
+        path = Path(inputs)
+        if not path.is_file():
+            raise UserError(f"{path}: no such file.")
+        return tabular.read_table(path)
+    if isinstance(inputs, (list, tuple)) and all(isinstance(r, dict) for r in inputs):
+        return pd.DataFrame(list(inputs))
+    raise UserError("table inputs must be a DataFrame, a dict, a list of dicts, or a .csv/.parquet/.jsonl path.")

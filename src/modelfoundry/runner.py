@@ -1,0 +1,211 @@
+"""A training run from end to end: config -> data -> model -> fit -> evaluate -> package -> report.
+
+A run is a folder `runs/<run-id>/` holding config.yaml, data_report.json, metrics.json,
+report.html, checkpoints/, tensorboard/ and model/ (the package `load()` reads).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+
+from modelfoundry.config import Config, config_to_dict, load_config
+from modelfoundry.data import images
+from modelfoundry.data.prepare import ArrayData, Prepared, prepare
+from modelfoundry.errors import UserError
+from modelfoundry.evaluate.metrics import classification_metrics, worst_mistakes
+from modelfoundry.models.registry import build_model
+from modelfoundry.predictor import save_package
+from modelfoundry.store.registry import Registry, runs_root
+from modelfoundry.train.loop import fit, predict_logits
+from modelfoundry.train.optim import resolve_device
+
+
+@dataclass
+class Run:
+    id: str
+    path: Path
+    metrics: dict
+
+    def __repr__(self) -> str:
+        test = self.metrics.get("test", {})
+        return f"Run(id={self.id!r}, path='{self.path}', test_accuracy={test.get('accuracy')})"
+
+
+def new_run_id(config: Config) -> str:
+    stem = (config.name or f"{config.data.source.split(':')[-1].split('/')[-1].split('.')[0]}-{config.model.name}")
+    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)[:40]
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{stem}-{secrets.token_hex(2)}"
+
+
+def train(config: str | Path | dict, overrides: list[str] | None = None, run_dir: str | Path | None = None,
+          resume: bool = False, console: Console | None = None) -> Run:
+    """Train, evaluate and package a model; returns the run with its metrics."""
+    console = console or Console(stderr=True)
+    cfg, base_dir = load_config(config, overrides)
+    if resume and run_dir is None:
+        raise UserError("--resume needs --run-dir: the folder of the run to continue (see `foundry runs list`).")
+    path = Path(run_dir) if run_dir else runs_root() / new_run_id(cfg)
+    if resume and not (path / "checkpoints").is_dir():
+        raise UserError(f"--resume: {path} has no checkpoints/ folder, so there is nothing to resume. "
+                        "Start the run again without --resume.")
+    path.mkdir(parents=True, exist_ok=True)
+    run_id = path.name
+    resolved = config_to_dict(cfg)
+    (path / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    registry = Registry()
+    registry.start(run_id, cfg.name, cfg.task, cfg.model.name, path, resolved)
+    try:
+        metrics, timings = _run(cfg, base_dir, path, resume, console)
+    except BaseException as exc:
+        registry.finish(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    headline = {f"{split}_{k}": v[k] for split, v in metrics.items() if split in ("val", "test")
+                for k in ("accuracy", "f1_macro", "roc_auc") if k in v}
+    registry.finish(run_id, "completed", metrics=headline, timings=timings)
+    return Run(run_id, path, metrics)
+
+
+def _run(cfg: Config, base_dir: Path, path: Path, resume: bool, console: Console) -> tuple[dict, dict]:
+    timings = {}
+    clock = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    data = prepare(cfg, base_dir)
+    _write_json(path / "data_report.json", data.report)
+    timings["data"] = time.perf_counter() - clock
+    console.print(f"data: {data.report['splits']} examples (train/val/test), {len(data.labels)} classes, "
+                  f"input {data.input_shape}", highlight=False)
+
+    options = cfg.model.model_extra or {}
+    model = build_model(cfg.model.name, data.input_shape, len(data.labels), **options)
+    console.print(f"model: {cfg.model.name} with {sum(p.numel() for p in model.parameters()):,} parameters "
+                  f"on {device}", highlight=False)
+    clock = time.perf_counter()
+    splits = {name: getattr(data, name) and getattr(data, name).to(device) for name in ("train", "val", "test")}
+    aug = cfg.data.augment
+    augment = (partial(images.augment, crop_padding=aug.crop_padding, flip=aug.flip, rotation=aug.rotation)
+               if cfg.task == "image_classification" and (aug.crop_padding or aug.flip or aug.rotation) else None)
+    result = fit(model, splits["train"], splits["val"], cfg.train, device=device, checkpoint_dir=path / "checkpoints",
+                 resume=resume, log_dir=path / "tensorboard", augment=augment, console=console)
+    timings["train"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    metrics: dict = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                     "stopped_early": result.stopped_early, "precision": result.precision}
+    probabilities = {}
+    for name in ("val", "test"):
+        if splits[name] is not None:
+            probabilities[name] = torch.softmax(predict_logits(model, splits[name]), 1).cpu().numpy()
+            metrics[name] = classification_metrics(probabilities[name], getattr(data, name).targets.numpy(), data.labels)
+    metrics["history"] = result.history
+    spec = {"task": cfg.task, "model": {"name": cfg.model.name, "options": options},
+            "input_shape": list(data.input_shape), "labels": data.labels, "preprocessing": data.preprocessing,
+            "label_column": cfg.data.label, "run_id": path.name, "created": datetime.now().isoformat(timespec="seconds"),
+            "test_accuracy": metrics.get("test", {}).get("accuracy")}
+    save_package(path / "model", model, spec)
+    _write_json(path / "metrics.json", metrics)
+    timings["evaluate"] = time.perf_counter() - clock
+    write_run_report(path, cfg.name or path.name, metrics, data, probabilities.get("test"), config_to_dict(cfg))
+    return metrics, timings
+
+
+def mistakes_for_report(probabilities: np.ndarray | None, targets: np.ndarray, labels: list[str],
+                        display: list) -> list[dict]:
+    if probabilities is None:
+        return []
+    out = []
+    for i in worst_mistakes(probabilities, targets):
+        item = {"true": labels[targets[i]], "pred": labels[int(probabilities[i].argmax())],
+                "confidence": float(probabilities[i].max())}
+        shown = display[i]
+        item["row" if isinstance(shown, dict) else "image"] = shown
+        out.append(item)
+    return out
+
+
+def write_run_report(path: Path, title: str, metrics: dict, data: Prepared, test_probabilities, config: dict) -> Path:
+    from modelfoundry.evaluate.report import write_report
+
+    test_targets = data.test.targets.numpy() if data.test is not None else np.zeros(0, int)
+    mistakes = mistakes_for_report(test_probabilities, test_targets, data.labels, data.test_display)
+    return write_report(path / "report.html", title=title, metrics={k: metrics[k] for k in ("val", "test") if k in metrics},
+                        history=metrics.get("history", []), data_report=data.report, labels=data.labels,
+                        mistakes=mistakes, config=config)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+
+
+def evaluate(run: str | Path, data_path: str | Path, console: Console | None = None) -> tuple[dict, Path]:
+    """Evaluate a packaged model on new labelled data; writes metrics.json and report.html under
+    `<run>/evaluations/<data name>-<time>/`. Returns the metrics of that data (under 'test') and the folder."""
+    from modelfoundry.data import tabular
+    from modelfoundry.data.validate import class_balance
+    from modelfoundry.predictor import load
+
+    predictor = load(run)
+    spec, source = predictor.spec, Path(data_path)
+    if not source.exists():
+        raise UserError(f"--data: {source} not found.")
+    if spec["preprocessing"]["kind"] == "image":
+        pre = spec["preprocessing"]
+        if not source.is_dir():
+            raise UserError(f"--data: {source} must be a folder with one sub-folder per class for an image model.")
+        examples, labels, _, _ = images.read_image_folder(source, pre["size"], pre["channels"])
+        probabilities = predictor.predict_proba(list(examples))
+        display = list(examples)
+    else:
+        frame = tabular.read_table(source)
+        tabular.check_column(frame, spec["label_column"], "label", str(source))
+        labels = frame[spec["label_column"]].astype(str).to_numpy()
+        probabilities = predictor.predict_proba(frame.drop(columns=[spec["label_column"]]))
+        display = frame.to_dict(orient="records")
+    unknown = sorted(set(labels) - set(predictor.labels))
+    if unknown:
+        raise UserError(f"--data: label(s) {', '.join(map(repr, unknown[:5]))} in {source} were never seen in training; "
+                        f"the model knows {', '.join(predictor.labels)}.")
+    targets = np.array([predictor.labels.index(v) for v in labels])
+    metrics = {"test": classification_metrics(probabilities, targets, predictor.labels), "data": str(source)}
+    folder = package_root(run) / "evaluations" / f"{source.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "metrics.json", metrics)
+    from modelfoundry.evaluate.report import write_report
+    counts, warnings = class_balance(labels, predictor.labels)
+    write_report(folder / "report.html", title=f"{spec.get('run_id', 'model')} on {source.name}",
+                 metrics={"test": metrics["test"]}, history=[],
+                 data_report={"source": str(source), "n_examples": len(labels), "class_counts": counts,
+                              "warnings": warnings},
+                 labels=predictor.labels, mistakes=mistakes_for_report(probabilities, targets, predictor.labels, display),
+                 config={"run": str(run), "data": str(source)})
+    return metrics, folder
+
+
+def package_root(run: str | Path) -> Path:
+    from modelfoundry.predictor import package_folder
+    folder = package_folder(run)
+    return folder.parent if folder.name == "model" else folder

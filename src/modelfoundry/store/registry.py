@@ -1,0 +1,106 @@
+"""The run registry: one row per training run, in SQLite by default or any SQLAlchemy URL
+(`FOUNDRY_DB=postgresql://...`)."""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import JSON, DateTime, Float, String, Text, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from modelfoundry.errors import UserError
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RunRecord(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(String(60))
+    model: Mapped[str] = mapped_column(String(60))
+    status: Mapped[str] = mapped_column(String(20))  # running | completed | failed
+    path: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict] = mapped_column(JSON)
+    metrics: Mapped[dict | None] = mapped_column(JSON)   # headline test/val numbers
+    timings: Mapped[dict | None] = mapped_column(JSON)   # seconds per phase
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    train_seconds: Mapped[float | None] = mapped_column(Float)
+
+
+def runs_root() -> Path:
+    """Where run folders go: $FOUNDRY_HOME, else ./runs."""
+    return Path(os.environ.get("FOUNDRY_HOME", "runs"))
+
+
+def database_url() -> str:
+    return os.environ.get("FOUNDRY_DB") or f"sqlite:///{runs_root() / 'registry.db'}"
+
+
+class Registry:
+    def __init__(self, url: str | None = None):
+        self.url = url or database_url()
+        if self.url.startswith("sqlite:///"):
+            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(self.url)
+        Base.metadata.create_all(self.engine)
+
+    def start(self, run_id: str, name: str | None, task: str, model: str, path: Path, config: dict) -> None:
+        with Session(self.engine) as s, s.begin():
+            record = s.get(RunRecord, run_id) or RunRecord(id=run_id, created_at=_now())
+            record.name, record.task, record.model, record.path = name, task, model, str(path.resolve())
+            record.config, record.status, record.error, record.finished_at = config, "running", None, None
+            s.add(record)
+
+    def finish(self, run_id: str, status: str, metrics: dict | None = None, timings: dict | None = None,
+               error: str | None = None) -> None:
+        with Session(self.engine) as s, s.begin():
+            record = s.get(RunRecord, run_id)
+            if record is None:
+                return
+            record.status, record.metrics, record.timings, record.error = status, metrics, timings, error
+            record.finished_at = _now()
+            record.train_seconds = (timings or {}).get("train")
+
+    def list(self, limit: int = 50) -> list[RunRecord]:
+        with Session(self.engine) as s:
+            return list(s.scalars(select(RunRecord).order_by(RunRecord.created_at.desc()).limit(limit)))
+
+    def get(self, run: str) -> RunRecord:
+        """A run by id, id prefix, or folder path."""
+        with Session(self.engine) as s:
+            record = s.get(RunRecord, run) or s.get(RunRecord, Path(run).name)
+            if record is None:
+                matches = list(s.scalars(select(RunRecord).where(RunRecord.id.startswith(run))))
+                if len(matches) == 1:
+                    record = matches[0]
+                elif len(matches) > 1:
+                    raise UserError(f"run '{run}' is ambiguous: {', '.join(m.id for m in matches[:5])}")
+            if record is None:
+                raise UserError(f"no run '{run}' in the registry ({self.url}). `foundry runs list` shows them.")
+            return record
+
+
+def resolve_run(run: str) -> Path:
+    """A run folder from a path, an id, or an id prefix."""
+    path = Path(run)
+    if path.is_dir():
+        return path
+    if (runs_root() / run).is_dir():
+        return runs_root() / run
+    return Path(Registry().get(run).path)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def to_json(record: RunRecord) -> dict:
+    return json.loads(json.dumps({c.name: getattr(record, c.name) for c in RunRecord.__table__.columns}, default=str))

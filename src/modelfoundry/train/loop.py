@@ -1,0 +1,197 @@
+"""The training loop: one plain function, every optional part visible where it happens.
+
+Reproducibility: every epoch reseeds the global RNG (dropout) and the shuffling/augmentation
+generator from (seed, epoch), so a run resumed from the checkpoint of epoch k draws exactly
+the numbers an uninterrupted run draws from epoch k+1 on, and ends with the same metrics.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from modelfoundry.config import TrainConfig
+from modelfoundry.errors import UserError
+from modelfoundry.train.checkpoint import CheckpointWriter, load_checkpoint
+from modelfoundry.train.optim import build_optimizer, build_scheduler, l1_penalty, resolve_precision
+
+CHECKPOINT = "last.pt"
+
+
+@dataclass
+class FitResult:
+    history: list[dict]          # one dict per epoch: train_loss, val_loss, val_accuracy, val_f1_macro, lr, seconds
+    best_epoch: int              # 1-based epoch whose weights the model now holds
+    stopped_early: bool
+    precision: str
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, data, batch_size: int = 512, autocast: torch.dtype | None = None) -> torch.Tensor:
+    """Logits (N, num_classes) of every example, in order, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    for inputs, _ in data.batches(batch_size):
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            outputs.append(model(inputs).float())
+    return torch.cat(outputs)
+
+
+def validation_metrics(logits: torch.Tensor, targets: torch.Tensor, loss_fn: nn.Module) -> dict[str, float]:
+    predicted = logits.argmax(1)
+    n = logits.shape[1]
+    confusion = torch.bincount(targets * n + predicted, minlength=n * n).reshape(n, n).double()
+    tp = confusion.diag()
+    precision = tp / confusion.sum(0).clamp(min=1)
+    recall = tp / confusion.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    present = confusion.sum(1) + confusion.sum(0) > 0  # as scikit-learn: classes absent from both are skipped
+    return {"val_loss": loss_fn(logits, targets).item(), "val_accuracy": (predicted == targets).double().mean().item(),
+            "val_f1_macro": f1[present].mean().item()}
+
+
+def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
+        checkpoint_dir: Path | None = None, resume: bool = False, log_dir: Path | None = None,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        console: Console | None = None) -> FitResult:
+    """Train `model` on `train`, validating on `val` after every epoch.
+
+    Args:
+        train, val: objects with `batches(batch_size, shuffle, generator)` yielding (inputs, targets)
+            on `device`, and `len()`; `val` may be None (then the last epoch is kept).
+        checkpoint_dir: where `last.pt` is written after every epoch; None disables checkpoints.
+        resume: continue from `checkpoint_dir/last.pt`.
+        log_dir: TensorBoard event files go here; None disables them.
+        augment: called on each training batch (B, ...) with the epoch's generator.
+    """
+    console = console or Console(stderr=True)
+    if val is None and cfg.early_stopping_patience:
+        raise UserError("train.early_stopping_patience needs a validation split: set data.split.val above 0.")
+    model.to(device)
+    optimizer = build_optimizer(model, cfg)
+    batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    scheduler = build_scheduler(optimizer, cfg, math.ceil(batches_per_epoch / cfg.accumulate))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    eval_loss = nn.CrossEntropyLoss()
+    autocast = resolve_precision(cfg.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)  # fp16 needs loss scaling
+    higher_is_better = cfg.monitor != "val_loss"
+
+    history: list[dict] = []
+    best = {"epoch": 0, "value": -math.inf if higher_is_better else math.inf, "state": None}
+    start_epoch = 0
+    writer = CheckpointWriter(checkpoint_dir / CHECKPOINT) if checkpoint_dir else None
+    if resume:
+        start_epoch, history, best = _restore(checkpoint_dir, model, optimizer, scheduler, scaler)
+    tensorboard = _tensorboard(log_dir)
+
+    stopped_early = False
+    with _progress(console) as progress:
+        task = progress.add_task("train", total=cfg.epochs * batches_per_epoch, completed=start_epoch * batches_per_epoch,
+                                 info="")
+        for epoch in range(start_epoch, cfg.epochs):
+            started = time.perf_counter()
+            torch.manual_seed(cfg.seed + epoch)
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            for i, (inputs, targets) in enumerate(train.batches(cfg.batch_size, shuffle=True, generator=generator)):
+                if augment is not None:
+                    inputs = augment(inputs, generator)
+                with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                    loss = loss_fn(model(inputs), targets)
+                    if cfg.l1:
+                        loss = loss + cfg.l1 * l1_penalty(model)
+                scaler.scale(loss / cfg.accumulate).backward()
+                if (i + 1) % cfg.accumulate == 0 or i + 1 == batches_per_epoch:
+                    if cfg.grad_clip:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                loss_sum += loss.detach() * len(targets)  # no .item(): it would sync a GPU every batch
+                progress.advance(task)
+
+            record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / len(train),
+                      "lr": optimizer.param_groups[0]["lr"]}
+            if val is not None:
+                logits = predict_logits(model, val, autocast=autocast)
+                record.update(validation_metrics(logits, val.targets, eval_loss))
+            record["seconds"] = time.perf_counter() - started
+            history.append(record)
+
+            improved = val is None or (record[cfg.monitor] > best["value"] if higher_is_better
+                                       else record[cfg.monitor] < best["value"])
+            if improved:
+                best = {"epoch": epoch + 1, "value": record.get(cfg.monitor, 0.0),
+                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            patience_left = (cfg.early_stopping_patience or math.inf) - (epoch + 1 - best["epoch"])
+            if writer:
+                writer.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                             "epoch": epoch + 1, "history": history, "best": best})
+            if tensorboard:
+                for key, value in record.items():
+                    if key != "epoch":
+                        tensorboard.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
+            progress.update(task, info=_epoch_line(record, cfg.epochs))
+            if not console.is_terminal:
+                console.print(_epoch_line(record, cfg.epochs), highlight=False)
+            if patience_left <= 0:
+                stopped_early = True
+                progress.update(task, total=(epoch + 1) * batches_per_epoch)
+                console.print(f"early stopping: no better {cfg.monitor} for {cfg.early_stopping_patience} epochs "
+                              f"(best {best['value']:.4f} at epoch {best['epoch']})", highlight=False)
+                break
+    if writer:
+        writer.wait()
+    if tensorboard:
+        tensorboard.close()
+    if cfg.restore_best and best["state"] is not None:
+        model.load_state_dict(best["state"])
+    else:
+        best["epoch"] = len(history)
+    return FitResult(history, best["epoch"], stopped_early, str(autocast).removeprefix("torch.") if autocast else "fp32")
+
+
+def _restore(checkpoint_dir: Path | None, model, optimizer, scheduler, scaler):
+    path = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
+    if path is None or not path.is_file():
+        raise UserError(f"--resume: no checkpoint at {path}. The run never finished an epoch; start it again "
+                        "without --resume.")
+    state = load_checkpoint(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    return state["epoch"], state["history"], state["best"]
+
+
+def _tensorboard(log_dir: Path | None):
+    if log_dir is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(log_dir))
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
+                    disable=not console.is_terminal)
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
+    if "val_loss" in record:
+        parts += [f"val_loss {record['val_loss']:.4f}", f"val_acc {record['val_accuracy']:.4f}"]
+    return "  ".join(parts)

@@ -1,0 +1,90 @@
+"""Optimizers, learning-rate schedules with warm-up, penalties and precision, from the train config."""
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import torch
+from torch import nn
+
+from modelfoundry.config import TrainConfig
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay (L2) applies to weight matrices and kernels only, never to biases or norm scales."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(groups, lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        # Adam's weight_decay is the classic L2 penalty added to the gradient; AdamW decouples it.
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def lr_factor(step: int, cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base lr at optimizer step `step`: linear warm-up, then the schedule."""
+    warmup_steps = int(cfg.warmup * total_steps)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if cfg.schedule == "step":
+        return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+    if cfg.schedule == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """A scheduler stepped once per optimizer step."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        # Smith & Topin 2018: warm up to lr then anneal far below it, cycling momentum the other way.
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+                                                   pct_start=cfg.warmup or 0.3,
+                                                   cycle_momentum=cfg.optimizer in ("sgd", "adam", "adamw"))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total, steps_per_epoch))
+
+
+def l1_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of absolute weights (matrices and kernels only, as for weight decay)."""
+    return sum(p.abs().sum() for p in model.parameters() if p.requires_grad and p.ndim >= 2)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from modelfoundry.errors import UserError
+        raise UserError("train.device: 'cuda' but no CUDA GPU is visible to PyTorch. Use device: auto or cpu.")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. `auto` picks a half type only where it is really faster."""
+    if name == "fp32":
+        return None
+    if name in ("bf16", "fp16"):
+        return torch.bfloat16 if name == "bf16" else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_bf16_faster() else None
+
+
+@functools.cache
+def _cpu_bf16_faster(size: int = 128) -> bool:
+    """Many CPUs emulate bf16 matmul ~100x slower than fp32 (measured here); time both and decide."""
+    a = torch.randn(size, size)
+    timings = []
+    for dtype in (torch.float32, torch.bfloat16):
+        x = a.to(dtype)
+        x @ x
+        start = time.perf_counter()
+        for _ in range(3):
+            x @ x
+        timings.append(time.perf_counter() - start)
+    return timings[1] < timings[0]
