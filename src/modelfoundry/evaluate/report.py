@@ -34,7 +34,8 @@ MAX_TEXT_CHARS = 600
 _PLOT_STYLE = {"text.parse_math": False, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
 _SPLIT_ORDER = ("test", "val", "train")
 _OVERALL_METRICS = (
-    ("n", "Examples"), ("accuracy", "Accuracy"), ("precision_macro", "Precision (macro)"), ("recall_macro", "Recall (macro)"),
+    ("n", "Examples"), ("accuracy", "Accuracy"),
+    ("precision_macro", "Precision (macro)"), ("recall_macro", "Recall (macro)"),
     ("f1_macro", "F1 (macro)"), ("f1_weighted", "F1 (weighted)"), ("roc_auc", "ROC-AUC"),
     ("ece", "Calibration error (ECE)"), ("loss", "Loss"),
 )
@@ -97,7 +98,9 @@ def write_report(path: str | Path, *, title: str, metrics: dict, history: list[d
         The path of the written file.
     """
     path = Path(path)
-    metrics = {split: values for split, values in (metrics or {}).items() if values}
+    # Keep only split dicts: callers sometimes pass their whole metrics.json ("history", "data", ...).
+    metrics = {split: values for split, values in (metrics or {}).items()
+               if isinstance(values, Mapping) and values}
     with matplotlib.rc_context(_PLOT_STYLE):
         sections = [
             ("curves", "Learning curves", _learning_curves(history or [])),
@@ -367,7 +370,9 @@ def _mistake_body(mistake: dict) -> str:
 def _thumbnail(image: Any) -> str:
     """An <img> tag for an (H, W) or (C, H, W) float image, scaled up with nearest neighbour."""
     pixels = np.asarray(image)
-    pixels = pixels.astype(np.float32) / (255 if np.issubdtype(pixels.dtype, np.integer) else 1)  # uint8 pictures
+    if np.issubdtype(pixels.dtype, np.integer):  # raw uint8 pictures rather than the documented [0, 1] floats
+        pixels = pixels / 255
+    pixels = pixels.astype(np.float32)
     if pixels.ndim == 3 and pixels.shape[0] in (1, 3) and pixels.shape[-1] not in (1, 3):
         pixels = pixels.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
@@ -409,7 +414,8 @@ def _data_report(report: dict) -> str:
     if report.get("unreadable"):
         unreadable = [str(item) for item in report["unreadable"]]
         items = "".join(f"<li>{_esc(item)}</li>" for item in unreadable[:MAX_LISTED])
-        more = f'<p class="muted">… and {len(unreadable) - MAX_LISTED} more.</p>' if len(unreadable) > MAX_LISTED else ""
+        hidden = len(unreadable) - MAX_LISTED
+        more = f'<p class="muted">… and {hidden} more.</p>' if hidden > 0 else ""
         parts.append(f"<h3>Unreadable files ({len(unreadable)})</h3><ul>{items}</ul>{more}")
     extra = {k: v for k, v in report.items() if k not in _DATA_KEYS}
     if extra:
@@ -422,9 +428,12 @@ def _class_balance(class_counts: dict) -> str:
     counts = [float(v) if _is_number(v) else 0.0 for v in class_counts.values()]
     fig = Figure(figsize=(6, min(1 + 0.25 * len(names), 20)))
     ax = fig.add_subplot()
-    ax.barh(range(len(names)), counts, color="#4c6edb")
+    bars = ax.barh(range(len(names)), counts, color="#4c6edb")
     ax.set_yticks(range(len(names)), names, fontsize=9 if len(names) <= 40 else 5)
-    ax.invert_yaxis()  # first class at the top, as in the table
+    if len(names) <= 40:
+        ax.bar_label(bars, fmt="%g", padding=2, fontsize=8)
+    ax.margins(x=0.08)  # room for the count labels
+    ax.invert_yaxis()  # first class at the top, in the order the data report lists them
     ax.set(xlabel="examples")
     fig.tight_layout()
     return _png_tag(fig, "class balance")

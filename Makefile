@@ -1,0 +1,34 @@
+# `make demo` and `make test` work from a fresh clone: they create .venv and install everything.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: a looser requirement makes pip pull a multi-GB CUDA build.
+	$(PY) -m pip install -q 'torch==2.13.*'
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/foundry train examples/digits.yaml
+
+test: install
+	$(PY) -m pytest -n 2 -q
+
+test-fast: install
+	$(PY) -m pytest -n 2 -q -m "not slow"
+
+bench: install
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/train_overhead.py --write
+	$(PY) bench/accuracy.py --write
+
+clean:
+	rm -rf $(VENV) runs
