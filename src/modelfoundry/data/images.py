@@ -98,7 +98,7 @@ def augment(batch: torch.Tensor, generator: torch.Generator, *, crop_padding: in
     """Random crop / flip / rotation of a batch (B, C, H, W), one affine resample for all three."""
     b = batch.shape[0]
     if flip:
-        flipped = torch.rand(b, generator=generator) < 0.5
+        flipped = (torch.rand(b, generator=generator) < 0.5).to(batch.device)  # draws stay on the CPU generator
         batch = torch.where(flipped[:, None, None, None], batch.flip(-1), batch)
     if not crop_padding and not rotation:
         return batch
