@@ -4,6 +4,7 @@ labels). `load()` turns it into a Predictor without the config or the data, and 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,21 @@ FORMAT = "modelfoundry.model/1"
 
 
 def save_package(folder: Path, model: torch.nn.Module, spec: dict) -> Path:
-    """Write weights and description. `spec` holds task, model {name, options}, input_shape, labels, preprocessing."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              str(folder / "model.safetensors"))
-    (folder / "model.json").write_text(json.dumps({"format": FORMAT, **spec}, indent=2))
+    """Write weights and description. `spec` holds task, model {name, options}, input_shape, labels, preprocessing.
+
+    The package is built in a temporary folder and renamed into place, so a run killed while
+    writing leaves either no package or a complete one, never a torn file.
+    """
+    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    (tmp / "model.json").write_text(json.dumps({"format": FORMAT, **spec}, indent=2))
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

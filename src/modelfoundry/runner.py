@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,9 +61,11 @@ def train(config: str | Path | dict, overrides: list[str] | None = None, run_dir
         raise UserError(f"--resume: {path} has no checkpoints/ folder, so there is nothing to resume. "
                         "Start the run again without --resume.")
     path.mkdir(parents=True, exist_ok=True)
+    for partial in path.rglob(".*.tmp"):  # half-written files of a killed run; the real files are intact
+        shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
     run_id = path.name
     resolved = config_to_dict(cfg)
-    (path / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    _write_text(path / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     registry = Registry()
     registry.start(run_id, cfg.name, cfg.task, cfg.model.name, path, resolved)
     try:
@@ -146,8 +149,13 @@ def write_run_report(path: Path, title: str, metrics: dict, data: Prepared, test
 
 
 def _write_json(path: Path, payload: dict) -> None:
+    _write_text(path, json.dumps(payload, indent=2, default=_json_default))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write-then-rename: a kill at any moment leaves the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

@@ -21,7 +21,7 @@ import matplotlib
 import numpy as np
 import yaml
 from matplotlib.figure import Figure  # a bare Figure needs no pyplot, no GUI backend, no close()
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from PIL import Image
 
 MAX_MISTAKES = 24
@@ -243,6 +243,9 @@ def _learning_curves(history: list[dict]) -> str:
         values = [v for key in panel_keys for v in _series(history, key)[1]]
         if name == "Learning rate" and min(values) > 0 and max(values) / min(values) > 10:
             ax.set_yscale("log")  # schedules span decades; a linear axis flattens the tail
+            # Plain numbers: the default 10^x labels are mathtext, which parse_math=False shows raw.
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set(title=name, xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(panel_keys) > 1:

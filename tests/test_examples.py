@@ -1,0 +1,30 @@
+"""Every shipped config loads, and its model builds for its data (STYLE habit 4)."""
+from pathlib import Path
+
+import pytest
+
+from modelfoundry.config import load_config
+from modelfoundry.models.registry import build_model
+from modelfoundry.starter import STARTERS
+
+EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_config_is_valid(path):
+    config, _ = load_config(path)
+    assert config.model.name in ("mlp", "cnn", "resnet")
+    shape = (30,) if config.task == "tabular_classification" else (1, 28, 28)
+    build_model(config.model.name, shape, 10, **config.model.model_extra)
+
+
+@pytest.mark.parametrize("task", sorted(STARTERS))
+def test_init_starter_is_valid(task, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(STARTERS[task])
+    config, _ = load_config(path)
+    assert config.task == task
+
+
+def test_examples_are_shipped():
+    assert {p.name for p in EXAMPLES} >= {"digits.yaml", "mnist.yaml", "breast_cancer.yaml"}
