@@ -104,7 +104,7 @@ class Predictor:
     @torch.inference_mode()
     def predict_proba(self, inputs, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, num_classes), columns in the order of `self.labels`."""
-        x = self.encode(inputs)
+        x = self.encode(inputs, origin=str(inputs) if isinstance(inputs, (str, Path)) else "input")
         device = next(self.model.parameters()).device
         out = [torch.softmax(self.model(x[i:i + batch_size].to(device)).float(), 1).cpu()
                for i in range(0, len(x), batch_size)]

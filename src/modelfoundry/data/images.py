@@ -21,6 +21,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 def to_array(image: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
     """One image -> float32 array (C, H, W) in [0, 1]; the transform training and prediction share."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        # 16-bit grey: convert("L") would clip every value above 255 to white; rescale instead.
+        wide = np.asarray(image, dtype=np.float32) / 65535.0 * 255.0
+        image = Image.fromarray(wide.clip(0, 255).astype(np.uint8))
     image = image.convert("L" if channels == 1 else "RGB")
     if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
@@ -86,6 +90,10 @@ def read_idx_folder(root: Path):
 
     raw_images, raw_labels = read(find("idx3-ubyte")), read(find("idx1-ubyte"))
     n, rows, cols = (int.from_bytes(raw_images[i:i + 4], "big") for i in (4, 8, 12))
+    if len(raw_images) != 16 + n * rows * cols:
+        raise UserError(f"{find('idx3-ubyte')}: header says {n} images of {rows}x{cols} "
+                        f"({16 + n * rows * cols} bytes) but the file has {len(raw_images)} bytes; it is truncated "
+                        "or not an IDX image file.")
     images = np.frombuffer(raw_images, np.uint8, offset=16).reshape(n, 1, rows, cols).astype(np.float32) / 255.0
     labels = np.frombuffer(raw_labels, np.uint8, offset=8)
     if len(labels) != n:

@@ -62,9 +62,9 @@ class Prepared:
 def resolve_source(source: str, base_dir: Path) -> Path:
     """Relative paths are tried against the working folder first, then the config file's folder."""
     path = Path(source).expanduser()
-    if path.is_absolute() or path.exists():
+    if path.exists():
         return path
-    if (base_dir / path).exists():
+    if not path.is_absolute() and (base_dir / path).exists():
         return base_dir / path
     raise UserError(f"data.source: '{source}' not found (looked in {Path.cwd()} and {base_dir}). Give an existing "
                     f"image folder or .csv/.parquet/.jsonl file, or one of: "
@@ -149,6 +149,9 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
     if is_table:
         kept, report["missing"] = tabular.check_missing(examples, data.missing, data.max_missing_fraction, origin)
         labels, examples = labels[examples.index.isin(kept.index)], kept
+        if examples.empty:
+            raise UserError(f"{origin}: no rows left after dropping rows with empty cells (data.missing: drop); "
+                            f"empty cells per column: {report['missing']}. Use data.missing: impute.")
     hashes = validate.example_hashes(examples)
     duplicates = validate.duplicate_mask(hashes)
     report["duplicates"] = int(duplicates.sum())

@@ -34,6 +34,14 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **opt
         raise UserError(f"model.name: '{name}' needs images (C, H, W); this data has shape {input_shape}. "
                         "Use model.name: mlp for tables.")
     allowed = model_options(name)
+    for key, value in options.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if key in ("width", "depth", "hidden", "blocks_per_stage") and not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            raise UserError(f"model.{key}: {value!r} must be a positive whole number"
+                            + (" (or a list of them)" if key == "hidden" else "") + ".")
+        if key == "dropout" and not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise UserError(f"model.dropout: {value!r} must be in [0, 1).")
     problems = [f"model.{key}: not an option of '{name}'.{did_you_mean(key, allowed)}" for key in options
                 if key not in allowed]
     if problems:
@@ -41,5 +49,5 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **opt
                         + ", ".join(f"{k} (default {v!r})" for k, v in allowed.items()))
     try:
         return BUILDERS[name](tuple(input_shape), num_classes, **options)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise UserError(f"model: options {options} do not build a '{name}': {exc}") from None

@@ -78,7 +78,7 @@ class Registry:
         with Session(self.engine) as s:
             record = s.get(RunRecord, run) or s.get(RunRecord, Path(run).name)
             if record is None:
-                matches = list(s.scalars(select(RunRecord).where(RunRecord.id.startswith(run))))
+                matches = list(s.scalars(select(RunRecord).where(RunRecord.id.startswith(run, autoescape=True))))
                 if len(matches) == 1:
                     record = matches[0]
                 elif len(matches) > 1:

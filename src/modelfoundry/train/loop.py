@@ -90,7 +90,7 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
     start_epoch = 0
     writer = CheckpointWriter(checkpoint_dir / CHECKPOINT) if checkpoint_dir else None
     if resume:
-        start_epoch, history, best = _restore(checkpoint_dir, model, optimizer, scheduler, scaler)
+        start_epoch, history, best = _restore(checkpoint_dir, model, optimizer, scheduler, scaler, cfg)
     tensorboard = _tensorboard(log_dir)
 
     stopped_early = False
@@ -102,6 +102,7 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
             torch.manual_seed(cfg.seed + epoch)
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
             model.train()
+            epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
             loss_sum = torch.zeros((), device=device)
             for i, (inputs, targets) in enumerate(train.batches(cfg.batch_size, shuffle=True, generator=generator)):
                 if augment is not None:
@@ -122,8 +123,7 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
                 loss_sum += loss.detach() * len(targets)  # no .item(): it would sync a GPU every batch
                 progress.advance(task)
 
-            record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / len(train),
-                      "lr": optimizer.param_groups[0]["lr"]}
+            record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / len(train), "lr": epoch_lr}
             if val is not None:
                 logits = predict_logits(model, val, autocast=autocast)
                 record.update(validation_metrics(logits, val.targets, eval_loss))
@@ -139,7 +139,7 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
             if writer:
                 writer.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                             "epoch": epoch + 1, "history": history, "best": best})
+                             "epoch": epoch + 1, "epochs": cfg.epochs, "history": history, "best": best})
             if tensorboard:
                 for key, value in record.items():
                     if key != "epoch":
@@ -164,12 +164,16 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
     return FitResult(history, best["epoch"], stopped_early, str(autocast).removeprefix("torch.") if autocast else "fp32")
 
 
-def _restore(checkpoint_dir: Path | None, model, optimizer, scheduler, scaler):
+def _restore(checkpoint_dir: Path | None, model, optimizer, scheduler, scaler, cfg: TrainConfig):
     path = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
     if path is None or not path.is_file():
         raise UserError(f"--resume: no checkpoint at {path}. The run never finished an epoch; start it again "
                         "without --resume.")
     state = load_checkpoint(path)
+    if cfg.schedule == "onecycle" and state.get("epochs", cfg.epochs) != cfg.epochs:
+        raise UserError(f"--resume: train.epochs is {cfg.epochs} but the run was started with {state['epochs']}; "
+                        "a onecycle schedule is laid out over the whole run, so keep train.epochs: "
+                        f"{state['epochs']} (or start a new run).")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,80 @@
+"""Model families: each builds from the registry for tiny inputs, and bad names / options are UserErrors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modelfoundry.errors import UserError
+from modelfoundry.models.registry import BUILDERS, build_model, model_options
+
+TINY = {"mlp": {"hidden": [8]}, "cnn": {"width": 4, "depth": 2}, "resnet": {"width": 4, "depth": 2, "blocks_per_stage": 1}}
+
+
+def test_every_family_has_tiny_options_here():
+    assert set(TINY) == set(BUILDERS)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 12, 12)])
+def test_every_family_gives_one_logit_per_class(name, shape):
+    torch.manual_seed(0)
+    model = build_model(name, shape, 5, **TINY[name])
+    logits = model(torch.rand(3, *shape))
+    assert logits.shape == (3, 5)
+    logits.sum().backward()  # trainable end to end
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_mlp_takes_tables():
+    model = build_model("mlp", (7,), 3, hidden=[8, 4])
+    assert model(torch.randn(4, 7)).shape == (4, 3)
+
+
+def test_mlp_without_batch_norm_has_no_norm_layers():
+    model = build_model("mlp", (7,), 3, hidden=[8], batch_norm=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet"])
+def test_image_families_reject_tables(name):
+    with pytest.raises(UserError, match=rf"'{name}' needs images.*model.name: mlp"):
+        build_model(name, (7,), 3)
+
+
+@pytest.mark.parametrize("size", [8, 28])
+def test_resnet_on_small_and_mnist_sized_images(size):
+    model = build_model("resnet", (1, size, size), 10, width=4, depth=3, blocks_per_stage=1)
+    assert model(torch.rand(2, 1, size, size)).shape == (2, 10)
+
+
+def test_resnet_on_tiny_images_stops_downsampling():
+    model = build_model("resnet", (1, 2, 2), 4, width=4, depth=3, blocks_per_stage=1)
+    assert model(torch.rand(2, 1, 2, 2)).shape == (2, 4)
+
+
+def test_unknown_model_suggests_the_nearest():
+    with pytest.raises(UserError, match="unknown model 'resnt'. Did you mean 'resnet'.*Available: mlp, cnn, resnet"):
+        build_model("resnt", (1, 8, 8), 10)
+
+
+def test_unknown_option_suggests_the_nearest_and_lists_options():
+    with pytest.raises(UserError) as info:
+        build_model("cnn", (1, 8, 8), 10, widht=4)
+    message = str(info.value)
+    assert "model.widht: not an option of 'cnn'. Did you mean 'width'?" in message
+    assert "depth (default 2)" in message
+
+
+def test_options_of_a_family_are_its_keyword_defaults():
+    assert model_options("cnn") == {"width": 32, "depth": 2, "dropout": 0.2}
+
+
+@pytest.mark.parametrize("options", [{"dropout": 2.0}, {"hidden": "x"}])
+def test_options_that_do_not_build_are_user_errors(options):
+    with pytest.raises(UserError, match=r"model\.(dropout|hidden)"):
+        build_model("mlp", (4,), 2, **options)
+
+
+def test_negative_layer_width_is_a_user_error():
+    with pytest.raises(UserError, match=r"model\.(dropout|hidden)"):
+        build_model("mlp", (4,), 2, hidden=[-3])
