@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modelfoundry.errors import UserError
@@ -45,11 +46,15 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config")],
           resume: Annotated[bool, typer.Option(help="continue the run in --run-dir from its last checkpoint")] = False,
           ) -> None:
     """Train, evaluate and package a model."""
+    from modelfoundry.config import load_config
+
+    load_config(config, set_ or [])  # config mistakes surface in a blink, before torch is imported
     from modelfoundry.runner import train as run_training
 
     run = run_training(config, set_ or [], run_dir, resume, console=err)
     test = run.metrics.get("test") or run.metrics.get("val") or {}
-    table = Table(title=f"run {run.id}", show_header=False)
+    out.print(f"run {run.id}", highlight=False)
+    table = Table(show_header=False)
     for key in ("accuracy", "f1_macro", "roc_auc", "ece"):
         if key in test:
             table.add_row(f"test {key}" if "test" in run.metrics else f"val {key}", f"{test[key]:.4f}")
@@ -86,19 +91,19 @@ def predict(run: Annotated[str, typer.Argument(help="run id or folder")],
     """Predict labels for new inputs."""
     import pandas as pd
 
-    from modelfoundry.predictor import expand_images, load, read_rows
+    from modelfoundry.predictor import expand_images, load
     from modelfoundry.store.registry import resolve_run
 
     predictor = load(resolve_run(run))
     if predictor.spec["preprocessing"]["kind"] == "table":
         if len(inputs) != 1:
             raise UserError("predict: a table model takes one CSV/Parquet/JSONL file.")
-        items = read_rows(inputs[0])
-        names = [str(i + 1) for i in range(len(items))]
+        probabilities = predictor.predict_proba(inputs[0])  # by path, so errors name the file and line
+        names = [str(i + 1) for i in range(len(probabilities))]
     else:
         items = expand_images(inputs)
         names = [str(p) for p in items]
-    probabilities = predictor.predict_proba(items)
+        probabilities = predictor.predict_proba(items)
     top = probabilities.argsort(1)[:, ::-1][:, :top_k]
     rows = [{"input": name, "label": predictor.labels[t[0]], "probability": round(float(p[t[0]]), 4),
              **({"top_k": "; ".join(f"{predictor.labels[j]}={p[j]:.3f}" for j in t)} if top_k > 1 else {})}
@@ -174,7 +179,7 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
 
 
 def main() -> None:
@@ -182,7 +187,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; resume with --resume --run-dir <run folder>")

@@ -164,9 +164,10 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
         if not path.is_file():
             raise UserError(f"config file not found: {path}. Create one with `foundry init --task image_classification`.")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            with open(path, encoding="utf-8") as stream:  # a stream, so YAML errors name the file
+                raw = yaml.safe_load(stream)
         except yaml.YAMLError as exc:
-            raise UserError(f"{path}: not valid YAML: {exc}") from None
+            raise UserError(f"{path}: not valid YAML: {exc}{_quote_lines(path, exc)}") from None
         if not isinstance(raw, dict):
             raise UserError(f"{path}: expected a mapping of keys (task:, data:, model:, train:), got {type(raw).__name__}")
         origin, base = str(path), path.resolve().parent
@@ -178,6 +179,14 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
         return Config.model_validate(raw), base
     except ValidationError as exc:
         raise UserError(_format_errors(exc, origin)) from None
+
+
+def _quote_lines(path: Path, exc: yaml.YAMLError) -> str:
+    """The lines a YAML error points at, so the user sees the mistake without opening the file."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    marks = [getattr(exc, name, None) for name in ("context_mark", "problem_mark")]
+    numbers = sorted({m.line for m in marks if m is not None and m.line < len(lines) and lines[m.line].strip()})
+    return "".join(f"\n  line {n + 1}: {lines[n]}" for n in numbers)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

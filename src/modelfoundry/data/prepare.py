@@ -66,7 +66,8 @@ def resolve_source(source: str, base_dir: Path) -> Path:
         return path
     if not path.is_absolute() and (base_dir / path).exists():
         return base_dir / path
-    raise UserError(f"data.source: '{source}' not found (looked in {Path.cwd()} and {base_dir}). Give an existing "
+    places = " and ".join(dict.fromkeys(str(p) for p in (Path.cwd(), base_dir)))
+    raise UserError(f"data.source: '{source}' not found (looked in {places}). Give an existing "
                     f"image folder or .csv/.parquet/.jsonl file, or one of: "
                     + ", ".join(f"builtin:{b}" for b in BUILTINS) + ".")
 

@@ -58,7 +58,7 @@ def check_missing(frame: pd.DataFrame, policy: str, max_fraction: float, origin:
     if infinite.any():
         r, c = np.argwhere(infinite)[0]
         raise UserError(f"{origin}: {row_name(origin, frame.index[r])}, column '{numeric.columns[c]}': value "
-                        f"{numeric.iat[r, c]} is infinite ({int(infinite.sum())} such cells). "
+                        f"{numeric.iat[r, c]} is infinite ({int(infinite.sum())} infinite cell(s) in all). "
                         "Replace them with a number or leave them empty to be imputed.")
     missing = frame.isna()
     counts = {c: int(n) for c, n in missing.sum().items() if n}

@@ -1,0 +1,109 @@
+"""End-to-end test helpers: run the real `foundry` CLI in a subprocess, check its messages, and write
+tiny data sets (8x8 PNG folders, CSVs) and configs. Fixtures live in conftest.py.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+
+CLI_TIMEOUT_S = 240
+TABLE_LABELS = ("a", "b", "c")
+IMAGE_LABELS = ("cat", "dog")
+# Tiny and fast: one hidden layer of 8 units, 1-2 epochs; fp32 so runs on any CPU give the same numbers.
+TINY_MLP = ["--set", "model.hidden=[8]", "--set", "train.epochs=2", "--set", "train.precision=fp32"]
+
+
+def foundry(*args: str | Path, cwd: Path, home: Path) -> subprocess.CompletedProcess:
+    """Run `python -m modelfoundry ARGS` in `cwd` with runs and the registry under `home`."""
+    return subprocess.run([sys.executable, "-m", "modelfoundry", *map(str, args)], cwd=cwd, env=cli_env(home),
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FOUNDRY_DB", "FORCE_COLOR", "COLUMNS")}
+    # One thread per process: the suite runs two pytest workers on two shared cores, and torch's
+    # default of one thread per core makes tiny models ~10x slower when processes compete.
+    env.update(FOUNDRY_HOME=str(home), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def one_line(text: str) -> str:
+    """Undo rich's line wrapping so a message can be searched for phrases."""
+    return " ".join(text.split())
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *phrases: str) -> str:
+    """Exit status 2, one `error:` message, no traceback, and every phrase in the message."""
+    shown = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr + result.stdout, shown
+    assert result.returncode == 2, shown
+    message = one_line(result.stderr)
+    assert message.count("error:") == 1, shown
+    for phrase in phrases:
+        assert phrase in message, f"{phrase!r} is not in the message\n{shown}"
+    return message
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def write_image_folder(root: Path, per_class: int = 12, classes=IMAGE_LABELS, size: int = 8, seed: int = 0) -> Path:
+    """`root/<class>/<i>.png`: 8x8 grey images, bright for the first class and darker for each next one."""
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            write_png(root / name / f"{i}.png", 200 - 120 * k / max(1, len(classes) - 1), rng, size)
+    return root
+
+
+def write_png(path: Path, brightness: float, rng: np.random.Generator, size: int = 8) -> Path:
+    pixels = np.clip(rng.normal(brightness, 25, (size, size)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)  # (H, W) uint8 -> grey
+    return path
+
+
+def table_frame(per_class: int = 20, labels=TABLE_LABELS, seed: int = 0) -> pd.DataFrame:
+    """Two numeric features that separate the classes, one categorical feature, and `label`."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, label in enumerate(labels):
+        for _ in range(per_class):
+            rows.append({"x1": round(float(rng.normal(3 * k, 1)), 3), "x2": round(float(rng.normal(-k, 1)), 3),
+                         "color": ["red", "green", "blue"][int(rng.integers(3))], "label": label})
+    return pd.DataFrame(rows).sample(frac=1, random_state=seed).reset_index(drop=True)
+
+
+def write_table(path: Path, frame: pd.DataFrame | None = None) -> Path:
+    (table_frame() if frame is None else frame).to_csv(path, index=False)
+    return path
+
+
+def write_config(path: Path, task: str, source: str | Path, **sections) -> Path:
+    """A YAML config; `sections` are merged into `data`, `model` and `train` (e.g. data={"label": "y"})."""
+    config = {"task": task, "data": {"source": str(source)}, "model": {}, "train": {"epochs": 1}}
+    if task == "image_classification":
+        config["model"] = {"name": "cnn", "width": 4}
+    else:
+        config["data"]["label"] = "label"
+        config["model"] = {"name": "mlp", "hidden": [8]}
+    for section, values in sections.items():
+        config.setdefault(section, {})
+        if isinstance(values, dict):
+            config[section].update(values)
+        else:
+            config[section] = values
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -1,0 +1,169 @@
+"""Mistakes a user can make: each ends with exit status 2 and one message that names the file, key or
+column, the bad value, and how to fix it, never with a traceback."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from e2e_helpers import (assert_user_error, foundry, table_frame, write_config, write_image_folder, write_table)
+
+
+def train(tmp_path, config, *args):
+    return foundry("train", config, *args, cwd=tmp_path, home=tmp_path / "runs")
+
+
+def table_config(tmp_path, frame: pd.DataFrame | None = None, **sections):
+    write_table(tmp_path / "data.csv", frame)
+    return write_config(tmp_path / "table.yaml", "tabular_classification", "data.csv", **sections)
+
+
+# ---------------------------------------------------------------------------------------- config
+
+
+def test_missing_config_file(tmp_path):
+    assert_user_error(train(tmp_path, "missing.yaml"), "missing.yaml", "not found", "foundry init")
+
+
+def test_invalid_yaml(tmp_path):
+    (tmp_path / "bad.yaml").write_text("task: image_classification\ndata: {source: [unclosed\n")
+    # The message quotes the offending line, so the user sees the unclosed bracket.
+    assert_user_error(train(tmp_path, "bad.yaml"), "bad.yaml", "not valid YAML", "line 2", "{source: [unclosed")
+
+
+def test_unknown_config_key_suggests_the_nearest(tmp_path):
+    config = write_config(tmp_path / "config.yaml", "image_classification", "builtin:digits", train={"epoch": 3})
+    assert_user_error(train(tmp_path, config), "train.epoch: unknown key", "Did you mean 'epochs'?")
+
+
+def test_wrong_type_and_out_of_range_values_are_reported_together_naming_each_key(tmp_path):
+    config = write_config(tmp_path / "config.yaml", "image_classification", "builtin:digits",
+                          train={"epochs": "many", "lr": -1})
+    message = assert_user_error(train(tmp_path, config), "config.yaml", "2 problem(s)",
+                                "train.epochs", "'many'", "valid integer", "train.lr", "-1", "greater than 0")
+    assert message.index("train.epochs") < message.index("'many'") < message.index("train.lr")
+
+
+def test_resume_without_run_dir(tmp_path):
+    config = write_config(tmp_path / "config.yaml", "image_classification", "builtin:digits")
+    assert_user_error(train(tmp_path, config, "--resume"), "--resume needs --run-dir")
+
+
+def test_resume_a_run_dir_without_checkpoint(tmp_path):
+    config = write_config(tmp_path / "config.yaml", "image_classification", "builtin:digits")
+    (tmp_path / "fresh").mkdir()
+    assert_user_error(train(tmp_path, config, "--run-dir", "fresh", "--resume"),
+                      "fresh", "nothing to resume", "without --resume")
+
+
+# ---------------------------------------------------------------------------------- data sources
+
+
+def test_missing_data_path(tmp_path):
+    config = write_config(tmp_path / "config.yaml", "image_classification", "no_such_folder")
+    assert_user_error(train(tmp_path, config), "data.source", "'no_such_folder' not found", "builtin:digits")
+
+
+def test_unknown_builtin_suggests_the_nearest(tmp_path):
+    config = write_config(tmp_path / "config.yaml", "image_classification", "builtin:digit")
+    assert_user_error(train(tmp_path, config), "builtin:digit'", "Did you mean 'digits'?")
+
+
+def test_tabular_task_pointed_at_a_folder(tmp_path):
+    write_image_folder(tmp_path / "images", per_class=1)
+    config = write_config(tmp_path / "config.yaml", "tabular_classification", "images")
+    assert_user_error(train(tmp_path, config), "images", "is a folder", "tabular_classification", ".csv")
+
+
+def test_image_task_pointed_at_a_csv(tmp_path):
+    write_table(tmp_path / "data.csv")
+    config = write_config(tmp_path / "config.yaml", "image_classification", "data.csv")
+    assert_user_error(train(tmp_path, config), "data.csv", "is a file", "sub-folder per class")
+
+
+def test_image_folder_with_only_corrupt_files(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        (tmp_path / "images" / name / "1.png").write_bytes(b"not an image at all")
+    config = write_config(tmp_path / "config.yaml", "image_classification", "images")
+    assert_user_error(train(tmp_path, config), "images", "no readable images", "2 files skipped", ".png")
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+
+def test_empty_csv(tmp_path):
+    config = table_config(tmp_path)
+    (tmp_path / "data.csv").write_text("")
+    assert_user_error(train(tmp_path, config), "data.csv", "empty", "header row")
+
+
+def test_csv_with_only_a_header(tmp_path):
+    config = table_config(tmp_path)
+    (tmp_path / "data.csv").write_text("x1,x2,color,label\n")
+    assert_user_error(train(tmp_path, config), "data.csv", "no data rows")
+
+
+def test_label_column_absent_suggests_the_closest_column(tmp_path):
+    config = table_config(tmp_path, data={"label": "lable"})
+    assert_user_error(train(tmp_path, config), "data.csv", "'lable' not found", "Did you mean 'label'?")
+
+
+def test_class_with_too_few_examples_to_stratify_is_named(tmp_path):
+    frame = pd.concat([table_frame(), pd.DataFrame([{"x1": 9.0, "x2": 9.0, "color": "red", "label": "rare"}] * 2)])
+    config = table_config(tmp_path, frame)
+    assert_user_error(train(tmp_path, config), "'rare' (2)", "too few examples", "data.split.stratify: false")
+
+
+def test_missing_value_with_missing_error_names_row_and_column(tmp_path):
+    frame = table_frame()
+    frame.loc[3, "x1"] = np.nan
+    config = table_config(tmp_path, frame, data={"missing": "error"})
+    assert_user_error(train(tmp_path, config), "row 4 (line 5 of data.csv)", "column 'x1'", "data.missing")
+
+
+def test_infinite_value_names_row_and_column(tmp_path):
+    frame = table_frame()
+    frame.loc[5, "x2"] = np.inf
+    config = table_config(tmp_path, frame)
+    assert_user_error(train(tmp_path, config), "row 6 (line 7 of data.csv)", "column 'x2'", "inf", "infinite")
+
+
+def test_column_mostly_empty_names_the_column_and_the_limit(tmp_path):
+    frame = table_frame()
+    frame.loc[:39, "x2"] = np.nan  # 40 of 60 rows
+    config = table_config(tmp_path, frame)
+    assert_user_error(train(tmp_path, config), "column 'x2'", "67% empty", "max_missing_fraction=0.5",
+                      "data.drop: [x2]")
+
+
+# -------------------------------------------------------------------------- inputs to a trained model
+
+
+@pytest.mark.slow
+def test_predict_table_missing_a_feature_column(table_run, tmp_path):
+    table_frame(per_class=1).drop(columns=["label", "x2"]).to_csv(tmp_path / "rows.csv", index=False)
+    result = foundry("predict", table_run.path, "rows.csv", cwd=tmp_path, home=table_run.home)
+    assert_user_error(result, "rows.csv", "'x2'", "absent")
+
+
+@pytest.mark.slow
+def test_predict_a_file_that_does_not_exist(table_run, tmp_path):
+    result = foundry("predict", table_run.path, "nope.csv", cwd=tmp_path, home=table_run.home)
+    assert_user_error(result, "nope.csv", "no such file")
+
+
+@pytest.mark.slow
+def test_predict_with_an_image_model_on_a_text_file(image_run, tmp_path):
+    (tmp_path / "notes.txt").write_text("a shopping list, not a picture\n")
+    result = foundry("predict", image_run.path, "notes.txt", cwd=tmp_path, home=image_run.home)
+    assert_user_error(result, "notes.txt", "not a readable image")
+
+
+@pytest.mark.slow
+def test_evaluate_with_a_label_never_seen_in_training(table_run, tmp_path):
+    frame = table_frame(per_class=3, seed=4)
+    frame.loc[0, "label"] = "zebra"
+    frame.to_csv(tmp_path / "other.csv", index=False)
+    result = foundry("evaluate", table_run.path, "--data", "other.csv", cwd=tmp_path, home=table_run.home)
+    assert_user_error(result, "'zebra'", "other.csv", "never seen in training", "a, b, c")
