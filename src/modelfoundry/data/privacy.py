@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from modelfoundry.errors import UserError, did_you_mean
 
-# Most specific first: on a tie in length, the earlier type wins.
 PII_TYPES = ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "URL_CREDENTIALS", "NATIONAL_ID")
+# Most specific first: when two overlapping matches are equally long, the earlier type wins.
 _SPECIFICITY = ("URL_CREDENTIALS", "EMAIL", "IBAN", "NATIONAL_ID", "CARD", "IP", "PHONE")
 SCRUB_MODES = ("off", "report", "redact", "drop")
 
@@ -82,16 +82,21 @@ def _url_credentials(text: str) -> Iterator[tuple[int, int]]:
 _PHONE = _compile(rf"""
     {_NUM_START}
     (?:
-        \+[1-9]\d{{0,2}} (?:[ .\-]?\(\d{{1,4}}\))? [ .\-]?\d{{1,12}} (?:[ .\-]\d{{1,12}}){{0,5}}  # +44 20 7946 0958
-      | (?:1[ .\-]?)? \([2-9]\d\d\)[ .\-]?[2-9]\d\d[ .\-]\d{{4}}                        # (415) 555-2671
-      | (?:1[ .\-])? [2-9]\d\d(?P<us>[ .\-])[2-9]\d\d(?P=us)\d{{4}}                      # 415-555-2671
-      | (?:0\d{{1,4}}|\(0\d{{1,4}}\)) (?P<eu>[ .\-/])\d{{2,8}} (?:(?P=eu)\d{{2,8}}){{0,3}}   # 020 7946 0958
+        # +44 20 7946 0958, +1 (415) 555-2671, +49 (0)30 1234567, +4915112345678
+        \+[1-9]\d{{0,2}} (?:[ .\-]?\(\d{{1,4}}\))? [ .\-]?\d{{1,12}} (?:[ .\-]\d{{1,12}}){{0,5}}
+        # (415) 555-2671, 1 (800) 555-0199
+      | (?:1[ .\-]?)? \([2-9]\d\d\)[ .\-]?[2-9]\d\d[ .\-]\d{{4}}
+        # 415-555-2671, 1-800-555-0199, 415.555.2671
+      | (?:1[ .\-])? [2-9]\d\d(?P<us>[ .\-])[2-9]\d\d(?P=us)\d{{4}}
+        # 020 7946 0958, (030) 1234567, 030/12345678, 01 23 45 67 89, 0044 20 7946 0958
+      | (?:0\d{{1,4}}|\(0\d{{1,4}}\)) (?P<eu>[ .\-/])\d{{2,8}} (?:(?P=eu)\d{{2,8}}){{0,3}}
     )
     {_NUM_END}
 """)
-# Dates (15.01.2024, 2024/01/15) and SSN shapes (000-12-3456) that the trunk-0 form would take.
-_NOT_A_PHONE = re.compile(r"\d{1,2}([./\- ])\d{1,2}\1\d{2,4}|\d{4}([./\- ])\d{1,2}\2\d{1,2}|\d{3}-\d{2}-\d{4}",
-                          re.ASCII)
+# Dates (15.01.2024, 2024/01/15, 07 12 2023) and SSN shapes (000-12-3456) the 0-prefix form would take.
+_NOT_A_PHONE = _compile(r"""
+    \d{1,2}([./\- ])\d{1,2}\1\d{2,4} | \d{4}([./\- ])\d{1,2}\2\d{1,2} | \d{3}-\d{2}-\d{4}
+""")
 
 
 def _phones(text: str) -> Iterator[tuple[int, int]]:
@@ -269,7 +274,7 @@ def find_pii(text: str) -> list[Finding]:
     """
     candidates = [(start, end, kind) for kind, detect, gate in _DETECTORS if gate(text)
                   for start, end in detect(text)]
-    candidates.sort(key=lambda c: (c[1] - c[0], _SPECIFICITY.index(c[2]), c[0]))
+    candidates.sort(key=lambda c: (c[0] - c[1], _SPECIFICITY.index(c[2]), c[0]))
     taken = bytearray(len(text))
     findings = []
     for start, end, kind in candidates:
