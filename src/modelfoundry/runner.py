@@ -22,7 +22,7 @@ from rich.console import Console
 
 from modelfoundry.config import Config, config_to_dict, load_config
 from modelfoundry.data import images
-from modelfoundry.data.prepare import ArrayData, Prepared, prepare
+from modelfoundry.data.prepare import Prepared, prepare
 from modelfoundry.errors import UserError
 from modelfoundry.evaluate.metrics import classification_metrics, worst_mistakes
 from modelfoundry.models.registry import build_model
@@ -61,8 +61,8 @@ def train(config: str | Path | dict, overrides: list[str] | None = None, run_dir
         raise UserError(f"--resume: {path} has no checkpoints/ folder, so there is nothing to resume. "
                         "Start the run again without --resume.")
     path.mkdir(parents=True, exist_ok=True)
-    for partial in path.rglob(".*.tmp"):  # half-written files of a killed run; the real files are intact
-        shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
+    for leftover in path.rglob(".*.tmp"):  # half-written files of a killed run; the real files are intact
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     run_id = path.name
     resolved = config_to_dict(cfg)
     _write_text(path / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))

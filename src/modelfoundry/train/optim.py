@@ -92,7 +92,7 @@ def _cpu_bf16_faster(size: int = 256) -> bool:
     for dtype in (torch.float32, torch.bfloat16):
         x = a.to(dtype)
         x @ x
-        best[dtype] = min(_timed(lambda: x @ x) for _ in range(5))
+        best[dtype] = min(_timed(lambda m=x: m @ m) for _ in range(5))
     return best[torch.bfloat16] * 1.5 < best[torch.float32]
 
 
