@@ -4,19 +4,40 @@
     run = mf.train("config.yaml")          # or a dict
     predictor = mf.load(run.path)
     predictor.predict(inputs)
+
+Imports are lazy so that `foundry --help` and config errors do not wait seconds for torch.
 """
+from __future__ import annotations
+
+import modelfoundry.train as _train_package  # noqa: F401  loaded first: see `train` below
 from modelfoundry.errors import UserError
 
 __all__ = ["Predictor", "Run", "UserError", "load", "train"]
 __version__ = "0.1.0"
 
-_LAZY = {"train": "modelfoundry.runner", "Run": "modelfoundry.runner",
-         "load": "modelfoundry.predictor", "Predictor": "modelfoundry.predictor"}
+
+# Python binds `modelfoundry.train` to the subpackage train/ the first time it is imported. It is
+# imported above, before this def, so the name stays this function for good.
+def train(config, overrides: list[str] | None = None, run_dir=None, resume: bool = False, console=None):
+    """Train, evaluate and package a model from a YAML path or a dict; returns the `Run`.
+
+    See `modelfoundry.runner.train`.
+    """
+    from modelfoundry.runner import train as run_training
+
+    return run_training(config, overrides, run_dir, resume, console)
+
+
+def load(path, device: str = "cpu"):
+    """Load a packaged model (a run folder or its model/ folder) as a `Predictor`."""
+    from modelfoundry.predictor import load as load_package
+
+    return load_package(path, device)
 
 
 def __getattr__(name: str):
-    # Lazy: `foundry --help` and config errors should not pay seconds for importing torch.
-    if name in _LAZY:
+    if name in ("Predictor", "Run"):
         import importlib
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(importlib.import_module("modelfoundry.predictor" if name == "Predictor" else "modelfoundry.runner"),
+                       name)
     raise AttributeError(f"module 'modelfoundry' has no attribute {name!r}")

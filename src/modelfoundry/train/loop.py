@@ -191,7 +191,7 @@ def _tensorboard(log_dir: Path | None):
 def _progress(console: Console) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
-                    disable=not console.is_terminal)
+                    refresh_per_second=4, disable=not console.is_terminal)
 
 
 def _epoch_line(record: dict, epochs: int) -> str:
