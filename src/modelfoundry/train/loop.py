@@ -94,6 +94,7 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
     tensorboard = _tensorboard(log_dir)
 
     stopped_early = False
+    last_refresh = time.monotonic()
     with _progress(console) as progress:
         task = progress.add_task("train", total=cfg.epochs * batches_per_epoch, completed=start_epoch * batches_per_epoch,
                                  info="")
@@ -122,6 +123,9 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
                     scheduler.step()
                 loss_sum += loss.detach() * len(targets)  # no .item(): it would sync a GPU every batch
                 progress.advance(task)
+                if time.monotonic() - last_refresh > 0.25:
+                    progress.refresh()
+                    last_refresh = time.monotonic()
 
             record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / len(train), "lr": epoch_lr}
             if val is not None:
@@ -144,7 +148,7 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
                 for key, value in record.items():
                     if key != "epoch":
                         tensorboard.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
-            progress.update(task, info=_epoch_line(record, cfg.epochs))
+            progress.update(task, info=_epoch_line(record, cfg.epochs), refresh=True)
             if not console.is_terminal:
                 console.print(_epoch_line(record, cfg.epochs), highlight=False)
             if patience_left <= 0:
@@ -191,7 +195,10 @@ def _tensorboard(log_dir: Path | None):
 def _progress(console: Console) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
-                    refresh_per_second=4, disable=not console.is_terminal)
+                    disable=not console.is_terminal,
+                    # Redrawn from the training thread between batches: a refresh thread waking
+                    # mid-batch would preempt the OpenMP compute threads on small CPUs.
+                    auto_refresh=False)
 
 
 def _epoch_line(record: dict, epochs: int) -> str:
