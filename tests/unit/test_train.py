@@ -107,27 +107,25 @@ def test_constant_schedule_is_one():
     assert {lr_factor(step, cfg, 50, 5) for step in range(50)} == {1.0}
 
 
-def test_scheduler_drives_the_optimizer_lr():
-    cfg = train_cfg(schedule="step", step_size=1, gamma=0.1, lr=1.0, epochs=3)
+def lrs_seen(cfg, steps_per_epoch: int) -> list[float]:
+    """The lr of every optimizer step of a run, as the scheduler sets it."""
     optimizer = build_optimizer(tiny_mlp(), cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=2)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=steps_per_epoch)
     seen = []
-    for _ in range(6):
+    for _ in range(cfg.epochs * steps_per_epoch):
         seen.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
+    return seen
+
+
+def test_scheduler_drives_the_optimizer_lr():
+    seen = lrs_seen(train_cfg(schedule="step", step_size=1, gamma=0.1, lr=1.0, epochs=3), steps_per_epoch=2)
     assert seen == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
 def test_onecycle_peaks_at_lr_and_ends_far_below():
-    cfg = train_cfg(schedule="onecycle", lr=0.5, epochs=2, optimizer="sgd")
-    optimizer = build_optimizer(tiny_mlp(), cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=10)
-    seen = []
-    for _ in range(20):
-        seen.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    seen = lrs_seen(train_cfg(schedule="onecycle", lr=0.5, epochs=2, optimizer="sgd"), steps_per_epoch=10)
     assert max(seen) == pytest.approx(0.5)
     assert seen[0] < 0.1 and seen[-1] < 0.01
 
