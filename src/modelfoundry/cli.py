@@ -16,11 +16,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from modelfoundry.errors import UserError
+from modelfoundry.plan.cli import plan_app
 
 app = typer.Typer(help="modelfoundry: data -> trained, evaluated, packaged model.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 runs_app = typer.Typer(help="The run registry.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+app.add_typer(plan_app, name="plan", help="What a model costs to train, fine-tune and serve (FLOPs, memory, time, money).")
 # Piped output (CI logs, files) gets wide lines instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
