@@ -200,3 +200,25 @@ def test_cli_bad_input_raises_user_errors():
     assert isinstance(result.exception, UserError) and "--gpus" in str(result.exception)
     result = runner.invoke(plan_app, ["serve", "--params", "7e9"])
     assert isinstance(result.exception, UserError) and "--config" in str(result.exception)
+
+
+def test_run_gives_the_exact_parameter_count_of_a_packaged_model(tmp_path):
+    from modelfoundry.models.registry import build_model
+    from modelfoundry.plan.models import model_from_run
+    from modelfoundry.predictor import save_package
+
+    model = build_model("cnn", (1, 8, 8), 10, width=4)
+    spec = {"task": "image_classification", "model": {"name": "cnn", "options": {"width": 4}}, "input_shape": [1, 8, 8],
+            "labels": [str(i) for i in range(10)], "preprocessing": {"kind": "image", "size": [8, 8], "channels": 1},
+            "run_id": "tiny"}
+    save_package(tmp_path / "run" / "model", model, spec)
+    planned = model_from_run(tmp_path / "run")
+    assert planned.params == sum(p.numel() for p in model.parameters())  # BatchNorm statistics are not parameters
+
+
+def test_run_without_a_package_is_a_user_error(tmp_path):
+    from modelfoundry.plan.models import model_from_run
+
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(UserError, match="no model package"):
+        model_from_run(tmp_path / "unfinished")

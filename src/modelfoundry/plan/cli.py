@@ -17,7 +17,7 @@ from rich.table import Table
 from modelfoundry.errors import UserError
 from modelfoundry.plan import estimate as est
 from modelfoundry.plan.hardware import get_gpu
-from modelfoundry.plan.models import ModelSpec, get_model, model_from_config, model_from_params
+from modelfoundry.plan.models import ModelSpec, get_model, model_from_config, model_from_params, model_from_run
 
 plan_app = typer.Typer(help="What a model costs to train, fine-tune and serve, with the formulas shown.",
                        no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -25,6 +25,7 @@ plan_app = typer.Typer(help="What a model costs to train, fine-tune and serve, w
 ModelOpt = Annotated[str | None, typer.Option("--model", help="a preset, e.g. llama3-8b, gpt3-175b, bert-base")]
 ParamsOpt = Annotated[float | None, typer.Option("--params", help="parameter count, e.g. 7e9")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="a Hugging Face config.json")]
+RunOpt = Annotated[str | None, typer.Option("--run", help="a foundry run (id or folder): its exact parameter count")]
 TokensOpt = Annotated[float | None, typer.Option(help="training tokens; default 20 * N (Chinchilla-optimal)")]
 GpuOpt = Annotated[str, typer.Option(help="h100, h200, a100-80gb, a100-40gb, l4, t4")]
 GpusOpt = Annotated[str, typer.Option(help="GPU count, or a comma list to compare, e.g. 8,16,32")]
@@ -38,16 +39,18 @@ RecomputeOpt = Annotated[bool, typer.Option(help="full activation recomputation"
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
-def resolve_model(model: str | None, params: float | None, config: Path | None) -> ModelSpec:
-    """Exactly one of --model, --params, --config."""
-    given = [name for name, value in (("--model", model), ("--params", params), ("--config", config))
+def resolve_model(model: str | None, params: float | None, config: Path | None, run: str | None = None) -> ModelSpec:
+    """Exactly one of --model, --params, --config, --run."""
+    given = [name for name, value in (("--model", model), ("--params", params), ("--config", config), ("--run", run))
              if value is not None]
     if len(given) != 1:
-        raise UserError(f"give exactly one of --model, --params or --config; got {', '.join(given) or 'none'}.")
+        raise UserError(f"give exactly one of --model, --params, --config or --run; got {', '.join(given) or 'none'}.")
     if model is not None:
         return get_model(model)
     if config is not None:
         return model_from_config(config)
+    if run is not None:
+        return model_from_run(run)
     return model_from_params(params)
 
 
@@ -124,25 +127,25 @@ def show(plans: list[dict[str, Any]], as_json: bool) -> None:
 
 
 @plan_app.command()
-def train(model: ModelOpt = None, params: ParamsOpt = None, config: ConfigOpt = None, tokens: TokensOpt = None,
+def train(model: ModelOpt = None, params: ParamsOpt = None, config: ConfigOpt = None, run: RunOpt = None, tokens: TokensOpt = None,
           gpu: GpuOpt = "h100", gpus: GpusOpt = "8", mfu: MfuOpt = est.DEFAULT_MFU, price: PriceOpt = None,
           sharding: ShardingOpt = "none", optimizer: OptimizerOpt = "adamw", seq_len: SeqLenOpt = None,
           micro_batch: MicroBatchOpt = 1, recompute: RecomputeOpt = False, as_json: JsonOpt = False) -> None:
     """Pre-training: FLOPs = 6 N D, time, cost, per-GPU memory."""
-    spec = resolve_model(model, params, config)
+    spec = resolve_model(model, params, config, run)
     show([training_plan(spec, tokens, gpu, count, mfu, price, sharding, optimizer, seq_len, micro_batch, recompute)
           for count in parse_gpus(gpus)], as_json)
 
 
 @plan_app.command()
-def finetune(model: ModelOpt = None, params: ParamsOpt = None, config: ConfigOpt = None, tokens: TokensOpt = None,
+def finetune(model: ModelOpt = None, params: ParamsOpt = None, config: ConfigOpt = None, run: RunOpt = None, tokens: TokensOpt = None,
              method: Annotated[str, typer.Option(help="full, lora or qlora")] = "lora",
              lora_rank: Annotated[int, typer.Option(help="LoRA rank r")] = 16,
              gpu: GpuOpt = "h100", gpus: GpusOpt = "1", mfu: MfuOpt = est.DEFAULT_MFU, price: PriceOpt = None,
              sharding: ShardingOpt = "none", optimizer: OptimizerOpt = "adamw", seq_len: SeqLenOpt = None,
              micro_batch: MicroBatchOpt = 1, recompute: RecomputeOpt = False, as_json: JsonOpt = False) -> None:
     """Fine-tuning (full, LoRA or QLoRA): FLOPs, time, cost, per-GPU memory."""
-    spec = resolve_model(model, params, config)
+    spec = resolve_model(model, params, config, run)
     if tokens is None:
         raise UserError("finetune needs --tokens (the fine-tuning data size, e.g. 1e8).")
     show([training_plan(spec, tokens, gpu, count, mfu, price, sharding, optimizer, seq_len, micro_batch, recompute,

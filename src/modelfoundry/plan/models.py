@@ -8,6 +8,7 @@ them, and an LM head unless tied to the embeddings.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,3 +166,30 @@ def model_from_params(params: float) -> ModelSpec:
     if params <= 0:
         raise UserError(f"--params must be a positive number of parameters, e.g. 7e9; got {params}.")
     return ModelSpec(f"{params:.3g} params", params, params, 0, 0, 0, 0, 0, "--params")
+
+
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def model_from_run(run: str | Path) -> ModelSpec:
+    """The exact parameter count of a foundry run's packaged model, read from the safetensors header
+    (8-byte length + JSON of names and shapes), so no weights are loaded and torch is not imported."""
+    folder = _package_folder(run)
+    with open(folder / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    params = sum(math.prod(entry["shape"]) for name, entry in header.items()
+                 if name != "__metadata__" and not name.endswith(BUFFER_SUFFIXES))
+    spec = json.loads((folder / "model.json").read_text())
+    return ModelSpec(f"{spec.get('run_id', folder.parent.name)} ({spec['model']['name']})", float(params), float(params),
+                     0, 0, 0, 0, 0, f"run package {folder}")
+
+
+def _package_folder(run: str | Path) -> Path:
+    from modelfoundry.store.registry import resolve_run
+
+    root = resolve_run(str(run))
+    for folder in (root / "model", root):
+        if (folder / "model.json").is_file() and (folder / "model.safetensors").is_file():
+            return folder
+    raise UserError(f"--run {run}: no model package in {root} (expected model/model.safetensors); "
+                    "is the run finished? `foundry runs list` shows each run's status.")
