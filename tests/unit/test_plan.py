@@ -222,3 +222,19 @@ def test_run_without_a_package_is_a_user_error(tmp_path):
     (tmp_path / "unfinished").mkdir()
     with pytest.raises(UserError, match="no model package"):
         model_from_run(tmp_path / "unfinished")
+
+
+def test_calibrate_measures_this_machine_and_cpu_plans_use_it(tmp_path, monkeypatch):
+    from modelfoundry.plan import calibrate
+
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path))
+    with pytest.raises(UserError, match="foundry plan calibrate"):
+        get_gpu("cpu")
+    measured = calibrate.measure(size=128, repeats=1)
+    assert measured["matmul_fp32_flops"] > 1e8 and measured["bandwidth_bytes_s"] > 1e8
+    assert 0 < measured["mfu"] < 5  # small models are timing-noisy; a ratio, not a claim of accuracy
+    calibrate.save(measured)
+    cpu = get_gpu("cpu")
+    assert cpu.peak_flops(cpu.half_precision) == pytest.approx(measured["matmul_fp32_flops"])
+    plan = est.training_time(6e12, cpu, 1, mfu=0.5)
+    assert plan["time_seconds"]["value"] == pytest.approx(6e12 / (measured["matmul_fp32_flops"] * 0.5))

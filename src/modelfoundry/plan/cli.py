@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modelfoundry.errors import UserError
@@ -120,7 +121,7 @@ def show(plans: list[dict[str, Any]], as_json: bool) -> None:
         for column in ("quantity", "value", "formula"):
             table.add_column(column, overflow="fold")
         for key, row in plan["estimates"].items():
-            table.add_row(key, _format(row["value"], row["unit"]), row["formula"])
+            table.add_row(key, _format(row["value"], row["unit"]), escape(row["formula"]))  # sources hold [...]
         console.print(table)
         if "mfu_source" in plan:
             console.print(f"MFU {plan['mfu']:g}: {plan['mfu_source']}")
@@ -174,3 +175,23 @@ def budget(dollars: Annotated[float, typer.Option(help="USD to spend on training
     """Dollars -> GPU-hours -> FLOPs -> the Chinchilla-optimal model size and tokens."""
     rows = est.budget(dollars, get_gpu(gpu), price, mfu)
     show([{"gpu": gpu, "dollars": dollars, "mfu": mfu, "mfu_source": est.MFU_SOURCE, "estimates": rows}], as_json)
+
+
+@plan_app.command()
+def calibrate(as_json: JsonOpt = False) -> None:
+    """Measure this machine (matmul rate, memory bandwidth, training MFU) for plans with --gpu cpu."""
+    from modelfoundry.plan import calibrate as calibration
+
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    result = calibration.measure()
+    path = calibration.save(result)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table("measured", "value")
+    table.add_row("fp32 matmul", f"{result['matmul_fp32_flops'] / 1e9:,.1f} GFLOP/s")
+    table.add_row("memory bandwidth (copy)", f"{result['bandwidth_bytes_s'] / 1e9:,.1f} GB/s")
+    table.add_row("MLP training", f"{result['train_flops'] / 1e9:,.1f} GFLOP/s = MFU {result['mfu']:.2f}")
+    table.add_row("machine", f"{result['processor']}, {result['threads']} torch threads, {result['memory_gb']:.0f} GB")
+    console.print(table)
+    console.print(f"saved to {path}; plans use it with --gpu cpu (pass --mfu {result['mfu']:.2f} for small models)")

@@ -44,7 +44,9 @@ class GPU:
     @property
     def half_precision(self) -> str:
         """The 16-bit dtype mixed-precision training uses on this GPU."""
-        return "bf16" if "bf16" in self.peak_tflops else "fp16"
+        if "bf16" in self.peak_tflops or "fp16" in self.peak_tflops:
+            return "bf16" if "bf16" in self.peak_tflops else "fp16"
+        return "fp32"  # a calibrated CPU: only its measured fp32 rate is known
 
 
 _H100_COMPUTE = {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0, "int8": 1979.0}
@@ -61,10 +63,23 @@ GPUS: dict[str, GPU] = {g.name: g for g in [
 ]}
 
 
+def this_cpu() -> GPU:
+    """This machine as a 'GPU' whose rates come from `foundry plan calibrate`."""
+    from modelfoundry.plan import calibrate
+
+    measured = calibrate.load()
+    return GPU("cpu", measured["memory_gb"], measured["bandwidth_bytes_s"] / 1e12,
+               {"fp32": measured["matmul_fp32_flops"] / 1e12}, 0.0,
+               f"measured by `foundry plan calibrate` on {measured['measured']} ({measured['processor']}, "
+               f"{measured['threads']} threads; training MFU {measured['mfu']:.2f})")
+
+
 def get_gpu(name: str) -> GPU:
-    """Look up a GPU preset by name (case-insensitive)."""
+    """Look up a GPU preset by name (case-insensitive); 'cpu' is this machine, as calibrated."""
+    if name.lower() == "cpu":
+        return this_cpu()
     gpu = GPUS.get(name.lower())
     if gpu is None:
-        raise UserError(f"--gpu '{name}' is not a known GPU; choose one of {', '.join(GPUS)}."
+        raise UserError(f"--gpu '{name}' is not a known GPU; choose one of {', '.join(GPUS)}, or cpu (calibrated)."
                         + did_you_mean(name, GPUS))
     return gpu
