@@ -26,6 +26,7 @@ from modelfoundry.data.prepare import Prepared, prepare
 from modelfoundry.errors import UserError
 from modelfoundry.evaluate.metrics import classification_metrics, worst_mistakes
 from modelfoundry.models.registry import build_model
+from modelfoundry.plan.check import plan_vs_measured
 from modelfoundry.predictor import save_package
 from modelfoundry.store.registry import Registry, runs_root
 from modelfoundry.train.loop import fit, predict_logits
@@ -113,6 +114,10 @@ def _run(cfg: Config, base_dir: Path, path: Path, resume: bool, console: Console
             probabilities[name] = torch.softmax(predict_logits(model, splits[name]), 1).cpu().numpy()
             metrics[name] = classification_metrics(probabilities[name], getattr(data, name).targets.numpy(), data.labels)
     metrics["history"] = result.history
+    if device.type == "cpu":  # calibration measures this CPU; a GPU plan would need that GPU's rates
+        metrics["plan"] = plan_vs_measured(model, data.train.inputs[:1], len(data.train),
+                                           len(data.val) if data.val is not None else 0,
+                                           len(result.history), sum(r["seconds"] for r in result.history))
     spec = {"task": cfg.task, "model": {"name": cfg.model.name, "options": options},
             "input_shape": list(data.input_shape), "labels": data.labels, "preprocessing": data.preprocessing,
             "label_column": cfg.data.label, "run_id": path.name, "created": datetime.now().isoformat(timespec="seconds"),

@@ -238,3 +238,17 @@ def test_calibrate_measures_this_machine_and_cpu_plans_use_it(tmp_path, monkeypa
     assert cpu.peak_flops(cpu.half_precision) == pytest.approx(measured["matmul_fp32_flops"])
     plan = est.training_time(6e12, cpu, 1, mfu=0.5)
     assert plan["time_seconds"]["value"] == pytest.approx(6e12 / (measured["matmul_fp32_flops"] * 0.5))
+
+
+def test_runs_count_their_training_flops_on_the_real_model(tmp_path, monkeypatch):
+    import torch
+
+    from modelfoundry.plan.check import forward_flops_per_example, plan_vs_measured
+
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path))
+    model = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 3))
+    assert forward_flops_per_example(model, torch.zeros(1, 10)) == 2 * (10 * 20 + 20 * 3)  # 2 per weight
+    plan = plan_vs_measured(model, torch.zeros(1, 10), train_examples=100, val_examples=10, epochs=2,
+                            measured_seconds=1.0)
+    assert plan["training_flops"] == 2 * (3 * 520 * 100 + 520 * 10)
+    assert plan["predicted_seconds"] is None and "calibrate" in plan["note"]  # nothing measured here yet

@@ -1,0 +1,46 @@
+"""The planner checked against reality: each `foundry train` run records the time the plan
+predicts for it beside the time it took.
+
+Training FLOPs are counted on the real model with PyTorch's FlopCounterMode (matmuls and
+convolutions of one forward pass), times 3 for forward + backward, times the examples seen;
+validation adds one forward pass per example. The rate is this machine's calibrated one
+(`foundry plan calibrate`): fp32 matmul peak x the MFU its short training run reached.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from modelfoundry.errors import UserError
+
+
+def forward_flops_per_example(model: torch.nn.Module, example: torch.Tensor) -> float:
+    """FLOPs of one forward pass per example, counted on a batch of two (BatchNorm needs > 1)."""
+    batch = example[:1].expand(2, *example.shape[1:]).clone()
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(batch)
+    model.train(was_training)
+    return counter.get_total_flops() / 2
+
+
+def plan_vs_measured(model: torch.nn.Module, example: torch.Tensor, train_examples: int, val_examples: int,
+                     epochs: int, measured_seconds: float) -> dict:
+    """The plan for a finished run and how far off it was; `predicted_seconds` is None without calibration."""
+    from modelfoundry.plan import calibrate
+
+    per_example = forward_flops_per_example(model, example.cpu())
+    flops = epochs * (3 * per_example * train_examples + per_example * val_examples)
+    out = {"forward_flops_per_example": per_example, "training_flops": flops,
+           "formula": "epochs * (3 * forward FLOPs * train examples + forward FLOPs * val examples)",
+           "measured_seconds": measured_seconds, "predicted_seconds": None}
+    try:
+        measured = calibrate.load()
+    except UserError:
+        out["note"] = "run `foundry plan calibrate` once to have runs record predicted times"
+        return out
+    rate = measured["matmul_fp32_flops"] * measured["mfu"]
+    out.update(predicted_seconds=flops / rate, rate_flops=rate, rate_source=f"calibrated {measured['measured']}",
+               predicted_over_measured=flops / rate / measured_seconds if measured_seconds else None)
+    return out
