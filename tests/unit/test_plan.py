@@ -251,4 +251,18 @@ def test_runs_count_their_training_flops_on_the_real_model(tmp_path, monkeypatch
     plan = plan_vs_measured(model, torch.zeros(1, 10), train_examples=100, val_examples=10, epochs=2,
                             measured_seconds=1.0)
     assert plan["training_flops"] == 2 * (3 * 520 * 100 + 520 * 10)
-    assert plan["predicted_seconds"] is None and "calibrate" in plan["note"]  # nothing measured here yet
+    assert plan["predicted_seconds"] is None and "foundry plan calibrate" in plan["note"]  # nothing measured yet
+
+
+@pytest.mark.parametrize("content", ['{"matmul_fp32_flops": 1', "{}", '{"matmul_fp32_flops": -1}', "[]"])
+def test_a_damaged_calibration_file_is_named_and_never_breaks_training(tmp_path, monkeypatch, content):
+    import torch
+
+    from modelfoundry.plan.check import plan_vs_measured
+
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path))
+    (tmp_path / "calibration.json").write_text(content)
+    with pytest.raises(UserError, match="calibration.json.*foundry plan calibrate"):
+        get_gpu("cpu")
+    plan = plan_vs_measured(torch.nn.Linear(4, 2), torch.zeros(1, 4), 10, 0, 1, 1.0)
+    assert plan["predicted_seconds"] is None and "calibration.json" in plan["note"]

@@ -18,6 +18,9 @@ from modelfoundry.errors import UserError
 from modelfoundry.store.registry import runs_root
 
 
+REQUIRED = ("matmul_fp32_flops", "bandwidth_bytes_s", "train_flops", "mfu", "memory_gb")
+
+
 def calibration_path() -> Path:
     return runs_root() / "calibration.json"
 
@@ -80,4 +83,14 @@ def load() -> dict:
     if not path.is_file():
         raise UserError(f"--gpu cpu needs this machine's measured rates and {path} does not exist. "
                         "Run `foundry plan calibrate` first (about ten seconds).")
-    return json.loads(path.read_text())
+    try:
+        measured = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}). Run `foundry plan calibrate` again to rewrite it.") from None
+    if not isinstance(measured, dict):
+        measured = {}
+    missing = [key for key in REQUIRED if not isinstance(measured.get(key), (int, float)) or measured[key] <= 0]
+    if missing:
+        raise UserError(f"{path}: missing or non-positive {', '.join(missing)}. "
+                        "Run `foundry plan calibrate` again to rewrite it.")
+    return measured

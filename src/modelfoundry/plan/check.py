@@ -37,8 +37,8 @@ def plan_vs_measured(model: torch.nn.Module, example: torch.Tensor, train_exampl
            "measured_seconds": measured_seconds, "predicted_seconds": None}
     try:
         measured = calibrate.load()
-    except UserError:
-        out["note"] = "run `foundry plan calibrate` once to have runs record predicted times"
+    except UserError as exc:  # no or damaged calibration: the run still finishes, the record says why
+        out["note"] = str(exc)
         return out
     rate = measured["matmul_fp32_flops"] * measured["mfu"]
     out.update(predicted_seconds=flops / rate, rate_flops=rate, rate_source=f"calibrated {measured['measured']}",
