@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from modelfoundry.config import load_config
 from modelfoundry.models.registry import build_model
@@ -13,6 +14,11 @@ EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_config_is_valid(path):
     config, _ = load_config(path)
+    if config.task == "text_classification":
+        model = build_model(config.model.name, (config.data.max_length or 512,), 2, {"vocab_size": 30522, "pad_id": 0},
+                            **config.model.model_extra)
+        assert model(torch.tensor([[101, 2204, 3185, 102]])).shape == (1, 2)
+        return
     assert config.model.name in ("mlp", "cnn", "resnet")
     shape = (30,) if config.task == "tabular_classification" else (1, 28, 28)
     build_model(config.model.name, shape, 10, **config.model.model_extra)
@@ -27,4 +33,4 @@ def test_init_starter_is_valid(task, tmp_path):
 
 
 def test_examples_are_shipped():
-    assert {p.name for p in EXAMPLES} >= {"digits.yaml", "mnist.yaml", "breast_cancer.yaml"}
+    assert {p.name for p in EXAMPLES} >= {"digits.yaml", "mnist.yaml", "breast_cancer.yaml", "reviews.yaml", "sst2.yaml"}

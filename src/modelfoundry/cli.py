@@ -29,7 +29,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 @app.command()
-def init(task: Annotated[str, typer.Option(help="image_classification or tabular_classification")] = "image_classification",
+def init(task: Annotated[str, typer.Option(help="image_classification, tabular_classification or text_classification")] = "image_classification",
          output: Annotated[Path, typer.Option("--output", "-o", help="where to write the config")] = Path("config.yaml"),
          force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False) -> None:
     """Write a commented starter config."""
@@ -87,7 +87,9 @@ def evaluate(run: Annotated[str, typer.Argument(help="run id or folder")],
 
 @app.command()
 def predict(run: Annotated[str, typer.Argument(help="run id or folder")],
-            inputs: Annotated[list[str], typer.Argument(help="image files or folders, or one CSV/Parquet/JSONL file")],
+            inputs: Annotated[list[str], typer.Argument(
+                help="image files or folders, one CSV/Parquet/JSONL file, or texts (a text model also reads "
+                     "one .txt file, a text per line, or a table with the training text column)")],
             output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write predictions as CSV")] = None,
             top_k: Annotated[int, typer.Option(min=1, help="probabilities of the k most likely labels")] = 1) -> None:
     """Predict labels for new inputs."""
@@ -97,7 +99,13 @@ def predict(run: Annotated[str, typer.Argument(help="run id or folder")],
     from modelfoundry.store.registry import resolve_run
 
     predictor = load(resolve_run(run))
-    if predictor.spec["preprocessing"]["kind"] == "table":
+    if predictor.spec["preprocessing"]["kind"] == "text":
+        from modelfoundry.data.text import texts_to_predict
+
+        texts = texts_to_predict(inputs, predictor.spec["preprocessing"]["text_column"])
+        probabilities = predictor.predict_proba(texts)
+        names = [t if len(t) <= 60 else t[:57] + "..." for t in texts]
+    elif predictor.spec["preprocessing"]["kind"] == "table":
         if len(inputs) != 1:
             raise UserError("predict: a table model takes one CSV/Parquet/JSONL file.")
         probabilities = predictor.predict_proba(inputs[0])  # by path, so errors name the file and line

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from modelfoundry.errors import UserError, did_you_mean
 
-TASKS = ("image_classification", "tabular_classification")
+TASKS = ("image_classification", "tabular_classification", "text_classification")
 
 
 class _Section(BaseModel):
@@ -34,6 +34,11 @@ class SplitConfig(_Section):
         return self
 
 
+class PrivacyConfig(_Section):
+    pii: Literal["off", "report", "redact", "drop"] = Field(
+        "report", description="personal data in text: off, report (count only), redact ([EMAIL] ...), drop rows")
+
+
 class AugmentConfig(_Section):
     """Training-time image augmentation; always off for validation, test and prediction."""
 
@@ -44,7 +49,17 @@ class AugmentConfig(_Section):
 
 class DataConfig(_Section):
     source: str = Field(description="builtin:NAME, an image folder, an MNIST IDX folder, or a .csv/.parquet/.jsonl file")
+    val_source: str | None = Field(None, description="a separate validation file/folder (then split.val is not used)")
+    test_source: str | None = Field(None, description="a separate test file/folder (then split.test is not used)")
     label: str | None = Field(None, description="label column of a table")
+    text: str | None = Field(None, description="text column (text_classification)")
+    quoting: bool = Field(True, description="CSV/TSV: honour quote characters; false for files like SST-2 "
+                          "whose texts contain unbalanced quotes")
+    max_length: int | None = Field(None, ge=2, description="tokens per text; longer texts are truncated "
+                                   "(default: the most the model supports)")
+    tokenizer: str | None = Field(None, description="Hugging Face model folder or tokenizer.json whose tokenizer "
+                                  "text models use (default: the pretrained model's own)")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     features: list[str] | None = Field(None, description="feature columns (default: every column but the label)")
     drop: list[str] = Field(default_factory=list, description="columns to ignore, e.g. ids")
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -74,7 +89,9 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights, added to the loss")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    schedule: Literal["constant", "step", "cosine", "onecycle"] = "constant"
+    lr_head: float | None = Field(None, gt=0, le=10, description="learning rate of the classification head "
+                                  "(default: lr); fine-tuning often wants it 10-100x higher than the encoder's")
+    schedule: Literal["constant", "step", "linear", "cosine", "onecycle"] = "constant"
     warmup: float = Field(0.0, ge=0, lt=1, description="fraction of all steps spent warming the lr up from 0")
     step_size: int = Field(10, ge=1, description="step schedule: epochs between lr drops")
     gamma: float = Field(0.1, gt=0, le=1, description="step schedule: lr factor at each drop")
@@ -91,7 +108,7 @@ class TrainConfig(_Section):
 
 
 class Config(_Section):
-    task: Literal["image_classification", "tabular_classification"]
+    task: Literal["image_classification", "tabular_classification", "text_classification"]
     name: str | None = Field(None, description="a readable name for the run")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -102,6 +119,11 @@ class Config(_Section):
         builtin = self.data.source.startswith("builtin:")
         if self.task == "tabular_classification" and not builtin and not self.data.label:
             raise ValueError("data.label is required for tabular_classification: name the label column")
+        if self.task == "text_classification":
+            missing = [key for key in ("text", "label") if not getattr(self.data, key)]
+            if missing:
+                raise ValueError(f"text_classification needs data.{' and data.'.join(missing)}: "
+                                 "name the text column and the label column of the file")
         return self
 
 

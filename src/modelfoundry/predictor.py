@@ -20,8 +20,9 @@ from modelfoundry.models.registry import build_model
 FORMAT = "modelfoundry.model/1"
 
 
-def save_package(folder: Path, model: torch.nn.Module, spec: dict) -> Path:
-    """Write weights and description. `spec` holds task, model {name, options}, input_shape, labels, preprocessing.
+def save_package(folder: Path, model: torch.nn.Module, spec: dict, files: dict[str, str] | None = None) -> Path:
+    """Write weights and description. `spec` holds task, model {name, options}, input_shape, labels, preprocessing;
+    `files` maps relative paths to text the model needs besides (tokenizer.json, encoder/config.json).
 
     The package is built in a temporary folder and renamed into place, so a run killed while
     writing leaves either no package or a complete one, never a torn file.
@@ -32,6 +33,9 @@ def save_package(folder: Path, model: torch.nn.Module, spec: dict) -> Path:
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     (tmp / "model.json").write_text(json.dumps({"format": FORMAT, **spec}, indent=2))
+    for name, content in (files or {}).items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_text(content)
     if folder.exists():
         folder.rename(old)
     tmp.rename(folder)
@@ -56,8 +60,11 @@ def load(path: str | Path, device: str = "cpu") -> Predictor:
     if spec.get("format") != FORMAT:
         raise UserError(f"{folder}/model.json: format {spec.get('format')!r} is not {FORMAT!r}; "
                         "retrain with this version of modelfoundry.")
-    model = build_model(spec["model"]["name"], tuple(spec["input_shape"]), len(spec["labels"]),
-                        **spec["model"]["options"])
+    pre, options = spec["preprocessing"], dict(spec["model"]["options"])
+    text_spec = {k: pre[k] for k in ("vocab_size", "pad_id")} if pre["kind"] == "text" else None
+    if spec["model"]["name"] == "pretrained":  # the architecture from the package; weights come next
+        options.update(path=str(folder / "encoder"), pretrained_weights=False)
+    model = build_model(spec["model"]["name"], tuple(spec["input_shape"]), len(spec["labels"]), text_spec, **options)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return Predictor(model.to(device).eval(), spec, folder)
 
@@ -71,6 +78,7 @@ class Predictor:
         self.path = path
         self.labels: list[str] = spec["labels"]
         self.task: str = spec["task"]
+        self._tokenizer = None
 
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, model={self.spec['model']['name']!r}, labels={self.labels})"
@@ -82,10 +90,31 @@ class Predictor:
         Tables: a DataFrame, a dict or list of dicts, or a .csv/.parquet/.jsonl path.
         """
         pre = self.spec["preprocessing"]
+        if pre["kind"] == "text":
+            return self._tokenize(inputs)
         if pre["kind"] == "table":
             frame = read_rows(inputs)
             return torch.from_numpy(tabular.TableEncoder(pre).transform(frame, origin))
         return torch.from_numpy(np.stack([self._image(item) for item in expand_images(inputs)]))
+
+    def _tokenize(self, inputs) -> list[torch.Tensor]:
+        """Texts -> token ids, scrubbed of PII first when the model was trained on scrubbed text."""
+        from modelfoundry.data import text
+
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise UserError(f"text input {bad[0] + 1} is {type(texts[bad[0]]).__name__}, not a string; a text model "
+                            "takes a string or a list of strings.")
+        if not texts:
+            raise UserError("no inputs given.")
+        pre = self.spec["preprocessing"]
+        if pre.get("pii") in ("redact", "drop"):  # a dropped row can't be dropped here; redact it instead
+            texts, _, _ = text.scrub_texts(texts, "redact")
+        if self._tokenizer is None:
+            self._tokenizer = text.load_tokenizer(self.path / "tokenizer.json")
+        ids, _ = text.tokenize(self._tokenizer, texts, pre["max_length"])
+        return ids
 
     def _image(self, item) -> np.ndarray:
         pre = self.spec["preprocessing"]
@@ -106,6 +135,13 @@ class Predictor:
         """Class probabilities (N, num_classes), columns in the order of `self.labels`."""
         x = self.encode(inputs, origin=str(inputs) if isinstance(inputs, (str, Path)) else "input")
         device = next(self.model.parameters()).device
+        if isinstance(x, list):  # token ids: predict shortest first to pad least, then restore the order
+            from modelfoundry.data.text import TextData
+            from modelfoundry.train.loop import predict_logits
+
+            data, order = TextData(x, torch.zeros(len(x)), self.spec["preprocessing"]["pad_id"], device).sorted_by_length()
+            probabilities = torch.softmax(predict_logits(self.model, data, batch_size), 1).cpu().numpy()
+            return probabilities[np.argsort(order)]
         out = [torch.softmax(self.model(x[i:i + batch_size].to(device)).float(), 1).cpu()
                for i in range(0, len(x), batch_size)]
         return torch.cat(out).numpy()

@@ -21,7 +21,7 @@ import yaml
 from rich.console import Console
 
 from modelfoundry.config import Config, config_to_dict, load_config
-from modelfoundry.data import images
+from modelfoundry.data import images, text
 from modelfoundry.data.prepare import Prepared, prepare
 from modelfoundry.errors import UserError
 from modelfoundry.evaluate.metrics import classification_metrics, worst_mistakes
@@ -90,10 +90,15 @@ def _run(cfg: Config, base_dir: Path, path: Path, resume: bool, console: Console
     _write_json(path / "data_report.json", data.report)
     timings["data"] = time.perf_counter() - clock
     console.print(f"data: {data.report['splits']} examples (train/val/test), {len(data.labels)} classes, "
-                  f"input {data.input_shape}", highlight=False)
+                  + (f"up to {data.input_shape[0]} tokens per text" if data.preprocessing["kind"] == "text"
+                     else f"input {data.input_shape}"), highlight=False)
 
-    options = cfg.model.model_extra or {}
-    model = build_model(cfg.model.name, data.input_shape, len(data.labels), **options)
+    options = dict(cfg.model.model_extra or {})
+    if "path" in options:  # a pretrained model folder, relative to the working folder or the config
+        options["path"] = text.resolve_path(options["path"], base_dir)
+    pre = data.preprocessing
+    text_spec = {k: pre[k] for k in ("vocab_size", "pad_id")} if pre["kind"] == "text" else None
+    model = build_model(cfg.model.name, data.input_shape, len(data.labels), text_spec, **options)
     console.print(f"model: {cfg.model.name} with {sum(p.numel() for p in model.parameters()):,} parameters "
                   f"on {device}", highlight=False)
     clock = time.perf_counter()
@@ -122,7 +127,7 @@ def _run(cfg: Config, base_dir: Path, path: Path, resume: bool, console: Console
             "input_shape": list(data.input_shape), "labels": data.labels, "preprocessing": data.preprocessing,
             "label_column": cfg.data.label, "run_id": path.name, "created": datetime.now().isoformat(timespec="seconds"),
             "test_accuracy": metrics.get("test", {}).get("accuracy")}
-    save_package(path / "model", model, spec)
+    save_package(path / "model", model, spec, {**data.files, **getattr(model, "package_files", dict)()})
     _write_json(path / "metrics.json", metrics)
     timings["evaluate"] = time.perf_counter() - clock
     write_run_report(path, cfg.name or path.name, metrics, data, probabilities.get("test"), config_to_dict(cfg))
@@ -138,7 +143,7 @@ def mistakes_for_report(probabilities: np.ndarray | None, targets: np.ndarray, l
         item = {"true": labels[targets[i]], "pred": labels[int(probabilities[i].argmax())],
                 "confidence": float(probabilities[i].max())}
         shown = display[i]
-        item["row" if isinstance(shown, dict) else "image"] = shown
+        item["row" if isinstance(shown, dict) else "text" if isinstance(shown, str) else "image"] = shown
         out.append(item)
     return out
 

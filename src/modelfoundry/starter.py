@@ -52,6 +52,36 @@ model:
   hidden: [128, 64]
   dropout: 0.1
 """ + _COMMON_TRAIN,
+    "text_classification": """\
+# modelfoundry config: text classification. Train with `foundry train config.yaml`.
+task: text_classification
+data:
+  source: reviews.csv        # a .csv / .tsv / .jsonl / .parquet file with a text column and a label column
+  text: review               # the text column
+  label: sentiment           # the label column
+  # val_source: dev.csv      # separate validation / test files (default: split from source)
+  # test_source: test.csv
+  quoting: true              # false for TSV files whose texts hold stray quote characters (SST-2)
+  # max_length: 128          # tokens per text; longer texts are cut (default: the most the model takes)
+  privacy: {pii: report}     # personal data: off | report (count) | redact ([EMAIL] ...) | drop rows
+  split: {val: 0.1, test: 0.2, seed: 0}
+model:
+  name: pretrained           # pretrained (fine-tune all-MiniLM-L6-v2) | lstm | gru | transformer
+  # path: /models/my-bert    # any local Hugging Face encoder folder
+  # freeze_layers: 0         # keep the embeddings and the first N layers fixed
+train:
+  epochs: 3
+  batch_size: 32
+  optimizer: adamw
+  lr: 5.0e-5                 # the encoder's rate
+  lr_head: 1.0e-3            # the new classification head learns faster
+  schedule: linear           # constant | step | linear | cosine | onecycle
+  warmup: 0.1
+  weight_decay: 0.01
+  monitor: val_accuracy
+  precision: auto
+  seed: 0
+""",
 }
 
 

@@ -5,16 +5,69 @@ import pytest
 import torch
 
 from modelfoundry.errors import UserError
-from modelfoundry.models.registry import BUILDERS, build_model, model_options
+from modelfoundry.models.registry import BUILDERS, TEXT_ONLY, build_model, model_options
 
 TINY = {"mlp": {"hidden": [8]}, "cnn": {"width": 4, "depth": 2}, "resnet": {"width": 4, "depth": 2, "blocks_per_stage": 1}}
+TINY_TEXT = {"lstm": {"embed_dim": 8, "hidden": 8}, "gru": {"embed_dim": 8, "hidden": 8},
+             "transformer": {"width": 8, "depth": 1, "heads": 2}, "pretrained": {}}
+TOKENIZER = {"vocab_size": 30522, "pad_id": 0}
 
 
 def test_every_family_has_tiny_options_here():
-    assert set(TINY) == set(BUILDERS)
+    assert set(TINY) | set(TINY_TEXT) == set(BUILDERS)
+    assert set(TINY_TEXT) == TEXT_ONLY
 
 
-@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("name", sorted(TINY_TEXT))
+def test_every_text_family_builds_from_the_registry(name, tiny_bert):
+    options = {"path": str(tiny_bert)} if name == "pretrained" else TINY_TEXT[name]
+    model = build_model(name, (16,), 3, TOKENIZER, **options)
+    ids = torch.tensor([[101, 2023, 2003, 102], [101, 2204, 102, 0]])
+    assert model(ids).shape == (2, 3)
+    assert model.head.out_features == 3  # the layer lr_head applies to
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_ONLY))
+def test_text_families_reject_images_and_image_families_reject_text(name):
+    with pytest.raises(UserError, match=f"'{name}' is not a model for this data.*cnn, resnet or mlp"):
+        build_model(name, (1, 8, 8), 3)
+    with pytest.raises(UserError, match="'cnn' is not a model for this data. Text takes one of gru, lstm"):
+        build_model("cnn", (16,), 3, TOKENIZER)
+
+
+def test_text_options_exclude_what_the_tokenizer_decides():
+    assert "vocab_size" not in model_options("lstm") and "pad_id" not in model_options("pretrained")
+    assert model_options("pretrained")["freeze_layers"] == 0
+
+
+def test_pretrained_freezing_keeps_embeddings_and_first_layers_fixed(tiny_bert):
+    model = build_model("pretrained", (16,), 2, TOKENIZER, path=str(tiny_bert), freeze_layers=1)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("encoder.embeddings.") for n in frozen)
+    assert any(".layer.0." in n for n in frozen) and not any(".layer.1." in n for n in frozen)
+    probe = build_model("pretrained", (16,), 2, TOKENIZER, path=str(tiny_bert), freeze_encoder=True)
+    assert [n for n, p in probe.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+
+
+def test_pretrained_bad_freeze_and_pooling_are_user_errors(tiny_bert):
+    with pytest.raises(UserError, match="freeze_layers 5 is outside 0..2"):
+        build_model("pretrained", (16,), 2, TOKENIZER, path=str(tiny_bert), freeze_layers=5)
+    with pytest.raises(UserError, match="pooling 'max' is not one of mean, cls"):
+        build_model("pretrained", (16,), 2, TOKENIZER, path=str(tiny_bert), pooling="max")
+
+
+def test_pretrained_path_that_is_not_a_hugging_face_folder_names_the_missing_file(tiny_bert, tmp_path):
+    import shutil
+    folder = shutil.copytree(tiny_bert, tmp_path / "model")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(UserError, match=r"not a Hugging Face model folder: model.safetensors or pytorch_model.bin "
+                                        r"missing"):
+        build_model("pretrained", (16,), 2, TOKENIZER, path=str(folder))
+    with pytest.raises(UserError, match="is not a folder"):
+        build_model("pretrained", (16,), 2, TOKENIZER, path=str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 12, 12)])
 def test_every_family_gives_one_logit_per_class(name, shape):
     torch.manual_seed(0)

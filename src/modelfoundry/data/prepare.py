@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from modelfoundry.config import Config, DataConfig
-from modelfoundry.data import images, tabular, validate
+from modelfoundry.data import images, tabular, text, validate
 from modelfoundry.data.split import split_indices
 from modelfoundry.errors import UserError, did_you_mean
 
@@ -56,7 +56,8 @@ class Prepared:
     input_shape: tuple[int, ...]
     preprocessing: dict
     report: dict
-    test_display: list = field(default_factory=list)  # per test example: image (C,H,W) in [0,1] or row dict
+    test_display: list = field(default_factory=list)  # per test example: image (C,H,W) in [0,1], row dict or text
+    files: dict[str, str] = field(default_factory=dict)  # extra files for the model package (tokenizer.json)
 
 
 def resolve_source(source: str, base_dir: Path) -> Path:
@@ -81,12 +82,16 @@ def sorted_labels(values) -> list[str]:
         return sorted(unique)
 
 
-def load_raw(data: DataConfig, task: str, base_dir: Path):
-    """Returns (examples, labels as str, origin, extra report fields). Images: (N, C, H, W) array; tables: DataFrame."""
+def load_raw(data: DataConfig, task: str, base_dir: Path, source: str | None = None):
+    """Returns (examples, labels as str, origin, extra report fields). Images: (N, C, H, W) array; tables: DataFrame.
+
+    `source` is data.source unless given (data.val_source / data.test_source).
+    """
     extra: dict = {}
-    if data.source.startswith("builtin:"):
-        return _load_builtin(data.source.removeprefix("builtin:"), task) + (extra,)
-    path = resolve_source(data.source, base_dir)
+    source = source or data.source
+    if source.startswith("builtin:"):
+        return _load_builtin(source.removeprefix("builtin:"), task) + (extra,)
+    path = resolve_source(source, base_dir)
     origin = str(path)
     if task == "image_classification":
         if not path.is_dir():
@@ -98,6 +103,10 @@ def load_raw(data: DataConfig, task: str, base_dir: Path):
             examples, labels, _, skipped = images.read_image_folder(path, data.image_size, data.channels)
             extra["unreadable"] = skipped
         return examples, labels, origin, extra
+    if task == "text_classification":
+        texts, labels = text.read_text_table(path, data.text, data.label, data.quoting)
+        texts, labels = text.clean_texts(texts, labels, data.privacy.pii, origin, extra)
+        return np.array(texts, dtype=object), labels, origin, extra
     if path.is_dir():
         raise UserError(f"data.source: {path} is a folder; tabular_classification needs a .csv, .parquet or .jsonl file.")
     frame = tabular.read_table(path)
@@ -144,12 +153,22 @@ def _load_builtin(name: str, task: str):
 def prepare(config: Config, base_dir: Path) -> Prepared:
     """Load, validate, split and encode the data of a config."""
     data = config.data
-    examples, labels, origin, report = load_raw(data, config.task, base_dir)
+    loaded = {part: load_raw(data, config.task, base_dir, source) for part, source in sources(data).items()}
+    examples, labels, origin, _ = loaded["train"]
+    report = merge_counts([v[3] for v in loaded.values()])
+    if len(loaded) > 1:
+        examples = (pd.concat([v[0] for v in loaded.values()], ignore_index=True) if isinstance(examples, pd.DataFrame)
+                    else _concat_images([(v[0], v[2]) for v in loaded.values()]))
+        labels = np.concatenate([v[1] for v in loaded.values()])
+        report["sources"] = {part: v[2] for part, v in loaded.items()}
+    sizes = {part: len(v[1]) for part, v in loaded.items()}
     report["source"] = origin
     is_table = isinstance(examples, pd.DataFrame)
+    part_of = np.repeat(list(sizes), list(sizes.values()))  # which file each example came from
     if is_table:
         kept, report["missing"] = tabular.check_missing(examples, data.missing, data.max_missing_fraction, origin)
-        labels, examples = labels[examples.index.isin(kept.index)], kept
+        kept_mask = examples.index.isin(kept.index)
+        labels, examples, part_of = labels[kept_mask], kept, part_of[kept_mask]
         if examples.empty:
             raise UserError(f"{origin}: no rows left after dropping rows with empty cells (data.missing: drop); "
                             f"empty cells per column: {report['missing']}. Use data.missing: impute.")
@@ -159,18 +178,41 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
     if data.dedupe and duplicates.any():
         keep = ~duplicates
         examples = examples[keep] if not is_table else examples.iloc[np.flatnonzero(keep)]
-        labels, hashes = labels[keep], hashes[keep]
+        labels, hashes, part_of = labels[keep], hashes[keep], part_of[keep]
         report["dropped_duplicates"] = int(duplicates.sum())
     label_names = sorted_labels(labels)
     if len(label_names) < 2:
         raise UserError(f"{origin}: only one class ({label_names[0]!r}) in the labels; a classifier needs at least two.")
+    _check_known_labels(labels, part_of, label_names, report)
     targets = pd.Categorical(labels, categories=label_names).codes.astype(np.int64)
-    split = split_indices(labels, data.split.val, data.split.test, data.split.seed, data.split.stratify)
+    split = split_parts(labels, part_of, data)
     report.update(n_examples=len(labels), splits={k: int(len(v)) for k, v in split.items()},
                   leakage=validate.leakage(hashes, split))
-    report["class_counts"], report["warnings"] = validate.class_balance(labels, label_names)
-    _warn_about(report)
+    report["class_counts"], balance_warnings = validate.class_balance(labels, label_names)
+    report["warnings"] = report.get("warnings", []) + balance_warnings
 
+    files: dict[str, str] = {}
+    if config.task == "text_classification":
+        tokenizer, max_length = text.tokenizer_for(config, base_dir)
+        ids, report["truncated"] = text.tokenize(tokenizer, list(examples), max_length)
+        if report["truncated"]:
+            report["warnings"].append(f"{report['truncated']} texts are longer than data.max_length={max_length} "
+                                      "tokens and were truncated.")
+        report["tokens"] = text.describe_lengths(torch.tensor([len(t) for t in ids]))
+        _warn_about(report)
+        preprocessing = {"kind": "text", "text_column": data.text, "max_length": max_length,
+                         "pii": data.privacy.pii, **text.tokenizer_spec(tokenizer)}
+        files["tokenizer.json"] = tokenizer.to_str()
+        pad = preprocessing["pad_id"]
+        part = {k: text.TextData([ids[i] for i in v], targets[v], pad) if len(v) else None for k, v in split.items()}
+        display = list(examples[split["test"]])
+        for name in ("val", "test"):  # shortest first: evaluation batches carry the least padding
+            if part[name] is not None:
+                part[name], order = part[name].sorted_by_length()
+                display = [display[i] for i in order] if name == "test" else display
+        return Prepared(part["train"], part["val"], part["test"], label_names, (max_length,), preprocessing, report,
+                        display, files)
+    _warn_about(report)
     if is_table:
         encoder = tabular.TableEncoder().fit(examples.iloc[split["train"]])
         features = encoder.transform(examples, origin)
@@ -182,7 +224,63 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
         display = list(examples[split["test"]])
     part = {k: ArrayData(features[v], targets[v]) if len(v) else None for k, v in split.items()}
     return Prepared(part["train"], part["val"], part["test"], label_names, tuple(features.shape[1:]),
-                    preprocessing, report, display)
+                    preprocessing, report, display, files)
+
+
+def merge_counts(reports: list[dict]) -> dict:
+    """The report fields of several sources as one: counts are added, lists joined."""
+    merged: dict = {}
+    for report in reports:
+        for key, value in report.items():
+            if isinstance(value, dict):
+                inner = merged.setdefault(key, {})
+                for k, v in value.items():
+                    inner[k] = inner.get(k, 0) + v
+            elif isinstance(value, list):
+                merged[key] = merged.get(key, []) + value
+            else:
+                merged[key] = merged.get(key, 0) + value
+    return merged
+
+
+def sources(data: DataConfig) -> dict[str, str]:
+    """The file (or folder) of each part that has its own: always train, then val / test if given."""
+    found = {"train": data.source, "val": data.val_source, "test": data.test_source}
+    return {part: source for part, source in found.items() if source}
+
+
+def split_parts(labels: np.ndarray, part_of: np.ndarray, data: DataConfig) -> dict[str, np.ndarray]:
+    """Indices of train / val / test. A part with its own file takes that file's examples; the
+    others are split (stratified, seeded) from the main source."""
+    main = np.flatnonzero(part_of == "train")
+    own = set(part_of.tolist())
+    split = split_indices(labels[main], 0 if "val" in own else data.split.val, 0 if "test" in own else data.split.test,
+                          data.split.seed, data.split.stratify)
+    split = {name: main[idx] for name, idx in split.items()}
+    for name in ("val", "test"):
+        if name in own:
+            split[name] = np.flatnonzero(part_of == name)
+    return split
+
+
+def _check_known_labels(labels: np.ndarray, part_of: np.ndarray, label_names: list[str], report: dict) -> None:
+    """A class that is only in a validation or test file can never be predicted: say so."""
+    trained = set(labels[part_of == "train"].tolist())
+    for part in ("val", "test"):
+        unseen = sorted(set(labels[part_of == part].tolist()) - trained)
+        if unseen:
+            raise UserError(f"{report['sources'][part]}: label(s) {', '.join(map(repr, unseen[:5]))} never appear in the "
+                            f"training file {report['sources']['train']}; a model cannot learn a class it never sees. "
+                            "Add examples of it to the training file or remove those rows.")
+
+
+def _concat_images(parts: list[tuple[np.ndarray, str]]) -> np.ndarray:
+    shapes = {arr.shape[1:] for arr, _ in parts}
+    if len(shapes) > 1:
+        listing = ", ".join(f"{origin}: {arr.shape[1:]}" for arr, origin in parts)
+        raise UserError(f"data: the image sources have different shapes ({listing}); set data.image_size and "
+                        "data.channels so that all are resized alike.")
+    return np.concatenate([arr for arr, _ in parts])
 
 
 def _warn_about(report: dict) -> None:

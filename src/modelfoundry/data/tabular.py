@@ -4,6 +4,7 @@ split and saved as JSON in the model package.
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -16,26 +17,51 @@ MAX_CATEGORIES = 50
 MISSING = "__missing__"
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a table file; empty or unparsable files become a UserError naming the file."""
+def read_table(path: Path, *, quoting: bool = True, text: bool = False) -> pd.DataFrame:
+    """Read a table file; empty or unparsable files become a UserError naming the file.
+
+    Args:
+        quoting: CSV/TSV only; False reads quote characters as text (SST-2 style files).
+        text: the file holds free text: only truly empty cells are missing ("NA", "null" are words),
+            and bytes that are not UTF-8 are an error naming the line.
+    """
     suffix = path.suffix.lower()
+    if text and suffix in (".csv", ".tsv", ".jsonl", ".json"):
+        check_utf8(path)
+    na = {"keep_default_na": False, "na_values": [""]} if text else {}
     try:
         if suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",",
+                                quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE, **na)
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         elif suffix in (".jsonl", ".json"):
-            frame = pd.read_json(path, lines=suffix == ".jsonl")
+            frame = pd.read_json(path, lines=suffix == ".jsonl", **({"dtype": False} if text else {}))
         else:
             raise UserError(f"{path}: unsupported table format '{suffix}'. Use one of {', '.join(sorted(TABLE_SUFFIXES))}.")
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: the file is empty. Add a header row and at least one data row.") from None
     except (pd.errors.ParserError, ValueError, UnicodeDecodeError, OSError) as exc:
-        raise UserError(f"{path}: could not be read as {suffix[1:]}: {exc}") from None
+        hint = (" If the texts contain quote characters that do not enclose fields, set data.quoting: false."
+                if quoting and suffix in (".csv", ".tsv") else "")
+        raise UserError(f"{path}: could not be read as {suffix[1:]}: {exc}.{hint}") from None
     if frame.empty:
         raise UserError(f"{path}: the table has a header but no data rows.")
     frame.columns = [str(c) for c in frame.columns]
     return frame
+
+
+def check_utf8(path: Path) -> None:
+    """Raise a UserError naming the line and bytes of the first invalid UTF-8 sequence."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        row = f"row {line - 1}, " if path.suffix.lower() in (".csv", ".tsv") and line > 1 else ""
+        raise UserError(f"{path}: {row}line {line}, byte {column}: {raw[exc.start:exc.end]!r} is not valid UTF-8. "
+                        "Save the file as UTF-8 (for example `iconv -f latin1 -t utf-8 in.csv > out.csv`).") from None
 
 
 def row_name(path: str, index: int) -> str:

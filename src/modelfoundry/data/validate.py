@@ -16,6 +16,8 @@ def example_hashes(examples: np.ndarray | pd.DataFrame) -> np.ndarray:
     """One content hash per example (row or image), to find exact duplicates and leakage."""
     if isinstance(examples, pd.DataFrame):
         return pd.util.hash_pandas_object(examples, index=False).to_numpy()
+    if examples.dtype == object:  # texts
+        return pd.util.hash_array(examples)
     flat = np.ascontiguousarray(examples.reshape(len(examples), -1))
     return np.array([hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in flat])
 

