@@ -197,6 +197,11 @@ def evaluate(run: str | Path, data_path: str | Path, console: Console | None = N
         examples, labels, _, _ = images.read_image_folder(source, pre["size"], pre["channels"])
         probabilities = predictor.predict_proba(list(examples))
         display = list(examples)
+    elif spec["preprocessing"]["kind"] == "text":
+        pre = spec["preprocessing"]
+        texts, labels = text.read_text_table(source, pre["text_column"], spec["label_column"], pre.get("quoting", True))
+        display = ["" if t is None else t for t in texts]
+        probabilities = predictor.predict_proba(display)
     else:
         frame = tabular.read_table(source)
         tabular.check_column(frame, spec["label_column"], "label", str(source))

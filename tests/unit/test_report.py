@@ -153,3 +153,15 @@ def test_mistakes_are_capped(tmp_path):
     assert page.count('<div class="card">') == MAX_MISTAKES
     assert "example 23<" in page and "example 24<" not in page
     assert "of 40." in page
+
+
+def test_text_data_report_shows_personal_data_found_and_text_lengths(tmp_path):
+    page = write(tmp_path, data_report={"n_examples": 10, "pii": {"EMAIL": 2, "PHONE": 0, "CARD": 1},
+                                        "pii_dropped_rows": 3, "truncated": 4, "empty_texts": 0,
+                                        "tokens": {"mean": 12.5, "p50": 11, "p95": 30, "max": 64, "total": 125}})
+    assert "Personal data in the texts" in page and "3 rows holding personal data were dropped" in page
+    assert "<tr class=bad><th>EMAIL</th><td class=\"num\">2</td>" in page and "PHONE" not in page  # only what was found
+    assert "Text length (tokens)" in page and "<tr class=bad><th>truncated texts</th><td class=\"num\">4</td>" in page
+    assert "Other checks" not in page
+    off = write(tmp_path / "off", data_report={"n_examples": 10, "pii": {}})
+    assert "Not checked (data.privacy.pii: off)" in off

@@ -201,7 +201,7 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
         report["tokens"] = text.describe_lengths(torch.tensor([len(t) for t in ids]))
         _warn_about(report)
         preprocessing = {"kind": "text", "text_column": data.text, "max_length": max_length,
-                         "pii": data.privacy.pii, **text.tokenizer_spec(tokenizer)}
+                         "pii": data.privacy.pii, "quoting": data.quoting, **text.tokenizer_spec(tokenizer)}
         files["tokenizer.json"] = tokenizer.to_str()
         pad = preprocessing["pad_id"]
         part = {k: text.TextData([ids[i] for i in v], targets[v], pad) if len(v) else None for k, v in split.items()}

@@ -41,6 +41,7 @@ _OVERALL_METRICS = (
 )
 _DATA_KEYS = (
     "n_examples", "splits", "class_counts", "missing", "duplicates", "leakage", "unreadable", "warnings",
+    "pii", "pii_dropped_rows", "tokens", "truncated", "empty_texts",
 )
 
 _CSS = """
@@ -420,9 +421,29 @@ def _data_report(report: dict) -> str:
         hidden = len(unreadable) - MAX_LISTED
         more = f'<p class="muted">… and {hidden} more.</p>' if hidden > 0 else ""
         parts.append(f"<h3>Unreadable files ({len(unreadable)})</h3><ul>{items}</ul>{more}")
+    parts.append(_text_checks(report))
     extra = {k: v for k, v in report.items() if k not in _DATA_KEYS}
     if extra:
         parts.append("<h3>Other checks</h3>" + _kv_table(extra))
+    return "".join(parts)
+
+
+def _text_checks(report: dict) -> str:
+    """Personal data found in the texts, and text lengths in tokens (text data only)."""
+    parts = []
+    if "pii" in report:
+        found = {kind: n for kind, n in report["pii"].items() if n}
+        dropped = report.get("pii_dropped_rows")
+        note = (f'<p class="muted">{dropped} rows holding personal data were dropped.</p>' if dropped else "")
+        parts.append("<h3>Personal data in the texts</h3>"
+                     + (_kv_table(found, lambda k, v: True) + note if found
+                        else '<p class="muted">None found.</p>' if report["pii"] else
+                        '<p class="muted">Not checked (data.privacy.pii: off).</p>'))
+    if "tokens" in report:
+        lengths = {**report["tokens"], "truncated texts": report.get("truncated", 0),
+                   "empty texts skipped": report.get("empty_texts", 0)}
+        parts.append("<h3>Text length (tokens)</h3>"
+                     + _kv_table(lengths, lambda k, v: k != "total" and k.endswith("texts") and _positive(v)))
     return "".join(parts)
 
 
