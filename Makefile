@@ -29,6 +29,7 @@ bench: install
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/train_overhead.py --write
 	$(PY) bench/accuracy.py --write
+	$(PY) bench/text_sst2.py --write
 
 clean:
 	rm -rf $(VENV) runs

@@ -45,6 +45,9 @@ def test_pretrained_freezing_keeps_embeddings_and_first_layers_fixed(tiny_bert):
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert any(n.startswith("encoder.embeddings.") for n in frozen)
     assert any(".layer.0." in n for n in frozen) and not any(".layer.1." in n for n in frozen)
+    embeddings_only = build_model("pretrained", (16,), 2, TOKENIZER, path=str(tiny_bert), freeze_embeddings=True)
+    assert {n for n, p in embeddings_only.named_parameters() if not p.requires_grad} == {
+        n for n in frozen if n.startswith("encoder.embeddings.")}
     probe = build_model("pretrained", (16,), 2, TOKENIZER, path=str(tiny_bert), freeze_encoder=True)
     assert [n for n, p in probe.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
 

@@ -100,8 +100,10 @@ class TextData:
 
     @property
     def inputs(self) -> torch.Tensor:
-        """A small padded batch of the first examples, for tools that need one example input."""
-        return self._batch(torch.arange(min(len(self), 8)))[0]
+        """The text of median length as a batch of one (1, T): what a typical example costs, for
+        tools that count FLOPs per example (the planner's check)."""
+        median = int(torch.argsort(self.lengths, stable=True)[len(self) // 2])
+        return self._batch(torch.tensor([median]))[0]
 
     def to(self, device: torch.device) -> TextData:
         return TextData(self.ids, self.targets, self.pad, device)
