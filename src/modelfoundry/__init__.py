@@ -28,11 +28,11 @@ def train(config, overrides: list[str] | None = None, run_dir=None, resume: bool
     return run_training(config, overrides, run_dir, resume, console)
 
 
-def load(path, device: str = "cpu"):
+def load(path, device: str = "cpu", backend: str = "torch"):
     """Load a packaged model (a run folder or its model/ folder) as a `Predictor`."""
     from modelfoundry.predictor import load as load_package
 
-    return load_package(path, device)
+    return load_package(path, device, backend)
 
 
 def __getattr__(name: str):

@@ -126,6 +126,26 @@ def predict(run: Annotated[str, typer.Argument(help="run id or folder")],
         out.print(frame.to_string(index=False), highlight=False)
 
 
+@app.command()
+def export(run: Annotated[str, typer.Argument(help="run id or folder")],
+           format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+           tolerance: Annotated[float, typer.Option(min=0, help="largest allowed difference of any class "
+                                                    "probability between ONNX Runtime and PyTorch")] = 1e-4) -> None:
+    """Export a packaged model (ONNX), checked against PyTorch on the run's held-out examples."""
+    from modelfoundry.compress.onnx_export import export_onnx
+    from modelfoundry.store.registry import resolve_run
+
+    if format != "onnx":
+        raise UserError(f"--format: {format!r} is not supported; use --format onnx.")
+    record = export_onnx(resolve_run(run), tolerance)
+    parity = record["parity"]
+    size = f"{record['bytes'] / 1e6:.1f} MB" if record["bytes"] >= 1e5 else f"{record['bytes'] / 1e3:.0f} kB"
+    out.print(f"wrote {resolve_run(run)}/model/model.onnx ({size}, opset {record['opset']}, "
+              f"{record['exporter']} exporter); parity: max probability difference "
+              f"{parity['max_abs_probability_difference']:.1e} on {parity['examples']} {parity['inputs']} examples "
+              f"(allowed {parity['tolerance']:g})", highlight=False)
+
+
 @runs_app.command("list")
 def runs_list(limit: Annotated[int, typer.Option(help="most recent N runs")] = 20) -> None:
     """Runs, newest first."""

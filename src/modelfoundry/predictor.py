@@ -53,13 +53,25 @@ def package_folder(path: str | Path) -> Path:
                     "Is the run finished? `foundry runs list` shows runs and their status.")
 
 
-def load(path: str | Path, device: str = "cpu") -> Predictor:
-    """Load a packaged model from a run folder (or its `model/` folder)."""
+def load(path: str | Path, device: str = "cpu", backend: str = "torch") -> Predictor:
+    """Load a packaged model from a run folder (or its `model/` folder).
+
+    Args:
+        backend: "torch", or "onnx" to run `model.onnx` (from `foundry export`) in ONNX Runtime.
+    """
     folder = package_folder(path)
     spec = json.loads((folder / "model.json").read_text())
     if spec.get("format") != FORMAT:
         raise UserError(f"{folder}/model.json: format {spec.get('format')!r} is not {FORMAT!r}; "
                         "retrain with this version of modelfoundry.")
+    if backend not in ("torch", "onnx"):
+        raise UserError(f"backend {backend!r} is not one of torch, onnx.")
+    if backend == "onnx":
+        from modelfoundry.compress.onnx_export import OnnxModel
+
+        if not (folder / "model.onnx").is_file():
+            raise UserError(f"{folder}: no model.onnx yet. Export it with `foundry export {path} --format onnx`.")
+        return Predictor(OnnxModel(folder / "model.onnx"), spec, folder)
     pre, options = spec["preprocessing"], dict(spec["model"]["options"])
     text_spec = {k: pre[k] for k in ("vocab_size", "pad_id")} if pre["kind"] == "text" else None
     if spec["model"]["name"] == "pretrained":  # the architecture from the package; weights come next

@@ -20,6 +20,7 @@ import torch
 import yaml
 from rich.console import Console
 
+from modelfoundry.compress.onnx_export import save_heldout
 from modelfoundry.config import Config, config_to_dict, load_config
 from modelfoundry.data import images, text
 from modelfoundry.data.prepare import Prepared, prepare
@@ -128,6 +129,7 @@ def _run(cfg: Config, base_dir: Path, path: Path, resume: bool, console: Console
             "label_column": cfg.data.label, "run_id": path.name, "created": datetime.now().isoformat(timespec="seconds"),
             "test_accuracy": metrics.get("test", {}).get("accuracy")}
     save_package(path / "model", model, spec, {**data.files, **getattr(model, "package_files", dict)()})
+    save_heldout(path, data.test if data.test is not None else data.val)
     _write_json(path / "metrics.json", metrics)
     timings["evaluate"] = time.perf_counter() - clock
     write_run_report(path, cfg.name or path.name, metrics, data, probabilities.get("test"), config_to_dict(cfg))

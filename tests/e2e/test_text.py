@@ -205,3 +205,18 @@ def test_personal_data_is_scrubbed_at_prediction_as_in_training(pretrained_run):
     probabilities = predictor.predict_proba(texts)
     assert np.allclose(probabilities[0], probabilities[1]) and np.allclose(probabilities[0], probabilities[2])
     assert predictor.predict("one text alone") in (["positive"], ["negative"])
+
+
+def test_fine_tuned_text_model_exports_to_onnx_and_predicts_the_same(pretrained_run):
+    import numpy as np
+
+    import modelfoundry as mf
+
+    work, run, _ = pretrained_run
+    copy = shutil.copytree(run, work / "onnx-copy")
+    result = foundry("export", copy, cwd=work, home=work / "runs")
+    assert_ok(result)
+    assert "held-out examples" in one_line(result.stdout)  # the run's own test texts, not made-up ones
+    texts = ["The kettle works perfectly.", "It broke after two days and the refund never came.", "ok"]
+    onnx = mf.load(copy, backend="onnx")
+    assert np.abs(mf.load(copy).predict_proba(texts) - onnx.predict_proba(texts)).max() < 1e-4

@@ -1,0 +1,136 @@
+"""ONNX export of a packaged model, refused unless ONNX Runtime agrees with PyTorch.
+
+The graph takes the model's input tensor (images (B, C, H, W), table features (B, F), or token
+ids (B, T)) with dynamic batch and sequence axes; preprocessing stays outside the graph, in the
+package beside it (model.json, tokenizer.json). Parity is measured on held-out examples of the
+run (`heldout.safetensors`, written by training), or on synthetic inputs for a bare package.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modelfoundry.errors import UserError
+
+HELDOUT = "heldout.safetensors"
+PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| of any class probability of any held-out example
+OPSET = 18
+
+
+def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
+    """Write `model/model.onnx` for a run and record the export in model.json; returns that record."""
+    from modelfoundry.predictor import load
+
+    predictor = load(run)
+    folder = predictor.path
+    inputs, source = heldout_inputs(folder.parent if folder.name == "model" else folder, predictor.spec)
+    tmp = folder / ".model.onnx.tmp"
+    started = time.perf_counter()
+    exporter = _export(predictor.model.cpu().eval(), inputs[:2], tmp, text=inputs.dtype == torch.long)
+    seconds = time.perf_counter() - started
+    difference = max_probability_difference(predictor.model, OnnxModel(tmp), inputs)
+    if not difference <= tolerance:  # NaN fails too
+        tmp.unlink()
+        raise UserError(f"{folder}: the ONNX graph's probabilities differ from PyTorch's by up to {difference:.2e} "
+                        f"on {len(inputs)} {source} examples, more than the {tolerance:g} allowed; model.onnx was "
+                        "not written. Report the model family as a bug, or pass --tolerance if the gap is acceptable.")
+    os.replace(tmp, folder / "model.onnx")
+    record = {"file": "model.onnx", "bytes": (folder / "model.onnx").stat().st_size, "opset": OPSET,
+              "exporter": exporter, "export_seconds": round(seconds, 2),
+              "parity": {"max_abs_probability_difference": difference, "tolerance": tolerance,
+                         "examples": len(inputs), "inputs": source}}
+    spec_path = folder / "model.json"
+    spec = json.loads(spec_path.read_text())
+    spec["onnx"] = record
+    tmp_spec = folder / ".model.json.tmp"
+    tmp_spec.write_text(json.dumps(spec, indent=2))
+    os.replace(tmp_spec, spec_path)
+    return record
+
+
+def heldout_inputs(run_folder: Path, spec: dict, synthetic: int = 64) -> tuple[torch.Tensor, str]:
+    """The run's held-out model inputs, or seeded synthetic ones shaped like them."""
+    from safetensors.torch import load_file
+
+    if (run_folder / HELDOUT).is_file():
+        return load_file(str(run_folder / HELDOUT))["inputs"], "held-out"
+    generator = torch.Generator().manual_seed(0)
+    pre, shape = spec["preprocessing"], tuple(spec["input_shape"])
+    if pre["kind"] == "text":
+        lengths = torch.randint(3, min(shape[0], 48) + 1, (synthetic,), generator=generator)
+        ids = torch.randint(1000, pre["vocab_size"], (synthetic, int(lengths.max())), generator=generator)
+        ids[torch.arange(ids.shape[1]) >= lengths[:, None]] = pre["pad_id"]
+        return ids, "synthetic"
+    if pre["kind"] == "image":
+        return torch.rand(synthetic, *shape, generator=generator), "synthetic"
+    return torch.randn(synthetic, *shape, generator=generator), "synthetic"
+
+
+def save_heldout(run_folder: Path, data, limit: int = 256) -> None:
+    """Keep up to `limit` encoded test (else validation) inputs beside the package, for parity checks."""
+    from safetensors.torch import save_file
+
+    if data is None:
+        return
+    batch, _ = next(data.batches(limit))
+    save_file({"inputs": batch.detach().cpu().contiguous()}, str(run_folder / HELDOUT))
+
+
+def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, text: bool) -> str:
+    """Write one self-contained .onnx file (weights inside, not in a side file); the torch.export-based
+    exporter first, the TorchScript one for what it cannot capture (packed LSTMs)."""
+    import tempfile
+
+    import onnx
+
+    axes = {"input": {0: "batch", 1: "tokens"} if text else {0: "batch"}, "logits": {0: "batch"}}
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" etc.
+    errors = []
+    for dynamo in (True, False):
+        try:
+            with warnings.catch_warnings(), tempfile.TemporaryDirectory() as scratch:
+                warnings.simplefilter("ignore")
+                exported = Path(scratch) / "model.onnx"
+                torch.onnx.export(model, (example,), str(exported), input_names=["input"], output_names=["logits"],
+                                  dynamic_axes=axes, opset_version=OPSET, dynamo=dynamo, verbose=False)
+                onnx.save_model(onnx.load(str(exported)), str(path))  # pulls side-file weights into the file
+            return "torch.export" if dynamo else "torchscript"
+        except Exception as exc:  # noqa: BLE001  (either exporter raises many types; both failing is the error)
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    raise UserError(f"ONNX export failed with both PyTorch exporters: {' | '.join(errors)}")
+
+
+class OnnxModel(torch.nn.Module):
+    """An ONNX Runtime session behind the nn.Module call the Predictor makes: (B, ...) in, logits out."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # The Predictor asks a model for its device through its parameters: ONNX Runtime here is on the CPU.
+        self.anchor = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"input": inputs.cpu().numpy()})[0])
+
+
+@torch.inference_mode()
+def max_probability_difference(reference: torch.nn.Module, candidate: torch.nn.Module, inputs: torch.Tensor,
+                               batch_size: int = 64) -> float:
+    worst = 0.0
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start:start + batch_size]
+        p = torch.softmax(reference(batch).float(), 1)
+        q = torch.softmax(candidate(batch).float(), 1)
+        worst = max(worst, float(np.abs((p - q).numpy()).max()))
+    return worst
