@@ -36,6 +36,7 @@ from torch.utils import flop_counter
 from modelfoundry.config import load_config
 from modelfoundry.data import text
 from modelfoundry.models.registry import build_model
+from modelfoundry.plan.check import SDPA_CPU_FLOPS
 from modelfoundry.predictor import load
 from modelfoundry.runner import train  # = modelfoundry.train, which the subpackage can shadow
 from modelfoundry.train.optim import build_optimizer
@@ -50,15 +51,6 @@ TARGETS = {"minilm": 0.89, "mfu": 0.40, "inference": 1.5}
 TFIDF_REFERENCE = 0.826
 QUICK_ROWS = {"train": 2000, "dev": 500}  # test.tsv stays whole: inference times all 872 sentences
 BATCH, MAX_LENGTH, INFER_BATCH = 32, 128, 64
-aten = torch.ops.aten
-# FlopCounterMode has no formula for the CPU flash-attention kernels that sdpa dispatches to, so it would
-# count the attention matmuls as zero; these reuse its own formulas for the GPU kernels.
-SDPA_CPU_FLOPS = {
-    aten._scaled_dot_product_flash_attention_for_cpu:
-        lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v),
-    aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda grad, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(grad, q, k, v),
-}
 
 
 def read_tsv(path: Path) -> tuple[list[str], list[int]]:

@@ -266,3 +266,17 @@ def test_a_damaged_calibration_file_is_named_and_never_breaks_training(tmp_path,
         get_gpu("cpu")
     plan = plan_vs_measured(torch.nn.Linear(4, 2), torch.zeros(1, 4), 10, 0, 1, 1.0)
     assert plan["predicted_seconds"] is None and "calibration.json" in plan["note"]
+
+
+def test_counted_flops_include_attention_on_the_cpu():
+    """scaled_dot_product_attention runs a CPU flash kernel that FlopCounterMode alone counts as zero."""
+    import torch
+
+    from modelfoundry.models.registry import build_model
+    from modelfoundry.plan.check import forward_flops_per_example
+
+    tokens, width = 40, 32
+    model = build_model("transformer", (64,), 2, {"vocab_size": 100, "pad_id": 0}, width=width, depth=1, heads=2)
+    matmuls = 2 * tokens * width * (3 * width + width + 2 * 4 * width) + 2 * width * 2  # qkv, proj, mlp, head
+    attention = 4 * tokens * tokens * width  # q @ k^T and weights @ v
+    assert forward_flops_per_example(model, torch.randint(1, 100, (1, tokens))) == matmuls + attention

@@ -74,13 +74,15 @@ def heldout_inputs(run_folder: Path, spec: dict, synthetic: int = 64) -> tuple[t
 
 
 def save_heldout(run_folder: Path, data, limit: int = 256) -> None:
-    """Keep up to `limit` encoded test (else validation) inputs beside the package, for parity checks."""
+    """Keep up to `limit` encoded test (else validation) inputs and their targets beside the package,
+    for parity checks and for measuring what compression costs in accuracy."""
     from safetensors.torch import save_file
 
     if data is None:
         return
-    batch, _ = next(data.batches(limit))
-    save_file({"inputs": batch.detach().cpu().contiguous()}, str(run_folder / HELDOUT))
+    inputs, targets = next(data.batches(limit))
+    save_file({"inputs": inputs.detach().cpu().contiguous(), "targets": targets.detach().cpu().contiguous()},
+              str(run_folder / HELDOUT))
 
 
 def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, text: bool) -> str:

@@ -9,9 +9,20 @@ validation adds one forward pass per example. The rate is this machine's calibra
 from __future__ import annotations
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from modelfoundry.errors import UserError
+
+aten = torch.ops.aten
+# FlopCounterMode has no formula for the CPU flash-attention kernels that scaled_dot_product_attention
+# dispatches to, so it would count attention as zero; these reuse its own formulas for the GPU kernels.
+SDPA_CPU_FLOPS = {
+    aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v),
+    aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda grad, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(grad, q, k, v),
+}
 
 
 def forward_flops_per_example(model: torch.nn.Module, example: torch.Tensor) -> float:
@@ -19,7 +30,7 @@ def forward_flops_per_example(model: torch.nn.Module, example: torch.Tensor) -> 
     batch = example[:1].expand(2, *example.shape[1:]).clone()
     was_training = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=SDPA_CPU_FLOPS) as counter:
         model(batch)
     model.train(was_training)
     return counter.get_total_flops() / 2
