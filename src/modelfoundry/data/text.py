@@ -37,7 +37,7 @@ def load_tokenizer(source: str | Path):
     """A `tokenizers.Tokenizer` from a tokenizer.json file or a Hugging Face model folder.
 
     Padding and truncation stored in the file are switched off: batches pad themselves, and
-    truncation is applied by `tokenize` so that it can be counted.
+    `tokenize` sets the truncation length it is asked for (and counts what it cuts).
     """
     from tokenizers import Tokenizer
 
@@ -75,11 +75,10 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[list[torch.T
     Returns:
         (ids, truncated): one LongTensor (T_i,) per text, and how many texts were cut.
     """
-    tokenizer.enable_truncation(max_length)
-    try:
-        encodings = tokenizer.encode_batch(texts)
-    finally:
-        tokenizer.no_truncation()
+    # Set once and left on, never toggled per call: a Predictor's tokenizer may serve several threads.
+    if (tokenizer.truncation or {}).get("max_length") != max_length:
+        tokenizer.enable_truncation(max_length)
+    encodings = tokenizer.encode_batch(texts)
     ids = [torch.tensor(e.ids, dtype=torch.long) for e in encodings]
     return ids, sum(bool(e.overflowing) for e in encodings)
 
