@@ -119,6 +119,10 @@ class Config(_Section):
         builtin = self.data.source.startswith("builtin:")
         if self.task == "tabular_classification" and not builtin and not self.data.label:
             raise ValueError("data.label is required for tabular_classification: name the label column")
+        text_keys = [key for key in ("text", "max_length", "tokenizer", "privacy") if key in self.data.model_fields_set]
+        if self.task != "text_classification" and text_keys:
+            raise ValueError(f"data.{', data.'.join(text_keys)}: only for task text_classification; this config's "
+                             f"task is {self.task}. Remove the key(s) or change the task.")
         if self.task == "text_classification":
             missing = [key for key in ("text", "label") if not getattr(self.data, key)]
             if missing:

@@ -134,3 +134,30 @@ def test_options_that_do_not_build_are_user_errors(options):
 def test_negative_layer_width_is_a_user_error():
     with pytest.raises(UserError, match=r"model\.(dropout|hidden)"):
         build_model("mlp", (4,), 2, hidden=[-3])
+
+
+@pytest.mark.parametrize("value", [True, -1, 1.5])
+def test_freeze_layers_must_be_a_whole_number_of_layers(value, tiny_bert):
+    with pytest.raises(UserError, match=r"model.freeze_layers: .* must be a whole number of layers, 0 or more"):
+        build_model("pretrained", (16,), 2, TOKENIZER, path=str(tiny_bert), freeze_layers=value)
+
+
+def test_damaged_model_folder_is_a_user_error(tiny_bert, tmp_path):
+    import shutil
+    folder = shutil.copytree(tiny_bert, tmp_path / "model")
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="the weights in .* could not be loaded"):
+        build_model("pretrained", (16,), 2, TOKENIZER, path=str(folder))
+
+
+def test_lr_head_on_a_model_without_a_head_is_refused():
+    from modelfoundry.config import TrainConfig
+    from modelfoundry.train.optim import build_optimizer
+
+    with pytest.raises(UserError, match="train.lr_head: .* has no separate classification head.*Remove train.lr_head"):
+        build_optimizer(build_model("mlp", (4,), 2, hidden=[8]), TrainConfig(lr_head=0.01))
+    text_model = build_model("lstm", (16,), 2, TOKENIZER, embed_dim=4, hidden=4)
+    groups = build_optimizer(text_model, TrainConfig(lr=1e-3, lr_head=0.01)).param_groups
+    head = {id(p) for p in text_model.head.parameters()}
+    assert {g["lr"] for g in groups if all(id(p) in head for p in g["params"])} == {0.01}
+    assert {g["lr"] for g in groups if not any(id(p) in head for p in g["params"])} == {1e-3}

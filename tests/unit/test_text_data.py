@@ -179,3 +179,27 @@ def test_test_examples_are_stored_shortest_first_with_matching_texts(tmp_path, t
     assert lengths == sorted(lengths)
     assert [len(t) for t in text.tokenize(tokenizer, data.test_display, 512)[0]] == lengths
     assert json.loads(data.files["tokenizer.json"])["model"]["type"] == "WordPiece"
+
+
+def test_tokenizer_path_that_does_not_exist(tmp_path):
+    write_reviews(tmp_path / "reviews.csv", reviews())
+    with pytest.raises(UserError, match="tokenizer: .*nope not found.*data.tokenizer"):
+        prepare(*text_config(tmp_path, tokenizer=str(tmp_path / "nope")))
+
+
+def test_model_folder_with_a_damaged_config_json(tmp_path, tiny_bert):
+    import shutil
+    folder = shutil.copytree(tiny_bert, tmp_path / "enc")
+    (folder / "config.json").write_text("{not json")
+    write_reviews(tmp_path / "reviews.csv", reviews())
+    config, base = text_config(tmp_path)
+    config.model = type(config.model)(name="pretrained", path=str(folder))
+    with pytest.raises(UserError, match=r"model.path: .*config.json could not be read as JSON"):
+        prepare(config, base)
+
+
+@pytest.mark.parametrize("key, value", [("text", "review"), ("max_length", 64), ("privacy", {"pii": "redact"})])
+def test_text_keys_on_another_task_are_refused_not_ignored(key, value):
+    with pytest.raises(UserError, match=f"data.{key}: only for task text_classification; this config's task is "
+                                        "tabular_classification"):
+        load_config({"task": "tabular_classification", "data": {"source": "builtin:wine", key: value}})

@@ -42,6 +42,9 @@ def load_tokenizer(source: str | Path):
     from tokenizers import Tokenizer
 
     path = Path(source)
+    if not path.exists():
+        raise UserError(f"tokenizer: {path} not found. Give a Hugging Face model folder or a tokenizer.json file "
+                        "(data.tokenizer), or leave it out to use the pretrained model's own.")
     if path.is_dir() and (path / "tokenizer.json").is_file():
         path = path / "tokenizer.json"
     if path.is_file():

@@ -37,7 +37,10 @@ def model_dir(path: str | Path | None) -> Path:
 
 def max_positions(folder: Path) -> int | None:
     """The longest sequence the encoder supports (its position table), if it says."""
-    config = json.loads((folder / "config.json").read_text())
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"model.path: {folder}/config.json could not be read as JSON ({exc}).") from None
     limit = config.get("max_position_embeddings")
     # RoBERTa-style models count the pad offset in their table: 514 positions hold 512 tokens.
     return limit - 2 if limit and config.get("model_type") in ("roberta", "xlm-roberta", "camembert") else limit
@@ -96,7 +99,10 @@ def build_pretrained(input_shape: tuple[int, ...], num_classes: int, vocab_size:
                          f"{config.vocab_size}: use the model's own tokenizer (leave data.tokenizer out)")
     extra = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta", "xlm-roberta") else {}
     if pretrained_weights:
-        encoder = AutoModel.from_pretrained(str(folder), **extra)
+        try:
+            encoder = AutoModel.from_pretrained(str(folder), **extra)
+        except Exception as exc:  # noqa: BLE001  (a truncated weights file raises safetensors' own error type)
+            raise ValueError(f"the weights in {folder} could not be loaded ({str(exc).splitlines()[0][:300]})") from None
     else:
         encoder = AutoModel.from_config(config, **extra)
     layers = _layer_list(encoder, config.num_hidden_layers)

@@ -59,6 +59,8 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, text:
                 isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
             raise UserError(f"model.{key}: {value!r} must be a positive whole number"
                             + (" (or a list of them)" if key == "hidden" else "") + ".")
+        if key == "freeze_layers" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise UserError(f"model.freeze_layers: {value!r} must be a whole number of layers, 0 or more.")
         if key == "dropout" and not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise UserError(f"model.dropout: {value!r} must be in [0, 1).")
     problems = [f"model.{key}: not an option of '{name}'.{did_you_mean(key, allowed)}" for key in options

@@ -19,6 +19,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     (a pretrained encoder) at `lr`: a fresh head needs far larger steps than weights already trained.
     """
     head = getattr(model, "head", None) if cfg.lr_head else None
+    if cfg.lr_head and not isinstance(head, nn.Module):
+        from modelfoundry.errors import UserError
+        raise UserError(f"train.lr_head: {type(model).__name__} has no separate classification head; only the "
+                        "text models (pretrained, lstm, gru, transformer) do. Remove train.lr_head.")
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     groups = []
     for params, lr in (([p for p in model.parameters() if id(p) not in head_ids], cfg.lr),
