@@ -53,6 +53,11 @@ def package_folder(path: str | Path) -> Path:
                     "Is the run finished? `foundry runs list` shows runs and their status.")
 
 
+def run_folder(package: Path) -> Path:
+    """The run a package belongs to: `runs/<id>/` for `runs/<id>/model/`, else the package itself."""
+    return package.parent if package.name == "model" else package
+
+
 def load(path: str | Path, device: str = "cpu", backend: str = "torch") -> Predictor:
     """Load a packaged model from a run folder (or its `model/` folder).
 
@@ -112,6 +117,7 @@ class Predictor:
     def _tokenize(self, inputs) -> list[torch.Tensor]:
         """Texts -> token ids, scrubbed of PII first when the model was trained on scrubbed text."""
         from modelfoundry.data import text
+        from modelfoundry.data.privacy import scrub_texts
 
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
@@ -122,7 +128,7 @@ class Predictor:
             raise UserError("no inputs given.")
         pre = self.spec["preprocessing"]
         if pre.get("pii") in ("redact", "drop"):  # a dropped row can't be dropped here; redact it instead
-            texts, _, _ = text.scrub_texts(texts, "redact")
+            texts, _, _ = scrub_texts(texts, "redact")
         if self._tokenizer is None:
             self._tokenizer = text.load_tokenizer(self.path / "tokenizer.json")
         ids, _ = text.tokenize(self._tokenizer, texts, pre["max_length"])

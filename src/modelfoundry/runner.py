@@ -28,7 +28,7 @@ from modelfoundry.errors import UserError
 from modelfoundry.evaluate.metrics import classification_metrics, worst_mistakes
 from modelfoundry.models.registry import build_model
 from modelfoundry.plan.check import plan_vs_measured
-from modelfoundry.predictor import save_package
+from modelfoundry.predictor import package_folder, run_folder, save_package
 from modelfoundry.store.registry import Registry, runs_root
 from modelfoundry.train.loop import fit, predict_logits
 from modelfoundry.train.optim import resolve_device
@@ -216,7 +216,7 @@ def evaluate(run: str | Path, data_path: str | Path, console: Console | None = N
                         f"the model knows {', '.join(predictor.labels)}.")
     targets = np.array([predictor.labels.index(v) for v in labels])
     metrics = {"test": classification_metrics(probabilities, targets, predictor.labels), "data": str(source)}
-    folder = package_root(run) / "evaluations" / f"{source.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    folder = run_folder(package_folder(run)) / "evaluations" / f"{source.stem}-{datetime.now():%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / "metrics.json", metrics)
     from modelfoundry.evaluate.report import write_report
@@ -229,8 +229,3 @@ def evaluate(run: str | Path, data_path: str | Path, console: Console | None = N
                  config={"run": str(run), "data": str(source)})
     return metrics, folder
 
-
-def package_root(run: str | Path) -> Path:
-    from modelfoundry.predictor import package_folder
-    folder = package_folder(run)
-    return folder.parent if folder.name == "model" else folder

@@ -26,11 +26,11 @@ OPSET = 18
 
 def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
     """Write `model/model.onnx` for a run and record the export in model.json; returns that record."""
-    from modelfoundry.predictor import load
+    from modelfoundry.predictor import load, run_folder
 
     predictor = load(run)
     folder = predictor.path
-    inputs, source = heldout_inputs(folder.parent if folder.name == "model" else folder, predictor.spec)
+    inputs, source = heldout_inputs(run_folder(folder), predictor.spec)
     tmp = folder / ".model.onnx.tmp"
     started = time.perf_counter()
     exporter = _export(predictor.model.cpu().eval(), inputs[:2], tmp, text=inputs.dtype == torch.long)

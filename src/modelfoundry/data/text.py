@@ -7,7 +7,6 @@ texts do not pay for long ones.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -228,18 +227,8 @@ def tokenizer_spec(tokenizer) -> dict:
     return {"vocab_size": tokenizer.get_vocab_size(), "pad_id": pad_id(tokenizer)}
 
 
-def save_tokenizer(tokenizer, folder: Path) -> None:
-    (folder / "tokenizer.json").write_text(tokenizer.to_str())
-
-
 def describe_lengths(lengths: torch.Tensor) -> dict:
     values = lengths.double()
     return {"mean": round(values.mean().item(), 1), "p50": int(values.median().item()),
             "p95": int(values.quantile(0.95).item()), "max": int(values.max().item()), "total": int(values.sum().item())}
 
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: could not be read as JSON ({exc}).") from None
