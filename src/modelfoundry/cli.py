@@ -22,6 +22,10 @@ app = typer.Typer(help="modelfoundry: data -> trained, evaluated, packaged model
                   pretty_exceptions_enable=False, add_completion=False)
 runs_app = typer.Typer(help="The run registry.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+models_app = typer.Typer(help="Model versions and their aliases (champion, challenger, ...).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+feedback_app = typer.Typer(help="Corrections stored by `foundry serve`.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
 app.add_typer(plan_app, name="plan", help="What a model costs to train, fine-tune and serve (FLOPs, memory, time, money).")
 # Piped output (CI logs, files) gets wide lines instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -144,6 +148,128 @@ def export(run: Annotated[str, typer.Argument(help="run id or folder")],
               f"{record['exporter']} exporter); parity: max probability difference "
               f"{parity['max_abs_probability_difference']:.1e} on {parity['examples']} {parity['inputs']} examples "
               f"(allowed {parity['tolerance']:g})", highlight=False)
+
+
+@app.command()
+def serve(model: Annotated[str, typer.Argument(help="alias (champion), version (v3), run id or run folder")],
+          host: Annotated[str, typer.Option(help="address to listen on; 0.0.0.0 for every interface")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+          backend: Annotated[str, typer.Option(help="torch, or onnx (after `foundry export`)")] = "torch",
+          api_key: Annotated[Optional[str], typer.Option(envvar="FOUNDRY_API_KEY", help="required in the X-API-Key "
+                                                         "header of feedback and admin requests")] = None,
+          max_batch_size: Annotated[int, typer.Option(min=1, help="most inputs run through the model at once")] = 64,
+          max_wait_ms: Annotated[float, typer.Option(min=0, help="how long a request may wait for others to batch "
+                                                     "with (0: batch only what queued while the model was busy)")] = 0.0,
+          max_inputs: Annotated[int, typer.Option(min=1, help="most inputs in one request")] = 64,
+          max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body")] = 10.0,
+          cors_origin: Annotated[Optional[list[str]], typer.Option(help="allow browser calls from this origin "
+                                                                   "(repeatable); closed by default")] = None,
+          watch: Annotated[float, typer.Option(min=0, help="seconds between checks of the alias for a new version "
+                                               "(0: only on POST /v1/admin/reload)")] = 10.0) -> None:
+    """Serve a model over HTTP: JSON API (docs at /docs), web page at /, Prometheus metrics at /metrics."""
+    from modelfoundry.serve.app import Settings, create_app, load_served
+
+    settings = Settings(model, backend, api_key, max_batch_size, max_wait_ms, max_inputs, int(max_body_mb * 2**20),
+                        cors_origins=cors_origin or [], watch_seconds=watch)
+    served = load_served(model, backend)
+    import uvicorn
+
+    config = uvicorn.Config(create_app(settings, served), host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    name = served.version_name or served.predictor.spec.get("run_id")
+    _announce_when_started(server, f"serving {name}" + (f" ({served.alias})" if served.alias else ""))
+    server.run()
+
+
+def _announce_when_started(server, what: str) -> None:
+    """Print the address once uvicorn listens (the real port, when --port 0 asked for any free one)."""
+    original = server.startup
+
+    async def startup(sockets=None):
+        await original(sockets)
+        if server.started:
+            bound = server.servers[0].sockets[0].getsockname() if server.servers else (server.config.host, server.config.port)
+            out.print(f"{what} on http://{server.config.host}:{bound[1]}  (page /, API docs /docs)", highlight=False)
+            sys.stdout.flush()
+
+    server.startup = startup
+
+
+@models_app.command("list")
+def models_list(limit: Annotated[int, typer.Option(help="most recent N versions")] = 20) -> None:
+    """Model versions, newest first, with their aliases."""
+    from modelfoundry.store.models import ModelStore
+
+    store = ModelStore()
+    table = Table("version", "aliases", "run", "task", "variant", "from", "test acc", "created")
+    for v in store.list(limit):
+        m = v.metrics or {}
+        table.add_row(v.name, ", ".join(store.aliases(v.id)), v.run_id, v.task, v.variant,
+                      f"v{v.parent}" if v.parent else "", _fmt(m.get("test_accuracy")), f"{v.created_at:%Y-%m-%d %H:%M}")
+    out.print(table)
+
+
+@models_app.command("alias")
+def models_alias(model: Annotated[str, typer.Argument(help="version (v3), run id or alias")],
+                 alias: Annotated[str, typer.Argument(help="the name to point at it, e.g. champion")]) -> None:
+    """Point an alias at a model version (servers watching the alias pick it up)."""
+    from modelfoundry.store.models import ModelStore
+
+    store = ModelStore()
+    version = store.get(model)
+    store.set_alias(alias, version.id)
+    out.print(f"{alias} -> {version.name} (run {version.run_id})", highlight=False)
+
+
+@models_app.command("promote")
+def models_promote(model: Annotated[str, typer.Argument(help="version (v3), run id or alias")]) -> None:
+    """Make a version the champion."""
+    models_alias(model, "champion")
+
+
+@feedback_app.command("list")
+def feedback_list(limit: Annotated[int, typer.Option(help="most recent N corrections")] = 20) -> None:
+    """Stored corrections, newest first."""
+    from modelfoundry.store.feedback import FeedbackStore
+
+    table = Table("id", "time", "version", "kind", "input", "predicted", "label")
+    for row in FeedbackStore().list(limit):
+        shown = row.input.get("text") or row.input.get("image") or json.dumps(row.input.get("row"))
+        table.add_row(str(row.id), f"{row.created_at:%Y-%m-%d %H:%M:%S}", f"v{row.model_version}" if row.model_version
+                      else "-", row.kind, escape(shown if len(shown) <= 50 else shown[:47] + "..."),
+                      escape(row.predicted or "-"), escape(row.label))
+    out.print(table)
+
+
+@feedback_app.command("export")
+def feedback_export(file: Annotated[Path, typer.Argument(help="a .jsonl or .csv file to write")]) -> None:
+    """Write every stored correction to a file."""
+    from modelfoundry.store.feedback import FeedbackStore, export
+
+    count = export(FeedbackStore().list(limit=None), file)
+    out.print(f"wrote {count} corrections to {file}")
+
+
+@app.command()
+def retrain(model: Annotated[str, typer.Argument(help="the alias to improve, e.g. champion")] = "champion",
+            promote: Annotated[bool, typer.Option(help="move the alias to the challenger when it wins")] = False,
+            feedback_weight: Annotated[int, typer.Option(min=1, help="each correction counts as this many examples")] = 3,
+            margin: Annotated[float, typer.Option(min=0, help="how much better (accuracy) the challenger must be")] = 0.005,
+            set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key of the champion's config")] = None,
+            ) -> None:
+    """Champion + stored feedback -> challenger -> compare on the frozen holdout -> promote if better."""
+    from modelfoundry.retrain import retrain as run_retrain
+
+    result = run_retrain(model, promote=promote, feedback_weight=feedback_weight, margin=margin,
+                         overrides=set_ or [], console=err)
+    table = Table("", "champion " + result["champion"]["version"], "challenger " + result["challenger"]["version"])
+    for name, label in (("holdout", "holdout accuracy"), ("feedback", "held-out feedback accuracy"),
+                        ("combined", "combined accuracy")):
+        table.add_row(f"{label} ({result['examples'][name]})", _fmt(result["champion"][name]),
+                      _fmt(result["challenger"][name]))
+    out.print(table)
+    out.print(result["decision"], highlight=False)
+    out.print(f"report: {result['report']}", highlight=False)
 
 
 @runs_app.command("list")

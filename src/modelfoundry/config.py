@@ -47,6 +47,13 @@ class AugmentConfig(_Section):
     rotation: float = Field(0.0, ge=0, le=180, description="random rotation up to this many degrees")
 
 
+class FeedbackDataConfig(_Section):
+    """Corrections folded into training by `foundry retrain` (training split only, never val or test)."""
+
+    source: str = Field(description="a file or image folder of corrections, laid out like data.source")
+    weight: int = Field(1, ge=1, le=100, description="each correction is repeated this many times in training")
+
+
 class DataConfig(_Section):
     source: str = Field(description="builtin:NAME, an image folder, an MNIST IDX folder, or a .csv/.parquet/.jsonl file")
     val_source: str | None = Field(None, description="a separate validation file/folder (then split.val is not used)")
@@ -60,6 +67,7 @@ class DataConfig(_Section):
     tokenizer: str | None = Field(None, description="Hugging Face model folder or tokenizer.json whose tokenizer "
                                   "text models use (default: the pretrained model's own)")
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    feedback: FeedbackDataConfig | None = Field(None, description="corrections to add to the training split")
     features: list[str] | None = Field(None, description="feature columns (default: every column but the label)")
     drop: list[str] = Field(default_factory=list, description="columns to ignore, e.g. ids")
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -119,7 +127,9 @@ class Config(_Section):
         builtin = self.data.source.startswith("builtin:")
         if self.task == "tabular_classification" and not builtin and not self.data.label:
             raise ValueError("data.label is required for tabular_classification: name the label column")
-        text_keys = [key for key in ("text", "max_length", "tokenizer", "privacy") if key in self.data.model_fields_set]
+        # Set and not the default: a run's saved config.yaml spells out every default, and must load again.
+        text_keys = [key for key in ("text", "max_length", "tokenizer", "privacy") if key in self.data.model_fields_set
+                     and getattr(self.data, key) != DataConfig.model_fields[key].get_default(call_default_factory=True)]
         if self.task != "text_classification" and text_keys:
             raise ValueError(f"data.{', data.'.join(text_keys)}: only for task text_classification; this config's "
                              f"task is {self.task}. Remove the key(s) or change the task.")

@@ -148,10 +148,14 @@ class Predictor:
                             f"{(channels, *size)} (C, H, W); pass a file or PIL image to have it resized.")
         return array
 
-    @torch.inference_mode()
     def predict_proba(self, inputs, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, num_classes), columns in the order of `self.labels`."""
-        x = self.encode(inputs, origin=str(inputs) if isinstance(inputs, (str, Path)) else "input")
+        return self.proba(self.encode(inputs, origin=str(inputs) if isinstance(inputs, (str, Path)) else "input"),
+                          batch_size)
+
+    @torch.inference_mode()
+    def proba(self, x: torch.Tensor | list[torch.Tensor], batch_size: int = 256) -> np.ndarray:
+        """Probabilities of inputs already through `encode`: a tensor (N, ...) or a list of N token-id tensors."""
         device = next(self.model.parameters()).device
         if isinstance(x, list):  # token ids: predict shortest first to pad least, then restore the order
             from modelfoundry.data.text import TextData

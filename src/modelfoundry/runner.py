@@ -39,6 +39,7 @@ class Run:
     id: str
     path: Path
     metrics: dict
+    version: int | None = None  # the model version in the registry
 
     def __repr__(self) -> str:
         test = self.metrics.get("test", {})
@@ -52,8 +53,11 @@ def new_run_id(config: Config) -> str:
 
 
 def train(config: str | Path | dict, overrides: list[str] | None = None, run_dir: str | Path | None = None,
-          resume: bool = False, console: Console | None = None) -> Run:
-    """Train, evaluate and package a model; returns the run with its metrics."""
+          resume: bool = False, console: Console | None = None, parent_version: int | None = None) -> Run:
+    """Train, evaluate and package a model, registered as a new model version; returns the run with its metrics.
+
+    `parent_version`: the version this run retrains (`foundry retrain`); the new version joins its lineage.
+    """
     console = console or Console(stderr=True)
     cfg, base_dir = load_config(config, overrides)
     if resume and run_dir is None:
@@ -78,7 +82,12 @@ def train(config: str | Path | dict, overrides: list[str] | None = None, run_dir
     headline = {f"{split}_{k}": v[k] for split, v in metrics.items() if split in ("val", "test")
                 for k in ("accuracy", "f1_macro", "roc_auc") if k in v}
     registry.finish(run_id, "completed", metrics=headline, timings=timings)
-    return Run(run_id, path, metrics)
+    from modelfoundry.store.models import ModelStore
+
+    version = ModelStore(registry).register(run_id, path / "model", cfg.task, json.loads((path / "model" / "model.json")
+                                            .read_text())["labels"], headline, parent=parent_version)
+    console.print(f"registered model version {version.name}", highlight=False)
+    return Run(run_id, path, metrics, version.id)
 
 
 def _run(cfg: Config, base_dir: Path, path: Path, resume: bool, console: Console) -> tuple[dict, dict]:
@@ -126,7 +135,9 @@ def _run(cfg: Config, base_dir: Path, path: Path, resume: bool, console: Console
                                            len(result.history), sum(r["seconds"] for r in result.history))
     spec = {"task": cfg.task, "model": {"name": cfg.model.name, "options": options},
             "input_shape": list(data.input_shape), "labels": data.labels, "preprocessing": data.preprocessing,
-            "label_column": cfg.data.label, "run_id": path.name, "created": datetime.now().isoformat(timespec="seconds"),
+            "label_column": cfg.data.label, "run_id": path.name,
+            "created": datetime.now().isoformat(timespec="seconds"),
+            "config_dir": str(base_dir.resolve()),  # where the config's relative data paths start (retrain)
             "test_accuracy": metrics.get("test", {}).get("accuracy")}
     save_package(path / "model", model, spec, {**data.files, **getattr(model, "package_files", dict)()})
     save_heldout(path, data.test if data.test is not None else data.val)

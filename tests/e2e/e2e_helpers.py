@@ -107,3 +107,54 @@ def write_config(path: Path, task: str, source: str | Path, **sections) -> Path:
             config[section] = values
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+# ---------------------------------------------------------------------------------------- serve
+
+
+class Server:
+    """`foundry serve MODEL --port 0 ...` in a subprocess; `url` is where it listens once started."""
+
+    def __init__(self, model: str | Path, *args: str, cwd: Path, home: Path, startup_timeout: float = 120):
+        import re
+        import selectors
+        import time
+
+        self.process = subprocess.Popen([sys.executable, "-m", "modelfoundry", "serve", str(model), "--port", "0", *args],
+                                        cwd=cwd, env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+        selector = selectors.DefaultSelector()
+        selector.register(self.process.stdout, selectors.EVENT_READ)
+        deadline, seen = time.monotonic() + startup_timeout, ""
+        while time.monotonic() < deadline:
+            if selector.select(timeout=1):
+                line = self.process.stdout.readline()
+                seen += line
+                if found := re.search(r"on (http://[\d.]+:\d+)", line):
+                    self.url = found.group(1)
+                    return
+                if not line and self.process.poll() is not None:
+                    break
+        self.stop()
+        raise AssertionError(f"foundry serve did not start\nstdout:\n{seen}\nstderr:\n{self.process.stderr.read()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs, as when a machine loses power."""
+        self.process.kill()
+        self.process.wait(10)
+
+    def stop(self) -> str:
+        """Stop and return what the server wrote to stderr."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.stderr.read() if self.process.stderr else ""
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

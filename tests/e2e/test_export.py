@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from e2e_helpers import assert_ok, assert_user_error, foundry, one_line
+from e2e_helpers import Server, assert_ok, assert_user_error, foundry, one_line
 
 import modelfoundry as mf
 from modelfoundry.compress.onnx_export import OnnxModel, _export, export_onnx, max_probability_difference
@@ -38,6 +38,18 @@ def test_export_writes_one_onnx_file_that_predicts_like_pytorch(image_copy, imag
     torch_p = mf.load(image_copy).predict_proba(images)
     onnx_p = mf.load(image_copy, backend="onnx").predict_proba(images)
     assert np.abs(torch_p - onnx_p).max() < 1e-4
+
+    import base64
+
+    import httpx
+    with Server(image_copy, "--backend", "onnx", cwd=tmp_path, home=image_run.home) as server:  # not in the registry
+        card = httpx.get(f"{server.url}/v1/model").json()
+        answer = httpx.post(f"{server.url}/v1/predict", json={
+            "inputs": [base64.b64encode(p.read_bytes()).decode() for p in images], "top_k": 2}).json()
+    assert card["backend"] == "onnx" and card["version"] is None
+    served = np.array([[t["probability"] for t in sorted(p["top_k"], key=lambda t: t["label"])]
+                       for p in answer["predictions"]])
+    assert np.abs(served - torch_p).max() < 1e-4  # labels sort as the model's: cat, dog
 
 
 def test_export_refuses_a_graph_that_disagrees_and_writes_nothing(image_copy):

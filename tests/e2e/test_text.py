@@ -220,3 +220,24 @@ def test_fine_tuned_text_model_exports_to_onnx_and_predicts_the_same(pretrained_
     texts = ["The kettle works perfectly.", "It broke after two days and the refund never came.", "ok"]
     onnx = mf.load(copy, backend="onnx")
     assert np.abs(mf.load(copy).predict_proba(texts) - onnx.predict_proba(texts)).max() < 1e-4
+
+
+def test_served_text_model_keeps_no_personal_data_in_feedback_or_logs(pretrained_run):
+    import httpx
+
+    from e2e_helpers import Server
+
+    work, run, _ = pretrained_run
+    text = "Write to ann.lee@example.com: the kettle broke after two days"
+    with Server(run, cwd=work, home=work / "runs") as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        assert http.get("/v1/model").json()["kind"] == "text"
+        answer = http.post("/v1/predict", json={"inputs": [text, "works perfectly"], "top_k": 2}).json()
+        assert len(answer["predictions"]) == 2
+        stored = http.post("/v1/feedback", json={"request_id": answer["request_id"], "label": "negative"})
+        assert stored.status_code == 201, stored.text
+        rows = {r["id"]: r for r in http.get("/v1/feedback").json()["feedback"]}
+        assert http.post("/v1/predict", json={"inputs": ["   "]}).json()["error"]["field"] == "inputs.0"
+        logs = server.stop()
+    kept = rows[stored.json()["feedback_id"]]["input"]["text"]
+    assert "ann.lee@example.com" not in kept and "[EMAIL]" in kept and "kettle broke" in kept
+    assert "ann.lee" not in logs and "kettle" not in logs

@@ -82,10 +82,12 @@ def sorted_labels(values) -> list[str]:
         return sorted(unique)
 
 
-def load_raw(data: DataConfig, task: str, base_dir: Path, source: str | None = None):
+def load_raw(data: DataConfig, task: str, base_dir: Path, source: str | None = None,
+             image_shape: tuple[int, ...] | None = None):
     """Returns (examples, labels as str, origin, extra report fields). Images: (N, C, H, W) array; tables: DataFrame.
 
-    `source` is data.source unless given (data.val_source / data.test_source).
+    `source` is data.source unless given (data.val_source / data.test_source / data.feedback.source);
+    `image_shape` (C, H, W) resizes images to match another source's.
     """
     extra: dict = {}
     source = source or data.source
@@ -100,7 +102,8 @@ def load_raw(data: DataConfig, task: str, base_dir: Path, source: str | None = N
         if list(path.glob("*idx3-ubyte*")):
             examples, labels, _ = images.read_idx_folder(path)
         else:
-            examples, labels, _, skipped = images.read_image_folder(path, data.image_size, data.channels)
+            size, channels = (image_shape[1:], image_shape[0]) if image_shape else (data.image_size, data.channels)
+            examples, labels, _, skipped = images.read_image_folder(path, size, channels)
             extra["unreadable"] = skipped
         return examples, labels, origin, extra
     if task == "text_classification":
@@ -153,7 +156,11 @@ def _load_builtin(name: str, task: str):
 def prepare(config: Config, base_dir: Path) -> Prepared:
     """Load, validate, split and encode the data of a config."""
     data = config.data
-    loaded = {part: load_raw(data, config.task, base_dir, source) for part, source in sources(data).items()}
+    loaded = {}
+    for part, source in sources(data).items():
+        main = loaded.get("train")
+        shape = main[0].shape[1:] if part == "feedback" and isinstance(main[0], np.ndarray) else None
+        loaded[part] = load_raw(data, config.task, base_dir, source, shape)
     examples, labels, origin, _ = loaded["train"]
     report = merge_counts([v[3] for v in loaded.values()])
     if len(loaded) > 1:
@@ -186,6 +193,8 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
     _check_known_labels(labels, part_of, label_names, report)
     targets = pd.Categorical(labels, categories=label_names).codes.astype(np.int64)
     split = split_parts(labels, part_of, data)
+    if "feedback" in sizes:
+        report["feedback"] = {"examples": int((part_of == "feedback").sum()), "weight": data.feedback.weight}
     report.update(n_examples=len(labels), splits={k: int(len(v)) for k, v in split.items()},
                   leakage=validate.leakage(hashes, split))
     report["class_counts"], balance_warnings = validate.class_balance(labels, label_names)
@@ -245,7 +254,8 @@ def merge_counts(reports: list[dict]) -> dict:
 
 def sources(data: DataConfig) -> dict[str, str]:
     """The file (or folder) of each part that has its own: always train, then val / test if given."""
-    found = {"train": data.source, "val": data.val_source, "test": data.test_source}
+    found = {"train": data.source, "val": data.val_source, "test": data.test_source,
+             "feedback": data.feedback and data.feedback.source}
     return {part: source for part, source in found.items() if source}
 
 
@@ -260,6 +270,9 @@ def split_parts(labels: np.ndarray, part_of: np.ndarray, data: DataConfig) -> di
     for name in ("val", "test"):
         if name in own:
             split[name] = np.flatnonzero(part_of == name)
+    if "feedback" in own:  # corrections train only, each repeated `weight` times
+        split["train"] = np.concatenate([split["train"], np.repeat(np.flatnonzero(part_of == "feedback"),
+                                                                   data.feedback.weight)])
     return split
 
 

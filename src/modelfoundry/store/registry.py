@@ -7,7 +7,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import JSON, DateTime, Float, String, Text, create_engine, select
+from sqlalchemy import JSON, DateTime, Float, String, Text, create_engine, event, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from modelfoundry.errors import UserError
@@ -50,6 +50,9 @@ class Registry:
         if self.url.startswith("sqlite:///"):
             Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(self.url)
+        if self.url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_settings)
+        from modelfoundry.store import feedback, models  # noqa: F401  their tables join Base.metadata
         Base.metadata.create_all(self.engine)
 
     def start(self, run_id: str, name: str | None, task: str, model: str, path: Path, config: dict) -> None:
@@ -86,6 +89,16 @@ class Registry:
             if record is None:
                 raise UserError(f"no run '{run}' in the registry ({self.url}). `foundry runs list` shows them.")
             return record
+
+
+def _sqlite_settings(connection, _record) -> None:
+    """WAL lets readers work beside a writer (a server storing feedback while `foundry` lists it);
+    the busy timeout makes concurrent writers wait their turn instead of failing."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
 
 
 def resolve_run(run: str) -> Path:

@@ -1,0 +1,126 @@
+"""Model versions and aliases, in the same database as the runs.
+
+Every finished training run registers its package as a version (v1, v2, ...). Aliases are names
+that point at one version each (`champion`, `challenger`, or any name); `foundry serve champion`
+resolves the alias when it starts and again on reload. A retrained version keeps the lineage of
+the version it was retrained from, so the feedback given to any of them trains the next one.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from modelfoundry.errors import UserError, did_you_mean
+from modelfoundry.store.registry import Base, Registry, resolve_run
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(80), index=True)
+    path: Mapped[str] = mapped_column(Text)                 # the package folder (runs/<id>/model)
+    variant: Mapped[str] = mapped_column(String(40))        # "base"; compression adds its variants
+    task: Mapped[str] = mapped_column(String(60))
+    labels: Mapped[list] = mapped_column(JSON)
+    metrics: Mapped[dict | None] = mapped_column(JSON)
+    parent: Mapped[int | None] = mapped_column(Integer)      # the version this one was retrained from
+    lineage: Mapped[int | None] = mapped_column(Integer)     # the first version of the line
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def name(self) -> str:
+        return f"v{self.id}"
+
+
+class Alias(Base):
+    __tablename__ = "model_aliases"
+
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,79}$")
+
+
+class ModelStore:
+    """Versions and aliases over a `Registry`'s database."""
+
+    def __init__(self, registry: Registry | None = None):
+        self.registry = registry or Registry()
+        self.engine = self.registry.engine
+
+    def register(self, run_id: str, package: Path, task: str, labels: list[str], metrics: dict | None,
+                 variant: str = "base", parent: int | None = None) -> ModelVersion:
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            lineage = s.get(ModelVersion, parent).lineage if parent is not None else None
+            version = ModelVersion(run_id=run_id, path=str(Path(package).resolve()), variant=variant, task=task,
+                                   labels=labels, metrics=metrics, parent=parent, lineage=lineage,
+                                   created_at=_now())
+            s.add(version)
+            s.flush()
+            version.lineage = version.lineage or version.id
+            return version
+
+    def get(self, ref: str | int) -> ModelVersion:
+        """A version by alias, `v3` / `3`, run id (its newest base version) or run folder."""
+        ref = str(ref)
+        with Session(self.engine, expire_on_commit=False) as s:
+            alias = s.get(Alias, ref)
+            if alias is not None:
+                return s.get(ModelVersion, alias.version_id)
+            number = re.fullmatch(r"v?(\d+)", ref)
+            if number:
+                version = s.get(ModelVersion, int(number.group(1)))
+                if version is None:
+                    raise UserError(f"no model version {ref}; `foundry models list` shows them.")
+                return version
+        run_id = self._run_id(ref)
+        with Session(self.engine, expire_on_commit=False) as s:
+            version = s.scalars(select(ModelVersion).where(ModelVersion.run_id == run_id)
+                                .order_by(ModelVersion.id.desc())).first()
+            if version is None:
+                raise UserError(f"run {run_id} has no model version (did it finish?); `foundry models list` shows versions.")
+            return version
+
+    def _run_id(self, ref: str) -> str:
+        try:
+            return resolve_run(ref).resolve().name
+        except UserError:
+            names = self.aliases()
+            hint = did_you_mean(ref, names) or (f" Aliases: {', '.join(names)}." if names else " No aliases yet.")
+            raise UserError(f"'{ref}' is neither an alias, a model version (v3) nor a run.{hint} "
+                            "`foundry models list` shows versions and aliases.") from None
+
+    def set_alias(self, name: str, version_id: int) -> None:
+        if not ALIAS_PATTERN.match(name) or re.fullmatch(r"v?\d+", name):
+            raise UserError(f"alias {name!r}: use a name that starts with a letter (letters, digits, '_', '-', '.'), "
+                            "not a version number like v3.")
+        with Session(self.engine) as s, s.begin():
+            alias = s.get(Alias, name) or Alias(name=name)
+            alias.version_id, alias.updated_at = version_id, _now()
+            s.add(alias)
+
+    def aliases(self, version_id: int | None = None) -> list[str]:
+        with Session(self.engine) as s:
+            query = select(Alias.name).order_by(Alias.name)
+            if version_id is not None:
+                query = query.where(Alias.version_id == version_id)
+            return list(s.scalars(query))
+
+    def list(self, limit: int = 50) -> list[ModelVersion]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            return list(s.scalars(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(limit)))
+
+    def lineage_versions(self, lineage: int) -> list[int]:
+        with Session(self.engine) as s:
+            return list(s.scalars(select(ModelVersion.id).where(ModelVersion.lineage == lineage)))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
