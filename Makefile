@@ -20,6 +20,7 @@ demo: install
 	$(VENV)/bin/foundry train examples/digits.yaml
 
 test: install
+	bash .ci/chromium.sh
 	$(PY) -m pytest -n 2 -q
 
 test-fast: install

@@ -7,6 +7,7 @@ the version it was retrained from, so the feedback given to any of them trains t
 """
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -80,17 +81,31 @@ class ModelStore:
                 if version is None:
                     raise UserError(f"no model version {ref}; `foundry models list` shows them.")
                 return version
-        run_id = self._run_id(ref)
+        folder = self._run_folder(ref)
         with Session(self.engine, expire_on_commit=False) as s:
-            version = s.scalars(select(ModelVersion).where(ModelVersion.run_id == run_id)
+            version = s.scalars(select(ModelVersion).where(ModelVersion.run_id == folder.name)
                                 .order_by(ModelVersion.id.desc())).first()
-            if version is None:
-                raise UserError(f"run {run_id} has no model version (did it finish?); `foundry models list` shows versions.")
-            return version
+        return version or self._register_existing(folder)
 
-    def _run_id(self, ref: str) -> str:
+    def _register_existing(self, folder: Path) -> ModelVersion:
+        """A finished run of this registry from before versions existed: its package becomes a version."""
+        from modelfoundry.predictor import package_folder
+
         try:
-            return resolve_run(ref).resolve().name
+            known = self.registry.get(folder.name).status == "completed"
+        except UserError:
+            known = False
+        if not known:
+            raise UserError(f"{folder} is not a finished run of this registry ({self.registry.url}), so it has no "
+                            "model version; `foundry models list` shows versions.")
+        package = package_folder(folder)
+        spec = json.loads((package / "model.json").read_text())
+        return self.register(folder.name, package, spec["task"], spec["labels"],
+                             {"test_accuracy": spec.get("test_accuracy")})
+
+    def _run_folder(self, ref: str) -> Path:
+        try:
+            return resolve_run(ref).resolve()
         except UserError:
             names = self.aliases()
             hint = did_you_mean(ref, names) or (f" Aliases: {', '.join(names)}." if names else " No aliases yet.")
