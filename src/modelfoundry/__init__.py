@@ -28,7 +28,7 @@ def train(config, overrides: list[str] | None = None, run_dir=None, resume: bool
     return run_training(config, overrides, run_dir, resume, console)
 
 
-def load(path, device: str = "cpu", backend: str = "torch"):
+def load(path, device: str = "cpu", backend: str = "auto"):
     """Load a packaged model (a run folder or its model/ folder) as a `Predictor`."""
     from modelfoundry.predictor import load as load_package
 

@@ -154,7 +154,8 @@ def export(run: Annotated[str, typer.Argument(help="run id or folder")],
 def serve(model: Annotated[str, typer.Argument(help="alias (champion), version (v3), run id or run folder")],
           host: Annotated[str, typer.Option(help="address to listen on; 0.0.0.0 for every interface")] = "127.0.0.1",
           port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
-          backend: Annotated[str, typer.Option(help="torch, or onnx (after `foundry export`)")] = "torch",
+          backend: Annotated[str, typer.Option(help="torch or onnx (after `foundry export`); auto: torch when the "
+                                               "package has PyTorch weights (an int8 variant has not)")] = "auto",
           api_key: Annotated[Optional[str], typer.Option(envvar="FOUNDRY_API_KEY", help="required in the X-API-Key "
                                                          "header of feedback and admin requests")] = None,
           max_batch_size: Annotated[int, typer.Option(min=1, help="most inputs run through the model at once")] = 64,
@@ -270,6 +271,84 @@ def retrain(model: Annotated[str, typer.Argument(help="the alias to improve, e.g
     out.print(table)
     out.print(result["decision"], highlight=False)
     out.print(f"report: {result['report']}", highlight=False)
+
+
+@app.command()
+def compress(run: Annotated[str, typer.Argument(help="run id or folder of the original model")],
+             quantize: Annotated[Optional[str], typer.Option(help="int8: ONNX Runtime quantization")] = None,
+             mode: Annotated[str, typer.Option(help="int8 mode: auto (static for CNNs, dynamic otherwise), "
+                                               "dynamic or static")] = "auto",
+             prune: Annotated[Optional[float], typer.Option(help="fraction of channels / neurons / heads to remove, "
+                                                            "in (0, 1)")] = None,
+             finetune_epochs: Annotated[int, typer.Option(min=0, help="epochs of fine-tuning after pruning")] = 2,
+             distill: Annotated[bool, typer.Option(help="train a smaller student on the model's soft labels")] = False,
+             student: Annotated[Optional[list[str]], typer.Option(help="the student's model keys, e.g. "
+                                                                  "--student model.name=cnn --student model.width=16")] = None,
+             epochs: Annotated[Optional[int], typer.Option(min=1, help="student training epochs (default: the "
+                                                           "original's)")] = None,
+             temperature: Annotated[float, typer.Option(min=0.01, help="distillation temperature")] = 4.0,
+             alpha: Annotated[float, typer.Option(min=0, max=1, help="weight of the teacher's soft labels")] = 0.7,
+             all_: Annotated[bool, typer.Option("--all", help="int8, --prune 0.5 and a half-size student, then the "
+                                                "trade-off report")] = False,
+             report: Annotated[bool, typer.Option(help="measure every variant and write compression.html")] = True,
+             ) -> None:
+    """Smaller, faster variants of a trained model, each a registered version, and their trade-off report."""
+    from modelfoundry.compress import make, quantize as int8, tradeoff
+    from modelfoundry.compress.variants import parent_run_of
+
+    if quantize not in (None, "int8"):
+        raise UserError(f"--quantize {quantize!r}: only int8 is supported.")
+    if student and not distill and not all_:
+        raise UserError("--student describes the model of --distill; add --distill.")
+    if not (quantize or prune is not None or distill or all_ or report):
+        raise UserError("compress: say what to make: --quantize int8, --prune 0.5, --distill --student ..., or --all.")
+    if prune is not None and not 0 < prune < 1:
+        raise UserError(f"--prune {prune}: the fraction of units to remove must be between 0 and 1 (exclusive), "
+                        "e.g. --prune 0.5.")
+    parent = parent_run_of(run)
+    made = []
+    if quantize or all_:
+        result = int8.quantize_int8(parent, mode, console=err)
+        made.append(f"int8 ({result['mode']}): {result['folder'].name} {result['version']}, "
+                    f"{result['bytes'] / 1e6:.2f} MB = {result['bytes'] / result['fp32_bytes']:.0%} of fp32 ONNX, "
+                    f"agrees with the original on {result['agreement']:.1%} of {result['checked_on']}")
+    if prune is not None or all_:
+        result = make.prune_and_finetune(parent, prune or 0.5, finetune_epochs, console=err)
+        made.append(f"pruned: {result['folder'].name} {result['version']}, {result['parameters_before']:,} -> "
+                    f"{result['parameters_after']:,} parameters, test accuracy {_fmt(result['test_accuracy'])}")
+    if distill or all_:
+        student = student or _half_student(parent)
+        trained = make.distill(parent, student, epochs, temperature, alpha, console=err)
+        made.append(f"distilled: {trained.id} v{trained.version}, test accuracy "
+                    f"{_fmt(trained.metrics.get('test', {}).get('accuracy'))}")
+    for line in made:
+        out.print(line, highlight=False)
+    if report:
+        result = tradeoff.measure_all(parent)
+        table = Table("model", "size MB", "parameters", "p50 ms b1", "p50 ms b32", "per s b32", "accuracy", "agrees",
+                      "Pareto")
+        for r in result["rows"]:
+            table.add_row(r["model"], f"{r['bytes'] / 1e6:.2f}", f"{r['parameters']:,}", f"{r['batch1_p50_ms']:.2f}",
+                          f"{r['batch32_p50_ms']:.2f}", f"{r['throughput_per_s']:,.0f}", f"{r['accuracy']:.4f}",
+                          f"{r['agreement']:.1%}", "yes" if r["pareto"] else "")
+        out.print(table)
+        out.print(f"report: {tradeoff.write_report(parent, result)}", highlight=False)
+
+
+def _half_student(parent: Path) -> list[str]:
+    """A student of the teacher's family with about half the parameters (width / hidden sizes scaled by 0.7)."""
+    spec = json.loads((parent / "model" / "model.json").read_text())
+    name, options = spec["model"]["name"], spec["model"]["options"]
+    from modelfoundry.models.registry import model_options
+
+    defaults = model_options(name) if name != "pretrained" else {}
+    if name == "pretrained":
+        return ["model.name=lstm"]
+    if name == "mlp":
+        hidden = options.get("hidden", defaults["hidden"])
+        return ["model.name=mlp", f"model.hidden=[{', '.join(str(max(1, round(h * 0.7))) for h in hidden)}]"]
+    key = "hidden" if name in ("lstm", "gru") else "width"
+    return [f"model.name={name}", f"model.{key}={max(1, round(options.get(key, defaults[key]) * 0.7))}"]
 
 
 @runs_app.command("list")

@@ -87,6 +87,14 @@ class ModelConfig(BaseModel):
     name: str = "mlp"
 
 
+class DistillConfig(_Section):
+    """Train this model (the student) to match a trained model's (the teacher's) soft labels too."""
+
+    teacher: str = Field(description="the teacher: a run folder or its model/ package")
+    temperature: float = Field(4.0, gt=0, le=100, description="softens both models' probabilities before matching")
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of matching the teacher; 1 - alpha goes to the true labels")
+
+
 class TrainConfig(_Section):
     epochs: int = Field(20, ge=1, le=100_000)
     batch_size: int = Field(64, ge=1)
@@ -113,6 +121,7 @@ class TrainConfig(_Section):
         "auto", description="auto = bf16/fp16 only where the hardware runs it faster than fp32")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+    distill: DistillConfig | None = Field(None, description="knowledge distillation from a trained teacher")
 
 
 class Config(_Section):
@@ -227,3 +236,16 @@ def _quote_lines(path: Path, exc: yaml.YAMLError) -> str:
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     return config.model_dump(mode="json")
+
+
+def absolute_paths(config: dict, base_dir: Path) -> dict:
+    """A run's saved config (a dict) with its relative data and model paths made absolute against the
+    folder of the original config (`base_dir`), so retraining and compressing work from any folder."""
+    data, model = config["data"], config["model"]
+    for section, key in ((data, "source"), (data, "val_source"), (data, "test_source"), (data, "tokenizer"),
+                         (model, "path")):
+        value = section.get(key)
+        if value and not str(value).startswith("builtin:") and not Path(value).is_absolute() \
+                and (base_dir / value).exists():
+            section[key] = str((base_dir / value).resolve())
+    return config

@@ -18,6 +18,7 @@ from modelfoundry.errors import UserError
 from modelfoundry.models.registry import build_model
 
 FORMAT = "modelfoundry.model/1"
+WEIGHTS = ("model.safetensors", "model.onnx")  # an int8 variant has only the ONNX graph
 
 
 def save_package(folder: Path, model: torch.nn.Module, spec: dict, files: dict[str, str] | None = None) -> Path:
@@ -47,7 +48,7 @@ def package_folder(path: str | Path) -> Path:
     """Accept a run folder or its `model/` folder."""
     path = Path(path)
     for candidate in (path, path / "model"):
-        if (candidate / "model.json").is_file() and (candidate / "model.safetensors").is_file():
+        if (candidate / "model.json").is_file() and any((candidate / f).is_file() for f in WEIGHTS):
             return candidate
     raise UserError(f"{path}: no model package here (expected model/model.json and model/model.safetensors). "
                     "Is the run finished? `foundry runs list` shows runs and their status.")
@@ -58,19 +59,25 @@ def run_folder(package: Path) -> Path:
     return package.parent if package.name == "model" else package
 
 
-def load(path: str | Path, device: str = "cpu", backend: str = "torch") -> Predictor:
+def load(path: str | Path, device: str = "cpu", backend: str = "auto") -> Predictor:
     """Load a packaged model from a run folder (or its `model/` folder).
 
     Args:
-        backend: "torch", or "onnx" to run `model.onnx` (from `foundry export`) in ONNX Runtime.
+        backend: "torch"; "onnx" to run `model.onnx` (from `foundry export` or `foundry compress`) in
+            ONNX Runtime; "auto" (default): torch when the package has PyTorch weights, else onnx.
     """
     folder = package_folder(path)
     spec = json.loads((folder / "model.json").read_text())
     if spec.get("format") != FORMAT:
         raise UserError(f"{folder}/model.json: format {spec.get('format')!r} is not {FORMAT!r}; "
                         "retrain with this version of modelfoundry.")
-    if backend not in ("torch", "onnx"):
-        raise UserError(f"backend {backend!r} is not one of torch, onnx.")
+    if backend not in ("auto", "torch", "onnx"):
+        raise UserError(f"backend {backend!r} is not one of auto, torch, onnx.")
+    has_torch = (folder / "model.safetensors").is_file()
+    backend = ("torch" if has_torch else "onnx") if backend == "auto" else backend
+    if backend == "torch" and not has_torch:
+        raise UserError(f"{folder}: this package ({spec.get('variant', {}).get('kind', 'ONNX')} variant) has only "
+                        "model.onnx; load it with backend='onnx' (`--backend onnx`).")
     if backend == "onnx":
         from modelfoundry.compress.onnx_export import OnnxModel
 
@@ -99,6 +106,10 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, model={self.spec['model']['name']!r}, labels={self.labels})"
+
+    @property
+    def backend(self) -> str:
+        return "onnx" if type(self.model).__name__ == "OnnxModel" else "torch"
 
     def encode(self, inputs, origin: str = "input") -> torch.Tensor:
         """Raw inputs -> the model's input tensor (N, ...).

@@ -26,6 +26,7 @@ import pandas as pd
 import yaml
 from rich.console import Console
 
+from modelfoundry.config import absolute_paths
 from modelfoundry.errors import UserError
 from modelfoundry.predictor import Predictor, load, run_folder
 from modelfoundry.store.feedback import Feedback, FeedbackStore, media_dir
@@ -56,7 +57,7 @@ def retrain(ref: str = "champion", *, promote: bool = False, feedback_weight: in
                   f"{len(held)} held back to score both models", highlight=False)
 
     base_dir = Path(spec.get("config_dir", "."))
-    config = _absolute_paths(yaml.safe_load((run_folder(package) / "config.yaml").read_text()), base_dir)
+    config = absolute_paths(yaml.safe_load((run_folder(package) / "config.yaml").read_text()), base_dir)
     feedback_set = media_dir() / "sets" / f"{datetime.now():%Y%m%d-%H%M%S}-{champion.name}"
     config["data"]["feedback"] = {"source": str(_write_feedback(used, spec, config, feedback_set)),
                                   "weight": feedback_weight}
@@ -146,18 +147,6 @@ def _write_feedback(rows: list[Feedback], spec: dict, config: dict, folder: Path
     path = folder / "feedback.jsonl"
     pd.DataFrame(records).to_json(path, orient="records", lines=True)
     return path
-
-
-def _absolute_paths(config: dict, base_dir: Path) -> dict:
-    """The champion's config with its relative paths made absolute, so it runs from any folder."""
-    data, model = config["data"], config["model"]
-    for section, key in ((data, "source"), (data, "val_source"), (data, "test_source"), (data, "tokenizer"),
-                         (model, "path")):
-        value = section.get(key)
-        if value and not str(value).startswith("builtin:") and not Path(value).is_absolute() \
-                and (base_dir / value).exists():
-            section[key] = str((base_dir / value).resolve())
-    return config
 
 
 def _fingerprint(inputs: list, targets: list[str]) -> str:

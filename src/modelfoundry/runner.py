@@ -53,10 +53,12 @@ def new_run_id(config: Config) -> str:
 
 
 def train(config: str | Path | dict, overrides: list[str] | None = None, run_dir: str | Path | None = None,
-          resume: bool = False, console: Console | None = None, parent_version: int | None = None) -> Run:
+          resume: bool = False, console: Console | None = None, parent_version: int | None = None,
+          variant: str = "base") -> Run:
     """Train, evaluate and package a model, registered as a new model version; returns the run with its metrics.
 
-    `parent_version`: the version this run retrains (`foundry retrain`); the new version joins its lineage.
+    `parent_version`: the version this run retrains (`foundry retrain`) or compresses (`variant`
+    "distilled"); the new version joins its lineage.
     """
     console = console or Console(stderr=True)
     cfg, base_dir = load_config(config, overrides)
@@ -85,7 +87,7 @@ def train(config: str | Path | dict, overrides: list[str] | None = None, run_dir
     from modelfoundry.store.models import ModelStore
 
     version = ModelStore(registry).register(run_id, path / "model", cfg.task, json.loads((path / "model" / "model.json")
-                                            .read_text())["labels"], headline, parent=parent_version)
+                                            .read_text())["labels"], headline, variant, parent_version)
     console.print(f"registered model version {version.name}", highlight=False)
     return Run(run_id, path, metrics, version.id)
 
@@ -116,8 +118,9 @@ def _run(cfg: Config, base_dir: Path, path: Path, resume: bool, console: Console
     aug = cfg.data.augment
     augment = (partial(images.augment, crop_padding=aug.crop_padding, flip=aug.flip, rotation=aug.rotation)
                if cfg.task == "image_classification" and (aug.crop_padding or aug.flip or aug.rotation) else None)
+    teacher = _teacher(cfg, base_dir, data, device, console) if cfg.train.distill else None
     result = fit(model, splits["train"], splits["val"], cfg.train, device=device, checkpoint_dir=path / "checkpoints",
-                 resume=resume, log_dir=path / "tensorboard", augment=augment, console=console)
+                 resume=resume, log_dir=path / "tensorboard", augment=augment, console=console, teacher=teacher)
     timings["train"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -139,12 +142,43 @@ def _run(cfg: Config, base_dir: Path, path: Path, resume: bool, console: Console
             "created": datetime.now().isoformat(timespec="seconds"),
             "config_dir": str(base_dir.resolve()),  # where the config's relative data paths start (retrain)
             "test_accuracy": metrics.get("test", {}).get("accuracy")}
+    if cfg.train.distill:
+        spec["variant"] = {"kind": "distilled", "of_run": json.loads((package_folder(text.resolve_path(
+            cfg.train.distill.teacher, base_dir)) / "model.json").read_text()).get("run_id"),
+            "temperature": cfg.train.distill.temperature, "alpha": cfg.train.distill.alpha}
     save_package(path / "model", model, spec, {**data.files, **getattr(model, "package_files", dict)()})
     save_heldout(path, data.test if data.test is not None else data.val)
+    save_heldout(path, data.train, name="calibration.safetensors")
     _write_json(path / "metrics.json", metrics)
     timings["evaluate"] = time.perf_counter() - clock
     write_run_report(path, cfg.name or path.name, metrics, data, probabilities.get("test"), config_to_dict(cfg))
     return metrics, timings
+
+
+def _teacher(cfg: Config, base_dir: Path, data: Prepared, device: torch.device, console: Console) -> torch.nn.Module:
+    """The distillation teacher, checked to read the same inputs and name the same labels as the student."""
+    from modelfoundry.predictor import load
+
+    where = text.resolve_path(cfg.train.distill.teacher, base_dir)
+    teacher = load(where, device=str(device), backend="torch")
+    pre, mine = teacher.spec["preprocessing"], data.preprocessing
+    problems = []
+    if teacher.labels != data.labels:
+        problems.append(f"its labels {teacher.labels} are not this data's {data.labels}")
+    if pre["kind"] != mine["kind"]:
+        problems.append(f"it takes {pre['kind']} inputs, this data is {mine['kind']}")
+    elif pre["kind"] == "text" and (teacher.path / "tokenizer.json").read_text() != data.files["tokenizer.json"]:
+        problems.append("it uses another tokenizer; set data.tokenizer to the teacher's model/tokenizer.json")
+    elif pre["kind"] != "text" and pre != mine:
+        problems.append("its preprocessing (image size and channels, or table columns) differs from this data's")
+    if problems:
+        raise UserError(f"train.distill.teacher: {where} cannot teach this model: {'; '.join(problems)}.")
+    for parameter in teacher.model.parameters():
+        parameter.requires_grad_(False)
+    console.print(f"distilling from {teacher.spec['model']['name']} ({sum(p.numel() for p in teacher.model.parameters()):,} "
+                  f"parameters), temperature {cfg.train.distill.temperature}, alpha {cfg.train.distill.alpha}",
+                  highlight=False)
+    return teacher.model.eval()
 
 
 def mistakes_for_report(probabilities: np.ndarray | None, targets: np.ndarray, labels: list[str],

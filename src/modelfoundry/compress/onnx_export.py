@@ -73,16 +73,16 @@ def heldout_inputs(run_folder: Path, spec: dict, synthetic: int = 64) -> tuple[t
     return torch.randn(synthetic, *shape, generator=generator), "synthetic"
 
 
-def save_heldout(run_folder: Path, data, limit: int = 256) -> None:
-    """Keep up to `limit` encoded test (else validation) inputs and their targets beside the package,
-    for parity checks and for measuring what compression costs in accuracy."""
+def save_heldout(run_folder: Path, data, limit: int = 256, name: str = HELDOUT) -> None:
+    """Keep up to `limit` encoded inputs and their targets beside the package: test (else validation)
+    examples for parity checks, and a training sample (`calibration.safetensors`) to calibrate int8."""
     from safetensors.torch import save_file
 
     if data is None:
         return
     inputs, targets = next(data.batches(limit))
     save_file({"inputs": inputs.detach().cpu().contiguous(), "targets": targets.detach().cpu().contiguous()},
-              str(run_folder / HELDOUT))
+              str(run_folder / name))
 
 
 def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, text: bool) -> str:

@@ -44,7 +44,7 @@ STATIC = Path(__file__).parent / "static"
 @dataclass
 class Settings:
     model: str                            # alias, version (v3), run id or run folder
-    backend: str = "torch"
+    backend: str = "auto"                 # auto: torch when the package has PyTorch weights, else onnx
     api_key: str | None = None            # required for feedback and admin routes when set
     max_batch_size: int = 64
     max_wait_ms: float = 0.0
@@ -75,7 +75,7 @@ class ApiError(Exception):
         self.status, self.field, self.message = status, field, message
 
 
-def load_served(ref: str, backend: str = "torch") -> Served:
+def load_served(ref: str, backend: str = "auto") -> Served:
     """Resolve an alias / version / run to its package and load it. Raises UserError when it can't."""
     from modelfoundry.store.models import ModelStore
 
@@ -310,7 +310,8 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
 def model_card_of(served: Served, settings: Settings) -> dict:
     spec, pre = served.predictor.spec, served.predictor.spec["preprocessing"]
     card = {"version": served.version_name, "alias": served.alias, "run_id": spec.get("run_id"), "task": spec["task"],
-            "kind": pre["kind"], "model": spec["model"]["name"], "backend": settings.backend,
+            "kind": pre["kind"], "model": spec["model"]["name"], "backend": served.predictor.backend,
+            "variant": spec.get("variant", {}).get("kind", "base"),
             "labels": served.predictor.labels, "created": spec.get("created"),
             "metrics": (served.version.metrics if served.version is not None else None)
             or {"test_accuracy": spec.get("test_accuracy")},

@@ -61,7 +61,7 @@ def validation_metrics(logits: torch.Tensor, targets: torch.Tensor, loss_fn: nn.
 def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
         checkpoint_dir: Path | None = None, resume: bool = False, log_dir: Path | None = None,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-        console: Console | None = None) -> FitResult:
+        console: Console | None = None, teacher: nn.Module | None = None) -> FitResult:
     """Train `model` on `train`, validating on `val` after every epoch.
 
     Args:
@@ -71,6 +71,7 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
         resume: continue from `checkpoint_dir/last.pt`.
         log_dir: TensorBoard event files go here; None disables them.
         augment: called on each training batch (B, ...) with the epoch's generator.
+        teacher: a trained model whose soft labels the model also learns (cfg.distill: temperature, alpha).
     """
     console = console or Console(stderr=True)
     if val is None and cfg.early_stopping_patience:
@@ -109,7 +110,16 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
                 if augment is not None:
                     inputs = augment(inputs, generator)
                 with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                    loss = loss_fn(model(inputs), targets)
+                    logits = model(inputs)
+                    loss = loss_fn(logits, targets)
+                    if teacher is not None:  # Hinton et al. 2015: match the softened teacher, scaled by T^2
+                        with torch.no_grad():
+                            soft = teacher(inputs).float()
+                        t, alpha = cfg.distill.temperature, cfg.distill.alpha
+                        matching = nn.functional.kl_div(torch.log_softmax(logits.float() / t, 1),
+                                                        torch.log_softmax(soft / t, 1), log_target=True,
+                                                        reduction="batchmean") * t * t
+                        loss = (1 - alpha) * loss + alpha * matching
                     if cfg.l1:
                         loss = loss + cfg.l1 * l1_penalty(model)
                 scaler.scale(loss / cfg.accumulate).backward()

@@ -1,0 +1,108 @@
+"""int8 through ONNX Runtime (torch.ao.quantization is deprecated in PyTorch 2.x).
+
+Dynamic quantization (weights int8 ahead of time, activations scaled per batch at run time) for
+MLPs, LSTMs and transformers, whose cost is in MatMul/Gemm; static quantization (activations
+scaled from a calibration sample of training inputs, QDQ format, per-channel weights) for CNNs,
+whose convolutions dynamic quantization would leave slow. The result is a variant run whose
+package holds only `model.onnx`.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from modelfoundry.compress.variants import CALIBRATION, copy_package_files, package_spec, parent_run_of, \
+    register_variant, variant_folder
+from modelfoundry.errors import UserError
+
+STATIC_FAMILIES = ("cnn", "resnet")
+
+
+def quantize_int8(run: str | Path, mode: str = "auto", console: Console | None = None) -> dict:
+    """Write the int8 variant of a run; returns what was done (folder, version, sizes, agreement)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from modelfoundry.compress.onnx_export import OnnxModel, export_onnx, heldout_inputs
+    from modelfoundry.predictor import load
+
+    console = console or Console(stderr=True)
+    parent = parent_run_of(run)
+    predictor = load(parent)
+    if predictor.backend != "torch":
+        raise UserError(f"{parent} is already an int8 (ONNX-only) variant; quantize the original run.")
+    family = predictor.spec["model"]["name"]
+    if mode not in ("auto", "dynamic", "static"):
+        raise UserError(f"--mode {mode!r}: use auto, dynamic or static.")
+    mode = ("static" if family in STATIC_FAMILIES else "dynamic") if mode == "auto" else mode
+    calibration = _calibration_inputs(parent) if mode == "static" else None
+    if not (predictor.path / "model.onnx").is_file():
+        console.print("exporting to ONNX first...", highlight=False)
+        export_onnx(parent)
+
+    folder = variant_folder(parent, "int8")
+    package = folder / "model"
+    package.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(predictor.path / "model.onnx"), str(prepared))  # shape inference + graph fusions
+        if mode == "dynamic":
+            quantize_dynamic(str(prepared), str(package / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True)
+        else:
+            quantize_static(str(prepared), str(package / "model.onnx"), _Reader(calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8)
+    inputs, source = heldout_inputs(parent, predictor.spec)
+    with torch.inference_mode():
+        reference = torch.softmax(predictor.model(inputs).float(), 1)
+        quantized = torch.softmax(OnnxModel(package / "model.onnx")(inputs).float(), 1)
+    agreement = float((reference.argmax(1) == quantized.argmax(1)).double().mean())
+    details = {"method": f"onnxruntime {mode} int8", "mode": mode, "bytes": (package / "model.onnx").stat().st_size,
+               "fp32_bytes": (predictor.path / "model.onnx").stat().st_size,
+               "calibration_examples": len(calibration) if calibration is not None else 0,
+               "agreement": agreement, "max_abs_probability_difference": float((reference - quantized).abs().max()),
+               "checked_on": f"{len(inputs)} {source} examples"}
+    spec = package_spec(predictor.path, "int8", details, folder.name)
+    (package / "model.json").write_text(json.dumps(spec, indent=2))
+    copy_package_files(predictor.path, package)
+    metrics = _heldout_metrics(quantized, parent, predictor.spec)
+    version = register_variant(parent, folder, "int8", metrics)
+    return {"folder": folder, "version": version, **details, "heldout": metrics}
+
+
+def _calibration_inputs(parent: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    path = parent / CALIBRATION
+    if not path.is_file():
+        raise UserError(f"{parent}: static quantization needs calibration data (a sample of training inputs in "
+                        f"{CALIBRATION}), and this run has none (trained before foundry kept one). Train the run "
+                        "again, or use --mode dynamic.")
+    return load_file(str(path))["inputs"]
+
+
+class _Reader:
+    """Calibration batches for ONNX Runtime's CalibrationDataReader protocol."""
+
+    def __init__(self, inputs: torch.Tensor, batch_size: int = 32):
+        self.batches = iter([{"input": inputs[i:i + batch_size].numpy()} for i in range(0, len(inputs), batch_size)])
+
+    def get_next(self) -> dict | None:
+        return next(self.batches, None)
+
+
+def _heldout_metrics(probabilities: torch.Tensor, parent: Path, spec: dict) -> dict | None:
+    from safetensors.torch import load_file
+
+    from modelfoundry.evaluate.metrics import classification_metrics
+
+    path = parent / "heldout.safetensors"
+    if not path.is_file():
+        return None
+    targets = load_file(str(path))["targets"].numpy()
+    metrics = classification_metrics(probabilities.numpy(), targets, spec["labels"])
+    return {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"], "examples": int(len(targets))}

@@ -1,0 +1,75 @@
+"""A compressed variant is a run of its own: `runs/<parent-id>-<kind>/` with a `model/` package,
+the parent's held-out and calibration samples and config, registered as a run and as a model
+version whose parent is the original's version. So every command that takes a run (predict,
+evaluate, export, serve, models alias) takes a variant too.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from modelfoundry.errors import UserError
+from modelfoundry.predictor import run_folder
+from modelfoundry.store.registry import Registry, runs_root
+
+CALIBRATION = "calibration.safetensors"
+SHARED_FILES = ("heldout.safetensors", CALIBRATION, "config.yaml")
+
+
+def variant_folder(parent: Path, kind: str) -> Path:
+    """`runs/<parent-id>-<kind>`, numbered when that exists already (an earlier variant stays as it was)."""
+    base = runs_root() / f"{parent.name}-{kind}"
+    folder, n = base, 2
+    while folder.exists():
+        folder, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return folder
+
+
+def package_spec(parent_package: Path, kind: str, details: dict, run_id: str) -> dict:
+    spec = json.loads((parent_package / "model.json").read_text())
+    spec.pop("onnx", None)  # the parent's export record describes the parent's graph
+    spec["variant"] = {"kind": kind, "of_run": spec.get("run_id"), **details}
+    spec["run_id"] = run_id
+    return spec
+
+
+def copy_package_files(parent_package: Path, package: Path) -> None:
+    """Tokenizer, encoder config and other non-weight files the package needs besides its weights."""
+    for item in parent_package.rglob("*"):
+        relative = item.relative_to(parent_package)
+        if item.is_file() and relative.name not in ("model.json", "model.safetensors", "model.onnx") \
+                and not relative.name.startswith("."):
+            (package / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item, package / relative)
+
+
+def register_variant(parent_run: Path, folder: Path, kind: str, metrics: dict | None) -> str | None:
+    """Record the variant as a finished run and as a model version from the parent's version; returns 'vN'."""
+    from modelfoundry.store.models import ModelStore
+
+    for name in SHARED_FILES:
+        if (parent_run / name).is_file() and not (folder / name).exists():
+            shutil.copyfile(parent_run / name, folder / name)
+    spec = json.loads((folder / "model" / "model.json").read_text())
+    store = ModelStore()
+    try:
+        parent_version = store.get(str(parent_run)).id
+    except UserError:
+        parent_version = None  # a package outside the registry: the variant starts its own lineage
+    registry = Registry()
+    config = json.loads(json.dumps(spec.get("variant", {})))
+    registry.start(folder.name, f"{parent_run.name} {kind}", spec["task"], f"{spec['model']['name']}-{kind}", folder,
+                   {"variant": config})
+    headline = {f"test_{k}": v for k, v in (metrics or {}).items() if k in ("accuracy", "f1_macro")}
+    registry.finish(folder.name, "completed", metrics=headline)
+    version = store.register(folder.name, folder / "model", spec["task"], spec["labels"], headline, variant=kind,
+                             parent=parent_version)
+    return version.name
+
+
+def parent_run_of(run: str | Path) -> Path:
+    from modelfoundry.predictor import package_folder
+    from modelfoundry.store.registry import resolve_run
+
+    return run_folder(package_folder(resolve_run(str(run))))
