@@ -7,7 +7,6 @@ import time
 
 import httpx
 import pytest
-
 from e2e_helpers import Server, assert_ok, assert_user_error, foundry, table_frame, write_config
 
 pytestmark = pytest.mark.slow

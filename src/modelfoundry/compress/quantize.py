@@ -15,8 +15,14 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from modelfoundry.compress.variants import CALIBRATION, copy_package_files, package_spec, parent_run_of, \
-    register_variant, variant_folder
+from modelfoundry.compress.variants import (
+    CALIBRATION,
+    copy_package_files,
+    package_spec,
+    parent_run_of,
+    register_variant,
+    variant_folder,
+)
 from modelfoundry.errors import UserError
 
 STATIC_FAMILIES = ("cnn", "resnet")
@@ -105,4 +111,4 @@ def _heldout_metrics(probabilities: torch.Tensor, parent: Path, spec: dict) -> d
         return None
     targets = load_file(str(path))["targets"].numpy()
     metrics = classification_metrics(probabilities.numpy(), targets, spec["labels"])
-    return {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"], "examples": int(len(targets))}
+    return {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"], "examples": len(targets)}

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,7 @@ class Settings:
     cors_origins: list[str] = field(default_factory=list)
     watch_seconds: float = 0.0            # poll the alias and reload on change; 0 = only POST /v1/admin/reload
     remembered_requests: int = 10_000     # recent predictions kept in memory for feedback by request id
+    remembered_bytes: int = 256 * 2**20   # ... and at most this many bytes of their images
 
 
 @dataclass
@@ -137,6 +138,7 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
     metrics = ServeMetrics()
     state = {"served": served}
     recent: OrderedDict[str, tuple] = OrderedDict()  # request id -> (stored inputs, predicted labels, Served)
+    held = {"bytes": 0}  # image bytes kept in `recent`
 
     def run_batch(key: Served, payloads: list) -> np.ndarray:
         x = [ids for p in payloads for ids in p] if isinstance(payloads[0], list) else torch.cat(payloads)
@@ -190,8 +192,9 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
             metrics.predictions.labels(label=labels[top[0]]).inc()
         request_id = secrets.token_hex(8)
         recent[request_id] = (stored, [p.label for p in predictions], current)
-        while len(recent) > settings.remembered_requests:
-            recent.popitem(last=False)
+        held["bytes"] += _size(stored)
+        while len(recent) > settings.remembered_requests or held["bytes"] > settings.remembered_bytes:
+            held["bytes"] -= _size(recent.popitem(last=False)[1][0])
         return PredictResponse(request_id=request_id, model_version=current.version_name, predictions=predictions)
 
     @app.get("/", include_in_schema=False)
@@ -229,8 +232,9 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
 
     @app.post("/v1/predict/file", tags=["predict"], response_model=PredictResponse,
               summary="Predict labels for uploaded image files (multipart field `files`, or `file`)")
-    async def predict_file(files: list[UploadFile] = File(None), file: UploadFile | None = File(None),
-                           top_k: int = Query(1, ge=1, le=100)) -> PredictResponse:
+    async def predict_file(files: Annotated[list[UploadFile] | None, File()] = None,
+                           file: Annotated[UploadFile | None, File()] = None,
+                           top_k: Annotated[int, Query(ge=1, le=100)] = 1) -> PredictResponse:
         current = state["served"]
         uploads = (files or []) + ([file] if file else [])
         if current.predictor.spec["preprocessing"]["kind"] != "image":
@@ -249,7 +253,8 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
         if body.request_id is not None:
             if body.request_id not in recent:
                 raise ApiError(404, "request_id", f"no recent prediction {body.request_id!r} (this server remembers the "
-                                                  f"last {settings.remembered_requests:,} requests since it started); "
+                                                  f"last {settings.remembered_requests:,} requests since it started, "
+                                                  "fewer when they carry large images); "
                                                   "send the input itself in `input` instead.")
             stored, predicted, current = recent[body.request_id]
             if body.index >= len(stored):
@@ -270,7 +275,7 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
                                 model_version=current.version_name)
 
     @app.get("/v1/feedback", tags=["feedback"], summary="Stored feedback, newest first")
-    def feedback_list(request: Request, limit: int = Query(100, ge=1, le=10_000)) -> dict:
+    def feedback_list(request: Request, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> dict:
         require_key(request)
         from modelfoundry.store.feedback import FeedbackStore, to_json
         return {"feedback": [to_json(r) for r in FeedbackStore().list(limit)]}
@@ -451,6 +456,10 @@ def store_feedback(served: Served, item: dict, label: str, predicted: str | None
     return FeedbackStore().add(run_id=spec.get("run_id", ""), kind=spec["preprocessing"]["kind"], input=item,
                                label=label, predicted=predicted, request_id=request_id,
                                model_version=served.version.id if served.version is not None else None)
+
+
+def _size(stored: list[dict]) -> int:
+    return sum(len(item.get("image_bytes", b"")) for item in stored)
 
 
 def _at(field: str, i: int, inputs: list) -> str:

@@ -116,7 +116,7 @@ class MicroBatcher:
             try:
                 probabilities = await loop.run_in_executor(self._executor, self.run_batch, batch[0].key,
                                                            [r.payload for r in batch])
-            except Exception as exc:  # every request of the batch gets the error; the worker lives on
+            except Exception as exc:  # noqa: BLE001  every request of the batch gets the error; the worker lives on
                 for request in batch:
                     if not request.future.done():
                         request.future.set_exception(exc)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import JSON, DateTime, Integer, String, select
@@ -43,7 +43,7 @@ class FeedbackStore:
             model_version: int | None = None, request_id: str | None = None) -> int:
         with Session(self.engine) as s, s.begin():
             row = Feedback(request_id=request_id, model_version=model_version, run_id=run_id, kind=kind, input=input,
-                           predicted=predicted, label=label, created_at=datetime.now(timezone.utc))
+                           predicted=predicted, label=label, created_at=datetime.now(UTC))
             s.add(row)
             s.flush()
             return row.id
