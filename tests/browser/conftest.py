@@ -1,0 +1,80 @@
+"""Fixtures for the browser tests: tiny models trained with the real CLI and `foundry serve`
+processes over them (the browser and its pages are fixtures of test_page.py).
+
+Each model is trained once per module into its own FOUNDRY_HOME; servers start on any free
+loopback port (`--port 0`) and are stopped at teardown.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))  # the e2e helpers: real CLI, tiny data
+
+from e2e_helpers import TINY_MLP, Server, assert_ok, foundry, write_config, write_image_folder, write_table
+
+REVIEWS = Path(__file__).parents[2] / "examples" / "tiny" / "reviews.csv"
+
+
+@dataclass
+class Trained:
+    home: Path   # FOUNDRY_HOME the run is registered in
+    path: Path   # the run folder
+
+
+def train(work: Path, config: Path, *overrides: str) -> Trained:
+    home = work / "runs"
+    assert_ok(foundry("train", config, *overrides, "--run-dir", home / "run", cwd=work, home=home))
+    return Trained(home, home / "run")
+
+
+@pytest.fixture(scope="module")
+def table_model(tmp_path_factory) -> Trained:
+    """An MLP on x1, x2 (numbers) and color (a category) -> a, b, c."""
+    work = tmp_path_factory.mktemp("table")
+    write_table(work / "train.csv")
+    return train(work, write_config(work / "table.yaml", "tabular_classification", "train.csv"), *TINY_MLP)
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory) -> Trained:
+    """A 4-wide CNN on 8x8 grey PNGs -> cat, dog."""
+    work = tmp_path_factory.mktemp("image")
+    write_image_folder(work / "images")
+    return train(work, write_config(work / "image.yaml", "image_classification", "images"))
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory) -> Trained:
+    """A 16-wide LSTM trained from scratch on the shipped reviews -> positive, negative."""
+    work = tmp_path_factory.mktemp("text")
+    shutil.copy(REVIEWS, work / "reviews.csv")
+    config = write_config(work / "text.yaml", "text_classification", "reviews.csv",
+                          data={"text": "review", "label": "sentiment", "max_length": 32},
+                          model={"name": "lstm", "embed_dim": 16, "hidden": 16})
+    return train(work, config, "--set", "train.precision=fp32")
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory):
+    """`serve(model, *args)`: a running `foundry serve` over the model, ready once /readyz answers 200."""
+    servers = []
+
+    def start(model: Trained, *args: str) -> Server:
+        server = Server(model.path, *args, cwd=tmp_path_factory.mktemp("serve"), home=model.home)
+        servers.append(server)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{server.url}/readyz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, f"{server.url}/readyz did not answer 200 within 60 s"
+            time.sleep(0.2)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
