@@ -45,6 +45,7 @@ class MicroBatcher:
         self._pending: deque[_Request] = deque()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._in_flight: list[_Request] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     @property
@@ -57,19 +58,23 @@ class MicroBatcher:
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        """Stop the worker; requests queued or in the batch being run get an error instead of waiting forever."""
         if self._worker:
             self._worker.cancel()
             try:
                 await self._worker
             except asyncio.CancelledError:
                 pass
-        for request in self._pending:
+        for request in [*self._in_flight, *self._pending]:
             if not request.future.done():
                 request.future.set_exception(RuntimeError("the server is shutting down"))
-        self._executor.shutdown(wait=True)
+        self._pending.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)  # never block the event loop on the model thread
 
     async def submit(self, key: object, payload: object, size: int) -> np.ndarray:
         """Queue one request's inputs; returns their probabilities (size, C)."""
+        if self._worker is None or self._worker.done():
+            raise RuntimeError("the batcher is not running")
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Request(key, payload, size, future))
         self._wake.set()
@@ -113,6 +118,7 @@ class MicroBatcher:
                     break
                 room = self._take(batch, room)
             self.on_batch(sum(r.size for r in batch))
+            self._in_flight = batch
             try:
                 probabilities = await loop.run_in_executor(self._executor, self.run_batch, batch[0].key,
                                                            [r.payload for r in batch])
@@ -120,7 +126,9 @@ class MicroBatcher:
                 for request in batch:
                     if not request.future.done():
                         request.future.set_exception(exc)
+                self._in_flight = []
                 continue
+            self._in_flight = []
             start = 0
             for request in batch:
                 if not request.future.done():

@@ -69,9 +69,9 @@ def export(rows: list[Feedback], path: Path) -> int:
         raise UserError(f"{path}: export to a .jsonl or .csv file.")
     records = [to_json(r) for r in rows]
     if path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     else:
-        with path.open("w", newline="") as f:
+        with path.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["id"])
             writer.writeheader()
             writer.writerows({**r, "input": json.dumps(r["input"])} for r in records)

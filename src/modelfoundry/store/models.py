@@ -46,7 +46,7 @@ class Alias(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,79}$")
+ALIAS_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,79}")
 
 
 class ModelStore:
@@ -78,9 +78,10 @@ class ModelStore:
             number = re.fullmatch(r"v?(\d+)", ref)
             if number:
                 version = s.get(ModelVersion, int(number.group(1)))
-                if version is None:
+                if version is not None:
+                    return version
+                if ref.startswith("v") or len(ref) < 6:  # longer digits may be a run id prefix (a date)
                     raise UserError(f"no model version {ref}; `foundry models list` shows them.")
-                return version
         folder = self._run_folder(ref)
         with Session(self.engine, expire_on_commit=False) as s:
             version = s.scalars(select(ModelVersion).where(ModelVersion.run_id == folder.name)
@@ -113,10 +114,12 @@ class ModelStore:
                             "`foundry models list` shows versions and aliases.") from None
 
     def set_alias(self, name: str, version_id: int) -> None:
-        if not ALIAS_PATTERN.match(name) or re.fullmatch(r"v?\d+", name):
+        if not ALIAS_PATTERN.fullmatch(name) or re.fullmatch(r"v?\d+", name):
             raise UserError(f"alias {name!r}: use a name that starts with a letter (letters, digits, '_', '-', '.'), "
                             "not a version number like v3.")
         with Session(self.engine) as s, s.begin():
+            if s.get(ModelVersion, version_id) is None:
+                raise UserError(f"no model version v{version_id}; `foundry models list` shows them.")
             alias = s.get(Alias, name) or Alias(name=name)
             alias.version_id, alias.updated_at = version_id, _now()
             s.add(alias)
