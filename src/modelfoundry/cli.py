@@ -5,6 +5,7 @@ Mistakes a user can fix (UserError) print one message and exit with status 2; bu
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -17,6 +18,8 @@ from rich.table import Table
 
 from modelfoundry.errors import UserError
 from modelfoundry.plan.cli import plan_app
+from modelfoundry.train.launch import report_to_launcher, under_launcher
+from modelfoundry.tune.cli import tune_command
 
 app = typer.Typer(help="modelfoundry: data -> trained, evaluated, packaged model.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -27,6 +30,7 @@ app.add_typer(models_app, name="models")
 feedback_app = typer.Typer(help="Corrections stored by `foundry serve`.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(plan_app, name="plan", help="What a model costs to train, fine-tune and serve (FLOPs, memory, time, money).")
+app.command("tune")(tune_command)
 # Piped output (CI logs, files) gets wide lines instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -50,14 +54,30 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config")],
           set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=5")] = None,
           run_dir: Annotated[Optional[Path], typer.Option(help="folder of the run (default runs/<run-id>)")] = None,
           resume: Annotated[bool, typer.Option(help="continue the run in --run-dir from its last checkpoint")] = False,
+          nproc: Annotated[int, typer.Option(min=1, help="processes on this machine for data parallel training "
+                                             "(DDP via torchrun): one per GPU, or per CPU core. train.batch_size "
+                                             "is per process")] = 1,
+          nnodes: Annotated[int, typer.Option(min=1, help="machines taking part; each runs this same command")] = 1,
+          rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT on the first machine where the "
+                                                               "machines meet (with --nnodes)")] = None,
+          rdzv_timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for the other machines to join "
+                                                      "(reaching the endpoint: at most 60)")] = 300,
           ) -> None:
     """Train, evaluate and package a model."""
     from modelfoundry.config import load_config
 
-    load_config(config, set_ or [])  # config mistakes surface in a blink, before torch is imported
+    cfg, _ = load_config(config, set_ or [])  # config mistakes surface in a blink, before torch is imported
+    if nproc > 1 or nnodes > 1 or rdzv_endpoint:  # DDP: run this command again as torchrun's processes
+        from modelfoundry.train.launch import launch
+
+        launch([str(config), *(f"--set={item}" for item in set_ or []), *(["--run-dir", str(run_dir)] if run_dir else []),
+                *(["--resume"] if resume else [])], nproc, cfg.train.device, nnodes, rdzv_endpoint, rdzv_timeout)
+        return
     from modelfoundry.runner import train as run_training
 
     run = run_training(config, set_ or [], run_dir, resume, console=err)
+    if not run.metrics:  # DDP: a process other than rank 0, which evaluates and prints
+        return
     test = run.metrics.get("test") or run.metrics.get("val") or {}
     out.print(f"run {run.id}", highlight=False)
     table = Table(show_header=False)
@@ -166,12 +186,17 @@ def serve(model: Annotated[str, typer.Argument(help="alias (champion), version (
           cors_origin: Annotated[Optional[list[str]], typer.Option(help="allow browser calls from this origin "
                                                                    "(repeatable); closed by default")] = None,
           watch: Annotated[float, typer.Option(min=0, help="seconds between checks of the alias for a new version "
-                                               "(0: only on POST /v1/admin/reload)")] = 10.0) -> None:
+                                               "(0: only on POST /v1/admin/reload)")] = 10.0,
+          threads: Annotated[Optional[int], typer.Option(min=1, help="threads the model may use (default: one per "
+                                                         "core); 1 often serves small models best")] = None) -> None:
     """Serve a model over HTTP: JSON API (docs at /docs), web page at /, Prometheus metrics at /metrics."""
     from modelfoundry.serve.app import Settings, create_app, load_served
 
     settings = Settings(model, backend, api_key, max_batch_size, max_wait_ms, max_inputs, int(max_body_mb * 2**20),
                         cors_origins=cors_origin or [], watch_seconds=watch)
+    if threads:
+        import torch
+        torch.set_num_threads(threads)  # ONNX Runtime sessions take the same number
     served = load_served(model, backend)
     import uvicorn
 
@@ -419,13 +444,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main() -> None:
     warnings.showwarning = _show_warning
+    if os.environ.get("RANK", "0") != "0":  # DDP (started by torchrun): rank 0 alone talks to the user
+        out.quiet = err.quiet = True
     try:
         app()
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        if not report_to_launcher(str(exc)):  # a process of `foundry train --nproc`: its launcher prints it once
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted; resume with --resume --run-dir <run folder>")
+        if not under_launcher():
+            err.print("interrupted; resume with --resume --run-dir <run folder>")
         sys.exit(130)
 
 

@@ -39,6 +39,7 @@ from modelfoundry.serve.metrics import ServeMetrics
 
 log = logging.getLogger("modelfoundry.serve")
 STATIC = Path(__file__).parent / "static"
+INLINE_BYTES = 16_384  # requests smaller than this are encoded on the event loop
 
 
 @dataclass
@@ -149,7 +150,8 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
-        watcher = asyncio.create_task(_watch()) if settings.watch_seconds > 0 else None
+        # Only an alias can move; a run or version stays what it is.
+        watcher = asyncio.create_task(_watch()) if settings.watch_seconds > 0 and served.alias else None
         yield
         if watcher:
             watcher.cancel()
@@ -180,22 +182,31 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
         if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
             raise ApiError(401, "X-API-Key", "the API key is wrong.")
 
-    async def predict_encoded(current: Served, payload, stored: list, size: int, top_k: int) -> PredictResponse:
+    async def predict_encoded(current: Served, payload, stored: list, size: int, top_k: int) -> JSONResponse:
+        """Queue for the model, then answer. The JSON is built here, not by a response model: with
+        a small model, per-request overhead is what limits throughput (bench/serve_load.py)."""
         probabilities = await batcher.submit(current, payload, size)
         labels = current.predictor.labels
         order = np.argsort(-probabilities, axis=1)[:, :min(top_k, len(labels))]
-        predictions = []
-        for p, top in zip(probabilities, order):
-            predictions.append(Prediction(label=labels[top[0]], probability=round(float(p[top[0]]), 6),
-                                          top_k=[LabelProbability(label=labels[j], probability=round(float(p[j]), 6))
-                                                 for j in top]))
-            metrics.predictions.labels(label=labels[top[0]]).inc()
+        predictions = [{"label": labels[top[0]], "probability": round(float(p[top[0]]), 6),
+                        "top_k": [{"label": labels[j], "probability": round(float(p[j]), 6)} for j in top]}
+                       for p, top in zip(probabilities, order)]
+        for prediction in predictions:
+            metrics.predictions.labels(label=prediction["label"]).inc()
         request_id = secrets.token_hex(8)
-        recent[request_id] = (stored, [p.label for p in predictions], current)
+        recent[request_id] = (stored, [p["label"] for p in predictions], current)
         held["bytes"] += _size(stored)
         while len(recent) > settings.remembered_requests or held["bytes"] > settings.remembered_bytes:
             held["bytes"] -= _size(recent.popitem(last=False)[1][0])
-        return PredictResponse(request_id=request_id, model_version=current.version_name, predictions=predictions)
+        return JSONResponse({"request_id": request_id, "model_version": current.version_name,
+                             "predictions": predictions})
+
+    async def encode(current: Served, inputs: list, field: str = "inputs"):
+        """Small requests are encoded on the event loop (a thread hop costs more than decoding an
+        8x8 image or a table row); large ones in the thread pool, so the loop keeps answering."""
+        if _approximate_bytes(inputs) <= INLINE_BYTES:
+            return encode_inputs(current, inputs, settings, field)
+        return await run_in_threadpool(encode_inputs, current, inputs, settings, field)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -209,7 +220,7 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"], summary="A model is loaded and the batcher runs")
     def readyz() -> JSONResponse:
-        ready = batcher._worker is not None and not batcher._worker.done()
+        ready = batcher.running
         return JSONResponse({"status": "ready" if ready else "not ready", "model_version": state["served"].version_name},
                             status_code=200 if ready else 503)
 
@@ -224,17 +235,17 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
 
     @app.post("/v1/predict", tags=["predict"], response_model=PredictResponse,
               summary="Predict labels for a list of inputs (texts, base64 images or table rows)")
-    async def predict(body: PredictRequest) -> PredictResponse:
+    async def predict(body: PredictRequest) -> JSONResponse:
         current = state["served"]
         _check_count(len(body.inputs), settings.max_inputs)
-        payload, stored = await run_in_threadpool(encode_inputs, current, body.inputs, settings)
+        payload, stored = await encode(current, body.inputs)
         return await predict_encoded(current, payload, stored, len(body.inputs), body.top_k)
 
     @app.post("/v1/predict/file", tags=["predict"], response_model=PredictResponse,
               summary="Predict labels for uploaded image files (multipart field `files`, or `file`)")
     async def predict_file(files: Annotated[list[UploadFile] | None, File()] = None,
                            file: Annotated[UploadFile | None, File()] = None,
-                           top_k: Annotated[int, Query(ge=1, le=100)] = 1) -> PredictResponse:
+                           top_k: Annotated[int, Query(ge=1, le=100)] = 1) -> JSONResponse:
         current = state["served"]
         uploads = (files or []) + ([file] if file else [])
         if current.predictor.spec["preprocessing"]["kind"] != "image":
@@ -262,7 +273,7 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
                                              f"below {len(stored)}.")
             item, predicted = stored[body.index], predicted[body.index]
         elif body.input is not None:
-            _, stored = await run_in_threadpool(encode_inputs, current, [body.input], settings, "input")
+            _, stored = await encode(current, [body.input], "input")
             item, predicted = stored[0], body.predicted
         else:
             raise ApiError(422, "request_id", "give the request_id of a prediction, or the input itself in `input`.")
@@ -456,6 +467,10 @@ def store_feedback(served: Served, item: dict, label: str, predicted: str | None
     return FeedbackStore().add(run_id=spec.get("run_id", ""), kind=spec["preprocessing"]["kind"], input=item,
                                label=label, predicted=predicted, request_id=request_id,
                                model_version=served.version.id if served.version is not None else None)
+
+
+def _approximate_bytes(inputs: list) -> int:
+    return sum(len(item) if isinstance(item, str) else 64 * len(item) if isinstance(item, dict) else 16 for item in inputs)
 
 
 def _size(stored: list[dict]) -> int:

@@ -53,6 +53,10 @@ class MicroBatcher:
         """Inputs waiting for the model."""
         return sum(r.size for r in self._pending)
 
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
     def start(self) -> None:
         self._wake = asyncio.Event()
         self._worker = asyncio.get_running_loop().create_task(self._run())
@@ -73,7 +77,7 @@ class MicroBatcher:
 
     async def submit(self, key: object, payload: object, size: int) -> np.ndarray:
         """Queue one request's inputs; returns their probabilities (size, C)."""
-        if self._worker is None or self._worker.done():
+        if not self.running:
             raise RuntimeError("the batcher is not running")
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Request(key, payload, size, future))
