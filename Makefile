@@ -31,6 +31,8 @@ bench: install
 	$(PY) bench/train_overhead.py --write
 	$(PY) bench/accuracy.py --write
 	$(PY) bench/text_sst2.py --write
+	-$(PY) bench/serve_load.py --write
+	-$(PY) bench/compress.py --models digits mnist --write
 
 clean:
 	rm -rf $(VENV) runs
