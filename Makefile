@@ -21,7 +21,7 @@ demo: install
 
 test: install
 	bash .ci/chromium.sh
-	$(PY) -m pytest -n 2 -q
+	eval "$$(bash .ci/postgres.sh)" && $(PY) -m pytest -n 2 -q
 
 test-fast: install
 	$(PY) -m pytest -n 2 -q -m "not slow"

@@ -18,11 +18,14 @@ from modelfoundry.store.registry import Registry
 LABELS = ["cat", "dog"]
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """FOUNDRY_HOME in tmp: run ids resolve here, and nothing is written to ./runs."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def home(request, tmp_path, monkeypatch) -> Path:
+    """FOUNDRY_HOME in tmp: run ids resolve here, and nothing is written to ./runs. Every test runs on
+    SQLite (the default file in FOUNDRY_HOME) and on a real PostgreSQL server (FOUNDRY_DB=postgresql://...)."""
     monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("FOUNDRY_DB", raising=False)
+    if request.param == "postgresql":
+        monkeypatch.setenv("FOUNDRY_DB", request.getfixturevalue("empty_postgres"))
     return tmp_path / "home"
 
 
@@ -270,3 +273,31 @@ def test_concurrent_writers_lose_no_feedback(registry):
     assert len(rows) == len(ids) == threads * per_thread
     assert len({r.id for r in rows}) == threads * per_thread and set(ids) == {r.id for r in rows}
     assert {r.label for r in rows} == {f"w{w}-{i}" for w in range(threads) for i in range(per_thread)}
+
+
+# ---------- schema upgrades ----------
+
+def test_an_older_registry_gains_the_new_tables_and_columns_and_keeps_its_runs(home):
+    """A registry written before versions, feedback and `train_seconds` existed opens without a manual migration."""
+    from sqlalchemy import create_engine, inspect, text
+
+    from modelfoundry.store.registry import database_url
+
+    url = database_url()
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    old = create_engine(url)
+    with old.begin() as connection:
+        connection.execute(text("CREATE TABLE runs (id VARCHAR(80) PRIMARY KEY, name VARCHAR(200), task VARCHAR(60), "
+                                "model VARCHAR(60), status VARCHAR(20), path TEXT, config JSON, metrics JSON, "
+                                "timings JSON, error TEXT, created_at TIMESTAMP, finished_at TIMESTAMP)"))
+        connection.execute(text("INSERT INTO runs (id, task, model, status, path, config, created_at) VALUES "
+                                "('old-run', 'image_classification', 'cnn', 'completed', '/x', '{}', '2025-01-01')"))
+    old.dispose()
+    registry = Registry()
+    tables = inspect(registry.engine).get_table_names()
+    assert {"runs", "model_versions", "model_aliases", "feedback"} <= set(tables)
+    assert "train_seconds" in {c["name"] for c in inspect(registry.engine).get_columns("runs")}
+    assert registry.get("old-run").status == "completed" and registry.get("old-run").train_seconds is None
+    registry.finish("old-run", "completed", timings={"train": 3.0})
+    assert Registry().get("old-run").train_seconds == 3.0

@@ -41,19 +41,29 @@ def runs_root() -> Path:
 
 
 def database_url() -> str:
-    return os.environ.get("FOUNDRY_DB") or f"sqlite:///{runs_root() / 'registry.db'}"
+    url = os.environ.get("FOUNDRY_DB") or f"sqlite:///{runs_root() / 'registry.db'}"
+    # A plain postgresql:// URL means the psycopg (3) driver we ship, not SQLAlchemy's default psycopg2.
+    return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
 
 
 class Registry:
     def __init__(self, url: str | None = None):
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
         self.url = url or database_url()
         if self.url.startswith("sqlite:///"):
             Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(self.url)
-        if self.url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_settings)
-        from modelfoundry.store import feedback, models  # noqa: F401  their tables join Base.metadata
-        Base.metadata.create_all(self.engine)
+        try:
+            self.engine = create_engine(self.url, pool_pre_ping=not self.url.startswith("sqlite"))
+            if self.url.startswith("sqlite"):
+                event.listen(self.engine, "connect", _sqlite_settings)
+            from modelfoundry.store import feedback, models  # noqa: F401  their tables join Base.metadata
+            upgrade(self.engine)
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise UserError(f"FOUNDRY_DB: {_hide_password(self.url)} is not a database URL SQLAlchemy can use ({exc}). "
+                            "Use sqlite:///path/registry.db or postgresql://user:password@host:5432/dbname.") from None
+        except OperationalError as exc:
+            raise UserError(connection_problem(self.url, exc)) from None
 
     def start(self, run_id: str, name: str | None, task: str, model: str, path: Path, config: dict) -> None:
         with Session(self.engine) as s, s.begin():
@@ -89,6 +99,63 @@ class Registry:
             if record is None:
                 raise UserError(f"no run '{run}' in the registry ({self.url}). `foundry runs list` shows them.")
             return record
+
+
+def connection_problem(url: str, exc: Exception) -> str:
+    """Which part of connecting failed: the server, the login, or the database, in words."""
+    from sqlalchemy.engine import make_url
+
+    parts = make_url(url)
+    where = f"{parts.host or 'localhost'}:{parts.port or 5432}"
+    detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(getattr(exc, "orig", exc)).strip() else ""
+    lowered = detail.lower()
+    if "password" in lowered or "authentication" in lowered:
+        what = f"the server at {where} refused the login of user '{parts.username}': check the password in FOUNDRY_DB"
+    elif "does not exist" in lowered and "database" in lowered:
+        what = (f"the server at {where} has no database '{parts.database}': create it (createdb {parts.database}) "
+                "or fix the name in FOUNDRY_DB")
+    elif any(s in lowered for s in ("refused", "timeout", "timed out", "could not translate", "no route",
+                                    "name or service", "unreachable")):
+        what = f"cannot reach a database server at {where}: is it running, and is the host and port right?"
+    elif url.startswith("sqlite"):
+        what = f"cannot open the SQLite file {url.removeprefix('sqlite:///')}: check the folder exists and is writable"
+    else:
+        what = "could not connect"
+    return f"FOUNDRY_DB={_hide_password(url)}: {what} ({detail})."
+
+
+def _hide_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001  an unparseable URL is shown as given
+        return url
+
+
+def upgrade(engine) -> list[str]:
+    """Create missing tables, and add the columns a newer modelfoundry defines to the tables an older one
+    made (new columns are always nullable), so an existing registry keeps working after an upgrade.
+    Returns what was added. Safe when several processes start at once: each step is idempotent."""
+    from sqlalchemy import inspect, text
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    Base.metadata.create_all(engine)
+    added = []
+    existing = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in existing.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as connection:
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                added.append(f"{table.name}.{column.name}")
+            except (OperationalError, ProgrammingError):  # another process added it first
+                pass
+    return added
 
 
 def _sqlite_settings(connection, _record) -> None:
