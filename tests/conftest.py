@@ -6,7 +6,7 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402  (after OMP_NUM_THREADS, which it reads at import)
+import torch
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
