@@ -61,7 +61,7 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config")],
           rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT on the first machine where the "
                                                                "machines meet (with --nnodes)")] = None,
           rdzv_timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for the other machines to join "
-                                                      "(reaching the endpoint: at most 60)")] = 300,
+                                                      "(each attempt to reach the endpoint: at most 30)")] = 300,
           ) -> None:
     """Train, evaluate and package a model."""
     from modelfoundry.config import load_config

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from modelfoundry.errors import UserError, did_you_mean
 
@@ -124,12 +125,42 @@ class TrainConfig(_Section):
     distill: DistillConfig | None = Field(None, description="knowledge distillation from a trained teacher")
 
 
+class TuneConfig(_Section):
+    """`foundry tune`: what to search and what to optimise. The space is checked against the rest of the
+    config by `modelfoundry.tune.search.parse_space` (model options need the model registry, hence torch)."""
+
+    metric: Literal["val_accuracy", "val_loss", "val_f1_macro"] = Field(
+        "val_accuracy", description="the validation metric each trial is scored by (its best epoch)")
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="default: minimize for val_loss, maximize for the others")
+    space: dict[str, Any] = Field(default_factory=dict, description="dotted key -> {loguniform: [lo, hi]}, "
+                                  "{uniform: [lo, hi]}, {int: [lo, hi], step: k} or {choice: [...]}")
+    trials: int | None = Field(None, ge=1, description="trials per `foundry tune` (default 20; --trials wins)")
+    pruner: Literal["median", "none"] = Field(
+        "median", description="median: stop a trial whose best metric so far is worse than the median of "
+                              "earlier trials at the same epoch")
+    pruner_startup_trials: int = Field(5, ge=0, description="trials that finish before the pruner judges others")
+    pruner_warmup_epochs: int = Field(2, ge=0, description="epochs every trial trains before it may be pruned")
+
+    @field_validator("direction")
+    @classmethod
+    def _fits_metric(cls, direction: str | None, info: ValidationInfo) -> str | None:
+        metric = info.data.get("metric", "val_accuracy")
+        natural = "minimize" if metric == "val_loss" else "maximize"
+        if direction is not None and direction != natural:
+            raise ValueError(f"{direction} contradicts metric {metric}, which is best "
+                             f"{'low' if natural == 'minimize' else 'high'}; remove direction or set it to {natural}")
+        return direction
+
+
 class Config(_Section):
     task: Literal["image_classification", "tabular_classification", "text_classification"]
     name: str | None = Field(None, description="a readable name for the run")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    # Left out of a run's saved config.yaml: a run trains one config; the search belongs to `foundry tune`.
+    tune: TuneConfig | None = Field(None, exclude=True, description="the hyperparameter search of `foundry tune`")
 
     @model_validator(mode="after")
     def _task_needs(self) -> Config:
@@ -187,6 +218,7 @@ def _split_key(loc: tuple) -> tuple[type[BaseModel], str]:
     model: type[BaseModel] = Config
     for part in loc[:-1]:
         annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        annotation = next((a for a in getattr(annotation, "__args__", ()) if a is not type(None)), annotation)  # X | None
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
     return model, str(loc[-1])

@@ -5,6 +5,7 @@ report.html, checkpoints/, tensorboard/ and model/ (the package `load()` reads).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -30,8 +31,8 @@ from modelfoundry.models.registry import build_model
 from modelfoundry.plan.check import plan_vs_measured
 from modelfoundry.predictor import package_folder, run_folder, save_package
 from modelfoundry.store.registry import Registry, runs_root
+from modelfoundry.train import distributed
 from modelfoundry.train.loop import fit, predict_logits
-from modelfoundry.train.optim import resolve_device
 
 
 @dataclass
@@ -58,16 +59,23 @@ def train(config: str | Path | dict, overrides: list[str] | None = None, run_dir
     """Train, evaluate and package a model, registered as a new model version; returns the run with its metrics.
 
     `parent_version`: the version this run retrains (`foundry retrain`) or compresses (`variant`
-    "distilled"); the new version joins its lineage.
+    "distilled"); the new version joins its lineage. Under torchrun (DDP) every process calls this; rank
+    0 alone writes the run and returns its metrics, the other ranks return the same id and path without.
     """
     console = console or Console(stderr=True)
     cfg, base_dir = load_config(config, overrides)
+    device = distributed.init(cfg.train.device)  # DDP: under torchrun, join the process group (gloo or nccl)
+    if not distributed.is_main():  # DDP: the other ranks train beside rank 0 and write and print nothing
+        path = Path(distributed.broadcast_object())
+        _run(cfg, base_dir, None, resume, Console(file=io.StringIO()), device)
+        return Run(path.name, path, {})
     if resume and run_dir is None:
         raise UserError("--resume needs --run-dir: the folder of the run to continue (see `foundry runs list`).")
     path = Path(run_dir) if run_dir else runs_root() / new_run_id(cfg)
     if resume and not (path / "checkpoints").is_dir():
         raise UserError(f"--resume: {path} has no checkpoints/ folder, so there is nothing to resume. "
                         "Start the run again without --resume.")
+    distributed.broadcast_object(str(path))  # DDP: one run folder, named by rank 0
     path.mkdir(parents=True, exist_ok=True)
     for leftover in path.rglob(".*.tmp"):  # half-written files of a killed run; the real files are intact
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
@@ -77,7 +85,7 @@ def train(config: str | Path | dict, overrides: list[str] | None = None, run_dir
     registry = Registry()
     registry.start(run_id, cfg.name, cfg.task, cfg.model.name, path, resolved)
     try:
-        metrics, timings = _run(cfg, base_dir, path, resume, console)
+        metrics, timings = _run(cfg, base_dir, path, resume, console, device)
     except BaseException as exc:
         registry.finish(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -92,14 +100,16 @@ def train(config: str | Path | dict, overrides: list[str] | None = None, run_dir
     return Run(run_id, path, metrics, version.id)
 
 
-def _run(cfg: Config, base_dir: Path, path: Path, resume: bool, console: Console) -> tuple[dict, dict]:
+def _run(cfg: Config, base_dir: Path, path: Path | None, resume: bool, console: Console,
+         device: torch.device) -> tuple[dict, dict]:
+    """`path` None: a DDP rank other than 0, which trains beside rank 0 and writes nothing."""
     timings = {}
     clock = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
     data = prepare(cfg, base_dir)
-    _write_json(path / "data_report.json", data.report)
+    if path:
+        _write_json(path / "data_report.json", data.report)
     timings["data"] = time.perf_counter() - clock
     console.print(f"data: {data.report['splits']} examples (train/val/test), {len(data.labels)} classes, "
                   + (f"up to {data.input_shape[0]} tokens per text" if data.preprocessing["kind"] == "text"
@@ -113,26 +123,36 @@ def _run(cfg: Config, base_dir: Path, path: Path, resume: bool, console: Console
     model = build_model(cfg.model.name, data.input_shape, len(data.labels), text_spec, **options)
     console.print(f"model: {cfg.model.name} with {sum(p.numel() for p in model.parameters()):,} parameters "
                   f"on {device}", highlight=False)
+    setup = None
+    if distributed.world_size() > 1:  # DDP: how each batch is split, and the effective batch
+        line, setup = distributed.describe(cfg.train, len(data.train))
+        console.print(line, highlight=False)
     clock = time.perf_counter()
     splits = {name: getattr(data, name) and getattr(data, name).to(device) for name in ("train", "val", "test")}
     aug = cfg.data.augment
     augment = (partial(images.augment, crop_padding=aug.crop_padding, flip=aug.flip, rotation=aug.rotation)
                if cfg.task == "image_classification" and (aug.crop_padding or aug.flip or aug.rotation) else None)
     teacher = _teacher(cfg, base_dir, data, device, console) if cfg.train.distill else None
-    result = fit(model, splits["train"], splits["val"], cfg.train, device=device, checkpoint_dir=path / "checkpoints",
-                 resume=resume, log_dir=path / "tensorboard", augment=augment, console=console, teacher=teacher)
+    result = fit(model, splits["train"], splits["val"], cfg.train, device=device,
+                 checkpoint_dir=path and path / "checkpoints", resume=resume, log_dir=path and path / "tensorboard",
+                 augment=augment, console=console, teacher=teacher)
     timings["train"] = time.perf_counter() - clock
+    if path is None:
+        return {}, timings
 
     clock = time.perf_counter()
     metrics: dict = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                      "stopped_early": result.stopped_early, "precision": result.precision}
+    if setup:
+        metrics["distributed"] = setup
     probabilities = {}
     for name in ("val", "test"):
         if splits[name] is not None:
             probabilities[name] = torch.softmax(predict_logits(model, splits[name]), 1).cpu().numpy()
             metrics[name] = classification_metrics(probabilities[name], getattr(data, name).targets.numpy(), data.labels)
     metrics["history"] = result.history
-    if device.type == "cpu":  # calibration measures this CPU; a GPU plan would need that GPU's rates
+    # calibration measures this CPU; a GPU plan would need that GPU's rates, DDP a model of the all-reduce
+    if device.type == "cpu" and distributed.world_size() == 1:
         metrics["plan"] = plan_vs_measured(model, data.train.inputs[:1], len(data.train),
                                            len(data.val) if data.val is not None else 0,
                                            len(result.history), sum(r["seconds"] for r in result.history))

@@ -3,12 +3,16 @@
 Reproducibility: every epoch reseeds the global RNG (dropout) and the shuffling/augmentation
 generator from (seed, epoch), so a run resumed from the checkpoint of epoch k draws exactly
 the numbers an uninterrupted run draws from epoch k+1 on, and ends with the same metrics.
+
+Data parallel (DDP, lines marked "DDP:"): torchrun starts one process per GPU or core and each
+calls `fit` with the same arguments; `cfg.batch_size` is per process. See train/distributed.py.
 """
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +20,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from modelfoundry.config import TrainConfig
 from modelfoundry.errors import UserError
+from modelfoundry.train import distributed
 from modelfoundry.train.checkpoint import CheckpointWriter, load_checkpoint
 from modelfoundry.train.optim import build_optimizer, build_scheduler, l1_penalty, resolve_precision
 
@@ -61,7 +67,8 @@ def validation_metrics(logits: torch.Tensor, targets: torch.Tensor, loss_fn: nn.
 def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
         checkpoint_dir: Path | None = None, resume: bool = False, log_dir: Path | None = None,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-        console: Console | None = None, teacher: nn.Module | None = None) -> FitResult:
+        console: Console | None = None, teacher: nn.Module | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
     """Train `model` on `train`, validating on `val` after every epoch.
 
     Args:
@@ -72,13 +79,20 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
         log_dir: TensorBoard event files go here; None disables them.
         augment: called on each training batch (B, ...) with the epoch's generator.
         teacher: a trained model whose soft labels the model also learns (cfg.distill: temperature, alpha).
+        on_epoch: called with each epoch's finished history record (after its checkpoint); it may raise to
+            stop training, as `foundry tune` does to prune a trial (optuna.TrialPruned).
     """
     console = console or Console(stderr=True)
     if val is None and cfg.early_stopping_patience:
         raise UserError("train.early_stopping_patience needs a validation split: set data.split.val above 0.")
     model.to(device)
+    world, rank = distributed.world_size(), distributed.rank()
+    # DDP: the wrapper starts every rank from rank 0's weights and averages the gradients across ranks
+    # during backward; evaluation and checkpoints use the bare `model`
+    net = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+           if world > 1 else model)
     optimizer = build_optimizer(model, cfg)
-    batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    batches_per_epoch = distributed.batches_per_epoch(len(train), cfg.batch_size)  # per rank under DDP
     scheduler = build_scheduler(optimizer, cfg, math.ceil(batches_per_epoch / cfg.accumulate))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_loss = nn.CrossEntropyLoss()
@@ -89,10 +103,12 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
     history: list[dict] = []
     best = {"epoch": 0, "value": -math.inf if higher_is_better else math.inf, "state": None}
     start_epoch = 0
-    writer = CheckpointWriter(checkpoint_dir / CHECKPOINT) if checkpoint_dir else None
-    if resume:
-        start_epoch, history, best = _restore(checkpoint_dir, model, optimizer, scheduler, scaler, cfg)
-    tensorboard = _tensorboard(log_dir)
+    # DDP: rank 0 alone writes checkpoints and TensorBoard events
+    writer = CheckpointWriter(checkpoint_dir / CHECKPOINT) if checkpoint_dir and distributed.is_main() else None
+    if resume:  # DDP: rank 0 reads the checkpoint and every rank continues from it
+        state = distributed.broadcast_object(_read_checkpoint(checkpoint_dir, cfg) if distributed.is_main() else None)
+        start_epoch, history, best = _restore(state, model, optimizer, scheduler, scaler)
+    tensorboard = _tensorboard(log_dir if distributed.is_main() else None)
 
     stopped_early = False
     last_refresh = time.monotonic()
@@ -101,16 +117,24 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
                                  info="")
         for epoch in range(start_epoch, cfg.epochs):
             started = time.perf_counter()
-            torch.manual_seed(cfg.seed + epoch)
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            model.train()
+            torch.manual_seed((cfg.seed + epoch) * world + rank)  # dropout; DDP: each rank its own masks
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)  # shuffling, then augmentation
+            # DDP: the shuffled order is the same on every rank, the augmentations each rank's own
+            augment_generator = generator if world == 1 else torch.Generator().manual_seed(
+                (cfg.seed * 1_000_003 + epoch) * world + rank)
+            net.train()
             epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
-            loss_sum = torch.zeros((), device=device)
-            for i, (inputs, targets) in enumerate(train.batches(cfg.batch_size, shuffle=True, generator=generator)):
+            loss_sum, seen = torch.zeros((), device=device), 0
+            # DDP: every rank walks the same global batches of batch_size x world examples and trains on its share
+            for i, (inputs, targets) in enumerate(distributed.shard(
+                    train.batches(cfg.batch_size * world, shuffle=True, generator=generator))):
                 if augment is not None:
-                    inputs = augment(inputs, generator)
-                with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                    logits = model(inputs)
+                    inputs = augment(inputs, augment_generator)
+                stepping = (i + 1) % cfg.accumulate == 0 or i + 1 == batches_per_epoch
+                # DDP: gradients are averaged across ranks only in the backward of a batch that steps
+                with (net.no_sync() if world > 1 and not stepping else nullcontext(),
+                      torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None)):
+                    logits = net(inputs)
                     loss = loss_fn(logits, targets)
                     if teacher is not None:  # Hinton et al. 2015: match the softened teacher, scaled by T^2
                         with torch.no_grad():
@@ -123,7 +147,7 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
                     if cfg.l1:
                         loss = loss + cfg.l1 * l1_penalty(model)
                 scaler.scale(loss / cfg.accumulate).backward()
-                if (i + 1) % cfg.accumulate == 0 or i + 1 == batches_per_epoch:
+                if stepping:
                     if cfg.grad_clip:
                         scaler.unscale_(optimizer)
                         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -132,16 +156,20 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
                 loss_sum += loss.detach() * len(targets)  # no .item(): it would sync a GPU every batch
+                seen += len(targets)
                 progress.advance(task)
                 if time.monotonic() - last_refresh > 0.25:
                     progress.refresh()
                     last_refresh = time.monotonic()
 
-            record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / len(train), "lr": epoch_lr}
-            if val is not None:
+            train_loss, seen = distributed.sum_over_ranks(loss_sum, seen)  # DDP: over every rank's examples
+            record = {"epoch": epoch + 1, "train_loss": train_loss / seen, "lr": epoch_lr}
+            if val is not None and distributed.is_main():  # DDP: rank 0 scores the whole validation set
                 logits = predict_logits(model, val, autocast=autocast)
                 record.update(validation_metrics(logits, val.targets, eval_loss))
             record["seconds"] = time.perf_counter() - started
+            # DDP: every rank takes rank 0's numbers, so all keep the same best epoch and stop together
+            record = distributed.broadcast_object(record)
             history.append(record)
 
             improved = val is None or (record[cfg.monitor] > best["value"] if higher_is_better
@@ -161,6 +189,8 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
             progress.update(task, info=_epoch_line(record, cfg.epochs), refresh=True)
             if not console.is_terminal:
                 console.print(_epoch_line(record, cfg.epochs), highlight=False)
+            if on_epoch is not None:
+                on_epoch(record)
             if patience_left <= 0:
                 stopped_early = True
                 progress.update(task, total=(epoch + 1) * batches_per_epoch)
@@ -178,7 +208,7 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
     return FitResult(history, best["epoch"], stopped_early, str(autocast).removeprefix("torch.") if autocast else "fp32")
 
 
-def _restore(checkpoint_dir: Path | None, model, optimizer, scheduler, scaler, cfg: TrainConfig):
+def _read_checkpoint(checkpoint_dir: Path | None, cfg: TrainConfig) -> dict:
     path = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
     if path is None or not path.is_file():
         raise UserError(f"--resume: no checkpoint at {path}. The run never finished an epoch; start it again "
@@ -188,6 +218,10 @@ def _restore(checkpoint_dir: Path | None, model, optimizer, scheduler, scaler, c
         raise UserError(f"--resume: train.epochs is {cfg.epochs} but the run was started with {state['epochs']}; "
                         "a onecycle schedule is laid out over the whole run, so keep train.epochs: "
                         f"{state['epochs']} (or start a new run).")
+    return state
+
+
+def _restore(state: dict, model, optimizer, scheduler, scaler):
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,138 @@
+"""Data parallel training on PyTorch's own `torch.distributed`: one process per GPU (or CPU core),
+started by torchrun (`python -m torch.distributed.run`), gradients averaged by DistributedDataParallel.
+
+`foundry train --nproc N` re-launches itself through torchrun (train/launch.py); on many machines
+the user runs torchrun directly. Each process then joins the process group (`init`: gloo on CPU, nccl on
+CUDA with device cuda:LOCAL_RANK) and trains the same model on its share of every batch:
+
+- `train.batch_size` is per process; the effective batch is batch_size x processes x accumulate.
+  The learning rate is used as set, never scaled behind the user's back (`describe` says what the
+  linear scaling rule would give).
+- Sharding (`shard`) follows DistributedSampler: every rank shuffles with the same seed, walks the
+  same global batches of batch_size x processes examples and keeps rows rank, rank + W, ... of
+  each. The last global batch is cut to a multiple of W rows, so every rank trains on as many
+  examples: up to W - 1 examples per epoch are dropped (a different few each epoch, as the order is
+  reshuffled) and none is repeated (no padding).
+- Rank 0 alone writes (checkpoints, TensorBoard, run folder, registry, console) and scores the
+  validation set; the loop broadcasts its numbers so every rank stops at the same epoch.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+
+from modelfoundry.config import TrainConfig
+from modelfoundry.errors import UserError
+from modelfoundry.train.optim import resolve_device
+
+
+def launched() -> bool:
+    """Whether torchrun started this process (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def rank() -> int:
+    """This process's global rank: 0 without DDP (until `init` joined the process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """Processes training together: 1 without DDP."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Rank 0: the one process that writes files and talks to the user."""
+    return rank() == 0
+
+
+def init(device: str = "auto") -> torch.device:
+    """The device this process trains on; under torchrun, first join the process group.
+
+    Backend gloo on CPU, nccl on CUDA with one GPU per process (cuda:LOCAL_RANK). Without torchrun
+    this is `resolve_device(device)` and nothing else.
+    """
+    resolved = resolve_device(device)
+    if not launched():
+        return resolved
+    if resolved.type == "cuda":
+        processes, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+        if processes > gpus:
+            raise UserError(f"--nproc {processes}: this machine has {gpus} CUDA GPU(s) and DDP runs one process per "
+                            f"GPU. Use --nproc {gpus} or fewer (torchrun: --nproc-per-node {gpus}), or "
+                            "train.device: cpu to train on CPU cores.")
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(resolved)
+    if not dist.is_initialized():
+        cuda = resolved.type == "cuda"
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=resolved if cuda else None)
+        atexit.register(close)
+    return resolved
+
+
+def close() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's rows of each global batch (inputs (B, ...), targets (B,)): rows rank, rank + W, ...
+
+    The caller draws the global batches of batch_size x W examples with the same seeded generator on
+    every rank. A last global batch of m rows keeps m - m % W of them (none when m < W).
+    """
+    world, me = world_size(), rank()
+    if world == 1:
+        yield from batches
+        return
+    for inputs, targets in batches:
+        keep = len(targets) - len(targets) % world
+        if keep:
+            yield inputs[me:keep:world], targets[me:keep:world]
+
+
+def batches_per_epoch(examples: int, batch_size: int) -> int:
+    """How many batches `shard` gives each rank in an epoch (ceil(examples / batch_size) without DDP)."""
+    world = world_size()
+    return examples // (batch_size * world) + (examples % (batch_size * world) >= world)
+
+
+def sum_over_ranks(*values: float | torch.Tensor) -> list[float]:
+    """Each value summed over all ranks (the values themselves without DDP)."""
+    if world_size() == 1:
+        return [float(v) for v in values]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    totals = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return totals.tolist()
+
+
+def broadcast_object(value=None, src: int = 0):
+    """Rank `src`'s `value` on every rank (any picklable object; `value` itself without DDP)."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def describe(cfg: TrainConfig, examples: int) -> tuple[str, dict]:
+    """The DDP set-up as a line for the console and a dict for metrics.json."""
+    world = world_size()
+    setup = {"processes": world, "backend": dist.get_backend(), "batch_per_process": cfg.batch_size,
+             "accumulate": cfg.accumulate, "effective_batch": cfg.batch_size * world * cfg.accumulate,
+             "lr": cfg.lr, "lr_scaling": "none",
+             "examples_dropped_per_epoch": examples % (cfg.batch_size * world) % world}
+    line = (f"DDP: {world} processes ({setup['backend']}); batch {cfg.batch_size} per process x {world} processes "
+            f"x accumulate {cfg.accumulate} = effective batch {setup['effective_batch']}. lr {cfg.lr:g} is used as set; "
+            f"the linear scaling rule would use {cfg.lr * world:g} (--set train.lr={cfg.lr * world:g}). "
+            f"Each epoch every process draws the same shuffled order and process r takes examples r, r+{world}, "
+            f"r+{2 * world}, ... of each global batch of {cfg.batch_size * world}; "
+            + (f"the last {setup['examples_dropped_per_epoch']} of the {examples} examples in that order are left out "
+               "(different ones each epoch) so that every process trains on as many; none is repeated."
+               if setup["examples_dropped_per_epoch"] else f"all {examples} examples are used, none twice."))
+    return line, setup
