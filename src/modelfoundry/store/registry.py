@@ -60,7 +60,7 @@ class Registry:
             from modelfoundry.store import feedback, models  # noqa: F401  their tables join Base.metadata
             upgrade(self.engine)
         except (ArgumentError, NoSuchModuleError) as exc:
-            raise UserError(f"FOUNDRY_DB: {_hide_password(self.url)} is not a database URL SQLAlchemy can use ({exc}). "
+            raise UserError(f"FOUNDRY_DB: {hide_password(self.url)} is not a database URL SQLAlchemy can use ({exc}). "
                             "Use sqlite:///path/registry.db or postgresql://user:password@host:5432/dbname.") from None
         except OperationalError as exc:
             raise UserError(connection_problem(self.url, exc)) from None
@@ -101,7 +101,7 @@ class Registry:
             return record
 
 
-def connection_problem(url: str, exc: Exception) -> str:
+def connection_problem(url: str, exc: Exception, setting: str = "FOUNDRY_DB") -> str:
     """Which part of connecting failed: the server, the login, or the database, in words."""
     from sqlalchemy.engine import make_url
 
@@ -110,10 +110,10 @@ def connection_problem(url: str, exc: Exception) -> str:
     detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(getattr(exc, "orig", exc)).strip() else ""
     lowered = detail.lower()
     if "password" in lowered or "authentication" in lowered:
-        what = f"the server at {where} refused the login of user '{parts.username}': check the password in FOUNDRY_DB"
+        what = f"the server at {where} refused the login of user '{parts.username}': check the password in {setting}"
     elif "does not exist" in lowered and "database" in lowered:
         what = (f"the server at {where} has no database '{parts.database}': create it (createdb {parts.database}) "
-                "or fix the name in FOUNDRY_DB")
+                f"or fix the name in {setting}")
     elif any(s in lowered for s in ("refused", "timeout", "timed out", "could not translate", "no route",
                                     "name or service", "unreachable")):
         what = f"cannot reach a database server at {where}: is it running, and is the host and port right?"
@@ -121,10 +121,11 @@ def connection_problem(url: str, exc: Exception) -> str:
         what = f"cannot open the SQLite file {url.removeprefix('sqlite:///')}: check the folder exists and is writable"
     else:
         what = "could not connect"
-    return f"FOUNDRY_DB={_hide_password(url)}: {what} ({detail})."
+    return f"{setting}={hide_password(url)}: {what} ({detail})."
 
 
-def _hide_password(url: str) -> str:
+def hide_password(url: str) -> str:
+    """The URL as shown in messages, files and reports: never with its password."""
     from sqlalchemy.engine import make_url
 
     try:

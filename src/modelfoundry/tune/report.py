@@ -83,8 +83,8 @@ def _history(trials: list, metric: str, direction: str) -> str:
         return ""
     fig = Figure(figsize=(7.5, 3.4))
     ax = fig.add_subplot(1, 1, 1)
-    for state, style in ((COMPLETE, dict(color="#3451b2", marker="o", label="finished")),
-                         (PRUNED, dict(color="#9aa5b1", marker="x", label="pruned (best epoch so far)"))):
+    for state, style in ((COMPLETE, {"color": "#3451b2", "marker": "o", "label": "finished"}),
+                         (PRUNED, {"color": "#9aa5b1", "marker": "x", "label": "pruned (best epoch so far)"})):
         points = [(t.number, _score(t, metric)) for t in done if t.state == state]
         if points:
             ax.scatter(*zip(*points), s=22, **style)

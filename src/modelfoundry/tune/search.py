@@ -20,10 +20,11 @@ from typing import Any
 import optuna
 import yaml
 from rich.console import Console
+from sqlalchemy.exc import OperationalError
 
 from modelfoundry.config import Config, absolute_paths, apply_overrides, load_config
 from modelfoundry.errors import UserError
-from modelfoundry.store.registry import runs_root
+from modelfoundry.store.registry import connection_problem, hide_password, runs_root
 from modelfoundry.tune.space import Dimension, apply_values, parse_space, sample
 
 DEFAULT_TRIALS = 20
@@ -85,7 +86,7 @@ def open_study(config: str | Path, overrides: list[str] | None = None, storage: 
     raw = _raw_config(config, overrides)
     dims = parse_space(cfg, raw, origin)
     name = study_name or cfg.name or (Path(config).stem if not isinstance(config, dict) else "study")
-    storage, shown = storage or default_storage(), _without_password(storage or default_storage())
+    storage, shown = storage or default_storage(), hide_password(storage or default_storage())
     metric = cfg.tune.metric
     direction = "minimize" if metric == "val_loss" else "maximize"
     study = optuna.create_study(study_name=name, storage=_storage(storage, shown), direction=direction,
@@ -106,16 +107,6 @@ def _raw_config(config: str | Path | dict, overrides: list[str] | None) -> dict:
     return apply_overrides(json.loads(json.dumps(raw)), overrides or [])
 
 
-def _without_password(url: str) -> str:
-    """The URL as shown in messages, files and reports: never with its password."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: _storage reports it
-        return url
-
-
 def _storage(url: str, shown: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +116,9 @@ def _storage(url: str, shown: str) -> optuna.storages.RDBStorage:
             return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S,
                                               engine_kwargs={"connect_args": {"timeout": 60}}
                                               if url.startswith("sqlite") else None)
-        except Exception as exc:  # a bad URL, a missing driver, a refused connection
+        except OperationalError as exc:  # the server, the login or the database: say which
+            raise UserError(connection_problem(url, exc, "--storage")) from None
+        except Exception as exc:  # noqa: BLE001  a bad URL or a missing driver
             hint = " Install the database's driver." if "No module named" in str(exc) else ""
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
             raise UserError(f"--storage {shown!r}: cannot open it: {reason}.{hint} Give an SQLAlchemy URL such as "
