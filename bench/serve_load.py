@@ -464,7 +464,8 @@ def main() -> int:
     print(body)
     if args.write and not args.quick:
         from record import write_section
-        log(f"written to {write_section('serve_load', body, {n: version(n) for n in ('fastapi', 'uvicorn', 'aiohttp')})}")
+        title = "serve_load" if args.model == "digits" else f"serve_load ({args.model} model)"
+        log(f"written to {write_section(title, body, {n: version(n) for n in ('fastapi', 'uvicorn', 'aiohttp')})}")
     return 1 if misses else 0
 
 
