@@ -25,11 +25,13 @@ from pathlib import Path
 
 import optuna
 import yaml
+from record import write_section
 from rich.console import Console
 
-from modelfoundry.runner import train  # = modelfoundry.train, which the subpackage modelfoundry.train can shadow
+from modelfoundry.runner import (
+    train,  # = modelfoundry.train, which the subpackage modelfoundry.train can shadow
+)
 from modelfoundry.tune import search
-from record import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "examples" / "digits.yaml"
