@@ -241,3 +241,16 @@ def test_served_text_model_keeps_no_personal_data_in_feedback_or_logs(pretrained
     kept = rows[stored.json()["feedback_id"]]["input"]["text"]
     assert "ann.lee@example.com" not in kept and "[EMAIL]" in kept and "kettle broke" in kept
     assert "ann.lee" not in logs and "kettle" not in logs
+
+
+def test_fine_tuned_text_model_quantizes_to_int8_and_serves_from_onnx(pretrained_run):
+    import modelfoundry as mf
+
+    work, run, _ = pretrained_run
+    copy = shutil.copytree(run, work / "runs" / "int8-source")
+    result = foundry("compress", copy, "--quantize", "int8", "--no-report", cwd=work, home=work / "runs")
+    assert_ok(result)
+    assert "int8 (dynamic)" in one_line(result.stdout)
+    variant = mf.load(work / "runs" / "int8-source-int8")
+    texts = ["The kettle works perfectly.", "It broke after two days and the refund never came."]
+    assert variant.backend == "onnx" and variant.predict(texts) == mf.load(copy).predict(texts)

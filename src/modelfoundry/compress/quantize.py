@@ -55,7 +55,7 @@ def quantize_int8(run: str | Path, mode: str = "auto", console: Console | None =
     package.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(predictor.path / "model.onnx"), str(prepared))  # shape inference + graph fusions
+        _pre_process(quant_pre_process, predictor.path / "model.onnx", prepared)
         if mode == "dynamic":
             quantize_dynamic(str(prepared), str(package / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True)
         else:
@@ -78,6 +78,21 @@ def quantize_int8(run: str | Path, mode: str = "auto", console: Console | None =
     metrics = _heldout_metrics(quantized, parent, predictor.spec)
     version = register_variant(parent, folder, "int8", metrics)
     return {"folder": folder, "version": version, **details, "heldout": metrics}
+
+
+def _pre_process(quant_pre_process, source: Path, target: Path) -> None:
+    """ONNX Runtime's recommended shape inference + graph fusions before quantizing. Its symbolic shape
+    inference gives up on some dynamic graphs (BERT's position slice, Min(512, tokens)); then the ONNX
+    shape inference alone, and failing that the graph as exported."""
+    import shutil
+
+    for skip_symbolic in (False, True):
+        try:
+            quant_pre_process(str(source), str(target), skip_symbolic_shape=skip_symbolic)
+            return
+        except Exception:  # noqa: BLE001  the pre-processing is an optimisation, never a reason to fail
+            continue
+    shutil.copyfile(source, target)
 
 
 def _calibration_inputs(parent: Path) -> torch.Tensor:
