@@ -313,6 +313,8 @@ def compress(run: Annotated[str, typer.Argument(help="run id or folder of the or
                                                            "original's)")] = None,
              temperature: Annotated[float, typer.Option(min=0.01, help="distillation temperature")] = 4.0,
              alpha: Annotated[float, typer.Option(min=0, max=1, help="weight of the teacher's soft labels")] = 0.7,
+             set_: Annotated[Optional[list[str]], typer.Option("--set", help="the student's training keys, e.g. "
+                                                               "--set train.lr=0.002 (default: the teacher's)")] = None,
              all_: Annotated[bool, typer.Option("--all", help="int8, --prune 0.5 and a half-size student, then the "
                                                 "trade-off report")] = False,
              report: Annotated[bool, typer.Option(help="measure every variant and write compression.html")] = True,
@@ -343,7 +345,7 @@ def compress(run: Annotated[str, typer.Argument(help="run id or folder of the or
                     f"{result['parameters_after']:,} parameters, test accuracy {_fmt(result['test_accuracy'])}")
     if distill or all_:
         student = student or _half_student(parent)
-        trained = make.distill(parent, student, epochs, temperature, alpha, console=err)
+        trained = make.distill(parent, student, epochs, temperature, alpha, console=err, overrides=set_)
         made.append(f"distilled: {trained.id} v{trained.version}, test accuracy "
                     f"{_fmt(trained.metrics.get('test', {}).get('accuracy'))}")
     for line in made:

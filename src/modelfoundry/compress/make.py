@@ -27,8 +27,11 @@ def original_config(parent: Path) -> tuple[dict, Path]:
 
 
 def distill(run: str | Path, student: list[str], epochs: int | None = None, temperature: float = 4.0,
-            alpha: float = 0.7, console: Console | None = None):
-    """Train `student` (overrides such as model.name=cnn model.width=16) on the run's data and its soft labels."""
+            alpha: float = 0.7, console: Console | None = None, overrides: list[str] | None = None):
+    """Train `student` (overrides such as model.name=cnn model.width=16) on the run's data and its soft labels.
+
+    `overrides` (train.lr=0.002 ...) change the student's training: it starts from the teacher's
+    settings, which for a fine-tuned teacher (a small lr) rarely suit a model trained from scratch."""
     from modelfoundry.runner import train
     from modelfoundry.store.models import ModelStore
 
@@ -55,8 +58,8 @@ def distill(run: str | Path, student: list[str], epochs: int | None = None, temp
         parent_version = ModelStore().get(str(parent)).id
     except UserError:
         parent_version = None
-    return train(config, run_dir=variant_folder(parent, "distilled"), console=console, parent_version=parent_version,
-                 variant="distilled")
+    return train(config, overrides or [], run_dir=variant_folder(parent, "distilled"), console=console,
+                 parent_version=parent_version, variant="distilled")
 
 
 def prune_and_finetune(run: str | Path, ratio: float, finetune_epochs: int = 2, console: Console | None = None) -> dict:
