@@ -8,6 +8,7 @@ package holds only `model.onnx`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -53,9 +54,12 @@ def quantize_int8(run: str | Path, mode: str = "auto", console: Console | None =
     folder = variant_folder(parent, "int8")
     package = folder / "model"
     package.mkdir(parents=True)
-    with tempfile.TemporaryDirectory() as scratch:
+    fp32_graph, package = (predictor.path / "model.onnx").resolve(), package.resolve()
+    # ONNX Runtime's pre-processing leaves a <uuid>.data file of the model's size in the working folder
+    # (90 MB for MiniLM): run it inside the scratch folder.
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
         prepared = Path(scratch) / "prepared.onnx"
-        _pre_process(quant_pre_process, predictor.path / "model.onnx", prepared)
+        _pre_process(quant_pre_process, fp32_graph, prepared)
         if mode == "dynamic":
             quantize_dynamic(str(prepared), str(package / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True)
         else:
