@@ -484,6 +484,19 @@ def test_prepare_missing_relative_source_is_named(tmp_path, monkeypatch):
         prepare(cfg, base)
 
 
+@pytest.mark.parametrize("key", ["test_source", "feedback"])
+def test_a_missing_extra_source_names_its_own_key(tmp_path, monkeypatch, key):
+    """data.test_source and data.feedback.source (written by `foundry retrain`) say which key is wrong."""
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame({"x": range(20), "label": ["a", "b"] * 10}).to_csv(tmp_path / "train.csv", index=False)
+    config = table_config("train.csv")
+    config["data"][key] = {"source": "gone.jsonl"} if key == "feedback" else "gone.jsonl"
+    cfg, base = load_config(config)
+    shown = "data.feedback.source" if key == "feedback" else f"data.{key}"
+    with pytest.raises(UserError, match=f"{shown}: 'gone.jsonl' not found"):
+        prepare(cfg, base)
+
+
 def test_prepare_missing_absolute_image_folder_is_named_not_found(tmp_path):
     cfg, base = load_config({"task": "image_classification", "data": {"source": str(tmp_path / "no_such_dir")}})
     with pytest.raises(UserError, match="not found"):

@@ -60,15 +60,16 @@ class Prepared:
     files: dict[str, str] = field(default_factory=dict)  # extra files for the model package (tokenizer.json)
 
 
-def resolve_source(source: str, base_dir: Path) -> Path:
-    """Relative paths are tried against the working folder first, then the config file's folder."""
+def resolve_source(source: str, base_dir: Path, key: str = "data.source") -> Path:
+    """Relative paths are tried against the working folder first, then the config file's folder;
+    `key` names the config key in the message (data.test_source, data.feedback.source, ...)."""
     path = Path(source).expanduser()
     if path.exists():
         return path
     if not path.is_absolute() and (base_dir / path).exists():
         return base_dir / path
     places = " and ".join(dict.fromkeys(str(p) for p in (Path.cwd(), base_dir)))
-    raise UserError(f"data.source: '{source}' not found (looked in {places}). Give an existing "
+    raise UserError(f"{key}: '{source}' not found (looked in {places}). Give an existing "
                     f"image folder or .csv/.parquet/.jsonl file, or one of: "
                     + ", ".join(f"builtin:{b}" for b in BUILTINS) + ".")
 
@@ -83,7 +84,7 @@ def sorted_labels(values) -> list[str]:
 
 
 def load_raw(data: DataConfig, task: str, base_dir: Path, source: str | None = None,
-             image_shape: tuple[int, ...] | None = None):
+             image_shape: tuple[int, ...] | None = None, key: str = "data.source"):
     """Returns (examples, labels as str, origin, extra report fields). Images: (N, C, H, W) array; tables: DataFrame.
 
     `source` is data.source unless given (data.val_source / data.test_source / data.feedback.source);
@@ -93,7 +94,7 @@ def load_raw(data: DataConfig, task: str, base_dir: Path, source: str | None = N
     source = source or data.source
     if source.startswith("builtin:"):
         return _load_builtin(source.removeprefix("builtin:"), task) + (extra,)
-    path = resolve_source(source, base_dir)
+    path = resolve_source(source, base_dir, key)
     origin = str(path)
     if task == "image_classification":
         if not path.is_dir():
@@ -160,7 +161,8 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
     for part, source in sources(data).items():
         main = loaded.get("train")
         shape = main[0].shape[1:] if part == "feedback" and isinstance(main[0], np.ndarray) else None
-        loaded[part] = load_raw(data, config.task, base_dir, source, shape)
+        key = {"train": "data.source", "feedback": "data.feedback.source"}.get(part, f"data.{part}_source")
+        loaded[part] = load_raw(data, config.task, base_dir, source, shape, key)
     examples, labels, origin, _ = loaded["train"]
     report = merge_counts([v[3] for v in loaded.values()])
     if len(loaded) > 1:
