@@ -197,7 +197,7 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
     split = split_parts(labels, part_of, data)
     if "feedback" in sizes:
         report["feedback"] = {"examples": int((part_of == "feedback").sum()), "weight": data.feedback.weight}
-    report.update(n_examples=len(labels), splits={k: int(len(v)) for k, v in split.items()},
+    report.update(n_examples=len(labels), splits={k: len(v) for k, v in split.items()},
                   leakage=validate.leakage(hashes, split))
     report["class_counts"], balance_warnings = validate.class_balance(labels, label_names)
     report["warnings"] = report.get("warnings", []) + balance_warnings
