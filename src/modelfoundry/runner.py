@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import secrets
 import shutil
@@ -155,7 +156,8 @@ def _run(cfg: Config, base_dir: Path, path: Path | None, resume: bool, console: 
     if device.type == "cpu" and distributed.world_size() == 1:
         metrics["plan"] = plan_vs_measured(model, data.train.inputs[:1], len(data.train),
                                            len(data.val) if data.val is not None else 0,
-                                           len(result.history), sum(r["seconds"] for r in result.history))
+                                           len(result.history), sum(r["seconds"] for r in result.history),
+                                           math.ceil(len(data.train) / cfg.train.batch_size))
     spec = {"task": cfg.task, "model": {"name": cfg.model.name, "options": options},
             "input_shape": list(data.input_shape), "labels": data.labels, "preprocessing": data.preprocessing,
             "label_column": cfg.data.label, "run_id": path.name,

@@ -233,6 +233,7 @@ def test_calibrate_measures_this_machine_and_cpu_plans_use_it(tmp_path, monkeypa
     measured = calibrate.measure(size=128, repeats=1)
     assert measured["matmul_fp32_flops"] > 1e8 and measured["bandwidth_bytes_s"] > 1e8
     assert 0 < measured["mfu"] < 5  # small models are timing-noisy; a ratio, not a claim of accuracy
+    assert 0 < measured["step_seconds"] + measured["module_step_seconds"] < 0.1  # foundry's loop, per step
     calibrate.save(measured)
     cpu = get_gpu("cpu")
     assert cpu.peak_flops(cpu.half_precision) == pytest.approx(measured["matmul_fp32_flops"])
@@ -280,3 +281,33 @@ def test_counted_flops_include_attention_on_the_cpu():
     matmuls = 2 * tokens * width * (3 * width + width + 2 * 4 * width) + 2 * width * 2  # qkv, proj, mlp, head
     attention = 4 * tokens * tokens * width  # q @ k^T and weights @ v
     assert forward_flops_per_example(model, torch.randint(1, 100, (1, tokens))) == matmuls + attention
+
+
+def _training_plan(model: str, gpu: str, gpus: int, **options):
+    from modelfoundry.plan.cli import training_plan
+
+    settings = {"tokens": 1e9, "mfu": 0.4, "price": None, "sharding": "none", "optimizer": "adamw",
+                "seq_len": 2048, "micro_batch": 1, "recompute": False, **options}
+    return training_plan(get_model(model), gpu_name=gpu, gpus=gpus, **settings)
+
+
+def test_a_plan_that_does_not_fit_names_the_sharding_that_would():
+    plan = _training_plan("llama-7b", "a100-80gb", 8)  # 112 GB of AdamW states on each 80 GB GPU
+    assert value(plan["estimates"], "fits") == 0
+    assert plan["hints"][0].startswith("--sharding zero1 fits on these 8 GPUs")
+    assert any("adam8bit" in hint for hint in plan["hints"])
+
+
+def test_a_plan_that_needs_more_gpus_names_the_fewest_under_zero3():
+    plan = _training_plan("llama3-70b", "h100", 8, recompute=True)
+    states = 16 * get_model("llama3-70b").params / 1e9
+    gpus = int(plan["hints"][0].split("--gpus ")[1].split(":")[0])
+    usable, activations = 80 * est.USABLE_MEMORY, value(plan["estimates"], "activations_gb")
+    assert states / gpus + activations <= usable < states / (gpus - 1) + activations  # the fewest that fit
+    fitted = _training_plan("llama3-70b", "h100", gpus, recompute=True, sharding="zero3")
+    assert value(fitted["estimates"], "fits") == 1 and fitted["hints"] == []
+
+
+def test_when_activations_are_the_problem_the_hint_says_so_first():
+    plan = _training_plan("llama-7b", "a100-80gb", 2, seq_len=4096, micro_batch=4)
+    assert plan["hints"][0].startswith("activations are") and "--recompute" in plan["hints"][0]

@@ -2,14 +2,17 @@
 
 Stored as JSON in the runs folder (`$FOUNDRY_HOME/calibration.json`, default runs/), beside the
 registry. Measured: the fp32 matmul rate (the peak a plan divides by), the memory bandwidth of a
-large copy, and the FLOP rate a short training run of an MLP reaches, whose ratio to the matmul
-rate is this machine's model FLOPs utilisation (MFU) for small models.
+large copy, the FLOP rate a short training run of an MLP reaches, whose ratio to the matmul
+rate is this machine's model FLOPs utilisation (MFU) for small models, and the fixed costs of
+foundry's own training loop (seconds per step and per epoch, timed through `fit` on a model so
+small that its arithmetic is negligible), which dominate the time of small models.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -56,10 +59,52 @@ def measure(size: int = 1024, repeats: int = 5) -> dict:
         optimizer.step()
 
     train = 6 * params * batch / _best_seconds(step, repeats)  # forward 2 + backward 4 FLOPs per parameter and example
-    return {"matmul_fp32_flops": matmul, "bandwidth_bytes_s": bandwidth, "train_flops": train,
+    return {**loop_overheads(),"matmul_fp32_flops": matmul, "bandwidth_bytes_s": bandwidth, "train_flops": train,
             "mfu": train / matmul, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
             "memory_gb": _memory_gb(), "measured": datetime.now().isoformat(timespec="seconds")}
+
+
+def loop_overheads(batch_size: int = 8, small: int = 4, large: int = 64, epochs: int = 4) -> dict:
+    """Seconds of `fit` itself per training step, per module and per epoch, on MLPs of width 4 whose
+    arithmetic is negligible. Runs that differ only in steps per epoch give the cost of a step (the
+    slope) and the rest of an epoch (validation, bookkeeping: the intercept); a shallow and a deep MLP
+    split the step into a fixed part and a part per module (module calls, autograd nodes, optimizer
+    updates). Each timing is the fastest epoch after the first."""
+    import torch
+    from rich.console import Console
+
+    from modelfoundry.config import TrainConfig
+    from modelfoundry.data.prepare import ArrayData
+    from modelfoundry.train.loop import fit
+
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch_seconds(steps: int, blocks: int) -> float:
+        model = torch.nn.Sequential(*[m for _ in range(blocks) for m in (torch.nn.Linear(4, 4), torch.nn.ReLU())],
+                                    torch.nn.Linear(4, 2))
+        train = ArrayData(torch.randn(steps * batch_size, 4, generator=generator), torch.arange(steps * batch_size) % 2)
+        val = ArrayData(torch.randn(2 * batch_size, 4, generator=generator), torch.arange(2 * batch_size) % 2)
+        with tempfile.TemporaryDirectory(prefix="foundry-calibrate-") as scratch:  # as a run: checkpoints, events
+            result = fit(model, train, val, TrainConfig(epochs=epochs, batch_size=batch_size, precision="fp32"),
+                         device=torch.device("cpu"), checkpoint_dir=Path(scratch), log_dir=Path(scratch) / "tb",
+                         console=Console(quiet=True))
+        return min(record["seconds"] for record in result.history[1:])
+
+    shallow, deep = 1, 7
+    short = epoch_seconds(small, shallow)
+    step_shallow = max((epoch_seconds(large, shallow) - short) / (large - small), 0.0)
+    step_deep = max((epoch_seconds(large, deep) - epoch_seconds(small, deep)) / (large - small), 0.0)
+    modules = {depth: 2 * depth + 1 for depth in (shallow, deep)}  # Linear + ReLU per block, and the head
+    per_module = max((step_deep - step_shallow) / (modules[deep] - modules[shallow]), 0.0)
+    step = max(step_shallow - per_module * modules[shallow], 0.0)
+    return {"step_seconds": step, "module_step_seconds": per_module,
+            "epoch_seconds": max(short - small * step_shallow, 0.0)}
+
+
+def leaf_modules(model) -> int:
+    """Modules without children (Linear, Conv2d, ReLU, ...): each is a call forward and a node backward."""
+    return sum(1 for m in model.modules() if next(m.children(), None) is None)
 
 
 def _memory_gb() -> float:

@@ -1,10 +1,15 @@
 """The planner checked against reality: each `foundry train` run records the time the plan
 predicts for it beside the time it took.
 
+predicted seconds = training FLOPs / rate
+                  + epochs * (steps per epoch * (step_seconds + modules * module_step_seconds) + epoch_seconds)
+
 Training FLOPs are counted on the real model with PyTorch's FlopCounterMode (matmuls and
 convolutions of one forward pass), times 3 for forward + backward, times the examples seen;
 validation adds one forward pass per example. The rate is this machine's calibrated one
-(`foundry plan calibrate`): fp32 matmul peak x the MFU its short training run reached.
+(`foundry plan calibrate`): fp32 matmul peak x the MFU its short training run reached. The
+second term is the training loop's fixed cost per step, per module (leaf modules of the model:
+Linear, Conv2d, ReLU, ...) and per epoch, also calibrated: it is what small models spend their time on.
 """
 from __future__ import annotations
 
@@ -37,8 +42,9 @@ def forward_flops_per_example(model: torch.nn.Module, example: torch.Tensor) -> 
 
 
 def plan_vs_measured(model: torch.nn.Module, example: torch.Tensor, train_examples: int, val_examples: int,
-                     epochs: int, measured_seconds: float) -> dict:
-    """The plan for a finished run and how far off it was; `predicted_seconds` is None without calibration."""
+                     epochs: int, measured_seconds: float, steps_per_epoch: int = 0) -> dict:
+    """The plan for a finished run and how far off it was; `predicted_seconds` is None without calibration.
+    A calibration from before the loop overheads were measured predicts from FLOPs alone."""
     from modelfoundry.plan import calibrate
 
     per_example = forward_flops_per_example(model, example.cpu())
@@ -52,6 +58,14 @@ def plan_vs_measured(model: torch.nn.Module, example: torch.Tensor, train_exampl
         out["note"] = str(exc)
         return out
     rate = measured["matmul_fp32_flops"] * measured["mfu"]
-    out.update(predicted_seconds=flops / rate, rate_flops=rate, rate_source=f"calibrated {measured['measured']}",
-               predicted_over_measured=flops / rate / measured_seconds if measured_seconds else None)
+    compute = flops / rate
+    modules = calibrate.leaf_modules(model)
+    step = measured.get("step_seconds", 0.0) + modules * measured.get("module_step_seconds", 0.0)
+    overhead = epochs * (steps_per_epoch * step + measured.get("epoch_seconds", 0.0))
+    predicted = compute + overhead
+    out.update(predicted_seconds=predicted, compute_seconds=compute, overhead_seconds=overhead,
+               steps_per_epoch=steps_per_epoch, modules=modules, rate_flops=rate, rate_source=f"calibrated {measured['measured']}",
+               predicted_formula="training_flops / rate + epochs * (steps_per_epoch * (step_seconds + modules * "
+                                 "module_step_seconds) + epoch_seconds)",
+               predicted_over_measured=predicted / measured_seconds if measured_seconds else None)
     return out

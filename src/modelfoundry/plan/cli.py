@@ -92,8 +92,12 @@ def training_plan(spec: ModelSpec, tokens: float | None, gpu_name: str, gpus: in
     usable = gpu.memory_gb * est.USABLE_MEMORY
     rows["fits"] = est.q(float(memory <= usable), "bool", f"memory_per_gpu <= {gpu.memory_gb:g} GB * "
                                                          f"{est.USABLE_MEMORY} usable")
+    hints = [] if memory <= usable else est.memory_hints(
+        spec.params, gpus, usable, optimizer, sharding, method, adapters,
+        rows["activations_gb"]["value"] if seq_len is not None else 0.0, recompute)
     return {"model": spec.as_dict(), "gpu": gpu.name, "gpus": gpus, "mfu": mfu, "mfu_source": est.MFU_SOURCE,
-            "tokens": tokens, "method": method, "sharding": sharding, "optimizer": optimizer, "estimates": rows}
+            "tokens": tokens, "method": method, "sharding": sharding, "optimizer": optimizer, "estimates": rows,
+            "hints": hints}
 
 
 def _format(value: float, unit: str) -> str:
@@ -123,6 +127,10 @@ def show(plans: list[dict[str, Any]], as_json: bool) -> None:
         for key, row in plan["estimates"].items():
             table.add_row(key, _format(row["value"], row["unit"]), escape(row["formula"]))  # sources hold [...]
         console.print(table)
+        if plan.get("hints"):
+            console.print(f"Does not fit on {plan['gpus']} x {plan['gpu']}. What would help:", highlight=False)
+            for hint in plan["hints"]:
+                console.print(f"  - {hint}", highlight=False)
         if "mfu_source" in plan:
             console.print(f"MFU {plan['mfu']:g}: {plan['mfu_source']}")
 
@@ -192,6 +200,9 @@ def calibrate(as_json: JsonOpt = False) -> None:
     table.add_row("fp32 matmul", f"{result['matmul_fp32_flops'] / 1e9:,.1f} GFLOP/s")
     table.add_row("memory bandwidth (copy)", f"{result['bandwidth_bytes_s'] / 1e9:,.1f} GB/s")
     table.add_row("MLP training", f"{result['train_flops'] / 1e9:,.1f} GFLOP/s = MFU {result['mfu']:.2f}")
+    table.add_row("training loop (foundry fit)", f"{result['step_seconds'] * 1e3:,.2f} ms per step + "
+                  f"{result['module_step_seconds'] * 1e3:,.3f} ms per module per step + "
+                  f"{result['epoch_seconds'] * 1e3:,.1f} ms per epoch")
     table.add_row("machine", f"{result['processor']}, {result['threads']} torch threads, {result['memory_gb']:.0f} GB")
     console.print(table)
     console.print(f"saved to {path}; plans use it with --gpu cpu (pass --mfu {result['mfu']:.2f} for small models)")

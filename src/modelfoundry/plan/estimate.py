@@ -147,6 +147,43 @@ def training_memory(params: float, gpus: int = 1, optimizer: str = "adamw", shar
     return out
 
 
+def memory_hints(params: float, gpus: int, usable_gb: float, optimizer: str, sharding: str, method: str,
+                 adapters: float, activations_gb: float, recompute: bool) -> list[str]:
+    """For a training plan that does not fit: the changes that make it fit, cheapest first.
+
+    Sharding only divides the states (weights, gradients, optimizer) by the GPU count; the activations
+    of each GPU's micro-batch stay whole, so they can only shrink by recomputation or a smaller micro-batch.
+    """
+    def states_gb(how: str, count: int, opt: str = optimizer) -> float:
+        rows = training_memory(params, count, opt, how, method, adapters)
+        return rows["states_gb"]["value"]
+
+    hints = []
+    for how in ("zero1", "zero2", "zero3"):
+        if list(SHARDING).index(how) > list(SHARDING).index(sharding if sharding != "fsdp" else "zero3"):
+            total = states_gb(how, gpus) + activations_gb
+            if total <= usable_gb:
+                hints.append(f"--sharding {how} fits on these {gpus} GPUs: {total:,.1f} GB per GPU "
+                             f"(<= {usable_gb:,.1f} GB usable).")
+                break
+    if not hints and activations_gb < usable_gb:
+        room, full = usable_gb - activations_gb, states_gb("zero3", 1)
+        fewest = math.ceil(full / room) if room > 0 else 0
+        if fewest and states_gb("zero3", fewest) + activations_gb <= usable_gb:
+            hints.append(f"--sharding zero3 (or fsdp) --gpus {fewest}: the states ({full:,.1f} GB in all) split "
+                         f"{fewest} ways leave room for {activations_gb:,.1f} GB of activations per GPU.")
+    if activations_gb >= usable_gb * 0.5:  # the activations are the problem: say so before the states
+        hints.append(f"activations are {activations_gb:,.1f} GB per GPU: "
+                     + ("lower --micro-batch or --seq-len." if recompute else
+                        "--recompute (full activation recomputation) or a lower --micro-batch shrinks them."))
+    if optimizer == "adamw" and method == "full":
+        saved = states_gb(sharding, gpus) - states_gb(sharding, gpus, "adam8bit")
+        hints.append(f"--optimizer adam8bit saves {saved:,.1f} GB per GPU (8-bit Adam moments).")
+    if method == "full":
+        hints.append("--method lora or qlora (foundry plan finetune) trains adapters only.")
+    return hints
+
+
 def lora_params(layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int, rank: int) -> dict[str, Quantity]:
     """LoRA adapter count on attention q, k, v, o: rank * (d_in + d_out) per matrix (A: d_in x r, B: r x d_out)."""
     check_positive("--lora-rank", rank)
