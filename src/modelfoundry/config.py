@@ -79,6 +79,9 @@ class DataConfig(_Section):
         "impute", description="missing numeric/categorical values: impute (median / own category), drop rows, error")
     max_missing_fraction: float = Field(0.5, ge=0, le=1, description="a column missing more than this is an error")
     dedupe: bool = Field(False, description="drop exact duplicate examples before splitting")
+    streaming: bool | Literal["auto"] = Field(
+        "auto", description="tables: read the file in chunks and stream training batches from disk, so memory "
+        "stays flat however many rows there are; auto = for files of 1 GB and more")
 
 
 class ModelConfig(BaseModel):

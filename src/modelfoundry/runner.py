@@ -154,7 +154,7 @@ def _run(cfg: Config, base_dir: Path, path: Path | None, resume: bool, console: 
     metrics["history"] = result.history
     # calibration measures this CPU; a GPU plan would need that GPU's rates, DDP a model of the all-reduce
     if device.type == "cpu" and distributed.world_size() == 1:
-        metrics["plan"] = plan_vs_measured(model, data.train.inputs[:1], len(data.train),
+        metrics["plan"] = plan_vs_measured(model, next(iter(data.train.batches(1)))[0], len(data.train),
                                            len(data.val) if data.val is not None else 0,
                                            len(result.history), sum(r["seconds"] for r in result.history),
                                            math.ceil(len(data.train) / cfg.train.batch_size))
@@ -208,10 +208,12 @@ def mistakes_for_report(probabilities: np.ndarray | None, targets: np.ndarray, l
     if probabilities is None:
         return []
     out = []
-    for i in worst_mistakes(probabilities, targets):
+    worst = list(worst_mistakes(probabilities, targets))
+    # streamed tables read only the rows shown from their file, in one pass
+    rows = display.take(worst) if hasattr(display, "take") else [display[i] for i in worst]
+    for i, shown in zip(worst, rows):
         item = {"true": labels[targets[i]], "pred": labels[int(probabilities[i].argmax())],
                 "confidence": float(probabilities[i].max())}
-        shown = display[i]
         item["row" if isinstance(shown, dict) else "text" if isinstance(shown, str) else "image"] = shown
         out.append(item)
     return out

@@ -157,6 +157,9 @@ def _load_builtin(name: str, task: str):
 def prepare(config: Config, base_dir: Path) -> Prepared:
     """Load, validate, split and encode the data of a config."""
     data = config.data
+    streamed = _streamed(config, base_dir)
+    if streamed is not None:
+        return streamed
     loaded = {}
     for part, source in sources(data).items():
         main = loaded.get("train")
@@ -236,6 +239,35 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
     part = {k: ArrayData(features[v], targets[v]) if len(v) else None for k, v in split.items()}
     return Prepared(part["train"], part["val"], part["test"], label_names, tuple(features.shape[1:]),
                     preprocessing, report, display, files)
+
+
+def _streamed(config: Config, base_dir: Path) -> Prepared | None:
+    """A table file read in chunks and streamed from disk (data.streaming), or None to load it whole."""
+    from modelfoundry.data import stream
+
+    data = config.data
+    if data.streaming is False or data.source.startswith("builtin:"):
+        return None
+    if config.task != "tabular_classification":
+        if data.streaming is True:
+            raise UserError(f"data.streaming: true works for tables (tabular_classification), not {config.task}. "
+                            "Remove the key.")
+        return None
+    path = resolve_source(data.source, base_dir)
+    if path.is_dir() or not stream.wanted(data.streaming, path):
+        return None
+    others = [k for k, v in (("data.val_source", data.val_source), ("data.test_source", data.test_source),
+                             ("data.feedback", data.feedback)) if v]
+    if others:
+        raise UserError(f"data.streaming reads one table file; {', '.join(others)} need it off. Set "
+                        "data.streaming: false, or put every row in data.source and let data.split divide them.")
+    parts = stream.prepare_streamed(path, data, str(path))
+    report = parts["report"]
+    report["class_counts"], report["warnings"] = validate.class_balance(parts["counts"], parts["labels"])
+    _warn_about(report)
+    splits = parts["splits"]
+    return Prepared(splits["train"], splits["val"], splits["test"], parts["labels"], (parts["width"],),
+                    {"kind": "table", **parts["encoder"].spec}, report, parts["display"])
 
 
 def merge_counts(reports: list[dict]) -> dict:

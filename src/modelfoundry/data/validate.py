@@ -36,8 +36,9 @@ def leakage(hashes: np.ndarray, splits: dict[str, np.ndarray]) -> dict[str, int]
     return out
 
 
-def class_balance(labels: np.ndarray, order: list[str]) -> tuple[dict[str, int], list[str]]:
-    counts = Counter(labels.tolist())
+def class_balance(labels: np.ndarray | Counter, order: list[str]) -> tuple[dict[str, int], list[str]]:
+    """Examples per class (from the labels, or their counts) and a warning when one class is rare."""
+    counts = labels if isinstance(labels, Counter) else Counter(labels.tolist())
     balance = {label: int(counts.get(label, 0)) for label in order}
     warnings = []
     if len(balance) > 1 and min(balance.values()) * 5 < max(balance.values()):

@@ -1,0 +1,360 @@
+"""Tables larger than memory: read in chunks with Arrow, encoded once to a scratch file, then
+streamed back in shuffled blocks, so a training run's memory stays flat as the rows grow.
+
+Two passes over the source, one chunk (STREAM_ROWS rows) at a time:
+1. validate and count: labels, empty cells, infinities, duplicate and leaking rows (an 8-byte hash
+   per row), each row's split from a seeded hash of its row number, and a uniform sample of at most
+   SAMPLE_ROWS training rows, which the encoder (medians, means, categories) is fitted on;
+2. encode every row with that encoder and append it to its split's float32 file.
+
+Training then reads each epoch's rows through a shuffle window: the file's blocks of BLOCK_ROWS rows
+in a seeded random order, WINDOW_BLOCKS blocks at a time, their rows shuffled together. Files are read
+with plain reads, not memory-mapped, so pages of the data never count against the process.
+
+What differs from in-memory tables (said in the data report): the split is stratified in expectation,
+not exactly (each row falls in a part by a hash, whatever its class), and the encoder sees a sample
+of the training rows, not all of them.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import weakref
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from modelfoundry.data import tabular
+from modelfoundry.errors import UserError
+
+STREAM_ROWS = 65_536         # rows per chunk read from the source
+SAMPLE_ROWS = 200_000        # training rows the encoder is fitted on
+AUTO_BYTES = 1 << 30         # data.streaming: auto streams table files from this size up
+BLOCK_ROWS = 4_096           # rows per block of the shuffled reading order
+WINDOW_BLOCKS = 16           # blocks whose rows are shuffled together (65,536 rows)
+PARTS = ("train", "val", "test")
+CSV_BLOCK_BYTES = 1 << 22    # bytes Arrow parses at a time (CSV, JSONL); the first block types the columns
+
+
+def wanted(setting: bool | str, path: Path) -> bool:
+    """data.streaming: true, false or auto (files of AUTO_BYTES and more)."""
+    if setting == "auto":
+        return path.stat().st_size >= AUTO_BYTES
+    return bool(setting)
+
+
+def read_chunks(path: Path, rows: int = STREAM_ROWS) -> Iterator[pd.DataFrame]:
+    """The table in chunks of about `rows` rows, each with its 0-based row numbers as the index."""
+    import pyarrow as pa
+
+    suffix, start = path.suffix.lower(), 0
+    try:
+        for batch in _record_batches(path, suffix, rows):
+            frame = batch.to_pandas()
+            frame.columns = [str(c) for c in frame.columns]
+            frame.index = pd.RangeIndex(start, start + len(frame))
+            start += len(frame)
+            if len(frame):
+                yield frame
+    except pa.ArrowInvalid as exc:  # e.g. a column typed by its first rows meets a value of another type later
+        raise UserError(f"{path}: could not be read in chunks: {exc}. With data.streaming, a column's type comes "
+                        "from the file's first rows; make every value of a number column a number (or empty), "
+                        "or set data.streaming: false.") from None
+    if start == 0:
+        raise UserError(f"{path}: the table has a header but no data rows.")
+
+
+def _record_batches(path: Path, suffix: str, rows: int):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    if suffix in (".parquet", ".pq"):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=rows)
+    elif suffix in (".csv", ".tsv"):
+        parse = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+        first = pacsv.open_csv(path, parse_options=parse, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES))
+        # whole numbers in the first block may meet fractions later: read every number column as float
+        types = {f.name: "float64" for f in first.schema if str(f.type).startswith(("int", "uint"))}
+        first.close()
+        names = first.schema.names
+        reader = pacsv.open_csv(path, parse_options=parse, convert_options=pacsv.ConvertOptions(column_types=types),
+                                read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES))
+        try:
+            yield from _rebatch(reader, rows)
+        except pa.ArrowInvalid as exc:  # "In CSV column #3: CSV conversion error to double: invalid value 'x'"
+            found = re.search(r"column #(\d+): .*invalid value '(.*)'", str(exc))
+            if not found:
+                raise
+            column, value = names[int(found.group(1))], found.group(2)
+            raise UserError(f"{path}: column '{column}' holds numbers in the file's first rows and {value!r} further "
+                            "down. Streaming (data.streaming) types each column from the first rows: make every "
+                            "value of that column a number (or empty), or set data.streaming: false to read the "
+                            "whole file first.") from None
+    elif suffix in (".jsonl", ".json"):
+        yield from _rebatch(pajson.open_json(path, read_options=pajson.ReadOptions(block_size=CSV_BLOCK_BYTES)), rows)
+    else:
+        raise UserError(f"{path}: unsupported table format '{suffix}'. "
+                        f"Use one of {', '.join(sorted(tabular.TABLE_SUFFIXES))}.")
+
+
+def _rebatch(reader, rows: int):
+    """Arrow readers cut by bytes; hand on batches of about `rows` rows."""
+    import pyarrow as pa
+
+    pending, count = [], 0
+    for batch in reader:
+        pending.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+            pending, count = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+def _uniform(rows: np.ndarray, seed: int, stream: int) -> np.ndarray:
+    """A uniform number in [0, 1) per row number, fixed by (seed, stream): splitmix64."""
+    with np.errstate(over="ignore"):
+        z = rows.astype(np.uint64) + np.uint64((seed * 0x9E3779B1 + stream * 0x85EBCA77) & (2 ** 64 - 1))
+        z = (z + np.uint64(0x9E3779B97F4A7C15))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2 ** 53)
+
+
+class StreamedTable:
+    """The ArrayData interface (len, targets, batches, to) over a float32 file of encoded rows."""
+
+    def __init__(self, features: Path, targets: Path, width: int, device: torch.device | None = None):
+        self.features_path, self.targets_path, self.width = features, targets, width
+        self.device = device or torch.device("cpu")
+        self.rows = targets.stat().st_size // 8
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return torch.from_numpy(np.fromfile(self.targets_path, dtype=np.int64)).to(self.device)
+
+    def to(self, device: torch.device) -> StreamedTable:
+        return StreamedTable(self.features_path, self.targets_path, self.width, device)
+
+    def _read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        count = stop - start
+        with open(self.features_path, "rb") as f:
+            f.seek(start * self.width * 4)
+            x = np.fromfile(f, dtype=np.float32, count=count * self.width).reshape(count, self.width)
+        with open(self.targets_path, "rb") as f:
+            f.seek(start * 8)
+            y = np.fromfile(f, dtype=np.int64, count=count)
+        return x, y
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
+        if not shuffle:
+            for start in range(0, self.rows, batch_size):
+                yield self._tensors(*self._read(start, min(start + batch_size, self.rows)))
+            return
+        blocks = torch.randperm(-(-self.rows // BLOCK_ROWS), generator=generator).tolist()
+        carry_x, carry_y = np.zeros((0, self.width), np.float32), np.zeros(0, np.int64)
+        for w in range(0, len(blocks), WINDOW_BLOCKS):
+            parts = [self._read(b * BLOCK_ROWS, min((b + 1) * BLOCK_ROWS, self.rows)) for b in blocks[w:w + WINDOW_BLOCKS]]
+            x = np.concatenate([carry_x] + [p[0] for p in parts])
+            y = np.concatenate([carry_y] + [p[1] for p in parts])
+            order = torch.randperm(len(y), generator=generator).numpy()
+            x, y = x[order], y[order]
+            whole = len(y) // batch_size * batch_size
+            for start in range(0, whole, batch_size):
+                yield self._tensors(x[start:start + batch_size], y[start:start + batch_size])
+            carry_x, carry_y = x[whole:], y[whole:]
+        if len(carry_y):
+            yield self._tensors(carry_x, carry_y)
+
+    def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device), torch.from_numpy(y).to(self.device)
+
+
+class SourceRows:
+    """The test split's raw rows for the report, read from the source only when asked (`take`)."""
+
+    def __init__(self, path: Path, row_numbers: np.ndarray, columns: list[str]):
+        self.path, self.row_numbers, self.columns = path, row_numbers, columns
+
+    def __len__(self) -> int:
+        return len(self.row_numbers)
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self.take([i % len(self)])[0]
+
+    def __iter__(self):
+        """Every test row in order, in one pass."""
+        numbers = self.row_numbers
+        for chunk in read_chunks(self.path):
+            lo, hi = np.searchsorted(numbers, [chunk.index[0], chunk.index[-1] + 1])
+            if hi > lo:
+                yield from chunk.loc[numbers[lo:hi], self.columns].to_dict(orient="records")
+
+    def take(self, indices) -> list[dict]:
+        """One pass over the source for any number of rows."""
+        wanted_rows = {int(self.row_numbers[i]): n for n, i in enumerate(indices)}
+        found: list[dict | None] = [None] * len(wanted_rows)
+        for chunk in read_chunks(self.path):
+            hits = chunk.index.intersection(list(wanted_rows))
+            for row, record in zip(hits, chunk.loc[hits, self.columns].to_dict(orient="records")):
+                found[wanted_rows[row]] = record
+            if all(r is not None for r in found):
+                break
+        return found
+
+
+def prepare_streamed(path: Path, data, origin: str) -> dict:
+    """Both passes; returns the pieces `prepare` builds a Prepared from."""
+    split_cfg = data.split
+    if split_cfg.val + split_cfg.test >= 1:
+        raise UserError(f"data.split: val {split_cfg.val} + test {split_cfg.test} leave no training rows.")
+    counts, report, sample, features = _first_pass(path, data, origin)
+    encoder = tabular.TableEncoder().fit(sample[features])
+    label_names = counts["label_names"]
+    scratch = Path(tempfile.mkdtemp(prefix="foundry-stream-", dir=_scratch_root()))
+    files = {part: (scratch / f"{part}.f32", scratch / f"{part}.i64") for part in PARTS}
+    handles = {part: (open(files[part][0], "wb"), open(files[part][1], "wb")) for part in PARTS}
+    codes = counts["codes"]
+    try:
+        for chunk in read_chunks(path):
+            chunk, labels = _clean(chunk, data, origin, count=None)
+            keep = codes[chunk.index.to_numpy()] >= 0
+            chunk, labels = chunk[keep], labels[keep]
+            x = encoder.transform(chunk[features], origin)
+            y = pd.Categorical(labels, categories=label_names).codes.astype(np.int64)
+            part_codes = codes[chunk.index.to_numpy()]
+            for code, part in enumerate(PARTS):
+                mask = part_codes == code
+                handles[part][0].write(np.ascontiguousarray(x[mask]).tobytes())
+                handles[part][1].write(y[mask].tobytes())
+    finally:
+        for f, g in handles.values():
+            f.close()
+            g.close()
+    width = len(encoder.feature_names)
+    splits = {part: StreamedTable(*files[part], width) for part in PARTS}
+    holder = {part: (splits[part] if len(splits[part]) else None) for part in PARTS}
+    weakref.finalize(splits["train"], shutil.rmtree, scratch, True)  # the scratch files go with the data
+    for part in ("val", "test"):
+        if holder[part] is not None:
+            holder[part]._keep = splits["train"]  # keep the train split (and so the files) alive with them
+    report.update(streaming={"chunk_rows": STREAM_ROWS, "encoder_fitted_on_rows": len(sample),
+                             "split": "each row's part from a seeded hash of its row number: "
+                                      "stratified in expectation, not exactly"})
+    test_rows = np.flatnonzero(codes == PARTS.index("test"))
+    return {"splits": holder, "labels": label_names, "width": width, "encoder": encoder, "report": report,
+            "counts": counts["label_counts"],
+            "display": SourceRows(path, test_rows, features)}
+
+
+def _scratch_root() -> Path:
+    """Beside the runs (a real disk), not /tmp, which may be memory."""
+    from modelfoundry.store.registry import runs_root
+
+    root = runs_root() / ".scratch"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _clean(chunk: pd.DataFrame, data, origin: str, count: dict | None):
+    """Drop unlabeled rows, normalise labels to strings; `count` collects what was dropped."""
+    tabular.check_column(chunk, data.label, "label", origin)
+    unlabeled = chunk[data.label].isna()
+    if count is not None:
+        count["dropped_unlabeled_rows"] += int(unlabeled.sum())
+    chunk = chunk[~unlabeled]
+    labels = chunk[data.label]
+    if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
+        labels = labels.astype(np.int64)
+    return chunk, labels.astype(str).to_numpy()
+
+
+def _repeats(hashes: np.ndarray) -> np.ndarray:
+    """True for every repeat of a hash seen earlier, by sorting (a hash table of every row costs ~4x more)."""
+    order = np.argsort(hashes, kind="stable")
+    ordered = hashes[order]
+    repeat = np.zeros(len(hashes), bool)
+    repeat[order[1:]] = ordered[1:] == ordered[:-1]
+    return repeat
+
+
+def _first_pass(path: Path, data, origin: str):
+    from modelfoundry.data.prepare import _feature_columns, sorted_labels
+
+    seed, val, test = data.split.seed, data.split.val, data.split.test
+    label_counts: Counter = Counter()
+    missing: Counter = Counter()
+    dropped = Counter(dropped_unlabeled_rows=0)
+    hashes, codes = [], []
+    sample, features, rows_seen, dropped_missing = None, None, 0, 0
+    for chunk in read_chunks(path):
+        numbers = chunk.index.to_numpy()
+        code = np.full(len(chunk), -1, np.int8)  # -1: not used (unlabeled, dropped for missing values)
+        chunk, labels = _clean(chunk, data, origin, dropped)
+        if features is None:
+            features = _feature_columns(chunk, data, origin)
+        kept, counts = tabular.check_missing(chunk[features], data.missing, 1.0, origin)
+        missing.update(counts)
+        dropped_missing += len(chunk) - len(kept)
+        labels = labels[chunk.index.isin(kept.index)]
+        rows_seen += len(chunk)
+        u = _uniform(kept.index.to_numpy(), seed, 0)
+        part = np.where(u < test, 2, np.where(u < test + val, 1, 0)).astype(np.int8)
+        code[np.searchsorted(numbers, kept.index.to_numpy())] = part
+        codes.append(code)
+        label_counts.update(labels.tolist())
+        hashes.append(pd.util.hash_pandas_object(
+            kept.assign(**{c: kept[c].astype(float) for c in kept.select_dtypes("number").columns}),
+            index=False).to_numpy())
+        train = kept[part == 0].assign(_key=_uniform(kept.index.to_numpy()[part == 0], seed, 1))
+        sample = train if sample is None else pd.concat([sample, train])
+        if len(sample) > SAMPLE_ROWS:  # bottom-k by a random key: a uniform sample of all training rows
+            sample = sample.nsmallest(SAMPLE_ROWS, "_key")
+    codes = np.concatenate(codes)
+    row_hashes = np.concatenate(hashes)
+    used = codes >= 0
+    if not used.any():
+        raise UserError(f"{origin}: no labeled rows with values left (data.missing: {data.missing}).")
+    for column, n in missing.items():
+        if data.missing == "impute" and n / rows_seen > data.max_missing_fraction:
+            raise UserError(f"{origin}: column '{column}' is {n / rows_seen:.0%} empty, more than "
+                            f"data.max_missing_fraction={data.max_missing_fraction:g}. Drop the column "
+                            f"(data.drop: [{column}]) or raise the limit.")
+    label_names = sorted_labels(label_counts)
+    if len(label_names) < 2:
+        raise UserError(f"{origin}: only one class ({label_names[0]!r}) in the labels; a classifier needs at least two.")
+    used_codes = codes[used]
+    duplicates = _repeats(row_hashes)
+    report = {"source": origin, "missing": dict(missing), "duplicates": int(duplicates.sum()),
+              "n_examples": int(used.sum())}
+    if dropped["dropped_unlabeled_rows"]:
+        report["dropped_unlabeled_rows"] = dropped["dropped_unlabeled_rows"]
+    if dropped_missing:
+        report["dropped_rows_with_missing"] = dropped_missing
+    if data.dedupe and duplicates.any():
+        codes[np.flatnonzero(used)[duplicates]] = -1
+        used_codes = np.where(duplicates, -1, used_codes)
+        report["dropped_duplicates"] = int(duplicates.sum())
+        report["n_examples"] = int((codes >= 0).sum())
+    in_part = {part: row_hashes[used_codes == i] for i, part in enumerate(PARTS)}
+    report["splits"] = {part: int(len(h)) for part, h in in_part.items()}
+    report["leakage"] = {f"{a}_{b}": int(np.isin(in_part[b], in_part[a]).sum())
+                         for a, b in (("train", "test"), ("train", "val"), ("val", "test"))}
+    if report["splits"]["train"] == 0:
+        raise UserError(f"{origin}: no rows fell in the training split; lower data.split.val / data.split.test.")
+    return {"codes": codes, "label_names": label_names, "label_counts": label_counts}, report, \
+        sample.drop(columns="_key"), features

@@ -1,0 +1,134 @@
+"""Tables read in chunks and streamed from disk (data.streaming): the same rows, labels and encoding
+as reading the whole file, every training row once per epoch in a seeded shuffled order, and the
+same clear errors naming rows and columns."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from modelfoundry.config import load_config
+from modelfoundry.data import stream
+from modelfoundry.data.prepare import prepare
+from modelfoundry.errors import UserError
+
+
+def table(rows: int = 3000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.normal(size=(rows, 3)), columns=["x0", "x1", "x2"])
+    frame["color"] = rng.choice(["red", "green", "blue"], rows)
+    frame["label"] = np.where(frame["x0"] > 0, "up", "down")
+    return frame
+
+
+def write(frame: pd.DataFrame, path):
+    {".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path),
+     ".jsonl": lambda: frame.to_json(path, orient="records", lines=True)}[path.suffix]()
+    return path
+
+
+def config(path, **data):
+    cfg, base = load_config({"task": "tabular_classification", "data": {"source": str(path), "label": "label",
+                                                                        "streaming": True, **data}})
+    return cfg, base
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 500 rows and blocks of 64, so a 3,000-row table crosses every boundary."""
+    monkeypatch.setattr(stream, "STREAM_ROWS", 500)
+    monkeypatch.setattr(stream, "BLOCK_ROWS", 64)
+    monkeypatch.setattr(stream, "WINDOW_BLOCKS", 3)
+    monkeypatch.setattr(stream, "CSV_BLOCK_BYTES", 8192)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_chunks_hold_every_row_once_numbered_as_in_the_file(tmp_path, suffix, small_chunks):
+    frame = table(1234)
+    chunks = list(stream.read_chunks(write(frame, tmp_path / f"t{suffix}"), rows=500))
+    assert len(chunks) >= 3
+    whole = pd.concat(chunks)
+    assert list(whole.index) == list(range(1234))
+    pd.testing.assert_frame_equal(whole.reset_index(drop=True), frame, check_dtype=False, atol=1e-9)
+
+
+def test_streamed_and_in_memory_tables_agree(tmp_path, monkeypatch, small_chunks):
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "runs"))
+    path = write(table(), tmp_path / "t.csv")
+    streamed = prepare(*config(path))
+    whole = prepare(*config(path, streaming=False))
+    assert streamed.labels == whole.labels == ["down", "up"]
+    assert streamed.input_shape == whole.input_shape == (6,)  # 3 numbers + 3 colours one-hot
+    assert len(streamed.train) + len(streamed.val) + len(streamed.test) == 3000
+    for part in ("train", "val", "test"):  # the hash split is stratified in expectation: shares within 3 points
+        assert len(getattr(streamed, part)) / 3000 == pytest.approx(len(getattr(whole, part)) / 3000, abs=0.03)
+    assert streamed.report["class_counts"] == whole.report["class_counts"]
+    assert "stratified in expectation" in streamed.report["streaming"]["split"]
+    inputs, targets = next(streamed.test.batches(5))
+    rows = streamed.test_display.take(range(5))
+    assert [streamed.labels[t] for t in targets.tolist()] == [("up" if r["x0"] > 0 else "down") for r in rows]
+    colours = inputs[:, 3:].argmax(1).tolist()  # categories are one-hot in sorted order: blue, green, red
+    assert [["blue", "green", "red"][c] for c in colours] == [r["color"] for r in rows]
+
+
+def test_shuffled_epochs_see_every_row_once_in_a_seeded_order(tmp_path, monkeypatch, small_chunks):
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "runs"))
+    train = prepare(*config(write(table(), tmp_path / "t.parquet"))).train
+
+    def epoch(seed):
+        batches = list(train.batches(50, shuffle=True, generator=torch.Generator().manual_seed(seed)))
+        assert all(len(y) == 50 for _, y in batches[:-1])
+        return torch.cat([x[:, 0] for x, _ in batches])
+
+    ordered = torch.cat([x[:, 0] for x, _ in train.batches(50)])
+    first, again, other = epoch(1), epoch(1), epoch(2)
+    assert torch.equal(first, again) and not torch.equal(first, other) and not torch.equal(first, ordered)
+    assert torch.equal(first.sort().values, ordered.sort().values)  # a permutation of the training rows
+
+
+def test_missing_value_error_names_the_row_in_a_later_chunk(tmp_path, small_chunks):
+    frame = table()
+    frame.loc[2100, "x1"] = np.nan
+    with pytest.raises(UserError, match=r"row 2101 \(line 2102 of t.csv\), column 'x1' is empty"):
+        prepare(*config(write(frame, tmp_path / "t.csv"), missing="error"))
+
+
+def test_dropped_rows_and_duplicates_are_counted(tmp_path, monkeypatch, small_chunks):
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "runs"))
+    frame = table()
+    frame.loc[10, "x2"] = np.nan
+    frame = pd.concat([frame, frame.iloc[:40]], ignore_index=True)  # 40 exact repeats at the end
+    data = prepare(*config(write(frame, tmp_path / "t.csv"), missing="drop", dedupe=True))
+    assert data.report["duplicates"] == 39  # the row with the gap and its repeat are dropped first
+    assert data.report["dropped_rows_with_missing"] == 2
+    assert len(data.train) + len(data.val) + len(data.test) == 3040 - 2 - 39
+
+
+def test_a_column_that_turns_from_numbers_to_text_is_named(tmp_path, small_chunks):
+    frame = table().astype({"x0": object})
+    frame.loc[2900, "x0"] = "n/a?"
+    with pytest.raises(UserError, match="column 'x0' holds numbers in the file's first rows and 'n/a\\?'"):
+        prepare(*config(write(frame, tmp_path / "t.csv")))
+
+
+def test_streaming_refuses_a_separate_test_file(tmp_path):
+    path = write(table(100), tmp_path / "t.csv")
+    other = write(table(50), tmp_path / "other.csv")
+    with pytest.raises(UserError, match="data.test_source need it off"):
+        prepare(*config(path, test_source=str(other)))
+
+
+def test_streaming_images_is_refused_not_ignored(tmp_path):
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    cfg, base = load_config({"task": "image_classification", "data": {"source": str(tmp_path / "images"),
+                                                                      "streaming": True}})
+    with pytest.raises(UserError, match="data.streaming: true works for tables"):
+        prepare(cfg, base)
+
+
+def test_auto_streams_only_big_files(tmp_path, monkeypatch):
+    path = write(table(100), tmp_path / "t.csv")
+    assert not stream.wanted("auto", path) and stream.wanted(True, path) and not stream.wanted(False, path)
+    monkeypatch.setattr(stream, "AUTO_BYTES", 10)
+    assert stream.wanted("auto", path)
