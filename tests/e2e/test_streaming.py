@@ -43,3 +43,22 @@ def test_a_number_column_that_turns_to_text_deep_in_the_file_is_named(tmp_path):
     assert_user_error(foundry("train", config, cwd=tmp_path, home=tmp_path / "runs"),
                       "big.csv", "column 'x2' holds numbers in the file's first rows and 'unknown'",
                       "data.streaming: false")
+
+
+def test_an_image_folder_decoded_per_batch_trains_exactly_as_one_read_whole(tmp_path):
+    from e2e_helpers import write_image_folder
+
+    write_image_folder(tmp_path / "images", per_class=24)
+    histories = {}
+    for streaming in (True, False):
+        config = write_config(tmp_path / f"{streaming}.yaml", "image_classification", "images",
+                              data={"streaming": streaming}, train={"epochs": 2, "precision": "fp32"})
+        home = tmp_path / f"runs-{streaming}"
+        assert_ok(foundry("train", config, cwd=tmp_path, home=home))
+        run = next(p for p in home.iterdir() if p.is_dir() and not p.name.startswith("."))
+        metrics = json.loads((run / "metrics.json").read_text())
+        histories[streaming] = [r[k] for r in metrics["history"] for k in ("train_loss", "val_loss")], metrics["test"]
+        assert "worst mistakes" in (run / "report.html").read_text().lower() or metrics["test"]["accuracy"] == 1
+    (lazy_history, lazy_test), (whole_history, whole_test) = histories[True], histories[False]
+    assert lazy_history == pytest.approx(whole_history, abs=1e-6)  # the same batches, in the same order
+    assert lazy_test["accuracy"] == whole_test["accuracy"]

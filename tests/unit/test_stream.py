@@ -119,12 +119,45 @@ def test_streaming_refuses_a_separate_test_file(tmp_path):
         prepare(*config(path, test_source=str(other)))
 
 
-def test_streaming_images_is_refused_not_ignored(tmp_path):
-    (tmp_path / "images" / "cat").mkdir(parents=True)
-    cfg, base = load_config({"task": "image_classification", "data": {"source": str(tmp_path / "images"),
-                                                                      "streaming": True}})
-    with pytest.raises(UserError, match="data.streaming: true works for tables"):
+def test_streaming_text_is_refused_not_ignored(tmp_path):
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"text": ["good", "bad"] * 5, "label": ["pos", "neg"] * 5}).to_csv(path, index=False)
+    cfg, base = load_config({"task": "text_classification", "data": {"source": str(path), "text": "text",
+                                                                     "label": "label", "streaming": True},
+                             "model": {"name": "lstm"}})
+    with pytest.raises(UserError, match="not text_classification yet"):
         prepare(cfg, base)
+
+
+def image_folder(root, per_class: int = 30):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(["dark", "light"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (rng.random((6, 6)) * 100 + 120 * k).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    (root / "dark" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def test_lazy_images_give_the_batches_of_the_in_memory_path(tmp_path):
+    root = image_folder(tmp_path / "images")
+    settings = {"task": "image_classification", "data": {"source": str(root)}}
+    with pytest.warns(UserWarning, match="broken.png"):
+        whole = prepare(*load_config(settings))
+    with pytest.warns(UserWarning, match="broken.png"):
+        lazy = prepare(*load_config({**settings, "data": {"source": str(root), "streaming": True}}))
+    assert type(lazy.train).__name__ == "LazyImages" and lazy.input_shape == whole.input_shape == (1, 6, 6)
+    assert lazy.report["splits"] == whole.report["splits"] and len(lazy.report["unreadable"]) == 1
+    for part in ("train", "val", "test"):
+        a = list(getattr(whole, part).batches(8, shuffle=True, generator=torch.Generator().manual_seed(3)))
+        b = list(getattr(lazy, part).batches(8, shuffle=True, generator=torch.Generator().manual_seed(3)))
+        assert len(a) == len(b)
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert np.array_equal(lazy.test_display.take([0])[0], whole.test_display[0])
 
 
 def test_auto_streams_only_big_files(tmp_path, monkeypatch):

@@ -242,25 +242,31 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
 
 
 def _streamed(config: Config, base_dir: Path) -> Prepared | None:
-    """A table file read in chunks and streamed from disk (data.streaming), or None to load it whole."""
-    from modelfoundry.data import stream
+    """A table file read in chunks, or an image folder decoded per batch (data.streaming); None: load it whole."""
+    from modelfoundry.data import lazy_images, stream
 
     data = config.data
-    if data.streaming is False or data.source.startswith("builtin:"):
-        return None
-    if config.task != "tabular_classification":
-        if data.streaming is True:
-            raise UserError(f"data.streaming: true works for tables (tabular_classification), not {config.task}. "
-                            "Remove the key.")
+    if data.streaming is False or data.source.startswith("builtin:") or config.task == "text_classification":
+        if data.streaming is True and config.task == "text_classification":
+            raise UserError("data.streaming: true works for tables and image folders, not text_classification "
+                            "yet. Remove the key.")
         return None
     path = resolve_source(data.source, base_dir)
-    if path.is_dir() or not stream.wanted(data.streaming, path):
+    is_table = config.task == "tabular_classification"
+    if is_table and path.is_dir() or not is_table and (not path.is_dir() or list(path.glob("*idx3-ubyte*"))):
+        return None  # not a table file / an MNIST IDX folder (read whole): load_raw says what is wrong, if anything
+    big = (stream.wanted(data.streaming, path) if is_table else data.streaming is True or
+           lazy_images.decoded_bytes(path, data.channels, data.image_size) >= stream.AUTO_BYTES)
+    if not big:
         return None
     others = [k for k, v in (("data.val_source", data.val_source), ("data.test_source", data.test_source),
                              ("data.feedback", data.feedback)) if v]
     if others:
-        raise UserError(f"data.streaming reads one table file; {', '.join(others)} need it off. Set "
-                        "data.streaming: false, or put every row in data.source and let data.split divide them.")
+        raise UserError(f"data.streaming reads one {'table file' if is_table else 'image folder'}; "
+                        f"{', '.join(others)} need it off. Set data.streaming: false, or put every example in "
+                        "data.source and let data.split divide them.")
+    if not is_table:
+        return _lazy_images(path, data)
     parts = stream.prepare_streamed(path, data, str(path))
     report = parts["report"]
     report["class_counts"], report["warnings"] = validate.class_balance(parts["counts"], parts["labels"])
@@ -268,6 +274,36 @@ def _streamed(config: Config, base_dir: Path) -> Prepared | None:
     splits = parts["splits"]
     return Prepared(splits["train"], splits["val"], splits["test"], parts["labels"], (parts["width"],),
                     {"kind": "table", **parts["encoder"].spec}, report, parts["display"])
+
+
+def _lazy_images(path: Path, data) -> Prepared:
+    """An image folder checked and hashed file by file, decoded per batch in worker processes; the
+    split and batches are the in-memory path's. Duplicates are files with the same bytes."""
+    from modelfoundry.data import lazy_images
+
+    paths, labels, hashes, shape, skipped = lazy_images.scan(path, data.image_size, data.channels)
+    report: dict = {"source": str(path), "unreadable": skipped,
+                    "streaming": {"images": "decoded per batch by worker processes", "workers": lazy_images.WORKERS}}
+    duplicates = validate.duplicate_mask(hashes)
+    report["duplicates"] = int(duplicates.sum())
+    if data.dedupe and duplicates.any():
+        keep = np.flatnonzero(~duplicates)
+        paths, labels, hashes = [paths[i] for i in keep], labels[keep], hashes[keep]
+        report["dropped_duplicates"] = int(duplicates.sum())
+    label_names = sorted_labels(labels)
+    if len(label_names) < 2:
+        raise UserError(f"{path}: only one class ({label_names[0]!r}) in the labels; a classifier needs at least two.")
+    targets = pd.Categorical(labels, categories=label_names).codes.astype(np.int64)
+    split = split_parts(labels, np.repeat("train", len(labels)), data)
+    report.update(n_examples=len(labels), splits={k: len(v) for k, v in split.items()},
+                  leakage=validate.leakage(hashes, split))
+    report["class_counts"], report["warnings"] = validate.class_balance(labels, label_names)
+    _warn_about(report)
+    part = {k: lazy_images.LazyImages([paths[i] for i in v], targets[v], shape) if len(v) else None
+            for k, v in split.items()}
+    display = lazy_images.LazyDisplay([paths[i] for i in split["test"]], shape)
+    return Prepared(part["train"], part["val"], part["test"], label_names, shape,
+                    {"kind": "image", "size": list(shape[1:]), "channels": shape[0]}, report, display)
 
 
 def merge_counts(reports: list[dict]) -> dict:
