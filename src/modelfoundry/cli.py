@@ -386,7 +386,7 @@ def runs_list(limit: Annotated[int, typer.Option(help="most recent N runs")] = 2
     table = Table("run", "task", "model", "status", "test acc", "test f1", "train s", "created")
     for r in Registry().list(limit):
         m = r.metrics or {}
-        table.add_row(r.id, r.task, r.model, r.status, _fmt(m.get("test_accuracy")), _fmt(m.get("test_f1_macro")),
+        table.add_row(r.id, r.task, r.model, r.shown_status, _fmt(m.get("test_accuracy")), _fmt(m.get("test_f1_macro")),
                       _fmt(r.train_seconds, ".1f"), f"{r.created_at:%Y-%m-%d %H:%M}")
     out.print(table)
 

@@ -45,6 +45,9 @@ def test_run_killed_mid_training_resumes_to_the_same_result_as_an_uninterrupted_
     assert not (killed / "metrics.json").exists()
     checkpoint = torch.load(killed / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert KILL_AFTER_EPOCH <= checkpoint["epoch"] < EPOCHS
+    listed = foundry("runs", "show", "killed", cwd=tmp_path, home=home)
+    assert_ok(listed)
+    assert json.loads(listed.stdout)["status"] == "stopped"  # not "running" forever: its process is gone
 
     resumed = foundry("train", config, "--run-dir", killed, "--resume", cwd=tmp_path, home=home)
 
@@ -53,6 +56,7 @@ def test_run_killed_mid_training_resumes_to_the_same_result_as_an_uninterrupted_
     assert f"epoch {done}/{EPOCHS}" not in resumed.stderr and f"epoch {done + 1}/{EPOCHS}" in resumed.stderr, (
         "the resumed run should continue after the checkpoint's epoch, not start over")
     assert not list(killed.rglob("*.tmp"))
+    assert json.loads(foundry("runs", "show", "killed", cwd=tmp_path, home=home).stdout)["status"] == "completed"
     expected = json.loads((tmp_path / "uninterrupted" / "metrics.json").read_text())
     actual = json.loads((killed / "metrics.json").read_text())
     assert [h["epoch"] for h in actual["history"]] == list(range(1, EPOCHS + 1))

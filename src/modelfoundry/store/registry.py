@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, DateTime, Float, String, Text, create_engine, event, select
+from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, create_engine, event, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from modelfoundry.errors import UserError
@@ -33,6 +34,16 @@ class RunRecord(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     train_seconds: Mapped[float | None] = mapped_column(Float)
+    host: Mapped[str | None] = mapped_column(String(255))  # where a running run's process is: stale-run detection
+    pid: Mapped[int | None] = mapped_column(Integer)
+
+    @property
+    def shown_status(self) -> str:
+        """`running` only while its process lives: a run whose process on this machine is gone (killed,
+        machine restarted) is `stopped`; `foundry train --resume --run-dir PATH` continues it."""
+        if self.status == "running" and self.host == socket.gethostname() and self.pid and not _alive(self.pid):
+            return "stopped"
+        return self.status
 
 
 def runs_root() -> Path:
@@ -70,6 +81,7 @@ class Registry:
             record = s.get(RunRecord, run_id) or RunRecord(id=run_id, created_at=_now())
             record.name, record.task, record.model, record.path = name, task, model, str(path.resolve())
             record.config, record.status, record.error, record.finished_at = config, "running", None, None
+            record.host, record.pid = socket.gethostname(), os.getpid()
             s.add(record)
 
     def finish(self, run_id: str, status: str, metrics: dict | None = None, timings: dict | None = None,
@@ -179,9 +191,20 @@ def resolve_run(run: str) -> Path:
     return Path(Registry().get(run).path)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
 def to_json(record: RunRecord) -> dict:
-    return json.loads(json.dumps({c.name: getattr(record, c.name) for c in RunRecord.__table__.columns}, default=str))
+    fields = {c.name: getattr(record, c.name) for c in RunRecord.__table__.columns}
+    return json.loads(json.dumps({**fields, "status": record.shown_status}, default=str))
