@@ -301,3 +301,30 @@ def test_an_older_registry_gains_the_new_tables_and_columns_and_keeps_its_runs(h
     assert registry.get("old-run").status == "completed" and registry.get("old-run").train_seconds is None
     registry.finish("old-run", "completed", timings={"train": 3.0})
     assert Registry().get("old-run").train_seconds == 3.0
+
+
+def test_the_migrations_build_exactly_the_schema_the_models_declare(registry):
+    """A model change without its Alembic migration (store/migrations/versions) fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from modelfoundry.store.registry import Base
+
+    with registry.engine.connect() as connection:
+        context = MigrationContext.configure(connection)
+        assert context.get_current_revision() == "0002"
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_processes_opening_a_new_registry_at_once_all_find_it_ready(home):
+    """DDP ranks, a server and a CLI may create the registry together: one migrates, the others wait."""
+    import subprocess
+    import sys
+
+    code = ("from modelfoundry.store.registry import Registry; r = Registry(); "
+            "r.start('run-' + __import__('os').urandom(4).hex(), None, 'image_classification', 'cnn', "
+            "__import__('pathlib').Path('.'), {})")
+    processes = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, errors
+    assert len(Registry().list()) == 4

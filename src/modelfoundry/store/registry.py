@@ -2,6 +2,7 @@
 (`FOUNDRY_DB=postgresql://...`)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -146,29 +147,67 @@ def hide_password(url: str) -> str:
         return url
 
 
-def upgrade(engine) -> list[str]:
-    """Create missing tables, and add the columns a newer modelfoundry defines to the tables an older one
-    made (new columns are always nullable), so an existing registry keeps working after an upgrade.
-    Returns what was added. Safe when several processes start at once: each step is idempotent."""
-    from sqlalchemy import inspect, text
-    from sqlalchemy.exc import OperationalError, ProgrammingError
+MIGRATIONS = Path(__file__).with_name("migrations")
 
-    Base.metadata.create_all(engine)
-    added = []
-    existing = inspect(engine)
-    for table in Base.metadata.sorted_tables:
-        have = {c["name"] for c in existing.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in have:
-                continue
-            kind = column.type.compile(dialect=engine.dialect)
+
+def upgrade(engine) -> list[str]:
+    """Bring the database to the schema this modelfoundry expects with its Alembic migrations
+    (store/migrations/versions): a new database gets every table, an older registry the tables and
+    columns it lacks, its rows untouched. Returns the revisions applied (none when already current).
+
+    Several processes may open the same registry at once (DDP ranks, a server and a CLI): the
+    migration runs under a lock (PostgreSQL advisory lock, or a lock file beside a SQLite database)
+    and whoever comes second finds the schema current."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(MIGRATIONS))
+    head = script.get_current_head()
+
+    def current() -> str | None:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    if current() == head:
+        return []
+    with _migration_lock(engine):
+        before = current()
+        if before == head:
+            return []
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        return [r.revision for r in reversed(list(script.iterate_revisions(head, before)))]
+
+
+@contextlib.contextmanager
+def _migration_lock(engine):
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(7317021)"))  # any fixed key: "modelfoundry migrates"
             try:
-                with engine.begin() as connection:
-                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-                added.append(f"{table.name}.{column.name}")
-            except (OperationalError, ProgrammingError):  # another process added it first
-                pass
-    return added
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(7317021)"))
+                connection.commit()
+    elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        import fcntl
+
+        with open(f"{engine.url.database}.migrate.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    else:
+        yield
 
 
 def _sqlite_settings(connection, _record) -> None:
