@@ -53,7 +53,8 @@ def init(task: Annotated[str, typer.Option(help="image_classification, tabular_c
 def train(config: Annotated[Path, typer.Argument(help="YAML config")],
           set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=5")] = None,
           run_dir: Annotated[Optional[Path], typer.Option(help="folder of the run (default runs/<run-id>)")] = None,
-          resume: Annotated[bool, typer.Option(help="continue the run in --run-dir from its last checkpoint")] = False,
+          resume: Annotated[bool, typer.Option(help="continue from its last checkpoint the run in --run-dir, or else the "
+                                                    "newest stopped run of this config")] = False,
           nproc: Annotated[int, typer.Option(min=1, help="processes on this machine for data parallel training "
                                              "(DDP via torchrun): one per GPU, or per CPU core. train.batch_size "
                                              "is per process")] = 1,
@@ -456,7 +457,7 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         if not under_launcher():
-            err.print("interrupted; resume with --resume --run-dir <run folder>")
+            err.print("interrupted; `foundry train CONFIG --resume` continues the newest stopped run of CONFIG")
         sys.exit(130)
 
 

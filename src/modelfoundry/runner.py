@@ -71,7 +71,8 @@ def train(config: str | Path | dict, overrides: list[str] | None = None, run_dir
         _run(cfg, base_dir, None, resume, Console(file=io.StringIO()), device)
         return Run(path.name, path, {})
     if resume and run_dir is None:
-        raise UserError("--resume needs --run-dir: the folder of the run to continue (see `foundry runs list`).")
+        run_dir = _interrupted_run(cfg)
+        console.print(f"resuming {run_dir}", highlight=False)
     path = Path(run_dir) if run_dir else runs_root() / new_run_id(cfg)
     if resume and not (path / "checkpoints").is_dir():
         raise UserError(f"--resume: {path} has no checkpoints/ folder, so there is nothing to resume. "
@@ -99,6 +100,19 @@ def train(config: str | Path | dict, overrides: list[str] | None = None, run_dir
                                             .read_text())["labels"], headline, variant, parent_version)
     console.print(f"registered model version {version.name}", highlight=False)
     return Run(run_id, path, metrics, version.id)
+
+
+def _interrupted_run(cfg: Config) -> Path:
+    """`--resume` without `--run-dir`: the newest run of this very config that stopped (killed) or failed
+    (interrupted) and left checkpoints behind."""
+    wanted = json.dumps(config_to_dict(cfg), sort_keys=True, default=str)
+    for record in Registry().list(limit=200):
+        if (record.shown_status in ("stopped", "failed") and (Path(record.path) / "checkpoints").is_dir()
+                and json.dumps(record.config, sort_keys=True, default=str) == wanted):
+            return Path(record.path)
+    raise UserError("--resume: no stopped or interrupted run of this config with checkpoints in the registry. "
+                    "Give the run folder with --run-dir (`foundry runs list` shows the runs), or start anew "
+                    "without --resume.")
 
 
 def _run(cfg: Config, base_dir: Path, path: Path | None, resume: bool, console: Console,

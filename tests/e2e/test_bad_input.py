@@ -44,9 +44,10 @@ def test_wrong_type_and_out_of_range_values_are_reported_together_naming_each_ke
     assert message.index("train.epochs") < message.index("'many'") < message.index("train.lr")
 
 
-def test_resume_without_run_dir(tmp_path):
+def test_resume_with_no_stopped_run_of_the_config(tmp_path):
     config = write_config(tmp_path / "config.yaml", "image_classification", "builtin:digits")
-    assert_user_error(train(tmp_path, config, "--resume"), "--resume needs --run-dir")
+    assert_user_error(train(tmp_path, config, "--resume"), "--resume: no stopped or interrupted run of this config",
+                      "--run-dir")
 
 
 def test_resume_a_run_dir_without_checkpoint(tmp_path):

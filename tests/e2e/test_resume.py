@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from e2e_helpers import assert_ok, cli_env, foundry, write_config
+from e2e_helpers import assert_ok, cli_env, foundry, one_line, write_config
 
 EPOCHS = 8
 KILL_AFTER_EPOCH = 2
@@ -49,9 +49,10 @@ def test_run_killed_mid_training_resumes_to_the_same_result_as_an_uninterrupted_
     assert_ok(listed)
     assert json.loads(listed.stdout)["status"] == "stopped"  # not "running" forever: its process is gone
 
-    resumed = foundry("train", config, "--run-dir", killed, "--resume", cwd=tmp_path, home=home)
+    resumed = foundry("train", config, "--resume", cwd=tmp_path, home=home)  # finds the stopped run itself
 
     assert_ok(resumed)
+    assert f"resuming {killed}" in one_line(resumed.stderr)
     done = checkpoint["epoch"]
     assert f"epoch {done}/{EPOCHS}" not in resumed.stderr and f"epoch {done + 1}/{EPOCHS}" in resumed.stderr, (
         "the resumed run should continue after the checkpoint's epoch, not start over")
