@@ -102,6 +102,12 @@ def train(config: str | Path | dict, overrides: list[str] | None = None, run_dir
     return Run(run_id, path, metrics, version.id)
 
 
+def _typical_example(train) -> torch.Tensor:
+    """One example as a batch of one, for counting FLOPs: in-memory data says which (texts: the median
+    length); streamed data gives its first."""
+    return train.inputs[:1] if hasattr(train, "inputs") else next(iter(train.batches(1)))[0]
+
+
 def _interrupted_run(cfg: Config) -> Path:
     """`--resume` without `--run-dir`: the newest run of this very config that stopped (killed) or failed
     (interrupted) and left checkpoints behind."""
@@ -168,7 +174,7 @@ def _run(cfg: Config, base_dir: Path, path: Path | None, resume: bool, console: 
     metrics["history"] = result.history
     # calibration measures this CPU; a GPU plan would need that GPU's rates, DDP a model of the all-reduce
     if device.type == "cpu" and distributed.world_size() == 1:
-        metrics["plan"] = plan_vs_measured(model, next(iter(data.train.batches(1)))[0], len(data.train),
+        metrics["plan"] = plan_vs_measured(model, _typical_example(data.train), len(data.train),
                                            len(data.val) if data.val is not None else 0,
                                            len(result.history), sum(r["seconds"] for r in result.history),
                                            math.ceil(len(data.train) / cfg.train.batch_size))
