@@ -62,3 +62,24 @@ def test_an_image_folder_decoded_per_batch_trains_exactly_as_one_read_whole(tmp_
     (lazy_history, lazy_test), (whole_history, whole_test) = histories[True], histories[False]
     assert lazy_history == pytest.approx(whole_history, abs=1e-6)  # the same batches, in the same order
     assert lazy_test["accuracy"] == whole_test["accuracy"]
+
+
+def test_a_streamed_text_table_trains_predicts_and_shows_its_texts(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    words = {"pos": ["great", "lovely", "superb"], "neg": ["awful", "dull", "poor"]}
+    labels = rng.choice(["pos", "neg"], 600)
+    texts = [" ".join(rng.choice(words[label], 4)) for label in labels]
+    pd.DataFrame({"review": texts, "sentiment": labels}).to_csv(tmp_path / "reviews.csv", index=False)
+    config = write_config(tmp_path / "stream.yaml", "text_classification", "reviews.csv",
+                          data={"text": "review", "label": "sentiment", "streaming": True, "max_length": 16},
+                          model={"name": "lstm", "embed_dim": 16, "hidden": 16},
+                          train={"epochs": 3, "lr": 0.01, "precision": "fp32"})
+    assert_ok(foundry("train", config, cwd=tmp_path, home=tmp_path / "runs"))
+    run = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert json.loads((run / "data_report.json").read_text())["streaming"]
+    assert json.loads((run / "metrics.json").read_text())["test"]["accuracy"] > 0.9
+    predicted = foundry("predict", run, "superb lovely great", "dull awful poor", cwd=tmp_path, home=tmp_path / "runs")
+    assert_ok(predicted)
+    assert predicted.stdout.index("pos") < predicted.stdout.index("neg")

@@ -119,14 +119,66 @@ def test_streaming_refuses_a_separate_test_file(tmp_path):
         prepare(*config(path, test_source=str(other)))
 
 
-def test_streaming_text_is_refused_not_ignored(tmp_path):
-    path = tmp_path / "reviews.csv"
-    pd.DataFrame({"text": ["good", "bad"] * 5, "label": ["pos", "neg"] * 5}).to_csv(path, index=False)
-    cfg, base = load_config({"task": "text_classification", "data": {"source": str(path), "text": "text",
-                                                                     "label": "label", "streaming": True},
-                             "model": {"name": "lstm"}})
-    with pytest.raises(UserError, match="not text_classification yet"):
-        prepare(cfg, base)
+def text_table(path, rows: int = 1500):
+    rng = np.random.default_rng(1)
+    words = {"pos": ["great", "lovely", "superb", "fine"], "neg": ["awful", "dull", "poor", "bad"]}
+    labels = rng.choice(["pos", "neg"], rows)
+    texts = [" ".join(rng.choice(words[label], int(rng.integers(1, 12)))) + f" NA {i}" for i, label in
+             enumerate(labels)]
+    texts[7] = "   "  # skipped and counted
+    texts[11] = "write to ann@example.com"
+    pd.DataFrame({"review": texts, "sentiment": labels}).to_csv(path, index=False)
+    return path
+
+
+def text_settings(path, **data):
+    return {"task": "text_classification", "model": {"name": "lstm"},
+            "data": {"source": str(path), "text": "review", "label": "sentiment", "streaming": True,
+                     "privacy": {"pii": "redact"}, **data}}
+
+
+def test_streamed_texts_match_the_in_memory_path(tmp_path, monkeypatch, small_chunks):
+    from modelfoundry.data import text
+
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "runs"))
+    path = text_table(tmp_path / "reviews.csv")
+    streamed = prepare(*load_config(text_settings(path)))
+    whole = prepare(*load_config(text_settings(path, streaming=False)))
+    assert streamed.labels == whole.labels and streamed.preprocessing == whole.preprocessing
+    assert streamed.files == whole.files
+    for key in ("empty_texts", "pii", "tokens", "class_counts", "duplicates"):
+        assert streamed.report[key] == whole.report[key], key
+    assert sum(streamed.report["splits"].values()) == 1499
+    tokenizer = text.load_tokenizer(text.default_model_path())
+    inputs, targets = next(streamed.test.batches(len(streamed.test)))
+    shown = list(streamed.test_display)
+    assert len(shown) == len(streamed.test) and not any("ann@example.com" in t for t in shown)
+    for row, t, label in zip(inputs[:50], shown[:50], targets[:50]):
+        ids = text.tokenize(tokenizer, [t], 512)[0][0]
+        assert torch.equal(row[:len(ids)], ids) and (row[len(ids):] == streamed.preprocessing["pad_id"]).all()
+        assert ("great" in t or "lovely" in t or "superb" in t or "fine" in t) == (streamed.labels[label] == "pos")
+    lengths = (inputs != streamed.preprocessing["pad_id"]).sum(1)
+    assert (lengths[:-1] <= lengths[1:]).float().mean() > 0.9  # written shortest first within each chunk
+
+
+def test_streamed_text_epochs_see_every_text_once_in_length_buckets(tmp_path, monkeypatch, small_chunks):
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "runs"))
+    train = prepare(*load_config(text_settings(text_table(tmp_path / "reviews.csv")))).train
+    pad = 0
+    batches = list(train.batches(16, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert sum(len(y) for _, y in batches) == len(train)
+    padding = sum(int((x == pad).sum()) for x, _ in batches) / sum(x.numel() for x, _ in batches)
+    assert padding < 0.15  # buckets: each batch is padded to its own longest text, which is rarely much longer
+    seen = sorted(tuple(row[row != pad].tolist()) for x, _ in batches for row in x)
+    assert seen == sorted(tuple(row[row != pad].tolist()) for x, _ in train.batches(64) for row in x)
+
+
+def test_a_streamed_text_file_with_a_latin1_byte_names_its_line(tmp_path, small_chunks):
+    path = text_table(tmp_path / "reviews.csv", rows=3000)
+    raw = path.read_bytes().replace(b"NA 2500,", b"NA 2500 caf\xe9,")
+    path.write_bytes(raw)
+    with pytest.raises(UserError, match=r"row 2501, line 2502, byte \d+: b'\\xe9' is not valid UTF-8"):
+        prepare(*load_config(text_settings(path)))
 
 
 def image_folder(root, per_class: int = 30):

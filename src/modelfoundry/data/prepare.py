@@ -246,13 +246,10 @@ def _streamed(config: Config, base_dir: Path) -> Prepared | None:
     from modelfoundry.data import lazy_images, stream
 
     data = config.data
-    if data.streaming is False or data.source.startswith("builtin:") or config.task == "text_classification":
-        if data.streaming is True and config.task == "text_classification":
-            raise UserError("data.streaming: true works for tables and image folders, not text_classification "
-                            "yet. Remove the key.")
+    if data.streaming is False or data.source.startswith("builtin:"):
         return None
     path = resolve_source(data.source, base_dir)
-    is_table = config.task == "tabular_classification"
+    is_table = config.task != "image_classification"  # a table of numbers, or of texts
     if is_table and path.is_dir() or not is_table and (not path.is_dir() or list(path.glob("*idx3-ubyte*"))):
         return None  # not a table file / an MNIST IDX folder (read whole): load_raw says what is wrong, if anything
     big = (stream.wanted(data.streaming, path) if is_table else data.streaming is True or
@@ -267,6 +264,8 @@ def _streamed(config: Config, base_dir: Path) -> Prepared | None:
                         "data.source and let data.split divide them.")
     if not is_table:
         return _lazy_images(path, data)
+    if config.task == "text_classification":
+        return _streamed_texts(path, config, base_dir)
     parts = stream.prepare_streamed(path, data, str(path))
     report = parts["report"]
     report["class_counts"], report["warnings"] = validate.class_balance(parts["counts"], parts["labels"])
@@ -274,6 +273,25 @@ def _streamed(config: Config, base_dir: Path) -> Prepared | None:
     splits = parts["splits"]
     return Prepared(splits["train"], splits["val"], splits["test"], parts["labels"], (parts["width"],),
                     {"kind": "table", **parts["encoder"].spec}, report, parts["display"])
+
+
+def _streamed_texts(path: Path, config: Config, base_dir: Path) -> Prepared:
+    """A text table tokenized in one chunked pass into scratch files (data/stream_text.py)."""
+    from modelfoundry.data import stream_text
+
+    data = config.data
+    tokenizer, max_length = text.tokenizer_for(config, base_dir)
+    spec = text.tokenizer_spec(tokenizer)
+    parts = stream_text.prepare_streamed_text(path, data, tokenizer, max_length, spec["pad_id"])
+    report = parts["report"]
+    report["class_counts"], balance_warnings = validate.class_balance(parts["counts"], parts["labels"])
+    report["warnings"] += balance_warnings
+    _warn_about(report)
+    preprocessing = {"kind": "text", "text_column": data.text, "max_length": max_length, "pii": data.privacy.pii,
+                     "quoting": data.quoting, **spec}
+    splits = parts["splits"]
+    return Prepared(splits["train"], splits["val"], splits["test"], parts["labels"], (max_length,), preprocessing,
+                    report, parts["display"], {"tokenizer.json": tokenizer.to_str()})
 
 
 def _lazy_images(path: Path, data) -> Prepared:

@@ -48,13 +48,19 @@ def wanted(setting: bool | str, path: Path) -> bool:
     return bool(setting)
 
 
-def read_chunks(path: Path, rows: int = STREAM_ROWS) -> Iterator[pd.DataFrame]:
-    """The table in chunks of about `rows` rows, each with its 0-based row numbers as the index."""
+def read_chunks(path: Path, rows: int = STREAM_ROWS, texts: tuple[str, ...] = (),
+                quoting: bool = True) -> Iterator[pd.DataFrame]:
+    """The table in chunks of about `rows` rows, each with its 0-based row numbers as the index.
+
+    `texts`: free-text columns, read as strings. Then, as when reading a text table whole, only
+    truly empty cells are missing ("NA" and "null" are words) and bytes that are not UTF-8 are an
+    error naming the line; `quoting` False reads quote characters as text (CSV/TSV).
+    """
     import pyarrow as pa
 
     suffix, start = path.suffix.lower(), 0
     try:
-        for batch in _record_batches(path, suffix, rows):
+        for batch in _record_batches(path, suffix, rows, texts, quoting):
             frame = batch.to_pandas()
             frame.columns = [str(c) for c in frame.columns]
             frame.index = pd.RangeIndex(start, start + len(frame))
@@ -62,6 +68,8 @@ def read_chunks(path: Path, rows: int = STREAM_ROWS) -> Iterator[pd.DataFrame]:
             if len(frame):
                 yield frame
     except pa.ArrowInvalid as exc:  # e.g. a column typed by its first rows meets a value of another type later
+        if "utf8" in str(exc).lower() or "utf-8" in str(exc).lower():
+            tabular.check_utf8(path)  # names the line and the bytes
         raise UserError(f"{path}: could not be read in chunks: {exc}. With data.streaming, a column's type comes "
                         "from the file's first rows; make every value of a number column a number (or empty), "
                         "or set data.streaming: false.") from None
@@ -69,7 +77,7 @@ def read_chunks(path: Path, rows: int = STREAM_ROWS) -> Iterator[pd.DataFrame]:
         raise UserError(f"{path}: the table has a header but no data rows.")
 
 
-def _record_batches(path: Path, suffix: str, rows: int):
+def _record_batches(path: Path, suffix: str, rows: int, texts: tuple[str, ...] = (), quoting: bool = True):
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
@@ -78,14 +86,18 @@ def _record_batches(path: Path, suffix: str, rows: int):
     if suffix in (".parquet", ".pq"):
         yield from pq.ParquetFile(path).iter_batches(batch_size=rows)
     elif suffix in (".csv", ".tsv"):
-        parse = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
-        first = pacsv.open_csv(path, parse_options=parse, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES))
+        parse = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",", quote_char='"' if quoting else False)
+        words = {"null_values": [""], "strings_can_be_null": True} if texts else {}  # "NA" is a word in a text
+        first = pacsv.open_csv(path, parse_options=parse, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                               convert_options=pacsv.ConvertOptions(
+                                   column_types={c: pa.string() for c in texts}, **words))
         # whole numbers in the first block may meet fractions later: read every number column as float
         types = {f.name: "float64" for f in first.schema if str(f.type).startswith(("int", "uint"))}
+        types |= {c: pa.string() for c in texts if c in first.schema.names}
         first.close()
         names = first.schema.names
-        reader = pacsv.open_csv(path, parse_options=parse, convert_options=pacsv.ConvertOptions(column_types=types),
-                                read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES))
+        reader = pacsv.open_csv(path, parse_options=parse, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                                convert_options=pacsv.ConvertOptions(column_types=types, **words))
         try:
             yield from _rebatch(reader, rows)
         except pa.ArrowInvalid as exc:  # "In CSV column #3: CSV conversion error to double: invalid value 'x'"
@@ -98,7 +110,10 @@ def _record_batches(path: Path, suffix: str, rows: int):
                             "value of that column a number (or empty), or set data.streaming: false to read the "
                             "whole file first.") from None
     elif suffix in (".jsonl", ".json"):
-        yield from _rebatch(pajson.open_json(path, read_options=pajson.ReadOptions(block_size=CSV_BLOCK_BYTES)), rows)
+        schema = pajson.ParseOptions(explicit_schema=pa.schema([(c, pa.string()) for c in texts]),
+                                     unexpected_field_behavior="infer") if texts else None
+        yield from _rebatch(pajson.open_json(path, read_options=pajson.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                                             parse_options=schema), rows)
     else:
         raise UserError(f"{path}: unsupported table format '{suffix}'. "
                         f"Use one of {', '.join(sorted(tabular.TABLE_SUFFIXES))}.")

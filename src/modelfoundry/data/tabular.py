@@ -51,17 +51,36 @@ def read_table(path: Path, *, quoting: bool = True, text: bool = False) -> pd.Da
     return frame
 
 
-def check_utf8(path: Path) -> None:
-    """Raise a UserError naming the line and bytes of the first invalid UTF-8 sequence."""
-    raw = path.read_bytes()
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        row = f"row {line - 1}, " if path.suffix.lower() in (".csv", ".tsv") and line > 1 else ""
-        raise UserError(f"{path}: {row}line {line}, byte {column}: {raw[exc.start:exc.end]!r} is not valid UTF-8. "
-                        "Save the file as UTF-8 (for example `iconv -f latin1 -t utf-8 in.csv > out.csv`).") from None
+def check_utf8(path: Path, block: int = 1 << 24) -> None:
+    """Raise a UserError naming the line and bytes of the first invalid UTF-8 sequence; reads the file
+    in blocks, so a file larger than memory is checked too."""
+    line, line_start, offset, carry = 1, 0, 0, b""  # line: of the next byte; line_start: its absolute offset
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(block)
+            data, base = carry + chunk, offset - len(carry)
+            good = len(data)
+            try:
+                data.decode("utf-8")
+                carry = b""
+            except UnicodeDecodeError as exc:
+                cut_short = exc.reason == "unexpected end of data" and exc.end == len(data)
+                if not (cut_short and chunk):  # a bad sequence, or one the end of the file cuts short
+                    at = data.rfind(b"\n", 0, exc.start)
+                    bad_line = line + data.count(b"\n", 0, exc.start)
+                    column = exc.start - at if at >= 0 else base + exc.start - line_start + 1
+                    row = f"row {bad_line - 1}, " if path.suffix.lower() in (".csv", ".tsv") and bad_line > 1 else ""
+                    raise UserError(f"{path}: {row}line {bad_line}, byte {column}: {data[exc.start:exc.end]!r} is not "
+                                    "valid UTF-8. Save the file as UTF-8 (for example `iconv -f latin1 -t utf-8 "
+                                    "in.csv > out.csv`).") from None
+                good, carry = exc.start, data[exc.start:]  # a character split across two blocks
+            line += data.count(b"\n", 0, good)
+            at = data.rfind(b"\n", 0, good)
+            if at >= 0:
+                line_start = base + at + 1
+            offset += len(chunk)
+            if not chunk:
+                return
 
 
 def row_name(path: str, index: int) -> str:
