@@ -217,3 +217,12 @@ def test_auto_streams_only_big_files(tmp_path, monkeypatch):
     assert not stream.wanted("auto", path) and stream.wanted(True, path) and not stream.wanted(False, path)
     monkeypatch.setattr(stream, "AUTO_BYTES", 10)
     assert stream.wanted("auto", path)
+
+
+def test_a_class_too_rare_to_reach_the_training_split_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "runs"))
+    frame = table(200)
+    row = next(i for i in range(200) if stream._uniform(np.array([i]), 0, 0)[0] < 0.2)  # a row the hash puts in test
+    frame.loc[row, "label"] = "sideways"
+    with pytest.raises(UserError, match="'sideways' have too few rows for any to fall in the training split"):
+        prepare(*config(write(frame, tmp_path / "t.csv")))

@@ -239,7 +239,7 @@ def prepare_streamed(path: Path, data, origin: str) -> dict:
         raise UserError(f"data.split: val {split_cfg.val} + test {split_cfg.test} leave no training rows.")
     counts, report, sample, features = _first_pass(path, data, origin)
     encoder = tabular.TableEncoder().fit(sample[features])
-    label_names = counts["label_names"]
+    names = counts["label_names"]
     scratch = Path(tempfile.mkdtemp(prefix="foundry-stream-", dir=_scratch_root()))
     files = {part: (scratch / f"{part}.f32", scratch / f"{part}.i64") for part in PARTS}
     handles = {part: (open(files[part][0], "wb"), open(files[part][1], "wb")) for part in PARTS}
@@ -250,7 +250,7 @@ def prepare_streamed(path: Path, data, origin: str) -> dict:
             keep = codes[chunk.index.to_numpy()] >= 0
             chunk, labels = chunk[keep], labels[keep]
             x = encoder.transform(chunk[features], origin)
-            y = pd.Categorical(labels, categories=label_names).codes.astype(np.int64)
+            y = pd.Categorical(labels, categories=names).codes.astype(np.int64)
             part_codes = codes[chunk.index.to_numpy()]
             for code, part in enumerate(PARTS):
                 mask = part_codes == code
@@ -271,7 +271,7 @@ def prepare_streamed(path: Path, data, origin: str) -> dict:
                              "split": "each row's part from a seeded hash of its row number: "
                                       "stratified in expectation, not exactly"})
     test_rows = np.flatnonzero(codes == PARTS.index("test"))
-    return {"splits": holder, "labels": label_names, "width": width, "encoder": encoder, "report": report,
+    return {"splits": holder, "labels": names, "width": width, "encoder": encoder, "report": report,
             "counts": counts["label_counts"],
             "display": SourceRows(path, test_rows, features)}
 
@@ -298,6 +298,21 @@ def _clean(chunk: pd.DataFrame, data, origin: str, count: dict | None):
     return chunk, labels.astype(str).to_numpy()
 
 
+def label_names(totals: Counter, trained: set, origin: str) -> list[str]:
+    """The classes in order; every one must have reached the training split."""
+    from modelfoundry.data.prepare import sorted_labels
+
+    names = sorted_labels(totals)
+    if len(names) < 2:
+        raise UserError(f"{origin}: only one class ({names[0]!r}) in the labels; a classifier needs at least two.")
+    untrained = sorted(set(totals) - trained)
+    if untrained:
+        raise UserError(f"{origin}: class(es) {', '.join(map(repr, untrained[:5]))} have too few rows for any to "
+                        "fall in the training split (streaming splits by a hash of the row number). Add examples, "
+                        "remove the class, or set data.streaming: false for a stratified split.")
+    return names
+
+
 def _repeats(hashes: np.ndarray) -> np.ndarray:
     """True for every repeat of a hash seen earlier, by sorting (a hash table of every row costs ~4x more)."""
     order = np.argsort(hashes, kind="stable")
@@ -308,10 +323,11 @@ def _repeats(hashes: np.ndarray) -> np.ndarray:
 
 
 def _first_pass(path: Path, data, origin: str):
-    from modelfoundry.data.prepare import _feature_columns, sorted_labels
+    from modelfoundry.data.prepare import _feature_columns
 
     seed, val, test = data.split.seed, data.split.val, data.split.test
     label_counts: Counter = Counter()
+    trained_labels: set = set()
     missing: Counter = Counter()
     dropped = Counter(dropped_unlabeled_rows=0)
     hashes, codes = [], []
@@ -332,6 +348,7 @@ def _first_pass(path: Path, data, origin: str):
         code[np.searchsorted(numbers, kept.index.to_numpy())] = part
         codes.append(code)
         label_counts.update(labels.tolist())
+        trained_labels.update(labels[part == 0].tolist())
         hashes.append(pd.util.hash_pandas_object(
             kept.assign(**{c: kept[c].astype(float) for c in kept.select_dtypes("number").columns}),
             index=False).to_numpy())
@@ -349,9 +366,7 @@ def _first_pass(path: Path, data, origin: str):
             raise UserError(f"{origin}: column '{column}' is {n / rows_seen:.0%} empty, more than "
                             f"data.max_missing_fraction={data.max_missing_fraction:g}. Drop the column "
                             f"(data.drop: [{column}]) or raise the limit.")
-    label_names = sorted_labels(label_counts)
-    if len(label_names) < 2:
-        raise UserError(f"{origin}: only one class ({label_names[0]!r}) in the labels; a classifier needs at least two.")
+    names = label_names(label_counts, trained_labels, origin)
     used_codes = codes[used]
     duplicates = _repeats(row_hashes)
     report = {"source": origin, "missing": dict(missing), "duplicates": int(duplicates.sum()),
@@ -366,10 +381,10 @@ def _first_pass(path: Path, data, origin: str):
         report["dropped_duplicates"] = int(duplicates.sum())
         report["n_examples"] = int((codes >= 0).sum())
     in_part = {part: row_hashes[used_codes == i] for i, part in enumerate(PARTS)}
-    report["splits"] = {part: int(len(h)) for part, h in in_part.items()}
+    report["splits"] = {part: len(h) for part, h in in_part.items()}
     report["leakage"] = {f"{a}_{b}": int(np.isin(in_part[b], in_part[a]).sum())
                          for a, b in (("train", "test"), ("train", "val"), ("val", "test"))}
     if report["splits"]["train"] == 0:
         raise UserError(f"{origin}: no rows fell in the training split; lower data.split.val / data.split.test.")
-    return {"codes": codes, "label_names": label_names, "label_counts": label_counts}, report, \
+    return {"codes": codes, "label_names": names, "label_counts": label_counts}, report, \
         sample.drop(columns="_key"), features

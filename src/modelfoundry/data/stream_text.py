@@ -189,7 +189,7 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
     if not totals:
         raise UserError(f"{origin}: every text is empty or whitespace only; check data.text names the column "
                         "that holds the texts.")
-    label_names = _label_names(totals, label_counts, origin)
+    label_names = stream.label_names(totals, set(label_counts["train"]), origin)
     final = np.zeros(len(seen), np.int64)
     for label, code in seen.items():
         final[code] = label_names.index(label)
@@ -199,7 +199,7 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
     all_lengths = torch.from_numpy(np.concatenate(lengths))
     in_part = {name: row_hashes[part_codes == i] for i, name in enumerate(stream.PARTS)}
     report.update(
-        n_examples=int(len(part_codes)), splits={name: int(len(h)) for name, h in in_part.items()},
+        n_examples=len(part_codes), splits={name: len(h) for name, h in in_part.items()},
         duplicates=int(stream._repeats(row_hashes).sum()),
         leakage={f"{a}_{b}": int(np.isin(in_part[b], in_part[a]).sum())
                  for a, b in (("train", "test"), ("train", "val"), ("val", "test"))},
@@ -226,20 +226,6 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
     test_rows = np.fromfile(scratch / "test" / "rows.i64", dtype=np.int64)
     return {"splits": holder, "labels": label_names, "report": report, "counts": totals,
             "display": TextRows(path, test_rows, text_column, data.privacy.pii, data.quoting)}
-
-
-def _label_names(totals: Counter, per_part: dict[str, Counter], origin: str) -> list[str]:
-    from modelfoundry.data.prepare import sorted_labels
-
-    names = sorted_labels(totals)
-    if len(names) < 2:
-        raise UserError(f"{origin}: only one class ({names[0]!r}) in the labels; a classifier needs at least two.")
-    untrained = sorted(set(totals) - set(per_part["train"]))
-    if untrained:
-        raise UserError(f"{origin}: class(es) {', '.join(map(repr, untrained[:5]))} have too few rows for any to "
-                        "fall in the training split (streaming splits by a hash of the row number). Add examples, "
-                        "remove the class, or set data.streaming: false for a stratified split.")
-    return names
 
 
 def _first_copies(path: Path, data) -> np.ndarray:
