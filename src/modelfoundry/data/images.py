@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from modelfoundry.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+GREY_MODES = {"L", "1", "LA", "I", "I;16"}
 
 
 def to_array(image: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
@@ -42,38 +43,55 @@ def read_image(path: Path) -> Image.Image:
         raise UserError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
 
 
+def image_files(root: Path) -> tuple[list[Path], list[str]]:
+    """`root/<class>/...` files (any depth, hidden ones left out) and their class names, sorted."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise UserError(f"{root}: an image folder needs one sub-folder per class (e.g. {root}/cat/1.png); found none.")
+    files, labels = [], []
+    for class_dir in class_dirs:
+        for path in sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            files.append(path)
+            labels.append(class_dir.name)
+    return files, labels
+
+
+def common_shape(root: Path, sizes: Counter, modes: set, skipped: list[str], size: int | tuple[int, int] | None,
+                 channels: int | None) -> tuple[int, int, int]:
+    """(C, H, W) every image of a folder is brought to: the asked size, else the most common one; grey
+    when every image is. Warns about the skipped files; a folder with no readable image is an error."""
+    for reason in skipped:
+        warnings.warn(f"skipped {reason}", stacklevel=3)
+    if not sizes:
+        raise UserError(f"{root}: no readable images in the class folders ({len(skipped)} files skipped). "
+                        f"Supported formats: {', '.join(sorted(IMAGE_SUFFIXES))}.")
+    if channels is None:
+        channels = 1 if modes <= GREY_MODES else 3
+    if size is None:
+        width, height = sizes.most_common(1)[0][0]
+    else:
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return channels, height, width
+
+
 def read_image_folder(root: Path, size: int | tuple[int, int] | None, channels: int | None):
     """Read `root/<class>/<image>` files.
 
     Returns:
         images (N, C, H, W) float32 in [0, 1], labels (N,) str, relative paths, skipped files with reasons.
     """
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise UserError(f"{root}: an image folder needs one sub-folder per class (e.g. {root}/cat/1.png); found none.")
+    files, classes = image_files(root)
     opened, labels, paths, skipped = [], [], [], []
-    for class_dir in class_dirs:
-        for path in sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            try:
-                opened.append(read_image(path))
-            except UserError as exc:
-                skipped.append(str(exc))
-                continue
-            labels.append(class_dir.name)
-            paths.append(str(path.relative_to(root)))
-    for reason in skipped:
-        warnings.warn(f"skipped {reason}", stacklevel=2)
-    if not opened:
-        raise UserError(f"{root}: no readable images in the class folders ({len(skipped)} files skipped). "
-                        f"Supported formats: {', '.join(sorted(IMAGE_SUFFIXES))}.")
-    if channels is None:
-        channels = 1 if all(im.mode in ("L", "1", "LA", "I", "I;16") for im in opened) else 3
-    if size is None:
-        common = Counter(im.size for im in opened).most_common(1)[0][0]
-        shape = (common[1], common[0])
-    else:
-        shape = (size, size) if isinstance(size, int) else tuple(size)
-    images = np.stack([to_array(im, shape, channels) for im in opened])
+    for path, label in zip(files, classes):
+        try:
+            opened.append(read_image(path))
+        except UserError as exc:
+            skipped.append(str(exc))
+            continue
+        labels.append(label)
+        paths.append(str(path.relative_to(root)))
+    shape = common_shape(root, Counter(im.size for im in opened), {im.mode for im in opened}, skipped, size, channels)
+    images = np.stack([to_array(im, shape[1:], shape[0]) for im in opened])
     return images, np.array(labels), paths, skipped
 
 

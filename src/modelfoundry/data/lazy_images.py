@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -18,23 +17,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from modelfoundry.data.images import IMAGE_SUFFIXES, read_image, to_array
-from modelfoundry.errors import UserError
+from modelfoundry.data.images import common_shape, image_files, read_image, to_array
 
 WORKERS = min(2, os.cpu_count() or 1)  # decoding processes per loader
-
-
-def image_files(root: Path) -> tuple[list[Path], list[str]]:
-    """`root/<class>/...` image files (any depth) and their class names, in the order reading whole uses."""
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise UserError(f"{root}: an image folder needs one sub-folder per class (e.g. {root}/cat/1.png); found none.")
-    files, labels = [], []
-    for class_dir in class_dirs:
-        for path in sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            files.append(path)
-            labels.append(class_dir.name)
-    return files, labels
 
 
 def decoded_bytes(root: Path, channels: int | None, size: int | None) -> int:
@@ -69,15 +54,8 @@ def scan(root: Path, size: int | None, channels: int | None):
         kept.append(path)
         kept_labels.append(label)
         hashes.append(hashlib.blake2b(raw, digest_size=8).hexdigest())
-    for reason in skipped:
-        warnings.warn(f"skipped {reason}", stacklevel=2)
-    if not kept:
-        raise UserError(f"{root}: no readable images in the class folders ({len(skipped)} files skipped). "
-                        f"Supported formats: {', '.join(sorted(IMAGE_SUFFIXES))}.")
-    if channels is None:
-        channels = 1 if modes <= {"L", "1", "LA", "I", "I;16"} else 3
-    width, height = (size, size) if size else sizes.most_common(1)[0][0]
-    return kept, np.array(kept_labels), np.array(hashes), (channels, height, width), skipped
+    shape = common_shape(root, sizes, modes, skipped, size, channels)
+    return kept, np.array(kept_labels), np.array(hashes), shape, skipped
 
 
 class _Decode(torch.utils.data.Dataset):
