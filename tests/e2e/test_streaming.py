@@ -35,8 +35,8 @@ def test_a_streamed_table_trains_predicts_and_reports(tmp_path):
 
 
 def test_a_number_column_that_turns_to_text_deep_in_the_file_is_named(tmp_path):
-    # 240,000 rows, about 7 MB: beyond the first 4 MB that Arrow types the columns from
-    frame = table_frame(per_class=80000).astype({"x2": object})
+    # 90,000 rows, about 2.7 MB: beyond the first megabyte that Arrow types the columns from
+    frame = table_frame(per_class=30000).astype({"x2": object})
     frame.loc[len(frame) - 1, "x2"] = "unknown"
     frame.to_csv(tmp_path / "big.csv", index=False)
     config = write_config(tmp_path / "stream.yaml", "tabular_classification", "big.csv", data={"streaming": True})

@@ -38,7 +38,7 @@ AUTO_BYTES = 1 << 30         # data.streaming: auto streams table files from thi
 BLOCK_ROWS = 4_096           # rows per block of the shuffled reading order
 WINDOW_BLOCKS = 16           # blocks whose rows are shuffled together (65,536 rows)
 PARTS = ("train", "val", "test")
-CSV_BLOCK_BYTES = 1 << 22    # bytes Arrow parses at a time (CSV, JSONL); the first block types the columns
+CSV_BLOCK_BYTES = 1 << 20    # bytes Arrow parses at a time (CSV, JSONL): its read-ahead holds ~35 of them; the first types the columns
 
 
 def wanted(setting: bool | str, path: Path) -> bool:
@@ -58,10 +58,10 @@ def read_chunks(path: Path, rows: int = STREAM_ROWS, texts: tuple[str, ...] = ()
     """
     import pyarrow as pa
 
-    suffix, start = path.suffix.lower(), 0
+    suffix, start, pool = path.suffix.lower(), 0, memory_pool()
     try:
-        for batch in _record_batches(path, suffix, rows, texts, quoting):
-            frame = batch.to_pandas()
+        for batch in _record_batches(path, suffix, rows, texts, quoting, pool):
+            frame = batch.to_pandas(memory_pool=pool)
             frame.columns = [str(c) for c in frame.columns]
             frame.index = pd.RangeIndex(start, start + len(frame))
             start += len(frame)
@@ -77,29 +77,56 @@ def read_chunks(path: Path, rows: int = STREAM_ROWS, texts: tuple[str, ...] = ()
         raise UserError(f"{path}: the table has a header but no data rows.")
 
 
-def _record_batches(path: Path, suffix: str, rows: int, texts: tuple[str, ...] = (), quoting: bool = True):
+def memory_pool():
+    """Arrow's jemalloc pool, set to hand freed memory back at once, as the process's default, where this
+    pyarrow has it: the usual default (mimalloc) keeps the blocks it parsed, some 300 MB per million
+    rows, which would make memory grow with the file after all."""
+    import pyarrow as pa
+
+    try:
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(0)
+        pa.set_memory_pool(pool)  # for the buffers Arrow allocates without being handed a pool, too
+        return pool
+    except (NotImplementedError, pa.ArrowNotImplementedError):
+        return pa.default_memory_pool()
+
+
+def give_back_memory() -> None:
+    """Return the C heap's free pages to the system (glibc only; elsewhere nothing): after a pass over a
+    big file, pandas' freed chunk buffers would otherwise count as this process's memory for the rest of it."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _record_batches(path: Path, suffix: str, rows: int, texts: tuple[str, ...] = (), quoting: bool = True,
+                    pool=None):
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
 
     if suffix in (".parquet", ".pq"):
-        yield from pq.ParquetFile(path).iter_batches(batch_size=rows)
+        yield from pq.ParquetFile(path).iter_batches(batch_size=rows)  # uses the default pool, set above
     elif suffix in (".csv", ".tsv"):
         parse = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",", quote_char='"' if quoting else False)
         words = {"null_values": [""], "strings_can_be_null": True} if texts else {}  # "NA" is a word in a text
         first = pacsv.open_csv(path, parse_options=parse, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
                                convert_options=pacsv.ConvertOptions(
-                                   column_types={c: pa.string() for c in texts}, **words))
+                                   column_types={c: pa.string() for c in texts}, **words), memory_pool=pool)
         # whole numbers in the first block may meet fractions later: read every number column as float
         types = {f.name: "float64" for f in first.schema if str(f.type).startswith(("int", "uint"))}
         types |= {c: pa.string() for c in texts if c in first.schema.names}
         first.close()
         names = first.schema.names
         reader = pacsv.open_csv(path, parse_options=parse, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-                                convert_options=pacsv.ConvertOptions(column_types=types, **words))
+                                convert_options=pacsv.ConvertOptions(column_types=types, **words), memory_pool=pool)
         try:
-            yield from _rebatch(reader, rows)
+            yield from _rebatch(reader, rows, pool)
         except pa.ArrowInvalid as exc:  # "In CSV column #3: CSV conversion error to double: invalid value 'x'"
             found = re.search(r"column #(\d+): .*invalid value '(.*)'", str(exc))
             if not found:
@@ -113,13 +140,13 @@ def _record_batches(path: Path, suffix: str, rows: int, texts: tuple[str, ...] =
         schema = pajson.ParseOptions(explicit_schema=pa.schema([(c, pa.string()) for c in texts]),
                                      unexpected_field_behavior="infer") if texts else None
         yield from _rebatch(pajson.open_json(path, read_options=pajson.ReadOptions(block_size=CSV_BLOCK_BYTES),
-                                             parse_options=schema), rows)
+                                             parse_options=schema, memory_pool=pool), rows, pool)
     else:
         raise UserError(f"{path}: unsupported table format '{suffix}'. "
                         f"Use one of {', '.join(sorted(tabular.TABLE_SUFFIXES))}.")
 
 
-def _rebatch(reader, rows: int):
+def _rebatch(reader, rows: int, pool=None):
     """Arrow readers cut by bytes; hand on batches of about `rows` rows."""
     import pyarrow as pa
 
@@ -128,10 +155,10 @@ def _rebatch(reader, rows: int):
         pending.append(batch)
         count += batch.num_rows
         if count >= rows:
-            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+            yield pa.Table.from_batches(pending).combine_chunks(memory_pool=pool).to_batches()[0]
             pending, count = [], 0
     if pending:
-        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+        yield pa.Table.from_batches(pending).combine_chunks(memory_pool=pool).to_batches()[0]
 
 
 def _uniform(rows: np.ndarray, seed: int, stream: int) -> np.ndarray:
@@ -239,6 +266,9 @@ def prepare_streamed(path: Path, data, origin: str) -> dict:
         raise UserError(f"data.split: val {split_cfg.val} + test {split_cfg.test} leave no training rows.")
     counts, report, sample, features = _first_pass(path, data, origin)
     encoder = tabular.TableEncoder().fit(sample[features])
+    fitted_rows = len(sample)
+    del sample
+    give_back_memory()
     names = counts["label_names"]
     scratch = Path(tempfile.mkdtemp(prefix="foundry-stream-", dir=_scratch_root()))
     files = {part: (scratch / f"{part}.f32", scratch / f"{part}.i64") for part in PARTS}
@@ -267,7 +297,8 @@ def prepare_streamed(path: Path, data, origin: str) -> dict:
     for part in ("val", "test"):
         if holder[part] is not None:
             holder[part]._keep = splits["train"]  # keep the train split (and so the files) alive with them
-    report.update(streaming={"chunk_rows": STREAM_ROWS, "encoder_fitted_on_rows": len(sample),
+    give_back_memory()
+    report.update(streaming={"chunk_rows": STREAM_ROWS, "encoder_fitted_on_rows": fitted_rows,
                              "split": "each row's part from a seeded hash of its row number: "
                                       "stratified in expectation, not exactly"})
     test_rows = np.flatnonzero(codes == PARTS.index("test"))
@@ -353,9 +384,14 @@ def _first_pass(path: Path, data, origin: str):
             kept.assign(**{c: kept[c].astype(float) for c in kept.select_dtypes("number").columns}),
             index=False).to_numpy())
         train = kept[part == 0].assign(_key=_uniform(kept.index.to_numpy()[part == 0], seed, 1))
-        sample = train if sample is None else pd.concat([sample, train])
-        if len(sample) > SAMPLE_ROWS:  # bottom-k by a random key: a uniform sample of all training rows
-            sample = sample.nsmallest(SAMPLE_ROWS, "_key")
+        # bottom-k by a random key: a uniform sample of all training rows. Once full, only rows whose key
+        # beats the largest kept one can enter, so the sample is rarely copied
+        if sample is not None and len(sample) >= SAMPLE_ROWS:
+            train = train[train["_key"] < sample["_key"].max()]
+        if len(train):
+            sample = train if sample is None else pd.concat([sample, train])
+            if len(sample) > SAMPLE_ROWS:
+                sample = sample.nsmallest(SAMPLE_ROWS, "_key")
     codes = np.concatenate(codes)
     row_hashes = np.concatenate(hashes)
     used = codes >= 0

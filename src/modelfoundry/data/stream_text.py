@@ -196,6 +196,7 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
     for writer in writers.values():
         writer.close(final)
     row_hashes, part_codes = np.concatenate(hashes), np.concatenate(codes)
+    stream.give_back_memory()
     all_lengths = torch.from_numpy(np.concatenate(lengths))
     in_part = {name: row_hashes[part_codes == i] for i, name in enumerate(stream.PARTS)}
     report.update(
