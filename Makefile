@@ -33,6 +33,10 @@ bench: install
 	$(PY) bench/text_sst2.py --write
 	-$(PY) bench/serve_load.py --write
 	-$(PY) bench/compress.py --models digits mnist --write
+	-$(PY) bench/plan_check.py --write
+	-$(PY) bench/memory.py --write
+	-$(PY) bench/ddp.py --configs "digits cnn" "mnist cnn" --epochs 5 --write
+	-$(PY) bench/tune.py --write
 
 clean:
 	rm -rf $(VENV) runs
