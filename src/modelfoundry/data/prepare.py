@@ -226,6 +226,8 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
                 display = [display[i] for i in order] if name == "test" else display
         return Prepared(part["train"], part["val"], part["test"], label_names, (max_length,), preprocessing, report,
                         display, files)
+    if is_table:
+        report["warnings"] += tabular.numbers_with_stray_text(examples, origin)
     _warn_about(report)
     if is_table:
         encoder = tabular.TableEncoder().fit(examples.iloc[split["train"]])
