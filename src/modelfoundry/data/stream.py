@@ -175,8 +175,10 @@ def _uniform(rows: np.ndarray, seed: int, stream: int) -> np.ndarray:
 class StreamedTable:
     """The ArrayData interface (len, targets, batches, to) over a float32 file of encoded rows."""
 
-    def __init__(self, features: Path, targets: Path, width: int, device: torch.device | None = None):
+    def __init__(self, features: Path, targets: Path, width: int, scratch: Scratch,
+                 device: torch.device | None = None):
         self.features_path, self.targets_path, self.width = features, targets, width
+        self.scratch = scratch  # the files live as long as any split (or a copy on another device) does
         self.device = device or torch.device("cpu")
         self.rows = targets.stat().st_size // 8
 
@@ -188,7 +190,7 @@ class StreamedTable:
         return torch.from_numpy(np.fromfile(self.targets_path, dtype=np.int64)).to(self.device)
 
     def to(self, device: torch.device) -> StreamedTable:
-        return StreamedTable(self.features_path, self.targets_path, self.width, device)
+        return StreamedTable(self.features_path, self.targets_path, self.width, self.scratch, device)
 
     def _read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         count = stop - start
@@ -225,38 +227,51 @@ class StreamedTable:
 
 
 class SourceRows:
-    """The test split's raw rows for the report, read from the source only when asked (`take`)."""
+    """Rows of the source file by row number, read back only when asked: what the report shows of the test
+    split. `show` turns the selected rows (a frame of `columns`) into what is shown: records by default."""
 
-    def __init__(self, path: Path, row_numbers: np.ndarray, columns: list[str]):
-        self.path, self.row_numbers, self.columns = path, row_numbers, columns
+    def __init__(self, path: Path, row_numbers: np.ndarray, columns: list[str], show=None, **read):
+        self.path, self.row_numbers, self.columns, self.read = path, row_numbers, columns, read
+        self.show = show or (lambda frame: frame.to_dict(orient="records"))
 
     def __len__(self) -> int:
         return len(self.row_numbers)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int):
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         return self.take([i % len(self)])[0]
 
     def __iter__(self):
-        """Every test row in order, in one pass."""
-        numbers = self.row_numbers
-        for chunk in read_chunks(self.path):
-            lo, hi = np.searchsorted(numbers, [chunk.index[0], chunk.index[-1] + 1])
-            if hi > lo:
-                yield from chunk.loc[numbers[lo:hi], self.columns].to_dict(orient="records")
+        return iter(self.take(range(len(self))))
 
-    def take(self, indices) -> list[dict]:
-        """One pass over the source for any number of rows."""
-        wanted_rows = {int(self.row_numbers[i]): n for n, i in enumerate(indices)}
-        found: list[dict | None] = [None] * len(wanted_rows)
-        for chunk in read_chunks(self.path):
-            hits = chunk.index.intersection(list(wanted_rows))
-            for row, record in zip(hits, chunk.loc[hits, self.columns].to_dict(orient="records")):
-                found[wanted_rows[row]] = record
-            if all(r is not None for r in found):
+    def take(self, indices) -> list:
+        """Any number of rows in one pass over the source, stopping once all are found."""
+        wanted: dict[int, list[int]] = {}
+        for n, i in enumerate(indices):
+            wanted.setdefault(int(self.row_numbers[i]), []).append(n)
+        found, missing = [None] * sum(map(len, wanted.values())), len(wanted)
+        for chunk in read_chunks(self.path, **self.read):
+            hits = chunk.index.intersection(list(wanted))
+            for row, value in zip(hits, self.show(chunk.loc[hits, self.columns])):
+                for n in wanted[row]:
+                    found[n] = value
+            missing -= len(hits)
+            if not missing:
                 break
         return found
+
+
+class Scratch:
+    """A folder of encoded data beside the runs; deleted once no split reading from it is left."""
+
+    def __init__(self):
+        from modelfoundry.store.registry import runs_root
+
+        root = runs_root() / ".scratch"  # a real disk beside the runs, not /tmp, which may be memory
+        root.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix="foundry-stream-", dir=root))
+        weakref.finalize(self, shutil.rmtree, self.path, True)
 
 
 def prepare_streamed(path: Path, data, origin: str) -> dict:
@@ -270,8 +285,8 @@ def prepare_streamed(path: Path, data, origin: str) -> dict:
     del sample
     give_back_memory()
     names = counts["label_names"]
-    scratch = Path(tempfile.mkdtemp(prefix="foundry-stream-", dir=_scratch_root()))
-    files = {part: (scratch / f"{part}.f32", scratch / f"{part}.i64") for part in PARTS}
+    scratch = Scratch()
+    files = {part: (scratch.path / f"{part}.f32", scratch.path / f"{part}.i64") for part in PARTS}
     handles = {part: (open(files[part][0], "wb"), open(files[part][1], "wb")) for part in PARTS}
     codes = counts["codes"]
     try:
@@ -291,12 +306,8 @@ def prepare_streamed(path: Path, data, origin: str) -> dict:
             f.close()
             g.close()
     width = len(encoder.feature_names)
-    splits = {part: StreamedTable(*files[part], width) for part in PARTS}
+    splits = {part: StreamedTable(*files[part], width, scratch) for part in PARTS}
     holder = {part: (splits[part] if len(splits[part]) else None) for part in PARTS}
-    weakref.finalize(splits["train"], shutil.rmtree, scratch, True)  # the scratch files go with the data
-    for part in ("val", "test"):
-        if holder[part] is not None:
-            holder[part]._keep = splits["train"]  # keep the train split (and so the files) alive with them
     give_back_memory()
     report.update(streaming={"chunk_rows": STREAM_ROWS, "encoder_fitted_on_rows": fitted_rows,
                              "split": "each row's part from a seeded hash of its row number: "
@@ -305,15 +316,6 @@ def prepare_streamed(path: Path, data, origin: str) -> dict:
     return {"splits": holder, "labels": names, "width": width, "encoder": encoder, "report": report,
             "counts": counts["label_counts"],
             "display": SourceRows(path, test_rows, features)}
-
-
-def _scratch_root() -> Path:
-    """Beside the runs (a real disk), not /tmp, which may be memory."""
-    from modelfoundry.store.registry import runs_root
-
-    root = runs_root() / ".scratch"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def _clean(chunk: pd.DataFrame, data, origin: str, count: dict | None):

@@ -11,9 +11,6 @@ BUCKET_BATCHES batches, the batches shuffled.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
-import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -32,8 +29,9 @@ FILES = ("ids.i32", "starts.i64", "targets.i64", "rows.i64")  # per split
 class StreamedTexts:
     """The TextData interface (len, targets, inputs, batches, to) over a split's scratch files."""
 
-    def __init__(self, folder: Path, pad: int, device: torch.device | None = None):
+    def __init__(self, folder: Path, pad: int, scratch: stream.Scratch, device: torch.device | None = None):
         self.folder, self.pad = folder, pad
+        self.scratch = scratch  # the files live as long as any split (or a copy on another device) does
         self.device = device or torch.device("cpu")
         self.rows = (folder / "targets.i64").stat().st_size // 8
         self.tokens = (folder / "ids.i32").stat().st_size // 4
@@ -53,7 +51,7 @@ class StreamedTexts:
         return self._pad([texts[median]])
 
     def to(self, device: torch.device) -> StreamedTexts:
-        return StreamedTexts(self.folder, self.pad, device)
+        return StreamedTexts(self.folder, self.pad, self.scratch, device)
 
     def _read(self, start: int, stop: int) -> tuple[list[np.ndarray], np.ndarray]:
         starts = _read_range(self.folder / "starts.i64", np.int64, start, stop + 1 if stop < self.rows else stop)
@@ -101,40 +99,12 @@ def _read_range(path: Path, dtype, start: int, stop: int) -> np.ndarray:
         return np.fromfile(f, dtype=dtype, count=max(stop - start, 0))
 
 
-class TextRows:
-    """The test texts for the report, read from the source and scrubbed again only when shown."""
-
-    def __init__(self, path: Path, rows: np.ndarray, column: str, pii: str, quoting: bool):
-        self.path, self.rows, self.column, self.pii, self.quoting = path, rows, column, pii, quoting
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> str:
-        if not -len(self) <= i < len(self):
-            raise IndexError(i)
-        return self.take([i % len(self)])[0]
-
-    def __iter__(self):
-        wanted = {int(r): n for n, r in enumerate(self.rows)}
-        found: list = [None] * len(wanted)
-        for chunk in stream.read_chunks(self.path, texts=(self.column,), quoting=self.quoting):
-            hits = chunk.index.intersection(list(wanted))
-            for row, text in zip(hits, scrub_texts(chunk.loc[hits, self.column].tolist(), self.pii)[0]):
-                found[wanted[row]] = text
-        return iter(found)
-
-    def take(self, indices) -> list[str]:
-        everything = TextRows(self.path, self.rows[list(indices)], self.column, self.pii, self.quoting)
-        return list(everything)
-
-
 def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int) -> dict:
     """One pass: check, scrub, split, tokenize and write every text; returns what `prepare` needs."""
     origin, text_column, label_column = str(path), data.text, data.label
     seed, val, test = data.split.seed, data.split.val, data.split.test
-    scratch = Path(tempfile.mkdtemp(prefix="foundry-stream-", dir=stream._scratch_root()))
-    writers = {part: _SplitWriter(scratch / part, sort=part != "train") for part in stream.PARTS}
+    scratch = stream.Scratch()
+    writers = {part: _SplitWriter(scratch.path / part, sort=part != "train") for part in stream.PARTS}
     keep_first = _first_copies(path, data) if data.dedupe else None
     label_counts: dict[str, Counter] = {part: Counter() for part in stream.PARTS}
     seen: dict[str, int] = {}  # label -> a provisional code in order of appearance; sorted once all are known
@@ -183,7 +153,6 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
     except BaseException:
         for writer in writers.values():
             writer.close()
-        shutil.rmtree(scratch, ignore_errors=True)
         raise
     totals = sum(label_counts.values(), Counter())
     if not totals:
@@ -218,15 +187,13 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
     if report["truncated"]:
         report["warnings"].append(f"{report['truncated']} texts are longer than data.max_length={max_length} "
                                   "tokens and were truncated.")
-    splits = {name: StreamedTexts(scratch / name, pad) for name in stream.PARTS}
-    weakref.finalize(splits["train"], shutil.rmtree, scratch, True)
-    holder = {name: (splits[name] if len(splits[name]) else None) for name in stream.PARTS}
-    for name in ("val", "test"):
-        if holder[name] is not None:
-            holder[name]._keep = splits["train"]  # the scratch files live as long as any split
-    test_rows = np.fromfile(scratch / "test" / "rows.i64", dtype=np.int64)
-    return {"splits": holder, "labels": label_names, "report": report, "counts": totals,
-            "display": TextRows(path, test_rows, text_column, data.privacy.pii, data.quoting)}
+    splits = {name: StreamedTexts(scratch.path / name, pad, scratch) for name in stream.PARTS}
+    test_rows = np.fromfile(scratch.path / "test" / "rows.i64", dtype=np.int64)
+    # the report shows the texts as the model saw them: scrubbed again as they are read back
+    display = stream.SourceRows(path, test_rows, [text_column], texts=(text_column,), quoting=data.quoting,
+                                show=lambda frame: scrub_texts(frame[text_column].tolist(), data.privacy.pii)[0])
+    return {"splits": {name: split if len(split) else None for name, split in splits.items()}, "labels": label_names,
+            "report": report, "counts": totals, "display": display}
 
 
 def _first_copies(path: Path, data) -> np.ndarray:
