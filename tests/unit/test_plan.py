@@ -255,7 +255,9 @@ def test_runs_count_their_training_flops_on_the_real_model(tmp_path, monkeypatch
     assert plan["predicted_seconds"] is None and "foundry plan calibrate" in plan["note"]  # nothing measured yet
 
 
-@pytest.mark.parametrize("content", ['{"matmul_fp32_flops": 1', "{}", '{"matmul_fp32_flops": -1}', "[]"])
+@pytest.mark.parametrize("content", ['{"matmul_fp32_flops": 1', "{}", '{"matmul_fp32_flops": -1}', "[]",
+                                     '{"matmul_fp32_flops": 1e11, "bandwidth_bytes_s": 1e10, "train_flops": 1e10, '
+                                     '"mfu": 0.1, "memory_gb": 8, "step_seconds": -0.001}'])
 def test_a_damaged_calibration_file_is_named_and_never_breaks_training(tmp_path, monkeypatch, content):
     import torch
 

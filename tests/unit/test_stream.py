@@ -226,3 +226,15 @@ def test_a_class_too_rare_to_reach_the_training_split_is_named(tmp_path, monkeyp
     frame.loc[row, "label"] = "sideways"
     with pytest.raises(UserError, match="'sideways' have too few rows for any to fall in the training split"):
         prepare(*config(write(frame, tmp_path / "t.csv")))
+
+
+@pytest.mark.parametrize("name, content, phrase", [
+    ("t.csv", b"", "the file is empty"),
+    ("t.parquet", b"not parquet", "could not be read as parquet"),
+    ("t.jsonl", b'{"x0": 1, "label": "up"}\n{"x0": \n', "could not be read as jsonl"),
+])
+def test_an_unreadable_streamed_file_is_named_with_what_is_wrong(tmp_path, name, content, phrase):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(UserError, match=phrase) as error:
+        prepare(*config(tmp_path / name))
+    assert "data.streaming: false" not in str(error.value)  # the type hint is for type changes only

@@ -67,12 +67,16 @@ def read_chunks(path: Path, rows: int = STREAM_ROWS, texts: tuple[str, ...] = ()
             start += len(frame)
             if len(frame):
                 yield frame
-    except pa.ArrowInvalid as exc:  # e.g. a column typed by its first rows meets a value of another type later
-        if "utf8" in str(exc).lower() or "utf-8" in str(exc).lower():
+    except pa.ArrowInvalid as exc:
+        message = str(exc)
+        if "utf8" in message.lower() or "utf-8" in message.lower():
             tabular.check_utf8(path)  # names the line and the bytes
-        raise UserError(f"{path}: could not be read in chunks: {exc}. With data.streaming, a column's type comes "
-                        "from the file's first rows; make every value of a number column a number (or empty), "
-                        "or set data.streaming: false.") from None
+        if "empty" in message.lower() and start == 0 and path.stat().st_size == 0:
+            raise UserError(f"{path}: the file is empty. Add a header row and at least one data row.") from None
+        hint = (" With data.streaming a column's type comes from the file's first rows: make every value of a "
+                "number column a number (or empty), or set data.streaming: false." if "conversion" in message
+                else "")
+        raise UserError(f"{path}: could not be read as {suffix[1:]}: {message.rstrip('.')}.{hint}") from None
     if start == 0:
         raise UserError(f"{path}: the table has a header but no data rows.")
 

@@ -20,7 +20,7 @@ import torch
 
 from modelfoundry.data import stream, tabular
 from modelfoundry.data.privacy import PII_TYPES, scrub_texts
-from modelfoundry.data.text import BUCKET_BATCHES, describe_lengths, tokenize
+from modelfoundry.data.text import BUCKET_BATCHES, as_texts, describe_lengths, tokenize
 from modelfoundry.errors import UserError
 
 FILES = ("ids.i32", "starts.i64", "targets.i64", "rows.i64")  # per split
@@ -123,14 +123,14 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
             if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
                 labels = labels.astype(np.int64)
             labels = labels.astype(str).to_numpy()
-            texts = chunk[text_column].tolist()
-            empty = np.array([t is None or not str(t).strip() for t in texts])
+            texts = as_texts(chunk[text_column].tolist())
+            empty = np.array([t is None or not t.strip() for t in texts])
             if empty.any() and not report["empty_texts"]:
                 first_empty = int(chunk.index[np.argmax(empty)])
             report["empty_texts"] += int(empty.sum())
             keep = ~empty if keep_first is None else ~empty & keep_first[chunk.index.to_numpy()]
             rows = chunk.index.to_numpy()[keep]
-            scrubbed, kept, found = scrub_texts([str(t) for t, k in zip(texts, keep) if k], data.privacy.pii)
+            scrubbed, kept, found = scrub_texts([t for t, k in zip(texts, keep) if k], data.privacy.pii)
             pii.update(found)
             pii_dropped += kept.count(False)
             kept = np.array(kept, dtype=bool)
@@ -191,7 +191,8 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
     test_rows = np.fromfile(scratch.path / "test" / "rows.i64", dtype=np.int64)
     # the report shows the texts as the model saw them: scrubbed again as they are read back
     display = stream.SourceRows(path, test_rows, [text_column], texts=(text_column,), quoting=data.quoting,
-                                show=lambda frame: scrub_texts(frame[text_column].tolist(), data.privacy.pii)[0])
+                                show=lambda frame: scrub_texts(as_texts(frame[text_column].tolist()),
+                                                               data.privacy.pii)[0])
     return {"splits": {name: split if len(split) else None for name, split in splits.items()}, "labels": label_names,
             "report": report, "counts": totals, "display": display}
 

@@ -157,8 +157,12 @@ def read_text_table(path: Path, text_column: str, label_column: str | None, quot
         if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
             labels = labels.astype(int)
         labels = labels.astype(str).to_numpy()
-    texts = [t if isinstance(t, str) else (None if pd.isna(t) else str(t)) for t in frame[text_column].tolist()]
-    return texts, labels
+    return as_texts(frame[text_column].tolist()), labels
+
+
+def as_texts(values: list) -> list[str | None]:
+    """A text column's cells as strings, None where the cell is empty (None or NaN, never the word "nan")."""
+    return [t if isinstance(t, str) else (None if pd.isna(t) else str(t)) for t in values]
 
 
 def texts_to_predict(inputs: list[str], text_column: str) -> list[str]:

@@ -22,6 +22,7 @@ from modelfoundry.store.registry import runs_root
 
 
 REQUIRED = ("matmul_fp32_flops", "bandwidth_bytes_s", "train_flops", "mfu", "memory_gb")
+LOOP = ("step_seconds", "module_step_seconds", "epoch_seconds")
 
 
 def calibration_path() -> Path:
@@ -135,7 +136,10 @@ def load() -> dict:
     if not isinstance(measured, dict):
         measured = {}
     missing = [key for key in REQUIRED if not isinstance(measured.get(key), (int, float)) or measured[key] <= 0]
+    # the loop's costs: absent in a calibration from before they were measured (then counted as 0), never negative
+    missing += [key for key in LOOP if key in measured and
+                (not isinstance(measured[key], (int, float)) or measured[key] < 0)]
     if missing:
-        raise UserError(f"{path}: missing or non-positive {', '.join(missing)}. "
+        raise UserError(f"{path}: missing or out-of-range {', '.join(missing)}. "
                         "Run `foundry plan calibrate` again to rewrite it.")
     return measured
