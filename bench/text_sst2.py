@@ -2,8 +2,8 @@
 
 Accuracy (train on train.tsv, select on dev.tsv, report on test.tsv = the 872 GLUE dev sentences):
 - tfidf: TF-IDF (1-2 grams) + logistic regression (scikit-learn), C chosen on dev; reference 0.826.
-- minilm: `modelfoundry.train("examples/sst2.yaml")`, all-MiniLM-L6-v2 fine-tuned 1 epoch; target >= 0.89.
-- lstm: `modelfoundry.train("examples/sst2_lstm.yaml")`, a bidirectional LSTM trained from scratch.
+- minilm: `modelfoundry.training("examples/sst2.yaml")`, all-MiniLM-L6-v2 fine-tuned 1 epoch; target >= 0.89.
+- lstm: `modelfoundry.training("examples/sst2_lstm.yaml")`, a bidirectional LSTM trained from scratch.
 Throughput: MiniLM training steps (batch 32, AdamW, fp32) timed directly on foundry's batches of train.tsv:
 useful (non-padding) tokens/s and MFU = FlopCounterMode FLOPs of the timed steps / s / the fp32 matmul rate
 measured in the same run (target >= 40%); padded share of tokens with length buckets vs random batches.
@@ -38,8 +38,8 @@ from modelfoundry.data import text
 from modelfoundry.models.registry import build_model
 from modelfoundry.plan.check import SDPA_CPU_FLOPS
 from modelfoundry.predictor import load
-from modelfoundry.runner import train  # = modelfoundry.train, which the subpackage can shadow
-from modelfoundry.train.optim import build_optimizer
+from modelfoundry.runner import train  # = modelfoundry.training, which the subpackage can shadow
+from modelfoundry.training.optim import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "sst2"
@@ -99,7 +99,7 @@ def bench_tfidf(files: dict[str, Path]) -> dict:
 
 
 def bench_foundry(part: str, overrides: list[str], runs: Path, console: Console):
-    """One `modelfoundry.train` run of the part's example config; returns its row and the Run."""
+    """One `modelfoundry.training` run of the part's example config; returns its row and the Run."""
     start = time.perf_counter()
     run = train(REPO / CONFIGS[part], overrides=overrides, run_dir=runs / part, console=console)
     run_s = seconds_since(start)

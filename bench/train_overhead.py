@@ -4,7 +4,7 @@ All train the digits CNN (Keras: the same layers) on the same tensors from `prep
 lr 1e-3, batch 64, reshuffled every epoch, val loss + accuracy after every epoch. After a 1-epoch warm-up of
 each, every round runs each contender once, in rotating order. Reported: median samples/s (train examples x
 epochs / wall seconds) and its ratio to the hand-written loop (target: foundry >= 0.97). Rows marked (info):
-`fit` without checkpoints/TensorBoard/progress bar (what those cost) and `modelfoundry.train()` (whole run).
+`fit` without checkpoints/TensorBoard/progress bar (what those cost) and `modelfoundry.training()` (whole run).
 
 Run from the repo root, in a terminal (so foundry's progress bar is live, as a user sees it):
     .venv/bin/python bench/train_overhead.py                   # 10 epochs, 3 rounds
@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from modelfoundry.config import load_config
 from modelfoundry.data.prepare import ArrayData, prepare
 from modelfoundry.models.registry import build_model
-from modelfoundry.runner import train  # = modelfoundry.train, which the subpackage modelfoundry.train shadows
-from modelfoundry.train.loop import fit
+from modelfoundry.runner import train  # = modelfoundry.training, which the subpackage modelfoundry.training shadows
+from modelfoundry.training.loop import fit
 from record import write_section
 
 os.environ["KERAS_BACKEND"] = "torch"  # read when keras is first imported, in keras_model()
@@ -49,7 +49,7 @@ INFO = ["foundry-bare", "foundry-train"]
 LABELS = {"hand-written": "hand-written PyTorch", "foundry": "foundry `fit` (defaults)",
           "lightning": "PyTorch Lightning", "keras": "Keras 3 (torch backend)",
           "foundry-bare": "(info) foundry `fit`, no checkpoints/TensorBoard/progress bar",
-          "foundry-train": "(info) `modelfoundry.train()`, whole run"}
+          "foundry-train": "(info) `modelfoundry.training()`, whole run"}
 SETTINGS = {
     "hand-written": "randperm + slicing, CrossEntropyLoss, Adam; eval + inference_mode validation; nothing else",
     "foundry": "fit() defaults: LambdaLR (constant), best-weights copy, checkpoint every epoch (background "

@@ -32,7 +32,7 @@ from record import write_section
 from rich.console import Console
 
 from modelfoundry.runner import (
-    train,  # = modelfoundry.train, which the subpackage modelfoundry.train can shadow
+    train,  # = modelfoundry.training, which the subpackage modelfoundry.training can shadow
 )
 from modelfoundry.tune import search
 

@@ -9,15 +9,12 @@ Imports are lazy so that `foundry --help` and config errors do not wait seconds 
 """
 from __future__ import annotations
 
-import modelfoundry.train as _train_package  # noqa: F401  loaded first: see `train` below
 from modelfoundry.errors import UserError
 
 __all__ = ["Predictor", "Run", "UserError", "load", "train"]
 __version__ = "0.1.0"
 
 
-# Python binds `modelfoundry.train` to the subpackage train/ the first time it is imported. It is
-# imported above, before this def, so the name stays this function for good.
 def train(config, overrides: list[str] | None = None, run_dir=None, resume: bool = False, console=None):
     """Train, evaluate and package a model from a YAML path or a dict; returns the `Run`.
 

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from modelfoundry.errors import UserError
 from modelfoundry.plan.cli import plan_app
-from modelfoundry.train.launch import report_to_launcher, under_launcher
+from modelfoundry.training.launch import report_to_launcher, under_launcher
 from modelfoundry.tune.cli import tune_command
 
 app = typer.Typer(help="modelfoundry: data -> trained, evaluated, packaged model.", no_args_is_help=True,
@@ -69,7 +69,7 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config")],
 
     cfg, _ = load_config(config, set_ or [])  # config mistakes surface in a blink, before torch is imported
     if nproc > 1 or nnodes > 1 or rdzv_endpoint:  # DDP: run this command again as torchrun's processes
-        from modelfoundry.train.launch import launch
+        from modelfoundry.training.launch import launch
 
         launch([str(config), *(f"--set={item}" for item in set_ or []), *(["--run-dir", str(run_dir)] if run_dir else []),
                 *(["--resume"] if resume else [])], nproc, cfg.train.device, nnodes, rdzv_endpoint, rdzv_timeout)

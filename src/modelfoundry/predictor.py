@@ -170,7 +170,7 @@ class Predictor:
         device = next(self.model.parameters()).device
         if isinstance(x, list):  # token ids: predict shortest first to pad least, then restore the order
             from modelfoundry.data.text import TextData
-            from modelfoundry.train.loop import predict_logits
+            from modelfoundry.training.loop import predict_logits
 
             data, order = TextData(x, torch.zeros(len(x)), self.spec["preprocessing"]["pad_id"], device).sorted_by_length()
             probabilities = torch.softmax(predict_logits(self.model, data, batch_size), 1).cpu().numpy()

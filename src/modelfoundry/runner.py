@@ -32,8 +32,8 @@ from modelfoundry.models.registry import build_model
 from modelfoundry.plan.check import plan_vs_measured
 from modelfoundry.predictor import package_folder, run_folder, save_package
 from modelfoundry.store.registry import Registry, runs_root
-from modelfoundry.train import distributed
-from modelfoundry.train.loop import fit, predict_logits
+from modelfoundry.training import distributed
+from modelfoundry.training.loop import fit, predict_logits
 
 
 @dataclass

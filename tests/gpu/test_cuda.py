@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import modelfoundry as mf
-from modelfoundry.train.optim import resolve_precision
+from modelfoundry.training.optim import resolve_precision
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -152,7 +152,7 @@ def test_damaged_model_folder_is_a_user_error(tiny_bert, tmp_path):
 
 def test_lr_head_on_a_model_without_a_head_is_refused():
     from modelfoundry.config import TrainConfig
-    from modelfoundry.train.optim import build_optimizer
+    from modelfoundry.training.optim import build_optimizer
 
     with pytest.raises(UserError, match="train.lr_head: .* has no separate classification head.*Remove train.lr_head"):
         build_optimizer(build_model("mlp", (4,), 2, hidden=[8]), TrainConfig(lr_head=0.01))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from modelfoundry.data.prepare import ArrayData
-from modelfoundry.train import distributed
+from modelfoundry.training import distributed
 
 
 def shares(monkeypatch, examples: int, batch_size: int, world: int) -> tuple[list, list]:

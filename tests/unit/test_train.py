@@ -13,9 +13,9 @@ from modelfoundry.config import TrainConfig
 from modelfoundry.data.prepare import ArrayData
 from modelfoundry.errors import UserError
 from modelfoundry.models.registry import build_model
-from modelfoundry.train.checkpoint import CheckpointWriter, load_checkpoint
-from modelfoundry.train.loop import CHECKPOINT, fit, validation_metrics
-from modelfoundry.train.optim import build_optimizer, build_scheduler, lr_factor
+from modelfoundry.training.checkpoint import CheckpointWriter, load_checkpoint
+from modelfoundry.training.loop import CHECKPOINT, fit, validation_metrics
+from modelfoundry.training.optim import build_optimizer, build_scheduler, lr_factor
 
 CPU = torch.device("cpu")
 

@@ -168,7 +168,7 @@ def test_fit_calls_on_epoch_with_each_finished_record_and_stops_when_it_raises()
     from modelfoundry.config import TrainConfig
     from modelfoundry.data.prepare import ArrayData
     from modelfoundry.models.registry import build_model
-    from modelfoundry.train.loop import fit
+    from modelfoundry.training.loop import fit
 
     g = torch.Generator().manual_seed(0)
     data = ArrayData(torch.randn(64, 2, generator=g), torch.arange(64) % 2)

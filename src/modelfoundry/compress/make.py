@@ -69,7 +69,7 @@ def prune_and_finetune(run: str | Path, ratio: float, finetune_epochs: int = 2, 
     from modelfoundry.data.prepare import prepare
     from modelfoundry.evaluate.metrics import classification_metrics
     from modelfoundry.predictor import load, save_package
-    from modelfoundry.train.loop import fit, predict_logits
+    from modelfoundry.training.loop import fit, predict_logits
 
     console = console or Console(stderr=True)
     if not 0 < ratio < 1:

@@ -73,7 +73,7 @@ def _timing_batches(test) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.inference_mode()
 def _measure(name, folder: Path, predictor, test, labels, batch1, batch32, repeats, reference) -> dict:
     from modelfoundry.evaluate.metrics import classification_metrics
-    from modelfoundry.train.loop import predict_logits
+    from modelfoundry.training.loop import predict_logits
 
     model = predictor.model
     probabilities = torch.softmax(predict_logits(model, test, batch_size=256), 1).numpy()

@@ -77,7 +77,7 @@ def loop_overheads(batch_size: int = 8, small: int = 4, large: int = 64, epochs:
 
     from modelfoundry.config import TrainConfig
     from modelfoundry.data.prepare import ArrayData
-    from modelfoundry.train.loop import fit
+    from modelfoundry.training.loop import fit
 
     generator = torch.Generator().manual_seed(0)
 

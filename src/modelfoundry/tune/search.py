@@ -147,7 +147,7 @@ class TrialRunner:
     def __call__(self, trial: optuna.Trial) -> float:
         import torch
 
-        from modelfoundry.train.loop import fit
+        from modelfoundry.training.loop import fit
 
         values = sample(trial, self.spec.dims)
         cfg, _ = load_config(apply_values(self.spec.raw, values))
@@ -181,7 +181,7 @@ class TrialRunner:
     def _prepared(self, cfg: Config):
         """The data of this trial's config: prepared once, again only when tuned keys change it."""
         from modelfoundry.data.prepare import prepare
-        from modelfoundry.train.optim import resolve_device
+        from modelfoundry.training.optim import resolve_device
 
         key = json.dumps([cfg.task, cfg.data.model_dump(mode="json"), cfg.model.name,
                           (cfg.model.model_extra or {}).get("path"), cfg.train.device], sort_keys=True)

@@ -5,7 +5,7 @@ generator from (seed, epoch), so a run resumed from the checkpoint of epoch k dr
 the numbers an uninterrupted run draws from epoch k+1 on, and ends with the same metrics.
 
 Data parallel (DDP, lines marked "DDP:"): torchrun starts one process per GPU or core and each
-calls `fit` with the same arguments; `cfg.batch_size` is per process. See train/distributed.py.
+calls `fit` with the same arguments; `cfg.batch_size` is per process. See training/distributed.py.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from modelfoundry.config import TrainConfig
 from modelfoundry.errors import UserError
-from modelfoundry.train import distributed
-from modelfoundry.train.checkpoint import CheckpointWriter, load_checkpoint
-from modelfoundry.train.optim import build_optimizer, build_scheduler, l1_penalty, resolve_precision
+from modelfoundry.training import distributed
+from modelfoundry.training.checkpoint import CheckpointWriter, load_checkpoint
+from modelfoundry.training.optim import build_optimizer, build_scheduler, l1_penalty, resolve_precision
 
 CHECKPOINT = "last.pt"
 

@@ -3,7 +3,7 @@
 
 Imports no torch, so mistakes in the launch options surface as fast as config mistakes. The
 processes themselves are ordinary `foundry train` runs that find RANK and WORLD_SIZE set by
-torchrun (see train/distributed.py).
+torchrun (see training/distributed.py).
 """
 from __future__ import annotations
 

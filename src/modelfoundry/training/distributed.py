@@ -1,7 +1,7 @@
 """Data parallel training on PyTorch's own `torch.distributed`: one process per GPU (or CPU core),
 started by torchrun (`python -m torch.distributed.run`), gradients averaged by DistributedDataParallel.
 
-`foundry train --nproc N` re-launches itself through torchrun (train/launch.py); on many machines
+`foundry train --nproc N` re-launches itself through torchrun (training/launch.py); on many machines
 the user runs torchrun directly. Each process then joins the process group (`init`: gloo on CPU, nccl on
 CUDA with device cuda:LOCAL_RANK) and trains the same model on its share of every batch:
 
@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from modelfoundry.config import TrainConfig
 from modelfoundry.errors import UserError
-from modelfoundry.train.optim import resolve_device
+from modelfoundry.training.optim import resolve_device
 
 
 def launched() -> bool:
