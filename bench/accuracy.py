@@ -12,6 +12,7 @@ Run from the repo root:
     .venv/bin/python bench/accuracy.py --configs examples/wine.yaml=0.95 --seeds 0
     .venv/bin/python bench/accuracy.py --set train.epochs=1 --seeds 0   # smoke test (misses the targets)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from modelfoundry.runner import train  # = modelfoundry.training, which the subpackage modelfoundry.training can shadow
+from modelfoundry.runner import (
+    train,
+)  # = modelfoundry.training, which the subpackage modelfoundry.training can shadow
 from record import write_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,18 +55,30 @@ def train_seed(path: Path, seed: int, extra: list[str], console: Console) -> dic
     """One run: its test accuracy, fit seconds, whole-run seconds and epochs run."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        run = train(path, overrides=[f"train.seed={seed}", f"data.split.seed={seed}", *extra],
-                                 run_dir=Path(tmp) / "run", console=console)
+        run = train(
+            path,
+            overrides=[f"train.seed={seed}", f"data.split.seed={seed}", *extra],
+            run_dir=Path(tmp) / "run",
+            console=console,
+        )
         seconds = time.perf_counter() - start
     history = run.metrics["history"]
-    return {"accuracy": run.metrics["test"]["accuracy"], "train_s": sum(h["seconds"] for h in history),
-            "run_s": seconds, "epochs": len(history)}
+    return {
+        "accuracy": run.metrics["test"]["accuracy"],
+        "train_s": sum(h["seconds"] for h in history),
+        "run_s": seconds,
+        "epochs": len(history),
+    }
 
 
-def report(results: dict[Path, list[dict]], targets: dict[Path, float | None], extra: list[str]) -> tuple[str, bool]:
+def report(
+    results: dict[Path, list[dict]], targets: dict[Path, float | None], extra: list[str]
+) -> tuple[str, bool]:
     """The markdown table and whether every config with a target met it."""
-    rows = ["| config | seeds | test accuracy (mean ± std) | per seed | min | target | result | train s | run s |",
-            "|---|---:|---:|---|---:|---:|---|---:|---:|"]
+    rows = [
+        "| config | seeds | test accuracy (mean ± std) | per seed | min | target | result | train s | run s |",
+        "|---|---:|---:|---|---:|---:|---|---:|---:|",
+    ]
     all_pass = True
     for path, runs in results.items():
         accuracy = [r["accuracy"] for r in runs]
@@ -72,13 +87,17 @@ def report(results: dict[Path, list[dict]], targets: dict[Path, float | None], e
         passed = target is None or mean >= target
         all_pass &= passed
         per_seed = " ".join(f"{a:.4f}" for a in accuracy)
-        rows.append(f"| {shown(path)} | {len(runs)} | {mean:.4f} ± {std:.4f} | {per_seed} | "
-                    f"{min(accuracy):.4f} | {'-' if target is None else f'>= {target:g}'} | "
-                    f"{'-' if target is None else 'pass' if passed else 'FAIL'} | "
-                    f"{statistics.mean(r['train_s'] for r in runs):.1f} | "
-                    f"{statistics.mean(r['run_s'] for r in runs):.1f} |")
-    notes = ["per seed s: train.seed=s and data.split.seed=s (a different split each seed); result: mean >= target; "
-             "std: sample std over seeds; train s: fit time (sum of epoch times); run s: the whole train() call"]
+        rows.append(
+            f"| {shown(path)} | {len(runs)} | {mean:.4f} ± {std:.4f} | {per_seed} | "
+            f"{min(accuracy):.4f} | {'-' if target is None else f'>= {target:g}'} | "
+            f"{'-' if target is None else 'pass' if passed else 'FAIL'} | "
+            f"{statistics.mean(r['train_s'] for r in runs):.1f} | "
+            f"{statistics.mean(r['run_s'] for r in runs):.1f} |"
+        )
+    notes = [
+        "per seed s: train.seed=s and data.split.seed=s (a different split each seed); result: mean >= target; "
+        "std: sample std over seeds; train s: fit time (sum of epoch times); run s: the whole train() call"
+    ]
     if extra:
         notes.append(f"extra overrides: {' '.join(extra)} (not the shipped configs: targets do not apply)")
     return "\n".join(rows) + "\n\n" + "\n".join(f"- {note}" for note in notes), all_pass
@@ -86,12 +105,25 @@ def report(results: dict[Path, list[dict]], targets: dict[Path, float | None], e
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=list(TARGETS), metavar="PATH[=TARGET]",
-                        help="example configs (default: digits, MNIST, breast cancer with their targets)")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=list(TARGETS),
+        metavar="PATH[=TARGET]",
+        help="example configs (default: digits, MNIST, breast cancer with their targets)",
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--set", nargs="*", default=[], dest="extra", metavar="KEY=VALUE",
-                        help="extra overrides for every run, e.g. train.epochs=1 for a smoke test")
-    parser.add_argument("--verbose", action="store_true", help="show foundry's own output (epochs, data report)")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        dest="extra",
+        metavar="KEY=VALUE",
+        help="extra overrides for every run, e.g. train.epochs=1 for a smoke test",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="show foundry's own output (epochs, data report)"
+    )
     parser.add_argument("--write", action="store_true", help="record the table in bench/RESULTS.md")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -105,8 +137,12 @@ def main() -> None:
         for seed in seeds:
             result = train_seed(path, seed, args.extra, console)
             results.setdefault(path, []).append(result)
-            print(f"{path.name} seed {seed}: test accuracy {result['accuracy']:.4f} ({result['epochs']} epochs, "
-                  f"fit {result['train_s']:.1f} s, run {result['run_s']:.1f} s)", file=sys.stderr, flush=True)
+            print(
+                f"{path.name} seed {seed}: test accuracy {result['accuracy']:.4f} ({result['epochs']} epochs, "
+                f"fit {result['train_s']:.1f} s, run {result['run_s']:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     body, all_pass = report(results, targets, args.extra)
     print(body)
     if args.write:

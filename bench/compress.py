@@ -13,6 +13,7 @@ Run from the repo root (the SST-2 teacher takes ~17 min to fine-tune; pass an ex
     .venv/bin/python bench/compress.py --models digits mnist --write
     .venv/bin/python bench/compress.py --models sst2 --run sst2=/tmp/bench-runs/sst2-minilm --write
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,21 +30,40 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"digits": "examples/digits.yaml", "mnist": "examples/mnist.yaml", "sst2": "examples/sst2.yaml"}
 # Students: the teacher's family at ~0.7x width (about half the parameters) for the CNNs; for MiniLM,
 # whose 30,522 x 384 word embeddings alone are half its 22.7M parameters, a BiLSTM on the same tokens.
-STUDENTS = {"digits": ["model.name=cnn", "model.width=22"], "mnist": ["model.name=cnn", "model.width=22"],
-            "sst2": ["model.name=lstm", "model.embed_dim=128", "model.hidden=128"]}
+STUDENTS = {
+    "digits": ["model.name=cnn", "model.width=22"],
+    "mnist": ["model.name=cnn", "model.width=22"],
+    "sst2": ["model.name=lstm", "model.embed_dim=128", "model.hidden=128"],
+}
 STUDENT_EPOCHS = {"digits": None, "mnist": None, "sst2": 2}  # sst2: the teacher runs on every batch
 # The student trains with the teacher's settings except these: a fine-tuning lr (1e-4) starves an LSTM from scratch.
-STUDENT_TRAIN = {"digits": [], "mnist": [], "sst2": ["train.lr=0.002", "train.optimizer=adam", "train.schedule=cosine",
-                                                      "train.warmup=0", "train.batch_size=64", "model.pooling=max",
-                                                      "model.dropout=0.3"]}
+STUDENT_TRAIN = {
+    "digits": [],
+    "mnist": [],
+    "sst2": [
+        "train.lr=0.002",
+        "train.optimizer=adam",
+        "train.schedule=cosine",
+        "train.warmup=0",
+        "train.batch_size=64",
+        "model.pooling=max",
+        "model.dropout=0.3",
+    ],
+}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=["digits", "mnist"], choices=list(CONFIGS))
     parser.add_argument("--run", action="append", default=[], help="NAME=RUN_FOLDER: use a trained run")
-    parser.add_argument("--prune", action="store_true", help="also a 50%% structured prune + 2 epochs of fine-tuning")
-    parser.add_argument("--quick", action="store_true", help="1-epoch teachers and students (checks the script)")
+    parser.add_argument(
+        "--prune", action="store_true", help="also a 50%% structured prune + 2 epochs of fine-tuning"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="1-epoch teachers and students (checks the script)"
+    )
     parser.add_argument("--write", action="store_true", help="record the results in bench/RESULTS.md")
     args = parser.parse_args()
     os.environ.setdefault("FOUNDRY_HOME", tempfile.mkdtemp(prefix="bench-compress-"))
@@ -70,9 +90,13 @@ def bench_one(name: str, run: str | None, args, console: Console) -> tuple[str, 
         run = str(train(REPO / CONFIGS[name], quick, console=console).path)
     parent = Path(run)
     quantize.quantize_int8(parent, console=console)
-    make.distill(parent, STUDENTS[name] + [o for o in STUDENT_TRAIN[name] if o.startswith("model.")],
-                 1 if args.quick else STUDENT_EPOCHS[name], console=console,
-                 overrides=[o for o in STUDENT_TRAIN[name] if o.startswith("train.")])
+    make.distill(
+        parent,
+        STUDENTS[name] + [o for o in STUDENT_TRAIN[name] if o.startswith("model.")],
+        1 if args.quick else STUDENT_EPOCHS[name],
+        console=console,
+        overrides=[o for o in STUDENT_TRAIN[name] if o.startswith("train.")],
+    )
     if args.prune:
         make.prune_and_finetune(parent, 0.5, 1 if args.quick else 2, console=console)
     result = tradeoff.measure_all(parent)
@@ -82,31 +106,70 @@ def bench_one(name: str, run: str | None, args, console: Console) -> tuple[str, 
     fp32_onnx = rows.get("original, ONNX fp32")
     student = rows["distilled"]
     checks = [
-        ("int8 file vs fp32 ONNX file", int8["bytes"] / fp32_onnx["bytes"], "<= 0.30", int8["bytes"] / fp32_onnx["bytes"] <= 0.30),
-        ("int8 accuracy drop (points)", 100 * (original["accuracy"] - int8["accuracy"]), "<= 1.0",
-         original["accuracy"] - int8["accuracy"] <= 0.01),
-        ("int8 throughput vs fp32 PyTorch, batch 32", int8["throughput_per_s"] / original["throughput_per_s"], ">= 2.0",
-         int8["throughput_per_s"] / original["throughput_per_s"] >= 2.0),
-        ("student parameters vs teacher", student["parameters"] / original["parameters"], "<= 0.50",
-         student["parameters"] / original["parameters"] <= 0.50),
-        ("student accuracy vs teacher", student["accuracy"] / original["accuracy"], ">= 0.97",
-         student["accuracy"] / original["accuracy"] >= 0.97),
+        (
+            "int8 file vs fp32 ONNX file",
+            int8["bytes"] / fp32_onnx["bytes"],
+            "<= 0.30",
+            int8["bytes"] / fp32_onnx["bytes"] <= 0.30,
+        ),
+        (
+            "int8 accuracy drop (points)",
+            100 * (original["accuracy"] - int8["accuracy"]),
+            "<= 1.0",
+            original["accuracy"] - int8["accuracy"] <= 0.01,
+        ),
+        (
+            "int8 throughput vs fp32 PyTorch, batch 32",
+            int8["throughput_per_s"] / original["throughput_per_s"],
+            ">= 2.0",
+            int8["throughput_per_s"] / original["throughput_per_s"] >= 2.0,
+        ),
+        (
+            "student parameters vs teacher",
+            student["parameters"] / original["parameters"],
+            "<= 0.50",
+            student["parameters"] / original["parameters"] <= 0.50,
+        ),
+        (
+            "student accuracy vs teacher",
+            student["accuracy"] / original["accuracy"],
+            ">= 0.97",
+            student["accuracy"] / original["accuracy"] >= 0.97,
+        ),
     ]
-    table = ["| model | size MB | parameters | p50 ms b1 | p50 / p99 ms b32 | per s b32 | accuracy | F1 | agrees | Pareto |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    table = [
+        "| model | size MB | parameters | p50 ms b1 | p50 / p99 ms b32 | per s b32 | accuracy | F1 | agrees | Pareto |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in result["rows"]:
-        table.append(f"| {r['model']} | {r['bytes'] / 1e6:.2f} | {r['parameters']:,} | {r['batch1_p50_ms']:.2f} | "
-                     f"{r['batch32_p50_ms']:.2f} / {r['batch32_p99_ms']:.2f} | {r['throughput_per_s']:,.0f} | "
-                     f"{r['accuracy']:.4f} | {r['f1_macro']:.4f} | {r['agreement']:.1%} | {'yes' if r['pareto'] else ''} |")
+        table.append(
+            f"| {r['model']} | {r['bytes'] / 1e6:.2f} | {r['parameters']:,} | {r['batch1_p50_ms']:.2f} | "
+            f"{r['batch32_p50_ms']:.2f} / {r['batch32_p99_ms']:.2f} | {r['throughput_per_s']:,.0f} | "
+            f"{r['accuracy']:.4f} | {r['f1_macro']:.4f} | {r['agreement']:.1%} | {'yes' if r['pareto'] else ''} |"
+        )
     student_epochs = STUDENT_EPOCHS[name] or "the teacher's"
     targets = ["| target | measured | aim | |", "|---|---:|---|---|"]
-    targets += [f"| {what} | {value:.3f} | {aim} | {'PASS' if ok else 'MISS'} |" for what, value, aim, ok in checks]
+    targets += [
+        f"| {what} | {value:.3f} | {aim} | {'PASS' if ok else 'MISS'} |" for what, value, aim, ok in checks
+    ]
     from modelfoundry.store.registry import runs_root
-    int8_record = json.loads((runs_root() / rows["int8"]["run"] / "model" / "model.json").read_text())["variant"]
-    text = (f"### {name} ({CONFIGS[name]}{', 1-epoch quick run' if args.quick else ''})\n\n"
-            f"{result['test_examples']} test examples, {result['threads']} threads; int8 {int8_record['method']}"
-            + (f" calibrated on {int8_record['calibration_examples']} training inputs" if int8_record["calibration_examples"]
-               else "") + f"; student {' '.join(STUDENTS[name] + STUDENT_TRAIN[name])}, {student_epochs} epochs.\n\n" + "\n".join(table) + "\n\n" + "\n".join(targets))
+
+    int8_record = json.loads((runs_root() / rows["int8"]["run"] / "model" / "model.json").read_text())[
+        "variant"
+    ]
+    text = (
+        f"### {name} ({CONFIGS[name]}{', 1-epoch quick run' if args.quick else ''})\n\n"
+        f"{result['test_examples']} test examples, {result['threads']} threads; int8 {int8_record['method']}"
+        + (
+            f" calibrated on {int8_record['calibration_examples']} training inputs"
+            if int8_record["calibration_examples"]
+            else ""
+        )
+        + f"; student {' '.join(STUDENTS[name] + STUDENT_TRAIN[name])}, {student_epochs} epochs.\n\n"
+        + "\n".join(table)
+        + "\n\n"
+        + "\n".join(targets)
+    )
     return text, sum(not ok for *_, ok in checks)
 
 

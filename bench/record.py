@@ -1,4 +1,5 @@
 """Shared by the bench scripts: the machine a result came from, and one section of RESULTS.md per script."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,12 @@ def cpu_model() -> str:
 def machine(extra: dict[str, str] | None = None) -> str:
     """One line: CPU, cores, torch threads, versions (plus `extra` versions, e.g. lightning)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    parts = [f"CPU {cpu_model()}", f"{cores} cores", f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
-             f"Python {platform.python_version()}"]
+    parts = [
+        f"CPU {cpu_model()}",
+        f"{cores} cores",
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        f"Python {platform.python_version()}",
+    ]
     parts += [f"{name} {version}" for name, version in (extra or {}).items()]
     return ", ".join(parts)
 
@@ -39,8 +44,10 @@ def command() -> str:
 
 def write_section(title: str, body: str, extra: dict[str, str] | None = None) -> Path:
     """Replace the section `## title` of RESULTS.md (or append it) with date, machine, command and `body`."""
-    section = (f"## {title}\n\n{datetime.now():%Y-%m-%d %H:%M} · {machine(extra)}\n\n"
-               f"Command: `{command()}`\n\n{body.rstrip()}\n")
+    section = (
+        f"## {title}\n\n{datetime.now():%Y-%m-%d %H:%M} · {machine(extra)}\n\n"
+        f"Command: `{command()}`\n\n{body.rstrip()}\n"
+    )
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
     lines = text.splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if line.rstrip() == f"## {title}"), None)

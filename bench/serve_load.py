@@ -24,6 +24,7 @@ Run from the repo root on a quiet machine (trains the digits CNN for 2 epochs fi
     .venv/bin/python bench/serve_load.py --quick                    # small N: checks the script, numbers meaningless
 Exits 1 when a target is missed (not with --quick).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,10 +59,12 @@ def log(message: str) -> None:
 
 # ---------- the inputs: real examples, as a client sends them ----------
 
+
 def raw_inputs(model: str) -> list[str]:
     """What goes into `inputs`: base64 PNGs of the 1,797 sklearn digits (0..16 scaled to 0..255), or review texts."""
     if model == "text":
         import pandas as pd
+
         return pd.read_csv(REPO / "examples/tiny/reviews.csv")["review"].astype(str).tolist()
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -77,10 +80,12 @@ def raw_inputs(model: str) -> list[str]:
 def decode(item: str, image_model: bool):
     """A request input as the predictor takes it: the PIL image of a base64 PNG, or the text itself."""
     from PIL import Image
+
     return Image.open(io.BytesIO(base64.b64decode(item))) if image_model else item
 
 
 # ---------- the baseline server (run as `serve_load.py --baseline-server RUN --port P`) ----------
+
 
 class PredictRequest(BaseModel):  # at module level: FastAPI resolves the endpoint's (string) annotations here
     inputs: list[str]
@@ -106,9 +111,14 @@ def baseline_app(run: str, backend: str):
         probabilities = predictor.predict_proba([decode(item, image_model) for item in body.inputs])  # (N, C)
         predictions = []
         for p in probabilities:
-            top = p.argsort()[::-1][:body.top_k]
-            predictions.append({"label": predictor.labels[top[0]], "probability": float(p[top[0]]),
-                                "top_k": [{"label": predictor.labels[j], "probability": float(p[j])} for j in top]})
+            top = p.argsort()[::-1][: body.top_k]
+            predictions.append(
+                {
+                    "label": predictor.labels[top[0]],
+                    "probability": float(p[top[0]]),
+                    "top_k": [{"label": predictor.labels[j], "probability": float(p[j])} for j in top],
+                }
+            )
         return {"predictions": predictions}
 
     return app
@@ -133,14 +143,17 @@ def floor_app():
 
 def run_baseline_server(app, port: int) -> None:
     import uvicorn
+
     # The same uvicorn settings as `foundry serve`: default loop and HTTP parser, no access log.
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 # ---------- the load generator (run as `serve_load.py --drive URL --inputs FILE ...`) ----------
 
-async def closed_loop(session, url: str, bodies: list[bytes], labels: list[str], concurrency: int,
-                      total: int) -> dict:
+
+async def closed_loop(
+    session, url: str, bodies: list[bytes], labels: list[str], concurrency: int, total: int
+) -> dict:
     """`concurrency` workers, each sending its next request when the last answered, until `total` were sent."""
     latencies, failures, counts, sent = [], [], {"ok": 0, "wrong": 0}, 0
 
@@ -166,9 +179,14 @@ async def closed_loop(session, url: str, bodies: list[bytes], labels: list[str],
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {"wall": time.perf_counter() - start, "latencies": latencies, "ok": counts["ok"],
-            "wrong": counts["wrong"], "errors": len(failures),
-            "failures": list(dict.fromkeys(failures))[:3]}  # the first distinct ones
+    return {
+        "wall": time.perf_counter() - start,
+        "latencies": latencies,
+        "ok": counts["ok"],
+        "wrong": counts["wrong"],
+        "errors": len(failures),
+        "failures": list(dict.fromkeys(failures))[:3],
+    }  # the first distinct ones
 
 
 async def batch_totals(session, base: str) -> tuple[float, float] | None:
@@ -177,8 +195,11 @@ async def batch_totals(session, base: str) -> tuple[float, float] | None:
         if response.status != 200:
             return None
         text = await response.text()
-    values = dict(line.split()[:2] for line in text.splitlines()
-                  if line.startswith(("foundry_batch_size_sum ", "foundry_batch_size_count ")))
+    values = dict(
+        line.split()[:2]
+        for line in text.splitlines()
+        if line.startswith(("foundry_batch_size_sum ", "foundry_batch_size_count "))
+    )
     return float(values["foundry_batch_size_sum"]), float(values["foundry_batch_size_count"])
 
 
@@ -188,21 +209,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-async def drive(base: str, inputs_file: Path, concurrency: int, total: int, warmup: int, server_pid: int) -> dict:
+async def drive(
+    base: str, inputs_file: Path, concurrency: int, total: int, warmup: int, server_pid: int
+) -> dict:
     import aiohttp
 
     data = json.loads(inputs_file.read_text())
     bodies = [json.dumps({"inputs": [item], "top_k": 1}).encode() for item in data["inputs"]]
     connector = aiohttp.TCPConnector(limit=concurrency)  # one kept-alive connection per worker
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60),
-                                     headers={"Content-Type": "application/json"}) as session:
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=60),
+        headers={"Content-Type": "application/json"},
+    ) as session:
         url, labels = base + "/v1/predict", data["labels"]  # labels: None for the no-op endpoint
         if warmup:
             await closed_loop(session, url, bodies, labels, concurrency, warmup)
         before = await batch_totals(session, base)
         server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
         result = await closed_loop(session, url, bodies, labels, concurrency, total)
-        result["server_cpu"], result["client_cpu"] = cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
+        result["server_cpu"], result["client_cpu"] = (
+            cpu_seconds(server_pid) - server_cpu,
+            time.process_time() - client_cpu,
+        )
         after = await batch_totals(session, base)
     if before and after and after[1] > before[1]:
         result["mean_batch"] = (after[0] - before[0]) / (after[1] - before[1])
@@ -210,6 +239,7 @@ async def drive(base: str, inputs_file: Path, concurrency: int, total: int, warm
 
 
 # ---------- the orchestra: model, servers, levels, report ----------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -221,13 +251,16 @@ def start_server(name: str, command: list[str], env: dict, log_file: Path) -> tu
     """Start a server on a free loopback port; returns it and its base URL once GET /readyz answers 200."""
     port = free_port()
     with open(log_file, "w") as out:
-        process = subprocess.Popen([*command, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                   cwd=REPO)
+        process = subprocess.Popen(
+            [*command, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO
+        )
     base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"{name} exited with {process.returncode} before it was ready; its output "
-                             f"({log_file}):\n{log_file.read_text()[-3000:]}")
+            raise SystemExit(
+                f"{name} exited with {process.returncode} before it was ready; its output "
+                f"({log_file}):\n{log_file.read_text()[-3000:]}"
+            )
         try:
             with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
                 if response.status == 200:
@@ -236,7 +269,9 @@ def start_server(name: str, command: list[str], env: dict, log_file: Path) -> tu
             pass
         time.sleep(0.2)
     process.kill()
-    raise SystemExit(f"{name} was not ready after 180 s; its output ({log_file}):\n{log_file.read_text()[-3000:]}")
+    raise SystemExit(
+        f"{name} was not ready after 180 s; its output ({log_file}):\n{log_file.read_text()[-3000:]}"
+    )
 
 
 def stop_server(process: subprocess.Popen) -> None:
@@ -270,24 +305,56 @@ def direct_call_ms(predictor, items: list, calls: int = 500) -> float:
     return float(np.median(times[50:]) * 1000)
 
 
-def measure(name: str, server: subprocess.Popen, base: str, inputs_file: Path, concurrency: int, requests: int,
-            warmup: int) -> dict:
+def measure(
+    name: str,
+    server: subprocess.Popen,
+    base: str,
+    inputs_file: Path,
+    concurrency: int,
+    requests: int,
+    warmup: int,
+) -> dict:
     """One level, driven from a separate process so the client does not share the orchestrator's interpreter."""
-    command = [sys.executable, __file__, "--drive", base, "--inputs", str(inputs_file), "--concurrency",
-               str(concurrency), "--requests", str(requests), "--warmup", str(warmup), "--server-pid", str(server.pid)]
+    command = [
+        sys.executable,
+        __file__,
+        "--drive",
+        base,
+        "--inputs",
+        str(inputs_file),
+        "--concurrency",
+        str(concurrency),
+        "--requests",
+        str(requests),
+        "--warmup",
+        str(warmup),
+        "--server-pid",
+        str(server.pid),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, stdout=subprocess.PIPE, env=env, cwd=REPO, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"the load generator failed against {name} at concurrency {concurrency} (output above).")
+        raise SystemExit(
+            f"the load generator failed against {name} at concurrency {concurrency} (output above)."
+        )
     result = json.loads(done.stdout)
     import numpy as np
+
     latencies = np.array(result.pop("latencies")) * 1000
-    result.update(server=name, concurrency=concurrency, requests=requests, rate=result["ok"] / result["wall"],
-                  p50=float(np.percentile(latencies, 50)), p99=float(np.percentile(latencies, 99)))
-    log(f"{name:>{len(FLOOR)}} c={concurrency:<3} {result['rate']:8,.0f} req/s  p50 {result['p50']:6.2f} ms  "
+    result.update(
+        server=name,
+        concurrency=concurrency,
+        requests=requests,
+        rate=result["ok"] / result["wall"],
+        p50=float(np.percentile(latencies, 50)),
+        p99=float(np.percentile(latencies, 99)),
+    )
+    log(
+        f"{name:>{len(FLOOR)}} c={concurrency:<3} {result['rate']:8,.0f} req/s  p50 {result['p50']:6.2f} ms  "
         f"p99 {result['p99']:7.2f} ms  errors {result['errors']}  wrong {result['wrong']}"
         + (f"  mean batch {result['mean_batch']:.1f}" if "mean_batch" in result else "")
-        + f"  server CPU {result['server_cpu'] / requests * 1000:.2f} ms/req")
+        + f"  server CPU {result['server_cpu'] / requests * 1000:.2f} ms/req"
+    )
     for failure in result["failures"]:
         log(f"    e.g. {failure}")
     return result
@@ -295,15 +362,19 @@ def measure(name: str, server: subprocess.Popen, base: str, inputs_file: Path, c
 
 def report(results: list[dict], direct_ms: float, args, threads: int, run: Path) -> tuple[str, int]:
     """The markdown table, the targets with PASS/MISS, and notes; returns it and the number of misses."""
-    header = ("| server | concurrency | requests | req/s | p50 ms | p99 ms | errors | labels ≠ in-process | mean batch | "
-              "server CPU ms/req | client CPU ms/req |")
+    header = (
+        "| server | concurrency | requests | req/s | p50 ms | p99 ms | errors | labels ≠ in-process | mean batch | "
+        "server CPU ms/req | client CPU ms/req |"
+    )
     rows = [header, "|---|" + "---:|" * 10]
     for r in results:
         floor = r["server"] == FLOOR
         batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "-" if floor else "1"
-        rows.append(f"| {r['server']} | {r['concurrency']} | {r['requests']:,} | {r['rate']:,.0f} | {r['p50']:.2f} | "
-                    f"{r['p99']:.2f} | {r['errors']} | {'-' if floor else r['wrong']} | {batch} | "
-                    f"{r['server_cpu'] / r['requests'] * 1000:.2f} | {r['client_cpu'] / r['requests'] * 1000:.2f} |")
+        rows.append(
+            f"| {r['server']} | {r['concurrency']} | {r['requests']:,} | {r['rate']:,.0f} | {r['p50']:.2f} | "
+            f"{r['p99']:.2f} | {r['errors']} | {'-' if floor else r['wrong']} | {batch} | "
+            f"{r['server_cpu'] / r['requests'] * 1000:.2f} | {r['client_cpu'] / r['requests'] * 1000:.2f} |"
+        )
     at = {(r["server"], r["concurrency"]): r for r in results}
     targets, misses = ["| target | measured | goal | result |", "|---|---|---|---|"], 0
 
@@ -316,68 +387,110 @@ def report(results: list[dict], direct_ms: float, args, threads: int, run: Path)
 
     ours32, base32 = at.get((OURS, 32)), at.get((BASELINE, 32))
     ratio = ours32["rate"] / base32["rate"] if ours32 and base32 and base32["rate"] > 0 else None
-    targets.append(f"| {OURS} / {BASELINE} req/s at concurrency 32 | "
-                   f"{f'{ratio:.1f}x' if ratio else '-'} | >= {TARGET_RATIO:.0f}x | "
-                   f"{verdict(None if ratio is None else ratio >= TARGET_RATIO)} |")
+    targets.append(
+        f"| {OURS} / {BASELINE} req/s at concurrency 32 | "
+        f"{f'{ratio:.1f}x' if ratio else '-'} | >= {TARGET_RATIO:.0f}x | "
+        f"{verdict(None if ratio is None else ratio >= TARGET_RATIO)} |"
+    )
     ours1 = at.get((OURS, 1))
     gap = ours1["p50"] - direct_ms if ours1 else None
-    targets.append(f"| {OURS} p50 at concurrency 1 minus a direct call | "
-                   + (f"{gap:.2f} ms (p50 {ours1['p50']:.2f} ms, direct {direct_ms:.2f} ms)" if ours1 else "-")
-                   + f" | <= {TARGET_P50_GAP_MS:.0f} ms | {verdict(None if gap is None else gap <= TARGET_P50_GAP_MS)} |")
+    targets.append(
+        f"| {OURS} p50 at concurrency 1 minus a direct call | "
+        + (f"{gap:.2f} ms (p50 {ours1['p50']:.2f} ms, direct {direct_ms:.2f} ms)" if ours1 else "-")
+        + f" | <= {TARGET_P50_GAP_MS:.0f} ms | {verdict(None if gap is None else gap <= TARGET_P50_GAP_MS)} |"
+    )
     ours64 = at.get((OURS, 64))
     short = ours64 and ours64["requests"] < TARGET_ERROR_REQUESTS
-    targets.append(f"| {OURS} errors at concurrency 64 | "
-                   + (f"{ours64['errors']} of {ours64['requests']:,}" if ours64 else "-")
-                   + f" | 0 of {TARGET_ERROR_REQUESTS:,} | "
-                   + verdict(None if not ours64 else ours64["errors"] == 0,
-                             f" (only {ours64['requests']:,} requests)" if short else "") + " |")
+    targets.append(
+        f"| {OURS} errors at concurrency 64 | "
+        + (f"{ours64['errors']} of {ours64['requests']:,}" if ours64 else "-")
+        + f" | 0 of {TARGET_ERROR_REQUESTS:,} | "
+        + verdict(
+            None if not ours64 else ours64["errors"] == 0,
+            f" (only {ours64['requests']:,} requests)" if short else "",
+        )
+        + " |"
+    )
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     image_model = args.model == "digits"
-    source = f"run {run}" if args.run else f"`foundry train {MODELS[args.model]} --set train.epochs={args.epochs}`"
+    source = (
+        f"run {run}" if args.run else f"`foundry train {MODELS[args.model]} --set train.epochs={args.epochs}`"
+    )
     one_input = "decoded image" if image_model else "text"
     notes = [
-        (f"model: {args.model} ({source}), backend {args.backend}; each request carries one input (`top_k: 1`), "
-         f"cycling through {'the 1,797 sklearn digits as 8x8 PNGs' if image_model else 'the review texts'}"),
-        (f"both servers: loopback, OMP_NUM_THREADS={threads} (torch threads), uvicorn {version('uvicorn')} "
-         f"({loop} loop, {http}), log level warning, no access log; {OURS} with --max-batch-size "
-         f"{args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}, its other options default"),
-        (f"{BASELINE}: a sync `def` endpoint (FastAPI {version('fastapi')}, its thread pool) "
-         f"{'decoding the base64 PNG with Pillow and ' if image_model else ''}calling "
-         f"`modelfoundry.load(run).predict_proba([{one_input}])` per request; no batching (mean batch 1)"),
-        (f"{FLOOR}: an `async def` endpoint parsing the same body and answering the same shape without a model, "
-         "on the same uvicorn: about the most requests/s a FastAPI server reaches with this client on this machine, "
-         f"which bounds what batching can win: {OURS} / {BASELINE} <= its req/s / {BASELINE}'s"),
+        (
+            f"model: {args.model} ({source}), backend {args.backend}; each request carries one input (`top_k: 1`), "
+            f"cycling through {'the 1,797 sklearn digits as 8x8 PNGs' if image_model else 'the review texts'}"
+        ),
+        (
+            f"both servers: loopback, OMP_NUM_THREADS={threads} (torch threads), uvicorn {version('uvicorn')} "
+            f"({loop} loop, {http}), log level warning, no access log; {OURS} with --max-batch-size "
+            f"{args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}, its other options default"
+        ),
+        (
+            f"{BASELINE}: a sync `def` endpoint (FastAPI {version('fastapi')}, its thread pool) "
+            f"{'decoding the base64 PNG with Pillow and ' if image_model else ''}calling "
+            f"`modelfoundry.load(run).predict_proba([{one_input}])` per request; no batching (mean batch 1)"
+        ),
+        (
+            f"{FLOOR}: an `async def` endpoint parsing the same body and answering the same shape without a model, "
+            "on the same uvicorn: about the most requests/s a FastAPI server reaches with this client on this machine, "
+            f"which bounds what batching can win: {OURS} / {BASELINE} <= its req/s / {BASELINE}'s"
+        ),
         f"direct call: median of 500 in-process `predict_proba([{one_input}])` calls, {threads} torch threads",
-        (f"client: a separate process, asyncio + aiohttp {version('aiohttp')}, one kept-alive connection per worker; "
-         f"{args.warmup} warm-up requests at the same concurrency before each level; req/s: answered requests / wall "
-         "seconds of the level; latency: from sending to the answer parsed; errors: non-2xx, exceptions, malformed "
-         "answers; labels ≠ in-process: answers whose label differs from the predictor's in this process; CPU "
-         "ms/req: CPU time (all threads) of the server process and of the client over the level, per request: "
-         "what a request costs, whatever else ran on the machine"),
-        (f"the client, both servers and this script share {len(os.sched_getaffinity(0))} cores: on a small machine "
-         "the client's CPU is part of what is measured, for both servers alike"),
+        (
+            f"client: a separate process, asyncio + aiohttp {version('aiohttp')}, one kept-alive connection per worker; "
+            f"{args.warmup} warm-up requests at the same concurrency before each level; req/s: answered requests / wall "
+            "seconds of the level; latency: from sending to the answer parsed; errors: non-2xx, exceptions, malformed "
+            "answers; labels ≠ in-process: answers whose label differs from the predictor's in this process; CPU "
+            "ms/req: CPU time (all threads) of the server process and of the client over the level, per request: "
+            "what a request costs, whatever else ran on the machine"
+        ),
+        (
+            f"the client, both servers and this script share {len(os.sched_getaffinity(0))} cores: on a small machine "
+            "the client's CPU is part of what is measured, for both servers alike"
+        ),
     ]
-    body = ("\n".join(rows) + "\n\n" + "\n".join(targets) + "\n\n" + "\n".join(f"- {note}" for note in notes))
+    body = "\n".join(rows) + "\n\n" + "\n".join(targets) + "\n\n" + "\n".join(f"- {note}" for note in notes)
     return body, misses
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="digits", choices=list(MODELS), help="what to train when no --run (a --run is sent inputs of its kind)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        default="digits",
+        choices=list(MODELS),
+        help="what to train when no --run (a --run is sent inputs of its kind)",
+    )
     parser.add_argument("--run", type=Path, help="serve this run folder instead of training one")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs when no --run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--requests", type=int, default=2000, help="requests per level")
-    parser.add_argument("--requests-64", type=int, default=TARGET_ERROR_REQUESTS,
-                        help=f"requests at concurrency 64 for {OURS} (the error target counts 10,000)")
+    parser.add_argument(
+        "--requests-64",
+        type=int,
+        default=TARGET_ERROR_REQUESTS,
+        help=f"requests at concurrency 64 for {OURS} (the error target counts 10,000)",
+    )
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured requests before each level")
-    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of both servers (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="OMP_NUM_THREADS of both servers (default: torch's)"
+    )
     parser.add_argument("--max-batch-size", type=int, default=64, help="passed to foundry serve")
     parser.add_argument("--max-wait-ms", type=float, default=0.0, help="passed to foundry serve")
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"], help="for both servers")
-    parser.add_argument("--quick", action="store_true", help="check the script: 100 requests per level (300 at 64), 20 warm-up, "
-                        "1 training epoch; numbers meaningless, nothing written")
+    parser.add_argument(
+        "--backend", default="auto", choices=["auto", "torch", "onnx"], help="for both servers"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="check the script: 100 requests per level (300 at 64), 20 warm-up, "
+        "1 training epoch; numbers meaningless, nothing written",
+    )
     parser.add_argument("--write", action="store_true", help="record the results in bench/RESULTS.md")
     internal = parser.add_argument_group("internal (the script runs itself with these)")
     internal.add_argument("--baseline-server", metavar="RUN", help="run the hand-written server")
@@ -391,12 +504,14 @@ def main() -> int:
         parser.set_defaults(requests=100, requests_64=300, warmup=20, epochs=1)
         args = parser.parse_args()
     if args.baseline_server or args.floor_server:
-        run_baseline_server(floor_app() if args.floor_server else baseline_app(args.baseline_server, args.backend),
-                            args.port)
+        run_baseline_server(
+            floor_app() if args.floor_server else baseline_app(args.baseline_server, args.backend), args.port
+        )
         return 0
     if args.drive:
-        result = asyncio.run(drive(args.drive, args.inputs, args.concurrency[0], args.requests, args.warmup,
-                                   args.server_pid))
+        result = asyncio.run(
+            drive(args.drive, args.inputs, args.concurrency[0], args.requests, args.warmup, args.server_pid)
+        )
         print(json.dumps(result))
         return 0
     if not FOUNDRY.is_file():
@@ -405,6 +520,7 @@ def main() -> int:
     import torch
 
     import modelfoundry
+
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -434,10 +550,24 @@ def main() -> int:
     del predictor, items
 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    ours_command = [str(FOUNDRY), "serve", str(run), "--host", "127.0.0.1", "--backend", args.backend,
-                    "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
-    commands = {BASELINE: [sys.executable, __file__, "--baseline-server", str(run), "--backend", args.backend],
-                OURS: ours_command, FLOOR: [sys.executable, __file__, "--floor-server"]}
+    ours_command = [
+        str(FOUNDRY),
+        "serve",
+        str(run),
+        "--host",
+        "127.0.0.1",
+        "--backend",
+        args.backend,
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+    ]
+    commands = {
+        BASELINE: [sys.executable, __file__, "--baseline-server", str(run), "--backend", args.backend],
+        OURS: ours_command,
+        FLOOR: [sys.executable, __file__, "--floor-server"],
+    }
     unchecked_file = folder / "inputs-unchecked.json"  # the no-op endpoint's labels are not checked
     unchecked_file.write_text(json.dumps({"inputs": inputs, "labels": None}))
     servers, results = {}, []
@@ -448,11 +578,20 @@ def main() -> int:
             log(f"{name} ready at {servers[name][1]}")
         for level, concurrency in enumerate(args.concurrency):
             names = list(commands)
-            for name in names[level % 3:] + names[:level % 3]:  # rotate who goes first
+            for name in names[level % 3 :] + names[: level % 3]:  # rotate who goes first
                 requests = args.requests_64 if name == OURS and concurrency == 64 else args.requests
                 process, base, _ = servers[name]
-                results.append(measure(name, process, base, unchecked_file if name == FLOOR else inputs_file,
-                                       concurrency, requests, args.warmup))
+                results.append(
+                    measure(
+                        name,
+                        process,
+                        base,
+                        unchecked_file if name == FLOOR else inputs_file,
+                        concurrency,
+                        requests,
+                        args.warmup,
+                    )
+                )
     finally:
         for name, (process, _, log_file) in servers.items():
             stop_server(process)
@@ -464,8 +603,11 @@ def main() -> int:
     print(body)
     if args.write and not args.quick:
         from record import write_section
+
         title = "serve_load" if args.model == "digits" else f"serve_load ({args.model} model)"
-        log(f"written to {write_section(title, body, {n: version(n) for n in ('fastapi', 'uvicorn', 'aiohttp')})}")
+        log(
+            f"written to {write_section(title, body, {n: version(n) for n in ('fastapi', 'uvicorn', 'aiohttp')})}"
+        )
     return 1 if misses else 0
 
 

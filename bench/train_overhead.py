@@ -11,6 +11,7 @@ Run from the repo root, in a terminal (so foundry's progress bar is live, as a u
     .venv/bin/python bench/train_overhead.py --epochs 2 --rounds 1 --skip keras lightning   # quick check
     .venv/bin/python bench/train_overhead.py --write           # also record it in bench/RESULTS.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,29 +38,35 @@ from torch.utils.data import DataLoader, TensorDataset
 from modelfoundry.config import load_config
 from modelfoundry.data.prepare import ArrayData, prepare
 from modelfoundry.models.registry import build_model
-from modelfoundry.runner import train  # = modelfoundry.training, which the subpackage modelfoundry.training shadows
+from modelfoundry.runner import (
+    train,
+)  # = modelfoundry.training, which the subpackage modelfoundry.training shadows
 from modelfoundry.training.loop import fit
 from record import write_section
 
 os.environ["KERAS_BACKEND"] = "torch"  # read when keras is first imported, in keras_model()
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # no "GPU available: False" on every fit
-BATCH, LR, VAL_BATCH = 64, 1e-3, 512   # VAL_BATCH: what foundry's predict_logits uses
+BATCH, LR, VAL_BATCH = 64, 1e-3, 512  # VAL_BATCH: what foundry's predict_logits uses
 COMPARED = ["hand-written", "foundry", "lightning", "keras"]
 INFO = ["foundry-bare", "foundry-train"]
-LABELS = {"hand-written": "hand-written PyTorch", "foundry": "foundry `fit` (defaults)",
-          "lightning": "PyTorch Lightning", "keras": "Keras 3 (torch backend)",
-          "foundry-bare": "(info) foundry `fit`, no checkpoints/TensorBoard/progress bar",
-          "foundry-train": "(info) `modelfoundry.training()`, whole run"}
+LABELS = {
+    "hand-written": "hand-written PyTorch",
+    "foundry": "foundry `fit` (defaults)",
+    "lightning": "PyTorch Lightning",
+    "keras": "Keras 3 (torch backend)",
+    "foundry-bare": "(info) foundry `fit`, no checkpoints/TensorBoard/progress bar",
+    "foundry-train": "(info) `modelfoundry.training()`, whole run",
+}
 SETTINGS = {
     "hand-written": "randperm + slicing, CrossEntropyLoss, Adam; eval + inference_mode validation; nothing else",
     "foundry": "fit() defaults: LambdaLR (constant), best-weights copy, checkpoint every epoch (background "
-               "thread, fsync), TensorBoard, rich progress bar, val loss/accuracy/F1",
+    "thread, fsync), TensorBoard, rich progress bar, val loss/accuracy/F1",
     "lightning": "Trainer(accelerator='cpu', devices=1, logger=False, enable_checkpointing=False, enable_progress_bar="
-                 "False, enable_model_summary=False), other defaults (num_sanity_val_steps=2); DataLoader("
-                 "TensorDataset, shuffle=True, num_workers=0); self.log val loss/accuracy",
+    "False, enable_model_summary=False), other defaults (num_sanity_val_steps=2); DataLoader("
+    "TensorDataset, shuffle=True, num_workers=0); self.log val loss/accuracy",
     "keras": "model.fit(numpy NHWC, batch_size=64, shuffle=True, validation_data, validation_batch_size=512, "
-             "verbose=0), metrics=['accuracy'] (train accuracy too); BN momentum 0.9/eps 1e-5 and Adam eps 1e-8 "
-             "as torch; Keras' own weight init (glorot)",
+    "verbose=0), metrics=['accuracy'] (train accuracy too); BN momentum 0.9/eps 1e-5 and Adam eps 1e-8 "
+    "as torch; Keras' own weight init (glorot)",
 }
 
 
@@ -71,9 +78,19 @@ class Setup:
     precision: str  # foundry's train.precision
 
     def config(self, seed: int) -> dict:
-        return {"task": "image_classification", "data": {"source": "builtin:digits"}, "model": {"name": "cnn"},
-                "train": {"epochs": self.epochs, "batch_size": BATCH, "optimizer": "adam", "lr": LR, "seed": seed,
-                          "precision": self.precision}}
+        return {
+            "task": "image_classification",
+            "data": {"source": "builtin:digits"},
+            "model": {"name": "cnn"},
+            "train": {
+                "epochs": self.epochs,
+                "batch_size": BATCH,
+                "optimizer": "adam",
+                "lr": LR,
+                "seed": seed,
+                "precision": self.precision,
+            },
+        }
 
 
 class Clock:
@@ -95,7 +112,9 @@ def cnn(seed: int) -> nn.Module:
 @torch.inference_mode()
 def validate(model: nn.Module, val: ArrayData) -> tuple[float, float]:
     model.eval()
-    logits = torch.cat([model(val.inputs[i:i + VAL_BATCH]) for i in range(0, len(val), VAL_BATCH)])  # (N, 10)
+    logits = torch.cat(
+        [model(val.inputs[i : i + VAL_BATCH]) for i in range(0, len(val), VAL_BATCH)]
+    )  # (N, 10)
     accuracy = (logits.argmax(1) == val.targets).float().mean()
     return nn.functional.cross_entropy(logits, val.targets).item(), accuracy.item()
 
@@ -110,7 +129,7 @@ def run_hand_written(setup: Setup, seed: int) -> tuple[Clock, float]:
             model.train()
             order = torch.randperm(len(train), generator=generator)
             for i in range(0, len(train), BATCH):
-                idx = order[i:i + BATCH]
+                idx = order[i : i + BATCH]
                 loss = loss_fn(model(train.inputs[idx]), train.targets[idx])
                 loss.backward()
                 optimizer.step()
@@ -125,8 +144,16 @@ def run_foundry(setup: Setup, seed: int, extras: bool = True) -> tuple[Clock, fl
     model, tmp = cnn(seed), Path(tempfile.mkdtemp())
     console = Console(stderr=True) if extras else Console(file=io.StringIO())
     with Clock() as clock:
-        result = fit(model, setup.train, setup.val, cfg.train, device=torch.device("cpu"), console=console,
-                     checkpoint_dir=tmp / "checkpoints" if extras else None, log_dir=tmp / "tb" if extras else None)
+        result = fit(
+            model,
+            setup.train,
+            setup.val,
+            cfg.train,
+            device=torch.device("cpu"),
+            console=console,
+            checkpoint_dir=tmp / "checkpoints" if extras else None,
+            log_dir=tmp / "tb" if extras else None,
+        )
     shutil.rmtree(tmp)
     run_foundry.precision = result.precision  # what train.precision resolved to, for the notes
     return clock, result.history[-1]["val_accuracy"]
@@ -161,8 +188,15 @@ def run_lightning(setup: Setup, seed: int) -> tuple[Clock, float]:
     with Clock() as clock:
         train_loader = DataLoader(TensorDataset(train.inputs, train.targets), batch_size=BATCH, shuffle=True)
         val_loader = DataLoader(TensorDataset(val.inputs, val.targets), batch_size=VAL_BATCH)
-        trainer = L.Trainer(max_epochs=setup.epochs, accelerator="cpu", devices=1, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer = L.Trainer(
+            max_epochs=setup.epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         trainer.fit(module, train_loader, val_loader)
     return clock, trainer.callback_metrics["val_accuracy"].item()
 
@@ -176,12 +210,25 @@ def keras_model(seed: int):
     keras.utils.set_random_seed(seed)
 
     def conv_bn_relu(width):  # momentum/epsilon as torch's BatchNorm2d defaults
-        return [layers.Conv2D(width, 3, padding="same", use_bias=False),
-                layers.BatchNormalization(momentum=0.9, epsilon=1e-5), layers.ReLU()]
+        return [
+            layers.Conv2D(width, 3, padding="same", use_bias=False),
+            layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+            layers.ReLU(),
+        ]
 
-    return keras.Sequential([keras.Input((8, 8, 1)), *conv_bn_relu(32), *conv_bn_relu(32), layers.MaxPooling2D(2),
-                             *conv_bn_relu(64), *conv_bn_relu(64), layers.GlobalAveragePooling2D(),
-                             layers.Dropout(0.2), layers.Dense(10)])
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            *conv_bn_relu(32),
+            *conv_bn_relu(32),
+            layers.MaxPooling2D(2),
+            *conv_bn_relu(64),
+            *conv_bn_relu(64),
+            layers.GlobalAveragePooling2D(),
+            layers.Dropout(0.2),
+            layers.Dense(10),
+        ]
+    )
 
 
 def run_keras(setup: Setup, seed: int) -> tuple[Clock, float]:
@@ -191,16 +238,32 @@ def run_keras(setup: Setup, seed: int) -> tuple[Clock, float]:
     x_val, y_val = setup.val.inputs.permute(0, 2, 3, 1).numpy(), setup.val.targets.numpy()
     model = keras_model(seed)
     with Clock() as clock:
-        model.compile(optimizer=keras.optimizers.Adam(LR, epsilon=1e-8), metrics=["accuracy"],
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        history = model.fit(x, y, batch_size=BATCH, epochs=setup.epochs, shuffle=True, verbose=0,
-                            validation_data=(x_val, y_val), validation_batch_size=VAL_BATCH)
+        model.compile(
+            optimizer=keras.optimizers.Adam(LR, epsilon=1e-8),
+            metrics=["accuracy"],
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        history = model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=setup.epochs,
+            shuffle=True,
+            verbose=0,
+            validation_data=(x_val, y_val),
+            validation_batch_size=VAL_BATCH,
+        )
     return clock, history.history["val_accuracy"][-1]
 
 
-RUNNERS = {"hand-written": run_hand_written, "foundry": run_foundry, "lightning": run_lightning, "keras": run_keras,
-           "foundry-bare": lambda setup, seed: run_foundry(setup, seed, extras=False),
-           "foundry-train": run_foundry_train}
+RUNNERS = {
+    "hand-written": run_hand_written,
+    "foundry": run_foundry,
+    "lightning": run_lightning,
+    "keras": run_keras,
+    "foundry-bare": lambda setup, seed: run_foundry(setup, seed, extras=False),
+    "foundry-train": run_foundry_train,
+}
 
 
 def parameter_counts() -> str:
@@ -208,8 +271,10 @@ def parameter_counts() -> str:
     model, twin = cnn(0), keras_model(0)
     stats = sum(b.numel() for name, b in model.named_buffers() if "num_batches" not in name)
     size = lambda weights: sum(int(np.prod(w.shape)) for w in weights)  # noqa: E731
-    return (f"parameters: torch {sum(p.numel() for p in model.parameters()):,} trainable + {stats:,} BN statistics; "
-            f"Keras {size(twin.trainable_weights):,} trainable + {size(twin.non_trainable_weights):,} non-trainable")
+    return (
+        f"parameters: torch {sum(p.numel() for p in model.parameters()):,} trainable + {stats:,} BN statistics; "
+        f"Keras {size(twin.trainable_weights):,} trainable + {size(twin.non_trainable_weights):,} non-trainable"
+    )
 
 
 def report(runs: dict[str, list[tuple[Clock, float]]], setup: Setup, rounds: int) -> str:
@@ -218,28 +283,42 @@ def report(runs: dict[str, list[tuple[Clock, float]]], setup: Setup, rounds: int
     wall = {n: [clock.wall for clock, _ in runs[n]] for n in names}
     median = {n: statistics.median(wall[n]) for n in names}
     ratio = {n: median["hand-written"] / median[n] for n in names}  # samples/s ratio = inverse time ratio
-    rows = ["| contender | samples/s (median) | vs hand-written | per-round ratios | val acc (mean) |",
-            "|---|---:|---:|---|---:|"]
+    rows = [
+        "| contender | samples/s (median) | vs hand-written | per-round ratios | val acc (mean) |",
+        "|---|---:|---:|---|---:|",
+    ]
     for n in names:
         per_round = " ".join(f"{h / w:.2f}" for h, w in zip(wall["hand-written"], wall[n]))
-        rows.append(f"| {LABELS[n]} | {samples / median[n]:,.0f} | {ratio[n]:.3f} | {per_round} | "
-                    f"{statistics.mean(a for _, a in runs[n]):.4f} |")
-    notes = [f"digits {len(setup.train)} train / {len(setup.val)} val examples, {setup.epochs} epochs, {rounds} rounds"
-             f" (rotating order), {torch.get_num_threads()} torch threads; samples/s = train examples x epochs / wall"
-             " seconds; per-round ratios show the noise; val acc after the last epoch"]
+        rows.append(
+            f"| {LABELS[n]} | {samples / median[n]:,.0f} | {ratio[n]:.3f} | {per_round} | "
+            f"{statistics.mean(a for _, a in runs[n]):.4f} |"
+        )
+    notes = [
+        f"digits {len(setup.train)} train / {len(setup.val)} val examples, {setup.epochs} epochs, {rounds} rounds"
+        f" (rotating order), {torch.get_num_threads()} torch threads; samples/s = train examples x epochs / wall"
+        " seconds; per-round ratios show the noise; val acc after the last epoch"
+    ]
     if "keras" in names:
         notes.append(parameter_counts())
     if "foundry" in names:
-        bar = "live" if Console(stderr=True).is_terminal else "not shown (stderr is no terminal: a line per epoch)"
+        bar = (
+            "live"
+            if Console(stderr=True).is_terminal
+            else "not shown (stderr is no terminal: a line per epoch)"
+        )
         resolved = getattr(run_foundry, "precision", "?")
         warning = " -- NOT fp32 like the others, so this compares precisions" if resolved != "fp32" else ""
-        notes.append(f"foundry: train.precision={setup.precision} ran as {resolved}{warning}; progress bar {bar}")
+        notes.append(
+            f"foundry: train.precision={setup.precision} ran as {resolved}{warning}; progress bar {bar}"
+        )
         verdict = "meets" if ratio["foundry"] >= 0.97 else "is BELOW"
         notes.append(f"foundry / hand-written samples/s = {ratio['foundry']:.3f}: {verdict} the 0.97 target")
         if "foundry-bare" in names:
             extras = 1 - median["foundry-bare"] / median["foundry"]
-            notes.append(f"checkpoints + TensorBoard + progress bar: {extras:.1%} of foundry's time; "
-                         f"its bare loop: {ratio['foundry-bare']:.3f} x hand-written")
+            notes.append(
+                f"checkpoints + TensorBoard + progress bar: {extras:.1%} of foundry's time; "
+                f"its bare loop: {ratio['foundry-bare']:.3f} x hand-written"
+            )
     notes += [f"{LABELS[n]}: {SETTINGS[n]}" for n in COMPARED if n in names]
     return "\n".join(rows) + "\n\n" + "\n".join(f"- {note}" for note in notes)
 
@@ -250,8 +329,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="round r uses seed + r for every contender")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32"], help="foundry's train.precision")
-    parser.add_argument("--skip", nargs="*", default=[], choices=COMPARED[1:] + INFO, help="contenders to leave out")
+    parser.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32"], help="foundry's train.precision"
+    )
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=COMPARED[1:] + INFO, help="contenders to leave out"
+    )
     parser.add_argument("--write", action="store_true", help="record the table in bench/RESULTS.md")
     args = parser.parse_args()
     if args.threads:
@@ -265,23 +348,31 @@ def main() -> None:
     data = prepare(*load_config({"task": "image_classification", "data": {"source": "builtin:digits"}}))
     setup = Setup(data.train, data.val, args.epochs, args.precision)
     names = [n for n in COMPARED + INFO if n not in args.skip]
-    log(f"digits: {len(setup.train)} train / {len(setup.val)} val; {args.epochs} epochs x {args.rounds} rounds")
+    log(
+        f"digits: {len(setup.train)} train / {len(setup.val)} val; {args.epochs} epochs x {args.rounds} rounds"
+    )
     for name in names:  # warm-up: imports, oneDNN primitives, first-call caches, foundry's precision probe
         log(f"warm-up {name}")
         RUNNERS[name](dataclasses.replace(setup, epochs=1), args.seed)
     runs: dict[str, list[tuple[Clock, float]]] = {n: [] for n in names}  # (clock, final val accuracy)
     for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate who goes first
             clock, accuracy = RUNNERS[name](setup, args.seed + r)
             runs[name].append((clock, accuracy))
-            log(f"round {r + 1}/{args.rounds} {name}: {clock.wall:.2f} s, "
-                f"{len(setup.train) * args.epochs / clock.wall:,.0f} samples/s, val acc {accuracy:.4f}")
+            log(
+                f"round {r + 1}/{args.rounds} {name}: {clock.wall:.2f} s, "
+                f"{len(setup.train) * args.epochs / clock.wall:,.0f} samples/s, val acc {accuracy:.4f}"
+            )
             if torch.get_num_threads() != threads:
-                raise SystemExit(f"{name} changed torch's threads from {threads} to {torch.get_num_threads()}")
+                raise SystemExit(
+                    f"{name} changed torch's threads from {threads} to {torch.get_num_threads()}"
+                )
     body = report(runs, setup, args.rounds)
     print(body)
     if args.write:
-        log(f"written to {write_section('train_overhead', body, {n: version(n) for n in ('lightning', 'keras')})}")
+        log(
+            f"written to {write_section('train_overhead', body, {n: version(n) for n in ('lightning', 'keras')})}"
+        )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Run from the repo root (about 25 minutes on 2 CPU cores: 40 epochs per finished 
     .venv/bin/python bench/tune.py --write
     .venv/bin/python bench/tune.py --quick          # 4 trials of 3 epochs: checks the script, numbers meaningless
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,39 +51,72 @@ EPOCH_CUT_TARGET = 0.40
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--trials", type=int, default=20, help="trials per study")
-    parser.add_argument("--set", action="append", default=[], dest="overrides",
-                        help="override a key of every config, e.g. --set train.epochs=20")
-    parser.add_argument("--metric", default="val_loss", choices=["val_loss", "val_accuracy", "val_f1_macro"],
-                        help="what the studies optimise; val_loss by default: on the digits' 180 validation "
-                             "images most trials reach val_accuracy 1.0, which leaves TPE nothing to choose by")
-    parser.add_argument("--seeds", default="0,1,2",
-                        help="the shipped and the best configs are also trained on these seeds (init and split): "
-                             "360 test images make one seed's accuracy move in steps of 0.28 points")
-    parser.add_argument("--quick", action="store_true", help="4 trials of 3 epochs, pruning from the 2nd trial")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override a key of every config, e.g. --set train.epochs=20",
+    )
+    parser.add_argument(
+        "--metric",
+        default="val_loss",
+        choices=["val_loss", "val_accuracy", "val_f1_macro"],
+        help="what the studies optimise; val_loss by default: on the digits' 180 validation "
+        "images most trials reach val_accuracy 1.0, which leaves TPE nothing to choose by",
+    )
+    parser.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="the shipped and the best configs are also trained on these seeds (init and split): "
+        "360 test images make one seed's accuracy move in steps of 0.28 points",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="4 trials of 3 epochs, pruning from the 2nd trial"
+    )
     parser.add_argument("--write", action="store_true", help="record the results in bench/RESULTS.md")
     args = parser.parse_args()
     os.environ.setdefault("FOUNDRY_HOME", tempfile.mkdtemp(prefix="bench-tune-"))
     console = Console(stderr=True)
     trials = 4 if args.quick else args.trials
-    overrides = (["train.epochs=3", "tune.pruner_startup_trials=1", "tune.pruner_warmup_epochs=0"] if args.quick
-                 else []) + args.overrides
+    overrides = (
+        ["train.epochs=3", "tune.pruner_startup_trials=1", "tune.pruner_warmup_epochs=0"]
+        if args.quick
+        else []
+    ) + args.overrides
 
     shipped_overrides = [o for o in overrides if not o.startswith("tune.")]
     console.print(f"training the shipped config {SHIPPED.relative_to(REPO)}", highlight=False)
     clock = time.perf_counter()
     shipped = train(SHIPPED, shipped_overrides, console=Console(stderr=True, quiet=True))
-    rows = [{"name": "shipped examples/digits.yaml", "trials": "-", "finished": "-", "pruned": "-",
-             "epochs": shipped.metrics["epochs_run"], "seconds": time.perf_counter() - clock, "val": None,
-             "test": shipped.metrics["test"]["accuracy"]}]
+    rows = [
+        {
+            "name": "shipped examples/digits.yaml",
+            "trials": "-",
+            "finished": "-",
+            "pruned": "-",
+            "epochs": shipped.metrics["epochs_run"],
+            "seconds": time.perf_counter() - clock,
+            "val": None,
+            "test": shipped.metrics["test"]["accuracy"],
+        }
+    ]
     for pruner in ("median", "none"):
         rows.append(run_study(pruner, trials, overrides, console, args.metric))
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     for row, config in zip(rows, [SHIPPED] + [r["best_config"] for r in rows[1:]]):
-        row["seed_tests"] = [train(config, shipped_overrides + [f"train.seed={s}", f"data.split.seed={s}"],
-                                   console=Console(stderr=True, quiet=True)).metrics["test"]["accuracy"]
-                             for s in seeds]
+        row["seed_tests"] = [
+            train(
+                config,
+                shipped_overrides + [f"train.seed={s}", f"data.split.seed={s}"],
+                console=Console(stderr=True, quiet=True),
+            ).metrics["test"]["accuracy"]
+            for s in seeds
+        ]
 
     body, misses = report(rows, trials, args)
     print(body)
@@ -101,48 +135,69 @@ def run_study(pruner: str, trials: int, overrides: list[str], console: Console, 
     clock = time.perf_counter()
     search.optimize(spec, trials, None, console)
     seconds = time.perf_counter() - clock
-    result = search.finish(spec, Path(os.environ["FOUNDRY_HOME"]) / "tune" / f"digits-{pruner}", True,
-                           Console(stderr=True, quiet=True))
+    result = search.finish(
+        spec,
+        Path(os.environ["FOUNDRY_HOME"]) / "tune" / f"digits-{pruner}",
+        True,
+        Console(stderr=True, quiet=True),
+    )
     states = [t.state for t in spec.study.trials]
-    return {"name": f"{trials} trials, pruner {pruner}", "trials": len(states),
-            "finished": states.count(optuna.trial.TrialState.COMPLETE),
-            "pruned": states.count(optuna.trial.TrialState.PRUNED), "epochs": result.epochs_total,
-            "seconds": seconds, "val": spec.study.best_value, "test": result.run.metrics["test"]["accuracy"],
-            "best": search.best_values(spec), "report": result.report, "best_config": result.best_config}
+    return {
+        "name": f"{trials} trials, pruner {pruner}",
+        "trials": len(states),
+        "finished": states.count(optuna.trial.TrialState.COMPLETE),
+        "pruned": states.count(optuna.trial.TrialState.PRUNED),
+        "epochs": result.epochs_total,
+        "seconds": seconds,
+        "val": spec.study.best_value,
+        "test": result.run.metrics["test"]["accuracy"],
+        "best": search.best_values(spec),
+        "report": result.report,
+        "best_config": result.best_config,
+    }
 
 
 def report(rows: list[dict], trials: int, args) -> tuple[str, int]:
     shipped, pruned, unpruned = rows
     seeds = args.seeds.replace(",", ", ")
-    lines = [f"| | trials | finished | pruned | epochs trained | seconds | best {args.metric.replace('_', ' ')} | "
-             f"test accuracy | mean test accuracy, seeds {seeds} |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| | trials | finished | pruned | epochs trained | seconds | best {args.metric.replace('_', ' ')} | "
+        f"test accuracy | mean test accuracy, seeds {seeds} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         val = "-" if r["val"] is None else f"{r['val']:.4f}"
         mean = sum(r["seed_tests"]) / len(r["seed_tests"])
-        lines.append(f"| {r['name']} | {r['trials']} | {r['finished']} | {r['pruned']} | {r['epochs']:,} | "
-                     f"{r['seconds']:,.0f} | {val} | {r['test']:.4f} | {mean:.4f} "
-                     f"({' / '.join(f'{t:.4f}' for t in r['seed_tests'])}) |")
+        lines.append(
+            f"| {r['name']} | {r['trials']} | {r['finished']} | {r['pruned']} | {r['epochs']:,} | "
+            f"{r['seconds']:,.0f} | {val} | {r['test']:.4f} | {mean:.4f} "
+            f"({' / '.join(f'{t:.4f}' for t in r['seed_tests'])}) |"
+        )
     cut = 1 - pruned["epochs"] / unpruned["epochs"]
     mean_of = {id(r): sum(r["seed_tests"]) / len(r["seed_tests"]) for r in rows}
     accurate = mean_of[id(pruned)] >= mean_of[id(shipped)]
-    checks = [f"- mean test accuracy over seeds {seeds} of the pruned study's best config >= the shipped config's: "
-              f"{mean_of[id(pruned)]:.4f} vs {mean_of[id(shipped)]:.4f}: {'pass' if accurate else 'FAIL'} "
-              f"(one seed, as the study ran: {pruned['test']:.4f} vs {shipped['test']:.4f})",
-              f"- epochs cut by pruning >= {EPOCH_CUT_TARGET:.0%}: {cut:.1%} ({pruned['epochs']:,} vs "
-              f"{unpruned['epochs']:,}): {'pass' if cut >= EPOCH_CUT_TARGET else 'FAIL'}"]
-    notes = [f"Search space: {', '.join(f'`{k}: {v}`' for k, v in SPACE.items())}; TPE sampler (seed 0), median "
-             f"pruner (5 finished trials before it judges, 2 warm-up epochs), {args.metric} of the best epoch. "
-             "Seconds: the trials only; test accuracy: the best config retrained as a registered run (seed 0); "
-             "the mean: the shipped and each best config trained again per seed, the seed setting both the "
-             "initialisation and the split (train.seed, data.split.seed).",
-             f"Best values with pruning: {', '.join(f'{k}={_short(v)}' for k, v in pruned['best'].items())}."]
+    checks = [
+        f"- mean test accuracy over seeds {seeds} of the pruned study's best config >= the shipped config's: "
+        f"{mean_of[id(pruned)]:.4f} vs {mean_of[id(shipped)]:.4f}: {'pass' if accurate else 'FAIL'} "
+        f"(one seed, as the study ran: {pruned['test']:.4f} vs {shipped['test']:.4f})",
+        f"- epochs cut by pruning >= {EPOCH_CUT_TARGET:.0%}: {cut:.1%} ({pruned['epochs']:,} vs "
+        f"{unpruned['epochs']:,}): {'pass' if cut >= EPOCH_CUT_TARGET else 'FAIL'}",
+    ]
+    notes = [
+        f"Search space: {', '.join(f'`{k}: {v}`' for k, v in SPACE.items())}; TPE sampler (seed 0), median "
+        f"pruner (5 finished trials before it judges, 2 warm-up epochs), {args.metric} of the best epoch. "
+        "Seconds: the trials only; test accuracy: the best config retrained as a registered run (seed 0); "
+        "the mean: the shipped and each best config trained again per seed, the seed setting both the "
+        "initialisation and the split (train.seed, data.split.seed).",
+        f"Best values with pruning: {', '.join(f'{k}={_short(v)}' for k, v in pruned['best'].items())}.",
+    ]
     if args.quick:
         notes.insert(0, "**Quick run (4 trials of 3 epochs): the numbers check the script, nothing else.**")
     if args.overrides:
         notes.append(f"Overrides: {' '.join(args.overrides)}.")
-    return "\n".join(lines) + "\n\n" + "\n".join(checks) + "\n\n" + "\n\n".join(notes), \
-        (not accurate) + (cut < EPOCH_CUT_TARGET)
+    return "\n".join(lines) + "\n\n" + "\n".join(checks) + "\n\n" + "\n\n".join(notes), (not accurate) + (
+        cut < EPOCH_CUT_TARGET
+    )
 
 
 def _short(value) -> str:

@@ -1,5 +1,6 @@
 """Suite-wide settings. pytest runs two workers (-n 2) on two cores: one thread each avoids
 oversubscription, which slows small-model training several-fold. CLI subprocesses inherit it."""
+
 import os
 
 import pytest
@@ -11,11 +12,11 @@ import torch
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A 2-layer, 32-wide BERT folder with the MiniLM tokenizer (see tests/tiny_hf.py)."""
     from tiny_hf import write_tiny_bert
+
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
@@ -27,7 +28,7 @@ def postgres_database() -> str:
     if not base:
         if os.environ.get("FOUNDRY_REQUIRE_POSTGRES"):
             pytest.fail("FOUNDRY_TEST_POSTGRES is not set; .ci/postgres.sh should have started a server")
-        pytest.skip("no PostgreSQL server: eval \"$(bash .ci/postgres.sh)\" starts one")
+        pytest.skip('no PostgreSQL server: eval "$(bash .ci/postgres.sh)" starts one')
     from sqlalchemy import create_engine, text
 
     name = f"foundry_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"

@@ -1,4 +1,5 @@
 """Every shipped config loads, and its model builds for its data (STYLE habit 4)."""
+
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,13 @@ EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
 def test_example_config_is_valid(path):
     config, _ = load_config(path)
     if config.task == "text_classification":
-        model = build_model(config.model.name, (config.data.max_length or 512,), 2, {"vocab_size": 30522, "pad_id": 0},
-                            **config.model.model_extra)
+        model = build_model(
+            config.model.name,
+            (config.data.max_length or 512,),
+            2,
+            {"vocab_size": 30522, "pad_id": 0},
+            **config.model.model_extra,
+        )
         assert model(torch.tensor([[101, 2204, 3185, 102]])).shape == (1, 2)
         return
     assert config.model.name in ("mlp", "cnn", "resnet")
@@ -33,4 +39,10 @@ def test_init_starter_is_valid(task, tmp_path):
 
 
 def test_examples_are_shipped():
-    assert {p.name for p in EXAMPLES} >= {"digits.yaml", "mnist.yaml", "breast_cancer.yaml", "reviews.yaml", "sst2.yaml"}
+    assert {p.name for p in EXAMPLES} >= {
+        "digits.yaml",
+        "mnist.yaml",
+        "breast_cancer.yaml",
+        "reviews.yaml",
+        "sst2.yaml",
+    }

@@ -7,6 +7,7 @@
 
 Imports are lazy so that `foundry --help` and config errors do not wait seconds for torch.
 """
+
 from __future__ import annotations
 
 from modelfoundry.errors import UserError
@@ -35,6 +36,11 @@ def load(path, device: str = "cpu", backend: str = "auto"):
 def __getattr__(name: str):
     if name in ("Predictor", "Run"):
         import importlib
-        return getattr(importlib.import_module("modelfoundry.predictor" if name == "Predictor" else "modelfoundry.runner"),
-                       name)
+
+        return getattr(
+            importlib.import_module(
+                "modelfoundry.predictor" if name == "Predictor" else "modelfoundry.runner"
+            ),
+            name,
+        )
     raise AttributeError(f"module 'modelfoundry' has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 Mistakes a user can fix (UserError) print one message and exit with status 2; bugs keep their traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,15 +22,25 @@ from modelfoundry.plan.cli import plan_app
 from modelfoundry.training.launch import report_to_launcher, under_launcher
 from modelfoundry.tune.cli import tune_command
 
-app = typer.Typer(help="modelfoundry: data -> trained, evaluated, packaged model.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="modelfoundry: data -> trained, evaluated, packaged model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 runs_app = typer.Typer(help="The run registry.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
-models_app = typer.Typer(help="Model versions and their aliases (champion, challenger, ...).", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Model versions and their aliases (champion, challenger, ...).", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 feedback_app = typer.Typer(help="Corrections stored by `foundry serve`.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
-app.add_typer(plan_app, name="plan", help="What a model costs to train, fine-tune and serve (FLOPs, memory, time, money).")
+app.add_typer(
+    plan_app,
+    name="plan",
+    help="What a model costs to train, fine-tune and serve (FLOPs, memory, time, money).",
+)
 app.command("tune")(tune_command)
 # Piped output (CI logs, files) gets wide lines instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -37,9 +48,15 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 @app.command()
-def init(task: Annotated[str, typer.Option(help="image_classification, tabular_classification or text_classification")] = "image_classification",
-         output: Annotated[Path, typer.Option("--output", "-o", help="where to write the config")] = Path("config.yaml"),
-         force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False) -> None:
+def init(
+    task: Annotated[
+        str, typer.Option(help="image_classification, tabular_classification or text_classification")
+    ] = "image_classification",
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the config")] = Path(
+        "config.yaml"
+    ),
+    force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
+) -> None:
     """Write a commented starter config."""
     from modelfoundry.starter import starter_config
 
@@ -50,20 +67,42 @@ def init(task: Annotated[str, typer.Option(help="image_classification, tabular_c
 
 
 @app.command()
-def train(config: Annotated[Path, typer.Argument(help="YAML config")],
-          set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=5")] = None,
-          run_dir: Annotated[Optional[Path], typer.Option(help="folder of the run (default runs/<run-id>)")] = None,
-          resume: Annotated[bool, typer.Option(help="continue from its last checkpoint the run in --run-dir, or else the "
-                                                    "newest stopped run of this config")] = False,
-          nproc: Annotated[int, typer.Option(min=1, help="processes on this machine for data parallel training "
-                                             "(DDP via torchrun): one per GPU, or per CPU core. train.batch_size "
-                                             "is per process")] = 1,
-          nnodes: Annotated[int, typer.Option(min=1, help="machines taking part; each runs this same command")] = 1,
-          rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT on the first machine where the "
-                                                               "machines meet (with --nnodes)")] = None,
-          rdzv_timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for the other machines to join "
-                                                      "(each attempt to reach the endpoint: at most 30)")] = 300,
-          ) -> None:
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config")],
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=5")
+    ] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="folder of the run (default runs/<run-id>)")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="continue from its last checkpoint the run in --run-dir, or else the "
+            "newest stopped run of this config"
+        ),
+    ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="processes on this machine for data parallel training "
+            "(DDP via torchrun): one per GPU, or per CPU core. train.batch_size "
+            "is per process",
+        ),
+    ] = 1,
+    nnodes: Annotated[int, typer.Option(min=1, help="machines taking part; each runs this same command")] = 1,
+    rdzv_endpoint: Annotated[
+        Optional[str],
+        typer.Option(help="HOST:PORT on the first machine where the machines meet (with --nnodes)"),
+    ] = None,
+    rdzv_timeout: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="seconds to wait for the other machines to join "
+            "(each attempt to reach the endpoint: at most 30)",
+        ),
+    ] = 300,
+) -> None:
     """Train, evaluate and package a model."""
     from modelfoundry.config import load_config
 
@@ -71,8 +110,19 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config")],
     if nproc > 1 or nnodes > 1 or rdzv_endpoint:  # DDP: run this command again as torchrun's processes
         from modelfoundry.training.launch import launch
 
-        launch([str(config), *(f"--set={item}" for item in set_ or []), *(["--run-dir", str(run_dir)] if run_dir else []),
-                *(["--resume"] if resume else [])], nproc, cfg.train.device, nnodes, rdzv_endpoint, rdzv_timeout)
+        launch(
+            [
+                str(config),
+                *(f"--set={item}" for item in set_ or []),
+                *(["--run-dir", str(run_dir)] if run_dir else []),
+                *(["--resume"] if resume else []),
+            ],
+            nproc,
+            cfg.train.device,
+            nnodes,
+            rdzv_endpoint,
+            rdzv_timeout,
+        )
         return
     from modelfoundry.runner import train as run_training
 
@@ -91,9 +141,12 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config")],
 
 
 @app.command()
-def evaluate(run: Annotated[str, typer.Argument(help="run id or folder")],
-             data: Annotated[Optional[Path], typer.Option(help="labelled data: a CSV/Parquet/JSONL file or an image folder")] = None,
-             ) -> None:
+def evaluate(
+    run: Annotated[str, typer.Argument(help="run id or folder")],
+    data: Annotated[
+        Optional[Path], typer.Option(help="labelled data: a CSV/Parquet/JSONL file or an image folder")
+    ] = None,
+) -> None:
     """Evaluate a packaged model on new labelled data (without --data: show the run's test metrics)."""
     from modelfoundry.runner import evaluate as run_evaluation
     from modelfoundry.store.registry import resolve_run
@@ -111,12 +164,18 @@ def evaluate(run: Annotated[str, typer.Argument(help="run id or folder")],
 
 
 @app.command()
-def predict(run: Annotated[str, typer.Argument(help="run id or folder")],
-            inputs: Annotated[list[str], typer.Argument(
-                help="image files or folders, one CSV/Parquet/JSONL file, or texts (a text model also reads "
-                     "one .txt file, a text per line, or a table with the training text column)")],
-            output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write predictions as CSV")] = None,
-            top_k: Annotated[int, typer.Option(min=1, help="probabilities of the k most likely labels")] = 1) -> None:
+def predict(
+    run: Annotated[str, typer.Argument(help="run id or folder")],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="image files or folders, one CSV/Parquet/JSONL file, or texts (a text model also reads "
+            "one .txt file, a text per line, or a table with the training text column)"
+        ),
+    ],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write predictions as CSV")] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="probabilities of the k most likely labels")] = 1,
+) -> None:
     """Predict labels for new inputs."""
     import pandas as pd
 
@@ -140,9 +199,15 @@ def predict(run: Annotated[str, typer.Argument(help="run id or folder")],
         names = [str(p) for p in items]
         probabilities = predictor.predict_proba(items)
     top = probabilities.argsort(1)[:, ::-1][:, :top_k]
-    rows = [{"input": name, "label": predictor.labels[t[0]], "probability": round(float(p[t[0]]), 4),
-             **({"top_k": "; ".join(f"{predictor.labels[j]}={p[j]:.3f}" for j in t)} if top_k > 1 else {})}
-            for name, p, t in zip(names, probabilities, top)]
+    rows = [
+        {
+            "input": name,
+            "label": predictor.labels[t[0]],
+            "probability": round(float(p[t[0]]), 4),
+            **({"top_k": "; ".join(f"{predictor.labels[j]}={p[j]:.3f}" for j in t)} if top_k > 1 else {}),
+        }
+        for name, p, t in zip(names, probabilities, top)
+    ]
     frame = pd.DataFrame(rows)
     if output:
         frame.to_csv(output, index=False)
@@ -152,10 +217,16 @@ def predict(run: Annotated[str, typer.Argument(help="run id or folder")],
 
 
 @app.command()
-def export(run: Annotated[str, typer.Argument(help="run id or folder")],
-           format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
-           tolerance: Annotated[float, typer.Option(min=0, help="largest allowed difference of any class "
-                                                    "probability between ONNX Runtime and PyTorch")] = 1e-4) -> None:
+def export(
+    run: Annotated[str, typer.Argument(help="run id or folder")],
+    format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            min=0, help="largest allowed difference of any class probability between ONNX Runtime and PyTorch"
+        ),
+    ] = 1e-4,
+) -> None:
     """Export a packaged model (ONNX), checked against PyTorch on the run's held-out examples."""
     from modelfoundry.compress.onnx_export import export_onnx
     from modelfoundry.store.registry import resolve_run
@@ -165,43 +236,90 @@ def export(run: Annotated[str, typer.Argument(help="run id or folder")],
     record = export_onnx(resolve_run(run), tolerance)
     parity = record["parity"]
     size = f"{record['bytes'] / 1e6:.1f} MB" if record["bytes"] >= 1e5 else f"{record['bytes'] / 1e3:.0f} kB"
-    out.print(f"wrote {resolve_run(run)}/model/model.onnx ({size}, opset {record['opset']}, "
-              f"{record['exporter']} exporter); parity: max probability difference "
-              f"{parity['max_abs_probability_difference']:.1e} on {parity['examples']} {parity['inputs']} examples "
-              f"(allowed {parity['tolerance']:g})", highlight=False)
+    out.print(
+        f"wrote {resolve_run(run)}/model/model.onnx ({size}, opset {record['opset']}, "
+        f"{record['exporter']} exporter); parity: max probability difference "
+        f"{parity['max_abs_probability_difference']:.1e} on {parity['examples']} {parity['inputs']} examples "
+        f"(allowed {parity['tolerance']:g})",
+        highlight=False,
+    )
 
 
 @app.command()
-def serve(model: Annotated[str, typer.Argument(help="alias (champion), version (v3), run id or run folder")],
-          host: Annotated[str, typer.Option(help="address to listen on; 0.0.0.0 for every interface")] = "127.0.0.1",
-          port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
-          backend: Annotated[str, typer.Option(help="torch or onnx (after `foundry export`); auto: torch when the "
-                                               "package has PyTorch weights (an int8 variant has not)")] = "auto",
-          api_key: Annotated[Optional[str], typer.Option(envvar="FOUNDRY_API_KEY", help="required in the X-API-Key "
-                                                         "header of feedback and admin requests")] = None,
-          max_batch_size: Annotated[int, typer.Option(min=1, help="most inputs run through the model at once")] = 64,
-          max_wait_ms: Annotated[float, typer.Option(min=0, help="how long a request may wait for others to batch "
-                                                     "with (0: batch only what queued while the model was busy)")] = 0.0,
-          max_inputs: Annotated[int, typer.Option(min=1, help="most inputs in one request")] = 64,
-          max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body")] = 10.0,
-          cors_origin: Annotated[Optional[list[str]], typer.Option(help="allow browser calls from this origin "
-                                                                   "(repeatable); closed by default")] = None,
-          watch: Annotated[float, typer.Option(min=0, help="seconds between checks of the alias for a new version "
-                                               "(0: only on POST /v1/admin/reload)")] = 10.0,
-          threads: Annotated[Optional[int], typer.Option(min=1, help="threads the model may use (default: one per "
-                                                         "core); 1 often serves small models best")] = None) -> None:
+def serve(
+    model: Annotated[str, typer.Argument(help="alias (champion), version (v3), run id or run folder")],
+    host: Annotated[
+        str, typer.Option(help="address to listen on; 0.0.0.0 for every interface")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="torch or onnx (after `foundry export`); auto: torch when the "
+            "package has PyTorch weights (an int8 variant has not)"
+        ),
+    ] = "auto",
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="FOUNDRY_API_KEY", help="required in the X-API-Key header of feedback and admin requests"
+        ),
+    ] = None,
+    max_batch_size: Annotated[
+        int, typer.Option(min=1, help="most inputs run through the model at once")
+    ] = 64,
+    max_wait_ms: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="how long a request may wait for others to batch "
+            "with (0: batch only what queued while the model was busy)",
+        ),
+    ] = 0.0,
+    max_inputs: Annotated[int, typer.Option(min=1, help="most inputs in one request")] = 64,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body")] = 10.0,
+    cors_origin: Annotated[
+        Optional[list[str]],
+        typer.Option(help="allow browser calls from this origin (repeatable); closed by default"),
+    ] = None,
+    watch: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="seconds between checks of the alias for a new version (0: only on POST /v1/admin/reload)",
+        ),
+    ] = 10.0,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1, help="threads the model may use (default: one per core); 1 often serves small models best"
+        ),
+    ] = None,
+) -> None:
     """Serve a model over HTTP: JSON API (docs at /docs), web page at /, Prometheus metrics at /metrics."""
     from modelfoundry.serve.app import Settings, create_app, load_served
 
-    settings = Settings(model, backend, api_key, max_batch_size, max_wait_ms, max_inputs, int(max_body_mb * 2**20),
-                        cors_origins=cors_origin or [], watch_seconds=watch)
+    settings = Settings(
+        model,
+        backend,
+        api_key,
+        max_batch_size,
+        max_wait_ms,
+        max_inputs,
+        int(max_body_mb * 2**20),
+        cors_origins=cors_origin or [],
+        watch_seconds=watch,
+    )
     if threads:
         import torch
+
         torch.set_num_threads(threads)  # ONNX Runtime sessions take the same number
     served = load_served(model, backend)
     import uvicorn
 
-    config = uvicorn.Config(create_app(settings, served), host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        create_app(settings, served), host=host, port=port, log_level="warning", access_log=False
+    )
     server = uvicorn.Server(config)
     name = served.version_name or served.predictor.spec.get("run_id")
     _announce_when_started(server, f"serving {name}" + (f" ({served.alias})" if served.alias else ""))
@@ -215,8 +333,14 @@ def _announce_when_started(server, what: str) -> None:
     async def startup(sockets=None):
         await original(sockets)
         if server.started:
-            bound = server.servers[0].sockets[0].getsockname() if server.servers else (server.config.host, server.config.port)
-            out.print(f"{what} on http://{server.config.host}:{bound[1]}  (page /, API docs /docs)", highlight=False)
+            bound = (
+                server.servers[0].sockets[0].getsockname()
+                if server.servers
+                else (server.config.host, server.config.port)
+            )
+            out.print(
+                f"{what} on http://{server.config.host}:{bound[1]}  (page /, API docs /docs)", highlight=False
+            )
             sys.stdout.flush()
 
     server.startup = startup
@@ -231,14 +355,24 @@ def models_list(limit: Annotated[int, typer.Option(help="most recent N versions"
     table = Table("version", "aliases", "run", "task", "variant", "from", "test acc", "created")
     for v in store.list(limit):
         m = v.metrics or {}
-        table.add_row(v.name, ", ".join(store.aliases(v.id)), v.run_id, v.task, v.variant,
-                      f"v{v.parent}" if v.parent else "", _fmt(m.get("test_accuracy")), f"{v.created_at:%Y-%m-%d %H:%M}")
+        table.add_row(
+            v.name,
+            ", ".join(store.aliases(v.id)),
+            v.run_id,
+            v.task,
+            v.variant,
+            f"v{v.parent}" if v.parent else "",
+            _fmt(m.get("test_accuracy")),
+            f"{v.created_at:%Y-%m-%d %H:%M}",
+        )
     out.print(table)
 
 
 @models_app.command("alias")
-def models_alias(model: Annotated[str, typer.Argument(help="version (v3), run id or alias")],
-                 alias: Annotated[str, typer.Argument(help="the name to point at it, e.g. champion")]) -> None:
+def models_alias(
+    model: Annotated[str, typer.Argument(help="version (v3), run id or alias")],
+    alias: Annotated[str, typer.Argument(help="the name to point at it, e.g. champion")],
+) -> None:
     """Point an alias at a model version (servers watching the alias pick it up)."""
     from modelfoundry.store.models import ModelStore
 
@@ -262,9 +396,15 @@ def feedback_list(limit: Annotated[int, typer.Option(help="most recent N correct
     table = Table("id", "time", "version", "kind", "input", "predicted", "label")
     for row in FeedbackStore().list(limit):
         shown = row.input.get("text") or row.input.get("image") or json.dumps(row.input.get("row"))
-        table.add_row(str(row.id), f"{row.created_at:%Y-%m-%d %H:%M:%S}", f"v{row.model_version}" if row.model_version
-                      else "-", row.kind, escape(shown if len(shown) <= 50 else shown[:47] + "..."),
-                      escape(row.predicted or "-"), escape(row.label))
+        table.add_row(
+            str(row.id),
+            f"{row.created_at:%Y-%m-%d %H:%M:%S}",
+            f"v{row.model_version}" if row.model_version else "-",
+            row.kind,
+            escape(shown if len(shown) <= 50 else shown[:47] + "..."),
+            escape(row.predicted or "-"),
+            escape(row.label),
+        )
     out.print(table)
 
 
@@ -278,48 +418,81 @@ def feedback_export(file: Annotated[Path, typer.Argument(help="a .jsonl or .csv 
 
 
 @app.command()
-def retrain(model: Annotated[str, typer.Argument(help="the alias to improve, e.g. champion")] = "champion",
-            promote: Annotated[bool, typer.Option(help="move the alias to the challenger when it wins")] = False,
-            feedback_weight: Annotated[int, typer.Option(min=1, help="each correction counts as this many examples")] = 3,
-            margin: Annotated[float, typer.Option(min=0, help="how much better (accuracy) the challenger must be")] = 0.005,
-            set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key of the champion's config")] = None,
-            ) -> None:
+def retrain(
+    model: Annotated[str, typer.Argument(help="the alias to improve, e.g. champion")] = "champion",
+    promote: Annotated[bool, typer.Option(help="move the alias to the challenger when it wins")] = False,
+    feedback_weight: Annotated[
+        int, typer.Option(min=1, help="each correction counts as this many examples")
+    ] = 3,
+    margin: Annotated[
+        float, typer.Option(min=0, help="how much better (accuracy) the challenger must be")
+    ] = 0.005,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="override a key of the champion's config")
+    ] = None,
+) -> None:
     """Champion + stored feedback -> challenger -> compare on the frozen holdout -> promote if better."""
     from modelfoundry.retrain import retrain as run_retrain
 
-    result = run_retrain(model, promote=promote, feedback_weight=feedback_weight, margin=margin,
-                         overrides=set_ or [], console=err)
-    table = Table("", "champion " + result["champion"]["version"], "challenger " + result["challenger"]["version"])
-    for name, label in (("holdout", "holdout accuracy"), ("feedback", "held-out feedback accuracy"),
-                        ("combined", "combined accuracy")):
-        table.add_row(f"{label} ({result['examples'][name]})", _fmt(result["champion"][name]),
-                      _fmt(result["challenger"][name]))
+    result = run_retrain(
+        model,
+        promote=promote,
+        feedback_weight=feedback_weight,
+        margin=margin,
+        overrides=set_ or [],
+        console=err,
+    )
+    table = Table(
+        "", "champion " + result["champion"]["version"], "challenger " + result["challenger"]["version"]
+    )
+    for name, label in (
+        ("holdout", "holdout accuracy"),
+        ("feedback", "held-out feedback accuracy"),
+        ("combined", "combined accuracy"),
+    ):
+        table.add_row(
+            f"{label} ({result['examples'][name]})",
+            _fmt(result["champion"][name]),
+            _fmt(result["challenger"][name]),
+        )
     out.print(table)
     out.print(result["decision"], highlight=False)
     out.print(f"report: {result['report']}", highlight=False)
 
 
 @app.command()
-def compress(run: Annotated[str, typer.Argument(help="run id or folder of the original model")],
-             quantize: Annotated[Optional[str], typer.Option(help="int8: ONNX Runtime quantization")] = None,
-             mode: Annotated[str, typer.Option(help="int8 mode: auto (static for CNNs, dynamic otherwise), "
-                                               "dynamic or static")] = "auto",
-             prune: Annotated[Optional[float], typer.Option(help="fraction of channels / neurons / heads to remove, "
-                                                            "in (0, 1)")] = None,
-             finetune_epochs: Annotated[int, typer.Option(min=0, help="epochs of fine-tuning after pruning")] = 2,
-             distill: Annotated[bool, typer.Option(help="train a smaller student on the model's soft labels")] = False,
-             student: Annotated[Optional[list[str]], typer.Option(help="the student's model keys, e.g. "
-                                                                  "--student model.name=cnn --student model.width=16")] = None,
-             epochs: Annotated[Optional[int], typer.Option(min=1, help="student training epochs (default: the "
-                                                           "original's)")] = None,
-             temperature: Annotated[float, typer.Option(min=0.01, help="distillation temperature")] = 4.0,
-             alpha: Annotated[float, typer.Option(min=0, max=1, help="weight of the teacher's soft labels")] = 0.7,
-             set_: Annotated[Optional[list[str]], typer.Option("--set", help="the student's training keys, e.g. "
-                                                               "--set train.lr=0.002 (default: the teacher's)")] = None,
-             all_: Annotated[bool, typer.Option("--all", help="int8, --prune 0.5 and a half-size student, then the "
-                                                "trade-off report")] = False,
-             report: Annotated[bool, typer.Option(help="measure every variant and write compression.html")] = True,
-             ) -> None:
+def compress(
+    run: Annotated[str, typer.Argument(help="run id or folder of the original model")],
+    quantize: Annotated[Optional[str], typer.Option(help="int8: ONNX Runtime quantization")] = None,
+    mode: Annotated[
+        str, typer.Option(help="int8 mode: auto (static for CNNs, dynamic otherwise), dynamic or static")
+    ] = "auto",
+    prune: Annotated[
+        Optional[float], typer.Option(help="fraction of channels / neurons / heads to remove, in (0, 1)")
+    ] = None,
+    finetune_epochs: Annotated[int, typer.Option(min=0, help="epochs of fine-tuning after pruning")] = 2,
+    distill: Annotated[bool, typer.Option(help="train a smaller student on the model's soft labels")] = False,
+    student: Annotated[
+        Optional[list[str]],
+        typer.Option(help="the student's model keys, e.g. --student model.name=cnn --student model.width=16"),
+    ] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option(min=1, help="student training epochs (default: the original's)")
+    ] = None,
+    temperature: Annotated[float, typer.Option(min=0.01, help="distillation temperature")] = 4.0,
+    alpha: Annotated[float, typer.Option(min=0, max=1, help="weight of the teacher's soft labels")] = 0.7,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--set", help="the student's training keys, e.g. --set train.lr=0.002 (default: the teacher's)"
+        ),
+    ] = None,
+    all_: Annotated[
+        bool,
+        typer.Option("--all", help="int8, --prune 0.5 and a half-size student, then the trade-off report"),
+    ] = False,
+    report: Annotated[bool, typer.Option(help="measure every variant and write compression.html")] = True,
+) -> None:
     """Smaller, faster variants of a trained model, each a registered version, and their trade-off report."""
     from modelfoundry.compress import make, quantize as int8, tradeoff
     from modelfoundry.compress.variants import parent_run_of
@@ -329,36 +502,63 @@ def compress(run: Annotated[str, typer.Argument(help="run id or folder of the or
     if student and not distill and not all_:
         raise UserError("--student describes the model of --distill; add --distill.")
     if not (quantize or prune is not None or distill or all_ or report):
-        raise UserError("compress: say what to make: --quantize int8, --prune 0.5, --distill --student ..., or --all.")
+        raise UserError(
+            "compress: say what to make: --quantize int8, --prune 0.5, --distill --student ..., or --all."
+        )
     if prune is not None and not 0 < prune < 1:
-        raise UserError(f"--prune {prune}: the fraction of units to remove must be between 0 and 1 (exclusive), "
-                        "e.g. --prune 0.5.")
+        raise UserError(
+            f"--prune {prune}: the fraction of units to remove must be between 0 and 1 (exclusive), "
+            "e.g. --prune 0.5."
+        )
     parent = parent_run_of(run)
     made = []
     if quantize or all_:
         result = int8.quantize_int8(parent, mode, console=err)
-        made.append(f"int8 ({result['mode']}): {result['folder'].name} {result['version']}, "
-                    f"{result['bytes'] / 1e6:.2f} MB = {result['bytes'] / result['fp32_bytes']:.0%} of fp32 ONNX, "
-                    f"agrees with the original on {result['agreement']:.1%} of {result['checked_on']}")
+        made.append(
+            f"int8 ({result['mode']}): {result['folder'].name} {result['version']}, "
+            f"{result['bytes'] / 1e6:.2f} MB = {result['bytes'] / result['fp32_bytes']:.0%} of fp32 ONNX, "
+            f"agrees with the original on {result['agreement']:.1%} of {result['checked_on']}"
+        )
     if prune is not None or all_:
         result = make.prune_and_finetune(parent, prune or 0.5, finetune_epochs, console=err)
-        made.append(f"pruned: {result['folder'].name} {result['version']}, {result['parameters_before']:,} -> "
-                    f"{result['parameters_after']:,} parameters, test accuracy {_fmt(result['test_accuracy'])}")
+        made.append(
+            f"pruned: {result['folder'].name} {result['version']}, {result['parameters_before']:,} -> "
+            f"{result['parameters_after']:,} parameters, test accuracy {_fmt(result['test_accuracy'])}"
+        )
     if distill or all_:
         student = student or _half_student(parent)
         trained = make.distill(parent, student, epochs, temperature, alpha, console=err, overrides=set_)
-        made.append(f"distilled: {trained.id} v{trained.version}, test accuracy "
-                    f"{_fmt(trained.metrics.get('test', {}).get('accuracy'))}")
+        made.append(
+            f"distilled: {trained.id} v{trained.version}, test accuracy "
+            f"{_fmt(trained.metrics.get('test', {}).get('accuracy'))}"
+        )
     for line in made:
         out.print(line, highlight=False)
     if report:
         result = tradeoff.measure_all(parent)
-        table = Table("model", "size MB", "parameters", "p50 ms b1", "p50 ms b32", "per s b32", "accuracy", "agrees",
-                      "Pareto")
+        table = Table(
+            "model",
+            "size MB",
+            "parameters",
+            "p50 ms b1",
+            "p50 ms b32",
+            "per s b32",
+            "accuracy",
+            "agrees",
+            "Pareto",
+        )
         for r in result["rows"]:
-            table.add_row(r["model"], f"{r['bytes'] / 1e6:.2f}", f"{r['parameters']:,}", f"{r['batch1_p50_ms']:.2f}",
-                          f"{r['batch32_p50_ms']:.2f}", f"{r['throughput_per_s']:,.0f}", f"{r['accuracy']:.4f}",
-                          f"{r['agreement']:.1%}", "yes" if r["pareto"] else "")
+            table.add_row(
+                r["model"],
+                f"{r['bytes'] / 1e6:.2f}",
+                f"{r['parameters']:,}",
+                f"{r['batch1_p50_ms']:.2f}",
+                f"{r['batch32_p50_ms']:.2f}",
+                f"{r['throughput_per_s']:,.0f}",
+                f"{r['accuracy']:.4f}",
+                f"{r['agreement']:.1%}",
+                "yes" if r["pareto"] else "",
+            )
         out.print(table)
         out.print(f"report: {tradeoff.write_report(parent, result)}", highlight=False)
 
@@ -387,8 +587,16 @@ def runs_list(limit: Annotated[int, typer.Option(help="most recent N runs")] = 2
     table = Table("run", "task", "model", "status", "test acc", "test f1", "train s", "created")
     for r in Registry().list(limit):
         m = r.metrics or {}
-        table.add_row(r.id, r.task, r.model, r.shown_status, _fmt(m.get("test_accuracy")), _fmt(m.get("test_f1_macro")),
-                      _fmt(r.train_seconds, ".1f"), f"{r.created_at:%Y-%m-%d %H:%M}")
+        table.add_row(
+            r.id,
+            r.task,
+            r.model,
+            r.shown_status,
+            _fmt(m.get("test_accuracy")),
+            _fmt(m.get("test_f1_macro")),
+            _fmt(r.train_seconds, ".1f"),
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+        )
     out.print(table)
 
 
@@ -436,8 +644,21 @@ def _print_metrics(metrics: dict) -> None:
     for split in ("val", "test"):
         if split in metrics:
             m = metrics[split]
-            table.add_row(split, *[_fmt(m.get(k)) for k in ("accuracy", "precision_macro", "recall_macro",
-                                                             "f1_macro", "f1_weighted", "roc_auc", "ece")])
+            table.add_row(
+                split,
+                *[
+                    _fmt(m.get(k))
+                    for k in (
+                        "accuracy",
+                        "precision_macro",
+                        "recall_macro",
+                        "f1_macro",
+                        "f1_weighted",
+                        "roc_auc",
+                        "ece",
+                    )
+                ],
+            )
     out.print(table)
 
 
@@ -452,12 +673,16 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        if not report_to_launcher(str(exc)):  # a process of `foundry train --nproc`: its launcher prints it once
+        if not report_to_launcher(
+            str(exc)
+        ):  # a process of `foundry train --nproc`: its launcher prints it once
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         if not under_launcher():
-            err.print("interrupted; `foundry train CONFIG --resume` continues the newest stopped run of CONFIG")
+            err.print(
+                "interrupted; `foundry train CONFIG --resume` continues the newest stopped run of CONFIG"
+            )
         sys.exit(130)
 
 

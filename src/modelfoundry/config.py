@@ -3,6 +3,7 @@
 `load_config` reads YAML (or takes a dict), applies `--set a.b=c` overrides, validates, and
 reports every problem at once with the key, the bad value and what is allowed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from modelfoundry.errors import UserError, did_you_mean
 
@@ -31,13 +39,17 @@ class SplitConfig(_Section):
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitConfig:
         if self.val + self.test >= 1:
-            raise ValueError(f"val + test = {self.val + self.test:g} leaves no training data; keep it below 1")
+            raise ValueError(
+                f"val + test = {self.val + self.test:g} leaves no training data; keep it below 1"
+            )
         return self
 
 
 class PrivacyConfig(_Section):
     pii: Literal["off", "report", "redact", "drop"] = Field(
-        "report", description="personal data in text: off, report (count only), redact ([EMAIL] ...), drop rows")
+        "report",
+        description="personal data in text: off, report (count only), redact ([EMAIL] ...), drop rows",
+    )
 
 
 class AugmentConfig(_Section):
@@ -52,36 +64,61 @@ class FeedbackDataConfig(_Section):
     """Corrections folded into training by `foundry retrain` (training split only, never val or test)."""
 
     source: str = Field(description="a file or image folder of corrections, laid out like data.source")
-    weight: int = Field(1, ge=1, le=100, description="each correction is repeated this many times in training")
+    weight: int = Field(
+        1, ge=1, le=100, description="each correction is repeated this many times in training"
+    )
 
 
 class DataConfig(_Section):
-    source: str = Field(description="builtin:NAME, an image folder, an MNIST IDX folder, or a .csv/.parquet/.jsonl file")
-    val_source: str | None = Field(None, description="a separate validation file/folder (then split.val is not used)")
-    test_source: str | None = Field(None, description="a separate test file/folder (then split.test is not used)")
+    source: str = Field(
+        description="builtin:NAME, an image folder, an MNIST IDX folder, or a .csv/.parquet/.jsonl file"
+    )
+    val_source: str | None = Field(
+        None, description="a separate validation file/folder (then split.val is not used)"
+    )
+    test_source: str | None = Field(
+        None, description="a separate test file/folder (then split.test is not used)"
+    )
     label: str | None = Field(None, description="label column of a table")
     text: str | None = Field(None, description="text column (text_classification)")
-    quoting: bool = Field(True, description="CSV/TSV: honour quote characters; false for files like SST-2 "
-                          "whose texts contain unbalanced quotes")
-    max_length: int | None = Field(None, ge=2, description="tokens per text; longer texts are truncated "
-                                   "(default: the most the model supports)")
-    tokenizer: str | None = Field(None, description="Hugging Face model folder or tokenizer.json whose tokenizer "
-                                  "text models use (default: the pretrained model's own)")
+    quoting: bool = Field(
+        True,
+        description="CSV/TSV: honour quote characters; false for files like SST-2 "
+        "whose texts contain unbalanced quotes",
+    )
+    max_length: int | None = Field(
+        None,
+        ge=2,
+        description="tokens per text; longer texts are truncated (default: the most the model supports)",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="Hugging Face model folder or tokenizer.json whose tokenizer "
+        "text models use (default: the pretrained model's own)",
+    )
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     feedback: FeedbackDataConfig | None = Field(None, description="corrections to add to the training split")
-    features: list[str] | None = Field(None, description="feature columns (default: every column but the label)")
+    features: list[str] | None = Field(
+        None, description="feature columns (default: every column but the label)"
+    )
     drop: list[str] = Field(default_factory=list, description="columns to ignore, e.g. ids")
     split: SplitConfig = Field(default_factory=SplitConfig)
     image_size: int | None = Field(None, ge=4, le=1024, description="resize images to this square size")
     channels: Literal[1, 3] | None = Field(None, description="1 = grey, 3 = RGB (default: what the data has)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     missing: Literal["impute", "drop", "error"] = Field(
-        "impute", description="missing numeric/categorical values: impute (median / own category), drop rows, error")
-    max_missing_fraction: float = Field(0.5, ge=0, le=1, description="a column missing more than this is an error")
+        "impute",
+        description="missing numeric/categorical values: impute (median / own category), drop rows, error",
+    )
+    max_missing_fraction: float = Field(
+        0.5, ge=0, le=1, description="a column missing more than this is an error"
+    )
     dedupe: bool = Field(False, description="drop exact duplicate examples before splitting")
     streaming: bool | Literal["auto"] = Field(
-        "auto", description="tables: read the file in chunks and stream training batches from disk, so memory "
-        "stays flat however many rows there are; auto = for files of 1 GB and more")
+        "auto",
+        description="tables: read the file in chunks and stream training batches from disk, so memory "
+        "stays flat however many rows there are; auto = for files of 1 GB and more",
+    )
 
 
 class ModelConfig(BaseModel):
@@ -95,8 +132,12 @@ class DistillConfig(_Section):
     """Train this model (the student) to match a trained model's (the teacher's) soft labels too."""
 
     teacher: str = Field(description="the teacher: a run folder or its model/ package")
-    temperature: float = Field(4.0, gt=0, le=100, description="softens both models' probabilities before matching")
-    alpha: float = Field(0.7, ge=0, le=1, description="weight of matching the teacher; 1 - alpha goes to the true labels")
+    temperature: float = Field(
+        4.0, gt=0, le=100, description="softens both models' probabilities before matching"
+    )
+    alpha: float = Field(
+        0.7, ge=0, le=1, description="weight of matching the teacher; 1 - alpha goes to the true labels"
+    )
 
 
 class TrainConfig(_Section):
@@ -109,20 +150,29 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights, added to the loss")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    lr_head: float | None = Field(None, gt=0, le=10, description="learning rate of the classification head "
-                                  "(default: lr); fine-tuning often wants it 10-100x higher than the encoder's")
+    lr_head: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="learning rate of the classification head "
+        "(default: lr); fine-tuning often wants it 10-100x higher than the encoder's",
+    )
     schedule: Literal["constant", "step", "linear", "cosine", "onecycle"] = "constant"
     warmup: float = Field(0.0, ge=0, lt=1, description="fraction of all steps spent warming the lr up from 0")
     step_size: int = Field(10, ge=1, description="step schedule: epochs between lr drops")
     gamma: float = Field(0.1, gt=0, le=1, description="step schedule: lr factor at each drop")
     monitor: Literal["val_accuracy", "val_loss", "val_f1_macro"] = Field(
-        "val_accuracy", description="validation metric for early stopping and the best model")
-    early_stopping_patience: int | None = Field(None, ge=1, description="epochs without improvement before stopping")
+        "val_accuracy", description="validation metric for early stopping and the best model"
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="epochs without improvement before stopping"
+    )
     restore_best: bool = Field(True, description="package the weights of the best epoch, not the last")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     accumulate: int = Field(1, ge=1, description="batches whose gradients are summed before a step")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto = bf16/fp16 only where the hardware runs it faster than fp32")
+        "auto", description="auto = bf16/fp16 only where the hardware runs it faster than fp32"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     distill: DistillConfig | None = Field(None, description="knowledge distillation from a trained teacher")
@@ -133,17 +183,30 @@ class TuneConfig(_Section):
     config by `modelfoundry.tune.search.parse_space` (model options need the model registry, hence torch)."""
 
     metric: Literal["val_accuracy", "val_loss", "val_f1_macro"] = Field(
-        "val_accuracy", description="the validation metric each trial is scored by (its best epoch)")
+        "val_accuracy", description="the validation metric each trial is scored by (its best epoch)"
+    )
     direction: Literal["maximize", "minimize"] | None = Field(
-        None, description="default: minimize for val_loss, maximize for the others")
-    space: dict[str, Any] = Field(default_factory=dict, description="dotted key -> {loguniform: [lo, hi]}, "
-                                  "{uniform: [lo, hi]}, {int: [lo, hi], step: k} or {choice: [...]}")
-    trials: int | None = Field(None, ge=1, description="trials per `foundry tune` (default 20; --trials wins)")
+        None, description="default: minimize for val_loss, maximize for the others"
+    )
+    space: dict[str, Any] = Field(
+        default_factory=dict,
+        description="dotted key -> {loguniform: [lo, hi]}, "
+        "{uniform: [lo, hi]}, {int: [lo, hi], step: k} or {choice: [...]}",
+    )
+    trials: int | None = Field(
+        None, ge=1, description="trials per `foundry tune` (default 20; --trials wins)"
+    )
     pruner: Literal["median", "none"] = Field(
-        "median", description="median: stop a trial whose best metric so far is worse than the median of "
-                              "earlier trials at the same epoch")
-    pruner_startup_trials: int = Field(5, ge=0, description="trials that finish before the pruner judges others")
-    pruner_warmup_epochs: int = Field(2, ge=0, description="epochs every trial trains before it may be pruned")
+        "median",
+        description="median: stop a trial whose best metric so far is worse than the median of "
+        "earlier trials at the same epoch",
+    )
+    pruner_startup_trials: int = Field(
+        5, ge=0, description="trials that finish before the pruner judges others"
+    )
+    pruner_warmup_epochs: int = Field(
+        2, ge=0, description="epochs every trial trains before it may be pruned"
+    )
 
     @field_validator("direction")
     @classmethod
@@ -151,8 +214,10 @@ class TuneConfig(_Section):
         metric = info.data.get("metric", "val_accuracy")
         natural = "minimize" if metric == "val_loss" else "maximize"
         if direction is not None and direction != natural:
-            raise ValueError(f"{direction} contradicts metric {metric}, which is best "
-                             f"{'low' if natural == 'minimize' else 'high'}; remove direction or set it to {natural}")
+            raise ValueError(
+                f"{direction} contradicts metric {metric}, which is best "
+                f"{'low' if natural == 'minimize' else 'high'}; remove direction or set it to {natural}"
+            )
         return direction
 
 
@@ -163,7 +228,9 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     # Left out of a run's saved config.yaml: a run trains one config; the search belongs to `foundry tune`.
-    tune: TuneConfig | None = Field(None, exclude=True, description="the hyperparameter search of `foundry tune`")
+    tune: TuneConfig | None = Field(
+        None, exclude=True, description="the hyperparameter search of `foundry tune`"
+    )
 
     @model_validator(mode="after")
     def _task_needs(self) -> Config:
@@ -171,16 +238,24 @@ class Config(_Section):
         if self.task == "tabular_classification" and not builtin and not self.data.label:
             raise ValueError("data.label is required for tabular_classification: name the label column")
         # Set and not the default: a run's saved config.yaml spells out every default, and must load again.
-        text_keys = [key for key in ("text", "max_length", "tokenizer", "privacy") if key in self.data.model_fields_set
-                     and getattr(self.data, key) != DataConfig.model_fields[key].get_default(call_default_factory=True)]
+        text_keys = [
+            key
+            for key in ("text", "max_length", "tokenizer", "privacy")
+            if key in self.data.model_fields_set
+            and getattr(self.data, key) != DataConfig.model_fields[key].get_default(call_default_factory=True)
+        ]
         if self.task != "text_classification" and text_keys:
-            raise ValueError(f"data.{', data.'.join(text_keys)}: only for task text_classification; this config's "
-                             f"task is {self.task}. Remove the key(s) or change the task.")
+            raise ValueError(
+                f"data.{', data.'.join(text_keys)}: only for task text_classification; this config's "
+                f"task is {self.task}. Remove the key(s) or change the task."
+            )
         if self.task == "text_classification":
             missing = [key for key in ("text", "label") if not getattr(self.data, key)]
             if missing:
-                raise ValueError(f"text_classification needs data.{' and data.'.join(missing)}: "
-                                 "name the text column and the label column of the file")
+                raise ValueError(
+                    f"text_classification needs data.{' and data.'.join(missing)}: "
+                    "name the text column and the label column of the file"
+                )
         return self
 
 
@@ -221,7 +296,9 @@ def _split_key(loc: tuple) -> tuple[type[BaseModel], str]:
     model: type[BaseModel] = Config
     for part in loc[:-1]:
         annotation = model.model_fields[part].annotation if part in model.model_fields else None
-        annotation = next((a for a in getattr(annotation, "__args__", ()) if a is not type(None)), annotation)  # X | None
+        annotation = next(
+            (a for a in getattr(annotation, "__args__", ()) if a is not type(None)), annotation
+        )  # X | None
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
     return model, str(loc[-1])
@@ -242,19 +319,25 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
     else:
         path = Path(source)
         if not path.is_file():
-            raise UserError(f"config file not found: {path}. Create one with `foundry init --task image_classification`.")
+            raise UserError(
+                f"config file not found: {path}. Create one with `foundry init --task image_classification`."
+            )
         try:
             with open(path, encoding="utf-8") as stream:  # a stream, so YAML errors name the file
                 raw = yaml.safe_load(stream)
         except yaml.YAMLError as exc:
             raise UserError(f"{path}: not valid YAML: {exc}{_quote_lines(path, exc)}") from None
         if not isinstance(raw, dict):
-            raise UserError(f"{path}: expected a mapping of keys (task:, data:, model:, train:), got {type(raw).__name__}")
+            raise UserError(
+                f"{path}: expected a mapping of keys (task:, data:, model:, train:), got {type(raw).__name__}"
+            )
         origin, base = str(path), path.resolve().parent
     raw = apply_overrides(raw, overrides or [])
     if "task" in raw and raw["task"] not in TASKS:
-        raise UserError(f"{origin}: task: {raw['task']!r} is not a task here. Allowed: {', '.join(TASKS)}."
-                        + did_you_mean(str(raw["task"]), TASKS))
+        raise UserError(
+            f"{origin}: task: {raw['task']!r} is not a task here. Allowed: {', '.join(TASKS)}."
+            + did_you_mean(str(raw["task"]), TASKS)
+        )
     try:
         return Config.model_validate(raw), base
     except ValidationError as exc:
@@ -265,7 +348,9 @@ def _quote_lines(path: Path, exc: yaml.YAMLError) -> str:
     """The lines a YAML error points at, so the user sees the mistake without opening the file."""
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     marks = [getattr(exc, name, None) for name in ("context_mark", "problem_mark")]
-    numbers = sorted({m.line for m in marks if m is not None and m.line < len(lines) and lines[m.line].strip()})
+    numbers = sorted(
+        {m.line for m in marks if m is not None and m.line < len(lines) and lines[m.line].strip()}
+    )
     return "".join(f"\n  line {n + 1}: {lines[n]}" for n in numbers)
 
 
@@ -277,10 +362,19 @@ def absolute_paths(config: dict, base_dir: Path) -> dict:
     """A run's saved config (a dict) with its relative data and model paths made absolute against the
     folder of the original config (`base_dir`), so retraining and compressing work from any folder."""
     data, model = config["data"], config["model"]
-    for section, key in ((data, "source"), (data, "val_source"), (data, "test_source"), (data, "tokenizer"),
-                         (model, "path")):
+    for section, key in (
+        (data, "source"),
+        (data, "val_source"),
+        (data, "test_source"),
+        (data, "tokenizer"),
+        (model, "path"),
+    ):
         value = section.get(key)
-        if value and not str(value).startswith("builtin:") and not Path(value).is_absolute() \
-                and (base_dir / value).exists():
+        if (
+            value
+            and not str(value).startswith("builtin:")
+            and not Path(value).is_absolute()
+            and (base_dir / value).exists()
+        ):
             section[key] = str((base_dir / value).resolve())
     return config

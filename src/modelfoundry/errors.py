@@ -3,6 +3,7 @@
 The CLI prints these as one clean message and exits with status 2; anything else is a bug
 and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -19,7 +20,9 @@ def did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:
     close = difflib.get_close_matches(str(value), choices, n=n, cutoff=0.5)
     if not close:
         lowered = {c.lower(): c for c in choices}
-        close = [lowered[c] for c in difflib.get_close_matches(str(value).lower(), list(lowered), n=n, cutoff=0.5)]
+        close = [
+            lowered[c] for c in difflib.get_close_matches(str(value).lower(), list(lowered), n=n, cutoff=0.5)
+        ]
     if not close:
         return ""
     return " Did you mean " + " or ".join(f"'{c}'" for c in close) + "?"

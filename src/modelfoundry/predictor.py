@@ -1,6 +1,7 @@
 """The model package: `model/` = `model.safetensors` + `model.json` (architecture, preprocessing,
 labels). `load()` turns it into a Predictor without the config or the data, and never unpickles.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,9 @@ FORMAT = "modelfoundry.model/1"
 WEIGHTS = ("model.safetensors", "model.onnx")  # an int8 variant has only the ONNX graph
 
 
-def save_package(folder: Path, model: torch.nn.Module, spec: dict, files: dict[str, str] | None = None) -> Path:
+def save_package(
+    folder: Path, model: torch.nn.Module, spec: dict, files: dict[str, str] | None = None
+) -> Path:
     """Write weights and description. `spec` holds task, model {name, options}, input_shape, labels, preprocessing;
     `files` maps relative paths to text the model needs besides (tokenizer.json, encoder/config.json).
 
@@ -32,7 +35,10 @@ def save_package(folder: Path, model: torch.nn.Module, spec: dict, files: dict[s
     for leftover in (tmp, old):
         shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        str(tmp / "model.safetensors"),
+    )
     (tmp / "model.json").write_text(json.dumps({"format": FORMAT, **spec}, indent=2))
     for name, content in (files or {}).items():
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
@@ -50,8 +56,10 @@ def package_folder(path: str | Path) -> Path:
     for candidate in (path, path / "model"):
         if (candidate / "model.json").is_file() and any((candidate / f).is_file() for f in WEIGHTS):
             return candidate
-    raise UserError(f"{path}: no model package here (expected model/model.json and model/model.safetensors). "
-                    "Is the run finished? `foundry runs list` shows runs and their status.")
+    raise UserError(
+        f"{path}: no model package here (expected model/model.json and model/model.safetensors). "
+        "Is the run finished? `foundry runs list` shows runs and their status."
+    )
 
 
 def run_folder(package: Path) -> Path:
@@ -69,26 +77,34 @@ def load(path: str | Path, device: str = "cpu", backend: str = "auto") -> Predic
     folder = package_folder(path)
     spec = json.loads((folder / "model.json").read_text())
     if spec.get("format") != FORMAT:
-        raise UserError(f"{folder}/model.json: format {spec.get('format')!r} is not {FORMAT!r}; "
-                        "retrain with this version of modelfoundry.")
+        raise UserError(
+            f"{folder}/model.json: format {spec.get('format')!r} is not {FORMAT!r}; "
+            "retrain with this version of modelfoundry."
+        )
     if backend not in ("auto", "torch", "onnx"):
         raise UserError(f"backend {backend!r} is not one of auto, torch, onnx.")
     has_torch = (folder / "model.safetensors").is_file()
     backend = ("torch" if has_torch else "onnx") if backend == "auto" else backend
     if backend == "torch" and not has_torch:
-        raise UserError(f"{folder}: this package ({spec.get('variant', {}).get('kind', 'ONNX')} variant) has only "
-                        "model.onnx; load it with backend='onnx' (`--backend onnx`).")
+        raise UserError(
+            f"{folder}: this package ({spec.get('variant', {}).get('kind', 'ONNX')} variant) has only "
+            "model.onnx; load it with backend='onnx' (`--backend onnx`)."
+        )
     if backend == "onnx":
         from modelfoundry.compress.onnx_export import OnnxModel
 
         if not (folder / "model.onnx").is_file():
-            raise UserError(f"{folder}: no model.onnx yet. Export it with `foundry export {path} --format onnx`.")
+            raise UserError(
+                f"{folder}: no model.onnx yet. Export it with `foundry export {path} --format onnx`."
+            )
         return Predictor(OnnxModel(folder / "model.onnx"), spec, folder)
     pre, options = spec["preprocessing"], dict(spec["model"]["options"])
     text_spec = {k: pre[k] for k in ("vocab_size", "pad_id")} if pre["kind"] == "text" else None
     if spec["model"]["name"] == "pretrained":  # the architecture from the package; weights come next
         options.update(path=str(folder / "encoder"), pretrained_weights=False)
-    model = build_model(spec["model"]["name"], tuple(spec["input_shape"]), len(spec["labels"]), text_spec, **options)
+    model = build_model(
+        spec["model"]["name"], tuple(spec["input_shape"]), len(spec["labels"]), text_spec, **options
+    )
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return Predictor(model.to(device).eval(), spec, folder)
 
@@ -133,8 +149,10 @@ class Predictor:
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
-            raise UserError(f"text input {bad[0] + 1} is {type(texts[bad[0]]).__name__}, not a string; a text model "
-                            "takes a string or a list of strings.")
+            raise UserError(
+                f"text input {bad[0] + 1} is {type(texts[bad[0]]).__name__}, not a string; a text model "
+                "takes a string or a list of strings."
+            )
         if not texts:
             raise UserError("no inputs given.")
         pre = self.spec["preprocessing"]
@@ -155,14 +173,18 @@ class Predictor:
         array = np.asarray(item, dtype=np.float32)
         array = array[None] if array.ndim == 2 else array
         if array.shape != (channels, *size):
-            raise UserError(f"image array of shape {array.shape} does not match the model's input "
-                            f"{(channels, *size)} (C, H, W); pass a file or PIL image to have it resized.")
+            raise UserError(
+                f"image array of shape {array.shape} does not match the model's input "
+                f"{(channels, *size)} (C, H, W); pass a file or PIL image to have it resized."
+            )
         return array
 
     def predict_proba(self, inputs, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, num_classes), columns in the order of `self.labels`."""
-        return self.proba(self.encode(inputs, origin=str(inputs) if isinstance(inputs, (str, Path)) else "input"),
-                          batch_size)
+        return self.proba(
+            self.encode(inputs, origin=str(inputs) if isinstance(inputs, (str, Path)) else "input"),
+            batch_size,
+        )
 
     @torch.inference_mode()
     def proba(self, x: torch.Tensor | list[torch.Tensor], batch_size: int = 256) -> np.ndarray:
@@ -172,11 +194,15 @@ class Predictor:
             from modelfoundry.data.text import TextData
             from modelfoundry.training.loop import predict_logits
 
-            data, order = TextData(x, torch.zeros(len(x)), self.spec["preprocessing"]["pad_id"], device).sorted_by_length()
+            data, order = TextData(
+                x, torch.zeros(len(x)), self.spec["preprocessing"]["pad_id"], device
+            ).sorted_by_length()
             probabilities = torch.softmax(predict_logits(self.model, data, batch_size), 1).cpu().numpy()
             return probabilities[np.argsort(order)]
-        out = [torch.softmax(self.model(x[i:i + batch_size].to(device)).float(), 1).cpu()
-               for i in range(0, len(x), batch_size)]
+        out = [
+            torch.softmax(self.model(x[i : i + batch_size].to(device)).float(), 1).cpu()
+            for i in range(0, len(x), batch_size)
+        ]
         return torch.cat(out).numpy()
 
     def predict(self, inputs) -> list[str]:
@@ -192,7 +218,9 @@ def expand_images(inputs) -> list:
         if isinstance(item, (str, Path)) and Path(item).is_dir():
             found = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in images.IMAGE_SUFFIXES)
             if not found:
-                raise UserError(f"{item}: no images in this folder ({', '.join(sorted(images.IMAGE_SUFFIXES))}).")
+                raise UserError(
+                    f"{item}: no images in this folder ({', '.join(sorted(images.IMAGE_SUFFIXES))})."
+                )
             flat += found
         elif isinstance(item, (str, Path)) and not Path(item).is_file():
             raise UserError(f"{item}: no such file.")
@@ -215,4 +243,6 @@ def read_rows(inputs) -> pd.DataFrame:
         return tabular.read_table(path)
     if isinstance(inputs, (list, tuple)) and all(isinstance(r, dict) for r in inputs):
         return pd.DataFrame(list(inputs))
-    raise UserError("table inputs must be a DataFrame, a dict, a list of dicts, or a .csv/.parquet/.jsonl path.")
+    raise UserError(
+        "table inputs must be a DataFrame, a dict, a list of dicts, or a .csv/.parquet/.jsonl path."
+    )

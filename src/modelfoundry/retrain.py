@@ -11,6 +11,7 @@
    the original data decide it, the corrections never enter it) and on the held-back corrections;
 5. promotes (moves the alias) only when the challenger is better on both together by `margin`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,15 @@ from modelfoundry.store.models import ModelStore
 HELD_BACK = 0.25
 
 
-def retrain(ref: str = "champion", *, promote: bool = False, feedback_weight: int = 3, margin: float = 0.005,
-            overrides: list[str] | None = None, console: Console | None = None) -> dict:
+def retrain(
+    ref: str = "champion",
+    *,
+    promote: bool = False,
+    feedback_weight: int = 3,
+    margin: float = 0.005,
+    overrides: list[str] | None = None,
+    console: Console | None = None,
+) -> dict:
     """Returns the comparison (also written as comparison.json and comparison.html in the challenger's run)."""
     from modelfoundry.runner import train
 
@@ -48,19 +56,26 @@ def retrain(ref: str = "champion", *, promote: bool = False, feedback_weight: in
     spec = json.loads((package / "model.json").read_text())
     rows = FeedbackStore().list(limit=None, versions=store.lineage_versions(champion.lineage))
     if not rows:
-        raise UserError(f"no feedback stored for {ref} ({champion.name}) or the versions it came from. Collect "
-                        "corrections first: `foundry serve` takes them at POST /v1/feedback and on its web page.")
+        raise UserError(
+            f"no feedback stored for {ref} ({champion.name}) or the versions it came from. Collect "
+            "corrections first: `foundry serve` takes them at POST /v1/feedback and on its web page."
+        )
     rows.sort(key=lambda r: r.id)
     held = [r for r in rows if _held_back(r.id)] if len(rows) >= 4 else []
     used = [r for r in rows if r not in held]
-    console.print(f"{champion.name} ({alias}): {len(rows)} corrections, {len(used)} to train on (x{feedback_weight}), "
-                  f"{len(held)} held back to score both models", highlight=False)
+    console.print(
+        f"{champion.name} ({alias}): {len(rows)} corrections, {len(used)} to train on (x{feedback_weight}), "
+        f"{len(held)} held back to score both models",
+        highlight=False,
+    )
 
     base_dir = Path(spec.get("config_dir", "."))
     config = absolute_paths(yaml.safe_load((run_folder(package) / "config.yaml").read_text()), base_dir)
     feedback_set = media_dir() / "sets" / f"{datetime.now():%Y%m%d-%H%M%S}-{champion.name}"
-    config["data"]["feedback"] = {"source": str(_write_feedback(used, spec, config, feedback_set)),
-                                  "weight": feedback_weight}
+    config["data"]["feedback"] = {
+        "source": str(_write_feedback(used, spec, config, feedback_set)),
+        "weight": feedback_weight,
+    }
     config["name"] = f"{config.get('name') or spec['model']['name']}-retrain"[:200]
     run = train(config, overrides, console=console, parent_version=champion.id)
     challenger = store.get(f"v{run.version}")
@@ -68,26 +83,44 @@ def retrain(ref: str = "champion", *, promote: bool = False, feedback_weight: in
 
     inputs, targets = frozen_holdout(config, base_dir)
     feedback_inputs, feedback_targets = [_input_of(r) for r in held], [r.label for r in held]
-    scores = {name: _scores(load(path), inputs, targets, feedback_inputs, feedback_targets)
-              for name, path in (("champion", package), ("challenger", challenger.path))}
+    scores = {
+        name: _scores(load(path), inputs, targets, feedback_inputs, feedback_targets)
+        for name, path in (("champion", package), ("challenger", challenger.path))
+    }
     gain = scores["challenger"]["combined"] - scores["champion"]["combined"]
     better = gain > 0 and gain >= margin
     if better and promote:
         store.set_alias(alias, challenger.id)
-        decision = f"promoted: {alias} -> {challenger.name} (combined accuracy +{gain:.4f} >= margin {margin})"
+        decision = (
+            f"promoted: {alias} -> {challenger.name} (combined accuracy +{gain:.4f} >= margin {margin})"
+        )
     elif better:
-        decision = (f"{challenger.name} is better (+{gain:.4f} >= margin {margin}) but was not promoted; "
-                    f"run `foundry models promote {challenger.name}` or retrain with --promote")
+        decision = (
+            f"{challenger.name} is better (+{gain:.4f} >= margin {margin}) but was not promoted; "
+            f"run `foundry models promote {challenger.name}` or retrain with --promote"
+        )
     else:
-        decision = (f"kept {alias} = {champion.name}: the challenger {challenger.name} is not better by the margin "
-                    f"(combined accuracy {gain:+.4f}, margin {margin})")
-    result = {"champion": {"version": champion.name, **scores["champion"]},
-              "challenger": {"version": challenger.name, "run": run.id, **scores["challenger"]},
-              "examples": {"holdout": len(targets), "feedback": len(feedback_targets),
-                           "combined": len(targets) + len(feedback_targets), "feedback_trained": len(used)},
-              "holdout_fingerprint": _fingerprint(inputs, targets), "gain": gain, "margin": margin,
-              "promoted": better and promote, "alias": alias, "decision": decision,
-              "report": str(run.path / "comparison.html")}
+        decision = (
+            f"kept {alias} = {champion.name}: the challenger {challenger.name} is not better by the margin "
+            f"(combined accuracy {gain:+.4f}, margin {margin})"
+        )
+    result = {
+        "champion": {"version": champion.name, **scores["champion"]},
+        "challenger": {"version": challenger.name, "run": run.id, **scores["challenger"]},
+        "examples": {
+            "holdout": len(targets),
+            "feedback": len(feedback_targets),
+            "combined": len(targets) + len(feedback_targets),
+            "feedback_trained": len(used),
+        },
+        "holdout_fingerprint": _fingerprint(inputs, targets),
+        "gain": gain,
+        "margin": margin,
+        "promoted": better and promote,
+        "alias": alias,
+        "decision": decision,
+        "report": str(run.path / "comparison.html"),
+    }
     (run.path / "comparison.json").write_text(json.dumps(result, indent=2))
     write_comparison(run.path / "comparison.html", result)
     return result
@@ -108,16 +141,26 @@ def frozen_holdout(config: dict, base_dir: Path) -> tuple[list, list[str]]:
         warnings.simplefilter("ignore")  # the champion's run already reported its data
         data = prepare(cfg, base_dir)
     if data.test is None:
-        raise UserError("retrain needs a test split to compare on; set data.split.test above 0 in the config.")
+        raise UserError(
+            "retrain needs a test split to compare on; set data.split.test above 0 in the config."
+        )
     return list(data.test_display), [data.labels[t] for t in data.test.targets.tolist()]
 
 
-def _scores(predictor: Predictor, inputs: list, targets: list[str], feedback_inputs: list,
-            feedback_targets: list[str]) -> dict:
+def _scores(
+    predictor: Predictor, inputs: list, targets: list[str], feedback_inputs: list, feedback_targets: list[str]
+) -> dict:
     right = np.array(predictor.predict(inputs)) == np.array(targets)
-    fixed = (np.array(predictor.predict(feedback_inputs)) == np.array(feedback_targets)) if feedback_inputs else np.zeros(0)
-    return {"holdout": float(right.mean()), "feedback": float(fixed.mean()) if len(fixed) else None,
-            "combined": float(np.concatenate([right, fixed]).mean())}
+    fixed = (
+        (np.array(predictor.predict(feedback_inputs)) == np.array(feedback_targets))
+        if feedback_inputs
+        else np.zeros(0)
+    )
+    return {
+        "holdout": float(right.mean()),
+        "feedback": float(fixed.mean()) if len(fixed) else None,
+        "combined": float(np.concatenate([right, fixed]).mean()),
+    }
 
 
 def _held_back(feedback_id: int) -> bool:
@@ -143,7 +186,9 @@ def _write_feedback(rows: list[Feedback], spec: dict, config: dict, folder: Path
     if kind == "text":
         records = [{data["text"]: row.input["text"], label: row.label} for row in rows]
     else:
-        records = [{**{c: None for c in data.get("drop", [])}, **row.input["row"], label: row.label} for row in rows]
+        records = [
+            {**{c: None for c in data.get("drop", [])}, **row.input["row"], label: row.label} for row in rows
+        ]
     path = folder / "feedback.jsonl"
     pd.DataFrame(records).to_json(path, orient="records", lines=True)
     return path
@@ -152,8 +197,11 @@ def _write_feedback(rows: list[Feedback], spec: dict, config: dict, folder: Path
 def _fingerprint(inputs: list, targets: list[str]) -> str:
     digest = hashlib.sha256()
     for item, target in zip(inputs, targets):
-        digest.update(np.asarray(item).tobytes() if isinstance(item, np.ndarray) else json.dumps(item, sort_keys=True,
-                                                                                                default=str).encode())
+        digest.update(
+            np.asarray(item).tobytes()
+            if isinstance(item, np.ndarray)
+            else json.dumps(item, sort_keys=True, default=str).encode()
+        )
         digest.update(target.encode())
     return digest.hexdigest()[:16]
 
@@ -178,16 +226,21 @@ def write_comparison(path: Path, result: dict) -> None:
     fig.tight_layout()
     plot = _png_tag(fig, "accuracy of champion and challenger")
     plt.close(fig)
-    rows = "".join(f"<tr><td>{n}</td><td>{result['examples'][n]}</td><td>{result['champion'][n]:.4f}</td>"
-                   f"<td>{result['challenger'][n]:.4f}</td></tr>" for n in names)
+    rows = "".join(
+        f"<tr><td>{n}</td><td>{result['examples'][n]}</td><td>{result['champion'][n]:.4f}</td>"
+        f"<td>{result['challenger'][n]:.4f}</td></tr>"
+        for n in names
+    )
     buffer = io.StringIO()
-    buffer.write(f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>retrain: '
-                 f'{_esc(result["champion"]["version"])} vs {_esc(result["challenger"]["version"])}</title>'
-                 f"<style>{_CSS}</style></head><body><main><section><h1>Champion vs challenger</h1>"
-                 f"<p><strong>{_esc(result['decision'])}</strong></p>"
-                 f"<table><tr><th>scored on</th><th>examples</th><th>champion {_esc(result['champion']['version'])}</th>"
-                 f"<th>challenger {_esc(result['challenger']['version'])}</th></tr>{rows}</table>{plot}"
-                 f"<p>Holdout: the champion's test split (fingerprint {result['holdout_fingerprint']}), which no "
-                 f"correction enters. Feedback: {result['examples']['feedback']} corrections held back from training; "
-                 f"{result['examples']['feedback_trained']} were trained on.</p></section></main></body></html>\n")
+    buffer.write(
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>retrain: '
+        f"{_esc(result['champion']['version'])} vs {_esc(result['challenger']['version'])}</title>"
+        f"<style>{_CSS}</style></head><body><main><section><h1>Champion vs challenger</h1>"
+        f"<p><strong>{_esc(result['decision'])}</strong></p>"
+        f"<table><tr><th>scored on</th><th>examples</th><th>champion {_esc(result['champion']['version'])}</th>"
+        f"<th>challenger {_esc(result['challenger']['version'])}</th></tr>{rows}</table>{plot}"
+        f"<p>Holdout: the champion's test split (fingerprint {result['holdout_fingerprint']}), which no "
+        f"correction enters. Feedback: {result['examples']['feedback']} corrections held back from training; "
+        f"{result['examples']['feedback_trained']} were trained on.</p></section></main></body></html>\n"
+    )
     path.write_text(buffer.getvalue())

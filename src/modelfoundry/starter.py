@@ -1,4 +1,5 @@
 """Commented starter configs written by `foundry init`."""
+
 from __future__ import annotations
 
 from modelfoundry.config import TASKS
@@ -37,7 +38,8 @@ model:
   width: 32
   depth: 2
   dropout: 0.2
-""" + _COMMON_TRAIN,
+"""
+    + _COMMON_TRAIN,
     "tabular_classification": """\
 # modelfoundry config: tabular classification. Train with `foundry train config.yaml`.
 task: tabular_classification
@@ -51,7 +53,8 @@ model:
   name: mlp
   hidden: [128, 64]
   dropout: 0.1
-""" + _COMMON_TRAIN,
+"""
+    + _COMMON_TRAIN,
     "text_classification": """\
 # modelfoundry config: text classification. Train with `foundry train config.yaml`.
 task: text_classification
@@ -87,5 +90,7 @@ train:
 
 def starter_config(task: str) -> str:
     if task not in STARTERS:
-        raise UserError(f"--task: '{task}' is not a task.{did_you_mean(task, TASKS)} Tasks: {', '.join(TASKS)}.")
+        raise UserError(
+            f"--task: '{task}' is not a task.{did_you_mean(task, TASKS)} Tasks: {', '.join(TASKS)}."
+        )
     return STARTERS[task]

@@ -4,6 +4,7 @@ processes over them (the browser and its pages are fixtures of test_page.py).
 Each model is trained once per module into its own FOUNDRY_HOME; servers start on any free
 loopback port (`--port 0`) and are stopped at teardown.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -24,8 +25,8 @@ REVIEWS = Path(__file__).parents[2] / "examples" / "tiny" / "reviews.csv"
 
 @dataclass
 class Trained:
-    home: Path   # FOUNDRY_HOME the run is registered in
-    path: Path   # the run folder
+    home: Path  # FOUNDRY_HOME the run is registered in
+    path: Path  # the run folder
 
 
 def train(work: Path, config: Path, *overrides: str) -> Trained:
@@ -55,9 +56,13 @@ def text_model(tmp_path_factory) -> Trained:
     """A 16-wide LSTM trained from scratch on the shipped reviews -> positive, negative."""
     work = tmp_path_factory.mktemp("text")
     shutil.copy(REVIEWS, work / "reviews.csv")
-    config = write_config(work / "text.yaml", "text_classification", "reviews.csv",
-                          data={"text": "review", "label": "sentiment", "max_length": 32},
-                          model={"name": "lstm", "embed_dim": 16, "hidden": 16})
+    config = write_config(
+        work / "text.yaml",
+        "text_classification",
+        "reviews.csv",
+        data={"text": "review", "label": "sentiment", "max_length": 32},
+        model={"name": "lstm", "embed_dim": 16, "hidden": 16},
+    )
     return train(work, config, "--set", "train.precision=fp32")
 
 

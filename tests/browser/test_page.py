@@ -1,6 +1,7 @@
 """The web page of `foundry serve`, driven in headless Chromium against the real server: what a
 user sees after loading the page, predicting, and sending a correction, for each input kind.
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,13 +16,23 @@ import pytest
 from e2e_helpers import IMAGE_LABELS, TABLE_LABELS, write_png
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 if not CHROMIUM.exists() and os.environ.get("FOUNDRY_REQUIRE_BROWSER"):  # CI: a missing browser is a failure
-    raise RuntimeError(f"{CHROMIUM} is missing but FOUNDRY_REQUIRE_BROWSER is set; .ci/chromium.sh should install it")
+    raise RuntimeError(
+        f"{CHROMIUM} is missing but FOUNDRY_REQUIRE_BROWSER is set; .ci/chromium.sh should install it"
+    )
 if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is missing; install Debian's chromium (apt-get install chromium) to run "
-                "browser tests", allow_module_level=True)
+    pytest.skip(
+        f"{CHROMIUM} is missing; install Debian's chromium (apt-get install chromium) to run browser tests",
+        allow_module_level=True,
+    )
 
 from playwright.sync_api import expect, sync_playwright
 
@@ -58,18 +69,23 @@ def table_server(serve, table_model):
 def shown_probabilities(page) -> dict[str, float]:
     """data-label -> the percentage written on its bar, in the order shown."""
     bars = page.locator(BARS)
-    return {bar.get_attribute("data-label"): float(re.search(r"([\d.]+)%", bar.inner_text()).group(1))
-            for bar in bars.all()}
+    return {
+        bar.get_attribute("data-label"): float(re.search(r"([\d.]+)%", bar.inner_text()).group(1))
+        for bar in bars.all()
+    }
 
 
 def drop_file(page, content: bytes, name: str, mime: str) -> None:
     """Drag and drop a file onto the drop zone, as from a file manager."""
-    files = page.evaluate_handle("""([b64, name, mime]) => {
+    files = page.evaluate_handle(
+        """([b64, name, mime]) => {
         const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
         const transfer = new DataTransfer();
         transfer.items.add(new File([bytes], name, {type: mime}));
         return transfer;
-    }""", [base64.b64encode(content).decode(), name, mime])
+    }""",
+        [base64.b64encode(content).decode(), name, mime],
+    )
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": files})
 
 
@@ -108,8 +124,9 @@ def test_table_model_card_prediction_and_correction_that_is_stored(page, table_s
     assert stored["input"]["row"] == {"x1": 6, "x2": -2.5, "color": "blue"}  # numbers sent as JSON numbers
 
 
-def test_image_upload_and_drop_predict_and_a_bad_file_shows_the_servers_message(page, image_model, serve,
-                                                                                 tmp_path):
+def test_image_upload_and_drop_predict_and_a_bad_file_shows_the_servers_message(
+    page, image_model, serve, tmp_path
+):
     page.goto(serve(image_model).url)
     expect(page.locator("#model-card")).to_contain_text("image_classification")
     page.set_input_files("#image-input", write_png(tmp_path / "bright.png", 210, np.random.default_rng(0)))
@@ -172,8 +189,10 @@ def test_text_model_predicts_a_typed_review(page, text_model, serve):
 
 def test_a_model_card_error_shows_the_servers_message_not_a_blank_page(page, table_server):
     error = {"error": {"field": "model", "message": "could not load champion: no such alias."}}
-    page.route("**/v1/model", lambda route: route.fulfill(status=409, content_type="application/json",
-                                                         body=json.dumps(error)))
+    page.route(
+        "**/v1/model",
+        lambda route: route.fulfill(status=409, content_type="application/json", body=json.dumps(error)),
+    )
     page.goto(table_server.url)
     expect(page.locator("#error")).to_have_text("Error: model: could not load champion: no such alias.")
     expect(page.locator("#model-card")).to_contain_text("could not be loaded")

@@ -4,6 +4,7 @@ Every CLI call pays for importing torch (a few seconds on two shared cores), so 
 `table_run` and `table_run_lr` are trained once per test session and shared between
 pytest-xdist workers through a file lock.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,9 @@ from e2e_helpers import TINY_MLP, assert_ok, foundry, write_config, write_image_
 
 @dataclass
 class TrainedRun:
-    home: Path      # FOUNDRY_HOME the run was registered in
-    path: Path      # the run folder
-    data: Path      # the training data (an image folder or a CSV)
+    home: Path  # FOUNDRY_HOME the run was registered in
+    path: Path  # the run folder
+    data: Path  # the training data (an image folder or a CSV)
     train_stdout: str
     train_stderr: str
 
@@ -45,8 +46,10 @@ def _train_once(shared: Path, name: str, build) -> list[TrainedRun]:
             workdir.mkdir(parents=True, exist_ok=True)
             runs = build(workdir)
             record.write_text(json.dumps([{k: str(v) for k, v in vars(run).items()} for run in runs]))
-    return [TrainedRun(Path(f["home"]), Path(f["path"]), Path(f["data"]), f["train_stdout"], f["train_stderr"])
-            for f in json.loads(record.read_text())]
+    return [
+        TrainedRun(Path(f["home"]), Path(f["path"]), Path(f["data"]), f["train_stdout"], f["train_stderr"])
+        for f in json.loads(record.read_text())
+    ]
 
 
 def _image_run(workdir: Path) -> list[TrainedRun]:
@@ -59,8 +62,18 @@ def _image_run(workdir: Path) -> list[TrainedRun]:
     (data / "cat" / "broken.png").write_bytes(b"these bytes are not a PNG image")
     assert_ok(init := foundry("init", "--task", "image_classification", cwd=workdir, home=home))
     assert "config.yaml" in init.stdout
-    result = foundry("train", "config.yaml", "--set", "data.source=images", "--set", "train.epochs=1",
-                     "--set", "model.width=4", cwd=workdir, home=home)
+    result = foundry(
+        "train",
+        "config.yaml",
+        "--set",
+        "data.source=images",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "model.width=4",
+        cwd=workdir,
+        home=home,
+    )
     assert_ok(result)
     folders = [p for p in home.iterdir() if p.is_dir()]
     assert len(folders) == 1, f"expected one run folder in {home}, found {folders}"
@@ -74,8 +87,17 @@ def _table_runs(workdir: Path) -> list[TrainedRun]:
     config = write_config(workdir / "table.yaml", "tabular_classification", "train.csv")
     runs = []
     for lr in ("0.01", "0.003"):
-        result = foundry("train", config, *TINY_MLP, "--set", f"train.lr={lr}", "--run-dir", home / f"table-lr-{lr}",
-                         cwd=workdir, home=home)
+        result = foundry(
+            "train",
+            config,
+            *TINY_MLP,
+            "--set",
+            f"train.lr={lr}",
+            "--run-dir",
+            home / f"table-lr-{lr}",
+            cwd=workdir,
+            home=home,
+        )
         assert_ok(result)
         runs.append(TrainedRun(home, home / f"table-lr-{lr}", data, result.stdout, result.stderr))
     return runs

@@ -1,6 +1,7 @@
 """End-to-end test helpers: run the real `foundry` CLI in a subprocess, check its messages, and write
 tiny data sets (8x8 PNG folders, CSVs) and configs. Fixtures live in conftest.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,14 @@ TINY_MLP = ["--set", "model.hidden=[8]", "--set", "train.epochs=2", "--set", "tr
 
 def foundry(*args: str | Path, cwd: Path, home: Path) -> subprocess.CompletedProcess:
     """Run `python -m modelfoundry ARGS` in `cwd` with runs and the registry under `home`."""
-    return subprocess.run([sys.executable, "-m", "modelfoundry", *map(str, args)], cwd=cwd, env=cli_env(home),
-                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "-m", "modelfoundry", *map(str, args)],
+        cwd=cwd,
+        env=cli_env(home),
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
 
 
 def cli_env(home: Path) -> dict[str, str]:
@@ -40,7 +47,9 @@ def one_line(text: str) -> str:
 
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    )
     assert "Traceback" not in result.stderr, result.stderr
 
 
@@ -59,7 +68,9 @@ def assert_user_error(result: subprocess.CompletedProcess, *phrases: str) -> str
 # ----------------------------------------------------------------------------------------- data
 
 
-def write_image_folder(root: Path, per_class: int = 12, classes=IMAGE_LABELS, size: int = 8, seed: int = 0) -> Path:
+def write_image_folder(
+    root: Path, per_class: int = 12, classes=IMAGE_LABELS, size: int = 8, seed: int = 0
+) -> Path:
     """`root/<class>/<i>.png`: 8x8 grey images, bright for the first class and darker for each next one."""
     rng = np.random.default_rng(seed)
     for k, name in enumerate(classes):
@@ -81,8 +92,14 @@ def table_frame(per_class: int = 20, labels=TABLE_LABELS, seed: int = 0) -> pd.D
     rows = []
     for k, label in enumerate(labels):
         for _ in range(per_class):
-            rows.append({"x1": round(float(rng.normal(3 * k, 1)), 3), "x2": round(float(rng.normal(-k, 1)), 3),
-                         "color": ["red", "green", "blue"][int(rng.integers(3))], "label": label})
+            rows.append(
+                {
+                    "x1": round(float(rng.normal(3 * k, 1)), 3),
+                    "x2": round(float(rng.normal(-k, 1)), 3),
+                    "color": ["red", "green", "blue"][int(rng.integers(3))],
+                    "label": label,
+                }
+            )
     return pd.DataFrame(rows).sample(frac=1, random_state=seed).reset_index(drop=True)
 
 
@@ -120,9 +137,14 @@ class Server:
         import selectors
         import time
 
-        self.process = subprocess.Popen([sys.executable, "-m", "modelfoundry", "serve", str(model), "--port", "0", *args],
-                                        cwd=cwd, env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "modelfoundry", "serve", str(model), "--port", "0", *args],
+            cwd=cwd,
+            env=cli_env(home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         selector = selectors.DefaultSelector()
         selector.register(self.process.stdout, selectors.EVENT_READ)
         deadline, seen = time.monotonic() + startup_timeout, ""
@@ -136,7 +158,9 @@ class Server:
                 if not line and self.process.poll() is not None:
                     break
         self.stop()
-        raise AssertionError(f"foundry serve did not start\nstdout:\n{seen}\nstderr:\n{self.process.stderr.read()}")
+        raise AssertionError(
+            f"foundry serve did not start\nstdout:\n{seen}\nstderr:\n{self.process.stderr.read()}"
+        )
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handler runs, as when a machine loses power."""

@@ -1,12 +1,13 @@
 """Mistakes a user can make: each ends with exit status 2 and one message that names the file, key or
 column, the bad value, and how to fix it, never with a traceback."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from e2e_helpers import (assert_user_error, foundry, table_frame, write_config, write_image_folder, write_table)
+from e2e_helpers import assert_user_error, foundry, table_frame, write_config, write_image_folder, write_table
 
 
 def train(tmp_path, config, *args):
@@ -28,33 +29,54 @@ def test_missing_config_file(tmp_path):
 def test_invalid_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("task: image_classification\ndata: {source: [unclosed\n")
     # The message quotes the offending line, so the user sees the unclosed bracket.
-    assert_user_error(train(tmp_path, "bad.yaml"), "bad.yaml", "not valid YAML", "line 2", "{source: [unclosed")
+    assert_user_error(
+        train(tmp_path, "bad.yaml"), "bad.yaml", "not valid YAML", "line 2", "{source: [unclosed"
+    )
 
 
 def test_unknown_config_key_suggests_the_nearest(tmp_path):
-    config = write_config(tmp_path / "config.yaml", "image_classification", "builtin:digits", train={"epoch": 3})
+    config = write_config(
+        tmp_path / "config.yaml", "image_classification", "builtin:digits", train={"epoch": 3}
+    )
     assert_user_error(train(tmp_path, config), "train.epoch: unknown key", "Did you mean 'epochs'?")
 
 
 def test_wrong_type_and_out_of_range_values_are_reported_together_naming_each_key(tmp_path):
-    config = write_config(tmp_path / "config.yaml", "image_classification", "builtin:digits",
-                          train={"epochs": "many", "lr": -1})
-    message = assert_user_error(train(tmp_path, config), "config.yaml", "2 problem(s)",
-                                "train.epochs", "'many'", "valid integer", "train.lr", "-1", "greater than 0")
+    config = write_config(
+        tmp_path / "config.yaml", "image_classification", "builtin:digits", train={"epochs": "many", "lr": -1}
+    )
+    message = assert_user_error(
+        train(tmp_path, config),
+        "config.yaml",
+        "2 problem(s)",
+        "train.epochs",
+        "'many'",
+        "valid integer",
+        "train.lr",
+        "-1",
+        "greater than 0",
+    )
     assert message.index("train.epochs") < message.index("'many'") < message.index("train.lr")
 
 
 def test_resume_with_no_stopped_run_of_the_config(tmp_path):
     config = write_config(tmp_path / "config.yaml", "image_classification", "builtin:digits")
-    assert_user_error(train(tmp_path, config, "--resume"), "--resume: no stopped or interrupted run of this config",
-                      "--run-dir")
+    assert_user_error(
+        train(tmp_path, config, "--resume"),
+        "--resume: no stopped or interrupted run of this config",
+        "--run-dir",
+    )
 
 
 def test_resume_a_run_dir_without_checkpoint(tmp_path):
     config = write_config(tmp_path / "config.yaml", "image_classification", "builtin:digits")
     (tmp_path / "fresh").mkdir()
-    assert_user_error(train(tmp_path, config, "--run-dir", "fresh", "--resume"),
-                      "fresh", "nothing to resume", "without --resume")
+    assert_user_error(
+        train(tmp_path, config, "--run-dir", "fresh", "--resume"),
+        "fresh",
+        "nothing to resume",
+        "without --resume",
+    )
 
 
 # ---------------------------------------------------------------------------------- data sources
@@ -111,7 +133,9 @@ def test_label_column_absent_suggests_the_closest_column(tmp_path):
 
 
 def test_class_with_too_few_examples_to_stratify_is_named(tmp_path):
-    frame = pd.concat([table_frame(), pd.DataFrame([{"x1": 9.0, "x2": 9.0, "color": "red", "label": "rare"}] * 2)])
+    frame = pd.concat(
+        [table_frame(), pd.DataFrame([{"x1": 9.0, "x2": 9.0, "color": "red", "label": "rare"}] * 2)]
+    )
     config = table_config(tmp_path, frame)
     assert_user_error(train(tmp_path, config), "'rare' (2)", "too few examples", "data.split.stratify: false")
 
@@ -134,8 +158,9 @@ def test_column_mostly_empty_names_the_column_and_the_limit(tmp_path):
     frame = table_frame()
     frame.loc[:39, "x2"] = np.nan  # 40 of 60 rows
     config = table_config(tmp_path, frame)
-    assert_user_error(train(tmp_path, config), "column 'x2'", "67% empty", "max_missing_fraction=0.5",
-                      "data.drop: [x2]")
+    assert_user_error(
+        train(tmp_path, config), "column 'x2'", "67% empty", "max_missing_fraction=0.5", "data.drop: [x2]"
+    )
 
 
 # -------------------------------------------------------------------------- inputs to a trained model

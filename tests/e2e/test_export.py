@@ -1,5 +1,6 @@
 """`foundry export RUN --format onnx`: a self-contained model.onnx that ONNX Runtime runs with the
 same probabilities as PyTorch, loadable with `mf.load(run, backend="onnx")`."""
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,16 @@ def test_export_writes_one_onnx_file_that_predicts_like_pytorch(image_copy, imag
     assert "parity: max probability difference" in message and "held-out examples" in message
     assert "torchvision" not in result.stderr  # the exporter's chatter about absent libraries stays quiet
     files = sorted(p.name for p in (image_copy / "model").iterdir())
-    assert files == ["model.json", "model.onnx", "model.safetensors"]  # weights inside model.onnx, no side file
+    assert files == [
+        "model.json",
+        "model.onnx",
+        "model.safetensors",
+    ]  # weights inside model.onnx, no side file
     record = json.loads((image_copy / "model" / "model.json").read_text())["onnx"]
-    assert record["parity"]["max_abs_probability_difference"] <= 1e-4 and record["parity"]["inputs"] == "held-out"
+    assert (
+        record["parity"]["max_abs_probability_difference"] <= 1e-4
+        and record["parity"]["inputs"] == "held-out"
+    )
     images = sorted(image_run.data.rglob("*.png"))[:6]
     images = [p for p in images if p.name != "broken.png"]
     torch_p = mf.load(image_copy).predict_proba(images)
@@ -42,27 +50,42 @@ def test_export_writes_one_onnx_file_that_predicts_like_pytorch(image_copy, imag
     import base64
 
     import httpx
-    with Server(image_copy, "--backend", "onnx", cwd=tmp_path, home=image_run.home) as server:  # not in the registry
+
+    with Server(
+        image_copy, "--backend", "onnx", cwd=tmp_path, home=image_run.home
+    ) as server:  # not in the registry
         card = httpx.get(f"{server.url}/v1/model").json()
-        answer = httpx.post(f"{server.url}/v1/predict", json={
-            "inputs": [base64.b64encode(p.read_bytes()).decode() for p in images], "top_k": 2}).json()
+        answer = httpx.post(
+            f"{server.url}/v1/predict",
+            json={"inputs": [base64.b64encode(p.read_bytes()).decode() for p in images], "top_k": 2},
+        ).json()
     assert card["backend"] == "onnx" and card["version"] is None
-    served = np.array([[t["probability"] for t in sorted(p["top_k"], key=lambda t: t["label"])]
-                       for p in answer["predictions"]])
+    served = np.array(
+        [
+            [t["probability"] for t in sorted(p["top_k"], key=lambda t: t["label"])]
+            for p in answer["predictions"]
+        ]
+    )
     assert np.abs(served - torch_p).max() < 1e-4  # labels sort as the model's: cat, dog
 
 
 def test_export_refuses_a_graph_that_disagrees_and_writes_nothing(image_copy):
-    with pytest.raises(UserError, match=r"differ from PyTorch's by up to .* more than the -1 allowed; "
-                                        r"model.onnx was not written"):
+    with pytest.raises(
+        UserError,
+        match=r"differ from PyTorch's by up to .* more than the -1 allowed; "
+        r"model.onnx was not written",
+    ):
         export_onnx(image_copy, tolerance=-1.0)
     assert not list((image_copy / "model").glob("*.onnx*"))
 
 
 def test_export_of_a_run_without_a_package(tmp_path):
     (tmp_path / "half-run").mkdir()
-    assert_user_error(foundry("export", tmp_path / "half-run", cwd=tmp_path, home=tmp_path / "runs"),
-                      "no model package here", "foundry runs list")
+    assert_user_error(
+        foundry("export", tmp_path / "half-run", cwd=tmp_path, home=tmp_path / "runs"),
+        "no model package here",
+        "foundry runs list",
+    )
 
 
 def test_onnx_backend_before_export_says_how_to_export(image_copy):

@@ -1,5 +1,6 @@
 """The user's path through the real CLI: init -> train -> predict / evaluate -> runs, and loading the
 packaged model in a fresh process without the data or the config."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from e2e_helpers import IMAGE_LABELS, TABLE_LABELS, assert_ok, cli_env, foundry, one_line, table_frame, write_png
+from e2e_helpers import (
+    IMAGE_LABELS,
+    TABLE_LABELS,
+    assert_ok,
+    cli_env,
+    foundry,
+    one_line,
+    table_frame,
+    write_png,
+)
 
 pytestmark = pytest.mark.slow  # every test here trains a model or reads one a fixture trained
 
@@ -20,8 +30,12 @@ pytestmark = pytest.mark.slow  # every test here trains a model or reads one a f
 def test_init_config_trains_into_a_complete_run_folder(image_run):
     run = image_run.path
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert (config["task"], config["data"]["source"], config["model"]["width"], config["train"]["epochs"]) == (
-        "image_classification", "images", 4, 1)
+    assert (
+        config["task"],
+        config["data"]["source"],
+        config["model"]["width"],
+        config["train"]["epochs"],
+    ) == ("image_classification", "images", 4, 1)
 
     metrics = json.loads((run / "metrics.json").read_text())
     test, val = metrics["test"], metrics["val"]
@@ -66,7 +80,9 @@ def test_predict_prints_a_label_for_each_image_file_and_folder_image(image_run, 
 def test_predict_a_table_writes_a_csv_with_a_label_per_row(table_run, tmp_path):
     table_frame(per_class=2, seed=1).drop(columns="label").to_csv(tmp_path / "rows.csv", index=False)
 
-    result = foundry("predict", table_run.path, "rows.csv", "-o", "out.csv", cwd=tmp_path, home=table_run.home)
+    result = foundry(
+        "predict", table_run.path, "rows.csv", "-o", "out.csv", cwd=tmp_path, home=table_run.home
+    )
 
     assert_ok(result)
     assert "wrote 6 predictions to out.csv" in result.stdout
@@ -123,15 +139,23 @@ def test_packaged_model_predicts_in_a_fresh_process_without_data_or_config(image
     table_package = shutil.copytree(table_run.path / "model", tmp_path / "table-model")
     write_png(tmp_path / "new.png", 200, np.random.default_rng(3))
     rows = [{"x1": 0.2, "x2": 0.1, "color": "red"}, {"x1": 6.1, "x2": -2.2, "color": "blue"}]
-    script = ("import json, sys, modelfoundry as mf\n"
-              f"print(json.dumps(mf.load({str(image_package)!r}).predict([{str(tmp_path / 'new.png')!r}])))\n"
-              f"print(json.dumps(mf.load({str(table_package)!r}).predict({rows!r})))\n")
+    script = (
+        "import json, sys, modelfoundry as mf\n"
+        f"print(json.dumps(mf.load({str(image_package)!r}).predict([{str(tmp_path / 'new.png')!r}])))\n"
+        f"print(json.dumps(mf.load({str(table_package)!r}).predict({rows!r})))\n"
+    )
     hidden = [(data, data.with_name(data.name + ".hidden")) for data in (image_run.data, table_run.data)]
     try:
         for data, away in hidden:
             data.rename(away)
-        result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=cli_env(tmp_path / "no-runs"),
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=tmp_path,
+            env=cli_env(tmp_path / "no-runs"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         for data, away in hidden:
             away.rename(data)

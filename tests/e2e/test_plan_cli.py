@@ -1,4 +1,5 @@
 """`foundry plan` through the real CLI: a table with formulas, JSON for machines, clear errors."""
+
 import json
 import subprocess
 import sys
@@ -11,8 +12,19 @@ def foundry(*args):
 
 
 def test_plan_train_prints_flops_time_cost_and_their_formulas():
-    result = foundry("plan", "train", "--model", "gpt3-175b", "--tokens", "3e11", "--gpu", "a100-80gb",
-                     "--gpus", "1024", "--json")
+    result = foundry(
+        "plan",
+        "train",
+        "--model",
+        "gpt3-175b",
+        "--tokens",
+        "3e11",
+        "--gpu",
+        "a100-80gb",
+        "--gpus",
+        "1024",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     flops = plan["estimates"]["training_flops"]
@@ -28,7 +40,9 @@ def test_plan_with_unknown_gpu_suggests_the_nearest_and_exits_2():
 
 
 def test_a_plan_that_does_not_fit_says_what_would():
-    result = foundry("plan", "train", "--model", "llama-7b", "--gpu", "a100-80gb", "--gpus", "8", "--seq-len", "2048")
+    result = foundry(
+        "plan", "train", "--model", "llama-7b", "--gpu", "a100-80gb", "--gpus", "8", "--seq-len", "2048"
+    )
     assert result.returncode == 0, result.stderr
     assert "Does not fit on 8 x a100-80gb. What would help:" in result.stdout
     assert "--sharding zero1 fits on these 8 GPUs" in result.stdout
@@ -46,8 +60,14 @@ def test_a_calibrated_plan_predicts_a_real_training_run_within_the_stated_tolera
     calibrated = run_foundry("plan", "calibrate", "--json", cwd=tmp_path, home=tmp_path)
     assert_ok(calibrated)
     assert json.loads(calibrated.stdout)["step_seconds"] > 0
-    config = write_config(tmp_path / "digits.yaml", "tabular_classification", "builtin:digits",
-                          data={"label": None}, model={"hidden": [64]}, train={"epochs": 10, "batch_size": 32})
+    config = write_config(
+        tmp_path / "digits.yaml",
+        "tabular_classification",
+        "builtin:digits",
+        data={"label": None},
+        model={"hidden": [64]},
+        train={"epochs": 10, "batch_size": 32},
+    )
     assert_ok(run_foundry("train", config, cwd=tmp_path, home=tmp_path))
     plan = json.loads(next(tmp_path.glob("*/metrics.json")).read_text())["plan"]
     assert plan["predicted_seconds"] == pytest.approx(plan["compute_seconds"] + plan["overhead_seconds"])

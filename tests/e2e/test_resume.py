@@ -1,5 +1,6 @@
 """A run killed with SIGKILL mid-training resumes from its last checkpoint and ends exactly where an
 uninterrupted run with the same seed ends."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,13 @@ KILL_AFTER_EPOCH = 2
 @pytest.mark.slow
 def test_run_killed_mid_training_resumes_to_the_same_result_as_an_uninterrupted_run(tmp_path):
     # Augmentation on, so resuming must also restore the per-epoch random streams, not just the weights.
-    config = write_config(tmp_path / "digits.yaml", "image_classification", "builtin:digits",
-                          data={"augment": {"crop_padding": 1, "rotation": 10}},
-                          train={"epochs": EPOCHS, "batch_size": 32, "precision": "fp32", "device": "cpu"})
+    config = write_config(
+        tmp_path / "digits.yaml",
+        "image_classification",
+        "builtin:digits",
+        data={"augment": {"crop_padding": 1, "rotation": 10}},
+        train={"epochs": EPOCHS, "batch_size": 32, "precision": "fp32", "device": "cpu"},
+    )
     home = tmp_path / "runs"
 
     assert_ok(foundry("train", config, "--run-dir", "uninterrupted", cwd=tmp_path, home=home))
@@ -31,8 +36,13 @@ def test_run_killed_mid_training_resumes_to_the_same_result_as_an_uninterrupted_
     killed = tmp_path / "killed"
     log = tmp_path / "killed.stderr"
     with open(log, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "modelfoundry", "train", str(config), "--run-dir", str(killed)],
-                                   cwd=tmp_path, env=cli_env(home), stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modelfoundry", "train", str(config), "--run-dir", str(killed)],
+            cwd=tmp_path,
+            env=cli_env(home),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     try:
         _wait_for_epoch(process, log, killed, KILL_AFTER_EPOCH)
         os.kill(process.pid, signal.SIGKILL)
@@ -54,10 +64,13 @@ def test_run_killed_mid_training_resumes_to_the_same_result_as_an_uninterrupted_
     assert_ok(resumed)
     assert f"resuming {killed}" in one_line(resumed.stderr)
     done = checkpoint["epoch"]
-    assert f"epoch {done}/{EPOCHS}" not in resumed.stderr and f"epoch {done + 1}/{EPOCHS}" in resumed.stderr, (
-        "the resumed run should continue after the checkpoint's epoch, not start over")
+    assert (
+        f"epoch {done}/{EPOCHS}" not in resumed.stderr and f"epoch {done + 1}/{EPOCHS}" in resumed.stderr
+    ), "the resumed run should continue after the checkpoint's epoch, not start over"
     assert not list(killed.rglob("*.tmp"))
-    assert json.loads(foundry("runs", "show", "killed", cwd=tmp_path, home=home).stdout)["status"] == "completed"
+    assert (
+        json.loads(foundry("runs", "show", "killed", cwd=tmp_path, home=home).stdout)["status"] == "completed"
+    )
     expected = json.loads((tmp_path / "uninterrupted" / "metrics.json").read_text())
     actual = json.loads((killed / "metrics.json").read_text())
     assert [h["epoch"] for h in actual["history"]] == list(range(1, EPOCHS + 1))
@@ -76,7 +89,9 @@ def _wait_for_epoch(process: subprocess.Popen, log, run_dir, epoch: int, timeout
     checkpoint = run_dir / "checkpoints" / "last.pt"
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"training ended (exit {process.returncode}) before it could be killed:\n{log.read_text()}")
+            pytest.fail(
+                f"training ended (exit {process.returncode}) before it could be killed:\n{log.read_text()}"
+            )
         if checkpoint.is_file():
             try:  # replaced atomically, so a read sees a whole file, old or new
                 if torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"] >= epoch:

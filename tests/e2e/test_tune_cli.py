@@ -1,5 +1,6 @@
 """`foundry tune` through the real CLI on a tiny table: a study writes the best config, trains it as a
 registered run and reports; a second call resumes the same study; bad spaces and flags exit 2."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,14 +10,22 @@ from e2e_helpers import assert_ok, assert_user_error, foundry, write_config, wri
 pytestmark = pytest.mark.slow
 
 # 1-3 epochs of an 8-unit MLP: each trial takes a fraction of a second; the CLI's imports dominate.
-SPACE = {"train.lr": {"loguniform": [1.0e-3, 1.0e-1]}, "train.epochs": {"int": [1, 3]},
-         "model.hidden": {"choice": [[8], [8, 8]]}}
+SPACE = {
+    "train.lr": {"loguniform": [1.0e-3, 1.0e-1]},
+    "train.epochs": {"int": [1, 3]},
+    "model.hidden": {"choice": [[8], [8, 8]]},
+}
 
 
 def tune_config(tmp_path, space=None, **tune):
     write_table(tmp_path / "train.csv")
-    return write_config(tmp_path / "table.yaml", "tabular_classification", "train.csv",
-                        train={"epochs": 2, "precision": "fp32"}, tune={"space": space or SPACE, **tune})
+    return write_config(
+        tmp_path / "table.yaml",
+        "tabular_classification",
+        "train.csv",
+        train={"epochs": 2, "precision": "fp32"},
+        tune={"space": space or SPACE, **tune},
+    )
 
 
 def tune(tmp_path, *args):
@@ -53,26 +62,38 @@ def test_a_second_call_with_the_same_storage_resumes_the_study(tmp_path):
 
     config, storage = tune_config(tmp_path), f"sqlite:///{tmp_path / 'study.db'}"
     for _ in range(2):
-        result = tune(tmp_path, config, "--trials", "2", "--storage", storage, "--study", "resumed", "--no-train")
+        result = tune(
+            tmp_path, config, "--trials", "2", "--storage", storage, "--study", "resumed", "--no-train"
+        )
         assert_ok(result)
     assert "2 trial(s) so far; running 2 more" in result.stderr
     assert "4 trials (2 run now)" in result.stdout
     study = optuna.load_study(study_name="resumed", storage=storage)
     assert len(study.trials) == 4
-    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4, "resuming must not replay proposals"
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4, (
+        "resuming must not replay proposals"
+    )
     assert not list((tmp_path / "runs").glob("*-table-best-*")), "--no-train trains nothing"
 
 
 def test_unknown_key_in_the_space(tmp_path):
     config = tune_config(tmp_path, {"train.lrr": {"loguniform": [1.0e-3, 1.0e-1]}})
-    assert_user_error(tune(tmp_path, config), "table.yaml", "tune.space.train.lrr: not a config key",
-                      "Did you mean 'train.lr'?")
+    assert_user_error(
+        tune(tmp_path, config),
+        "table.yaml",
+        "tune.space.train.lrr: not a config key",
+        "Did you mean 'train.lr'?",
+    )
 
 
 def test_empty_range_in_the_space(tmp_path):
     config = tune_config(tmp_path, {"train.lr": {"loguniform": [1.0e-2, 1.0e-4]}})
-    assert_user_error(tune(tmp_path, config), "tune.space.train.lr", "[0.01, 0.0001] is an empty range",
-                      "low to high: [0.0001, 0.01]")
+    assert_user_error(
+        tune(tmp_path, config),
+        "tune.space.train.lr",
+        "[0.01, 0.0001] is an empty range",
+        "low to high: [0.0001, 0.01]",
+    )
 
 
 def test_worker_without_storage(tmp_path):

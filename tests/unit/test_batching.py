@@ -4,6 +4,7 @@ The fake model returns one row per input, `[tag, position]`, so a caller can tel
 got are its own. It can hold a batch on a `threading.Event` (the model is busy) so that requests
 queue up deterministically behind it, with no sleeps.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """The config: defaults, `--set` overrides, and error messages that name the key, the value and the fix."""
+
 from __future__ import annotations
 
 import copy
@@ -52,8 +53,17 @@ def test_invalid_yaml_names_the_file(tmp_path):
 
 
 def test_set_overrides_are_parsed_as_yaml():
-    raw = apply_overrides({"train": {"epochs": 20}}, [
-        "train.epochs=5", "train.nesterov=true", "model.hidden=[8, 4]", "train.lr=0.5", "name=my run", "data.label="])
+    raw = apply_overrides(
+        {"train": {"epochs": 20}},
+        [
+            "train.epochs=5",
+            "train.nesterov=true",
+            "model.hidden=[8, 4]",
+            "train.lr=0.5",
+            "name=my run",
+            "data.label=",
+        ],
+    )
     assert raw["train"] == {"epochs": 5, "nesterov": True, "lr": 0.5}
     assert raw["model"] == {"hidden": [8, 4]}
     assert raw["name"] == "my run"
@@ -61,7 +71,9 @@ def test_set_overrides_are_parsed_as_yaml():
 
 
 def test_set_overrides_reach_the_validated_config():
-    cfg, _ = load_config(copy.deepcopy(IMAGE), ["train.epochs=2", "model.name=cnn", "model.width=4", "data.split.seed=7"])
+    cfg, _ = load_config(
+        copy.deepcopy(IMAGE), ["train.epochs=2", "model.name=cnn", "model.width=4", "data.split.seed=7"]
+    )
     assert cfg.train.epochs == 2
     assert cfg.model.name == "cnn" and cfg.model.model_extra == {"width": 4}
     assert cfg.data.split.seed == 7
@@ -102,9 +114,15 @@ def test_unknown_key_in_a_nested_section_suggests_from_that_section():
     assert "data.split.vall: unknown key" in message and "'val'" in message
 
 
-@pytest.mark.parametrize("key, value", [
-    ("epochs", 0), ("lr", 100), ("optimizer", "lbfgs"), ("label_smoothing", 1.0),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("epochs", 0),
+        ("lr", 100),
+        ("optimizer", "lbfgs"),
+        ("label_smoothing", 1.0),
+    ],
+)
 def test_out_of_range_or_wrong_choice_names_key_and_value(key, value):
     message = config_error({**IMAGE, "train": {key: value}})
     assert f"train.{key}" in message
@@ -118,7 +136,9 @@ def test_unknown_monitor_lists_the_allowed_metrics():
 
 
 def test_val_plus_test_leaving_no_training_data_is_rejected():
-    message = config_error({**IMAGE, "data": {"source": "builtin:digits", "split": {"val": 0.5, "test": 0.5}}})
+    message = config_error(
+        {**IMAGE, "data": {"source": "builtin:digits", "split": {"val": 0.5, "test": 0.5}}}
+    )
     assert "data.split" in message and "no training data" in message
 
 

@@ -1,4 +1,5 @@
 """Data: splitting, reading tables / images / IDX files, validation, encoding, augmentation, `prepare`."""
+
 from __future__ import annotations
 
 import gzip
@@ -150,7 +151,9 @@ def test_mostly_empty_column_is_named():
 
 
 def train_frame() -> pd.DataFrame:
-    return pd.DataFrame({"age": [20.0, 30.0, np.nan, 50.0, 60.0], "city": ["rome", "oslo", "rome", None, "oslo"]})
+    return pd.DataFrame(
+        {"age": [20.0, 30.0, np.nan, 50.0, 60.0], "city": ["rome", "oslo", "rome", None, "oslo"]}
+    )
 
 
 def test_encoder_standardises_numbers_on_training_data():
@@ -252,8 +255,11 @@ def test_image_folder_without_class_folders_is_an_error(tmp_path):
 
 def write_idx(folder, pixels: np.ndarray, labels: np.ndarray, gz: bool = False):
     n, rows, cols = pixels.shape
-    image_bytes = (0x0803).to_bytes(4, "big") + b"".join(v.to_bytes(4, "big") for v in (n, rows, cols)) \
+    image_bytes = (
+        (0x0803).to_bytes(4, "big")
+        + b"".join(v.to_bytes(4, "big") for v in (n, rows, cols))
         + pixels.astype(np.uint8).tobytes()
+    )
     label_bytes = (0x0801).to_bytes(4, "big") + n.to_bytes(4, "big") + labels.astype(np.uint8).tobytes()
     suffix = ".gz" if gz else ""
     opener = gzip.compress if gz else (lambda b: b)
@@ -311,9 +317,14 @@ def test_augment_with_everything_off_returns_the_input():
     assert torch.equal(out, batch)
 
 
-@pytest.mark.parametrize("options", [dict(crop_padding=2, flip=False, rotation=0.0),
-                                     dict(crop_padding=0, flip=True, rotation=0.0),
-                                     dict(crop_padding=1, flip=True, rotation=15.0)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(crop_padding=2, flip=False, rotation=0.0),
+        dict(crop_padding=0, flip=True, rotation=0.0),
+        dict(crop_padding=1, flip=True, rotation=15.0),
+    ],
+)
 def test_augment_keeps_shape_and_is_seeded(options):
     batch = ramp_batch().expand(16, 3, 5, 5).contiguous()
     first = augment(batch, torch.Generator().manual_seed(5), **options)
@@ -338,8 +349,9 @@ def shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """`image` (C, H, W) moved by (dy, dx) whole pixels, zero-filled."""
     out = torch.zeros_like(image)
     h, w = image.shape[-2:]
-    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        image[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return out
 
 
@@ -348,7 +360,12 @@ def test_crop_padding_is_a_whole_pixel_shift_within_the_padding():
     out = augment(batch, torch.Generator().manual_seed(0), crop_padding=1, flip=False, rotation=0.0)
     moves = []
     for o, b in zip(out, batch):
-        match = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if torch.allclose(o, shifted(b, dy, dx), atol=1e-4)]
+        match = [
+            (dy, dx)
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+            if torch.allclose(o, shifted(b, dy, dx), atol=1e-4)
+        ]
         assert match, "every augmented image is the original moved by at most crop_padding pixels"
         moves.append(match[0])
     assert len(set(moves)) > 1
@@ -391,14 +408,17 @@ def test_prepare_builtin_digits():
 
 def write_csv_with_duplicates(path) -> None:
     rng = np.random.default_rng(0)
-    rows = pd.DataFrame({"x": rng.normal(size=60).round(3), "kind": rng.choice(["p", "q"], 60),
-                         "label": ["yes", "no"] * 30})
+    rows = pd.DataFrame(
+        {"x": rng.normal(size=60).round(3), "kind": rng.choice(["p", "q"], 60), "label": ["yes", "no"] * 30}
+    )
     pd.concat([rows, rows.iloc[:30]]).to_csv(path, index=False)  # 30 rows appear twice
 
 
 def table_config(path, **data) -> dict:
-    return {"task": "tabular_classification",
-            "data": {"source": str(path), "label": "label", "split": {"val": 0.2, "test": 0.3}, **data}}
+    return {
+        "task": "tabular_classification",
+        "data": {"source": str(path), "label": "label", "split": {"val": 0.2, "test": 0.3}, **data},
+    }
 
 
 def test_prepare_table_reports_duplicates_and_leakage(tmp_path):
@@ -498,7 +518,9 @@ def test_a_missing_extra_source_names_its_own_key(tmp_path, monkeypatch, key):
 
 
 def test_prepare_missing_absolute_image_folder_is_named_not_found(tmp_path):
-    cfg, base = load_config({"task": "image_classification", "data": {"source": str(tmp_path / "no_such_dir")}})
+    cfg, base = load_config(
+        {"task": "image_classification", "data": {"source": str(tmp_path / "no_such_dir")}}
+    )
     with pytest.raises(UserError, match="not found"):
         prepare(cfg, base)
 
@@ -506,7 +528,14 @@ def test_prepare_missing_absolute_image_folder_is_named_not_found(tmp_path):
 def test_a_number_column_with_a_stray_text_value_is_warned_about():
     from modelfoundry.data.tabular import numbers_with_stray_text
 
-    frame = pd.DataFrame({"age": [str(20 + i) for i in range(30)] + ["unknown"], "city": ["oslo", "lima"] * 15 + ["x"],
-                          "size": [1.5] * 31})
+    frame = pd.DataFrame(
+        {
+            "age": [str(20 + i) for i in range(30)] + ["unknown"],
+            "city": ["oslo", "lima"] * 15 + ["x"],
+            "size": [1.5] * 31,
+        }
+    )
     (warning,) = numbers_with_stray_text(frame, "people.csv")
-    assert "column 'age'" in warning and "'unknown'" in warning and "row 31 (line 32 of people.csv)" in warning
+    assert (
+        "column 'age'" in warning and "'unknown'" in warning and "row 31 (line 32 of people.csv)" in warning
+    )

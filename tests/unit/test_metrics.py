@@ -1,4 +1,5 @@
 """Evaluation metrics on small hand-made examples whose answers are known."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,12 @@ def test_hand_made_three_class_example():
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     assert m["per_class"]["ant"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
-    assert m["per_class"]["bee"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
-    assert m["per_class"]["cat"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
+    assert m["per_class"]["bee"] == pytest.approx(
+        {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2}
+    )
+    assert m["per_class"]["cat"] == pytest.approx(
+        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
+    )
     assert m["precision_macro"] == pytest.approx((0.5 + 2 / 3 + 1) / 3)
     assert m["recall_macro"] == pytest.approx((0.5 + 1 + 0.5) / 3)
     assert m["f1_macro"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
@@ -90,13 +95,15 @@ def test_ece_weights_bins_by_their_share():
 
 
 def test_worst_mistakes_are_wrong_and_most_confident_first():
-    probabilities = np.array([
-        [0.9, 0.1],    # 0: right
-        [0.3, 0.7],    # 1: wrong, 0.7
-        [0.05, 0.95],  # 2: wrong, 0.95
-        [0.6, 0.4],    # 3: wrong, 0.6
-        [0.2, 0.8],    # 4: right
-    ])
+    probabilities = np.array(
+        [
+            [0.9, 0.1],  # 0: right
+            [0.3, 0.7],  # 1: wrong, 0.7
+            [0.05, 0.95],  # 2: wrong, 0.95
+            [0.6, 0.4],  # 3: wrong, 0.6
+            [0.2, 0.8],  # 4: right
+        ]
+    )
     targets = np.array([0, 0, 0, 1, 1])
     assert worst_mistakes(probabilities, targets) == [2, 1, 3]
     assert worst_mistakes(probabilities, targets, k=2) == [2, 1]

@@ -1,4 +1,5 @@
 """Model families: each builds from the registry for tiny inputs, and bad names / options are UserErrors."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,17 @@ import torch
 from modelfoundry.errors import UserError
 from modelfoundry.models.registry import BUILDERS, TEXT_ONLY, build_model, model_options
 
-TINY = {"mlp": {"hidden": [8]}, "cnn": {"width": 4, "depth": 2}, "resnet": {"width": 4, "depth": 2, "blocks_per_stage": 1}}
-TINY_TEXT = {"lstm": {"embed_dim": 8, "hidden": 8}, "gru": {"embed_dim": 8, "hidden": 8},
-             "transformer": {"width": 8, "depth": 1, "heads": 2}, "pretrained": {}}
+TINY = {
+    "mlp": {"hidden": [8]},
+    "cnn": {"width": 4, "depth": 2},
+    "resnet": {"width": 4, "depth": 2, "blocks_per_stage": 1},
+}
+TINY_TEXT = {
+    "lstm": {"embed_dim": 8, "hidden": 8},
+    "gru": {"embed_dim": 8, "hidden": 8},
+    "transformer": {"width": 8, "depth": 1, "heads": 2},
+    "pretrained": {},
+}
 TOKENIZER = {"vocab_size": 30522, "pad_id": 0}
 
 
@@ -45,9 +54,12 @@ def test_pretrained_freezing_keeps_embeddings_and_first_layers_fixed(tiny_bert):
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert any(n.startswith("encoder.embeddings.") for n in frozen)
     assert any(".layer.0." in n for n in frozen) and not any(".layer.1." in n for n in frozen)
-    embeddings_only = build_model("pretrained", (16,), 2, TOKENIZER, path=str(tiny_bert), freeze_embeddings=True)
+    embeddings_only = build_model(
+        "pretrained", (16,), 2, TOKENIZER, path=str(tiny_bert), freeze_embeddings=True
+    )
     assert {n for n, p in embeddings_only.named_parameters() if not p.requires_grad} == {
-        n for n in frozen if n.startswith("encoder.embeddings.")}
+        n for n in frozen if n.startswith("encoder.embeddings.")
+    }
     probe = build_model("pretrained", (16,), 2, TOKENIZER, path=str(tiny_bert), freeze_encoder=True)
     assert [n for n, p in probe.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
 
@@ -61,10 +73,14 @@ def test_pretrained_bad_freeze_and_pooling_are_user_errors(tiny_bert):
 
 def test_pretrained_path_that_is_not_a_hugging_face_folder_names_the_missing_file(tiny_bert, tmp_path):
     import shutil
+
     folder = shutil.copytree(tiny_bert, tmp_path / "model")
     (folder / "model.safetensors").unlink()
-    with pytest.raises(UserError, match=r"not a Hugging Face model folder: model.safetensors or pytorch_model.bin "
-                                        r"missing"):
+    with pytest.raises(
+        UserError,
+        match=r"not a Hugging Face model folder: model.safetensors or pytorch_model.bin "
+        r"missing",
+    ):
         build_model("pretrained", (16,), 2, TOKENIZER, path=str(folder))
     with pytest.raises(UserError, match="is not a folder"):
         build_model("pretrained", (16,), 2, TOKENIZER, path=str(tmp_path / "nope"))
@@ -109,7 +125,9 @@ def test_resnet_on_tiny_images_stops_downsampling():
 
 
 def test_unknown_model_suggests_the_nearest():
-    with pytest.raises(UserError, match="unknown model 'resnt'. Did you mean 'resnet'.*Available: mlp, cnn, resnet"):
+    with pytest.raises(
+        UserError, match="unknown model 'resnt'. Did you mean 'resnet'.*Available: mlp, cnn, resnet"
+    ):
         build_model("resnt", (1, 8, 8), 10)
 
 
@@ -138,12 +156,15 @@ def test_negative_layer_width_is_a_user_error():
 
 @pytest.mark.parametrize("value", [True, -1, 1.5])
 def test_freeze_layers_must_be_a_whole_number_of_layers(value, tiny_bert):
-    with pytest.raises(UserError, match=r"model.freeze_layers: .* must be a whole number of layers, 0 or more"):
+    with pytest.raises(
+        UserError, match=r"model.freeze_layers: .* must be a whole number of layers, 0 or more"
+    ):
         build_model("pretrained", (16,), 2, TOKENIZER, path=str(tiny_bert), freeze_layers=value)
 
 
 def test_damaged_model_folder_is_a_user_error(tiny_bert, tmp_path):
     import shutil
+
     folder = shutil.copytree(tiny_bert, tmp_path / "model")
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="the weights in .* could not be loaded"):
@@ -154,7 +175,9 @@ def test_lr_head_on_a_model_without_a_head_is_refused():
     from modelfoundry.config import TrainConfig
     from modelfoundry.training.optim import build_optimizer
 
-    with pytest.raises(UserError, match="train.lr_head: .* has no separate classification head.*Remove train.lr_head"):
+    with pytest.raises(
+        UserError, match="train.lr_head: .* has no separate classification head.*Remove train.lr_head"
+    ):
         build_optimizer(build_model("mlp", (4,), 2, hidden=[8]), TrainConfig(lr_head=0.01))
     text_model = build_model("lstm", (16,), 2, TOKENIZER, embed_dim=4, hidden=4)
     groups = build_optimizer(text_model, TrainConfig(lr=1e-3, lr_head=0.01)).param_groups

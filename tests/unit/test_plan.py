@@ -1,4 +1,5 @@
 """`foundry plan`: the arithmetic against published numbers, bad input, and the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ def value(rows: dict, key: str) -> float:
 
 
 # --- published checks ---------------------------------------------------------------------------
+
 
 def test_gpt3_training_flops_match_the_paper():
     flops = value(est.training_flops(get_model("gpt3-175b").params, 300e9), "training_flops")
@@ -56,11 +58,20 @@ def test_mixed_precision_adamw_is_16_bytes_per_param():
     assert value(est.training_memory(7e9, optimizer="adam8bit"), "states_gb") == pytest.approx(70)
 
 
-@pytest.mark.parametrize("sharding, expected_gb", [("none", 112), ("zero1", 4 * 7 + 12 * 7 / 8),
-                                                   ("zero2", 2 * 7 + 14 * 7 / 8), ("zero3", 112 / 8),
-                                                   ("fsdp", 112 / 8)])
+@pytest.mark.parametrize(
+    "sharding, expected_gb",
+    [
+        ("none", 112),
+        ("zero1", 4 * 7 + 12 * 7 / 8),
+        ("zero2", 2 * 7 + 14 * 7 / 8),
+        ("zero3", 112 / 8),
+        ("fsdp", 112 / 8),
+    ],
+)
 def test_sharding_splits_the_right_states(sharding, expected_gb):
-    assert value(est.training_memory(7e9, gpus=8, sharding=sharding), "states_gb") == pytest.approx(expected_gb)
+    assert value(est.training_memory(7e9, gpus=8, sharding=sharding), "states_gb") == pytest.approx(
+        expected_gb
+    )
 
 
 def test_bert_base_fp32_weights():
@@ -89,7 +100,9 @@ def test_gqa_shrinks_the_kv_cache():
 
 
 def test_lora_counts_adapters_and_qlora_stores_the_base_at_4_bits():
-    adapters = value(est.lora_params(layers=2, hidden=32, heads=4, kv_heads=2, head_dim=8, rank=4), "lora_params")
+    adapters = value(
+        est.lora_params(layers=2, hidden=32, heads=4, kv_heads=2, head_dim=8, rank=4), "lora_params"
+    )
     assert adapters == 2 * 4 * ((32 + 32) + 2 * (32 + 16) + (32 + 32))
     lora = est.training_memory(1e9, method="lora", lora_params=1e6)
     qlora = est.training_memory(1e9, method="qlora", lora_params=1e6)
@@ -98,7 +111,9 @@ def test_lora_counts_adapters_and_qlora_stores_the_base_at_4_bits():
 
 
 def test_activation_memory_follows_korthikanti():
-    full = value(est.activation_memory(layers=2, hidden=32, heads=4, seq_len=16, micro_batch=3), "activations_gb")
+    full = value(
+        est.activation_memory(layers=2, hidden=32, heads=4, seq_len=16, micro_batch=3), "activations_gb"
+    )
     assert full * 1e9 == 2 * (34 * 16 * 3 * 32 + 5 * 4 * 16**2 * 3)
     recompute = est.activation_memory(layers=2, hidden=32, heads=4, seq_len=16, micro_batch=3, recompute=True)
     assert value(recompute, "activations_gb") * 1e9 == 2 * 2 * 16 * 3 * 32
@@ -106,13 +121,15 @@ def test_activation_memory_follows_korthikanti():
 
 def test_serving_small_batch_decode_is_memory_bound_and_big_model_needs_several_gpus():
     m = get_model("llama3-70b")
-    rows = est.serving(m.params, m.layers, m.kv_heads, m.head_dim, get_gpu("h100"), context=4096, batch=1,
-                       hidden=m.hidden)
+    rows = est.serving(
+        m.params, m.layers, m.kv_heads, m.head_dim, get_gpu("h100"), context=4096, batch=1, hidden=m.hidden
+    )
     assert value(rows, "min_gpus") == 2  # 141 GB of fp16 weights over 72 GB usable per H100
     assert rows["decode_tokens_s"]["formula"].endswith("memory-bound")
     assert value(rows, "decode_tokens_s") == pytest.approx(2 * 3.35e12 / (value(rows, "memory_gb") * 1e9))
-    int4 = est.serving(m.params, m.layers, m.kv_heads, m.head_dim, get_gpu("h100"), context=4096, batch=1,
-                      dtype="int4")
+    int4 = est.serving(
+        m.params, m.layers, m.kv_heads, m.head_dim, get_gpu("h100"), context=4096, batch=1, dtype="int4"
+    )
     assert value(int4, "min_gpus") == 1
 
 
@@ -125,6 +142,7 @@ def test_every_number_comes_with_a_formula():
 
 # --- bad input ------------------------------------------------------------------------------------
 
+
 def test_unknown_model_and_gpu_suggest_the_nearest():
     with pytest.raises(UserError, match="Did you mean 'llama3-8b'"):
         get_model("llama3-8")
@@ -134,26 +152,48 @@ def test_unknown_model_and_gpu_suggest_the_nearest():
 
 def test_config_missing_a_field_names_it_and_the_file(tmp_path):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 4,
-                                "intermediate_size": 64, "vocab_size": 100}))
+    path.write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "intermediate_size": 64,
+                "vocab_size": 100,
+            }
+        )
+    )
     with pytest.raises(UserError, match=r"config.json: missing 'hidden_size'"):
         model_from_config(path)
-    path.write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 32,
-                                "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64,
-                                "vocab_size": 100}))
+    path.write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "num_hidden_layers": 2,
+                "hidden_size": 32,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "intermediate_size": 64,
+                "vocab_size": 100,
+            }
+        )
+    )
     spec = model_from_config(path)
     # 2 layers * (q,o 2*32*32 + k,v 2*32*16 + gated MLP 3*32*64 + 2 norms 64) + final norm + untied emb + head
     assert spec.params == 2 * (2048 + 1024 + 6144 + 64) + 32 + 2 * 100 * 32
 
 
-@pytest.mark.parametrize("call, option", [
-    (lambda: est.training_flops(7e9, 0), "--tokens"),
-    (lambda: est.training_flops(7e9, -1e9), "--tokens"),
-    (lambda: est.training_time(1e20, get_gpu("h100"), 8, mfu=1.5), "--mfu"),
-    (lambda: est.training_time(1e20, get_gpu("h100"), 0), "--gpus"),
-    (lambda: est.budget(-5, get_gpu("h100")), "--dollars"),
-    (lambda: est.training_memory(7e9, sharding="zero4"), "--sharding"),
-])
+@pytest.mark.parametrize(
+    "call, option",
+    [
+        (lambda: est.training_flops(7e9, 0), "--tokens"),
+        (lambda: est.training_flops(7e9, -1e9), "--tokens"),
+        (lambda: est.training_time(1e20, get_gpu("h100"), 8, mfu=1.5), "--mfu"),
+        (lambda: est.training_time(1e20, get_gpu("h100"), 0), "--gpus"),
+        (lambda: est.budget(-5, get_gpu("h100")), "--dollars"),
+        (lambda: est.training_memory(7e9, sharding="zero4"), "--sharding"),
+    ],
+)
 def test_bad_numbers_name_the_option(call, option):
     with pytest.raises(UserError, match=option):
         call()
@@ -170,9 +210,23 @@ def test_serve_that_cannot_fit_on_64_gpus_says_why():
 
 # --- CLI ------------------------------------------------------------------------------------------
 
+
 def test_cli_train_sweep_json():
-    result = runner.invoke(plan_app, ["train", "--model", "gpt3-175b", "--tokens", "300e9", "--gpu", "a100-80gb",
-                                      "--gpus", "1024,2048", "--json"])
+    result = runner.invoke(
+        plan_app,
+        [
+            "train",
+            "--model",
+            "gpt3-175b",
+            "--tokens",
+            "300e9",
+            "--gpu",
+            "a100-80gb",
+            "--gpus",
+            "1024,2048",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     plans = json.loads(result.output)
     assert [p["gpus"] for p in plans] == [1024, 2048]
@@ -185,7 +239,9 @@ def test_cli_tables_show_formulas():
     result = runner.invoke(plan_app, ["serve", "--model", "llama3-8b", "--gpu", "l4", "--batch", "4"])
     assert result.exit_code == 0, result.output
     assert "kv_cache_gb" in result.output and "2 * layers * kv_heads * head_dim" in result.output
-    result = runner.invoke(plan_app, ["finetune", "--model", "llama3-8b", "--tokens", "1e8", "--method", "qlora"])
+    result = runner.invoke(
+        plan_app, ["finetune", "--model", "llama3-8b", "--tokens", "1e8", "--method", "qlora"]
+    )
     assert result.exit_code == 0, result.output
     assert "frozen base" in result.output
     result = runner.invoke(plan_app, ["budget", "--dollars", "10000", "--gpu", "a100-80gb", "--price", "1.5"])
@@ -208,12 +264,19 @@ def test_run_gives_the_exact_parameter_count_of_a_packaged_model(tmp_path):
     from modelfoundry.predictor import save_package
 
     model = build_model("cnn", (1, 8, 8), 10, width=4)
-    spec = {"task": "image_classification", "model": {"name": "cnn", "options": {"width": 4}}, "input_shape": [1, 8, 8],
-            "labels": [str(i) for i in range(10)], "preprocessing": {"kind": "image", "size": [8, 8], "channels": 1},
-            "run_id": "tiny"}
+    spec = {
+        "task": "image_classification",
+        "model": {"name": "cnn", "options": {"width": 4}},
+        "input_shape": [1, 8, 8],
+        "labels": [str(i) for i in range(10)],
+        "preprocessing": {"kind": "image", "size": [8, 8], "channels": 1},
+        "run_id": "tiny",
+    }
     save_package(tmp_path / "run" / "model", model, spec)
     planned = model_from_run(tmp_path / "run")
-    assert planned.params == sum(p.numel() for p in model.parameters())  # BatchNorm statistics are not parameters
+    assert planned.params == sum(
+        p.numel() for p in model.parameters()
+    )  # BatchNorm statistics are not parameters
 
 
 def test_run_without_a_package_is_a_user_error(tmp_path):
@@ -249,15 +312,26 @@ def test_runs_count_their_training_flops_on_the_real_model(tmp_path, monkeypatch
     monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path))
     model = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 3))
     assert forward_flops_per_example(model, torch.zeros(1, 10)) == 2 * (10 * 20 + 20 * 3)  # 2 per weight
-    plan = plan_vs_measured(model, torch.zeros(1, 10), train_examples=100, val_examples=10, epochs=2,
-                            measured_seconds=1.0)
+    plan = plan_vs_measured(
+        model, torch.zeros(1, 10), train_examples=100, val_examples=10, epochs=2, measured_seconds=1.0
+    )
     assert plan["training_flops"] == 2 * (3 * 520 * 100 + 520 * 10)
-    assert plan["predicted_seconds"] is None and "foundry plan calibrate" in plan["note"]  # nothing measured yet
+    assert (
+        plan["predicted_seconds"] is None and "foundry plan calibrate" in plan["note"]
+    )  # nothing measured yet
 
 
-@pytest.mark.parametrize("content", ['{"matmul_fp32_flops": 1', "{}", '{"matmul_fp32_flops": -1}', "[]",
-                                     '{"matmul_fp32_flops": 1e11, "bandwidth_bytes_s": 1e10, "train_flops": 1e10, '
-                                     '"mfu": 0.1, "memory_gb": 8, "step_seconds": -0.001}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"matmul_fp32_flops": 1',
+        "{}",
+        '{"matmul_fp32_flops": -1}',
+        "[]",
+        '{"matmul_fp32_flops": 1e11, "bandwidth_bytes_s": 1e10, "train_flops": 1e10, '
+        '"mfu": 0.1, "memory_gb": 8, "step_seconds": -0.001}',
+    ],
+)
 def test_a_damaged_calibration_file_is_named_and_never_breaks_training(tmp_path, monkeypatch, content):
     import torch
 
@@ -279,7 +353,9 @@ def test_counted_flops_include_attention_on_the_cpu():
     from modelfoundry.plan.check import forward_flops_per_example
 
     tokens, width = 40, 32
-    model = build_model("transformer", (64,), 2, {"vocab_size": 100, "pad_id": 0}, width=width, depth=1, heads=2)
+    model = build_model(
+        "transformer", (64,), 2, {"vocab_size": 100, "pad_id": 0}, width=width, depth=1, heads=2
+    )
     matmuls = 2 * tokens * width * (3 * width + width + 2 * 4 * width) + 2 * width * 2  # qkv, proj, mlp, head
     attention = 4 * tokens * tokens * width  # q @ k^T and weights @ v
     assert forward_flops_per_example(model, torch.randint(1, 100, (1, tokens))) == matmuls + attention
@@ -288,8 +364,17 @@ def test_counted_flops_include_attention_on_the_cpu():
 def _training_plan(model: str, gpu: str, gpus: int, **options):
     from modelfoundry.plan.cli import training_plan
 
-    settings = {"tokens": 1e9, "mfu": 0.4, "price": None, "sharding": "none", "optimizer": "adamw",
-                "seq_len": 2048, "micro_batch": 1, "recompute": False, **options}
+    settings = {
+        "tokens": 1e9,
+        "mfu": 0.4,
+        "price": None,
+        "sharding": "none",
+        "optimizer": "adamw",
+        "seq_len": 2048,
+        "micro_batch": 1,
+        "recompute": False,
+        **options,
+    }
     return training_plan(get_model(model), gpu_name=gpu, gpus=gpus, **settings)
 
 

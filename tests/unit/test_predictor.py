@@ -1,4 +1,5 @@
 """The model package: save -> load gives the same predictions from every kind of input, without pickle."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ from modelfoundry.errors import UserError
 from modelfoundry.models.registry import build_model
 from modelfoundry.predictor import FORMAT, load, save_package
 
-ROWS = pd.DataFrame({"age": [23.0, 41.0, 35.0, 62.0, 19.0, 50.0],
-                     "city": ["rome", "oslo", "rome", "lima", "oslo", "lima"]})
+ROWS = pd.DataFrame(
+    {"age": [23.0, 41.0, 35.0, 62.0, 19.0, 50.0], "city": ["rome", "oslo", "rome", "lima", "oslo", "lima"]}
+)
 
 
 def settled(model: torch.nn.Module, example_shape: tuple[int, ...]) -> torch.nn.Module:
@@ -31,10 +33,17 @@ def settled(model: torch.nn.Module, example_shape: tuple[int, ...]) -> torch.nn.
 
 
 def image_spec(name: str, options: dict, shape=(1, 8, 8)) -> dict:
-    return {"task": "image_classification", "model": {"name": name, "options": options},
-            "input_shape": list(shape), "labels": ["0", "1", "2"],
-            "preprocessing": {"kind": "image", "size": list(shape[1:]), "channels": shape[0]},
-            "label_column": None, "run_id": "unit", "created": "2024-01-01T00:00:00", "test_accuracy": None}
+    return {
+        "task": "image_classification",
+        "model": {"name": name, "options": options},
+        "input_shape": list(shape),
+        "labels": ["0", "1", "2"],
+        "preprocessing": {"kind": "image", "size": list(shape[1:]), "channels": shape[0]},
+        "label_column": None,
+        "run_id": "unit",
+        "created": "2024-01-01T00:00:00",
+        "test_accuracy": None,
+    }
 
 
 @pytest.fixture
@@ -49,11 +58,18 @@ def image_package(tmp_path):
 @pytest.fixture
 def table_package(tmp_path):
     encoder = TableEncoder().fit(ROWS)
-    spec = {"task": "tabular_classification", "model": {"name": "mlp", "options": {"hidden": [8]}},
-            "input_shape": [len(encoder.feature_names)], "labels": ["no", "yes"],
-            "preprocessing": {"kind": "table", **encoder.spec}, "label_column": "bought"}
+    spec = {
+        "task": "tabular_classification",
+        "model": {"name": "mlp", "options": {"hidden": [8]}},
+        "input_shape": [len(encoder.feature_names)],
+        "labels": ["no", "yes"],
+        "preprocessing": {"kind": "table", **encoder.spec},
+        "label_column": "bought",
+    }
     torch.manual_seed(0)
-    model = settled(build_model("mlp", (len(encoder.feature_names),), 2, hidden=[8]), (len(encoder.feature_names),))
+    model = settled(
+        build_model("mlp", (len(encoder.feature_names),), 2, hidden=[8]), (len(encoder.feature_names),)
+    )
     save_package(tmp_path / "run" / "model", model, spec)
     return tmp_path / "run", model, encoder
 
@@ -83,9 +99,13 @@ def test_package_can_be_loaded_from_the_run_or_the_model_folder(image_package):
     np.testing.assert_array_equal(load(run).predict_proba(image), load(run / "model").predict_proba(image))
 
 
-@pytest.mark.parametrize("name, options, shape", [("mlp", {"hidden": [8]}, (3, 6, 6)),
-                                                  ("resnet", {"width": 4, "depth": 2, "blocks_per_stage": 1},
-                                                   (3, 6, 6))])
+@pytest.mark.parametrize(
+    "name, options, shape",
+    [
+        ("mlp", {"hidden": [8]}, (3, 6, 6)),
+        ("resnet", {"width": 4, "depth": 2, "blocks_per_stage": 1}, (3, 6, 6)),
+    ],
+)
 def test_other_families_round_trip(tmp_path, name, options, shape):
     torch.manual_seed(0)
     model = settled(build_model(name, shape, 3, **options), shape)
@@ -146,7 +166,9 @@ def test_load_rejects_an_unknown_format(image_package):
 def test_image_inputs_as_arrays_files_folders_and_pil_agree(image_package, tmp_path):
     run, _ = image_package
     predictor = load(run)
-    pictures = [Image.fromarray(np.uint8(np.random.default_rng(i).integers(0, 256, (8, 8)))) for i in range(3)]
+    pictures = [
+        Image.fromarray(np.uint8(np.random.default_rng(i).integers(0, 256, (8, 8)))) for i in range(3)
+    ]
     folder = tmp_path / "pictures"
     folder.mkdir()
     for i, picture in enumerate(pictures):

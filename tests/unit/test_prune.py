@@ -1,5 +1,6 @@
 """Structured pruning: the model really shrinks, rebuilds from its new options through the package
 loader, and keeps the units that matter (a unit whose weights are zero is the one removed)."""
+
 from __future__ import annotations
 
 import itertools
@@ -20,7 +21,11 @@ FAMILIES = {
     "cnn": ((3, 8, 8), None, {"width": 8, "depth": 2}),
     "resnet": ((3, 8, 8), None, {"width": 4, "depth": 2, "blocks_per_stage": 2}),
     "lstm": ((12,), TEXT, {"embed_dim": 6, "hidden": 8, "layers": 2, "pooling": "mean"}),
-    "gru": ((12,), TEXT, {"embed_dim": 6, "hidden": 8, "layers": 2, "bidirectional": False, "pooling": "last"}),
+    "gru": (
+        (12,),
+        TEXT,
+        {"embed_dim": 6, "hidden": 8, "layers": 2, "bidirectional": False, "pooling": "last"},
+    ),
     "transformer": ((12,), TEXT, {"width": 8, "depth": 2, "heads": 2, "ffn_multiplier": 2}),
 }
 
@@ -57,8 +62,13 @@ def inputs(input_shape: tuple[int, ...], text: dict | None) -> torch.Tensor:
 def reload(folder, model: torch.nn.Module, name: str, options: dict, input_shape, text) -> torch.nn.Module:
     """Save a package as training does and load it back through `modelfoundry.predictor.load`."""
     preprocessing = {"kind": "text", **text} if text else {"kind": "image"}
-    spec = {"task": "classification", "model": {"name": name, "options": options}, "input_shape": list(input_shape),
-            "labels": [str(i) for i in range(CLASSES)], "preprocessing": preprocessing}
+    spec = {
+        "task": "classification",
+        "model": {"name": name, "options": options},
+        "input_shape": list(input_shape),
+        "labels": [str(i) for i in range(CLASSES)],
+        "preprocessing": preprocessing,
+    }
     files = model.package_files() if hasattr(model, "package_files") else {}
     save_package(folder / "model", model, spec, files)
     return load(folder / "model").model
@@ -90,9 +100,13 @@ def kill_half_of_the_units(model: torch.nn.Module, name: str) -> None:
             dead = half(state[f"{block}.body.0.weight"].shape[0])
             zero(model, f"{block}.body.0.weight", 0, dead)
             zero(model, f"{block}.body.3.weight", 1, dead)
-        streams = [(["0.weight", "3.body.3.weight", "4.body.3.weight"],
-                    ["3.body.0.weight", "4.body.0.weight", "5.body.0.weight", "5.shortcut.0.weight"]),
-                   (["5.shortcut.0.weight", "5.body.3.weight", "6.body.3.weight"], ["6.body.0.weight", "10.weight"])]
+        streams = [
+            (
+                ["0.weight", "3.body.3.weight", "4.body.3.weight"],
+                ["3.body.0.weight", "4.body.0.weight", "5.body.0.weight", "5.shortcut.0.weight"],
+            ),
+            (["5.shortcut.0.weight", "5.body.3.weight", "6.body.3.weight"], ["6.body.0.weight", "10.weight"]),
+        ]
         for writers, readers in streams:
             dead = half(state[writers[0]].shape[0])
             for key in writers:
@@ -103,8 +117,11 @@ def kill_half_of_the_units(model: torch.nn.Module, name: str) -> None:
         rnn, gates = model.rnn, 4 if name == "lstm" else 3
         directions = ("", "_reverse") if rnn.bidirectional else ("",)
         for layer in range(rnn.num_layers):
-            readers = [f"rnn.weight_ih_l{layer + 1}{s}" for s in directions] if layer + 1 < rnn.num_layers \
+            readers = (
+                [f"rnn.weight_ih_l{layer + 1}{s}" for s in directions]
+                if layer + 1 < rnn.num_layers
                 else ["head.weight"]
+            )
             for d, suffix in enumerate(directions):
                 dead = half(rnn.hidden_size)
                 for key in (f"rnn.weight_ih_l{layer}{suffix}", f"rnn.weight_hh_l{layer}{suffix}"):
@@ -125,7 +142,9 @@ def test_pruned_model_is_smaller_and_loads_again_from_its_options(name, tmp_path
     input_shape, text, options = FAMILIES[name]
     model = build(name)
     before = parameter_count(model)
-    smaller, new_options = prune(model, name, options, 0.5, input_shape=input_shape, num_classes=CLASSES, text=text)
+    smaller, new_options = prune(
+        model, name, options, 0.5, input_shape=input_shape, num_classes=CLASSES, text=text
+    )
 
     after, embedding = parameter_count(smaller), 0 if text is None else model.embed.weight.numel()
     if name == "transformer":  # feed-forward units only: 16 -> 8 per block, each with 2 * width + 1 weights
@@ -158,7 +177,9 @@ def test_a_small_ratio_removes_the_least_important_quarter():
     zero(model, "1.weight", 0, dead)
     zero(model, "5.weight", 1, dead)
     x = torch.randn(4, 20)
-    smaller, options = prune(model, "mlp", {"hidden": [8]}, 0.25, input_shape=(20,), num_classes=CLASSES, text=None)
+    smaller, options = prune(
+        model, "mlp", {"hidden": [8]}, 0.25, input_shape=(20,), num_classes=CLASSES, text=None
+    )
     assert options == {"hidden": [6]}
     torch.testing.assert_close(smaller(x), model(x), atol=1e-5, rtol=1e-5)
 
@@ -172,10 +193,13 @@ def test_pretrained_loses_half_its_feed_forward_units_and_reloads_from_its_packa
         with torch.no_grad():
             layer.intermediate.dense.weight[dead] = 0.0
             layer.output.dense.weight[:, dead] = 0.0
-    smaller, new_options = prune(model, "pretrained", options, 0.5, input_shape=(16,), num_classes=CLASSES,
-                                 text=text)
+    smaller, new_options = prune(
+        model, "pretrained", options, 0.5, input_shape=(16,), num_classes=CLASSES, text=text
+    )
 
-    assert parameter_count(model) - parameter_count(smaller) == 2 * 32 * (2 * 32 + 1)  # 2 layers, 32 units each
+    assert parameter_count(model) - parameter_count(smaller) == 2 * 32 * (
+        2 * 32 + 1
+    )  # 2 layers, 32 units each
     config = json.loads(smaller.package_files()["encoder/config.json"])
     assert config["intermediate_size"] == 32 and model.encoder.config.intermediate_size == 64
     ids = torch.randint(1000, 2000, (4, 16))
@@ -193,15 +217,24 @@ def test_a_ratio_outside_zero_to_one_is_named(ratio):
 
 
 def test_an_unprunable_family_names_the_prunable_ones():
-    with pytest.raises(UserError, match="vit.*Prunable families: mlp.*cnn.*resnet.*lstm.*transformer.*pretrained"):
+    with pytest.raises(
+        UserError, match="vit.*Prunable families: mlp.*cnn.*resnet.*lstm.*transformer.*pretrained"
+    ):
         prune(torch.nn.Linear(2, 2), "vit", {}, 0.5, input_shape=(2,), num_classes=2, text=None)
 
 
 def test_a_ratio_that_removes_nothing_says_so():
     model = build("transformer", ffn_multiplier=1)  # already the narrowest feed-forward layer
     with pytest.raises(UserError, match="removes no unit.*ffn_multiplier 1.*larger ratio"):
-        prune(model, "transformer", {**FAMILIES["transformer"][2], "ffn_multiplier": 1}, 0.5, input_shape=(12,),
-              num_classes=CLASSES, text=TEXT)
+        prune(
+            model,
+            "transformer",
+            {**FAMILIES["transformer"][2], "ffn_multiplier": 1},
+            0.5,
+            input_shape=(12,),
+            num_classes=CLASSES,
+            text=TEXT,
+        )
 
 
 def test_resnet_keeps_the_same_channels_everywhere_a_residual_stream_is_added():
@@ -211,7 +244,10 @@ def test_resnet_keeps_the_same_channels_everywhere_a_residual_stream_is_added():
     smaller, _ = prune(model, "resnet", options, 0.5, input_shape=input_shape, num_classes=CLASSES, text=None)
 
     def kept(norm: str) -> list[int]:
-        before, after = model.state_dict()[f"{norm}.running_mean"], smaller.state_dict()[f"{norm}.running_mean"]
+        before, after = (
+            model.state_dict()[f"{norm}.running_mean"],
+            smaller.state_dict()[f"{norm}.running_mean"],
+        )
         return [int((before == value).nonzero()) for value in after]
 
     stage_0, stage_1 = ("1", "3.body.4", "4.body.4"), ("5.shortcut.1", "5.body.4", "6.body.4")

@@ -1,4 +1,5 @@
 """The run registry in a throwaway SQLite file: runs are recorded, listed and found by id or prefix."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,12 @@ def test_start_finish_and_get(registry, tmp_path):
     assert record.name == "first" and record.model == "cnn" and record.config == {"train": {"epochs": 1}}
     assert record.path == str((tmp_path / "20240101-000000-digits-cnn-ab12").resolve())
 
-    registry.finish("20240101-000000-digits-cnn-ab12", "completed", metrics={"test_accuracy": 0.9},
-                    timings={"data": 0.5, "train": 12.0})
+    registry.finish(
+        "20240101-000000-digits-cnn-ab12",
+        "completed",
+        metrics={"test_accuracy": 0.9},
+        timings={"data": 0.5, "train": 12.0},
+    )
     record = registry.get("20240101-000000-digits-cnn-ab12")
     assert record.status == "completed"
     assert record.metrics == {"test_accuracy": 0.9}

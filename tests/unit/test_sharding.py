@@ -2,6 +2,7 @@
 
 The real multi-process runs (gloo) are in tests/e2e/test_distributed.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,11 +24,16 @@ def shares(monkeypatch, examples: int, batch_size: int, world: int) -> tuple[lis
         batches = data.batches(batch_size * world, shuffle=True, generator=torch.Generator().manual_seed(7))
         per_rank.append([targets for _, targets in distributed.shard(batches)])
         assert len(per_rank[-1]) == distributed.batches_per_epoch(examples, batch_size)
-    one_process = [t for _, t in data.batches(batch_size * world, shuffle=True, generator=torch.Generator().manual_seed(7))]
+    one_process = [
+        t
+        for _, t in data.batches(batch_size * world, shuffle=True, generator=torch.Generator().manual_seed(7))
+    ]
     return per_rank, one_process
 
 
-@pytest.mark.parametrize(("examples", "batch_size", "world"), [(23, 4, 3), (24, 4, 3), (25, 4, 3), (13, 4, 2), (5, 8, 4)])
+@pytest.mark.parametrize(
+    ("examples", "batch_size", "world"), [(23, 4, 3), (24, 4, 3), (25, 4, 3), (13, 4, 2), (5, 8, 4)]
+)
 def test_ranks_split_each_global_batch_into_equal_disjoint_parts(monkeypatch, examples, batch_size, world):
     per_rank, one_process = shares(monkeypatch, examples, batch_size, world)
     for step, parts in enumerate(zip(*per_rank, strict=True)):

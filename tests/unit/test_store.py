@@ -1,4 +1,5 @@
 """Model versions, aliases and feedback in a throwaway registry under a temporary FOUNDRY_HOME."""
+
 from __future__ import annotations
 
 import csv
@@ -43,11 +44,13 @@ def register(store: ModelStore, home: Path, run_id: str, parent: int | None = No
     """A version for a run folder under FOUNDRY_HOME, as a finished training run leaves it."""
     package = home / run_id / "model"
     package.mkdir(parents=True, exist_ok=True)
-    return store.register(run_id, package, "text_classification", LABELS, {"test_accuracy": 0.9},
-                          variant=variant, parent=parent)
+    return store.register(
+        run_id, package, "text_classification", LABELS, {"test_accuracy": 0.9}, variant=variant, parent=parent
+    )
 
 
 # ---------- versions ----------
+
 
 def test_versions_are_numbered_and_found_by_name_number_and_alias(store, home):
     v1 = register(store, home, "run-1")
@@ -89,7 +92,9 @@ def test_an_unknown_version_number_says_how_to_list_versions(store, home):
 
 def test_an_unknown_reference_suggests_a_near_alias(store, home):
     store.set_alias("champion", register(store, home, "run-1").id)
-    with pytest.raises(UserError, match="'champoin' is neither.*Did you mean 'champion'.*foundry models list"):
+    with pytest.raises(
+        UserError, match="'champoin' is neither.*Did you mean 'champion'.*foundry models list"
+    ):
         store.get("champoin")
     with pytest.raises(UserError, match="'zzz' is neither.*Aliases: champion.*foundry models list"):
         store.get("zzz")
@@ -111,8 +116,9 @@ def test_a_run_without_a_version_must_be_a_finished_run_of_this_registry(store, 
 def test_a_finished_run_from_before_versions_becomes_a_version_when_asked_for(store, registry, home):
     package = home / "run-old" / "model"
     package.mkdir(parents=True)
-    (package / "model.json").write_text(json.dumps({"task": "text_classification", "labels": LABELS,
-                                                    "test_accuracy": 0.75}))
+    (package / "model.json").write_text(
+        json.dumps({"task": "text_classification", "labels": LABELS, "test_accuracy": 0.75})
+    )
     (package / "model.safetensors").write_bytes(b"")
     registry.start("run-old", None, "text_classification", "bow", home / "run-old", {})
     registry.finish("run-old", "completed")
@@ -123,6 +129,7 @@ def test_a_finished_run_from_before_versions_becomes_a_version_when_asked_for(st
 
 
 # ---------- aliases ----------
+
 
 def test_set_alias_moves_the_alias_and_aliases_lists_them_per_version(store, home):
     v1, v2 = register(store, home, "run-1"), register(store, home, "run-2")
@@ -153,6 +160,7 @@ def test_an_alias_with_a_trailing_newline_is_refused(store, home):
 
 # ---------- lineage ----------
 
+
 def test_a_retrained_version_keeps_the_lineage_of_its_parent(store, home):
     v1 = register(store, home, "run-1")
     other = register(store, home, "run-2")
@@ -168,9 +176,11 @@ def test_a_retrained_version_keeps_the_lineage_of_its_parent(store, home):
 
 # ---------- feedback ----------
 
+
 def add(feedback: FeedbackStore, label: str, version: int | None, text: str = "some text", **kwargs) -> int:
-    return feedback.add(run_id="run-1", kind="text", input={"text": text}, label=label, model_version=version,
-                        **kwargs)
+    return feedback.add(
+        run_id="run-1", kind="text", input={"text": text}, label=label, model_version=version, **kwargs
+    )
 
 
 def test_feedback_lists_newest_first_and_filters_by_version(registry):
@@ -187,8 +197,17 @@ def test_feedback_lists_newest_first_and_filters_by_version(registry):
 def test_feedback_list_without_a_limit_returns_every_row(registry):
     feedback = FeedbackStore(registry)
     with Session(registry.engine) as s, s.begin():  # one commit: 120 separate ones take a second
-        s.add_all(Feedback(model_version=1, run_id="run-1", kind="text", input={"text": f"text {i}"}, label="cat",
-                           created_at=datetime.now(UTC)) for i in range(120))
+        s.add_all(
+            Feedback(
+                model_version=1,
+                run_id="run-1",
+                kind="text",
+                input={"text": f"text {i}"},
+                label="cat",
+                created_at=datetime.now(UTC),
+            )
+            for i in range(120)
+        )
     assert len(feedback.list()) == 100  # the default limit
     rows = feedback.list(limit=None)
     assert len(rows) == 120 and rows[-1].input == {"text": "text 0"}
@@ -196,14 +215,19 @@ def test_feedback_list_without_a_limit_returns_every_row(registry):
 
 def test_feedback_rows_survive_reopening_the_database(registry):
     add(FeedbackStore(registry), "dog", 2, predicted="cat", request_id="abc123")
-    row, = FeedbackStore(Registry(registry.url)).list()
+    (row,) = FeedbackStore(Registry(registry.url)).list()
     assert (row.label, row.predicted, row.model_version, row.request_id) == ("dog", "cat", 2, "abc123")
     assert to_json(row)["model_version"] == "v2" and to_json(row)["input"] == {"text": "some text"}
     json.dumps(to_json(row))
 
 
 TRICKY = [  # inputs a user might send: quotes, commas, newlines, non-ASCII, a table row
-    {"kind": "text", "input": {"text": 'say "hi", then\nleave — ok?'}, "label": "greeting, rude", "predicted": "neutral"},
+    {
+        "kind": "text",
+        "input": {"text": 'say "hi", then\nleave — ok?'},
+        "label": "greeting, rude",
+        "predicted": "neutral",
+    },
     {"kind": "table", "input": {"row": {"age": 41, "city": "Zürich"}}, "label": "yes", "predicted": None},
 ]
 
@@ -219,8 +243,9 @@ def tricky_rows(registry):
 def test_export_jsonl_round_trips_inputs_and_labels(tricky_rows, tmp_path):
     assert export(tricky_rows, tmp_path / "feedback.jsonl") == 2
     records = [json.loads(line) for line in (tmp_path / "feedback.jsonl").read_text().splitlines()]
-    assert [(r["kind"], r["input"], r["label"], r["predicted"]) for r in records] == \
-        [(t["kind"], t["input"], t["label"], t["predicted"]) for t in reversed(TRICKY)]
+    assert [(r["kind"], r["input"], r["label"], r["predicted"]) for r in records] == [
+        (t["kind"], t["input"], t["label"], t["predicted"]) for t in reversed(TRICKY)
+    ]
     assert [r["model_version"] for r in records] == ["v2", "v1"]
 
 
@@ -228,8 +253,9 @@ def test_export_csv_round_trips_inputs_and_labels(tricky_rows, tmp_path):
     assert export(tricky_rows, tmp_path / "feedback.csv") == 2
     with (tmp_path / "feedback.csv").open(newline="") as f:
         records = list(csv.DictReader(f))
-    assert [(r["kind"], json.loads(r["input"]), r["label"], r["predicted"]) for r in records] == \
-        [(t["kind"], t["input"], t["label"], t["predicted"] or "") for t in reversed(TRICKY)]
+    assert [(r["kind"], json.loads(r["input"]), r["label"], r["predicted"]) for r in records] == [
+        (t["kind"], t["input"], t["label"], t["predicted"] or "") for t in reversed(TRICKY)
+    ]
     assert [r["model_version"] for r in records] == ["v2", "v1"]
 
 
@@ -277,6 +303,7 @@ def test_concurrent_writers_lose_no_feedback(registry):
 
 # ---------- schema upgrades ----------
 
+
 def test_an_older_registry_gains_the_new_tables_and_columns_and_keeps_its_runs(home):
     """A registry written before versions, feedback and `train_seconds` existed opens without a manual migration."""
     from sqlalchemy import create_engine, inspect, text
@@ -288,11 +315,19 @@ def test_an_older_registry_gains_the_new_tables_and_columns_and_keeps_its_runs(h
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     old = create_engine(url)
     with old.begin() as connection:
-        connection.execute(text("CREATE TABLE runs (id VARCHAR(80) PRIMARY KEY, name VARCHAR(200), task VARCHAR(60), "
-                                "model VARCHAR(60), status VARCHAR(20), path TEXT, config JSON, metrics JSON, "
-                                "timings JSON, error TEXT, created_at TIMESTAMP, finished_at TIMESTAMP)"))
-        connection.execute(text("INSERT INTO runs (id, task, model, status, path, config, created_at) VALUES "
-                                "('old-run', 'image_classification', 'cnn', 'completed', '/x', '{}', '2025-01-01')"))
+        connection.execute(
+            text(
+                "CREATE TABLE runs (id VARCHAR(80) PRIMARY KEY, name VARCHAR(200), task VARCHAR(60), "
+                "model VARCHAR(60), status VARCHAR(20), path TEXT, config JSON, metrics JSON, "
+                "timings JSON, error TEXT, created_at TIMESTAMP, finished_at TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO runs (id, task, model, status, path, config, created_at) VALUES "
+                "('old-run', 'image_classification', 'cnn', 'completed', '/x', '{}', '2025-01-01')"
+            )
+        )
     old.dispose()
     registry = Registry()
     tables = inspect(registry.engine).get_table_names()
@@ -321,10 +356,14 @@ def test_processes_opening_a_new_registry_at_once_all_find_it_ready(home):
     import subprocess
     import sys
 
-    code = ("from modelfoundry.store.registry import Registry; r = Registry(); "
-            "r.start('run-' + __import__('os').urandom(4).hex(), None, 'image_classification', 'cnn', "
-            "__import__('pathlib').Path('.'), {})")
-    processes = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    code = (
+        "from modelfoundry.store.registry import Registry; r = Registry(); "
+        "r.start('run-' + __import__('os').urandom(4).hex(), None, 'image_classification', 'cnn', "
+        "__import__('pathlib').Path('.'), {})"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)
+    ]
     errors = [p.communicate(timeout=120)[1] for p in processes]
     assert [p.returncode for p in processes] == [0] * 4, errors
     assert len(Registry().list()) == 4

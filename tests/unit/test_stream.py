@@ -1,6 +1,7 @@
 """Tables read in chunks and streamed from disk (data.streaming): the same rows, labels and encoding
 as reading the whole file, every training row once per epoch in a seeded shuffled order, and the
 same clear errors naming rows and columns."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,14 +24,21 @@ def table(rows: int = 3000, seed: int = 0) -> pd.DataFrame:
 
 
 def write(frame: pd.DataFrame, path):
-    {".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path),
-     ".jsonl": lambda: frame.to_json(path, orient="records", lines=True)}[path.suffix]()
+    {
+        ".csv": lambda: frame.to_csv(path, index=False),
+        ".parquet": lambda: frame.to_parquet(path),
+        ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+    }[path.suffix]()
     return path
 
 
 def config(path, **data):
-    cfg, base = load_config({"task": "tabular_classification", "data": {"source": str(path), "label": "label",
-                                                                        "streaming": True, **data}})
+    cfg, base = load_config(
+        {
+            "task": "tabular_classification",
+            "data": {"source": str(path), "label": "label", "streaming": True, **data},
+        }
+    )
     return cfg, base
 
 
@@ -61,8 +69,14 @@ def test_streamed_and_in_memory_tables_agree(tmp_path, monkeypatch, small_chunks
     assert streamed.labels == whole.labels == ["down", "up"]
     assert streamed.input_shape == whole.input_shape == (6,)  # 3 numbers + 3 colours one-hot
     assert len(streamed.train) + len(streamed.val) + len(streamed.test) == 3000
-    for part in ("train", "val", "test"):  # the hash split is stratified in expectation: shares within 3 points
-        assert len(getattr(streamed, part)) / 3000 == pytest.approx(len(getattr(whole, part)) / 3000, abs=0.03)
+    for part in (
+        "train",
+        "val",
+        "test",
+    ):  # the hash split is stratified in expectation: shares within 3 points
+        assert len(getattr(streamed, part)) / 3000 == pytest.approx(
+            len(getattr(whole, part)) / 3000, abs=0.03
+        )
     assert streamed.report["class_counts"] == whole.report["class_counts"]
     assert "stratified in expectation" in streamed.report["streaming"]["split"]
     inputs, targets = next(streamed.test.batches(5))
@@ -123,8 +137,10 @@ def text_table(path, rows: int = 1500):
     rng = np.random.default_rng(1)
     words = {"pos": ["great", "lovely", "superb", "fine"], "neg": ["awful", "dull", "poor", "bad"]}
     labels = rng.choice(["pos", "neg"], rows)
-    texts = [" ".join(rng.choice(words[label], int(rng.integers(1, 12)))) + f" NA {i}" for i, label in
-             enumerate(labels)]
+    texts = [
+        " ".join(rng.choice(words[label], int(rng.integers(1, 12)))) + f" NA {i}"
+        for i, label in enumerate(labels)
+    ]
     texts[7] = "   "  # skipped and counted
     texts[11] = "write to ann@example.com"
     pd.DataFrame({"review": texts, "sentiment": labels}).to_csv(path, index=False)
@@ -132,9 +148,18 @@ def text_table(path, rows: int = 1500):
 
 
 def text_settings(path, **data):
-    return {"task": "text_classification", "model": {"name": "lstm"},
-            "data": {"source": str(path), "text": "review", "label": "sentiment", "streaming": True,
-                     "privacy": {"pii": "redact"}, **data}}
+    return {
+        "task": "text_classification",
+        "model": {"name": "lstm"},
+        "data": {
+            "source": str(path),
+            "text": "review",
+            "label": "sentiment",
+            "streaming": True,
+            "privacy": {"pii": "redact"},
+            **data,
+        },
+    }
 
 
 def test_streamed_texts_match_the_in_memory_path(tmp_path, monkeypatch, small_chunks):
@@ -155,8 +180,12 @@ def test_streamed_texts_match_the_in_memory_path(tmp_path, monkeypatch, small_ch
     assert len(shown) == len(streamed.test) and not any("ann@example.com" in t for t in shown)
     for row, t, label in zip(inputs[:50], shown[:50], targets[:50]):
         ids = text.tokenize(tokenizer, [t], 512)[0][0]
-        assert torch.equal(row[:len(ids)], ids) and (row[len(ids):] == streamed.preprocessing["pad_id"]).all()
-        assert ("great" in t or "lovely" in t or "superb" in t or "fine" in t) == (streamed.labels[label] == "pos")
+        assert (
+            torch.equal(row[: len(ids)], ids) and (row[len(ids) :] == streamed.preprocessing["pad_id"]).all()
+        )
+        assert ("great" in t or "lovely" in t or "superb" in t or "fine" in t) == (
+            streamed.labels[label] == "pos"
+        )
     lengths = (inputs != streamed.preprocessing["pad_id"]).sum(1)
     assert (lengths[:-1] <= lengths[1:]).float().mean() > 0.9  # written shortest first within each chunk
 
@@ -168,7 +197,9 @@ def test_streamed_text_epochs_see_every_text_once_in_length_buckets(tmp_path, mo
     batches = list(train.batches(16, shuffle=True, generator=torch.Generator().manual_seed(0)))
     assert sum(len(y) for _, y in batches) == len(train)
     padding = sum(int((x == pad).sum()) for x, _ in batches) / sum(x.numel() for x, _ in batches)
-    assert padding < 0.15  # buckets: each batch is padded to its own longest text, which is rarely much longer
+    assert (
+        padding < 0.15
+    )  # buckets: each batch is padded to its own longest text, which is rarely much longer
     seen = sorted(tuple(row[row != pad].tolist()) for x, _ in batches for row in x)
     assert seen == sorted(tuple(row[row != pad].tolist()) for x, _ in train.batches(64) for row in x)
 
@@ -222,17 +253,22 @@ def test_auto_streams_only_big_files(tmp_path, monkeypatch):
 def test_a_class_too_rare_to_reach_the_training_split_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "runs"))
     frame = table(200)
-    row = next(i for i in range(200) if stream._uniform(np.array([i]), 0, 0)[0] < 0.2)  # a row the hash puts in test
+    row = next(
+        i for i in range(200) if stream._uniform(np.array([i]), 0, 0)[0] < 0.2
+    )  # a row the hash puts in test
     frame.loc[row, "label"] = "sideways"
     with pytest.raises(UserError, match="'sideways' have too few rows for any to fall in the training split"):
         prepare(*config(write(frame, tmp_path / "t.csv")))
 
 
-@pytest.mark.parametrize("name, content, phrase", [
-    ("t.csv", b"", "the file is empty"),
-    ("t.parquet", b"not parquet", "could not be read as parquet"),
-    ("t.jsonl", b'{"x0": 1, "label": "up"}\n{"x0": \n', "could not be read as jsonl"),
-])
+@pytest.mark.parametrize(
+    "name, content, phrase",
+    [
+        ("t.csv", b"", "the file is empty"),
+        ("t.parquet", b"not parquet", "could not be read as parquet"),
+        ("t.jsonl", b'{"x0": 1, "label": "up"}\n{"x0": \n', "could not be read as jsonl"),
+    ],
+)
 def test_an_unreadable_streamed_file_is_named_with_what_is_wrong(tmp_path, name, content, phrase):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(UserError, match=phrase) as error:

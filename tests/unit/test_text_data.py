@@ -1,4 +1,5 @@
 """Text data: reading, checking, scrubbing, tokenizing and batching, as a user of text_classification sees it."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,22 @@ from modelfoundry.data import text
 from modelfoundry.data.prepare import prepare
 from modelfoundry.errors import UserError
 
-POSITIVE = ["a wonderful film", "great acting and a moving story", "I loved every minute", "charming and funny",
-            "a beautiful, clever movie", "the best film this year"]
-NEGATIVE = ["a dull mess", "boring and far too long", "I hated the ending", "the plot makes no sense",
-            "a waste of two hours", "flat characters and bad jokes"]
+POSITIVE = [
+    "a wonderful film",
+    "great acting and a moving story",
+    "I loved every minute",
+    "charming and funny",
+    "a beautiful, clever movie",
+    "the best film this year",
+]
+NEGATIVE = [
+    "a dull mess",
+    "boring and far too long",
+    "I hated the ending",
+    "the plot makes no sense",
+    "a waste of two hours",
+    "flat characters and bad jokes",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +38,7 @@ def tokenizer():
 
 def write_reviews(path, rows, header="review,sentiment"):
     import csv
+
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header.split(","))
@@ -40,13 +54,23 @@ def reviews(n_each=6):
 
 
 def text_config(tmp_path, **data):
-    return load_config({"task": "text_classification",
-                        "data": {"source": str(tmp_path / "reviews.csv"), "text": "review", "label": "sentiment",
-                                 "split": {"val": 0.25, "test": 0.25, "seed": 0}, **data},
-                        "model": {"name": "lstm"}})
+    return load_config(
+        {
+            "task": "text_classification",
+            "data": {
+                "source": str(tmp_path / "reviews.csv"),
+                "text": "review",
+                "label": "sentiment",
+                "split": {"val": 0.25, "test": 0.25, "seed": 0},
+                **data,
+            },
+            "model": {"name": "lstm"},
+        }
+    )
 
 
 # ---------------------------------------------------------------- tokenizing and batching
+
 
 def test_tokenize_truncates_to_max_length_and_counts_it(tokenizer):
     ids, truncated = text.tokenize(tokenizer, ["short one", "a much longer text " * 20], max_length=8)
@@ -57,7 +81,7 @@ def test_tokenize_truncates_to_max_length_and_counts_it(tokenizer):
 
 def test_batches_pad_to_their_own_longest_text():
     ids = [torch.arange(1, n + 1) for n in (2, 9, 3)]
-    (x, y), = text.TextData(ids, [0, 1, 0], pad=0).batches(3)
+    ((x, y),) = text.TextData(ids, [0, 1, 0], pad=0).batches(3)
     assert x.shape == (3, 9) and (x[0, 2:] == 0).all() and y.tolist() == [0, 1, 0]
 
 
@@ -66,7 +90,10 @@ def test_shuffled_epoch_yields_every_example_once_and_repeats_with_the_seed():
     data = text.TextData([torch.full((int(n),), i + 1) for i, n in enumerate(lengths)], np.arange(301), pad=0)
 
     def epoch(seed):
-        return [y.tolist() for _, y in data.batches(16, shuffle=True, generator=torch.Generator().manual_seed(seed))]
+        return [
+            y.tolist()
+            for _, y in data.batches(16, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        ]
 
     seen = sorted(i for batch in epoch(0) for i in batch)
     assert seen == list(range(301))
@@ -86,11 +113,12 @@ def test_length_buckets_cut_padding_against_random_batches():
 
     bucketed = padded_share(data.batches(32, shuffle=True, generator=torch.Generator().manual_seed(0)))
     order = torch.randperm(2000, generator=torch.Generator().manual_seed(0))
-    plain = padded_share(data._batch(order[i:i + 32]) for i in range(0, 2000, 32))
+    plain = padded_share(data._batch(order[i : i + 32]) for i in range(0, 2000, 32))
     assert bucketed < 0.1 and plain > 0.4
 
 
 # ---------------------------------------------------------------- reading and checking
+
 
 def test_missing_text_column_suggests_the_nearest(tmp_path):
     write_reviews(tmp_path / "reviews.csv", reviews())
@@ -109,7 +137,9 @@ def test_undecodable_bytes_name_the_row_and_line(tmp_path):
     lines = path.read_bytes().split(b"\n")
     lines[3] = b"caf\xe9 au lait,pos"  # latin-1, not UTF-8
     path.write_bytes(b"\n".join(lines))
-    with pytest.raises(UserError, match=r"reviews.csv: row 3, line 4, byte 4: b'\\xe9' is not valid UTF-8.*iconv"):
+    with pytest.raises(
+        UserError, match=r"reviews.csv: row 3, line 4, byte 4: b'\\xe9' is not valid UTF-8.*iconv"
+    ):
         prepare(*text_config(tmp_path))
 
 
@@ -134,13 +164,17 @@ def test_quoting_off_reads_stray_quotes_as_text(tmp_path):
 
 
 def test_pii_is_redacted_counted_or_dropped(tmp_path):
-    rows = reviews() + [("mail me: ann@example.com, a wonderful film", "pos"),
-                        ("card 4111 1111 1111 1111 charged twice, a dull mess", "neg"),
-                        ("order 1234567812345678 was a waste of two hours", "neg")]  # fails Luhn: no card
+    rows = reviews() + [
+        ("mail me: ann@example.com, a wonderful film", "pos"),
+        ("card 4111 1111 1111 1111 charged twice, a dull mess", "neg"),
+        ("order 1234567812345678 was a waste of two hours", "neg"),
+    ]  # fails Luhn: no card
     write_reviews(tmp_path / "reviews.csv", rows)
     redacted = prepare(*text_config(tmp_path, privacy={"pii": "redact"}))
     assert redacted.report["pii"]["EMAIL"] == 1 and redacted.report["pii"]["CARD"] == 1
-    texts, _ = text.clean_texts([r[0] for r in rows], np.array([r[1] for r in rows]), "redact", "reviews.csv", {})
+    texts, _ = text.clean_texts(
+        [r[0] for r in rows], np.array([r[1] for r in rows]), "redact", "reviews.csv", {}
+    )
     assert "mail me: [EMAIL], a wonderful film" in texts and "card [CARD] charged twice, a dull mess" in texts
     assert "order 1234567812345678 was a waste of two hours" in texts
     dropped = prepare(*text_config(tmp_path, privacy={"pii": "drop"}))
@@ -152,7 +186,9 @@ def test_separate_validation_and_test_files_are_used_as_given(tmp_path):
     write_reviews(tmp_path / "reviews.csv", reviews())
     write_reviews(tmp_path / "dev.csv", [("a lovely film", "pos"), ("a dreadful film", "neg")])
     write_reviews(tmp_path / "test.csv", [("superb", "pos"), ("awful", "neg"), ("fine fun", "pos")])
-    data = prepare(*text_config(tmp_path, val_source=str(tmp_path / "dev.csv"), test_source=str(tmp_path / "test.csv")))
+    data = prepare(
+        *text_config(tmp_path, val_source=str(tmp_path / "dev.csv"), test_source=str(tmp_path / "test.csv"))
+    )
     assert data.report["splits"] == {"train": 12, "val": 2, "test": 3}
     assert sorted(data.test_display) == ["awful", "fine fun", "superb"]
 
@@ -168,7 +204,9 @@ def test_max_length_beyond_the_pretrained_model_is_an_error(tmp_path, tiny_bert)
     write_reviews(tmp_path / "reviews.csv", reviews())
     config, base = text_config(tmp_path, max_length=100)
     config.model = type(config.model)(name="pretrained", path=str(tiny_bert))
-    with pytest.raises(UserError, match=r"data.max_length: 100 is more than .* supports \(64 tokens.*64 or less"):
+    with pytest.raises(
+        UserError, match=r"data.max_length: 100 is more than .* supports \(64 tokens.*64 or less"
+    ):
         prepare(config, base)
 
 
@@ -189,6 +227,7 @@ def test_tokenizer_path_that_does_not_exist(tmp_path):
 
 def test_model_folder_with_a_damaged_config_json(tmp_path, tiny_bert):
     import shutil
+
     folder = shutil.copytree(tiny_bert, tmp_path / "enc")
     (folder / "config.json").write_text("{not json")
     write_reviews(tmp_path / "reviews.csv", reviews())
@@ -198,8 +237,12 @@ def test_model_folder_with_a_damaged_config_json(tmp_path, tiny_bert):
         prepare(config, base)
 
 
-@pytest.mark.parametrize("key, value", [("text", "review"), ("max_length", 64), ("privacy", {"pii": "redact"})])
+@pytest.mark.parametrize(
+    "key, value", [("text", "review"), ("max_length", 64), ("privacy", {"pii": "redact"})]
+)
 def test_text_keys_on_another_task_are_refused_not_ignored(key, value):
-    with pytest.raises(UserError, match=f"data.{key}: only for task text_classification; this config's task is "
-                                        "tabular_classification"):
+    with pytest.raises(
+        UserError,
+        match=f"data.{key}: only for task text_classification; this config's task is tabular_classification",
+    ):
         load_config({"task": "tabular_classification", "data": {"source": "builtin:wine", key: value}})

@@ -1,4 +1,5 @@
 """Text classifiers from scratch: logits per class, padding never matters, they learn, bad options are named."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,11 +13,16 @@ TINY = {
     "lstm-max": (build_lstm, {"embed_dim": 16, "hidden": 16, "layers": 2, "pooling": "max"}),
     "lstm-mean": (build_lstm, {"embed_dim": 16, "hidden": 16, "layers": 2, "pooling": "mean"}),
     "lstm-last": (build_lstm, {"embed_dim": 16, "hidden": 16, "layers": 2, "pooling": "last"}),
-    "gru-last-one-way": (build_gru, {"embed_dim": 16, "hidden": 16, "pooling": "last", "bidirectional": False}),
+    "gru-last-one-way": (
+        build_gru,
+        {"embed_dim": 16, "hidden": 16, "pooling": "last", "bidirectional": False},
+    ),
     "gru-max": (build_gru, {"embed_dim": 16, "hidden": 16, "layers": 2, "pooling": "max"}),
     "transformer-sinusoidal-mean": (build_transformer, {"width": 16, "depth": 2, "heads": 2}),
-    "transformer-learned-cls": (build_transformer, {"width": 16, "depth": 2, "heads": 2, "positions": "learned",
-                                                    "pooling": "cls"}),
+    "transformer-learned-cls": (
+        build_transformer,
+        {"width": 16, "depth": 2, "heads": 2, "positions": "learned", "pooling": "cls"},
+    ),
 }
 
 
@@ -45,7 +51,9 @@ def test_logits_per_class_and_every_parameter_learns(name):
     logits = model(padded([[5, 6, 7], [8, 9, 10, 11, 12], [13]], 7))
     assert logits.shape == (3, CLASSES)
     logits.square().sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())
+    ]
     assert not missing, f"no gradient reaches {missing}"
     assert model.head.out_features == CLASSES  # the optimizer may give the head its own learning rate
 
@@ -95,13 +103,20 @@ def test_learns_whether_a_token_occurs(name):
     assert accuracy >= 0.9, f"{name} reached only {accuracy:.2f} training accuracy"
 
 
-@pytest.mark.parametrize(("builder", "options", "message"), [
-    (build_lstm, {"pooling": "maxx"}, r"pooling 'maxx' is not one of max, mean, last"),
-    (build_gru, {"hidden": 0}, r"hidden 0 must be a positive whole number"),
-    (build_transformer, {"width": 100, "heads": 3}, r"width 100 is not divisible by heads 3: pick heads"),
-    (build_transformer, {"positions": "rotary"}, r"positions 'rotary'.*must be 'sinusoidal' or 'learned'"),
-    (build_transformer, {"pooling": "max"}, r"pooling 'max' is not one of mean, cls"),
-])
+@pytest.mark.parametrize(
+    ("builder", "options", "message"),
+    [
+        (build_lstm, {"pooling": "maxx"}, r"pooling 'maxx' is not one of max, mean, last"),
+        (build_gru, {"hidden": 0}, r"hidden 0 must be a positive whole number"),
+        (build_transformer, {"width": 100, "heads": 3}, r"width 100 is not divisible by heads 3: pick heads"),
+        (
+            build_transformer,
+            {"positions": "rotary"},
+            r"positions 'rotary'.*must be 'sinusoidal' or 'learned'",
+        ),
+        (build_transformer, {"pooling": "max"}, r"pooling 'max' is not one of mean, cls"),
+    ],
+)
 def test_bad_options_name_the_option_and_the_fix(builder, options, message):
     with pytest.raises(ValueError, match=message):
         builder((MAX_LENGTH,), CLASSES, VOCAB, PAD, **options)

@@ -1,4 +1,5 @@
 """Training: schedules, optimizers, the loop (early stopping, accumulation, clipping, resume) and checkpoints."""
+
 from __future__ import annotations
 
 import io
@@ -26,8 +27,9 @@ def quiet() -> Console:
 
 def train_cfg(**overrides) -> TrainConfig:
     # fp32: "auto" would time bf16 on this CPU and could pick it, making results machine-dependent
-    return TrainConfig(**{"epochs": 3, "batch_size": 16, "lr": 0.05, "precision": "fp32", "device": "cpu",
-                          **overrides})
+    return TrainConfig(
+        **{"epochs": 3, "batch_size": 16, "lr": 0.05, "precision": "fp32", "device": "cpu", **overrides}
+    )
 
 
 def blobs(n: int, seed: int, noise: float = 0.6) -> ArrayData:
@@ -133,8 +135,15 @@ def test_onecycle_peaks_at_lr_and_ends_far_below():
 # ----------------------------------------------------------------------------- optimizers
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adagrad", torch.optim.Adagrad),
-                                       ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("sgd", torch.optim.SGD),
+        ("adagrad", torch.optim.Adagrad),
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+    ],
+)
 def test_each_optimizer_name_builds_its_torch_class(name, cls):
     optimizer = build_optimizer(tiny_mlp(), train_cfg(optimizer=name, lr=0.02))
     assert type(optimizer) is cls
@@ -192,6 +201,7 @@ def test_fit_learns_two_blobs():
 
 def test_validation_metrics_agree_with_scikit_learn():
     from sklearn.metrics import f1_score, log_loss
+
     g = torch.Generator().manual_seed(0)
     logits, targets = torch.randn(50, 4, generator=g), torch.randint(0, 4, (50,), generator=g)
     m = validation_metrics(logits, targets, torch.nn.CrossEntropyLoss())
@@ -259,7 +269,9 @@ def test_grad_accumulation_equals_a_larger_batch():
     plain, _ = run(train_cfg(batch_size=16, epochs=2), tiny_mlp(**options))
     assert torch.allclose(parameters(accumulated), parameters(large), atol=1e-5)
     assert not torch.allclose(parameters(accumulated), parameters(plain), atol=1e-3)
-    assert [r["train_loss"] for r in a.history] == pytest.approx([r["train_loss"] for r in b.history], rel=1e-4)
+    assert [r["train_loss"] for r in a.history] == pytest.approx(
+        [r["train_loss"] for r in b.history], rel=1e-4
+    )
 
 
 def test_grad_clipping_bounds_every_step():
@@ -279,6 +291,7 @@ def test_grad_clipping_bounds_every_step():
 def test_l1_penalty_shrinks_the_weights():
     def weight_l1(model):
         return sum(p.abs().sum().item() for p in model.parameters() if p.ndim >= 2)
+
     plain, _ = run(train_cfg(epochs=2))
     sparse, result = run(train_cfg(epochs=2, l1=0.01))
     assert weight_l1(sparse) < weight_l1(plain)
@@ -290,6 +303,7 @@ def test_label_smoothing_makes_predictions_less_confident():
         model.eval()
         with torch.no_grad():
             return torch.softmax(model(VAL.inputs), 1).max(1).values.mean().item()
+
     sharp, _ = run(train_cfg(epochs=3))
     smooth, _ = run(train_cfg(epochs=3, label_smoothing=0.4))
     assert top_probability(smooth) < top_probability(sharp)
@@ -318,8 +332,9 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
     full_model, full = run(train_cfg(epochs=4), checkpoint_dir=tmp_path / "full")
     run(train_cfg(epochs=2), checkpoint_dir=tmp_path / "split")
     assert load_checkpoint(tmp_path / "split" / CHECKPOINT)["epoch"] == 2
-    resumed_model, resumed = run(train_cfg(epochs=4), tiny_mlp(seed=99), checkpoint_dir=tmp_path / "split",
-                                 resume=True)
+    resumed_model, resumed = run(
+        train_cfg(epochs=4), tiny_mlp(seed=99), checkpoint_dir=tmp_path / "split", resume=True
+    )
     assert without_timing(resumed.history) == without_timing(full.history)
     assert resumed.best_epoch == full.best_epoch
     assert_same_weights(resumed_model, full_model)
@@ -344,8 +359,15 @@ def test_resume_after_a_crash_with_a_cosine_schedule(tmp_path):
     cfg = train_cfg(epochs=4, schedule="cosine", warmup=0.2)
     full_model, full = run(cfg, checkpoint_dir=tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny_mlp(), CrashingData(TRAIN, crash_at=3), VAL, cfg, device=CPU, console=quiet(),
-            checkpoint_dir=tmp_path / "crashed")
+        fit(
+            tiny_mlp(),
+            CrashingData(TRAIN, crash_at=3),
+            VAL,
+            cfg,
+            device=CPU,
+            console=quiet(),
+            checkpoint_dir=tmp_path / "crashed",
+        )
     for thread in threading.enumerate():  # let the epoch-2 checkpoint finish writing
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join(timeout=10)

@@ -1,5 +1,6 @@
 """`foundry tune`: the search space (parsing, checks against the real config, sampling into a config), the
 per-epoch hook that feeds the pruner, trials that prune and studies that resume, and the best config."""
+
 from __future__ import annotations
 
 import copy
@@ -17,9 +18,13 @@ from modelfoundry.tune import search
 from modelfoundry.tune.space import apply_values, parse_space, sample
 
 # Iris, a 4-unit MLP and 3 epochs: a trial takes a few hundredths of a second.
-IRIS = {"task": "tabular_classification", "name": "iris-test", "data": {"source": "builtin:iris"},
-        "model": {"name": "mlp", "hidden": [4]},
-        "train": {"epochs": 3, "batch_size": 16, "lr": 0.05, "precision": "fp32", "device": "cpu"}}
+IRIS = {
+    "task": "tabular_classification",
+    "name": "iris-test",
+    "data": {"source": "builtin:iris"},
+    "model": {"name": "mlp", "hidden": [4]},
+    "train": {"epochs": 3, "batch_size": 16, "lr": 0.05, "precision": "fp32", "device": "cpu"},
+}
 
 
 def with_space(space: dict, base: dict = IRIS, **tune) -> dict:
@@ -50,17 +55,28 @@ def quiet() -> Console:
 
 
 def test_every_kind_of_spec_becomes_a_dimension():
-    dims = {d.key: d for d in parse(with_space({
-        "train.lr": {"loguniform": [1.0e-4, 1.0e-2]},
-        "train.weight_decay": {"uniform": [0, 0.01], "step": 0.001},
-        "train.batch_size": {"int": [16, 128], "step": 16},
-        "data.split.seed": {"int": [0, 100], "log": False},
-        "model.hidden": {"choice": [[8], [16, 16]]},
-        "train.optimizer": {"choice": ["adam", "sgd"]},
-    }))}
+    dims = {
+        d.key: d
+        for d in parse(
+            with_space(
+                {
+                    "train.lr": {"loguniform": [1.0e-4, 1.0e-2]},
+                    "train.weight_decay": {"uniform": [0, 0.01], "step": 0.001},
+                    "train.batch_size": {"int": [16, 128], "step": 16},
+                    "data.split.seed": {"int": [0, 100], "log": False},
+                    "model.hidden": {"choice": [[8], [16, 16]]},
+                    "train.optimizer": {"choice": ["adam", "sgd"]},
+                }
+            )
+        )
+    }
     assert (dims["train.lr"].kind, dims["train.lr"].low, dims["train.lr"].high) == ("loguniform", 1e-4, 1e-2)
     assert dims["train.weight_decay"].step == 0.001
-    assert (dims["train.batch_size"].low, dims["train.batch_size"].high, dims["train.batch_size"].step) == (16, 128, 16)
+    assert (dims["train.batch_size"].low, dims["train.batch_size"].high, dims["train.batch_size"].step) == (
+        16,
+        128,
+        16,
+    )
     assert dims["model.hidden"].choices == ([8], [16, 16])
     assert dims["train.optimizer"].describe() == "choice of adam, sgd"
 
@@ -74,19 +90,21 @@ def test_numbers_written_without_a_dot_are_read_as_numbers():
 
 
 def test_every_problem_in_the_space_is_reported_at_once_with_key_value_and_fix():
-    message = space_error({
-        "train.lrr": {"loguniform": [1.0e-4, 1.0e-2]},              # unknown key
-        "train.lr": {"loguniform": [1.0e-2, 1.0e-4]},               # inverted range
-        "train.weight_decay": {"uniform": [0.01, 0.01]},            # empty range
-        "train.momentum": {"logunifrom": [0.5, 0.9]},               # unknown kind
-        "train.label_smoothing": {"uniform": [0, 1.0]},             # 1.0 is not a valid label_smoothing
-        "model.widht": {"choice": [16, 32]},                        # not an option of mlp
-        "train.batch_size": {"int": [16, 100], "step": 16},         # step does not divide the range
-        "train.epochs": {"uniform": [1, 5]},                        # an int key needs int
-        "train.warmup": {"choice": []},                             # empty choice
-        "data.split": {"choice": [0.1]},                            # a section, not a key
-        "train.l1": {"loguniform": [0, 0.1]},                       # log scale from 0
-    })
+    message = space_error(
+        {
+            "train.lrr": {"loguniform": [1.0e-4, 1.0e-2]},  # unknown key
+            "train.lr": {"loguniform": [1.0e-2, 1.0e-4]},  # inverted range
+            "train.weight_decay": {"uniform": [0.01, 0.01]},  # empty range
+            "train.momentum": {"logunifrom": [0.5, 0.9]},  # unknown kind
+            "train.label_smoothing": {"uniform": [0, 1.0]},  # 1.0 is not a valid label_smoothing
+            "model.widht": {"choice": [16, 32]},  # not an option of mlp
+            "train.batch_size": {"int": [16, 100], "step": 16},  # step does not divide the range
+            "train.epochs": {"uniform": [1, 5]},  # an int key needs int
+            "train.warmup": {"choice": []},  # empty choice
+            "data.split": {"choice": [0.1]},  # a section, not a key
+            "train.l1": {"loguniform": [0, 0.1]},  # log scale from 0
+        }
+    )
     assert message.startswith("tune.yaml: 11 problem(s) in tune.space:")
     expected = [
         ("tune.space.train.lrr:", "not a config key", "Did you mean 'train.lr'"),
@@ -107,10 +125,16 @@ def test_every_problem_in_the_space_is_reported_at_once_with_key_value_and_fix()
 
 
 def test_model_options_are_checked_against_the_family_and_model_name_choices():
-    cnn = {**IRIS, "task": "image_classification", "data": {"source": "builtin:digits"},
-           "model": {"name": "cnn", "width": 8}}
+    cnn = {
+        **IRIS,
+        "task": "image_classification",
+        "data": {"source": "builtin:digits"},
+        "model": {"name": "cnn", "width": 8},
+    }
     assert [d.key for d in parse(with_space({"model.width": {"choice": [8, 16]}}, cnn))] == ["model.width"]
-    message = space_error({"model.width": {"choice": [8, 16]}, "model.name": {"choice": ["mlp", "cnnn"]}}, cnn)
+    message = space_error(
+        {"model.width": {"choice": [8, 16]}, "model.name": {"choice": ["mlp", "cnnn"]}}, cnn
+    )
     assert "model.width: not an option of model 'mlp' or 'cnnn'" not in message  # unknown family: not judged
     assert "choice 'cnnn' is not a model. Did you mean 'cnn'?" in message
 
@@ -133,8 +157,13 @@ def test_a_run_keeps_no_tune_section_in_its_saved_config():
 
 
 def test_sampled_values_go_into_the_config_dict_as_the_config_takes_them():
-    raw = with_space({"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}, "model.hidden": {"choice": [[8], [16, 16]]},
-                      "train.batch_size": {"int": [16, 64], "step": 16}})
+    raw = with_space(
+        {
+            "train.lr": {"loguniform": [1.0e-4, 1.0e-2]},
+            "model.hidden": {"choice": [[8], [16, 16]]},
+            "train.batch_size": {"int": [16, 64], "step": 16},
+        }
+    )
     dims = parse(raw)
     # Optuna keeps list choices as JSON text; the config gets the list back.
     trial = optuna.trial.FixedTrial({"train.lr": 0.003, "model.hidden": "[16, 16]", "train.batch_size": 32})
@@ -145,7 +174,9 @@ def test_sampled_values_go_into_the_config_dict_as_the_config_takes_them():
     assert raw["model"]["hidden"] == [4], "the original config dict is left alone"
 
 
-@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1h", 3600), ("1h30m", 5400), ("45", 45)])
+@pytest.mark.parametrize(
+    "text, seconds", [("90s", 90), ("10m", 600), ("1h", 3600), ("1h30m", 5400), ("45", 45)]
+)
 def test_timeout_durations(text, seconds):
     assert search.parse_duration(text) == seconds
 
@@ -181,8 +212,15 @@ def test_fit_calls_on_epoch_with_each_finished_record_and_stops_when_it_raises()
 
     model = build_model("mlp", (2,), 2, hidden=[4])
     with pytest.raises(optuna.TrialPruned):
-        fit(model, data, data, TrainConfig(epochs=5, precision="fp32"), device=torch.device("cpu"), console=quiet(),
-            on_epoch=on_epoch)
+        fit(
+            model,
+            data,
+            data,
+            TrainConfig(epochs=5, precision="fp32"),
+            device=torch.device("cpu"),
+            console=quiet(),
+            on_epoch=on_epoch,
+        )
     assert [r["epoch"] for r in seen] == [1, 2]
     assert {"train_loss", "val_loss", "val_accuracy", "val_f1_macro", "lr", "seconds"} <= set(seen[0])
 
@@ -204,7 +242,9 @@ def open_study(storage, request):
 
 
 def test_a_trial_far_below_the_median_is_pruned_after_the_warmup_epochs(open_study):
-    raw = with_space({"train.lr": {"loguniform": [1e-6, 1e-1]}}, pruner_startup_trials=2, pruner_warmup_epochs=1)
+    raw = with_space(
+        {"train.lr": {"loguniform": [1e-6, 1e-1]}}, pruner_startup_trials=2, pruner_warmup_epochs=1
+    )
     spec = open_study(raw)
     for lr in (0.05, 0.08, 1e-6):  # the last one barely moves: it must be stopped early
         spec.study.enqueue_trial({"train.lr": lr})
@@ -225,7 +265,9 @@ def test_without_a_pruner_every_trial_runs_every_epoch(open_study):
 
 
 def test_an_interrupted_study_resumes_with_new_proposals(open_study, monkeypatch):
-    raw = with_space({"train.lr": {"loguniform": [1e-3, 1e-1]}, "train.batch_size": {"int": [16, 48], "step": 16}})
+    raw = with_space(
+        {"train.lr": {"loguniform": [1e-3, 1e-1]}, "train.batch_size": {"int": [16, 48], "step": 16}}
+    )
     spec = open_study(raw)
     real_fit, calls = search.TrialRunner.__call__, []
 
@@ -248,15 +290,22 @@ def test_an_interrupted_study_resumes_with_new_proposals(open_study, monkeypatch
     assert len(set(proposals)) == 3, "a resumed study must not replay the proposals it started with"
 
 
-@pytest.mark.parametrize("space, values, prepared", [
-    ({"train.lr": {"loguniform": [1e-3, 1e-1]}}, [{"train.lr": v} for v in (0.01, 0.02, 0.03)], 1),
-    ({"data.split.seed": {"choice": [0, 1]}}, [{"data.split.seed": v} for v in (0, 0, 1)], 2),
-])
-def test_data_is_prepared_once_unless_trials_change_data_keys(open_study, monkeypatch, space, values, prepared):
+@pytest.mark.parametrize(
+    "space, values, prepared",
+    [
+        ({"train.lr": {"loguniform": [1e-3, 1e-1]}}, [{"train.lr": v} for v in (0.01, 0.02, 0.03)], 1),
+        ({"data.split.seed": {"choice": [0, 1]}}, [{"data.split.seed": v} for v in (0, 0, 1)], 2),
+    ],
+)
+def test_data_is_prepared_once_unless_trials_change_data_keys(
+    open_study, monkeypatch, space, values, prepared
+):
     from modelfoundry.data import prepare as module
 
     calls, real = [], module.prepare
-    monkeypatch.setattr(module, "prepare", lambda cfg, base: calls.append(cfg.data.split.seed) or real(cfg, base))
+    monkeypatch.setattr(
+        module, "prepare", lambda cfg, base: calls.append(cfg.data.split.seed) or real(cfg, base)
+    )
     spec = open_study(with_space(space, pruner="none"))
     for value in values:
         spec.study.enqueue_trial(value)

@@ -5,6 +5,7 @@ ids (B, T)) with dynamic batch and sequence axes; preprocessing stays outside th
 package beside it (model.json, tokenizer.json). Parity is measured on held-out examples of the
 run (`heldout.safetensors`, written by training), or on synthetic inputs for a bare package.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,14 +39,25 @@ def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
     difference = max_probability_difference(predictor.model, OnnxModel(tmp), inputs)
     if not difference <= tolerance:  # NaN fails too
         tmp.unlink()
-        raise UserError(f"{folder}: the ONNX graph's probabilities differ from PyTorch's by up to {difference:.2e} "
-                        f"on {len(inputs)} {source} examples, more than the {tolerance:g} allowed; model.onnx was "
-                        "not written. Report the model family as a bug, or pass --tolerance if the gap is acceptable.")
+        raise UserError(
+            f"{folder}: the ONNX graph's probabilities differ from PyTorch's by up to {difference:.2e} "
+            f"on {len(inputs)} {source} examples, more than the {tolerance:g} allowed; model.onnx was "
+            "not written. Report the model family as a bug, or pass --tolerance if the gap is acceptable."
+        )
     os.replace(tmp, folder / "model.onnx")
-    record = {"file": "model.onnx", "bytes": (folder / "model.onnx").stat().st_size, "opset": OPSET,
-              "exporter": exporter, "export_seconds": round(seconds, 2),
-              "parity": {"max_abs_probability_difference": difference, "tolerance": tolerance,
-                         "examples": len(inputs), "inputs": source}}
+    record = {
+        "file": "model.onnx",
+        "bytes": (folder / "model.onnx").stat().st_size,
+        "opset": OPSET,
+        "exporter": exporter,
+        "export_seconds": round(seconds, 2),
+        "parity": {
+            "max_abs_probability_difference": difference,
+            "tolerance": tolerance,
+            "examples": len(inputs),
+            "inputs": source,
+        },
+    }
     spec_path = folder / "model.json"
     spec = json.loads(spec_path.read_text())
     spec["onnx"] = record
@@ -81,8 +93,10 @@ def save_heldout(run_folder: Path, data, limit: int = 256, name: str = HELDOUT) 
     if data is None:
         return
     inputs, targets = next(data.batches(limit))
-    save_file({"inputs": inputs.detach().cpu().contiguous(), "targets": targets.detach().cpu().contiguous()},
-              str(run_folder / name))
+    save_file(
+        {"inputs": inputs.detach().cpu().contiguous(), "targets": targets.detach().cpu().contiguous()},
+        str(run_folder / name),
+    )
 
 
 def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, text: bool) -> str:
@@ -100,8 +114,17 @@ def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, text: boo
             with warnings.catch_warnings(), tempfile.TemporaryDirectory() as scratch:
                 warnings.simplefilter("ignore")
                 exported = Path(scratch) / "model.onnx"
-                torch.onnx.export(model, (example,), str(exported), input_names=["input"], output_names=["logits"],
-                                  dynamic_axes=axes, opset_version=OPSET, dynamo=dynamo, verbose=False)
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(exported),
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_axes=axes,
+                    opset_version=OPSET,
+                    dynamo=dynamo,
+                    verbose=False,
+                )
                 onnx.save_model(onnx.load(str(exported)), str(path))  # pulls side-file weights into the file
             return "torch.export" if dynamo else "torchscript"
         except Exception as exc:  # noqa: BLE001  (either exporter raises many types; both failing is the error)
@@ -127,11 +150,12 @@ class OnnxModel(torch.nn.Module):
 
 
 @torch.inference_mode()
-def max_probability_difference(reference: torch.nn.Module, candidate: torch.nn.Module, inputs: torch.Tensor,
-                               batch_size: int = 64) -> float:
+def max_probability_difference(
+    reference: torch.nn.Module, candidate: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 64
+) -> float:
     worst = 0.0
     for start in range(0, len(inputs), batch_size):
-        batch = inputs[start:start + batch_size]
+        batch = inputs[start : start + batch_size]
         p = torch.softmax(reference(batch).float(), 1)
         q = torch.softmax(candidate(batch).float(), 1)
         worst = max(worst, float(np.abs((p - q).numpy()).max()))

@@ -7,6 +7,7 @@ Packages are rebuilt from builder options, so pruning is uniform and expressed i
 and the surviving weights are copied in; which units survive is chosen per layer by importance:
 the L1 norm of every weight that computes the unit or reads it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,16 +26,30 @@ from modelfoundry.models.resnet import BasicBlock
 # Several groups on one dim lie end to end (an LSTM's four gates, a bidirectional layer's two
 # directions); () leaves that dim whole. Units of one group are kept or removed together everywhere.
 Plan = dict[str, tuple[tuple[str, ...], ...]]
-PRUNABLE = ("mlp (hidden units)", "cnn (channels)", "resnet (channels)", "lstm and gru (hidden units)",
-            "transformer (feed-forward units)", "pretrained (feed-forward units of BERT-style encoders)")
+PRUNABLE = (
+    "mlp (hidden units)",
+    "cnn (channels)",
+    "resnet (channels)",
+    "lstm and gru (hidden units)",
+    "transformer (feed-forward units)",
+    "pretrained (feed-forward units of BERT-style encoders)",
+)
 
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def prune(model: nn.Module, name: str, options: dict, ratio: float, *, input_shape: tuple[int, ...],
-          num_classes: int, text: dict | None) -> tuple[nn.Module, dict]:
+def prune(
+    model: nn.Module,
+    name: str,
+    options: dict,
+    ratio: float,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    text: dict | None,
+) -> tuple[nn.Module, dict]:
     """Remove `ratio` of the units of every prunable layer, keeping the most important ones.
 
     Args:
@@ -47,8 +62,10 @@ def prune(model: nn.Module, name: str, options: dict, ratio: float, *, input_sha
         architecture lives in the encoder config that `model.package_files()` writes.
     """
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-        raise UserError(f"prune ratio: {ratio!r} is outside (0, 1). Give the fraction of units to remove, "
-                        "e.g. 0.5 removes half of every layer's units.")
+        raise UserError(
+            f"prune ratio: {ratio!r} is outside (0, 1). Give the fraction of units to remove, "
+            "e.g. 0.5 removes half of every layer's units."
+        )
     if name not in PLANNERS and name != "pretrained":
         raise UserError(f"prune: model '{name}' can't be pruned. Prunable families: {', '.join(PRUNABLE)}.")
     if name == "pretrained":
@@ -59,8 +76,10 @@ def prune(model: nn.Module, name: str, options: dict, ratio: float, *, input_sha
         new_options, what = {**options, **changes}, ", ".join(f"{k} {v}" for k, v in changes.items())
         smaller = build_model(name, tuple(input_shape), num_classes, text, **new_options)
     if parameter_count(smaller) >= parameter_count(model):
-        raise UserError(f"prune ratio: {ratio} removes no unit of this '{name}' model (it would keep {what}). "
-                        "Use a larger ratio.")
+        raise UserError(
+            f"prune ratio: {ratio} removes no unit of this '{name}' model (it would keep {what}). "
+            "Use a larger ratio."
+        )
     smaller.load_state_dict(_kept_weights(model.state_dict(), smaller.state_dict(), plan))
     device = next(model.parameters()).device
     return smaller.to(device).train(model.training), new_options
@@ -70,7 +89,9 @@ def _shrink(units: int, ratio: float) -> int:
     return max(1, round(units * (1 - ratio)))
 
 
-def _kept_weights(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], plan: Plan) -> dict[str, torch.Tensor]:
+def _kept_weights(
+    old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], plan: Plan
+) -> dict[str, torch.Tensor]:
     """The old state_dict cut down to the new model's shapes, keeping each group's most important units."""
     sizes: dict[str, tuple[int, int]] = {}  # group -> (units before, units after)
     for key, dims in plan.items():
@@ -95,7 +116,9 @@ def _kept_weights(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], pl
         for dim, groups in enumerate(dims):
             if groups:
                 starts = itertools.accumulate([sizes[g][0] for g in groups[:-1]], initial=0)
-                tensor = tensor.index_select(dim, torch.cat([keep[g] + start for g, start in zip(groups, starts)]))
+                tensor = tensor.index_select(
+                    dim, torch.cat([keep[g] + start for g, start in zip(groups, starts)])
+                )
         kept[key] = tensor
     return kept
 
@@ -140,8 +163,12 @@ def _resnet(model: nn.Module, options: dict, ratio: float) -> tuple[dict, Plan]:
             if isinstance(module.shortcut, nn.Sequential):  # a 1x1 conv starts the next stage's stream
                 out = (f"{name}.shortcut",)
                 plan |= {f"{name}.shortcut.0.weight": (out, stream), **_norm(f"{name}.shortcut.1", out)}
-            plan |= {f"{name}.body.0.weight": (inner, stream), **_norm(f"{name}.body.1", inner),
-                     f"{name}.body.3.weight": (out, inner), **_norm(f"{name}.body.4", out)}
+            plan |= {
+                f"{name}.body.0.weight": (inner, stream),
+                **_norm(f"{name}.body.1", inner),
+                f"{name}.body.3.weight": (out, inner),
+                **_norm(f"{name}.body.4", out),
+            }
             stream = out
         elif isinstance(module, nn.Linear):
             plan |= {f"{name}.weight": ((), stream)}
@@ -159,8 +186,12 @@ def _rnn(model: nn.Module, options: dict, ratio: float) -> tuple[dict, Plan]:
         units = tuple(f"l{layer}{suffix}" for suffix in suffixes)
         for unit, suffix in zip(units, suffixes):
             rows = (unit,) * gates
-            plan |= {f"rnn.weight_ih_l{layer}{suffix}": (rows, reads), f"rnn.weight_hh_l{layer}{suffix}": (rows, (unit,)),
-                     f"rnn.bias_ih_l{layer}{suffix}": (rows,), f"rnn.bias_hh_l{layer}{suffix}": (rows,)}
+            plan |= {
+                f"rnn.weight_ih_l{layer}{suffix}": (rows, reads),
+                f"rnn.weight_hh_l{layer}{suffix}": (rows, (unit,)),
+                f"rnn.bias_ih_l{layer}{suffix}": (rows,),
+                f"rnn.bias_hh_l{layer}{suffix}": (rows,),
+            }
         reads = units  # the next layer and the head read [forward, backward] outputs
     plan["head.weight"] = ((), reads)
     return {"hidden": _shrink(options["hidden"], ratio)}, plan
@@ -172,39 +203,72 @@ def _transformer(model: nn.Module, options: dict, ratio: float) -> tuple[dict, P
     plan: Plan = {}
     for index in range(len(model.blocks)):
         units, prefix = (f"blocks.{index}",), f"blocks.{index}.mlp"
-        plan |= {f"{prefix}.0.weight": (units, ()), f"{prefix}.0.bias": (units,), f"{prefix}.2.weight": ((), units)}
+        plan |= {
+            f"{prefix}.0.weight": (units, ()),
+            f"{prefix}.0.bias": (units,),
+            f"{prefix}.2.weight": ((), units),
+        }
     return {"ffn_multiplier": _shrink(options["ffn_multiplier"], ratio)}, plan
 
 
-def _pretrained(model: nn.Module, options: dict, ratio: float, input_shape: tuple[int, ...], num_classes: int,
-                text: dict | None) -> tuple[nn.Module, Plan, str]:
+def _pretrained(
+    model: nn.Module,
+    options: dict,
+    ratio: float,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    text: dict | None,
+) -> tuple[nn.Module, Plan, str]:
     """Feed-forward units of each layer of a BERT-style encoder, through `intermediate_size` in its config.
 
     Attention heads stay: transformers 5 dropped `prune_heads` / `pruned_heads`, and the head width is
     hidden_size / num_attention_heads, so fewer heads can't be rebuilt from a config.
     """
     config, modules = model.encoder.config, dict(model.named_modules())
-    prefixes = [n.removesuffix("intermediate.dense") for n, m in modules.items()
-                if n.endswith(".intermediate.dense") and isinstance(m, nn.Linear)]
-    if not prefixes or not isinstance(getattr(config, "intermediate_size", None), int) or not all(
-            isinstance(modules.get(f"{p}output.dense"), nn.Linear) for p in prefixes):
-        raise UserError(f"prune: the '{config.model_type}' encoder of this pretrained model has no BERT-style "
-                        "feed-forward layers (intermediate.dense, output.dense, config intermediate_size) to prune. "
-                        f"Prunable: {', '.join(PRUNABLE)}; e.g. bert, roberta, electra and MiniLM encoders.")
+    prefixes = [
+        n.removesuffix("intermediate.dense")
+        for n, m in modules.items()
+        if n.endswith(".intermediate.dense") and isinstance(m, nn.Linear)
+    ]
+    if (
+        not prefixes
+        or not isinstance(getattr(config, "intermediate_size", None), int)
+        or not all(isinstance(modules.get(f"{p}output.dense"), nn.Linear) for p in prefixes)
+    ):
+        raise UserError(
+            f"prune: the '{config.model_type}' encoder of this pretrained model has no BERT-style "
+            "feed-forward layers (intermediate.dense, output.dense, config intermediate_size) to prune. "
+            f"Prunable: {', '.join(PRUNABLE)}; e.g. bert, roberta, electra and MiniLM encoders."
+        )
     plan: Plan = {}
     for prefix in prefixes:
         units = (prefix,)
-        plan |= {f"{prefix}intermediate.dense.weight": (units, ()), f"{prefix}intermediate.dense.bias": (units,),
-                 f"{prefix}output.dense.weight": ((), units)}
+        plan |= {
+            f"{prefix}intermediate.dense.weight": (units, ()),
+            f"{prefix}intermediate.dense.bias": (units,),
+            f"{prefix}output.dense.weight": ((), units),
+        }
     pruned = copy.deepcopy(config)
     pruned.intermediate_size = _shrink(config.intermediate_size, ratio)
     # The package rebuilds the encoder from its config.json, as `predictor.load` does.
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "config.json").write_text(pruned.to_json_string())
-        smaller = build_model("pretrained", input_shape, num_classes, text,
-                              **{**options, "path": folder, "pretrained_weights": False})
+        smaller = build_model(
+            "pretrained",
+            input_shape,
+            num_classes,
+            text,
+            **{**options, "path": folder, "pretrained_weights": False},
+        )
     smaller.encoder.config.name_or_path = config.name_or_path  # not the temporary folder
     return smaller, plan, f"intermediate_size {pruned.intermediate_size}"
 
 
-PLANNERS = {"mlp": _mlp, "cnn": _cnn, "resnet": _resnet, "lstm": _rnn, "gru": _rnn, "transformer": _transformer}
+PLANNERS = {
+    "mlp": _mlp,
+    "cnn": _cnn,
+    "resnet": _resnet,
+    "lstm": _rnn,
+    "gru": _rnn,
+    "transformer": _transformer,
+}

@@ -6,6 +6,7 @@ scaled from a calibration sample of training inputs, QDQ format, per-channel wei
 whose convolutions dynamic quantization would leave slow. The result is a variant run whose
 package holds only `model.onnx`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,21 +62,34 @@ def quantize_int8(run: str | Path, mode: str = "auto", console: Console | None =
         prepared = Path(scratch) / "prepared.onnx"
         _pre_process(quant_pre_process, fp32_graph, prepared)
         if mode == "dynamic":
-            quantize_dynamic(str(prepared), str(package / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(
+                str(prepared), str(package / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True
+            )
         else:
-            quantize_static(str(prepared), str(package / "model.onnx"), _Reader(calibration),
-                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8)
+            quantize_static(
+                str(prepared),
+                str(package / "model.onnx"),
+                _Reader(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
     inputs, source = heldout_inputs(parent, predictor.spec)
     with torch.inference_mode():
         reference = torch.softmax(predictor.model(inputs).float(), 1)
         quantized = torch.softmax(OnnxModel(package / "model.onnx")(inputs).float(), 1)
     agreement = float((reference.argmax(1) == quantized.argmax(1)).double().mean())
-    details = {"method": f"onnxruntime {mode} int8", "mode": mode, "bytes": (package / "model.onnx").stat().st_size,
-               "fp32_bytes": (predictor.path / "model.onnx").stat().st_size,
-               "calibration_examples": len(calibration) if calibration is not None else 0,
-               "agreement": agreement, "max_abs_probability_difference": float((reference - quantized).abs().max()),
-               "checked_on": f"{len(inputs)} {source} examples"}
+    details = {
+        "method": f"onnxruntime {mode} int8",
+        "mode": mode,
+        "bytes": (package / "model.onnx").stat().st_size,
+        "fp32_bytes": (predictor.path / "model.onnx").stat().st_size,
+        "calibration_examples": len(calibration) if calibration is not None else 0,
+        "agreement": agreement,
+        "max_abs_probability_difference": float((reference - quantized).abs().max()),
+        "checked_on": f"{len(inputs)} {source} examples",
+    }
     spec = package_spec(predictor.path, "int8", details, folder.name)
     (package / "model.json").write_text(json.dumps(spec, indent=2))
     copy_package_files(predictor.path, package)
@@ -104,9 +118,11 @@ def _calibration_inputs(parent: Path) -> torch.Tensor:
 
     path = parent / CALIBRATION
     if not path.is_file():
-        raise UserError(f"{parent}: static quantization needs calibration data (a sample of training inputs in "
-                        f"{CALIBRATION}), and this run has none (trained before foundry kept one). Train the run "
-                        "again, or use --mode dynamic.")
+        raise UserError(
+            f"{parent}: static quantization needs calibration data (a sample of training inputs in "
+            f"{CALIBRATION}), and this run has none (trained before foundry kept one). Train the run "
+            "again, or use --mode dynamic."
+        )
     return load_file(str(path))["inputs"]
 
 
@@ -114,7 +130,9 @@ class _Reader:
     """Calibration batches for ONNX Runtime's CalibrationDataReader protocol."""
 
     def __init__(self, inputs: torch.Tensor, batch_size: int = 32):
-        self.batches = iter([{"input": inputs[i:i + batch_size].numpy()} for i in range(0, len(inputs), batch_size)])
+        self.batches = iter(
+            [{"input": inputs[i : i + batch_size].numpy()} for i in range(0, len(inputs), batch_size)]
+        )
 
     def get_next(self) -> dict | None:
         return next(self.batches, None)

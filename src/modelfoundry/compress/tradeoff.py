@@ -5,6 +5,7 @@ the original run's whole test split, encoded once, and timed on the same batches
 at batch 1 and batch 32, throughput at 32. Writes `compression.json` and `compression.html`
 (table + size/latency vs accuracy plots with the Pareto front) into the original run's folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,10 @@ def variants_of(parent: Path) -> list[Path]:
     found = []
     for folder in sorted(runs_root().glob(f"{parent.name}-*")):
         spec_path = folder / "model" / "model.json"
-        if spec_path.is_file() and json.loads(spec_path.read_text()).get("variant", {}).get("of_run") == parent.name:
+        if (
+            spec_path.is_file()
+            and json.loads(spec_path.read_text()).get("variant", {}).get("of_run") == parent.name
+        ):
             found.append(folder)
     return found
 
@@ -52,8 +56,13 @@ def measure_all(run: str | Path, repeats: int = 50) -> dict:
         reference = reference if reference is not None else rows[-1].pop("_predictions")
         rows[-1].pop("_predictions", None)
     _mark_pareto(rows)
-    return {"run": parent.name, "test_examples": len(test), "threads": torch.get_num_threads(), "rows": rows,
-            "measured": time.strftime("%Y-%m-%d %H:%M")}
+    return {
+        "run": parent.name,
+        "test_examples": len(test),
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+        "measured": time.strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 def _timing_batches(test) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +72,7 @@ def _timing_batches(test) -> tuple[torch.Tensor, torch.Tensor]:
         start = max(0, min(middle - 16, len(test) - 32))
         from modelfoundry.data.text import TextData
 
-        pick = TextData(test.ids[start:start + 32], test.targets[start:start + 32], test.pad)
+        pick = TextData(test.ids[start : start + 32], test.targets[start : start + 32], test.pad)
         batch32 = next(pick.batches(32))[0]
         return next(TextData([test.ids[middle]], test.targets[:1], test.pad).batches(1))[0], batch32
     inputs = next(test.batches(32))[0]
@@ -80,12 +89,19 @@ def _measure(name, folder: Path, predictor, test, labels, batch1, batch32, repea
     metrics = classification_metrics(probabilities, test.targets.numpy(), labels)
     predictions = probabilities.argmax(1)
     weights = predictor.path / ("model.onnx" if predictor.backend == "onnx" else "model.safetensors")
-    return {"model": name, "run": folder.name, "backend": predictor.backend, "bytes": weights.stat().st_size,
-            "parameters": _parameters(predictor, weights),
-            **_latency(model, batch1, repeats * 4, "batch1"), **_latency(model, batch32, repeats, "batch32"),
-            "accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"],
-            "agreement": float((predictions == reference).mean()) if reference is not None else 1.0,
-            "_predictions": predictions}
+    return {
+        "model": name,
+        "run": folder.name,
+        "backend": predictor.backend,
+        "bytes": weights.stat().st_size,
+        "parameters": _parameters(predictor, weights),
+        **_latency(model, batch1, repeats * 4, "batch1"),
+        **_latency(model, batch32, repeats, "batch32"),
+        "accuracy": metrics["accuracy"],
+        "f1_macro": metrics["f1_macro"],
+        "agreement": float((predictions == reference).mean()) if reference is not None else 1.0,
+        "_predictions": predictions,
+    }
 
 
 def _latency(model, batch: torch.Tensor, repeats: int, tag: str) -> dict:
@@ -109,21 +125,29 @@ def _parameters(predictor, weights: Path) -> int:
     import onnx
 
     graph = onnx.load(str(weights), load_external_data=False).graph
-    return int(sum(int(np.prod(t.dims)) for t in graph.initializer if len(t.dims) >= 1 and np.prod(t.dims) > 1))
+    return int(
+        sum(int(np.prod(t.dims)) for t in graph.initializer if len(t.dims) >= 1 and np.prod(t.dims) > 1)
+    )
 
 
 def _mark_pareto(rows: list[dict]) -> None:
     """A row is on the front when no other row is at least as good on size, latency and accuracy and better on one."""
     for row in rows:
         row["pareto"] = not any(
-            other is not row and other["bytes"] <= row["bytes"] and other["batch32_p50_ms"] <= row["batch32_p50_ms"]
-            and other["accuracy"] >= row["accuracy"] and (other["bytes"], other["batch32_p50_ms"], -other["accuracy"])
-            != (row["bytes"], row["batch32_p50_ms"], -row["accuracy"]) for other in rows)
+            other is not row
+            and other["bytes"] <= row["bytes"]
+            and other["batch32_p50_ms"] <= row["batch32_p50_ms"]
+            and other["accuracy"] >= row["accuracy"]
+            and (other["bytes"], other["batch32_p50_ms"], -other["accuracy"])
+            != (row["bytes"], row["batch32_p50_ms"], -row["accuracy"])
+            for other in rows
+        )
 
 
 def write_report(run: str | Path, result: dict) -> Path:
     """compression.json + compression.html in the original run's folder."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -133,36 +157,82 @@ def write_report(run: str | Path, result: dict) -> Path:
     (parent / "compression.json").write_text(json.dumps(result, indent=2))
     rows = result["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, key, label in ((axes[0], "bytes", "file size (MB)"), (axes[1], "batch32_p50_ms", "latency at batch 32, p50 (ms)")):
+    for ax, key, label in (
+        (axes[0], "bytes", "file size (MB)"),
+        (axes[1], "batch32_p50_ms", "latency at batch 32, p50 (ms)"),
+    ):
         scale = 1e6 if key == "bytes" else 1
         for row in rows:
-            ax.scatter(row[key] / scale, row["accuracy"], s=60, marker="o" if row["pareto"] else "x",
-                       color="tab:green" if row["pareto"] else "tab:gray")
-            ax.annotate(row["model"], (row[key] / scale, row["accuracy"]), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points")
+            ax.scatter(
+                row[key] / scale,
+                row["accuracy"],
+                s=60,
+                marker="o" if row["pareto"] else "x",
+                color="tab:green" if row["pareto"] else "tab:gray",
+            )
+            ax.annotate(
+                row["model"],
+                (row[key] / scale, row["accuracy"]),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
         front = sorted((r for r in rows if r["pareto"]), key=lambda r: r[key])
-        ax.plot([r[key] / scale for r in front], [r["accuracy"] for r in front], color="tab:green", lw=1,
-                label="Pareto front")
+        ax.plot(
+            [r[key] / scale for r in front],
+            [r["accuracy"] for r in front],
+            color="tab:green",
+            lw=1,
+            label="Pareto front",
+        )
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy")
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     plot = _png_tag(fig, "size and latency against accuracy, Pareto front in green")
     plt.close(fig)
-    head = ("model", "backend", "size", "parameters", "p50 / p99 ms, batch 1", "p50 / p99 ms, batch 32",
-            "throughput /s (batch 32)", "accuracy", "F1 macro", "agrees with original", "Pareto")
+    head = (
+        "model",
+        "backend",
+        "size",
+        "parameters",
+        "p50 / p99 ms, batch 1",
+        "p50 / p99 ms, batch 32",
+        "throughput /s (batch 32)",
+        "accuracy",
+        "F1 macro",
+        "agrees with original",
+        "Pareto",
+    )
     body = "".join(
-        "<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in (
-            r["model"], r["backend"], f"{r['bytes'] / 1e6:.2f} MB", f"{r['parameters']:,}",
-            f"{r['batch1_p50_ms']:.2f} / {r['batch1_p99_ms']:.2f}", f"{r['batch32_p50_ms']:.2f} / {r['batch32_p99_ms']:.2f}",
-            f"{r['throughput_per_s']:,.0f}", f"{r['accuracy']:.4f}", f"{r['f1_macro']:.4f}", f"{r['agreement']:.1%}",
-            "yes" if r["pareto"] else "")) + "</tr>" for r in rows)
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>compression: {_esc(parent.name)}</title>'
-            f"<style>{_CSS}</style></head><body><main><section><h1>Compression trade-offs</h1>"
-            f"<p>{_esc(parent.name)}: every model scored on the same {result['test_examples']} test examples; latency "
-            f"timed on this machine with {result['threads']} threads ({_esc(result['measured'])}). Size is the weights "
-            f"file a server loads.</p><table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table>{plot}"
-            "</section></main></body></html>\n")
+        "<tr>"
+        + "".join(
+            f"<td>{_esc(v)}</td>"
+            for v in (
+                r["model"],
+                r["backend"],
+                f"{r['bytes'] / 1e6:.2f} MB",
+                f"{r['parameters']:,}",
+                f"{r['batch1_p50_ms']:.2f} / {r['batch1_p99_ms']:.2f}",
+                f"{r['batch32_p50_ms']:.2f} / {r['batch32_p99_ms']:.2f}",
+                f"{r['throughput_per_s']:,.0f}",
+                f"{r['accuracy']:.4f}",
+                f"{r['f1_macro']:.4f}",
+                f"{r['agreement']:.1%}",
+                "yes" if r["pareto"] else "",
+            )
+        )
+        + "</tr>"
+        for r in rows
+    )
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>compression: {_esc(parent.name)}</title>'
+        f"<style>{_CSS}</style></head><body><main><section><h1>Compression trade-offs</h1>"
+        f"<p>{_esc(parent.name)}: every model scored on the same {result['test_examples']} test examples; latency "
+        f"timed on this machine with {result['threads']} threads ({_esc(result['measured'])}). Size is the weights "
+        f"file a server loads.</p><table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table>{plot}"
+        "</section></main></body></html>\n"
+    )
     path = parent / "compression.html"
     path.write_text(page)
     return path

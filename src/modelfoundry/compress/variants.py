@@ -3,6 +3,7 @@ the parent's held-out and calibration samples and config, registered as a run an
 version whose parent is the original's version. So every command that takes a run (predict,
 evaluate, export, serve, models alias) takes a variant too.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,11 @@ def copy_package_files(parent_package: Path, package: Path) -> None:
     """Tokenizer, encoder config and other non-weight files the package needs besides its weights."""
     for item in parent_package.rglob("*"):
         relative = item.relative_to(parent_package)
-        if item.is_file() and relative.name not in ("model.json", "model.safetensors", "model.onnx") \
-                and not relative.name.startswith("."):
+        if (
+            item.is_file()
+            and relative.name not in ("model.json", "model.safetensors", "model.onnx")
+            and not relative.name.startswith(".")
+        ):
             (package / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(item, package / relative)
 
@@ -59,12 +63,25 @@ def register_variant(parent_run: Path, folder: Path, kind: str, metrics: dict | 
         parent_version = None  # a package outside the registry: the variant starts its own lineage
     registry = Registry()
     config = json.loads(json.dumps(spec.get("variant", {})))
-    registry.start(folder.name, f"{parent_run.name} {kind}", spec["task"], f"{spec['model']['name']}-{kind}", folder,
-                   {"variant": config})
+    registry.start(
+        folder.name,
+        f"{parent_run.name} {kind}",
+        spec["task"],
+        f"{spec['model']['name']}-{kind}",
+        folder,
+        {"variant": config},
+    )
     headline = {f"test_{k}": v for k, v in (metrics or {}).items() if k in ("accuracy", "f1_macro")}
     registry.finish(folder.name, "completed", metrics=headline)
-    version = store.register(folder.name, folder / "model", spec["task"], spec["labels"], headline, variant=kind,
-                             parent=parent_version)
+    version = store.register(
+        folder.name,
+        folder / "model",
+        spec["task"],
+        spec["labels"],
+        headline,
+        variant=kind,
+        parent=parent_version,
+    )
     return version.name
 
 

@@ -1,6 +1,7 @@
 """Images: reading folders of PNG/JPEG files, the one image transform shared by training and
 prediction, and training-time augmentation done with tensor ops (torchvision does not load here).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -47,7 +48,9 @@ def image_files(root: Path) -> tuple[list[Path], list[str]]:
     """`root/<class>/...` files (any depth, hidden ones left out) and their class names, sorted."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise UserError(f"{root}: an image folder needs one sub-folder per class (e.g. {root}/cat/1.png); found none.")
+        raise UserError(
+            f"{root}: an image folder needs one sub-folder per class (e.g. {root}/cat/1.png); found none."
+        )
     files, labels = [], []
     for class_dir in class_dirs:
         for path in sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
@@ -56,15 +59,23 @@ def image_files(root: Path) -> tuple[list[Path], list[str]]:
     return files, labels
 
 
-def common_shape(root: Path, sizes: Counter, modes: set, skipped: list[str], size: int | tuple[int, int] | None,
-                 channels: int | None) -> tuple[int, int, int]:
+def common_shape(
+    root: Path,
+    sizes: Counter,
+    modes: set,
+    skipped: list[str],
+    size: int | tuple[int, int] | None,
+    channels: int | None,
+) -> tuple[int, int, int]:
     """(C, H, W) every image of a folder is brought to: the asked size, else the most common one; grey
     when every image is. Warns about the skipped files; a folder with no readable image is an error."""
     for reason in skipped:
         warnings.warn(f"skipped {reason}", stacklevel=3)
     if not sizes:
-        raise UserError(f"{root}: no readable images in the class folders ({len(skipped)} files skipped). "
-                        f"Supported formats: {', '.join(sorted(IMAGE_SUFFIXES))}.")
+        raise UserError(
+            f"{root}: no readable images in the class folders ({len(skipped)} files skipped). "
+            f"Supported formats: {', '.join(sorted(IMAGE_SUFFIXES))}."
+        )
     if channels is None:
         channels = 1 if modes <= GREY_MODES else 3
     if size is None:
@@ -90,13 +101,16 @@ def read_image_folder(root: Path, size: int | tuple[int, int] | None, channels: 
             continue
         labels.append(label)
         paths.append(str(path.relative_to(root)))
-    shape = common_shape(root, Counter(im.size for im in opened), {im.mode for im in opened}, skipped, size, channels)
+    shape = common_shape(
+        root, Counter(im.size for im in opened), {im.mode for im in opened}, skipped, size, channels
+    )
     images = np.stack([to_array(im, shape[1:], shape[0]) for im in opened])
     return images, np.array(labels), paths, skipped
 
 
 def read_idx_folder(root: Path):
     """Read an MNIST-style folder of IDX files (`*idx3-ubyte[.gz]` images, `*idx1-ubyte[.gz]` labels)."""
+
     def find(pattern: str) -> Path:
         found = sorted(root.glob(f"*{pattern}*"))
         if len(found) != 1:
@@ -107,33 +121,43 @@ def read_idx_folder(root: Path):
         return gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
 
     raw_images, raw_labels = read(find("idx3-ubyte")), read(find("idx1-ubyte"))
-    n, rows, cols = (int.from_bytes(raw_images[i:i + 4], "big") for i in (4, 8, 12))
+    n, rows, cols = (int.from_bytes(raw_images[i : i + 4], "big") for i in (4, 8, 12))
     if len(raw_images) != 16 + n * rows * cols:
-        raise UserError(f"{find('idx3-ubyte')}: header says {n} images of {rows}x{cols} "
-                        f"({16 + n * rows * cols} bytes) but the file has {len(raw_images)} bytes; it is truncated "
-                        "or not an IDX image file.")
-    images = np.frombuffer(raw_images, np.uint8, offset=16).reshape(n, 1, rows, cols).astype(np.float32) / 255.0
+        raise UserError(
+            f"{find('idx3-ubyte')}: header says {n} images of {rows}x{cols} "
+            f"({16 + n * rows * cols} bytes) but the file has {len(raw_images)} bytes; it is truncated "
+            "or not an IDX image file."
+        )
+    images = (
+        np.frombuffer(raw_images, np.uint8, offset=16).reshape(n, 1, rows, cols).astype(np.float32) / 255.0
+    )
     labels = np.frombuffer(raw_labels, np.uint8, offset=8)
     if len(labels) != n:
         raise UserError(f"{root}: {n} images but {len(labels)} labels in the IDX files")
     return images, labels.astype(str), [f"#{i}" for i in range(n)]
 
 
-def augment(batch: torch.Tensor, generator: torch.Generator, *, crop_padding: int, flip: bool,
-            rotation: float) -> torch.Tensor:
+def augment(
+    batch: torch.Tensor, generator: torch.Generator, *, crop_padding: int, flip: bool, rotation: float
+) -> torch.Tensor:
     """Random crop / flip / rotation of a batch (B, C, H, W), one affine resample for all three."""
     b = batch.shape[0]
     if flip:
-        flipped = (torch.rand(b, generator=generator) < 0.5).to(batch.device)  # draws stay on the CPU generator
+        flipped = (torch.rand(b, generator=generator) < 0.5).to(
+            batch.device
+        )  # draws stay on the CPU generator
         batch = torch.where(flipped[:, None, None, None], batch.flip(-1), batch)
     if not crop_padding and not rotation:
         return batch
     angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(rotation)
     h, w = batch.shape[-2:]
     # A crop of a zero-padded image is a translation by up to `crop_padding` pixels ((-1, 1) spans w pixels).
-    shift = (torch.randint(-crop_padding, crop_padding + 1, (b, 2), generator=generator).float()
-             * torch.tensor([2.0 / w, 2.0 / h]))
+    shift = torch.randint(
+        -crop_padding, crop_padding + 1, (b, 2), generator=generator
+    ).float() * torch.tensor([2.0 / w, 2.0 / h])
     cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta.to(batch.dtype), list(batch.shape), align_corners=False)
     return F.grid_sample(batch, grid.to(batch.device), padding_mode="zeros", align_corners=False)

@@ -6,6 +6,7 @@ reading whole), its header for size and mode, and a hash of its bytes for duplic
 The split, the labels and the batch order are those of the in-memory path, so a lazy run trains on
 the same batches as one that reads the folder whole.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -74,8 +75,13 @@ class _Decode(torch.utils.data.Dataset):
 class LazyImages:
     """The ArrayData interface (len, targets, batches, to) over image files decoded per batch."""
 
-    def __init__(self, paths: list[Path], targets: np.ndarray | torch.Tensor, shape: tuple[int, int, int],
-                 device: torch.device | None = None):
+    def __init__(
+        self,
+        paths: list[Path],
+        targets: np.ndarray | torch.Tensor,
+        shape: tuple[int, int, int],
+        device: torch.device | None = None,
+    ):
         self.paths, self.shape = paths, shape
         self.targets = torch.as_tensor(targets, dtype=torch.long)
         self.device = device or torch.device("cpu")
@@ -89,11 +95,14 @@ class LazyImages:
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
         # the same draw as ArrayData.batches, so both paths see the same batches
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        chunks = [order[start:start + batch_size].tolist() for start in range(0, len(self), batch_size)]
+        chunks = [order[start : start + batch_size].tolist() for start in range(0, len(self), batch_size)]
         loader = torch.utils.data.DataLoader(
-            _Decode(self.paths, self.shape), batch_sampler=chunks, num_workers=WORKERS if len(chunks) > 1 else 0,
+            _Decode(self.paths, self.shape),
+            batch_sampler=chunks,
+            num_workers=WORKERS if len(chunks) > 1 else 0,
             pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(0))  # its own: drawing worker seeds from the global one would shift dropout
+            generator=torch.Generator().manual_seed(0),
+        )  # its own: drawing worker seeds from the global one would shift dropout
         for chunk, inputs in zip(chunks, loader):
             yield inputs.to(self.device, non_blocking=True), self.targets[chunk].to(self.device)
 

@@ -2,6 +2,7 @@
 
 `prepare` is the one entry point; `ArrayData` is what the training loop iterates over.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -38,11 +39,11 @@ class ArrayData:
         if shuffle:
             order = torch.randperm(n, generator=generator).to(self.inputs.device)
             for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 yield self.inputs[idx], self.targets[idx]
         else:
             for start in range(0, n, batch_size):
-                yield self.inputs[start:start + batch_size], self.targets[start:start + batch_size]
+                yield self.inputs[start : start + batch_size], self.targets[start : start + batch_size]
 
 
 @dataclass
@@ -56,7 +57,9 @@ class Prepared:
     input_shape: tuple[int, ...]
     preprocessing: dict
     report: dict
-    test_display: list = field(default_factory=list)  # per test example: image (C,H,W) in [0,1], row dict or text
+    test_display: list = field(
+        default_factory=list
+    )  # per test example: image (C,H,W) in [0,1], row dict or text
     files: dict[str, str] = field(default_factory=dict)  # extra files for the model package (tokenizer.json)
 
 
@@ -69,9 +72,12 @@ def resolve_source(source: str, base_dir: Path, key: str = "data.source") -> Pat
     if not path.is_absolute() and (base_dir / path).exists():
         return base_dir / path
     places = " and ".join(dict.fromkeys(str(p) for p in (Path.cwd(), base_dir)))
-    raise UserError(f"{key}: '{source}' not found (looked in {places}). Give an existing "
-                    f"image folder or .csv/.parquet/.jsonl file, or one of: "
-                    + ", ".join(f"builtin:{b}" for b in BUILTINS) + ".")
+    raise UserError(
+        f"{key}: '{source}' not found (looked in {places}). Give an existing "
+        f"image folder or .csv/.parquet/.jsonl file, or one of: "
+        + ", ".join(f"builtin:{b}" for b in BUILTINS)
+        + "."
+    )
 
 
 def sorted_labels(values) -> list[str]:
@@ -83,8 +89,14 @@ def sorted_labels(values) -> list[str]:
         return sorted(unique)
 
 
-def load_raw(data: DataConfig, task: str, base_dir: Path, source: str | None = None,
-             image_shape: tuple[int, ...] | None = None, key: str = "data.source"):
+def load_raw(
+    data: DataConfig,
+    task: str,
+    base_dir: Path,
+    source: str | None = None,
+    image_shape: tuple[int, ...] | None = None,
+    key: str = "data.source",
+):
     """Returns (examples, labels as str, origin, extra report fields). Images: (N, C, H, W) array; tables: DataFrame.
 
     `source` is data.source unless given (data.val_source / data.test_source / data.feedback.source);
@@ -98,12 +110,16 @@ def load_raw(data: DataConfig, task: str, base_dir: Path, source: str | None = N
     origin = str(path)
     if task == "image_classification":
         if not path.is_dir():
-            raise UserError(f"data.source: {path} is a file; image_classification needs a folder with one "
-                            "sub-folder per class, or an MNIST IDX folder.")
+            raise UserError(
+                f"data.source: {path} is a file; image_classification needs a folder with one "
+                "sub-folder per class, or an MNIST IDX folder."
+            )
         if list(path.glob("*idx3-ubyte*")):
             examples, labels, _ = images.read_idx_folder(path)
         else:
-            size, channels = (image_shape[1:], image_shape[0]) if image_shape else (data.image_size, data.channels)
+            size, channels = (
+                (image_shape[1:], image_shape[0]) if image_shape else (data.image_size, data.channels)
+            )
             examples, labels, _, skipped = images.read_image_folder(path, size, channels)
             extra["unreadable"] = skipped
         return examples, labels, origin, extra
@@ -112,7 +128,9 @@ def load_raw(data: DataConfig, task: str, base_dir: Path, source: str | None = N
         texts, labels = text.clean_texts(texts, labels, data.privacy.pii, origin, extra)
         return np.array(texts, dtype=object), labels, origin, extra
     if path.is_dir():
-        raise UserError(f"data.source: {path} is a folder; tabular_classification needs a .csv, .parquet or .jsonl file.")
+        raise UserError(
+            f"data.source: {path} is a folder; tabular_classification needs a .csv, .parquet or .jsonl file."
+        )
     frame = tabular.read_table(path)
     tabular.check_column(frame, data.label, "label", origin)
     unlabeled = frame[data.label].isna()
@@ -130,7 +148,9 @@ def load_raw(data: DataConfig, task: str, base_dir: Path, source: str | None = N
 
 def _feature_columns(frame: pd.DataFrame, data: DataConfig, origin: str) -> list[str]:
     for column in data.drop + (data.features or []):
-        tabular.check_column(frame, column, "feature" if column in (data.features or []) else "dropped", origin)
+        tabular.check_column(
+            frame, column, "feature" if column in (data.features or []) else "dropped", origin
+        )
     columns = data.features or [c for c in frame.columns if c != data.label and c not in data.drop]
     if not columns:
         raise UserError(f"{origin}: no feature columns left besides the label '{data.label}'.")
@@ -141,8 +161,10 @@ def _load_builtin(name: str, task: str):
     from sklearn import datasets
 
     if name not in BUILTINS:
-        raise UserError(f"data.source: unknown built-in 'builtin:{name}'.{did_you_mean(name, BUILTINS)} "
-                        f"Built-ins: {', '.join('builtin:' + b for b in BUILTINS)}.")
+        raise UserError(
+            f"data.source: unknown built-in 'builtin:{name}'.{did_you_mean(name, BUILTINS)} "
+            f"Built-ins: {', '.join('builtin:' + b for b in BUILTINS)}."
+        )
     bunch = getattr(datasets, f"load_{name}")()
     names = [str(n) for n in bunch.target_names] if name != "digits" else [str(i) for i in range(10)]
     labels = np.array([names[t] for t in bunch.target])
@@ -169,8 +191,11 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
     examples, labels, origin, _ = loaded["train"]
     report = merge_counts([v[3] for v in loaded.values()])
     if len(loaded) > 1:
-        examples = (pd.concat([v[0] for v in loaded.values()], ignore_index=True) if isinstance(examples, pd.DataFrame)
-                    else _concat_images([(v[0], v[2]) for v in loaded.values()]))
+        examples = (
+            pd.concat([v[0] for v in loaded.values()], ignore_index=True)
+            if isinstance(examples, pd.DataFrame)
+            else _concat_images([(v[0], v[2]) for v in loaded.values()])
+        )
         labels = np.concatenate([v[1] for v in loaded.values()])
         report["sources"] = {part: v[2] for part, v in loaded.items()}
     sizes = {part: len(v[1]) for part, v in loaded.items()}
@@ -178,12 +203,16 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
     is_table = isinstance(examples, pd.DataFrame)
     part_of = np.repeat(list(sizes), list(sizes.values()))  # which file each example came from
     if is_table:
-        kept, report["missing"] = tabular.check_missing(examples, data.missing, data.max_missing_fraction, origin)
+        kept, report["missing"] = tabular.check_missing(
+            examples, data.missing, data.max_missing_fraction, origin
+        )
         kept_mask = examples.index.isin(kept.index)
         labels, examples, part_of = labels[kept_mask], kept, part_of[kept_mask]
         if examples.empty:
-            raise UserError(f"{origin}: no rows left after dropping rows with empty cells (data.missing: drop); "
-                            f"empty cells per column: {report['missing']}. Use data.missing: impute.")
+            raise UserError(
+                f"{origin}: no rows left after dropping rows with empty cells (data.missing: drop); "
+                f"empty cells per column: {report['missing']}. Use data.missing: impute."
+            )
     hashes = validate.example_hashes(examples)
     duplicates = validate.duplicate_mask(hashes)
     report["duplicates"] = int(duplicates.sum())
@@ -194,14 +223,19 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
         report["dropped_duplicates"] = int(duplicates.sum())
     label_names = sorted_labels(labels)
     if len(label_names) < 2:
-        raise UserError(f"{origin}: only one class ({label_names[0]!r}) in the labels; a classifier needs at least two.")
+        raise UserError(
+            f"{origin}: only one class ({label_names[0]!r}) in the labels; a classifier needs at least two."
+        )
     _check_known_labels(labels, part_of, label_names, report)
     targets = pd.Categorical(labels, categories=label_names).codes.astype(np.int64)
     split = split_parts(labels, part_of, data)
     if "feedback" in sizes:
         report["feedback"] = {"examples": int((part_of == "feedback").sum()), "weight": data.feedback.weight}
-    report.update(n_examples=len(labels), splits={k: len(v) for k, v in split.items()},
-                  leakage=validate.leakage(hashes, split))
+    report.update(
+        n_examples=len(labels),
+        splits={k: len(v) for k, v in split.items()},
+        leakage=validate.leakage(hashes, split),
+    )
     report["class_counts"], balance_warnings = validate.class_balance(labels, label_names)
     report["warnings"] = report.get("warnings", []) + balance_warnings
 
@@ -210,22 +244,42 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
         tokenizer, max_length = text.tokenizer_for(config, base_dir)
         ids, report["truncated"] = text.tokenize(tokenizer, list(examples), max_length)
         if report["truncated"]:
-            report["warnings"].append(f"{report['truncated']} texts are longer than data.max_length={max_length} "
-                                      "tokens and were truncated.")
+            report["warnings"].append(
+                f"{report['truncated']} texts are longer than data.max_length={max_length} "
+                "tokens and were truncated."
+            )
         report["tokens"] = text.describe_lengths(torch.tensor([len(t) for t in ids]))
         _warn_about(report)
-        preprocessing = {"kind": "text", "text_column": data.text, "max_length": max_length,
-                         "pii": data.privacy.pii, "quoting": data.quoting, **text.tokenizer_spec(tokenizer)}
+        preprocessing = {
+            "kind": "text",
+            "text_column": data.text,
+            "max_length": max_length,
+            "pii": data.privacy.pii,
+            "quoting": data.quoting,
+            **text.tokenizer_spec(tokenizer),
+        }
         files["tokenizer.json"] = tokenizer.to_str()
         pad = preprocessing["pad_id"]
-        part = {k: text.TextData([ids[i] for i in v], targets[v], pad) if len(v) else None for k, v in split.items()}
+        part = {
+            k: text.TextData([ids[i] for i in v], targets[v], pad) if len(v) else None
+            for k, v in split.items()
+        }
         display = list(examples[split["test"]])
         for name in ("val", "test"):  # shortest first: evaluation batches carry the least padding
             if part[name] is not None:
                 part[name], order = part[name].sorted_by_length()
                 display = [display[i] for i in order] if name == "test" else display
-        return Prepared(part["train"], part["val"], part["test"], label_names, (max_length,), preprocessing, report,
-                        display, files)
+        return Prepared(
+            part["train"],
+            part["val"],
+            part["test"],
+            label_names,
+            (max_length,),
+            preprocessing,
+            report,
+            display,
+            files,
+        )
     if is_table:
         report["warnings"] += tabular.numbers_with_stray_text(examples, origin)
     _warn_about(report)
@@ -236,11 +290,24 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
         display = examples.iloc[split["test"]].to_dict(orient="records")
     else:
         features = examples
-        preprocessing = {"kind": "image", "size": list(examples.shape[2:]), "channels": int(examples.shape[1])}
+        preprocessing = {
+            "kind": "image",
+            "size": list(examples.shape[2:]),
+            "channels": int(examples.shape[1]),
+        }
         display = list(examples[split["test"]])
     part = {k: ArrayData(features[v], targets[v]) if len(v) else None for k, v in split.items()}
-    return Prepared(part["train"], part["val"], part["test"], label_names, tuple(features.shape[1:]),
-                    preprocessing, report, display, files)
+    return Prepared(
+        part["train"],
+        part["val"],
+        part["test"],
+        label_names,
+        tuple(features.shape[1:]),
+        preprocessing,
+        report,
+        display,
+        files,
+    )
 
 
 def _streamed(config: Config, base_dir: Path) -> Prepared | None:
@@ -254,16 +321,29 @@ def _streamed(config: Config, base_dir: Path) -> Prepared | None:
     is_table = config.task != "image_classification"  # a table of numbers, or of texts
     if is_table and path.is_dir() or not is_table and (not path.is_dir() or list(path.glob("*idx3-ubyte*"))):
         return None  # not a table file / an MNIST IDX folder (read whole): load_raw says what is wrong, if anything
-    big = (stream.wanted(data.streaming, path) if is_table else data.streaming is True or
-           lazy_images.decoded_bytes(path, data.channels, data.image_size) >= stream.AUTO_BYTES)
+    big = (
+        stream.wanted(data.streaming, path)
+        if is_table
+        else data.streaming is True
+        or lazy_images.decoded_bytes(path, data.channels, data.image_size) >= stream.AUTO_BYTES
+    )
     if not big:
         return None
-    others = [k for k, v in (("data.val_source", data.val_source), ("data.test_source", data.test_source),
-                             ("data.feedback", data.feedback)) if v]
+    others = [
+        k
+        for k, v in (
+            ("data.val_source", data.val_source),
+            ("data.test_source", data.test_source),
+            ("data.feedback", data.feedback),
+        )
+        if v
+    ]
     if others:
-        raise UserError(f"data.streaming reads one {'table file' if is_table else 'image folder'}; "
-                        f"{', '.join(others)} need it off. Set data.streaming: false, or put every example in "
-                        "data.source and let data.split divide them.")
+        raise UserError(
+            f"data.streaming reads one {'table file' if is_table else 'image folder'}; "
+            f"{', '.join(others)} need it off. Set data.streaming: false, or put every example in "
+            "data.source and let data.split divide them."
+        )
     if not is_table:
         return _lazy_images(path, data)
     if config.task == "text_classification":
@@ -273,8 +353,16 @@ def _streamed(config: Config, base_dir: Path) -> Prepared | None:
     report["class_counts"], report["warnings"] = validate.class_balance(parts["counts"], parts["labels"])
     _warn_about(report)
     splits = parts["splits"]
-    return Prepared(splits["train"], splits["val"], splits["test"], parts["labels"], (parts["width"],),
-                    {"kind": "table", **parts["encoder"].spec}, report, parts["display"])
+    return Prepared(
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        parts["labels"],
+        (parts["width"],),
+        {"kind": "table", **parts["encoder"].spec},
+        report,
+        parts["display"],
+    )
 
 
 def _streamed_texts(path: Path, config: Config, base_dir: Path) -> Prepared:
@@ -289,11 +377,26 @@ def _streamed_texts(path: Path, config: Config, base_dir: Path) -> Prepared:
     report["class_counts"], balance_warnings = validate.class_balance(parts["counts"], parts["labels"])
     report["warnings"] += balance_warnings
     _warn_about(report)
-    preprocessing = {"kind": "text", "text_column": data.text, "max_length": max_length, "pii": data.privacy.pii,
-                     "quoting": data.quoting, **spec}
+    preprocessing = {
+        "kind": "text",
+        "text_column": data.text,
+        "max_length": max_length,
+        "pii": data.privacy.pii,
+        "quoting": data.quoting,
+        **spec,
+    }
     splits = parts["splits"]
-    return Prepared(splits["train"], splits["val"], splits["test"], parts["labels"], (max_length,), preprocessing,
-                    report, parts["display"], {"tokenizer.json": tokenizer.to_str()})
+    return Prepared(
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        parts["labels"],
+        (max_length,),
+        preprocessing,
+        report,
+        parts["display"],
+        {"tokenizer.json": tokenizer.to_str()},
+    )
 
 
 def _lazy_images(path: Path, data) -> Prepared:
@@ -302,8 +405,11 @@ def _lazy_images(path: Path, data) -> Prepared:
     from modelfoundry.data import lazy_images
 
     paths, labels, hashes, shape, skipped = lazy_images.scan(path, data.image_size, data.channels)
-    report: dict = {"source": str(path), "unreadable": skipped,
-                    "streaming": {"images": "decoded per batch by worker processes", "workers": lazy_images.WORKERS}}
+    report: dict = {
+        "source": str(path),
+        "unreadable": skipped,
+        "streaming": {"images": "decoded per batch by worker processes", "workers": lazy_images.WORKERS},
+    }
     duplicates = validate.duplicate_mask(hashes)
     report["duplicates"] = int(duplicates.sum())
     if data.dedupe and duplicates.any():
@@ -312,18 +418,33 @@ def _lazy_images(path: Path, data) -> Prepared:
         report["dropped_duplicates"] = int(duplicates.sum())
     label_names = sorted_labels(labels)
     if len(label_names) < 2:
-        raise UserError(f"{path}: only one class ({label_names[0]!r}) in the labels; a classifier needs at least two.")
+        raise UserError(
+            f"{path}: only one class ({label_names[0]!r}) in the labels; a classifier needs at least two."
+        )
     targets = pd.Categorical(labels, categories=label_names).codes.astype(np.int64)
     split = split_parts(labels, np.repeat("train", len(labels)), data)
-    report.update(n_examples=len(labels), splits={k: len(v) for k, v in split.items()},
-                  leakage=validate.leakage(hashes, split))
+    report.update(
+        n_examples=len(labels),
+        splits={k: len(v) for k, v in split.items()},
+        leakage=validate.leakage(hashes, split),
+    )
     report["class_counts"], report["warnings"] = validate.class_balance(labels, label_names)
     _warn_about(report)
-    part = {k: lazy_images.LazyImages([paths[i] for i in v], targets[v], shape) if len(v) else None
-            for k, v in split.items()}
+    part = {
+        k: lazy_images.LazyImages([paths[i] for i in v], targets[v], shape) if len(v) else None
+        for k, v in split.items()
+    }
     display = lazy_images.LazyDisplay([paths[i] for i in split["test"]], shape)
-    return Prepared(part["train"], part["val"], part["test"], label_names, shape,
-                    {"kind": "image", "size": list(shape[1:]), "channels": shape[0]}, report, display)
+    return Prepared(
+        part["train"],
+        part["val"],
+        part["test"],
+        label_names,
+        shape,
+        {"kind": "image", "size": list(shape[1:]), "channels": shape[0]},
+        report,
+        display,
+    )
 
 
 def merge_counts(reports: list[dict]) -> dict:
@@ -344,8 +465,12 @@ def merge_counts(reports: list[dict]) -> dict:
 
 def sources(data: DataConfig) -> dict[str, str]:
     """The file (or folder) of each part that has its own: always train, then val / test if given."""
-    found = {"train": data.source, "val": data.val_source, "test": data.test_source,
-             "feedback": data.feedback and data.feedback.source}
+    found = {
+        "train": data.source,
+        "val": data.val_source,
+        "test": data.test_source,
+        "feedback": data.feedback and data.feedback.source,
+    }
     return {part: source for part, source in found.items() if source}
 
 
@@ -354,43 +479,57 @@ def split_parts(labels: np.ndarray, part_of: np.ndarray, data: DataConfig) -> di
     others are split (stratified, seeded) from the main source."""
     main = np.flatnonzero(part_of == "train")
     own = set(part_of.tolist())
-    split = split_indices(labels[main], 0 if "val" in own else data.split.val, 0 if "test" in own else data.split.test,
-                          data.split.seed, data.split.stratify)
+    split = split_indices(
+        labels[main],
+        0 if "val" in own else data.split.val,
+        0 if "test" in own else data.split.test,
+        data.split.seed,
+        data.split.stratify,
+    )
     split = {name: main[idx] for name, idx in split.items()}
     for name in ("val", "test"):
         if name in own:
             split[name] = np.flatnonzero(part_of == name)
     if "feedback" in own:  # corrections train only, each repeated `weight` times
-        split["train"] = np.concatenate([split["train"], np.repeat(np.flatnonzero(part_of == "feedback"),
-                                                                   data.feedback.weight)])
+        split["train"] = np.concatenate(
+            [split["train"], np.repeat(np.flatnonzero(part_of == "feedback"), data.feedback.weight)]
+        )
     return split
 
 
-def _check_known_labels(labels: np.ndarray, part_of: np.ndarray, label_names: list[str], report: dict) -> None:
+def _check_known_labels(
+    labels: np.ndarray, part_of: np.ndarray, label_names: list[str], report: dict
+) -> None:
     """A class that is only in a validation or test file can never be predicted: say so."""
     trained = set(labels[part_of == "train"].tolist())
     for part in ("val", "test"):
         unseen = sorted(set(labels[part_of == part].tolist()) - trained)
         if unseen:
-            raise UserError(f"{report['sources'][part]}: label(s) {', '.join(map(repr, unseen[:5]))} never appear in the "
-                            f"training file {report['sources']['train']}; a model cannot learn a class it never sees. "
-                            "Add examples of it to the training file or remove those rows.")
+            raise UserError(
+                f"{report['sources'][part]}: label(s) {', '.join(map(repr, unseen[:5]))} never appear in the "
+                f"training file {report['sources']['train']}; a model cannot learn a class it never sees. "
+                "Add examples of it to the training file or remove those rows."
+            )
 
 
 def _concat_images(parts: list[tuple[np.ndarray, str]]) -> np.ndarray:
     shapes = {arr.shape[1:] for arr, _ in parts}
     if len(shapes) > 1:
         listing = ", ".join(f"{origin}: {arr.shape[1:]}" for arr, origin in parts)
-        raise UserError(f"data: the image sources have different shapes ({listing}); set data.image_size and "
-                        "data.channels so that all are resized alike.")
+        raise UserError(
+            f"data: the image sources have different shapes ({listing}); set data.image_size and "
+            "data.channels so that all are resized alike."
+        )
     return np.concatenate([arr for arr, _ in parts])
 
 
 def _warn_about(report: dict) -> None:
     leaks = report["leakage"]
     if leaks["train_test"]:
-        report["warnings"].append(f"leakage: {leaks['train_test']} test examples also appear in the training split; "
-                                  "test scores are optimistic. Set data.dedupe: true to remove exact duplicates.")
+        report["warnings"].append(
+            f"leakage: {leaks['train_test']} test examples also appear in the training split; "
+            "test scores are optimistic. Set data.dedupe: true to remove exact duplicates."
+        )
     if report.get("duplicates"):
         report["warnings"].append(f"{report['duplicates']} exact duplicate examples in the data.")
     for message in report["warnings"]:

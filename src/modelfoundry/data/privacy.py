@@ -9,6 +9,7 @@ Overlaps are settled by length, then by how specific the type is: a URL with cre
 e-mail-like `user:pass@host` inside it, a Chinese ID beats an 18-digit number that passes Luhn.
 A URL with credentials is redacted whole, not only its `user:password` part.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -29,6 +30,7 @@ SCRUB_MODES = ("off", "report", "redact", "drop")
 @dataclass(frozen=True)
 class Finding:
     """One piece of PII: its type (one of PII_TYPES) and where it sits, text[start:end] == text."""
+
     type: str
     start: int
     end: int
@@ -73,7 +75,7 @@ def _url_credentials(text: str) -> Iterator[tuple[int, int]]:
     for m in _URL_CREDENTIALS.finditer(text):
         # "see https://u:p@host/x." — the sentence's full stop is not part of the URL.
         end = m.start() + len(m.group().rstrip(_TRAILING_PUNCTUATION))
-        if "@" in text[m.start():end]:
+        if "@" in text[m.start() : end]:
             yield m.start(), end
 
 
@@ -150,8 +152,9 @@ def _iban_ok(iban: str) -> bool:
     return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
 
 
-def _longest_valid_prefix(text: str, start: int, end: int, is_valid: Callable[[str], bool]
-                          ) -> tuple[int, int] | None:
+def _longest_valid_prefix(
+    text: str, start: int, end: int, is_valid: Callable[[str], bool]
+) -> tuple[int, int] | None:
     """The longest run of whole groups, from the match's start, whose separator-free form is valid.
 
     A grouped number can run into the next number in the sentence ("4111 1111 1111 1111 2024");
@@ -159,15 +162,17 @@ def _longest_valid_prefix(text: str, start: int, end: int, is_valid: Callable[[s
     """
     groups = list(re.finditer(r"[A-Za-z0-9]+", text[start:end]))
     for last in range(len(groups) - 1, -1, -1):
-        if is_valid("".join(g.group() for g in groups[:last + 1])):
+        if is_valid("".join(g.group() for g in groups[: last + 1])):
             return start, start + groups[last].end()
     return None
 
 
 def _cards(text: str) -> Iterator[tuple[int, int]]:
     """13-19 digits, bare or in groups (first of 4) split by one kind of separator, passing Luhn."""
+
     def valid(digits: str) -> bool:
         return 13 <= len(digits) <= 19 and _luhn_ok(digits)
+
     for m in _CARD.finditer(text):
         span = _longest_valid_prefix(text, *m.span(), valid)
         if span:
@@ -217,8 +222,43 @@ def _ips(text: str) -> Iterator[tuple[int, int]]:
 # ----------------------------------------------------------------------------- national IDs
 
 _CN_ID = _compile(r"(?<![\w\-]) \d{17}[\dXx] (?![\w\-])")
-_CN_PROVINCES = {11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46,
-                 50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82, 83}
+_CN_PROVINCES = {
+    11,
+    12,
+    13,
+    14,
+    15,
+    21,
+    22,
+    23,
+    31,
+    32,
+    33,
+    34,
+    35,
+    36,
+    37,
+    41,
+    42,
+    43,
+    44,
+    45,
+    46,
+    50,
+    51,
+    52,
+    53,
+    54,
+    61,
+    62,
+    63,
+    64,
+    65,
+    71,
+    81,
+    82,
+    83,
+}
 _CN_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _US_SSN = _compile(r"(?<![\w\-]) (\d{3})-(\d{2})-(\d{4}) (?![\w\-])")
 
@@ -272,8 +312,9 @@ def find_pii(text: str) -> list[Finding]:
     Where candidates overlap, the longer one wins; on equal length, the more specific type
     (URL_CREDENTIALS, EMAIL, IBAN, NATIONAL_ID, CARD, IP, PHONE, in that order).
     """
-    candidates = [(start, end, kind) for kind, detect, gate in _DETECTORS if gate(text)
-                  for start, end in detect(text)]
+    candidates = [
+        (start, end, kind) for kind, detect, gate in _DETECTORS if gate(text) for start, end in detect(text)
+    ]
     candidates.sort(key=lambda c: (c[0] - c[1], _SPECIFICITY.index(c[2]), c[0]))
     taken = bytearray(len(text))
     findings = []
@@ -289,7 +330,7 @@ def redact(text: str) -> tuple[str, Counter]:
     findings = find_pii(text)
     parts, last = [], 0
     for f in findings:
-        parts += [text[last:f.start], f"[{f.type}]"]
+        parts += [text[last : f.start], f"[{f.type}]"]
         last = f.end
     parts.append(text[last:])
     return "".join(parts), Counter(f.type for f in findings)
@@ -308,8 +349,10 @@ def scrub_texts(texts: Iterable[str], mode: str) -> tuple[list[str], list[bool],
         bool per row (False only for rows to drop in "drop" mode), and findings per PII type.
     """
     if mode not in SCRUB_MODES:
-        raise UserError(f"PII scrub mode must be one of {', '.join(map(repr, SCRUB_MODES))}; got {mode!r}."
-                        + did_you_mean(mode, SCRUB_MODES))
+        raise UserError(
+            f"PII scrub mode must be one of {', '.join(map(repr, SCRUB_MODES))}; got {mode!r}."
+            + did_you_mean(mode, SCRUB_MODES)
+        )
     texts = list(texts)
     counts: Counter = Counter()
     keep = [True] * len(texts)

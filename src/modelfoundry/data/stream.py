@@ -15,6 +15,7 @@ What differs from in-memory tables (said in the data report): the split is strat
 not exactly (each row falls in a part by a hash, whatever its class), and the encoder sees a sample
 of the training rows, not all of them.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,13 +33,15 @@ import torch
 from modelfoundry.data import tabular
 from modelfoundry.errors import UserError
 
-STREAM_ROWS = 65_536         # rows per chunk read from the source
-SAMPLE_ROWS = 200_000        # training rows the encoder is fitted on
-AUTO_BYTES = 1 << 30         # data.streaming: auto streams table files from this size up
-BLOCK_ROWS = 4_096           # rows per block of the shuffled reading order
-WINDOW_BLOCKS = 16           # blocks whose rows are shuffled together (65,536 rows)
+STREAM_ROWS = 65_536  # rows per chunk read from the source
+SAMPLE_ROWS = 200_000  # training rows the encoder is fitted on
+AUTO_BYTES = 1 << 30  # data.streaming: auto streams table files from this size up
+BLOCK_ROWS = 4_096  # rows per block of the shuffled reading order
+WINDOW_BLOCKS = 16  # blocks whose rows are shuffled together (65,536 rows)
 PARTS = ("train", "val", "test")
-CSV_BLOCK_BYTES = 1 << 20    # bytes Arrow parses at a time (CSV, JSONL): its read-ahead holds ~35 of them; the first types the columns
+CSV_BLOCK_BYTES = (
+    1 << 20
+)  # bytes Arrow parses at a time (CSV, JSONL): its read-ahead holds ~35 of them; the first types the columns
 
 
 def wanted(setting: bool | str, path: Path) -> bool:
@@ -48,8 +51,9 @@ def wanted(setting: bool | str, path: Path) -> bool:
     return bool(setting)
 
 
-def read_chunks(path: Path, rows: int = STREAM_ROWS, texts: tuple[str, ...] = (),
-                quoting: bool = True) -> Iterator[pd.DataFrame]:
+def read_chunks(
+    path: Path, rows: int = STREAM_ROWS, texts: tuple[str, ...] = (), quoting: bool = True
+) -> Iterator[pd.DataFrame]:
     """The table in chunks of about `rows` rows, each with its 0-based row numbers as the index.
 
     `texts`: free-text columns, read as strings. Then, as when reading a text table whole, only
@@ -72,10 +76,15 @@ def read_chunks(path: Path, rows: int = STREAM_ROWS, texts: tuple[str, ...] = ()
         if "utf8" in message.lower() or "utf-8" in message.lower():
             tabular.check_utf8(path)  # names the line and the bytes
         if "empty" in message.lower() and start == 0 and path.stat().st_size == 0:
-            raise UserError(f"{path}: the file is empty. Add a header row and at least one data row.") from None
-        hint = (" With data.streaming a column's type comes from the file's first rows: make every value of a "
-                "number column a number (or empty), or set data.streaming: false." if "conversion" in message
-                else "")
+            raise UserError(
+                f"{path}: the file is empty. Add a header row and at least one data row."
+            ) from None
+        hint = (
+            " With data.streaming a column's type comes from the file's first rows: make every value of a "
+            "number column a number (or empty), or set data.streaming: false."
+            if "conversion" in message
+            else ""
+        )
         raise UserError(f"{path}: could not be read as {suffix[1:]}: {message.rstrip('.')}.{hint}") from None
     if start == 0:
         raise UserError(f"{path}: the table has a header but no data rows.")
@@ -107,8 +116,9 @@ def give_back_memory() -> None:
         pass
 
 
-def _record_batches(path: Path, suffix: str, rows: int, texts: tuple[str, ...] = (), quoting: bool = True,
-                    pool=None):
+def _record_batches(
+    path: Path, suffix: str, rows: int, texts: tuple[str, ...] = (), quoting: bool = True, pool=None
+):
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
@@ -117,37 +127,70 @@ def _record_batches(path: Path, suffix: str, rows: int, texts: tuple[str, ...] =
     if suffix in (".parquet", ".pq"):
         yield from pq.ParquetFile(path).iter_batches(batch_size=rows)  # uses the default pool, set above
     elif suffix in (".csv", ".tsv"):
-        parse = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",", quote_char='"' if quoting else False)
-        words = {"null_values": [""], "strings_can_be_null": True} if texts else {}  # "NA" is a word in a text
-        first = pacsv.open_csv(path, parse_options=parse, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-                               convert_options=pacsv.ConvertOptions(
-                                   column_types={c: pa.string() for c in texts}, **words), memory_pool=pool)
+        parse = pacsv.ParseOptions(
+            delimiter="\t" if suffix == ".tsv" else ",", quote_char='"' if quoting else False
+        )
+        words = (
+            {"null_values": [""], "strings_can_be_null": True} if texts else {}
+        )  # "NA" is a word in a text
+        first = pacsv.open_csv(
+            path,
+            parse_options=parse,
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in texts}, **words),
+            memory_pool=pool,
+        )
         # whole numbers in the first block may meet fractions later: read every number column as float
         types = {f.name: "float64" for f in first.schema if str(f.type).startswith(("int", "uint"))}
         types |= {c: pa.string() for c in texts if c in first.schema.names}
         first.close()
         names = first.schema.names
-        reader = pacsv.open_csv(path, parse_options=parse, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-                                convert_options=pacsv.ConvertOptions(column_types=types, **words), memory_pool=pool)
+        reader = pacsv.open_csv(
+            path,
+            parse_options=parse,
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            convert_options=pacsv.ConvertOptions(column_types=types, **words),
+            memory_pool=pool,
+        )
         try:
             yield from _rebatch(reader, rows, pool)
-        except pa.ArrowInvalid as exc:  # "In CSV column #3: CSV conversion error to double: invalid value 'x'"
+        except (
+            pa.ArrowInvalid
+        ) as exc:  # "In CSV column #3: CSV conversion error to double: invalid value 'x'"
             found = re.search(r"column #(\d+): .*invalid value '(.*)'", str(exc))
             if not found:
                 raise
             column, value = names[int(found.group(1))], found.group(2)
-            raise UserError(f"{path}: column '{column}' holds numbers in the file's first rows and {value!r} further "
-                            "down. Streaming (data.streaming) types each column from the first rows: make every "
-                            "value of that column a number (or empty), or set data.streaming: false to read the "
-                            "whole file first.") from None
+            raise UserError(
+                f"{path}: column '{column}' holds numbers in the file's first rows and {value!r} further "
+                "down. Streaming (data.streaming) types each column from the first rows: make every "
+                "value of that column a number (or empty), or set data.streaming: false to read the "
+                "whole file first."
+            ) from None
     elif suffix in (".jsonl", ".json"):
-        schema = pajson.ParseOptions(explicit_schema=pa.schema([(c, pa.string()) for c in texts]),
-                                     unexpected_field_behavior="infer") if texts else None
-        yield from _rebatch(pajson.open_json(path, read_options=pajson.ReadOptions(block_size=CSV_BLOCK_BYTES),
-                                             parse_options=schema, memory_pool=pool), rows, pool)
+        schema = (
+            pajson.ParseOptions(
+                explicit_schema=pa.schema([(c, pa.string()) for c in texts]),
+                unexpected_field_behavior="infer",
+            )
+            if texts
+            else None
+        )
+        yield from _rebatch(
+            pajson.open_json(
+                path,
+                read_options=pajson.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                parse_options=schema,
+                memory_pool=pool,
+            ),
+            rows,
+            pool,
+        )
     else:
-        raise UserError(f"{path}: unsupported table format '{suffix}'. "
-                        f"Use one of {', '.join(sorted(tabular.TABLE_SUFFIXES))}.")
+        raise UserError(
+            f"{path}: unsupported table format '{suffix}'. "
+            f"Use one of {', '.join(sorted(tabular.TABLE_SUFFIXES))}."
+        )
 
 
 def _rebatch(reader, rows: int, pool=None):
@@ -168,19 +211,20 @@ def _rebatch(reader, rows: int, pool=None):
 def _uniform(rows: np.ndarray, seed: int, stream: int) -> np.ndarray:
     """A uniform number in [0, 1) per row number, fixed by (seed, stream): splitmix64."""
     with np.errstate(over="ignore"):
-        z = rows.astype(np.uint64) + np.uint64((seed * 0x9E3779B1 + stream * 0x85EBCA77) & (2 ** 64 - 1))
-        z = (z + np.uint64(0x9E3779B97F4A7C15))
+        z = rows.astype(np.uint64) + np.uint64((seed * 0x9E3779B1 + stream * 0x85EBCA77) & (2**64 - 1))
+        z = z + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(2 ** 53)
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
 class StreamedTable:
     """The ArrayData interface (len, targets, batches, to) over a float32 file of encoded rows."""
 
-    def __init__(self, features: Path, targets: Path, width: int, scratch: Scratch,
-                 device: torch.device | None = None):
+    def __init__(
+        self, features: Path, targets: Path, width: int, scratch: Scratch, device: torch.device | None = None
+    ):
         self.features_path, self.targets_path, self.width = features, targets, width
         self.scratch = scratch  # the files live as long as any split (or a copy on another device) does
         self.device = device or torch.device("cpu")
@@ -214,14 +258,17 @@ class StreamedTable:
         blocks = torch.randperm(-(-self.rows // BLOCK_ROWS), generator=generator).tolist()
         carry_x, carry_y = np.zeros((0, self.width), np.float32), np.zeros(0, np.int64)
         for w in range(0, len(blocks), WINDOW_BLOCKS):
-            parts = [self._read(b * BLOCK_ROWS, min((b + 1) * BLOCK_ROWS, self.rows)) for b in blocks[w:w + WINDOW_BLOCKS]]
+            parts = [
+                self._read(b * BLOCK_ROWS, min((b + 1) * BLOCK_ROWS, self.rows))
+                for b in blocks[w : w + WINDOW_BLOCKS]
+            ]
             x = np.concatenate([carry_x] + [p[0] for p in parts])
             y = np.concatenate([carry_y] + [p[1] for p in parts])
             order = torch.randperm(len(y), generator=generator).numpy()
             x, y = x[order], y[order]
             whole = len(y) // batch_size * batch_size
             for start in range(0, whole, batch_size):
-                yield self._tensors(x[start:start + batch_size], y[start:start + batch_size])
+                yield self._tensors(x[start : start + batch_size], y[start : start + batch_size])
             carry_x, carry_y = x[whole:], y[whole:]
         if len(carry_y):
             yield self._tensors(carry_x, carry_y)
@@ -313,13 +360,24 @@ def prepare_streamed(path: Path, data, origin: str) -> dict:
     splits = {part: StreamedTable(*files[part], width, scratch) for part in PARTS}
     holder = {part: (splits[part] if len(splits[part]) else None) for part in PARTS}
     give_back_memory()
-    report.update(streaming={"chunk_rows": STREAM_ROWS, "encoder_fitted_on_rows": fitted_rows,
-                             "split": "each row's part from a seeded hash of its row number: "
-                                      "stratified in expectation, not exactly"})
+    report.update(
+        streaming={
+            "chunk_rows": STREAM_ROWS,
+            "encoder_fitted_on_rows": fitted_rows,
+            "split": "each row's part from a seeded hash of its row number: "
+            "stratified in expectation, not exactly",
+        }
+    )
     test_rows = np.flatnonzero(codes == PARTS.index("test"))
-    return {"splits": holder, "labels": names, "width": width, "encoder": encoder, "report": report,
-            "counts": counts["label_counts"],
-            "display": SourceRows(path, test_rows, features)}
+    return {
+        "splits": holder,
+        "labels": names,
+        "width": width,
+        "encoder": encoder,
+        "report": report,
+        "counts": counts["label_counts"],
+        "display": SourceRows(path, test_rows, features),
+    }
 
 
 def _clean(chunk: pd.DataFrame, data, origin: str, count: dict | None):
@@ -341,12 +399,16 @@ def label_names(totals: Counter, trained: set, origin: str) -> list[str]:
 
     names = sorted_labels(totals)
     if len(names) < 2:
-        raise UserError(f"{origin}: only one class ({names[0]!r}) in the labels; a classifier needs at least two.")
+        raise UserError(
+            f"{origin}: only one class ({names[0]!r}) in the labels; a classifier needs at least two."
+        )
     untrained = sorted(set(totals) - trained)
     if untrained:
-        raise UserError(f"{origin}: class(es) {', '.join(map(repr, untrained[:5]))} have too few rows for any to "
-                        "fall in the training split (streaming splits by a hash of the row number). Add examples, "
-                        "remove the class, or set data.streaming: false for a stratified split.")
+        raise UserError(
+            f"{origin}: class(es) {', '.join(map(repr, untrained[:5]))} have too few rows for any to "
+            "fall in the training split (streaming splits by a hash of the row number). Add examples, "
+            "remove the class, or set data.streaming: false for a stratified split."
+        )
     return names
 
 
@@ -386,9 +448,12 @@ def _first_pass(path: Path, data, origin: str):
         codes.append(code)
         label_counts.update(labels.tolist())
         trained_labels.update(labels[part == 0].tolist())
-        hashes.append(pd.util.hash_pandas_object(
-            kept.assign(**{c: kept[c].astype(float) for c in kept.select_dtypes("number").columns}),
-            index=False).to_numpy())
+        hashes.append(
+            pd.util.hash_pandas_object(
+                kept.assign(**{c: kept[c].astype(float) for c in kept.select_dtypes("number").columns}),
+                index=False,
+            ).to_numpy()
+        )
         train = kept[part == 0].assign(_key=_uniform(kept.index.to_numpy()[part == 0], seed, 1))
         # bottom-k by a random key: a uniform sample of all training rows. Once full, only rows whose key
         # beats the largest kept one can enter, so the sample is rarely copied
@@ -405,14 +470,20 @@ def _first_pass(path: Path, data, origin: str):
         raise UserError(f"{origin}: no labeled rows with values left (data.missing: {data.missing}).")
     for column, n in missing.items():
         if data.missing == "impute" and n / rows_seen > data.max_missing_fraction:
-            raise UserError(f"{origin}: column '{column}' is {n / rows_seen:.0%} empty, more than "
-                            f"data.max_missing_fraction={data.max_missing_fraction:g}. Drop the column "
-                            f"(data.drop: [{column}]) or raise the limit.")
+            raise UserError(
+                f"{origin}: column '{column}' is {n / rows_seen:.0%} empty, more than "
+                f"data.max_missing_fraction={data.max_missing_fraction:g}. Drop the column "
+                f"(data.drop: [{column}]) or raise the limit."
+            )
     names = label_names(label_counts, trained_labels, origin)
     used_codes = codes[used]
     duplicates = _repeats(row_hashes)
-    report = {"source": origin, "missing": dict(missing), "duplicates": int(duplicates.sum()),
-              "n_examples": int(used.sum())}
+    report = {
+        "source": origin,
+        "missing": dict(missing),
+        "duplicates": int(duplicates.sum()),
+        "n_examples": int(used.sum()),
+    }
     if dropped["dropped_unlabeled_rows"]:
         report["dropped_unlabeled_rows"] = dropped["dropped_unlabeled_rows"]
     if dropped_missing:
@@ -424,9 +495,17 @@ def _first_pass(path: Path, data, origin: str):
         report["n_examples"] = int((codes >= 0).sum())
     in_part = {part: row_hashes[used_codes == i] for i, part in enumerate(PARTS)}
     report["splits"] = {part: len(h) for part, h in in_part.items()}
-    report["leakage"] = {f"{a}_{b}": int(np.isin(in_part[b], in_part[a]).sum())
-                         for a, b in (("train", "test"), ("train", "val"), ("val", "test"))}
+    report["leakage"] = {
+        f"{a}_{b}": int(np.isin(in_part[b], in_part[a]).sum())
+        for a, b in (("train", "test"), ("train", "val"), ("val", "test"))
+    }
     if report["splits"]["train"] == 0:
-        raise UserError(f"{origin}: no rows fell in the training split; lower data.split.val / data.split.test.")
-    return {"codes": codes, "label_names": names, "label_counts": label_counts}, report, \
-        sample.drop(columns="_key"), features
+        raise UserError(
+            f"{origin}: no rows fell in the training split; lower data.split.val / data.split.test."
+        )
+    return (
+        {"codes": codes, "label_names": names, "label_counts": label_counts},
+        report,
+        sample.drop(columns="_key"),
+        features,
+    )

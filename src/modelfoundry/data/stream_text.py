@@ -9,6 +9,7 @@ predicting them pads little, as the in-memory path's fully sorted sets do. Train
 from length buckets as in memory: a window of shuffled blocks, sorted by length in slices of
 BUCKET_BATCHES batches, the batches shuffled.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -54,17 +55,19 @@ class StreamedTexts:
         return StreamedTexts(self.folder, self.pad, self.scratch, device)
 
     def _read(self, start: int, stop: int) -> tuple[list[np.ndarray], np.ndarray]:
-        starts = _read_range(self.folder / "starts.i64", np.int64, start, stop + 1 if stop < self.rows else stop)
+        starts = _read_range(
+            self.folder / "starts.i64", np.int64, start, stop + 1 if stop < self.rows else stop
+        )
         end = starts[-1] if stop < self.rows else self.tokens
-        bounds = np.append(starts[:stop - start], end) - starts[0]
+        bounds = np.append(starts[: stop - start], end) - starts[0]
         ids = _read_range(self.folder / "ids.i32", np.int32, int(starts[0]), int(end))
-        texts = [ids[bounds[i]:bounds[i + 1]] for i in range(stop - start)]
+        texts = [ids[bounds[i] : bounds[i + 1]] for i in range(stop - start)]
         return texts, _read_range(self.folder / "targets.i64", np.int64, start, stop)
 
     def _pad(self, texts: list[np.ndarray]) -> torch.Tensor:
         batch = torch.full((len(texts), max(len(t) for t in texts)), self.pad, dtype=torch.long)
         for i, t in enumerate(texts):
-            batch[i, :len(t)] = torch.from_numpy(t.astype(np.int64))
+            batch[i, : len(t)] = torch.from_numpy(t.astype(np.int64))
         return batch.to(self.device, non_blocking=True)
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
@@ -76,7 +79,7 @@ class StreamedTexts:
         blocks = torch.randperm(-(-self.rows // stream.BLOCK_ROWS), generator=generator).tolist()
         for w in range(0, len(blocks), stream.WINDOW_BLOCKS):
             texts, targets = [], []
-            for b in blocks[w:w + stream.WINDOW_BLOCKS]:
+            for b in blocks[w : w + stream.WINDOW_BLOCKS]:
                 t, y = self._read(b * stream.BLOCK_ROWS, min((b + 1) * stream.BLOCK_ROWS, self.rows))
                 texts += t
                 targets.append(y)
@@ -85,7 +88,7 @@ class StreamedTexts:
             order = torch.randperm(len(texts), generator=generator)
             chunk, batches = batch_size * BUCKET_BATCHES, []
             for start in range(0, len(order), chunk):
-                part = order[start:start + chunk]
+                part = order[start : start + chunk]
                 batches += list(part[torch.argsort(lengths[part], stable=True)].split(batch_size))
             for b in torch.randperm(len(batches), generator=generator).tolist():
                 index = batches[b].tolist()
@@ -118,8 +121,10 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
             labels = chunk[label_column]
             if labels.isna().any():
                 i = int(chunk.index[np.argmax(labels.isna().to_numpy())])
-                raise UserError(f"{origin}: {tabular.row_name(origin, i)} has no label in column '{label_column}'. "
-                                "Label it or remove the row.")
+                raise UserError(
+                    f"{origin}: {tabular.row_name(origin, i)} has no label in column '{label_column}'. "
+                    "Label it or remove the row."
+                )
             if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
                 labels = labels.astype(np.int64)
             labels = labels.astype(str).to_numpy()
@@ -148,7 +153,9 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
             for code, name in enumerate(stream.PARTS):
                 chosen = np.flatnonzero(part == code)
                 label_counts[name].update(labels[chosen].tolist())
-                provisional = np.array([seen.setdefault(label, len(seen)) for label in labels[chosen]], np.int64)
+                provisional = np.array(
+                    [seen.setdefault(label, len(seen)) for label in labels[chosen]], np.int64
+                )
                 writers[name].add([ids[i] for i in chosen], provisional, rows[chosen])
     except BaseException:
         for writer in writers.values():
@@ -156,8 +163,10 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
         raise
     totals = sum(label_counts.values(), Counter())
     if not totals:
-        raise UserError(f"{origin}: every text is empty or whitespace only; check data.text names the column "
-                        "that holds the texts.")
+        raise UserError(
+            f"{origin}: every text is empty or whitespace only; check data.text names the column "
+            "that holds the texts."
+        )
     label_names = stream.label_names(totals, set(label_counts["train"]), origin)
     final = np.zeros(len(seen), np.int64)
     for label, code in seen.items():
@@ -169,38 +178,61 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
     all_lengths = torch.from_numpy(np.concatenate(lengths))
     in_part = {name: row_hashes[part_codes == i] for i, name in enumerate(stream.PARTS)}
     report.update(
-        n_examples=len(part_codes), splits={name: len(h) for name, h in in_part.items()},
+        n_examples=len(part_codes),
+        splits={name: len(h) for name, h in in_part.items()},
         duplicates=int(stream._repeats(row_hashes).sum()),
-        leakage={f"{a}_{b}": int(np.isin(in_part[b], in_part[a]).sum())
-                 for a, b in (("train", "test"), ("train", "val"), ("val", "test"))},
+        leakage={
+            f"{a}_{b}": int(np.isin(in_part[b], in_part[a]).sum())
+            for a, b in (("train", "test"), ("train", "val"), ("val", "test"))
+        },
         pii={kind: pii.get(kind, 0) for kind in PII_TYPES} if data.privacy.pii != "off" else {},
         tokens=describe_lengths(all_lengths),
-        streaming={"chunk_rows": stream.STREAM_ROWS, "split": "each row's part from a seeded hash of its row "
-                   "number: stratified in expectation, not exactly"})
+        streaming={
+            "chunk_rows": stream.STREAM_ROWS,
+            "split": "each row's part from a seeded hash of its row "
+            "number: stratified in expectation, not exactly",
+        },
+    )
     if report["empty_texts"]:
-        report["warnings"].append(f"{origin}: {report['empty_texts']} empty or whitespace-only texts were skipped "
-                                  f"(first: {tabular.row_name(origin, first_empty)}).")
+        report["warnings"].append(
+            f"{origin}: {report['empty_texts']} empty or whitespace-only texts were skipped "
+            f"(first: {tabular.row_name(origin, first_empty)})."
+        )
     if keep_first is not None:
         report["dropped_duplicates"] = int((~keep_first).sum())
     if pii_dropped:
         report["pii_dropped_rows"] = pii_dropped
     if report["truncated"]:
-        report["warnings"].append(f"{report['truncated']} texts are longer than data.max_length={max_length} "
-                                  "tokens and were truncated.")
+        report["warnings"].append(
+            f"{report['truncated']} texts are longer than data.max_length={max_length} "
+            "tokens and were truncated."
+        )
     splits = {name: StreamedTexts(scratch.path / name, pad, scratch) for name in stream.PARTS}
     test_rows = np.fromfile(scratch.path / "test" / "rows.i64", dtype=np.int64)
     # the report shows the texts as the model saw them: scrubbed again as they are read back
-    display = stream.SourceRows(path, test_rows, [text_column], texts=(text_column,), quoting=data.quoting,
-                                show=lambda frame: scrub_texts(as_texts(frame[text_column].tolist()),
-                                                               data.privacy.pii)[0])
-    return {"splits": {name: split if len(split) else None for name, split in splits.items()}, "labels": label_names,
-            "report": report, "counts": totals, "display": display}
+    display = stream.SourceRows(
+        path,
+        test_rows,
+        [text_column],
+        texts=(text_column,),
+        quoting=data.quoting,
+        show=lambda frame: scrub_texts(as_texts(frame[text_column].tolist()), data.privacy.pii)[0],
+    )
+    return {
+        "splits": {name: split if len(split) else None for name, split in splits.items()},
+        "labels": label_names,
+        "report": report,
+        "counts": totals,
+        "display": display,
+    }
 
 
 def _first_copies(path: Path, data) -> np.ndarray:
     """data.dedupe: True for the first copy of every text (a pass hashing the raw texts)."""
-    hashes = [pd.util.hash_array(chunk[data.text].fillna("").astype(str).to_numpy(dtype=object))
-              for chunk in stream.read_chunks(path, texts=(data.text,), quoting=data.quoting)]
+    hashes = [
+        pd.util.hash_array(chunk[data.text].fillna("").astype(str).to_numpy(dtype=object))
+        for chunk in stream.read_chunks(path, texts=(data.text,), quoting=data.quoting)
+    ]
     return ~stream._repeats(np.concatenate(hashes))
 
 
@@ -242,7 +274,10 @@ class _SplitWriter:
             f.close()
         if final is None:
             return
-        with open(self.folder / "targets.tmp", "rb") as source, open(self.folder / "targets.i64", "wb") as target:
+        with (
+            open(self.folder / "targets.tmp", "rb") as source,
+            open(self.folder / "targets.i64", "wb") as target,
+        ):
             while len(codes := np.fromfile(source, dtype=np.int64, count=1 << 20)):
                 target.write(final[codes].tobytes())
         (self.folder / "targets.tmp").unlink()

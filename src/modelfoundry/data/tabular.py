@@ -2,6 +2,7 @@
 the feature encoder (standardised numbers, one-hot categories) that is fitted on the training
 split and saved as JSON in the model package.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,19 +32,28 @@ def read_table(path: Path, *, quoting: bool = True, text: bool = False) -> pd.Da
     na = {"keep_default_na": False, "na_values": [""]} if text else {}
     try:
         if suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",",
-                                quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE, **na)
+            frame = pd.read_csv(
+                path,
+                sep="\t" if suffix == ".tsv" else ",",
+                quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE,
+                **na,
+            )
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         elif suffix in (".jsonl", ".json"):
             frame = pd.read_json(path, lines=suffix == ".jsonl", **({"dtype": False} if text else {}))
         else:
-            raise UserError(f"{path}: unsupported table format '{suffix}'. Use one of {', '.join(sorted(TABLE_SUFFIXES))}.")
+            raise UserError(
+                f"{path}: unsupported table format '{suffix}'. Use one of {', '.join(sorted(TABLE_SUFFIXES))}."
+            )
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: the file is empty. Add a header row and at least one data row.") from None
     except (pd.errors.ParserError, ValueError, UnicodeDecodeError, OSError) as exc:
-        hint = (" If the texts contain quote characters that do not enclose fields, set data.quoting: false."
-                if quoting and suffix in (".csv", ".tsv") else "")
+        hint = (
+            " If the texts contain quote characters that do not enclose fields, set data.quoting: false."
+            if quoting and suffix in (".csv", ".tsv")
+            else ""
+        )
         raise UserError(f"{path}: could not be read as {suffix[1:]}: {exc}.{hint}") from None
     if frame.empty:
         raise UserError(f"{path}: the table has a header but no data rows.")
@@ -69,11 +79,17 @@ def check_utf8(path: Path, block: int = 1 << 24) -> None:
                     at = data.rfind(b"\n", 0, exc.start)
                     bad_line = line + data.count(b"\n", 0, exc.start)
                     column = exc.start - at if at >= 0 else base + exc.start - line_start + 1
-                    row = f"row {bad_line - 1}, " if path.suffix.lower() in (".csv", ".tsv") and bad_line > 1 else ""
-                    raise UserError(f"{path}: {row}line {bad_line}, byte {column}: {data[exc.start:exc.end]!r} is not "
-                                    "valid UTF-8. Save the file as UTF-8 (for example `iconv -f latin1 -t utf-8 "
-                                    "in.csv > out.csv`).") from None
-                good, carry = exc.start, data[exc.start:]  # a character split across two blocks
+                    row = (
+                        f"row {bad_line - 1}, "
+                        if path.suffix.lower() in (".csv", ".tsv") and bad_line > 1
+                        else ""
+                    )
+                    raise UserError(
+                        f"{path}: {row}line {bad_line}, byte {column}: {data[exc.start : exc.end]!r} is not "
+                        "valid UTF-8. Save the file as UTF-8 (for example `iconv -f latin1 -t utf-8 "
+                        "in.csv > out.csv`)."
+                    ) from None
+                good, carry = exc.start, data[exc.start :]  # a character split across two blocks
             line += data.count(b"\n", 0, good)
             at = data.rfind(b"\n", 0, good)
             if at >= 0:
@@ -92,8 +108,10 @@ def row_name(path: str, index: int) -> str:
 
 def check_column(frame: pd.DataFrame, column: str, what: str, origin: str) -> None:
     if column not in frame.columns:
-        raise UserError(f"{origin}: {what} column '{column}' not found.{did_you_mean(column, frame.columns)} "
-                        f"Columns: {', '.join(map(str, frame.columns[:30]))}.")
+        raise UserError(
+            f"{origin}: {what} column '{column}' not found.{did_you_mean(column, frame.columns)} "
+            f"Columns: {', '.join(map(str, frame.columns[:30]))}."
+        )
 
 
 def numbers_with_stray_text(frame: pd.DataFrame, origin: str, share: float = 0.9) -> list[str]:
@@ -109,37 +127,47 @@ def numbers_with_stray_text(frame: pd.DataFrame, origin: str, share: float = 0.9
         if len(present) and numbers.notna().mean() >= share and numbers.isna().any():
             bad = numbers.isna().to_numpy()
             i = int(np.argmax(bad))
-            found.append(f"{origin}: column '{name}' holds numbers except {int(bad.sum())} value(s) such as "
-                         f"{present.iloc[i]!r} ({row_name(origin, present.index[i])}), so it is read as categories, "
-                         "not numbers. Fix or empty those cells if it is a number column.")
+            found.append(
+                f"{origin}: column '{name}' holds numbers except {int(bad.sum())} value(s) such as "
+                f"{present.iloc[i]!r} ({row_name(origin, present.index[i])}), so it is read as categories, "
+                "not numbers. Fix or empty those cells if it is a number column."
+            )
     return found
 
 
-def check_missing(frame: pd.DataFrame, policy: str, max_fraction: float, origin: str) -> tuple[pd.DataFrame, dict]:
+def check_missing(
+    frame: pd.DataFrame, policy: str, max_fraction: float, origin: str
+) -> tuple[pd.DataFrame, dict]:
     """Apply the missing-value policy; inf is never allowed. Returns the kept rows and missing counts."""
     numeric = frame.select_dtypes(include="number")
     infinite = np.isinf(numeric.to_numpy(dtype=float, na_value=np.nan))
     if infinite.any():
         r, c = np.argwhere(infinite)[0]
-        raise UserError(f"{origin}: {row_name(origin, frame.index[r])}, column '{numeric.columns[c]}': value "
-                        f"{numeric.iat[r, c]} is infinite ({int(infinite.sum())} infinite cell(s) in all). "
-                        "Replace them with a number or leave them empty to be imputed.")
+        raise UserError(
+            f"{origin}: {row_name(origin, frame.index[r])}, column '{numeric.columns[c]}': value "
+            f"{numeric.iat[r, c]} is infinite ({int(infinite.sum())} infinite cell(s) in all). "
+            "Replace them with a number or leave them empty to be imputed."
+        )
     missing = frame.isna()
     counts = {c: int(n) for c, n in missing.sum().items() if n}
     if not counts:
         return frame, counts
     if policy == "error":
         r, c = np.argwhere(missing.to_numpy())[0]
-        raise UserError(f"{origin}: {row_name(origin, frame.index[r])}, column '{frame.columns[c]}' is empty "
-                        f"({sum(counts.values())} empty cells in all) and data.missing is 'error'. "
-                        "Fill them, or set data.missing to impute or drop.")
+        raise UserError(
+            f"{origin}: {row_name(origin, frame.index[r])}, column '{frame.columns[c]}' is empty "
+            f"({sum(counts.values())} empty cells in all) and data.missing is 'error'. "
+            "Fill them, or set data.missing to impute or drop."
+        )
     if policy == "drop":
         return frame[~missing.any(axis=1)], counts
     too_many = {c: n / len(frame) for c, n in counts.items() if n / len(frame) > max_fraction}
     if too_many:
         column, fraction = max(too_many.items(), key=lambda kv: kv[1])
-        raise UserError(f"{origin}: column '{column}' is {fraction:.0%} empty, more than data.max_missing_fraction="
-                        f"{max_fraction:g}. Drop the column (data.drop: [{column}]) or raise the limit.")
+        raise UserError(
+            f"{origin}: column '{column}' is {fraction:.0%} empty, more than data.max_missing_fraction="
+            f"{max_fraction:g}. Drop the column (data.drop: [{column}]) or raise the limit."
+        )
     return frame, counts
 
 
@@ -158,7 +186,9 @@ class TableEncoder:
                 median = float(numbers.median()) if numbers.notna().any() else 0.0
                 filled = numbers.fillna(median)
                 std = float(filled.std(ddof=0)) or 1.0
-                columns.append({"name": name, "kind": "number", "fill": median, "mean": float(filled.mean()), "std": std})
+                columns.append(
+                    {"name": name, "kind": "number", "fill": median, "mean": float(filled.mean()), "std": std}
+                )
             else:
                 top = values.fillna(MISSING).astype(str).value_counts().index[:MAX_CATEGORIES]
                 columns.append({"name": name, "kind": "category", "categories": sorted(top)})
@@ -169,15 +199,21 @@ class TableEncoder:
     def feature_names(self) -> list[str]:
         names = []
         for col in self.spec["columns"]:
-            names += [col["name"]] if col["kind"] == "number" else [f"{col['name']}={c}" for c in col["categories"]]
+            names += (
+                [col["name"]]
+                if col["kind"] == "number"
+                else [f"{col['name']}={c}" for c in col["categories"]]
+            )
         return names
 
     def transform(self, frame: pd.DataFrame, origin: str = "input") -> np.ndarray:
         """Table -> (N, F) float32 features. Raises UserError naming missing columns or non-numeric values."""
         missing = [c["name"] for c in self.spec["columns"] if c["name"] not in frame.columns]
         if missing:
-            raise UserError(f"{origin}: the model needs column(s) {', '.join(map(repr, missing))}, which are absent."
-                            + did_you_mean(missing[0], frame.columns))
+            raise UserError(
+                f"{origin}: the model needs column(s) {', '.join(map(repr, missing))}, which are absent."
+                + did_you_mean(missing[0], frame.columns)
+            )
         parts = []
         for col in self.spec["columns"]:
             values = frame[col["name"]]
@@ -186,8 +222,10 @@ class TableEncoder:
                 bad = numbers.isna() & values.notna()
                 if bad.any():
                     i = int(np.argmax(bad.to_numpy()))
-                    raise UserError(f"{origin}: {row_name(origin, frame.index[i])}, column '{col['name']}': {values.iloc[i]!r} "
-                                    "is not a number, and the model was trained on numbers in this column.")
+                    raise UserError(
+                        f"{origin}: {row_name(origin, frame.index[i])}, column '{col['name']}': {values.iloc[i]!r} "
+                        "is not a number, and the model was trained on numbers in this column."
+                    )
                 filled = numbers.fillna(col["fill"]).to_numpy(dtype=np.float32)
                 parts.append(((filled - col["mean"]) / col["std"])[:, None])
             else:

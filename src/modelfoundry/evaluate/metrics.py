@@ -1,4 +1,5 @@
 """Classification metrics from predicted probabilities, as plain JSON-ready dicts."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,7 +34,8 @@ def classification_metrics(probabilities: np.ndarray, targets: np.ndarray, label
     predicted = probabilities.argmax(1)
     classes = list(range(len(labels)))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
-        targets, predicted, labels=classes, zero_division=0)
+        targets, predicted, labels=classes, zero_division=0
+    )
     ece, reliability = calibration(probabilities, targets)
     out = {
         "n": int(len(targets)),
@@ -41,11 +43,15 @@ def classification_metrics(probabilities: np.ndarray, targets: np.ndarray, label
         "precision_macro": float(precision.mean()),
         "recall_macro": float(recall.mean()),
         "f1_macro": float(f1.mean()),
-        "f1_weighted": float(skm.f1_score(targets, predicted, labels=classes, average="weighted", zero_division=0)),
+        "f1_weighted": float(
+            skm.f1_score(targets, predicted, labels=classes, average="weighted", zero_division=0)
+        ),
         "loss": float(skm.log_loss(targets, np.clip(probabilities, 1e-7, 1), labels=classes)),
         "ece": ece,
-        "per_class": {label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for label, p, r, f, s in zip(labels, precision, recall, f1, support)},
+        "per_class": {
+            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for label, p, r, f, s in zip(labels, precision, recall, f1, support)
+        },
         "confusion_matrix": skm.confusion_matrix(targets, predicted, labels=classes).tolist(),
         "reliability": reliability,
     }

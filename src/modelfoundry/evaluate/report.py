@@ -4,6 +4,7 @@ Everything is embedded (plots as base64 PNG, CSS inline), so the file can be mai
 to a ticket or opened offline and still shows everything. Every string that came from the user
 (labels, column names, file paths, text, config) goes through `html.escape`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,14 +35,30 @@ MAX_TEXT_CHARS = 600
 _PLOT_STYLE = {"text.parse_math": False, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
 _SPLIT_ORDER = ("test", "val", "train")
 _OVERALL_METRICS = (
-    ("n", "Examples"), ("accuracy", "Accuracy"),
-    ("precision_macro", "Precision (macro)"), ("recall_macro", "Recall (macro)"),
-    ("f1_macro", "F1 (macro)"), ("f1_weighted", "F1 (weighted)"), ("roc_auc", "ROC-AUC"),
-    ("ece", "Calibration error (ECE)"), ("loss", "Loss"),
+    ("n", "Examples"),
+    ("accuracy", "Accuracy"),
+    ("precision_macro", "Precision (macro)"),
+    ("recall_macro", "Recall (macro)"),
+    ("f1_macro", "F1 (macro)"),
+    ("f1_weighted", "F1 (weighted)"),
+    ("roc_auc", "ROC-AUC"),
+    ("ece", "Calibration error (ECE)"),
+    ("loss", "Loss"),
 )
 _DATA_KEYS = (
-    "n_examples", "splits", "class_counts", "missing", "duplicates", "leakage", "unreadable", "warnings",
-    "pii", "pii_dropped_rows", "tokens", "truncated", "empty_texts",
+    "n_examples",
+    "splits",
+    "class_counts",
+    "missing",
+    "duplicates",
+    "leakage",
+    "unreadable",
+    "warnings",
+    "pii",
+    "pii_dropped_rows",
+    "tokens",
+    "truncated",
+    "empty_texts",
 )
 
 _CSS = """
@@ -75,8 +92,17 @@ pre { background: #f5f7fa; padding: 12px; border-radius: 6px; overflow: auto; fo
 """
 
 
-def write_report(path: str | Path, *, title: str, metrics: dict, history: list[dict], data_report: dict,
-                 labels: list[str], mistakes: list[dict], config: dict) -> Path:
+def write_report(
+    path: str | Path,
+    *,
+    title: str,
+    metrics: dict,
+    history: list[dict],
+    data_report: dict,
+    labels: list[str],
+    mistakes: list[dict],
+    config: dict,
+) -> Path:
     """Write a self-contained report.html: plots embedded as base64 PNG, nothing external, no network.
 
     Args:
@@ -100,8 +126,9 @@ def write_report(path: str | Path, *, title: str, metrics: dict, history: list[d
     """
     path = Path(path)
     # Keep only split dicts: callers sometimes pass their whole metrics.json ("history", "data", ...).
-    metrics = {split: values for split, values in (metrics or {}).items()
-               if isinstance(values, Mapping) and values}
+    metrics = {
+        split: values for split, values in (metrics or {}).items() if isinstance(values, Mapping) and values
+    }
     with matplotlib.rc_context(_PLOT_STYLE):
         sections = [
             ("curves", "Learning curves", _learning_curves(history or [])),
@@ -118,8 +145,9 @@ def write_report(path: str | Path, *, title: str, metrics: dict, history: list[d
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
         f"<style>{_CSS}</style></head><body><main>"
         f"<section><h1>{_esc(title)}</h1>{_headline(metrics)}<nav>{nav}</nav></section>"
-        + "".join(f'<section id="{anchor}"><h2>{heading}</h2>{body}</section>'
-                  for anchor, heading, body in sections)
+        + "".join(
+            f'<section id="{anchor}"><h2>{heading}</h2>{body}</section>' for anchor, heading, body in sections
+        )
         + "</main></body></html>\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +195,7 @@ def _fmt_value(value: Any) -> str:
 
 def _kv_table(mapping: Mapping, is_bad: Callable[[Any, Any], bool] = lambda key, value: False) -> str:
     rows = "".join(
-        f'<tr{" class=bad" if is_bad(key, value) else ""}><th>{_esc(key)}</th>'
+        f"<tr{' class=bad' if is_bad(key, value) else ''}><th>{_esc(key)}</th>"
         f'<td class="num">{_fmt_value(value)}</td></tr>'
         for key, value in mapping.items()
     )
@@ -211,7 +239,8 @@ def _headline(metrics: dict) -> str:
     header = "".join(f"<th>{_esc(split)}</th>" for split in splits)
     rows = "".join(
         f"<tr><th>{name}</th>"
-        + "".join(f'<td class="num">{_fmt(metrics[s].get(key))}</td>' for s in splits) + "</tr>"
+        + "".join(f'<td class="num">{_fmt(metrics[s].get(key))}</td>' for s in splits)
+        + "</tr>"
         for key, name in _OVERALL_METRICS
         if any(key in metrics[s] for s in splits)
     )
@@ -230,9 +259,11 @@ def _learning_curves(history: list[dict]) -> str:
         return ""
     keys = list(dict.fromkeys(key for row in history for key in row))
     val_metrics = [k for k in keys if k.startswith("val_") and k != "val_loss" and _series(history, k)[1]]
-    panels = [("Loss", [k for k in ("train_loss", "val_loss") if _series(history, k)[1]]),
-              ("Validation metrics", val_metrics),
-              ("Learning rate", ["lr"] if _series(history, "lr")[1] else [])]
+    panels = [
+        ("Loss", [k for k in ("train_loss", "val_loss") if _series(history, k)[1]]),
+        ("Validation metrics", val_metrics),
+        ("Learning rate", ["lr"] if _series(history, "lr")[1] else []),
+    ]
     panels = [(name, panel_keys) for name, panel_keys in panels if panel_keys]
     if not panels:
         return '<p class="muted">The history has no plottable values.</p>'
@@ -282,15 +313,27 @@ def _confusion_figure(matrix: np.ndarray, labels: list[str]) -> Figure:
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     tick_size = 9 if n <= 20 else max(4, 9 - n // 20)
     slanted = n > 4  # long names collide under narrow columns
-    ax.set_xticks(range(n), names, rotation=45 if slanted else 0, ha="right" if slanted else "center",
-                  fontsize=tick_size)
+    ax.set_xticks(
+        range(n),
+        names,
+        rotation=45 if slanted else 0,
+        ha="right" if slanted else "center",
+        fontsize=tick_size,
+    )
     ax.set_yticks(range(n), names, fontsize=tick_size)
     ax.set(xlabel="predicted", ylabel="true")
     ax.grid(False)
     if n <= MAX_ANNOTATED_CLASSES:
         for (row, col), count in np.ndenumerate(matrix):
-            ax.text(col, row, f"{count:g}", ha="center", va="center", fontsize=10 if n <= 10 else 8,
-                    color="white" if row_share[row, col] > 0.5 else "black")
+            ax.text(
+                col,
+                row,
+                f"{count:g}",
+                ha="center",
+                va="center",
+                fontsize=10 if n <= 10 else 8,
+                color="white" if row_share[row, col] > 0.5 else "black",
+            )
     fig.tight_layout()
     return fig
 
@@ -310,15 +353,18 @@ def _per_class_table(metrics: dict, labels: list[str]) -> str:
         for split in splits:
             per_class = {str(k): v for k, v in metrics[split]["per_class"].items()}
             values = per_class.get(name, {})
-            cells += [f'<td class="num">{_fmt(values.get(c), ".0f" if c == "support" else ".3f")}</td>'
-                      for c in columns]
+            cells += [
+                f'<td class="num">{_fmt(values.get(c), ".0f" if c == "support" else ".3f")}</td>'
+                for c in columns
+            ]
         rows.append(f"<tr><th>{_esc(name)}</th>{''.join(cells)}</tr>")
     return f"<table><tr><th></th>{top}</tr><tr><th>class</th>{sub}</tr>{''.join(rows)}</table>"
 
 
 def _reliability(metrics: dict) -> str:
-    splits = [s for s in _ordered_splits(metrics)
-              if (metrics[s].get("reliability") or {}).get("bin_accuracy")]
+    splits = [
+        s for s in _ordered_splits(metrics) if (metrics[s].get("reliability") or {}).get("bin_accuracy")
+    ]
     if not splits:
         return ""
     fig = Figure(figsize=(5, 5))
@@ -348,14 +394,17 @@ def _mistakes(mistakes: list[dict]) -> str:
     shown = mistakes[:MAX_MISTAKES]
     cards = "".join(f'<div class="card">{_mistake_body(m)}{_mistake_caption(m)}</div>' for m in shown)
     count = f"Showing the {len(shown)} worst mistakes" + (
-        f" of {len(mistakes)}." if len(mistakes) > len(shown) else ".")
+        f" of {len(mistakes)}." if len(mistakes) > len(shown) else "."
+    )
     return f'<p class="muted">{count}</p><div class="grid">{cards}</div>'
 
 
 def _mistake_caption(mistake: dict) -> str:
     true, pred = _esc(mistake.get("true", "?")), _esc(mistake.get("pred", "?"))
-    return (f"<div>true <b>{true}</b>, predicted <b>{pred}</b>"
-            f"<br><span class=muted>confidence {_fmt(mistake.get('confidence'))}</span></div>")
+    return (
+        f"<div>true <b>{true}</b>, predicted <b>{pred}</b>"
+        f"<br><span class=muted>confidence {_fmt(mistake.get('confidence'))}</span></div>"
+    )
 
 
 def _mistake_body(mistake: dict) -> str:
@@ -399,8 +448,11 @@ def _data_report(report: dict) -> str:
         return ""
     parts = []
     if report.get("warnings"):
-        parts.append('<div class="warn"><b>Warnings</b><ul>'
-                     + "".join(f"<li>{_esc(w)}</li>" for w in report["warnings"]) + "</ul></div>")
+        parts.append(
+            '<div class="warn"><b>Warnings</b><ul>'
+            + "".join(f"<li>{_esc(w)}</li>" for w in report["warnings"])
+            + "</ul></div>"
+        )
     overview = {k: report[k] for k in ("n_examples", "duplicates") if k in report}
     overview.update({f"{split} examples": n for split, n in (report.get("splits") or {}).items()})
     if overview:
@@ -410,11 +462,15 @@ def _data_report(report: dict) -> str:
         parts.append("<h3>Class balance</h3>" + _class_balance(report["class_counts"]))
     if "missing" in report:
         missing = {k: v for k, v in (report["missing"] or {}).items() if v}
-        parts.append("<h3>Missing values</h3>"
-                     + (_kv_table(missing, lambda k, v: True) if missing else '<p class="muted">None.</p>'))
+        parts.append(
+            "<h3>Missing values</h3>"
+            + (_kv_table(missing, lambda k, v: True) if missing else '<p class="muted">None.</p>')
+        )
     if report.get("leakage"):
-        parts.append("<h3>Leakage (identical examples in two splits)</h3>"
-                     + _kv_table(report["leakage"], lambda k, v: _positive(v)))
+        parts.append(
+            "<h3>Leakage (identical examples in two splits)</h3>"
+            + _kv_table(report["leakage"], lambda k, v: _positive(v))
+        )
     if report.get("unreadable"):
         unreadable = [str(item) for item in report["unreadable"]]
         items = "".join(f"<li>{_esc(item)}</li>" for item in unreadable[:MAX_LISTED])
@@ -434,16 +490,27 @@ def _text_checks(report: dict) -> str:
     if "pii" in report:
         found = {kind: n for kind, n in report["pii"].items() if n}
         dropped = report.get("pii_dropped_rows")
-        note = (f'<p class="muted">{dropped} rows holding personal data were dropped.</p>' if dropped else "")
-        parts.append("<h3>Personal data in the texts</h3>"
-                     + (_kv_table(found, lambda k, v: True) + note if found
-                        else '<p class="muted">None found.</p>' if report["pii"] else
-                        '<p class="muted">Not checked (data.privacy.pii: off).</p>'))
+        note = f'<p class="muted">{dropped} rows holding personal data were dropped.</p>' if dropped else ""
+        parts.append(
+            "<h3>Personal data in the texts</h3>"
+            + (
+                _kv_table(found, lambda k, v: True) + note
+                if found
+                else '<p class="muted">None found.</p>'
+                if report["pii"]
+                else '<p class="muted">Not checked (data.privacy.pii: off).</p>'
+            )
+        )
     if "tokens" in report:
-        lengths = {**report["tokens"], "truncated texts": report.get("truncated", 0),
-                   "empty texts skipped": report.get("empty_texts", 0)}
-        parts.append("<h3>Text length (tokens)</h3>"
-                     + _kv_table(lengths, lambda k, v: k != "total" and k.endswith("texts") and _positive(v)))
+        lengths = {
+            **report["tokens"],
+            "truncated texts": report.get("truncated", 0),
+            "empty texts skipped": report.get("empty_texts", 0),
+        }
+        parts.append(
+            "<h3>Text length (tokens)</h3>"
+            + _kv_table(lengths, lambda k, v: k != "total" and k.endswith("texts") and _positive(v))
+        )
     return "".join(parts)
 
 

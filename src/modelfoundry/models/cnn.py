@@ -1,4 +1,5 @@
 """A plain convolutional network for small images (8x8 digits up to a few hundred pixels)."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -8,8 +9,9 @@ def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
-def build_cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 32, depth: int = 2,
-              dropout: float = 0.2) -> nn.Module:
+def build_cnn(
+    input_shape: tuple[int, ...], num_classes: int, width: int = 32, depth: int = 2, dropout: float = 0.2
+) -> nn.Module:
     """`depth` stages of two 3x3 conv-BN-ReLU layers, width doubling and 2x max-pooling between
     stages while the image is larger than 2x2, then global average pooling and a linear head.
 
@@ -23,7 +25,7 @@ def build_cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 32, d
     channels, height, _ = input_shape
     layers: list[nn.Module] = []
     for stage in range(depth):
-        out = width * 2 ** stage
+        out = width * 2**stage
         layers += conv_bn_relu(channels, out) + conv_bn_relu(out, out)
         channels = out
         if stage < depth - 1 and height > 2:

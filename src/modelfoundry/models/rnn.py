@@ -1,4 +1,5 @@
 """Recurrent text classifiers (LSTM, GRU) over token ids, trained from scratch."""
+
 from __future__ import annotations
 
 import torch
@@ -15,14 +16,31 @@ class RNNClassifier(nn.Module):
     only, so the backward direction starts at each text's last token, not at its padding.
     """
 
-    def __init__(self, cell: type[nn.RNNBase], vocab_size: int, pad_id: int, num_classes: int, embed_dim: int,
-                 hidden: int, layers: int, bidirectional: bool, pooling: str, dropout: float):
+    def __init__(
+        self,
+        cell: type[nn.RNNBase],
+        vocab_size: int,
+        pad_id: int,
+        num_classes: int,
+        embed_dim: int,
+        hidden: int,
+        layers: int,
+        bidirectional: bool,
+        pooling: str,
+        dropout: float,
+    ):
         super().__init__()
         self.pad_id, self.pooling, self.directions = pad_id, pooling, 2 if bidirectional else 1
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         # PyTorch applies `dropout` only between stacked layers and warns when there is one layer.
-        self.rnn = cell(embed_dim, hidden, num_layers=layers, bidirectional=bidirectional, batch_first=True,
-                        dropout=dropout if layers > 1 else 0.0)
+        self.rnn = cell(
+            embed_dim,
+            hidden,
+            num_layers=layers,
+            bidirectional=bidirectional,
+            batch_first=True,
+            dropout=dropout if layers > 1 else 0.0,
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.directions * hidden, num_classes)
 
@@ -30,15 +48,22 @@ class RNNClassifier(nn.Module):
         """Args: ids (B, T) token ids, right-padded with pad_id. Returns logits (B, num_classes)."""
         # An empty text still gets one (pad) step: packing rejects zero lengths.
         lengths = (ids != self.pad_id).sum(1).clamp(min=1)  # (B,)
-        packed = pack_padded_sequence(self.dropout(self.embed(ids)), lengths.cpu(), batch_first=True,
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            self.dropout(self.embed(ids)), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
         outputs, state = self.rnn(packed)
         if self.pooling == "last":
-            final = state[0] if isinstance(state, tuple) else state  # LSTM gives (h, c); (layers * dirs, B, H)
-            pooled = final[-self.directions:].transpose(0, 1).flatten(1)  # last layer, both directions: (B, dirs * H)
+            final = (
+                state[0] if isinstance(state, tuple) else state
+            )  # LSTM gives (h, c); (layers * dirs, B, H)
+            pooled = (
+                final[-self.directions :].transpose(0, 1).flatten(1)
+            )  # last layer, both directions: (B, dirs * H)
         else:
             outputs, _ = pad_packed_sequence(outputs, batch_first=True)  # (B, longest text, dirs * H)
-            real = (torch.arange(outputs.shape[1], device=ids.device) < lengths[:, None])[..., None]  # (B, T', 1)
+            real = (torch.arange(outputs.shape[1], device=ids.device) < lengths[:, None])[
+                ..., None
+            ]  # (B, T', 1)
             if self.pooling == "max":
                 pooled = outputs.masked_fill(~real, float("-inf")).amax(1)
             else:
@@ -49,29 +74,54 @@ class RNNClassifier(nn.Module):
 def check_text_options(input_shape: tuple[int, ...], vocab_size: int, pad_id: int, **positive: int) -> None:
     """Raise ValueError naming the option, the bad value and the fix."""
     if len(input_shape) != 1:
-        raise ValueError(f"text models take token ids of shape (max_length,); got input_shape {tuple(input_shape)}: "
-                         "use a text dataset with a tokenizer")
+        raise ValueError(
+            f"text models take token ids of shape (max_length,); got input_shape {tuple(input_shape)}: "
+            "use a text dataset with a tokenizer"
+        )
     if not 0 <= pad_id < vocab_size:
-        raise ValueError(f"pad_id {pad_id} is outside the vocabulary of size {vocab_size}: "
-                         "use the tokenizer's padding token id")
+        raise ValueError(
+            f"pad_id {pad_id} is outside the vocabulary of size {vocab_size}: "
+            "use the tokenizer's padding token id"
+        )
     for name, value in positive.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} {value!r} must be a positive whole number: set {name} to 1 or more")
 
 
-def _build(cell: type[nn.RNNBase], input_shape: tuple[int, ...], num_classes: int, vocab_size: int, pad_id: int,
-           embed_dim: int, hidden: int, layers: int, bidirectional: bool, pooling: str,
-           dropout: float) -> nn.Module:
+def _build(
+    cell: type[nn.RNNBase],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    vocab_size: int,
+    pad_id: int,
+    embed_dim: int,
+    hidden: int,
+    layers: int,
+    bidirectional: bool,
+    pooling: str,
+    dropout: float,
+) -> nn.Module:
     check_text_options(input_shape, vocab_size, pad_id, embed_dim=embed_dim, hidden=hidden, layers=layers)
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}: pick one of them")
-    return RNNClassifier(cell, vocab_size, pad_id, num_classes, embed_dim, hidden, layers, bidirectional,
-                         pooling, dropout)
+    return RNNClassifier(
+        cell, vocab_size, pad_id, num_classes, embed_dim, hidden, layers, bidirectional, pooling, dropout
+    )
 
 
-def build_lstm(input_shape: tuple[int, ...], num_classes: int, vocab_size: int, pad_id: int, *,
-               embed_dim: int = 128, hidden: int = 128, layers: int = 1, bidirectional: bool = True,
-               pooling: str = "max", dropout: float = 0.2) -> nn.Module:
+def build_lstm(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    vocab_size: int,
+    pad_id: int,
+    *,
+    embed_dim: int = 128,
+    hidden: int = 128,
+    layers: int = 1,
+    bidirectional: bool = True,
+    pooling: str = "max",
+    dropout: float = 0.2,
+) -> nn.Module:
     """An LSTM text classifier.
 
     Args:
@@ -86,13 +136,45 @@ def build_lstm(input_shape: tuple[int, ...], num_classes: int, vocab_size: int, 
         pooling: "max" or "mean" over the real tokens' outputs, or "last" final hidden states.
         dropout: dropout on the embeddings, between layers and before the head.
     """
-    return _build(nn.LSTM, input_shape, num_classes, vocab_size, pad_id, embed_dim, hidden, layers,
-                  bidirectional, pooling, dropout)
+    return _build(
+        nn.LSTM,
+        input_shape,
+        num_classes,
+        vocab_size,
+        pad_id,
+        embed_dim,
+        hidden,
+        layers,
+        bidirectional,
+        pooling,
+        dropout,
+    )
 
 
-def build_gru(input_shape: tuple[int, ...], num_classes: int, vocab_size: int, pad_id: int, *,
-              embed_dim: int = 128, hidden: int = 128, layers: int = 1, bidirectional: bool = True,
-              pooling: str = "max", dropout: float = 0.2) -> nn.Module:
+def build_gru(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    vocab_size: int,
+    pad_id: int,
+    *,
+    embed_dim: int = 128,
+    hidden: int = 128,
+    layers: int = 1,
+    bidirectional: bool = True,
+    pooling: str = "max",
+    dropout: float = 0.2,
+) -> nn.Module:
     """A GRU text classifier: like `build_lstm` (same arguments), with a quarter fewer recurrent weights."""
-    return _build(nn.GRU, input_shape, num_classes, vocab_size, pad_id, embed_dim, hidden, layers,
-                  bidirectional, pooling, dropout)
+    return _build(
+        nn.GRU,
+        input_shape,
+        num_classes,
+        vocab_size,
+        pad_id,
+        embed_dim,
+        hidden,
+        layers,
+        bidirectional,
+        pooling,
+        dropout,
+    )

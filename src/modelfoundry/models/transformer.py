@@ -1,4 +1,5 @@
 """A small pre-norm transformer encoder for text classification, trained from scratch."""
+
 from __future__ import annotations
 
 import math
@@ -34,10 +35,17 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
         """x (B, T, C), attend (B, T) True where a key may be attended to -> (B, T, C)."""
         B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
-                   for t in self.qkv(x).split(C, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend[:, None, None, :],  # pads are never keys
-                                           dropout_p=self.dropout if self.training else 0.0)
+        q, k, v = (
+            t.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+            for t in self.qkv(x).split(C, dim=2)
+        )
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attend[:, None, None, :],  # pads are never keys
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
@@ -48,8 +56,12 @@ class Block(nn.Module):
         super().__init__()
         self.norm1, self.attn = nn.LayerNorm(width), SelfAttention(width, heads, dropout)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, ffn_multiplier * width), nn.GELU(),
-                                 nn.Linear(ffn_multiplier * width, width), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, ffn_multiplier * width),
+            nn.GELU(),
+            nn.Linear(ffn_multiplier * width, width),
+            nn.Dropout(dropout),
+        )
 
     def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), attend)
@@ -59,19 +71,34 @@ class Block(nn.Module):
 class TransformerClassifier(nn.Module):
     """Token + position embeddings -> `depth` blocks -> LayerNorm -> mean or [CLS] pooling -> dropout -> head."""
 
-    def __init__(self, max_length: int, num_classes: int, vocab_size: int, pad_id: int, width: int, depth: int,
-                 heads: int, ffn_multiplier: int, positions: str, pooling: str, dropout: float):
+    def __init__(
+        self,
+        max_length: int,
+        num_classes: int,
+        vocab_size: int,
+        pad_id: int,
+        width: int,
+        depth: int,
+        heads: int,
+        ffn_multiplier: int,
+        positions: str,
+        pooling: str,
+        dropout: float,
+    ):
         super().__init__()
         self.max_length, self.pad_id, self.pooling = max_length, pad_id, pooling
         self.embed = nn.Embedding(vocab_size, width, padding_idx=pad_id)
         # Scaled by sqrt(width) in forward, so start at std 1/sqrt(width): tokens and positions weigh the same.
-        nn.init.normal_(self.embed.weight, std=width ** -0.5)
+        nn.init.normal_(self.embed.weight, std=width**-0.5)
         with torch.no_grad():
             self.embed.weight[pad_id].zero_()
         self.positions = nn.Embedding(max_length, width) if positions == "learned" else None
         # Recomputed from the config, so not saved with the weights.
-        self.register_buffer("sinusoids", sinusoid_table(max_length, width) if positions == "sinusoidal" else None,
-                             persistent=False)
+        self.register_buffer(
+            "sinusoids",
+            sinusoid_table(max_length, width) if positions == "sinusoidal" else None,
+            persistent=False,
+        )
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(width, heads, ffn_multiplier, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
@@ -81,8 +108,10 @@ class TransformerClassifier(nn.Module):
         """Args: ids (B, T) token ids, right-padded with pad_id, T <= max_length. Returns logits (B, num_classes)."""
         T = ids.shape[1]
         if T > self.max_length:
-            raise ValueError(f"got {T} tokens but the model was built for max_length {self.max_length}: "
-                             "truncate texts to max_length when tokenizing")
+            raise ValueError(
+                f"got {T} tokens but the model was built for max_length {self.max_length}: "
+                "truncate texts to max_length when tokenizing"
+            )
         real = ids != self.pad_id  # (B, T)
         attend = real.clone()
         attend[:, 0] = True  # an empty text attends to its first pad rather than to nothing (NaN)
@@ -98,9 +127,20 @@ class TransformerClassifier(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-def build_transformer(input_shape: tuple[int, ...], num_classes: int, vocab_size: int, pad_id: int, *,
-                      width: int = 256, depth: int = 4, heads: int = 4, ffn_multiplier: int = 4,
-                      positions: str = "sinusoidal", pooling: str = "mean", dropout: float = 0.1) -> nn.Module:
+def build_transformer(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    vocab_size: int,
+    pad_id: int,
+    *,
+    width: int = 256,
+    depth: int = 4,
+    heads: int = 4,
+    ffn_multiplier: int = 4,
+    positions: str = "sinusoidal",
+    pooling: str = "mean",
+    dropout: float = 0.1,
+) -> nn.Module:
     """A transformer encoder text classifier.
 
     Args:
@@ -116,14 +156,35 @@ def build_transformer(input_shape: tuple[int, ...], num_classes: int, vocab_size
         pooling: "mean" over the real tokens, or "cls" (the first token).
         dropout: dropout on embeddings, attention, residual branches and before the head.
     """
-    check_text_options(input_shape, vocab_size, pad_id, width=width, depth=depth, heads=heads,
-                       ffn_multiplier=ffn_multiplier, max_length=input_shape[0] if input_shape else 0)
+    check_text_options(
+        input_shape,
+        vocab_size,
+        pad_id,
+        width=width,
+        depth=depth,
+        heads=heads,
+        ffn_multiplier=ffn_multiplier,
+        max_length=input_shape[0] if input_shape else 0,
+    )
     if width % heads:
         raise ValueError(f"width {width} is not divisible by heads {heads}: pick heads that divide width")
     if positions not in POSITIONS:
-        raise ValueError(f"positions {positions!r} is not one of {', '.join(POSITIONS)}: "
-                         "positions must be 'sinusoidal' or 'learned'")
+        raise ValueError(
+            f"positions {positions!r} is not one of {', '.join(POSITIONS)}: "
+            "positions must be 'sinusoidal' or 'learned'"
+        )
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}: pick one of them")
-    return TransformerClassifier(input_shape[0], num_classes, vocab_size, pad_id, width, depth, heads,
-                                 ffn_multiplier, positions, pooling, dropout)
+    return TransformerClassifier(
+        input_shape[0],
+        num_classes,
+        vocab_size,
+        pad_id,
+        width,
+        depth,
+        heads,
+        ffn_multiplier,
+        positions,
+        pooling,
+        dropout,
+    )

@@ -7,6 +7,7 @@ rate is this machine's model FLOPs utilisation (MFU) for small models, and the f
 foundry's own training loop (seconds per step and per epoch, timed through `fit` on a model so
 small that its arithmetic is negligible), which dominate the time of small models.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,8 @@ def measure(size: int = 1024, repeats: int = 5) -> dict:
     import torch
 
     a, b = torch.randn(size, size), torch.randn(size, size)
-    matmul = 2 * size ** 3 / _best_seconds(lambda: a @ b, repeats)
-    source = torch.empty(32 * 2 ** 20, dtype=torch.float64)  # 256 MB, far beyond any cache
+    matmul = 2 * size**3 / _best_seconds(lambda: a @ b, repeats)
+    source = torch.empty(32 * 2**20, dtype=torch.float64)  # 256 MB, far beyond any cache
     target = torch.empty_like(source)
     bandwidth = 2 * source.nbytes / _best_seconds(lambda: target.copy_(source), repeats)  # read + write
 
@@ -59,11 +60,22 @@ def measure(size: int = 1024, repeats: int = 5) -> dict:
         model(inputs).square().mean().backward()
         optimizer.step()
 
-    train = 6 * params * batch / _best_seconds(step, repeats)  # forward 2 + backward 4 FLOPs per parameter and example
-    return {**loop_overheads(),"matmul_fp32_flops": matmul, "bandwidth_bytes_s": bandwidth, "train_flops": train,
-            "mfu": train / matmul, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "memory_gb": _memory_gb(), "measured": datetime.now().isoformat(timespec="seconds")}
+    train = (
+        6 * params * batch / _best_seconds(step, repeats)
+    )  # forward 2 + backward 4 FLOPs per parameter and example
+    return {
+        **loop_overheads(),
+        "matmul_fp32_flops": matmul,
+        "bandwidth_bytes_s": bandwidth,
+        "train_flops": train,
+        "mfu": train / matmul,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "memory_gb": _memory_gb(),
+        "measured": datetime.now().isoformat(timespec="seconds"),
+    }
 
 
 def loop_overheads(batch_size: int = 8, small: int = 4, large: int = 64, epochs: int = 4) -> dict:
@@ -82,14 +94,27 @@ def loop_overheads(batch_size: int = 8, small: int = 4, large: int = 64, epochs:
     generator = torch.Generator().manual_seed(0)
 
     def epoch_seconds(steps: int, blocks: int) -> float:
-        model = torch.nn.Sequential(*[m for _ in range(blocks) for m in (torch.nn.Linear(4, 4), torch.nn.ReLU())],
-                                    torch.nn.Linear(4, 2))
-        train = ArrayData(torch.randn(steps * batch_size, 4, generator=generator), torch.arange(steps * batch_size) % 2)
+        model = torch.nn.Sequential(
+            *[m for _ in range(blocks) for m in (torch.nn.Linear(4, 4), torch.nn.ReLU())],
+            torch.nn.Linear(4, 2),
+        )
+        train = ArrayData(
+            torch.randn(steps * batch_size, 4, generator=generator), torch.arange(steps * batch_size) % 2
+        )
         val = ArrayData(torch.randn(2 * batch_size, 4, generator=generator), torch.arange(2 * batch_size) % 2)
-        with tempfile.TemporaryDirectory(prefix="foundry-calibrate-") as scratch:  # as a run: checkpoints, events
-            result = fit(model, train, val, TrainConfig(epochs=epochs, batch_size=batch_size, precision="fp32"),
-                         device=torch.device("cpu"), checkpoint_dir=Path(scratch), log_dir=Path(scratch) / "tb",
-                         console=Console(quiet=True))
+        with tempfile.TemporaryDirectory(
+            prefix="foundry-calibrate-"
+        ) as scratch:  # as a run: checkpoints, events
+            result = fit(
+                model,
+                train,
+                val,
+                TrainConfig(epochs=epochs, batch_size=batch_size, precision="fp32"),
+                device=torch.device("cpu"),
+                checkpoint_dir=Path(scratch),
+                log_dir=Path(scratch) / "tb",
+                console=Console(quiet=True),
+            )
         return min(record["seconds"] for record in result.history[1:])
 
     shallow, deep = 1, 7
@@ -99,8 +124,11 @@ def loop_overheads(batch_size: int = 8, small: int = 4, large: int = 64, epochs:
     modules = {depth: 2 * depth + 1 for depth in (shallow, deep)}  # Linear + ReLU per block, and the head
     per_module = max((step_deep - step_shallow) / (modules[deep] - modules[shallow]), 0.0)
     step = max(step_shallow - per_module * modules[shallow], 0.0)
-    return {"step_seconds": step, "module_step_seconds": per_module,
-            "epoch_seconds": max(short - small * step_shallow, 0.0)}
+    return {
+        "step_seconds": step,
+        "module_step_seconds": per_module,
+        "epoch_seconds": max(short - small * step_shallow, 0.0),
+    }
 
 
 def leaf_modules(model) -> int:
@@ -127,19 +155,30 @@ def save(result: dict) -> Path:
 def load() -> dict:
     path = calibration_path()
     if not path.is_file():
-        raise UserError(f"--gpu cpu needs this machine's measured rates and {path} does not exist. "
-                        "Run `foundry plan calibrate` first (about ten seconds).")
+        raise UserError(
+            f"--gpu cpu needs this machine's measured rates and {path} does not exist. "
+            "Run `foundry plan calibrate` first (about ten seconds)."
+        )
     try:
         measured = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}). Run `foundry plan calibrate` again to rewrite it.") from None
+        raise UserError(
+            f"{path}: not valid JSON ({exc}). Run `foundry plan calibrate` again to rewrite it."
+        ) from None
     if not isinstance(measured, dict):
         measured = {}
-    missing = [key for key in REQUIRED if not isinstance(measured.get(key), (int, float)) or measured[key] <= 0]
+    missing = [
+        key for key in REQUIRED if not isinstance(measured.get(key), (int, float)) or measured[key] <= 0
+    ]
     # the loop's costs: absent in a calibration from before they were measured (then counted as 0), never negative
-    missing += [key for key in LOOP if key in measured and
-                (not isinstance(measured[key], (int, float)) or measured[key] < 0)]
+    missing += [
+        key
+        for key in LOOP
+        if key in measured and (not isinstance(measured[key], (int, float)) or measured[key] < 0)
+    ]
     if missing:
-        raise UserError(f"{path}: missing or out-of-range {', '.join(missing)}. "
-                        "Run `foundry plan calibrate` again to rewrite it.")
+        raise UserError(
+            f"{path}: missing or out-of-range {', '.join(missing)}. "
+            "Run `foundry plan calibrate` again to rewrite it."
+        )
     return measured

@@ -11,6 +11,7 @@ validation adds one forward pass per example. The rate is this machine's calibra
 second term is the training loop's fixed cost per step, per module (leaf modules of the model:
 Linear, Conv2d, ReLU, ...) and per epoch, also calibrated: it is what small models spend their time on.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,10 +24,12 @@ aten = torch.ops.aten
 # FlopCounterMode has no formula for the CPU flash-attention kernels that scaled_dot_product_attention
 # dispatches to, so it would count attention as zero; these reuse its own formulas for the GPU kernels.
 SDPA_CPU_FLOPS = {
-    aten._scaled_dot_product_flash_attention_for_cpu:
-        lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v),
-    aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda grad, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(grad, q, k, v),
+    aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *args, out_shape=None, **kwargs: (
+        flop_counter.sdpa_flop_count(q, k, v)
+    ),
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda grad, q, k, v, *args, out_shape=None, **kwargs: (
+        flop_counter.sdpa_backward_flop_count(grad, q, k, v)
+    ),
 }
 
 
@@ -41,17 +44,28 @@ def forward_flops_per_example(model: torch.nn.Module, example: torch.Tensor) -> 
     return counter.get_total_flops() / 2
 
 
-def plan_vs_measured(model: torch.nn.Module, example: torch.Tensor, train_examples: int, val_examples: int,
-                     epochs: int, measured_seconds: float, steps_per_epoch: int = 0) -> dict:
+def plan_vs_measured(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    train_examples: int,
+    val_examples: int,
+    epochs: int,
+    measured_seconds: float,
+    steps_per_epoch: int = 0,
+) -> dict:
     """The plan for a finished run and how far off it was; `predicted_seconds` is None without calibration.
     A calibration from before the loop overheads were measured predicts from FLOPs alone."""
     from modelfoundry.plan import calibrate
 
     per_example = forward_flops_per_example(model, example.cpu())
     flops = epochs * (3 * per_example * train_examples + per_example * val_examples)
-    out = {"forward_flops_per_example": per_example, "training_flops": flops,
-           "formula": "epochs * (3 * forward FLOPs * train examples + forward FLOPs * val examples)",
-           "measured_seconds": measured_seconds, "predicted_seconds": None}
+    out = {
+        "forward_flops_per_example": per_example,
+        "training_flops": flops,
+        "formula": "epochs * (3 * forward FLOPs * train examples + forward FLOPs * val examples)",
+        "measured_seconds": measured_seconds,
+        "predicted_seconds": None,
+    }
     try:
         measured = calibrate.load()
     except UserError as exc:  # no or damaged calibration: the run still finishes, the record says why
@@ -63,9 +77,16 @@ def plan_vs_measured(model: torch.nn.Module, example: torch.Tensor, train_exampl
     step = measured.get("step_seconds", 0.0) + modules * measured.get("module_step_seconds", 0.0)
     overhead = epochs * (steps_per_epoch * step + measured.get("epoch_seconds", 0.0))
     predicted = compute + overhead
-    out.update(predicted_seconds=predicted, compute_seconds=compute, overhead_seconds=overhead,
-               steps_per_epoch=steps_per_epoch, modules=modules, rate_flops=rate, rate_source=f"calibrated {measured['measured']}",
-               predicted_formula="training_flops / rate + epochs * (steps_per_epoch * (step_seconds + modules * "
-                                 "module_step_seconds) + epoch_seconds)",
-               predicted_over_measured=predicted / measured_seconds if measured_seconds else None)
+    out.update(
+        predicted_seconds=predicted,
+        compute_seconds=compute,
+        overhead_seconds=overhead,
+        steps_per_epoch=steps_per_epoch,
+        modules=modules,
+        rate_flops=rate,
+        rate_source=f"calibrated {measured['measured']}",
+        predicted_formula="training_flops / rate + epochs * (steps_per_epoch * (step_seconds + modules * "
+        "module_step_seconds) + epoch_seconds)",
+        predicted_over_measured=predicted / measured_seconds if measured_seconds else None,
+    )
     return out

@@ -4,6 +4,7 @@ Peaks are the vendor's *dense* figures (datasheets often print 2x "with sparsity
 decimal GB as the datasheets give it. Prices are assumptions (typical on-demand cloud rates in
 USD per GPU-hour); pass --price to use your own.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ class GPU:
         if dtype == "fp16" and "fp16" not in self.peak_tflops:
             dtype = "bf16"
         if dtype not in self.peak_tflops:
-            raise UserError(f"GPU '{self.name}' has no {dtype} peak; it has {', '.join(sorted(self.peak_tflops))}.")
+            raise UserError(
+                f"GPU '{self.name}' has no {dtype} peak; it has {', '.join(sorted(self.peak_tflops))}."
+            )
         return self.peak_tflops[dtype] * 1e12
 
     @property
@@ -52,15 +55,31 @@ class GPU:
 _H100_COMPUTE = {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0, "int8": 1979.0}
 _A100_COMPUTE = {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5, "int8": 624.0}
 
-GPUS: dict[str, GPU] = {g.name: g for g in [
-    GPU("h100", 80, 3.35, _H100_COMPUTE, 2.5, "NVIDIA H100 Tensor Core GPU datasheet (SXM5)"),
-    GPU("h200", 141, 4.8, _H100_COMPUTE, 3.5, "NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
-    GPU("a100-40gb", 40, 1.555, _A100_COMPUTE, 1.3, "NVIDIA A100 Tensor Core GPU datasheet (40GB SXM)"),
-    GPU("a100-80gb", 80, 2.039, _A100_COMPUTE, 1.8, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)"),
-    GPU("l4", 24, 0.300, {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3, "int8": 242.0}, 0.8,
-        "NVIDIA L4 Tensor Core GPU datasheet"),
-    GPU("t4", 16, 0.320, {"fp16": 65.0, "fp32": 8.1, "int8": 130.0}, 0.35, "NVIDIA T4 Tensor Core GPU datasheet"),
-]}
+GPUS: dict[str, GPU] = {
+    g.name: g
+    for g in [
+        GPU("h100", 80, 3.35, _H100_COMPUTE, 2.5, "NVIDIA H100 Tensor Core GPU datasheet (SXM5)"),
+        GPU("h200", 141, 4.8, _H100_COMPUTE, 3.5, "NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
+        GPU("a100-40gb", 40, 1.555, _A100_COMPUTE, 1.3, "NVIDIA A100 Tensor Core GPU datasheet (40GB SXM)"),
+        GPU("a100-80gb", 80, 2.039, _A100_COMPUTE, 1.8, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)"),
+        GPU(
+            "l4",
+            24,
+            0.300,
+            {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3, "int8": 242.0},
+            0.8,
+            "NVIDIA L4 Tensor Core GPU datasheet",
+        ),
+        GPU(
+            "t4",
+            16,
+            0.320,
+            {"fp16": 65.0, "fp32": 8.1, "int8": 130.0},
+            0.35,
+            "NVIDIA T4 Tensor Core GPU datasheet",
+        ),
+    ]
+}
 
 
 def this_cpu() -> GPU:
@@ -68,10 +87,15 @@ def this_cpu() -> GPU:
     from modelfoundry.plan import calibrate
 
     measured = calibrate.load()
-    return GPU("cpu", measured["memory_gb"], measured["bandwidth_bytes_s"] / 1e12,
-               {"fp32": measured["matmul_fp32_flops"] / 1e12}, 0.0,
-               f"measured by `foundry plan calibrate` on {measured['measured']} ({measured['processor']}, "
-               f"{measured['threads']} threads; training MFU {measured['mfu']:.2f})")
+    return GPU(
+        "cpu",
+        measured["memory_gb"],
+        measured["bandwidth_bytes_s"] / 1e12,
+        {"fp32": measured["matmul_fp32_flops"] / 1e12},
+        0.0,
+        f"measured by `foundry plan calibrate` on {measured['measured']} ({measured['processor']}, "
+        f"{measured['threads']} threads; training MFU {measured['mfu']:.2f})",
+    )
 
 
 def get_gpu(name: str) -> GPU:
@@ -80,6 +104,8 @@ def get_gpu(name: str) -> GPU:
         return this_cpu()
     gpu = GPUS.get(name.lower())
     if gpu is None:
-        raise UserError(f"--gpu '{name}' is not a known GPU; choose one of {', '.join(GPUS)}, or cpu (calibrated)."
-                        + did_you_mean(name, GPUS))
+        raise UserError(
+            f"--gpu '{name}' is not a known GPU; choose one of {', '.join(GPUS)}, or cpu (calibrated)."
+            + did_you_mean(name, GPUS)
+        )
     return gpu

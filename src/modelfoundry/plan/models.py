@@ -5,6 +5,7 @@ Counting follows the architecture: per layer, attention q,o (d x heads*head_dim)
 (bert, gpt2), and norms; plus token embeddings, learned position embeddings where the model has
 them, and an LM head unless tied to the embeddings.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,13 @@ BIASED_TYPES = {"bert", "gpt2", "roberta"}
 # Hugging Face's default for tie_word_embeddings is True; these configs default it to False.
 UNTIED_BY_DEFAULT = {"llama", "mistral", "qwen2", "mixtral"}
 # gpt2's config.json uses its own key names.
-ALIASES = {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "n_head": "num_attention_heads",
-           "n_inner": "intermediate_size", "n_positions": "max_position_embeddings"}
+ALIASES = {
+    "n_layer": "num_hidden_layers",
+    "n_embd": "hidden_size",
+    "n_head": "num_attention_heads",
+    "n_inner": "intermediate_size",
+    "n_positions": "max_position_embeddings",
+}
 REQUIRED = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
 
 
@@ -62,8 +68,10 @@ def count_params(config: dict[str, Any], source: str = "config") -> dict[str, fl
     cfg = {ALIASES.get(k, k): v for k, v in config.items()}
     for key in REQUIRED:
         if cfg.get(key) is None:
-            raise UserError(f"{source}: missing '{key}', needed to count parameters. A Hugging Face config.json "
-                            f"has {', '.join(REQUIRED)} and intermediate_size.")
+            raise UserError(
+                f"{source}: missing '{key}', needed to count parameters. A Hugging Face config.json "
+                f"has {', '.join(REQUIRED)} and intermediate_size."
+            )
         if not isinstance(cfg[key], int) or cfg[key] <= 0:
             raise UserError(f"{source}: '{key}' must be a positive integer; got {cfg[key]!r}.")
     model_type = str(cfg.get("model_type", "")).lower()
@@ -73,7 +81,9 @@ def count_params(config: dict[str, Any], source: str = "config") -> dict[str, fl
     ffn = cfg.get("intermediate_size")
     if ffn is None:
         if model_type != "gpt2":
-            raise UserError(f"{source}: missing 'intermediate_size' (the MLP width), needed to count parameters.")
+            raise UserError(
+                f"{source}: missing 'intermediate_size' (the MLP width), needed to count parameters."
+            )
         ffn = 4 * d  # gpt2 leaves n_inner null to mean 4 * n_embd
     biased = model_type in BIASED_TYPES
     mlp_matrices = 3 if model_type in GATED_MLP_TYPES else 2
@@ -98,35 +108,91 @@ def count_params(config: dict[str, Any], source: str = "config") -> dict[str, fl
     if model_type == "bert":  # token type embeddings, embedding LayerNorm, pooler
         extra = cfg.get("type_vocab_size", 2) * d + 2 * d + d * d + d
     non_embedding = layers * per_layer + final_norm + extra
-    return {"params": float(non_embedding + token_emb + lm_head + position_emb),
-            "non_embedding_params": float(non_embedding), "layers": layers, "hidden": d, "heads": heads,
-            "kv_heads": kv_heads, "head_dim": head_dim}
+    return {
+        "params": float(non_embedding + token_emb + lm_head + position_emb),
+        "non_embedding_params": float(non_embedding),
+        "layers": layers,
+        "hidden": d,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "head_dim": head_dim,
+    }
 
 
-def _llama(layers: int, d: int, heads: int, ffn: int, vocab: int, kv_heads: int | None = None) -> dict[str, Any]:
-    return {"model_type": "llama", "num_hidden_layers": layers, "hidden_size": d, "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads or heads, "intermediate_size": ffn, "vocab_size": vocab,
-            "tie_word_embeddings": False}
+def _llama(
+    layers: int, d: int, heads: int, ffn: int, vocab: int, kv_heads: int | None = None
+) -> dict[str, Any]:
+    return {
+        "model_type": "llama",
+        "num_hidden_layers": layers,
+        "hidden_size": d,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads or heads,
+        "intermediate_size": ffn,
+        "vocab_size": vocab,
+        "tie_word_embeddings": False,
+    }
 
 
 # name -> (config, published parameter count, source)
 PRESETS: dict[str, tuple[dict[str, Any], float, str]] = {
-    "gpt3-175b": ({"model_type": "gpt2", "num_hidden_layers": 96, "hidden_size": 12288, "num_attention_heads": 96,
-                   "intermediate_size": 4 * 12288, "vocab_size": 50257, "max_position_embeddings": 2048},
-                  175e9, "Brown et al. 2020, Language Models are Few-Shot Learners, Table 2.1"),
+    "gpt3-175b": (
+        {
+            "model_type": "gpt2",
+            "num_hidden_layers": 96,
+            "hidden_size": 12288,
+            "num_attention_heads": 96,
+            "intermediate_size": 4 * 12288,
+            "vocab_size": 50257,
+            "max_position_embeddings": 2048,
+        },
+        175e9,
+        "Brown et al. 2020, Language Models are Few-Shot Learners, Table 2.1",
+    ),
     "llama-7b": (_llama(32, 4096, 32, 11008, 32000), 6.7e9, "Touvron et al. 2023, LLaMA, Table 2"),
     "llama-13b": (_llama(40, 5120, 40, 13824, 32000), 13.0e9, "Touvron et al. 2023, LLaMA, Table 2"),
     "llama-65b": (_llama(80, 8192, 64, 22016, 32000), 65.2e9, "Touvron et al. 2023, LLaMA, Table 2"),
-    "llama3-8b": (_llama(32, 4096, 32, 14336, 128256, 8), 8.0e9, "Llama 3 Herd of Models 2024, Table 3; HF config"),
-    "llama3-70b": (_llama(80, 8192, 64, 28672, 128256, 8), 70.6e9, "Llama 3 Herd of Models 2024, Table 3; HF config"),
-    "llama3-405b": (_llama(126, 16384, 128, 53248, 128256, 8), 405e9,
-                    "Llama 3 Herd of Models 2024, Table 3; HF config"),
-    "bert-base": ({"model_type": "bert", "num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12,
-                   "intermediate_size": 3072, "vocab_size": 30522, "max_position_embeddings": 512},
-                  110e6, "Devlin et al. 2019, BERT; bert-base-uncased config.json"),
-    "minilm-l6": ({"model_type": "bert", "num_hidden_layers": 6, "hidden_size": 384, "num_attention_heads": 12,
-                   "intermediate_size": 1536, "vocab_size": 30522, "max_position_embeddings": 512},
-                  22.7e6, "sentence-transformers/all-MiniLM-L6-v2 model card and config.json"),
+    "llama3-8b": (
+        _llama(32, 4096, 32, 14336, 128256, 8),
+        8.0e9,
+        "Llama 3 Herd of Models 2024, Table 3; HF config",
+    ),
+    "llama3-70b": (
+        _llama(80, 8192, 64, 28672, 128256, 8),
+        70.6e9,
+        "Llama 3 Herd of Models 2024, Table 3; HF config",
+    ),
+    "llama3-405b": (
+        _llama(126, 16384, 128, 53248, 128256, 8),
+        405e9,
+        "Llama 3 Herd of Models 2024, Table 3; HF config",
+    ),
+    "bert-base": (
+        {
+            "model_type": "bert",
+            "num_hidden_layers": 12,
+            "hidden_size": 768,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "vocab_size": 30522,
+            "max_position_embeddings": 512,
+        },
+        110e6,
+        "Devlin et al. 2019, BERT; bert-base-uncased config.json",
+    ),
+    "minilm-l6": (
+        {
+            "model_type": "bert",
+            "num_hidden_layers": 6,
+            "hidden_size": 384,
+            "num_attention_heads": 12,
+            "intermediate_size": 1536,
+            "vocab_size": 30522,
+            "max_position_embeddings": 512,
+        },
+        22.7e6,
+        "sentence-transformers/all-MiniLM-L6-v2 model card and config.json",
+    ),
 }
 
 
@@ -134,14 +200,25 @@ def get_model(name: str) -> ModelSpec:
     """A preset by name, with its published parameter count and shape from its config."""
     key = name.lower()
     if key not in PRESETS:
-        raise UserError(f"--model '{name}' is not a known model; choose one of {', '.join(PRESETS)}, "
-                        f"or pass --params or --config." + did_you_mean(name, PRESETS))
+        raise UserError(
+            f"--model '{name}' is not a known model; choose one of {', '.join(PRESETS)}, "
+            f"or pass --params or --config." + did_you_mean(name, PRESETS)
+        )
     config, published, source = PRESETS[key]
     counted = count_params(config, source=key)
     # Keep the published total; scale non-embedding params by the same embedding count.
     embedding = counted["params"] - counted["non_embedding_params"]
-    return ModelSpec(key, published, published - embedding, counted["layers"], counted["hidden"], counted["heads"],
-                     counted["kv_heads"], counted["head_dim"], source)
+    return ModelSpec(
+        key,
+        published,
+        published - embedding,
+        counted["layers"],
+        counted["hidden"],
+        counted["heads"],
+        counted["kv_heads"],
+        counted["head_dim"],
+        source,
+    )
 
 
 def model_from_config(path: str | Path) -> ModelSpec:
@@ -156,9 +233,17 @@ def model_from_config(path: str | Path) -> ModelSpec:
     if not isinstance(config, dict):
         raise UserError(f"--config {path}: expected a JSON object of config fields.")
     counted = count_params(config, source=str(path))
-    return ModelSpec(path.stem if path.stem != "config" else path.parent.name or "config", counted["params"],
-                     counted["non_embedding_params"], counted["layers"], counted["hidden"], counted["heads"],
-                     counted["kv_heads"], counted["head_dim"], str(path))
+    return ModelSpec(
+        path.stem if path.stem != "config" else path.parent.name or "config",
+        counted["params"],
+        counted["non_embedding_params"],
+        counted["layers"],
+        counted["hidden"],
+        counted["heads"],
+        counted["kv_heads"],
+        counted["head_dim"],
+        str(path),
+    )
 
 
 def model_from_params(params: float) -> ModelSpec:
@@ -177,11 +262,23 @@ def model_from_run(run: str | Path) -> ModelSpec:
     folder = _package_folder(run)
     with open(folder / "model.safetensors", "rb") as f:
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-    params = sum(math.prod(entry["shape"]) for name, entry in header.items()
-                 if name != "__metadata__" and not name.endswith(BUFFER_SUFFIXES))
+    params = sum(
+        math.prod(entry["shape"])
+        for name, entry in header.items()
+        if name != "__metadata__" and not name.endswith(BUFFER_SUFFIXES)
+    )
     spec = json.loads((folder / "model.json").read_text())
-    return ModelSpec(f"{spec.get('run_id', folder.parent.name)} ({spec['model']['name']})", float(params), float(params),
-                     0, 0, 0, 0, 0, f"run package {folder}")
+    return ModelSpec(
+        f"{spec.get('run_id', folder.parent.name)} ({spec['model']['name']})",
+        float(params),
+        float(params),
+        0,
+        0,
+        0,
+        0,
+        0,
+        f"run package {folder}",
+    )
 
 
 def _package_folder(run: str | Path) -> Path:
@@ -191,5 +288,7 @@ def _package_folder(run: str | Path) -> Path:
     for folder in (root / "model", root):
         if (folder / "model.json").is_file() and (folder / "model.safetensors").is_file():
             return folder
-    raise UserError(f"--run {run}: no model package in {root} (expected model/model.safetensors); "
-                    "is the run finished? `foundry runs list` shows each run's status.")
+    raise UserError(
+        f"--run {run}: no model package in {root} (expected model/model.safetensors); "
+        "is the run finished? `foundry runs list` shows each run's status."
+    )

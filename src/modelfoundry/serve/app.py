@@ -5,6 +5,7 @@ are checked and encoded in the thread pool, then queued for the micro-batcher (b
 which runs the model in one thread of its own. Errors are JSON `{"error": {"field", "message"}}`
 with a 4xx status, and inputs are never logged.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,18 +45,18 @@ INLINE_BYTES = 16_384  # requests smaller than this are encoded on the event loo
 
 @dataclass
 class Settings:
-    model: str                            # alias, version (v3), run id or run folder
-    backend: str = "auto"                 # auto: torch when the package has PyTorch weights, else onnx
-    api_key: str | None = None            # required for feedback and admin routes when set
+    model: str  # alias, version (v3), run id or run folder
+    backend: str = "auto"  # auto: torch when the package has PyTorch weights, else onnx
+    api_key: str | None = None  # required for feedback and admin routes when set
     max_batch_size: int = 64
     max_wait_ms: float = 0.0
-    max_inputs: int = 64                  # per request
+    max_inputs: int = 64  # per request
     max_body_bytes: int = 10 * 2**20
-    max_image_pixels: int = 4096 * 4096   # decoded size; larger images are refused before decoding
+    max_image_pixels: int = 4096 * 4096  # decoded size; larger images are refused before decoding
     cors_origins: list[str] = field(default_factory=list)
-    watch_seconds: float = 0.0            # poll the alias and reload on change; 0 = only POST /v1/admin/reload
-    remembered_requests: int = 10_000     # recent predictions kept in memory for feedback by request id
-    remembered_bytes: int = 256 * 2**20   # ... and at most this many bytes of their images
+    watch_seconds: float = 0.0  # poll the alias and reload on change; 0 = only POST /v1/admin/reload
+    remembered_requests: int = 10_000  # recent predictions kept in memory for feedback by request id
+    remembered_bytes: int = 256 * 2**20  # ... and at most this many bytes of their images
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Served:
     """The model being served and where it came from."""
 
     predictor: Predictor
-    version: Any          # store.models.ModelVersion, or None for a package outside the registry
+    version: Any  # store.models.ModelVersion, or None for a package outside the registry
     alias: str | None
     loaded_at: float = field(default_factory=time.time)
 
@@ -94,9 +95,12 @@ def load_served(ref: str, backend: str = "auto") -> Served:
 
 # ---------- request and response bodies (the OpenAPI schema at /docs shows them) ----------
 
+
 class PredictRequest(BaseModel):
-    inputs: list[Any] = Field(description="texts; images as base64 or data URLs; table rows as objects column -> value",
-                              examples=[["a great film"]])
+    inputs: list[Any] = Field(
+        description="texts; images as base64 or data URLs; table rows as objects column -> value",
+        examples=[["a great film"]],
+    )
     top_k: int = Field(1, ge=1, le=100, description="how many of the most likely labels to return per input")
 
 
@@ -134,6 +138,7 @@ class FeedbackResponse(BaseModel):
 
 # ---------- the app ----------
 
+
 def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
     served = served or load_served(settings.model, settings.backend)
     metrics = ServeMetrics()
@@ -145,7 +150,9 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
         x = [ids for p in payloads for ids in p] if isinstance(payloads[0], list) else torch.cat(payloads)
         return key.predictor.proba(x)
 
-    batcher = MicroBatcher(run_batch, settings.max_batch_size, settings.max_wait_ms, metrics.batch_size.observe)
+    batcher = MicroBatcher(
+        run_batch, settings.max_batch_size, settings.max_wait_ms, metrics.batch_size.observe
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -157,14 +164,23 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
             watcher.cancel()
         await batcher.stop()
 
-    app = FastAPI(title="modelfoundry model service", version="1", lifespan=lifespan,
-                  description="Predictions, feedback and the model card of a packaged modelfoundry model.")
+    app = FastAPI(
+        title="modelfoundry model service",
+        version="1",
+        lifespan=lifespan,
+        description="Predictions, feedback and the model card of a packaged modelfoundry model.",
+    )
     app.state.settings, app.state.metrics, app.state.batcher = settings, metrics, batcher
     app.state.current = lambda: state["served"]
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Content-Type", "X-API-Key"])
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-API-Key"],
+        )
     app.add_middleware(LimitsAndMetrics, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
     metrics.queue_depth.set_function(lambda: batcher.depth)
@@ -173,8 +189,12 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
         if settings.api_key is None:
             client = request.client.host if request.client else ""
             if admin and client not in ("127.0.0.1", "::1", "localhost"):
-                raise ApiError(403, "X-API-Key", "admin routes need the server to be started with --api-key "
-                                                 "when called from another machine.")
+                raise ApiError(
+                    403,
+                    "X-API-Key",
+                    "admin routes need the server to be started with --api-key "
+                    "when called from another machine.",
+                )
             return
         given = request.headers.get("x-api-key")
         if given is None:
@@ -187,10 +207,15 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
         a small model, per-request overhead is what limits throughput (bench/serve_load.py)."""
         probabilities = await batcher.submit(current, payload, size)
         labels = current.predictor.labels
-        order = np.argsort(-probabilities, axis=1)[:, :min(top_k, len(labels))]
-        predictions = [{"label": labels[top[0]], "probability": round(float(p[top[0]]), 6),
-                        "top_k": [{"label": labels[j], "probability": round(float(p[j]), 6)} for j in top]}
-                       for p, top in zip(probabilities, order)]
+        order = np.argsort(-probabilities, axis=1)[:, : min(top_k, len(labels))]
+        predictions = [
+            {
+                "label": labels[top[0]],
+                "probability": round(float(p[top[0]]), 6),
+                "top_k": [{"label": labels[j], "probability": round(float(p[j]), 6)} for j in top],
+            }
+            for p, top in zip(probabilities, order)
+        ]
         for prediction in predictions:
             metrics.predictions.labels(label=prediction["label"]).inc()
         request_id = secrets.token_hex(8)
@@ -198,8 +223,9 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
         held["bytes"] += _size(stored)
         while len(recent) > settings.remembered_requests or held["bytes"] > settings.remembered_bytes:
             held["bytes"] -= _size(recent.popitem(last=False)[1][0])
-        return JSONResponse({"request_id": request_id, "model_version": current.version_name,
-                             "predictions": predictions})
+        return JSONResponse(
+            {"request_id": request_id, "model_version": current.version_name, "predictions": predictions}
+        )
 
     async def encode(current: Served, inputs: list, field: str = "inputs"):
         """Small requests are encoded on the event loop (a thread hop costs more than decoding an
@@ -221,8 +247,10 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
     @app.get("/readyz", tags=["health"], summary="A model is loaded and the batcher runs")
     def readyz() -> JSONResponse:
         ready = batcher.running
-        return JSONResponse({"status": "ready" if ready else "not ready", "model_version": state["served"].version_name},
-                            status_code=200 if ready else 503)
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "model_version": state["served"].version_name},
+            status_code=200 if ready else 503,
+        )
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     def prometheus() -> Response:
@@ -233,65 +261,104 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
     def model_card() -> dict:
         return model_card_of(state["served"], settings)
 
-    @app.post("/v1/predict", tags=["predict"], response_model=PredictResponse,
-              summary="Predict labels for a list of inputs (texts, base64 images or table rows)")
+    @app.post(
+        "/v1/predict",
+        tags=["predict"],
+        response_model=PredictResponse,
+        summary="Predict labels for a list of inputs (texts, base64 images or table rows)",
+    )
     async def predict(body: PredictRequest) -> JSONResponse:
         current = state["served"]
         _check_count(len(body.inputs), settings.max_inputs)
         payload, stored = await encode(current, body.inputs)
         return await predict_encoded(current, payload, stored, len(body.inputs), body.top_k)
 
-    @app.post("/v1/predict/file", tags=["predict"], response_model=PredictResponse,
-              summary="Predict labels for uploaded image files (multipart field `files`, or `file`)")
-    async def predict_file(files: Annotated[list[UploadFile] | None, File()] = None,
-                           file: Annotated[UploadFile | None, File()] = None,
-                           top_k: Annotated[int, Query(ge=1, le=100)] = 1) -> JSONResponse:
+    @app.post(
+        "/v1/predict/file",
+        tags=["predict"],
+        response_model=PredictResponse,
+        summary="Predict labels for uploaded image files (multipart field `files`, or `file`)",
+    )
+    async def predict_file(
+        files: Annotated[list[UploadFile] | None, File()] = None,
+        file: Annotated[UploadFile | None, File()] = None,
+        top_k: Annotated[int, Query(ge=1, le=100)] = 1,
+    ) -> JSONResponse:
         current = state["served"]
         uploads = (files or []) + ([file] if file else [])
         if current.predictor.spec["preprocessing"]["kind"] != "image":
-            raise ApiError(415, "files", f"this model takes {current.predictor.spec['preprocessing']['kind']} inputs; "
-                                         "upload files to an image model, or POST JSON to /v1/predict.")
+            raise ApiError(
+                415,
+                "files",
+                f"this model takes {current.predictor.spec['preprocessing']['kind']} inputs; "
+                "upload files to an image model, or POST JSON to /v1/predict.",
+            )
         _check_count(len(uploads), settings.max_inputs, field="files")
         contents = [await u.read() for u in uploads]
         payload, stored = await run_in_threadpool(encode_images, current, contents, settings, "files")
         return await predict_encoded(current, payload, stored, len(uploads), top_k)
 
-    @app.post("/v1/feedback", tags=["feedback"], status_code=201, response_model=FeedbackResponse,
-              summary="Store the correct label of a prediction (by request id) or of an input")
+    @app.post(
+        "/v1/feedback",
+        tags=["feedback"],
+        status_code=201,
+        response_model=FeedbackResponse,
+        summary="Store the correct label of a prediction (by request id) or of an input",
+    )
     async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
         require_key(request)
         current = state["served"]
         if body.request_id is not None:
             if body.request_id not in recent:
-                raise ApiError(404, "request_id", f"no recent prediction {body.request_id!r} (this server remembers the "
-                                                  f"last {settings.remembered_requests:,} requests since it started, "
-                                                  "fewer when they carry large images); "
-                                                  "send the input itself in `input` instead.")
+                raise ApiError(
+                    404,
+                    "request_id",
+                    f"no recent prediction {body.request_id!r} (this server remembers the "
+                    f"last {settings.remembered_requests:,} requests since it started, "
+                    "fewer when they carry large images); "
+                    "send the input itself in `input` instead.",
+                )
             stored, predicted, current = recent[body.request_id]
             if body.index >= len(stored):
-                raise ApiError(422, "index", f"request {body.request_id} had {len(stored)} input(s); index must be "
-                                             f"below {len(stored)}.")
+                raise ApiError(
+                    422,
+                    "index",
+                    f"request {body.request_id} had {len(stored)} input(s); index must be "
+                    f"below {len(stored)}.",
+                )
             item, predicted = stored[body.index], predicted[body.index]
         elif body.input is not None:
             _, stored = await encode(current, [body.input], "input")
             item, predicted = stored[0], body.predicted
         else:
-            raise ApiError(422, "request_id", "give the request_id of a prediction, or the input itself in `input`.")
+            raise ApiError(
+                422, "request_id", "give the request_id of a prediction, or the input itself in `input`."
+            )
         labels = current.predictor.labels
         if body.label not in labels:
-            raise ApiError(422, "label", f"{body.label!r} is not a label of this model.{did_you_mean(body.label, labels)} "
-                                         f"Labels: {', '.join(labels)}.")
-        feedback_id = await run_in_threadpool(store_feedback, current, item, body.label, predicted, body.request_id)
-        return FeedbackResponse(feedback_id=feedback_id, label=body.label, predicted=predicted,
-                                model_version=current.version_name)
+            raise ApiError(
+                422,
+                "label",
+                f"{body.label!r} is not a label of this model.{did_you_mean(body.label, labels)} "
+                f"Labels: {', '.join(labels)}.",
+            )
+        feedback_id = await run_in_threadpool(
+            store_feedback, current, item, body.label, predicted, body.request_id
+        )
+        return FeedbackResponse(
+            feedback_id=feedback_id, label=body.label, predicted=predicted, model_version=current.version_name
+        )
 
     @app.get("/v1/feedback", tags=["feedback"], summary="Stored feedback, newest first")
     def feedback_list(request: Request, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> dict:
         require_key(request)
         from modelfoundry.store.feedback import FeedbackStore, to_json
+
         return {"feedback": [to_json(r) for r in FeedbackStore().list(limit)]}
 
-    @app.post("/v1/admin/reload", tags=["admin"], summary="Load the model the alias points at now, without downtime")
+    @app.post(
+        "/v1/admin/reload", tags=["admin"], summary="Load the model the alias points at now, without downtime"
+    )
     async def reload(request: Request) -> dict:
         require_key(request, admin=True)
         return await _reload(force=True)
@@ -307,10 +374,15 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
         if changed or force:
             state["served"] = fresh  # requests already queued finish on the model that encoded them
             log.info("serving %s (was %s)", fresh.version_name, previous.version_name)
-        return {"reloaded": changed or force, "model_version": fresh.version_name, "previous": previous.version_name}
+        return {
+            "reloaded": changed or force,
+            "model_version": fresh.version_name,
+            "previous": previous.version_name,
+        }
 
     async def _watch() -> None:
         from modelfoundry.store.models import ModelStore
+
         while True:
             await asyncio.sleep(settings.watch_seconds)
             try:
@@ -325,16 +397,27 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
 
 def model_card_of(served: Served, settings: Settings) -> dict:
     spec, pre = served.predictor.spec, served.predictor.spec["preprocessing"]
-    card = {"version": served.version_name, "alias": served.alias, "run_id": spec.get("run_id"), "task": spec["task"],
-            "kind": pre["kind"], "model": spec["model"]["name"], "backend": served.predictor.backend,
-            "variant": spec.get("variant", {}).get("kind", "base"),
-            "labels": served.predictor.labels, "created": spec.get("created"),
-            "metrics": (served.version.metrics if served.version is not None else None)
-            or {"test_accuracy": spec.get("test_accuracy")},
-            "feedback_requires_key": settings.api_key is not None, "max_inputs": settings.max_inputs}
+    card = {
+        "version": served.version_name,
+        "alias": served.alias,
+        "run_id": spec.get("run_id"),
+        "task": spec["task"],
+        "kind": pre["kind"],
+        "model": spec["model"]["name"],
+        "backend": served.predictor.backend,
+        "variant": spec.get("variant", {}).get("kind", "base"),
+        "labels": served.predictor.labels,
+        "created": spec.get("created"),
+        "metrics": (served.version.metrics if served.version is not None else None)
+        or {"test_accuracy": spec.get("test_accuracy")},
+        "feedback_requires_key": settings.api_key is not None,
+        "max_inputs": settings.max_inputs,
+    }
     if pre["kind"] == "table":
-        card["columns"] = [{"name": c["name"], "kind": c["kind"], "categories": c.get("categories", [])}
-                           for c in pre["columns"]]
+        card["columns"] = [
+            {"name": c["name"], "kind": c["kind"], "categories": c.get("categories", [])}
+            for c in pre["columns"]
+        ]
     elif pre["kind"] == "image":
         card["image"] = {"size": pre["size"], "channels": pre["channels"]}
     else:
@@ -343,6 +426,7 @@ def model_card_of(served: Served, settings: Settings) -> dict:
 
 
 # ---------- inputs: check, encode, and keep what feedback would store ----------
+
 
 def _check_count(count: int, limit: int, field: str = "inputs") -> None:
     if count == 0:
@@ -358,19 +442,25 @@ def encode_inputs(served: Served, inputs: list, settings: Settings, field: str =
         contents = []
         for i, item in enumerate(inputs):
             if not isinstance(item, str):
-                raise ApiError(422, _at(field, i, inputs), f"an image model takes base64 strings (or data URLs); got "
-                                                          f"{_json_type(item)}.")
+                raise ApiError(
+                    422,
+                    _at(field, i, inputs),
+                    f"an image model takes base64 strings (or data URLs); got {_json_type(item)}.",
+                )
             contents.append(_base64(item, _at(field, i, inputs)))
         return encode_images(served, contents, settings, field, single=len(inputs) == 1 and field == "input")
     if kind == "text":
         for i, item in enumerate(inputs):
             if not isinstance(item, str):
-                raise ApiError(422, _at(field, i, inputs), f"a text model takes strings; got {_json_type(item)}.")
+                raise ApiError(
+                    422, _at(field, i, inputs), f"a text model takes strings; got {_json_type(item)}."
+                )
             if not item.strip():
                 raise ApiError(422, _at(field, i, inputs), "the text is empty.")
         texts = list(inputs)
         if served.predictor.spec["preprocessing"].get("pii", "off") != "off":
             from modelfoundry.data.privacy import scrub_texts
+
             stored, _, _ = scrub_texts(texts, "redact")  # feedback never keeps the personal data it was sent
         else:
             stored = texts
@@ -384,29 +474,49 @@ def _encode_rows(served: Served, rows: list, field: str):
     for i, row in enumerate(rows):
         where = _at(field, i, rows)
         if not isinstance(row, dict):
-            raise ApiError(422, where, f"a table model takes objects of column -> value; got {_json_type(row)}.")
+            raise ApiError(
+                422, where, f"a table model takes objects of column -> value; got {_json_type(row)}."
+            )
         missing, extra = [n for n in names if n not in row], [k for k in row if k not in names]
         if missing:
-            raise ApiError(422, where, f"missing column(s) {', '.join(map(repr, missing))}. The model needs: "
-                                       f"{', '.join(names)}.")
+            raise ApiError(
+                422,
+                where,
+                f"missing column(s) {', '.join(map(repr, missing))}. The model needs: {', '.join(names)}.",
+            )
         if extra:
-            raise ApiError(422, where, f"unknown column(s) {', '.join(map(repr, extra))}.{did_you_mean(extra[0], missing or names)}"
-                                       f" The model takes: {', '.join(names)}.")
+            raise ApiError(
+                422,
+                where,
+                f"unknown column(s) {', '.join(map(repr, extra))}.{did_you_mean(extra[0], missing or names)}"
+                f" The model takes: {', '.join(names)}.",
+            )
         for column in columns:
             value = row[column["name"]]
-            if column["kind"] == "number" and value is not None and (isinstance(value, bool) or
-                                                                     not isinstance(value, (int, float))):
-                raise ApiError(422, f"{where}.{column['name']}", f"{value!r} is not a number; this column takes "
-                                                                 "numbers (or null for a missing value).")
+            if (
+                column["kind"] == "number"
+                and value is not None
+                and (isinstance(value, bool) or not isinstance(value, (int, float)))
+            ):
+                raise ApiError(
+                    422,
+                    f"{where}.{column['name']}",
+                    f"{value!r} is not a number; this column takes numbers (or null for a missing value).",
+                )
             if isinstance(value, (dict, list)):
-                raise ApiError(422, f"{where}.{column['name']}", f"got {_json_type(value)}; give a string or number.")
+                raise ApiError(
+                    422, f"{where}.{column['name']}", f"got {_json_type(value)}; give a string or number."
+                )
     from modelfoundry.data.tabular import TableEncoder
+
     frame = pd.DataFrame([{n: row[n] for n in names} for row in rows], columns=names)
     features = TableEncoder(served.predictor.spec["preprocessing"]).transform(frame, field)
     return torch.from_numpy(features), [{"row": {n: row[n] for n in names}} for row in rows]
 
 
-def encode_images(served: Served, contents: list[bytes], settings: Settings, field: str, single: bool = False):
+def encode_images(
+    served: Served, contents: list[bytes], settings: Settings, field: str, single: bool = False
+):
     arrays, stored = [], []
     for i, data in enumerate(contents):
         where = field if single else f"{field}.{i}"
@@ -427,16 +537,29 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise ApiError(413, field, f"the image is {width}x{height} pixels; the limit is {max_pixels:,} pixels. "
-                                           "Send a smaller image.")
+                raise ApiError(
+                    413,
+                    field,
+                    f"the image is {width}x{height} pixels; the limit is {max_pixels:,} pixels. "
+                    "Send a smaller image.",
+                )
             image.load()
             return image
     except ApiError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
-        reason = "not an image Pillow can read (PNG, JPEG, GIF, BMP, WebP, TIFF)" if isinstance(
-            exc, UnidentifiedImageError) else f"a damaged or unreadable image ({type(exc).__name__})"
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
+        reason = (
+            "not an image Pillow can read (PNG, JPEG, GIF, BMP, WebP, TIFF)"
+            if isinstance(exc, UnidentifiedImageError)
+            else f"a damaged or unreadable image ({type(exc).__name__})"
+        )
         raise ApiError(422, field, f"{reason}.") from None
 
 
@@ -446,10 +569,14 @@ def _base64(item: str, field: str) -> bytes:
     try:
         return base64.b64decode(item, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(422, field, "not valid base64; send the image file's bytes base64-encoded (or a data URL).") from None
+        raise ApiError(
+            422, field, "not valid base64; send the image file's bytes base64-encoded (or a data URL)."
+        ) from None
 
 
-def store_feedback(served: Served, item: dict, label: str, predicted: str | None, request_id: str | None) -> int:
+def store_feedback(
+    served: Served, item: dict, label: str, predicted: str | None, request_id: str | None
+) -> int:
     from modelfoundry.store.feedback import FeedbackStore, media_dir
 
     if "image_bytes" in item:  # the original file, beside the database: retraining reads it like any image
@@ -461,16 +588,26 @@ def store_feedback(served: Served, item: dict, label: str, predicted: str | None
             f.write(data)
             f.flush()
             import os
+
             os.fsync(f.fileno())
         item = {"image": str(path.resolve())}
     spec = served.predictor.spec
-    return FeedbackStore().add(run_id=spec.get("run_id", ""), kind=spec["preprocessing"]["kind"], input=item,
-                               label=label, predicted=predicted, request_id=request_id,
-                               model_version=served.version.id if served.version is not None else None)
+    return FeedbackStore().add(
+        run_id=spec.get("run_id", ""),
+        kind=spec["preprocessing"]["kind"],
+        input=item,
+        label=label,
+        predicted=predicted,
+        request_id=request_id,
+        model_version=served.version.id if served.version is not None else None,
+    )
 
 
 def _approximate_bytes(inputs: list) -> int:
-    return sum(len(item) if isinstance(item, str) else 64 * len(item) if isinstance(item, dict) else 16 for item in inputs)
+    return sum(
+        len(item) if isinstance(item, str) else 64 * len(item) if isinstance(item, dict) else 16
+        for item in inputs
+    )
 
 
 def _size(stored: list[dict]) -> int:
@@ -482,11 +619,19 @@ def _at(field: str, i: int, inputs: list) -> str:
 
 
 def _json_type(value) -> str:
-    return {str: "a string", dict: "an object", list: "a list", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        str: "a string",
+        dict: "an object",
+        list: "a list",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 # ---------- errors and limits ----------
+
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
@@ -499,8 +644,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
         if first.get("type") == "json_invalid":
             position = (first.get("ctx") or {}).get("error", "")
-            return JSONResponse({"error": {"field": "body", "message": f"the body is not valid JSON ({position})."}},
-                                status_code=400)
+            return JSONResponse(
+                {"error": {"field": "body", "message": f"the body is not valid JSON ({position})."}},
+                status_code=400,
+            )
         fields = [".".join(str(p) for p in e["loc"] if p != "body") or "body" for e in errors]
         message = "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields, errors))
         return JSONResponse({"error": {"field": fields[0], "message": message}}, status_code=422)
@@ -550,10 +697,21 @@ class LimitsAndMetrics:
         self.metrics.observe(getattr(route, "path", "unmatched"), status["code"], time.perf_counter() - start)
 
     async def _too_large(self, send) -> None:
-        body = (b'{"error": {"field": "body", "message": "the request body is larger than the limit of '
-                + f"{self.max_body_bytes:,}".encode() + b' bytes."}}')
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        body = (
+            b'{"error": {"field": "body", "message": "the request body is larger than the limit of '
+            + f"{self.max_body_bytes:,}".encode()
+            + b' bytes."}}'
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

@@ -7,6 +7,7 @@ loop, so the server keeps answering while the model works. While one batch runs,
 gathers in the queue: under load, batches grow by themselves; a lone request goes straight
 through (with the default `max_wait_ms=0`) and never waits longer than `max_wait_ms`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,23 +22,28 @@ import numpy as np
 
 @dataclass
 class _Request:
-    key: object          # requests are batched only with others of the same key (the model that encoded them)
+    key: object  # requests are batched only with others of the same key (the model that encoded them)
     payload: object
-    size: int            # number of inputs
+    size: int  # number of inputs
     future: asyncio.Future
     arrived: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher:
     """Args:
-        run_batch: (key, payloads) -> probabilities (sum of sizes, C), in the order of the payloads; runs in a thread.
-        max_batch_size: most inputs in one batch (a single larger request still runs, alone).
-        max_wait_ms: how long the oldest request may wait for company.
-        on_batch: called with the number of inputs of each batch (metrics).
+    run_batch: (key, payloads) -> probabilities (sum of sizes, C), in the order of the payloads; runs in a thread.
+    max_batch_size: most inputs in one batch (a single larger request still runs, alone).
+    max_wait_ms: how long the oldest request may wait for company.
+    on_batch: called with the number of inputs of each batch (metrics).
     """
 
-    def __init__(self, run_batch: Callable[[object, list], np.ndarray], max_batch_size: int = 64,
-                 max_wait_ms: float = 0.0, on_batch: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        run_batch: Callable[[object, list], np.ndarray],
+        max_batch_size: int = 64,
+        max_wait_ms: float = 0.0,
+        on_batch: Callable[[int], None] | None = None,
+    ):
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
@@ -73,7 +79,9 @@ class MicroBatcher:
             if not request.future.done():
                 request.future.set_exception(RuntimeError("the server is shutting down"))
         self._pending.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)  # never block the event loop on the model thread
+        self._executor.shutdown(
+            wait=False, cancel_futures=True
+        )  # never block the event loop on the model thread
 
     async def submit(self, key: object, payload: object, size: int) -> np.ndarray:
         """Queue one request's inputs; returns their probabilities (size, C)."""
@@ -124,8 +132,9 @@ class MicroBatcher:
             self.on_batch(sum(r.size for r in batch))
             self._in_flight = batch
             try:
-                probabilities = await loop.run_in_executor(self._executor, self.run_batch, batch[0].key,
-                                                           [r.payload for r in batch])
+                probabilities = await loop.run_in_executor(
+                    self._executor, self.run_batch, batch[0].key, [r.payload for r in batch]
+                )
             except Exception as exc:  # noqa: BLE001  every request of the batch gets the error; the worker lives on
                 for request in batch:
                     if not request.future.done():
@@ -136,5 +145,5 @@ class MicroBatcher:
             start = 0
             for request in batch:
                 if not request.future.done():
-                    request.future.set_result(probabilities[start:start + request.size])
+                    request.future.set_result(probabilities[start : start + request.size])
                 start += request.size

@@ -1,4 +1,5 @@
 """Prometheus metrics of one app (its own registry, so several apps in one process don't mix)."""
+
 from __future__ import annotations
 
 from prometheus_client import (
@@ -20,15 +21,28 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class ServeMetrics:
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.requests = Counter("foundry_requests", "HTTP requests by route and status", ["route", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("foundry_request_seconds", "Request latency by route and status", ["route", "status"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.batch_size = Histogram("foundry_batch_size", "Inputs per model batch", buckets=BATCH_BUCKETS,
-                                    registry=self.registry)
-        self.queue_depth = Gauge("foundry_queue_depth", "Inputs waiting for the model", registry=self.registry)
-        self.predictions = Counter("foundry_predictions", "Predictions by predicted label", ["label"],
-                                   registry=self.registry)
+        self.requests = Counter(
+            "foundry_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "foundry_request_seconds",
+            "Request latency by route and status",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "foundry_batch_size", "Inputs per model batch", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "foundry_queue_depth", "Inputs waiting for the model", registry=self.registry
+        )
+        self.predictions = Counter(
+            "foundry_predictions", "Predictions by predicted label", ["label"], registry=self.registry
+        )
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()

@@ -2,6 +2,7 @@
 said, the right label, which version said it and when. Each row is committed before the server
 answers, so an acknowledged correction survives a crash.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,8 @@ class Feedback(Base):
     request_id: Mapped[str | None] = mapped_column(String(64), index=True)
     model_version: Mapped[int | None] = mapped_column(Integer, index=True)
     run_id: Mapped[str] = mapped_column(String(80))
-    kind: Mapped[str] = mapped_column(String(10))        # text | table | image
-    input: Mapped[dict] = mapped_column(JSON)             # {"text": ...} | {"row": {...}} | {"image": path}
+    kind: Mapped[str] = mapped_column(String(10))  # text | table | image
+    input: Mapped[dict] = mapped_column(JSON)  # {"text": ...} | {"row": {...}} | {"image": path}
     predicted: Mapped[str | None] = mapped_column(String(200))
     label: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -39,11 +40,28 @@ class FeedbackStore:
     def __init__(self, registry: Registry | None = None):
         self.engine = (registry or Registry()).engine
 
-    def add(self, *, run_id: str, kind: str, input: dict, label: str, predicted: str | None = None,
-            model_version: int | None = None, request_id: str | None = None) -> int:
+    def add(
+        self,
+        *,
+        run_id: str,
+        kind: str,
+        input: dict,
+        label: str,
+        predicted: str | None = None,
+        model_version: int | None = None,
+        request_id: str | None = None,
+    ) -> int:
         with Session(self.engine) as s, s.begin():
-            row = Feedback(request_id=request_id, model_version=model_version, run_id=run_id, kind=kind, input=input,
-                           predicted=predicted, label=label, created_at=datetime.now(UTC))
+            row = Feedback(
+                request_id=request_id,
+                model_version=model_version,
+                run_id=run_id,
+                kind=kind,
+                input=input,
+                predicted=predicted,
+                label=label,
+                created_at=datetime.now(UTC),
+            )
             s.add(row)
             s.flush()
             return row.id
@@ -58,9 +76,17 @@ class FeedbackStore:
 
 
 def to_json(row: Feedback) -> dict:
-    return {"id": row.id, "request_id": row.request_id, "model_version": row.model_version and f"v{row.model_version}",
-            "run_id": row.run_id, "kind": row.kind, "input": row.input, "predicted": row.predicted,
-            "label": row.label, "created": row.created_at.isoformat(timespec="seconds")}
+    return {
+        "id": row.id,
+        "request_id": row.request_id,
+        "model_version": row.model_version and f"v{row.model_version}",
+        "run_id": row.run_id,
+        "kind": row.kind,
+        "input": row.input,
+        "predicted": row.predicted,
+        "label": row.label,
+        "created": row.created_at.isoformat(timespec="seconds"),
+    }
 
 
 def export(rows: list[Feedback], path: Path) -> int:

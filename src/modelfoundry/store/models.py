@@ -5,6 +5,7 @@ that point at one version each (`champion`, `challenger`, or any name); `foundry
 resolves the alias when it starts and again on reload. A retrained version keeps the lineage of
 the version it was retrained from, so the feedback given to any of them trains the next one.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,13 +25,13 @@ class ModelVersion(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(String(80), index=True)
-    path: Mapped[str] = mapped_column(Text)                 # the package folder (runs/<id>/model)
-    variant: Mapped[str] = mapped_column(String(40))        # "base"; compression adds its variants
+    path: Mapped[str] = mapped_column(Text)  # the package folder (runs/<id>/model)
+    variant: Mapped[str] = mapped_column(String(40))  # "base"; compression adds its variants
     task: Mapped[str] = mapped_column(String(60))
     labels: Mapped[list] = mapped_column(JSON)
     metrics: Mapped[dict | None] = mapped_column(JSON)
-    parent: Mapped[int | None] = mapped_column(Integer)      # the version this one was retrained from
-    lineage: Mapped[int | None] = mapped_column(Integer)     # the first version of the line
+    parent: Mapped[int | None] = mapped_column(Integer)  # the version this one was retrained from
+    lineage: Mapped[int | None] = mapped_column(Integer)  # the first version of the line
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     @property
@@ -56,13 +57,29 @@ class ModelStore:
         self.registry = registry or Registry()
         self.engine = self.registry.engine
 
-    def register(self, run_id: str, package: Path, task: str, labels: list[str], metrics: dict | None,
-                 variant: str = "base", parent: int | None = None) -> ModelVersion:
+    def register(
+        self,
+        run_id: str,
+        package: Path,
+        task: str,
+        labels: list[str],
+        metrics: dict | None,
+        variant: str = "base",
+        parent: int | None = None,
+    ) -> ModelVersion:
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             lineage = s.get(ModelVersion, parent).lineage if parent is not None else None
-            version = ModelVersion(run_id=run_id, path=str(Path(package).resolve()), variant=variant, task=task,
-                                   labels=labels, metrics=metrics, parent=parent, lineage=lineage,
-                                   created_at=_now())
+            version = ModelVersion(
+                run_id=run_id,
+                path=str(Path(package).resolve()),
+                variant=variant,
+                task=task,
+                labels=labels,
+                metrics=metrics,
+                parent=parent,
+                lineage=lineage,
+                created_at=_now(),
+            )
             s.add(version)
             s.flush()
             version.lineage = version.lineage or version.id
@@ -84,8 +101,11 @@ class ModelStore:
                     raise UserError(f"no model version {ref}; `foundry models list` shows them.")
         folder = self._run_folder(ref)
         with Session(self.engine, expire_on_commit=False) as s:
-            version = s.scalars(select(ModelVersion).where(ModelVersion.run_id == folder.name)
-                                .order_by(ModelVersion.id.desc())).first()
+            version = s.scalars(
+                select(ModelVersion)
+                .where(ModelVersion.run_id == folder.name)
+                .order_by(ModelVersion.id.desc())
+            ).first()
         return version or self._register_existing(folder)
 
     def _register_existing(self, folder: Path) -> ModelVersion:
@@ -97,26 +117,35 @@ class ModelStore:
         except UserError:
             known = False
         if not known:
-            raise UserError(f"{folder} is not a finished run of this registry ({self.registry.url}), so it has no "
-                            "model version; `foundry models list` shows versions.")
+            raise UserError(
+                f"{folder} is not a finished run of this registry ({self.registry.url}), so it has no "
+                "model version; `foundry models list` shows versions."
+            )
         package = package_folder(folder)
         spec = json.loads((package / "model.json").read_text())
-        return self.register(folder.name, package, spec["task"], spec["labels"],
-                             {"test_accuracy": spec.get("test_accuracy")})
+        return self.register(
+            folder.name, package, spec["task"], spec["labels"], {"test_accuracy": spec.get("test_accuracy")}
+        )
 
     def _run_folder(self, ref: str) -> Path:
         try:
             return resolve_run(ref).resolve()
         except UserError:
             names = self.aliases()
-            hint = did_you_mean(ref, names) or (f" Aliases: {', '.join(names)}." if names else " No aliases yet.")
-            raise UserError(f"'{ref}' is neither an alias, a model version (v3) nor a run.{hint} "
-                            "`foundry models list` shows versions and aliases.") from None
+            hint = did_you_mean(ref, names) or (
+                f" Aliases: {', '.join(names)}." if names else " No aliases yet."
+            )
+            raise UserError(
+                f"'{ref}' is neither an alias, a model version (v3) nor a run.{hint} "
+                "`foundry models list` shows versions and aliases."
+            ) from None
 
     def set_alias(self, name: str, version_id: int) -> None:
         if not ALIAS_PATTERN.fullmatch(name) or re.fullmatch(r"v?\d+", name):
-            raise UserError(f"alias {name!r}: use a name that starts with a letter (letters, digits, '_', '-', '.'), "
-                            "not a version number like v3.")
+            raise UserError(
+                f"alias {name!r}: use a name that starts with a letter (letters, digits, '_', '-', '.'), "
+                "not a version number like v3."
+            )
         with Session(self.engine) as s, s.begin():
             if s.get(ModelVersion, version_id) is None:
                 raise UserError(f"no model version v{version_id}; `foundry models list` shows them.")

@@ -1,5 +1,6 @@
 """The run registry: one row per training run, in SQLite by default or any SQLAlchemy URL
 (`FOUNDRY_DB=postgresql://...`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,20 +30,27 @@ class RunRecord(Base):
     status: Mapped[str] = mapped_column(String(20))  # running | completed | failed
     path: Mapped[str] = mapped_column(Text)
     config: Mapped[dict] = mapped_column(JSON)
-    metrics: Mapped[dict | None] = mapped_column(JSON)   # headline test/val numbers
-    timings: Mapped[dict | None] = mapped_column(JSON)   # seconds per phase
+    metrics: Mapped[dict | None] = mapped_column(JSON)  # headline test/val numbers
+    timings: Mapped[dict | None] = mapped_column(JSON)  # seconds per phase
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     train_seconds: Mapped[float | None] = mapped_column(Float)
-    host: Mapped[str | None] = mapped_column(String(255))  # where a running run's process is: stale-run detection
+    host: Mapped[str | None] = mapped_column(
+        String(255)
+    )  # where a running run's process is: stale-run detection
     pid: Mapped[int | None] = mapped_column(Integer)
 
     @property
     def shown_status(self) -> str:
         """`running` only while its process lives: a run whose process on this machine is gone (killed,
         machine restarted) is `stopped`; `foundry train --resume --run-dir PATH` continues it."""
-        if self.status == "running" and self.host == socket.gethostname() and self.pid and not _alive(self.pid):
+        if (
+            self.status == "running"
+            and self.host == socket.gethostname()
+            and self.pid
+            and not _alive(self.pid)
+        ):
             return "stopped"
         return self.status
 
@@ -55,7 +63,11 @@ def runs_root() -> Path:
 def database_url() -> str:
     url = os.environ.get("FOUNDRY_DB") or f"sqlite:///{runs_root() / 'registry.db'}"
     # A plain postgresql:// URL means the psycopg (3) driver we ship, not SQLAlchemy's default psycopg2.
-    return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
+    return (
+        "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        if url.startswith("postgresql://")
+        else url
+    )
 
 
 class Registry:
@@ -70,10 +82,13 @@ class Registry:
             if self.url.startswith("sqlite"):
                 event.listen(self.engine, "connect", _sqlite_settings)
             from modelfoundry.store import feedback, models  # noqa: F401  their tables join Base.metadata
+
             upgrade(self.engine)
         except (ArgumentError, NoSuchModuleError) as exc:
-            raise UserError(f"FOUNDRY_DB: {hide_password(self.url)} is not a database URL SQLAlchemy can use ({exc}). "
-                            "Use sqlite:///path/registry.db or postgresql://user:password@host:5432/dbname.") from None
+            raise UserError(
+                f"FOUNDRY_DB: {hide_password(self.url)} is not a database URL SQLAlchemy can use ({exc}). "
+                "Use sqlite:///path/registry.db or postgresql://user:password@host:5432/dbname."
+            ) from None
         except OperationalError as exc:
             raise UserError(connection_problem(self.url, exc)) from None
 
@@ -85,8 +100,14 @@ class Registry:
             record.host, record.pid = socket.gethostname(), os.getpid()
             s.add(record)
 
-    def finish(self, run_id: str, status: str, metrics: dict | None = None, timings: dict | None = None,
-               error: str | None = None) -> None:
+    def finish(
+        self,
+        run_id: str,
+        status: str,
+        metrics: dict | None = None,
+        timings: dict | None = None,
+        error: str | None = None,
+    ) -> None:
         with Session(self.engine) as s, s.begin():
             record = s.get(RunRecord, run_id)
             if record is None:
@@ -104,13 +125,17 @@ class Registry:
         with Session(self.engine) as s:
             record = s.get(RunRecord, run) or s.get(RunRecord, Path(run).name)
             if record is None:
-                matches = list(s.scalars(select(RunRecord).where(RunRecord.id.startswith(run, autoescape=True))))
+                matches = list(
+                    s.scalars(select(RunRecord).where(RunRecord.id.startswith(run, autoescape=True)))
+                )
                 if len(matches) == 1:
                     record = matches[0]
                 elif len(matches) > 1:
                     raise UserError(f"run '{run}' is ambiguous: {', '.join(m.id for m in matches[:5])}")
             if record is None:
-                raise UserError(f"no run '{run}' in the registry ({self.url}). `foundry runs list` shows them.")
+                raise UserError(
+                    f"no run '{run}' in the registry ({self.url}). `foundry runs list` shows them."
+                )
             return record
 
 
@@ -120,15 +145,31 @@ def connection_problem(url: str, exc: Exception, setting: str = "FOUNDRY_DB") ->
 
     parts = make_url(url)
     where = f"{parts.host or 'localhost'}:{parts.port or 5432}"
-    detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(getattr(exc, "orig", exc)).strip() else ""
+    detail = (
+        str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        if str(getattr(exc, "orig", exc)).strip()
+        else ""
+    )
     lowered = detail.lower()
     if "password" in lowered or "authentication" in lowered:
         what = f"the server at {where} refused the login of user '{parts.username}': check the password in {setting}"
     elif "does not exist" in lowered and "database" in lowered:
-        what = (f"the server at {where} has no database '{parts.database}': create it (createdb {parts.database}) "
-                f"or fix the name in {setting}")
-    elif any(s in lowered for s in ("refused", "timeout", "timed out", "could not translate", "no route",
-                                    "name or service", "unreachable")):
+        what = (
+            f"the server at {where} has no database '{parts.database}': create it (createdb {parts.database}) "
+            f"or fix the name in {setting}"
+        )
+    elif any(
+        s in lowered
+        for s in (
+            "refused",
+            "timeout",
+            "timed out",
+            "could not translate",
+            "no route",
+            "name or service",
+            "unreachable",
+        )
+    ):
         what = f"cannot reach a database server at {where}: is it running, and is the host and port right?"
     elif url.startswith("sqlite"):
         what = f"cannot open the SQLite file {url.removeprefix('sqlite:///')}: check the folder exists and is writable"
@@ -191,7 +232,9 @@ def _migration_lock(engine):
         from sqlalchemy import text
 
         with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(7317021)"))  # any fixed key: "modelfoundry migrates"
+            connection.execute(
+                text("SELECT pg_advisory_lock(7317021)")
+            )  # any fixed key: "modelfoundry migrates"
             try:
                 yield
             finally:

@@ -7,6 +7,7 @@ training does not wait for the disk. Pickling on the background thread instead w
 with the next epoch's OpenMP threads for the cores, which stalls them far more than it costs.
 Loading uses `weights_only=True`: no arbitrary objects are unpickled.
 """
+
 from __future__ import annotations
 
 import io

@@ -16,6 +16,7 @@ CUDA with device cuda:LOCAL_RANK) and trains the same model on its share of ever
 - Rank 0 alone writes (checkpoints, TensorBoard, run folder, registry, console) and scores the
   validation set; the loop broadcasts its numbers so every rank stops at the same epoch.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -62,9 +63,11 @@ def init(device: str = "auto") -> torch.device:
     if resolved.type == "cuda":
         processes, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
         if processes > gpus:
-            raise UserError(f"--nproc {processes}: this machine has {gpus} CUDA GPU(s) and DDP runs one process per "
-                            f"GPU. Use --nproc {gpus} or fewer (torchrun: --nproc-per-node {gpus}), or "
-                            "train.device: cpu to train on CPU cores.")
+            raise UserError(
+                f"--nproc {processes}: this machine has {gpus} CUDA GPU(s) and DDP runs one process per "
+                f"GPU. Use --nproc {gpus} or fewer (torchrun: --nproc-per-node {gpus}), or "
+                "train.device: cpu to train on CPU cores."
+            )
         resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(resolved)
     if not dist.is_initialized():
@@ -79,7 +82,9 @@ def close() -> None:
         dist.destroy_process_group()
 
 
-def shard(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def shard(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's rows of each global batch (inputs (B, ...), targets (B,)): rows rank, rank + W, ...
 
     The caller draws the global batches of batch_size x W examples with the same seeded generator on
@@ -123,16 +128,27 @@ def broadcast_object(value=None, src: int = 0):
 def describe(cfg: TrainConfig, examples: int) -> tuple[str, dict]:
     """The DDP set-up as a line for the console and a dict for metrics.json."""
     world = world_size()
-    setup = {"processes": world, "backend": dist.get_backend(), "batch_per_process": cfg.batch_size,
-             "accumulate": cfg.accumulate, "effective_batch": cfg.batch_size * world * cfg.accumulate,
-             "lr": cfg.lr, "lr_scaling": "none",
-             "examples_dropped_per_epoch": examples % (cfg.batch_size * world) % world}
-    line = (f"DDP: {world} processes ({setup['backend']}); batch {cfg.batch_size} per process x {world} processes "
-            f"x accumulate {cfg.accumulate} = effective batch {setup['effective_batch']}. lr {cfg.lr:g} is used as set; "
-            f"the linear scaling rule would use {cfg.lr * world:g} (--set train.lr={cfg.lr * world:g}). "
-            f"Each epoch every process draws the same shuffled order and process r takes examples r, r+{world}, "
-            f"r+{2 * world}, ... of each global batch of {cfg.batch_size * world}; "
-            + (f"the last {setup['examples_dropped_per_epoch']} of the {examples} examples in that order are left out "
-               "(different ones each epoch) so that every process trains on as many; none is repeated."
-               if setup["examples_dropped_per_epoch"] else f"all {examples} examples are used, none twice."))
+    setup = {
+        "processes": world,
+        "backend": dist.get_backend(),
+        "batch_per_process": cfg.batch_size,
+        "accumulate": cfg.accumulate,
+        "effective_batch": cfg.batch_size * world * cfg.accumulate,
+        "lr": cfg.lr,
+        "lr_scaling": "none",
+        "examples_dropped_per_epoch": examples % (cfg.batch_size * world) % world,
+    }
+    line = (
+        f"DDP: {world} processes ({setup['backend']}); batch {cfg.batch_size} per process x {world} processes "
+        f"x accumulate {cfg.accumulate} = effective batch {setup['effective_batch']}. lr {cfg.lr:g} is used as set; "
+        f"the linear scaling rule would use {cfg.lr * world:g} (--set train.lr={cfg.lr * world:g}). "
+        f"Each epoch every process draws the same shuffled order and process r takes examples r, r+{world}, "
+        f"r+{2 * world}, ... of each global batch of {cfg.batch_size * world}; "
+        + (
+            f"the last {setup['examples_dropped_per_epoch']} of the {examples} examples in that order are left out "
+            "(different ones each epoch) so that every process trains on as many; none is repeated."
+            if setup["examples_dropped_per_epoch"]
+            else f"all {examples} examples are used, none twice."
+        )
+    )
     return line, setup

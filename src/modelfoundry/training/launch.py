@@ -5,6 +5,7 @@ Imports no torch, so mistakes in the launch options surface as fast as config mi
 processes themselves are ordinary `foundry train` runs that find RANK and WORLD_SIZE set by
 torchrun (see training/distributed.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,12 +24,20 @@ ERROR_FILE_ENV = "FOUNDRY_LAUNCHER_ERROR_FILE"
 # Lines torch writes itself, not foundry: torchrun's log ("W1123 12:53:26.406000 16000 torch/...] ..."),
 # C++ warnings ("[W1123 12:53:56.674441773 TCPStore.cpp:340] ...") with their stack frames, the
 # tracebacks of DDP processes ("[rank0]: ...") and torchrun's OMP_NUM_THREADS banner.
-_TORCH_LINE = re.compile(r"\[?[DIWEF]\d{4} \d\d:\d\d:\d\d|\[rank\d+\]:|Exception raised from |frame #\d+:|"
-                         r"<omitting python frames>|\*{20,}|Setting OMP_NUM_THREADS")
+_TORCH_LINE = re.compile(
+    r"\[?[DIWEF]\d{4} \d\d:\d\d:\d\d|\[rank\d+\]:|Exception raised from |frame #\d+:|"
+    r"<omitting python frames>|\*{20,}|Setting OMP_NUM_THREADS"
+)
 
 
-def launch(train_args: list[str], nproc: int, device: str = "auto", nnodes: int = 1, endpoint: str | None = None,
-           timeout: float = 300) -> None:
+def launch(
+    train_args: list[str],
+    nproc: int,
+    device: str = "auto",
+    nnodes: int = 1,
+    endpoint: str | None = None,
+    timeout: float = 300,
+) -> None:
     """Run `foundry train TRAIN_ARGS` as `nproc` DDP processes on this machine through torchrun.
 
     With `nnodes` > 1 every machine runs the same command and they meet at `endpoint` (HOST:PORT on
@@ -37,11 +46,15 @@ def launch(train_args: list[str], nproc: int, device: str = "auto", nnodes: int 
     one UserError; torchrun's own log and report are shown only for failures we cannot name.
     """
     if "RANK" in os.environ:
-        raise UserError("--nproc/--nnodes: this process was already started by torchrun; give torchrun the number "
-                        "of processes (--nproc-per-node) and leave --nproc out.")
+        raise UserError(
+            "--nproc/--nnodes: this process was already started by torchrun; give torchrun the number "
+            "of processes (--nproc-per-node) and leave --nproc out."
+        )
     if nnodes > 1 and not endpoint:
-        raise UserError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT: an address and free port of the first "
-                        "machine that the others can reach, the same on every machine (for example node0:29400).")
+        raise UserError(
+            f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT: an address and free port of the first "
+            "machine that the others can reach, the same on every machine (for example node0:29400)."
+        )
     if endpoint and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[\w.-]+):\d{1,5}", endpoint):
         raise UserError(f"--rdzv-endpoint {endpoint!r}: expected HOST:PORT, for example node0:29400.")
     _check_nproc(nproc, device)
@@ -49,15 +62,25 @@ def launch(train_args: list[str], nproc: int, device: str = "auto", nnodes: int 
     if endpoint:
         # join_timeout bounds the wait for the other machines; read_timeout bounds each store operation,
         # each of torch's two attempts to reach the endpoint included (torch's default is 60 s)
-        command += ["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
-                    "--rdzv-conf", f"join_timeout={int(timeout)},read_timeout={_connect_timeout(timeout)}"]
+        command += [
+            "--nnodes",
+            str(nnodes),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            endpoint,
+            "--rdzv-conf",
+            f"join_timeout={int(timeout)},read_timeout={_connect_timeout(timeout)}",
+        ]
     else:
         command += ["--standalone"]
     command += ["-m", "modelfoundry", "train", *train_args]
     with tempfile.TemporaryDirectory(prefix="foundry-launch-") as folder:
         error_file = Path(folder) / "error.txt"
         env = {**os.environ, ERROR_FILE_ENV: str(error_file)}
-        env.setdefault("OMP_NUM_THREADS", str(max(1, _cores() // nproc)))  # else torchrun sets 1, with a banner
+        env.setdefault(
+            "OMP_NUM_THREADS", str(max(1, _cores() // nproc))
+        )  # else torchrun sets 1, with a banner
         code, held = _run_torchrun(command, env)
         if code == 0:
             return
@@ -65,14 +88,18 @@ def launch(train_args: list[str], nproc: int, device: str = "auto", nnodes: int 
             raise UserError(error_file.read_text())
     report = "".join(held)
     if endpoint and "RendezvousConnectionError" in report:
-        raise UserError(f"--rdzv-endpoint {endpoint}: nothing answered there (torchrun waited {_connect_timeout(timeout)} "
-                        f"s per attempt to connect). Start the command on the first machine (the one at {endpoint}) "
-                        "first, give an address and port that this machine can reach (open in the firewall), or "
-                        "wait longer with --rdzv-timeout.")
+        raise UserError(
+            f"--rdzv-endpoint {endpoint}: nothing answered there (torchrun waited {_connect_timeout(timeout)} "
+            f"s per attempt to connect). Start the command on the first machine (the one at {endpoint}) "
+            "first, give an address and port that this machine can reach (open in the firewall), or "
+            "wait longer with --rdzv-timeout."
+        )
     if endpoint and ("RendezvousTimeoutError" in report or "RendezvousClosedError" in report):
-        raise UserError(f"--rdzv-endpoint {endpoint}: not all {nnodes} machines joined within {timeout:g} s. Run the "
-                        f"same command with --nnodes {nnodes} and --rdzv-endpoint {endpoint} on every machine, or "
-                        "wait longer with --rdzv-timeout.")
+        raise UserError(
+            f"--rdzv-endpoint {endpoint}: not all {nnodes} machines joined within {timeout:g} s. Run the "
+            f"same command with --nnodes {nnodes} and --rdzv-endpoint {endpoint} on every machine, or "
+            "wait longer with --rdzv-timeout."
+        )
     sys.stderr.write(report)  # a failure we cannot name keeps torch's own report and tracebacks
     sys.stderr.flush()
     raise SystemExit(code)
@@ -125,8 +152,10 @@ def _check_nproc(nproc: int, device: str) -> None:
     cores = _cores()
     if nproc <= cores or device != "cpu" and _cuda_available():
         return
-    raise UserError(f"--nproc {nproc}: this machine has {cores} CPU cores and no GPU to use, and DDP on a CPU runs one "
-                    f"process per core. Use --nproc {cores} or fewer, or more machines (--nnodes, see the README).")
+    raise UserError(
+        f"--nproc {nproc}: this machine has {cores} CPU cores and no GPU to use, and DDP on a CPU runs one "
+        f"process per core. Use --nproc {cores} or fewer, or more machines (--nnodes, see the README)."
+    )
 
 
 def _cuda_available() -> bool:

@@ -7,6 +7,7 @@ the numbers an uninterrupted run draws from epoch k+1 on, and ends with the same
 Data parallel (DDP, lines marked "DDP:"): torchrun starts one process per GPU or core and each
 calls `fit` with the same arguments; `cfg.batch_size` is per process. See training/distributed.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,14 +34,16 @@ CHECKPOINT = "last.pt"
 
 @dataclass
 class FitResult:
-    history: list[dict]          # one dict per epoch: train_loss, val_loss, val_accuracy, val_f1_macro, lr, seconds
-    best_epoch: int              # 1-based epoch whose weights the model now holds
+    history: list[dict]  # one dict per epoch: train_loss, val_loss, val_accuracy, val_f1_macro, lr, seconds
+    best_epoch: int  # 1-based epoch whose weights the model now holds
     stopped_early: bool
     precision: str
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, data, batch_size: int = 512, autocast: torch.dtype | None = None) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, data, batch_size: int = 512, autocast: torch.dtype | None = None
+) -> torch.Tensor:
     """Logits (N, num_classes) of every example, in order, in eval mode."""
     model.eval()
     device = next(model.parameters()).device
@@ -60,15 +63,28 @@ def validation_metrics(logits: torch.Tensor, targets: torch.Tensor, loss_fn: nn.
     recall = tp / confusion.sum(1).clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
     present = confusion.sum(1) + confusion.sum(0) > 0  # as scikit-learn: classes absent from both are skipped
-    return {"val_loss": loss_fn(logits, targets).item(), "val_accuracy": (predicted == targets).double().mean().item(),
-            "val_f1_macro": f1[present].mean().item()}
+    return {
+        "val_loss": loss_fn(logits, targets).item(),
+        "val_accuracy": (predicted == targets).double().mean().item(),
+        "val_f1_macro": f1[present].mean().item(),
+    }
 
 
-def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
-        checkpoint_dir: Path | None = None, resume: bool = False, log_dir: Path | None = None,
-        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-        console: Console | None = None, teacher: nn.Module | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    train,
+    val,
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    log_dir: Path | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    console: Console | None = None,
+    teacher: nn.Module | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FitResult:
     """Train `model` on `train`, validating on `val` after every epoch.
 
     Args:
@@ -89,8 +105,11 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
     world, rank = distributed.world_size(), distributed.rank()
     # DDP: the wrapper starts every rank from rank 0's weights and averages the gradients across ranks
     # during backward; evaluation and checkpoints use the bare `model`
-    net = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-           if world > 1 else model)
+    net = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world > 1
+        else model
+    )
     optimizer = build_optimizer(model, cfg)
     batches_per_epoch = distributed.batches_per_epoch(len(train), cfg.batch_size)  # per rank under DDP
     scheduler = build_scheduler(optimizer, cfg, math.ceil(batches_per_epoch / cfg.accumulate))
@@ -104,45 +123,67 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
     best = {"epoch": 0, "value": -math.inf if higher_is_better else math.inf, "state": None}
     start_epoch = 0
     # DDP: rank 0 alone writes checkpoints and TensorBoard events
-    writer = CheckpointWriter(checkpoint_dir / CHECKPOINT) if checkpoint_dir and distributed.is_main() else None
+    writer = (
+        CheckpointWriter(checkpoint_dir / CHECKPOINT) if checkpoint_dir and distributed.is_main() else None
+    )
     if resume:  # DDP: rank 0 reads the checkpoint and every rank continues from it
-        state = distributed.broadcast_object(_read_checkpoint(checkpoint_dir, cfg) if distributed.is_main() else None)
+        state = distributed.broadcast_object(
+            _read_checkpoint(checkpoint_dir, cfg) if distributed.is_main() else None
+        )
         start_epoch, history, best = _restore(state, model, optimizer, scheduler, scaler)
     tensorboard = _tensorboard(log_dir if distributed.is_main() else None)
 
     stopped_early = False
     last_refresh = time.monotonic()
     with _progress(console) as progress:
-        task = progress.add_task("train", total=cfg.epochs * batches_per_epoch, completed=start_epoch * batches_per_epoch,
-                                 info="")
+        task = progress.add_task(
+            "train", total=cfg.epochs * batches_per_epoch, completed=start_epoch * batches_per_epoch, info=""
+        )
         for epoch in range(start_epoch, cfg.epochs):
             started = time.perf_counter()
             torch.manual_seed((cfg.seed + epoch) * world + rank)  # dropout; DDP: each rank its own masks
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)  # shuffling, then augmentation
+            generator = torch.Generator().manual_seed(
+                cfg.seed * 1_000_003 + epoch
+            )  # shuffling, then augmentation
             # DDP: the shuffled order is the same on every rank, the augmentations each rank's own
-            augment_generator = generator if world == 1 else torch.Generator().manual_seed(
-                (cfg.seed * 1_000_003 + epoch) * world + rank)
+            augment_generator = (
+                generator
+                if world == 1
+                else torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * world + rank)
+            )
             net.train()
             epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
             loss_sum, seen = torch.zeros((), device=device), 0
             # DDP: every rank walks the same global batches of batch_size x world examples and trains on its share
-            for i, (inputs, targets) in enumerate(distributed.shard(
-                    train.batches(cfg.batch_size * world, shuffle=True, generator=generator))):
+            for i, (inputs, targets) in enumerate(
+                distributed.shard(train.batches(cfg.batch_size * world, shuffle=True, generator=generator))
+            ):
                 if augment is not None:
                     inputs = augment(inputs, augment_generator)
                 stepping = (i + 1) % cfg.accumulate == 0 or i + 1 == batches_per_epoch
                 # DDP: gradients are averaged across ranks only in the backward of a batch that steps
-                with (net.no_sync() if world > 1 and not stepping else nullcontext(),
-                      torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None)):
+                with (
+                    net.no_sync() if world > 1 and not stepping else nullcontext(),
+                    torch.autocast(
+                        device.type, dtype=autocast or torch.float32, enabled=autocast is not None
+                    ),
+                ):
                     logits = net(inputs)
                     loss = loss_fn(logits, targets)
                     if teacher is not None:  # Hinton et al. 2015: match the softened teacher, scaled by T^2
                         with torch.no_grad():
                             soft = teacher(inputs).float()
                         t, alpha = cfg.distill.temperature, cfg.distill.alpha
-                        matching = nn.functional.kl_div(torch.log_softmax(logits.float() / t, 1),
-                                                        torch.log_softmax(soft / t, 1), log_target=True,
-                                                        reduction="batchmean") * t * t
+                        matching = (
+                            nn.functional.kl_div(
+                                torch.log_softmax(logits.float() / t, 1),
+                                torch.log_softmax(soft / t, 1),
+                                log_target=True,
+                                reduction="batchmean",
+                            )
+                            * t
+                            * t
+                        )
                         loss = (1 - alpha) * loss + alpha * matching
                     if cfg.l1:
                         loss = loss + cfg.l1 * l1_penalty(model)
@@ -172,16 +213,31 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
             record = distributed.broadcast_object(record)
             history.append(record)
 
-            improved = val is None or (record[cfg.monitor] > best["value"] if higher_is_better
-                                       else record[cfg.monitor] < best["value"])
+            improved = val is None or (
+                record[cfg.monitor] > best["value"]
+                if higher_is_better
+                else record[cfg.monitor] < best["value"]
+            )
             if improved:
-                best = {"epoch": epoch + 1, "value": record.get(cfg.monitor, 0.0),
-                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                best = {
+                    "epoch": epoch + 1,
+                    "value": record.get(cfg.monitor, 0.0),
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                }
             patience_left = (cfg.early_stopping_patience or math.inf) - (epoch + 1 - best["epoch"])
             if writer:
-                writer.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                             "epoch": epoch + 1, "epochs": cfg.epochs, "history": history, "best": best})
+                writer.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "epoch": epoch + 1,
+                        "epochs": cfg.epochs,
+                        "history": history,
+                        "best": best,
+                    }
+                )
             if tensorboard:
                 for key, value in record.items():
                     if key != "epoch":
@@ -194,8 +250,11 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
             if patience_left <= 0:
                 stopped_early = True
                 progress.update(task, total=(epoch + 1) * batches_per_epoch)
-                console.print(f"early stopping: no better {cfg.monitor} for {cfg.early_stopping_patience} epochs "
-                              f"(best {best['value']:.4f} at epoch {best['epoch']})", highlight=False)
+                console.print(
+                    f"early stopping: no better {cfg.monitor} for {cfg.early_stopping_patience} epochs "
+                    f"(best {best['value']:.4f} at epoch {best['epoch']})",
+                    highlight=False,
+                )
                 break
     if writer:
         writer.wait()
@@ -205,19 +264,25 @@ def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device,
         model.load_state_dict(best["state"])
     else:
         best["epoch"] = len(history)
-    return FitResult(history, best["epoch"], stopped_early, str(autocast).removeprefix("torch.") if autocast else "fp32")
+    return FitResult(
+        history, best["epoch"], stopped_early, str(autocast).removeprefix("torch.") if autocast else "fp32"
+    )
 
 
 def _read_checkpoint(checkpoint_dir: Path | None, cfg: TrainConfig) -> dict:
     path = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
     if path is None or not path.is_file():
-        raise UserError(f"--resume: no checkpoint at {path}. The run never finished an epoch; start it again "
-                        "without --resume.")
+        raise UserError(
+            f"--resume: no checkpoint at {path}. The run never finished an epoch; start it again "
+            "without --resume."
+        )
     state = load_checkpoint(path)
     if cfg.schedule == "onecycle" and state.get("epochs", cfg.epochs) != cfg.epochs:
-        raise UserError(f"--resume: train.epochs is {cfg.epochs} but the run was started with {state['epochs']}; "
-                        "a onecycle schedule is laid out over the whole run, so keep train.epochs: "
-                        f"{state['epochs']} (or start a new run).")
+        raise UserError(
+            f"--resume: train.epochs is {cfg.epochs} but the run was started with {state['epochs']}; "
+            "a onecycle schedule is laid out over the whole run, so keep train.epochs: "
+            f"{state['epochs']} (or start a new run)."
+        )
     return state
 
 
@@ -233,16 +298,23 @@ def _tensorboard(log_dir: Path | None):
     if log_dir is None:
         return None
     from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(str(log_dir))
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
-                    disable=not console.is_terminal,
-                    # Redrawn from the training thread between batches: a refresh thread waking
-                    # mid-batch would preempt the OpenMP compute threads on small CPUs.
-                    auto_refresh=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=not console.is_terminal,
+        # Redrawn from the training thread between batches: a refresh thread waking
+        # mid-batch would preempt the OpenMP compute threads on small CPUs.
+        auto_refresh=False,
+    )
 
 
 def _epoch_line(record: dict, epochs: int) -> str:

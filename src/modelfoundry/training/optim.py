@@ -1,4 +1,5 @@
 """Optimizers, learning-rate schedules with warm-up, penalties and precision, from the train config."""
+
 from __future__ import annotations
 
 import functools
@@ -21,18 +22,27 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     head = getattr(model, "head", None) if cfg.lr_head else None
     if cfg.lr_head and not isinstance(head, nn.Module):
         from modelfoundry.errors import UserError
-        raise UserError(f"train.lr_head: {type(model).__name__} has no separate classification head; only the "
-                        "text models (pretrained, lstm, gru, transformer) do. Remove train.lr_head.")
+
+        raise UserError(
+            f"train.lr_head: {type(model).__name__} has no separate classification head; only the "
+            "text models (pretrained, lstm, gru, transformer) do. Remove train.lr_head."
+        )
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     groups = []
-    for params, lr in (([p for p in model.parameters() if id(p) not in head_ids], cfg.lr),
-                       ([p for p in model.parameters() if id(p) in head_ids], cfg.lr_head)):
+    for params, lr in (
+        ([p for p in model.parameters() if id(p) not in head_ids], cfg.lr),
+        ([p for p in model.parameters() if id(p) in head_ids], cfg.lr_head),
+    ):
         trainable = [p for p in params if p.requires_grad]
-        groups += [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
-                   {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+        groups += [
+            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0, "lr": lr},
+        ]
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+        )
     if cfg.optimizer == "adagrad":
         return torch.optim.Adagrad(groups, lr=cfg.lr)
     if cfg.optimizer == "adam":
@@ -61,11 +71,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
         # Smith & Topin 2018: warm up to lr then anneal far below it, cycling momentum the other way.
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                                   total_steps=total,
-                                                   pct_start=cfg.warmup or 0.3,
-                                                   cycle_momentum=cfg.optimizer in ("sgd", "adam", "adamw"))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total, steps_per_epoch))
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total,
+            pct_start=cfg.warmup or 0.3,
+            cycle_momentum=cfg.optimizer in ("sgd", "adam", "adamw"),
+        )
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg, total, steps_per_epoch)
+    )
 
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:
@@ -78,7 +93,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         from modelfoundry.errors import UserError
-        raise UserError("train.device: 'cuda' but no CUDA GPU is visible to PyTorch. Use device: auto or cpu.")
+
+        raise UserError(
+            "train.device: 'cuda' but no CUDA GPU is visible to PyTorch. Use device: auto or cpu."
+        )
     return torch.device(name)
 
 

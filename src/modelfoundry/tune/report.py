@@ -3,6 +3,7 @@ curve (pruned ones stop early), parameter importances, every trial, and the best
 
 Plots are base64 PNGs and the CSS is inline, as in a run's report.html (`evaluate/report.py`).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,16 +34,24 @@ def write_tune_report(path: Path, spec: Study, result: TuneResult) -> Path:
             ("importance", "Parameter importances", _importances(study)),
             ("trials", "Trials", _trials_table(trials, metric)),
             ("space", "Search space", _space(spec)),
-            ("best", "Best config", f"<pre>{_esc(result.best_config.read_text())}</pre>" if result.best_config else ""),
+            (
+                "best",
+                "Best config",
+                f"<pre>{_esc(result.best_config.read_text())}</pre>" if result.best_config else "",
+            ),
         ]
     sections = [s for s in sections if s[2]]
     title = f"Study {study.study_name}"
     nav = "".join(f'<a href="#{anchor}">{heading}</a>' for anchor, heading, _ in sections)
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-            f"<style>{_CSS}</style></head><body><main>"
-            f"<section><h1>{_esc(title)}</h1>{_headline(spec, trials, result)}<nav>{nav}</nav></section>"
-            + "".join(f'<section id="{anchor}"><h2>{heading}</h2>{body}</section>' for anchor, heading, body in sections)
-            + "</main></body></html>\n")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{_CSS}</style></head><body><main>"
+        f"<section><h1>{_esc(title)}</h1>{_headline(spec, trials, result)}<nav>{nav}</nav></section>"
+        + "".join(
+            f'<section id="{anchor}"><h2>{heading}</h2>{body}</section>' for anchor, heading, body in sections
+        )
+        + "</main></body></html>\n"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
@@ -54,14 +63,20 @@ def _headline(spec: Study, trials: list, result: TuneResult) -> str:
     best = spec.study.best_trial
     counts = {state: sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
     test = (result.run.metrics.get("test") or {}).get("accuracy") if result.run else None
-    tiles = [(f"best {spec.metric} (trial {best.number})", _fmt(best.value, ".4f")),
-             ("trials finished / pruned / failed", f"{counts[COMPLETE]} / {counts[PRUNED]} / "
-                                                   f"{counts[optuna.trial.TrialState.FAIL]}"),
-             ("epochs trained, all trials", f"{result.epochs_total:,}")]
+    tiles = [
+        (f"best {spec.metric} (trial {best.number})", _fmt(best.value, ".4f")),
+        (
+            "trials finished / pruned / failed",
+            f"{counts[COMPLETE]} / {counts[PRUNED]} / {counts[optuna.trial.TrialState.FAIL]}",
+        ),
+        ("epochs trained, all trials", f"{result.epochs_total:,}"),
+    ]
     if test is not None:
         tiles.append(("test accuracy of the best config", _fmt(test, ".4f")))
-    tile_html = "".join(f'<div class="tile"><div class="value">{_esc(value)}</div><div class="name">{_esc(name)}'
-                        "</div></div>" for name, value in tiles)
+    tile_html = "".join(
+        f'<div class="tile"><div class="value">{_esc(value)}</div><div class="name">{_esc(name)}</div></div>'
+        for name, value in tiles
+    )
     where = [("storage", spec.storage), ("config", spec.origin)]
     if result.run:
         where.append(("run of the best config", result.run.path))
@@ -83,8 +98,10 @@ def _history(trials: list, metric: str, direction: str) -> str:
         return ""
     fig = Figure(figsize=(7.5, 3.4))
     ax = fig.add_subplot(1, 1, 1)
-    for state, style in ((COMPLETE, {"color": "#3451b2", "marker": "o", "label": "finished"}),
-                         (PRUNED, {"color": "#9aa5b1", "marker": "x", "label": "pruned (best epoch so far)"})):
+    for state, style in (
+        (COMPLETE, {"color": "#3451b2", "marker": "o", "label": "finished"}),
+        (PRUNED, {"color": "#9aa5b1", "marker": "x", "label": "pruned (best epoch so far)"}),
+    ):
         points = [(t.number, _score(t, metric)) for t in done if t.state == state]
         if points:
             ax.scatter(*zip(*points), s=22, **style)
@@ -111,8 +128,15 @@ def _curves(trials: list, metric: str) -> str:
     for t in curves:
         epochs = sorted(t.intermediate_values)
         pruned = t.state == PRUNED
-        ax.plot(epochs, [t.intermediate_values[e] for e in epochs], color="#9aa5b1" if pruned else "#3451b2",
-                alpha=0.6 if pruned else 0.8, linewidth=1, marker="x" if pruned else None, markevery=[-1])
+        ax.plot(
+            epochs,
+            [t.intermediate_values[e] for e in epochs],
+            color="#9aa5b1" if pruned else "#3451b2",
+            alpha=0.6 if pruned else 0.8,
+            linewidth=1,
+            marker="x" if pruned else None,
+            markevery=[-1],
+        )
     ax.set(xlabel="epoch", ylabel=metric, title="blue: finished, grey: pruned (x where it stopped)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
@@ -135,20 +159,31 @@ def _importances(study: optuna.Study) -> str:
     ax.barh(names, [importances[n] for n in names], color="#3451b2")
     ax.set(xlabel="importance (the parameters' shares sum to 1)", xlim=(0, 1))
     fig.tight_layout()
-    caption = (f"Optuna's default importance evaluator over {len(finished)} finished trials; with few trials "
-               "these are rough.")
+    caption = (
+        f"Optuna's default importance evaluator over {len(finished)} finished trials; with few trials "
+        "these are rough."
+    )
     return f'{_png_tag(fig, "parameter importances")}<p class="muted">{caption}</p>'
 
 
 def _trials_table(trials: list, metric: str) -> str:
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
-    header = "".join(f"<th>{_esc(k)}</th>" for k in ["trial", "state", metric, "epochs", "seconds", *keys, "note"])
+    header = "".join(
+        f"<th>{_esc(k)}</th>" for k in ["trial", "state", metric, "epochs", "seconds", *keys, "note"]
+    )
     rows = []
     for t in trials:
-        cells = [str(t.number), t.state.name.lower(), _fmt(_score(t, metric), ".4f"),
-                 str(t.user_attrs.get("epochs", "")), _fmt(t.user_attrs.get("seconds"), ".1f")]
-        cells += [_fmt(t.params[k], ".4g") if isinstance(t.params.get(k), float) else str(t.params.get(k, ""))
-                  for k in keys]
+        cells = [
+            str(t.number),
+            t.state.name.lower(),
+            _fmt(_score(t, metric), ".4f"),
+            str(t.user_attrs.get("epochs", "")),
+            _fmt(t.user_attrs.get("seconds"), ".1f"),
+        ]
+        cells += [
+            _fmt(t.params[k], ".4g") if isinstance(t.params.get(k), float) else str(t.params.get(k, ""))
+            for k in keys
+        ]
         cells.append(t.user_attrs.get("error", ""))
         rows.append("<tr>" + "".join(f'<td class="num">{_esc(c)}</td>' for c in cells) + "</tr>")
     return f"<table><tr>{header}</tr>{''.join(rows)}</table>"

@@ -5,6 +5,7 @@ Trials do not make run folders: the data is prepared once per process (again onl
 `data.*` keys) and `fit` trains in memory. The study lives in a database (`--storage`, default an SQLite
 file in the runs folder), so an interrupted study resumes and workers on other machines join it.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,11 +40,11 @@ class Study:
     """What `tune` needs besides Optuna's study: the config as a dict, the space and how to score."""
 
     study: optuna.Study
-    raw: dict                      # the config (YAML + --set) that trial values are put into
-    base_dir: Path                 # where its relative data paths start
+    raw: dict  # the config (YAML + --set) that trial values are put into
+    base_dir: Path  # where its relative data paths start
     dims: list[Dimension]
     metric: str
-    storage: str                   # the URL as shown (no password)
+    storage: str  # the URL as shown (no password)
     origin: str
 
 
@@ -52,15 +53,17 @@ class TuneResult:
     study: optuna.Study
     best_config: Path | None = None
     report: Path | None = None
-    run: Any = None                # the registered run of the best config (runner.Run)
-    epochs_total: int = 0          # epochs trained by every trial of the study
+    run: Any = None  # the registered run of the best config (runner.Run)
+    epochs_total: int = 0  # epochs trained by every trial of the study
 
 
 def parse_duration(text: str | None) -> float | None:
     """`90s`, `10m`, `1h`, `1h30m` or plain seconds -> seconds."""
     if text is None:
         return None
-    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    parts = re.fullmatch(
+        r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text
+    )
     if not text.strip() or not parts or not any(parts.groups()):
         raise UserError(f"--timeout {text!r}: give a duration such as 90s, 10m, 1h or 1h30m.")
     hours, minutes, seconds = (float(g or 0) for g in parts.groups())
@@ -74,12 +77,19 @@ def default_storage() -> str:
     return f"sqlite:///{runs_root() / 'tune.db'}"
 
 
-def open_study(config: str | Path, overrides: list[str] | None = None, storage: str | None = None,
-               study_name: str | None = None, worker: bool = False) -> Study:
+def open_study(
+    config: str | Path,
+    overrides: list[str] | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    worker: bool = False,
+) -> Study:
     """Load and check the config and its space, then create the study or join the one of that name."""
     if worker and not storage:
-        raise UserError("--worker joins a study that other machines share, so it needs --storage URL (for example "
-                        "postgresql://user:password@host/db); the default SQLite file is local to this machine.")
+        raise UserError(
+            "--worker joins a study that other machines share, so it needs --storage URL (for example "
+            "postgresql://user:password@host/db); the default SQLite file is local to this machine."
+        )
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial instead of Optuna's log
     cfg, base_dir = load_config(config, overrides)
     origin = str(config) if not isinstance(config, dict) else "config"
@@ -89,12 +99,19 @@ def open_study(config: str | Path, overrides: list[str] | None = None, storage: 
     storage, shown = storage or default_storage(), hide_password(storage or default_storage())
     metric = cfg.tune.metric
     direction = "minimize" if metric == "val_loss" else "maximize"
-    study = optuna.create_study(study_name=name, storage=_storage(storage, shown), direction=direction,
-                                pruner=_pruner(cfg), load_if_exists=True)
+    study = optuna.create_study(
+        study_name=name,
+        storage=_storage(storage, shown),
+        direction=direction,
+        pruner=_pruner(cfg),
+        load_if_exists=True,
+    )
     if study.direction.name.lower() != direction or study.user_attrs.get("metric", metric) != metric:
-        raise UserError(f"study {name!r} in {shown} optimises {study.user_attrs.get('metric', 'another metric')} "
-                        f"({study.direction.name.lower()}); this config's tune.metric is {metric}. Name a new "
-                        "study with --study NAME.")
+        raise UserError(
+            f"study {name!r} in {shown} optimises {study.user_attrs.get('metric', 'another metric')} "
+            f"({study.direction.name.lower()}); this config's tune.metric is {metric}. Name a new "
+            "study with --study NAME."
+        )
     study.set_user_attr("metric", metric)
     # Seeded by train.seed and the trials already run, so a resumed study does not replay its first
     # proposals; workers draw unseeded, or every machine would propose the same values.
@@ -103,7 +120,9 @@ def open_study(config: str | Path, overrides: list[str] | None = None, storage: 
 
 
 def _raw_config(config: str | Path | dict, overrides: list[str] | None) -> dict:
-    raw = dict(config) if isinstance(config, dict) else yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+    raw = (
+        dict(config) if isinstance(config, dict) else yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+    )
     return apply_overrides(json.loads(json.dumps(raw)), overrides or [])
 
 
@@ -113,16 +132,21 @@ def _storage(url: str, shown: str) -> optuna.storages.RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S,
-                                              engine_kwargs={"connect_args": {"timeout": 60}}
-                                              if url.startswith("sqlite") else None)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=3 * HEARTBEAT_S,
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+            )
         except OperationalError as exc:  # the server, the login or the database: say which
             raise UserError(connection_problem(url, exc, "--storage")) from None
         except Exception as exc:  # noqa: BLE001  a bad URL or a missing driver
             hint = " Install the database's driver." if "No module named" in str(exc) else ""
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-            raise UserError(f"--storage {shown!r}: cannot open it: {reason}.{hint} Give an SQLAlchemy URL such as "
-                            "sqlite:///tune.db or postgresql://user:password@host/db.") from None
+            raise UserError(
+                f"--storage {shown!r}: cannot open it: {reason}.{hint} Give an SQLAlchemy URL such as "
+                "sqlite:///tune.db or postgresql://user:password@host/db."
+            ) from None
 
 
 def _pruner(cfg: Config) -> optuna.pruners.BasePruner:
@@ -130,8 +154,9 @@ def _pruner(cfg: Config) -> optuna.pruners.BasePruner:
     if tune.pruner == "none":
         return optuna.pruners.NopPruner()
     # Steps are 1-based epochs and Optuna prunes from step n_warmup_steps on: hence the + 1.
-    return optuna.pruners.MedianPruner(n_startup_trials=tune.pruner_startup_trials,
-                                       n_warmup_steps=tune.pruner_warmup_epochs + 1)
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=tune.pruner_startup_trials, n_warmup_steps=tune.pruner_warmup_epochs + 1
+    )
 
 
 # ---- trials ------------------------------------------------------------------------------------
@@ -164,9 +189,20 @@ class TrialRunner:
                 raise optuna.TrialPruned(f"pruned at epoch {record['epoch']}")
 
         try:
-            fit(model, splits["train"], splits["val"], cfg.train, device=device, augment=augment,
-                console=Console(quiet=True), teacher=teacher, on_epoch=report_epoch)
-        except TRIAL_ERRORS as exc:  # the study goes on; the trial line and the report show why this one failed
+            fit(
+                model,
+                splits["train"],
+                splits["val"],
+                cfg.train,
+                device=device,
+                augment=augment,
+                console=Console(quiet=True),
+                teacher=teacher,
+                on_epoch=report_epoch,
+            )
+        except (
+            TRIAL_ERRORS
+        ) as exc:  # the study goes on; the trial line and the report show why this one failed
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
             raise
         finally:
@@ -183,14 +219,24 @@ class TrialRunner:
         from modelfoundry.data.prepare import prepare
         from modelfoundry.training.optim import resolve_device
 
-        key = json.dumps([cfg.task, cfg.data.model_dump(mode="json"), cfg.model.name,
-                          (cfg.model.model_extra or {}).get("path"), cfg.train.device], sort_keys=True)
+        key = json.dumps(
+            [
+                cfg.task,
+                cfg.data.model_dump(mode="json"),
+                cfg.model.name,
+                (cfg.model.model_extra or {}).get("path"),
+                cfg.train.device,
+            ],
+            sort_keys=True,
+        )
         if key != self._data_key:
             self._data = None  # free the old tensors before making new ones
             data = prepare(cfg, self.spec.base_dir)
             if data.val is None:
-                raise UserError("tune: this config leaves no validation data to score trials by; set data.split.val "
-                                "above 0 or give data.val_source.")
+                raise UserError(
+                    "tune: this config leaves no validation data to score trials by; set data.split.val "
+                    "above 0 or give data.val_source."
+                )
             device = resolve_device(cfg.train.device)
             self._data = data, {name: getattr(data, name).to(device) for name in ("train", "val")}, device
             self._data_key = key
@@ -209,10 +255,16 @@ class TrialRunner:
         text_spec = {k: pre[k] for k in ("vocab_size", "pad_id")} if pre["kind"] == "text" else None
         model = build_model(cfg.model.name, data.input_shape, len(data.labels), text_spec, **options)
         aug = cfg.data.augment
-        augment = (partial(images.augment, crop_padding=aug.crop_padding, flip=aug.flip, rotation=aug.rotation)
-                   if cfg.task == "image_classification" and (aug.crop_padding or aug.flip or aug.rotation) else None)
-        teacher = (_teacher(cfg, self.spec.base_dir, data, device, Console(quiet=True)) if cfg.train.distill
-                   else None)
+        augment = (
+            partial(images.augment, crop_padding=aug.crop_padding, flip=aug.flip, rotation=aug.rotation)
+            if cfg.task == "image_classification" and (aug.crop_padding or aug.flip or aug.rotation)
+            else None
+        )
+        teacher = (
+            _teacher(cfg, self.spec.base_dir, data, device, Console(quiet=True))
+            if cfg.train.distill
+            else None
+        )
         return model, augment, teacher
 
 
@@ -222,17 +274,26 @@ def optimize(spec: Study, trials: int | None, timeout: float | None, console: Co
 
     def show(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done.append(trial.number)
-        console.print(trial_line(study, trial, spec.metric, len(done), trials), highlight=False, soft_wrap=True)
+        console.print(
+            trial_line(study, trial, spec.metric, len(done), trials), highlight=False, soft_wrap=True
+        )
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        spec.study.optimize(TrialRunner(spec), n_trials=trials, timeout=timeout, callbacks=[show],
-                            catch=TRIAL_ERRORS, gc_after_trial=False)
+        spec.study.optimize(
+            TrialRunner(spec),
+            n_trials=trials,
+            timeout=timeout,
+            callbacks=[show],
+            catch=TRIAL_ERRORS,
+            gc_after_trial=False,
+        )
     return len(done)
 
 
-def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, metric: str, count: int,
-               trials: int | None) -> str:
+def trial_line(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, metric: str, count: int, trials: int | None
+) -> str:
     """One progress line: `trial 7 [3/20] complete val_accuracy 0.9712 best 0.9790 (#4) 12 epochs 8.1s lr=...`."""
     state = {"COMPLETE": "complete", "FAIL": "failed"}.get(trial.state.name, trial.state.name.lower())
     value = trial.value if trial.value is not None else _best_reported(trial, metric)
@@ -245,8 +306,10 @@ def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, metric: str
         best = "best -"
     params = "  ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
     error = f"  ({trial.user_attrs['error']})" if "error" in trial.user_attrs else ""
-    return (f"trial {trial.number:>3} [{count}/{trials or '-'}]  {state:<18} {shown}  {best}  "
-            f"{trial.user_attrs.get('epochs', 0)} epochs  {trial.user_attrs.get('seconds', 0):.1f}s  {params}{error}")
+    return (
+        f"trial {trial.number:>3} [{count}/{trials or '-'}]  {state:<18} {shown}  {best}  "
+        f"{trial.user_attrs.get('epochs', 0)} epochs  {trial.user_attrs.get('seconds', 0):.1f}s  {params}{error}"
+    )
 
 
 def _best_reported(trial: optuna.trial.FrozenTrial, metric: str) -> float | None:
@@ -276,9 +339,11 @@ def write_best_config(spec: Study, folder: Path) -> Path:
     config["name"] = f"{spec.study.study_name}-best"
     config.setdefault("model", {})
     absolute_paths(config, spec.base_dir)  # so the file trains from any folder
-    header = (f"# The best of study '{spec.study.study_name}' ({spec.storage}): trial {best.number}, "
-              f"{spec.metric} {best.value:.4f}.\n# Made by `foundry tune {spec.origin}`; train it again with "
-              "`foundry train` on this file.\n")
+    header = (
+        f"# The best of study '{spec.study.study_name}' ({spec.storage}): trial {best.number}, "
+        f"{spec.metric} {best.value:.4f}.\n# Made by `foundry tune {spec.origin}`; train it again with "
+        "`foundry train` on this file.\n"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "best_config.yaml"
     path.write_text(header + yaml.safe_dump(config, sort_keys=False))
@@ -291,10 +356,15 @@ def finish(spec: Study, folder: Path, train_best: bool, console: Console) -> Tun
 
     trials = spec.study.get_trials(deepcopy=False)
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
-        counts = ", ".join(f"{n} {s.name.lower()}" for s in optuna.trial.TrialState
-                           if (n := sum(t.state == s for t in trials)))
-        raise UserError(f"study {spec.study.study_name!r}: no trial finished ({counts or 'none ran'}), so there is "
-                        "no best config. Run more trials, or with a longer --timeout.")
+        counts = ", ".join(
+            f"{n} {s.name.lower()}"
+            for s in optuna.trial.TrialState
+            if (n := sum(t.state == s for t in trials))
+        )
+        raise UserError(
+            f"study {spec.study.study_name!r}: no trial finished ({counts or 'none ran'}), so there is "
+            "no best config. Run more trials, or with a longer --timeout."
+        )
     result = TuneResult(spec.study, epochs_total=sum(t.user_attrs.get("epochs", 0) for t in trials))
     result.best_config = write_best_config(spec, folder)
     if train_best:

@@ -13,6 +13,7 @@ Every key must be a key of the config (`train.lr`, `data.split.val`) or an optio
 (`model.width`); every end of a range and every choice must be a value the config accepts. All problems
 are reported at once, each with the key, the bad value and what is allowed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,12 +29,22 @@ from pydantic import BaseModel, ValidationError
 from modelfoundry.config import Config
 from modelfoundry.errors import UserError, did_you_mean
 
-KINDS = {"loguniform": "{loguniform: [lo, hi]}", "uniform": "{uniform: [lo, hi], step: k}",
-         "int": "{int: [lo, hi], step: k}", "choice": "{choice: [a, b, ...]}"}
-EXTRAS = {"loguniform": (), "uniform": ("step",), "int": ("step", "log"), "choice": ()}  # optional keys per kind
+KINDS = {
+    "loguniform": "{loguniform: [lo, hi]}",
+    "uniform": "{uniform: [lo, hi], step: k}",
+    "int": "{int: [lo, hi], step: k}",
+    "choice": "{choice: [a, b, ...]}",
+}
+EXTRAS = {
+    "loguniform": (),
+    "uniform": ("step",),
+    "int": ("step", "log"),
+    "choice": (),
+}  # optional keys per kind
 NOT_TUNABLE = ("task", "tune")
-EXAMPLE = ("tune:\n  space:\n    train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
-           "    model.width: {choice: [16, 32, 64]}")
+EXAMPLE = (
+    "tune:\n  space:\n    train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n    model.width: {choice: [16, 32, 64]}"
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,9 @@ class Dimension:
             return self.decode(trial.suggest_categorical(self.key, [_encode(c) for c in self.choices]))
         if self.kind == "int":
             return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
-        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.kind == "loguniform")
+        return trial.suggest_float(
+            self.key, self.low, self.high, step=self.step, log=self.kind == "loguniform"
+        )
 
     def decode(self, value: Any) -> Any:
         """Optuna stores choices that are lists or dicts (`model.hidden: [16, 16]`) as JSON text."""
@@ -83,8 +96,10 @@ def parse_space(cfg: Config, raw: dict, origin: str) -> list[Dimension]:
     """
     space = cfg.tune.space if cfg.tune else {}
     if not space:
-        raise UserError(f"{origin}: tune.space is empty: nothing to search. Name the keys and their ranges, "
-                        f"for example:\n{EXAMPLE}")
+        raise UserError(
+            f"{origin}: tune.space is empty: nothing to search. Name the keys and their ranges, "
+            f"for example:\n{EXAMPLE}"
+        )
     families = _families(cfg, space)
     keys, sections = _config_keys(Config), _config_sections(Config)
     # The model registry imports torch (seconds): only when a model key needs its options.
@@ -92,30 +107,39 @@ def parse_space(cfg: Config, raw: dict, origin: str) -> list[Dimension]:
     problems, dims = [], []
     if options is None and "model.name" not in space:
         from modelfoundry.models.registry import BUILDERS
-        problems.append(f"  model.name: unknown model {cfg.model.name!r}.{did_you_mean(cfg.model.name, BUILDERS)} "
-                        f"Available: {', '.join(BUILDERS)}")
+
+        problems.append(
+            f"  model.name: unknown model {cfg.model.name!r}.{did_you_mean(cfg.model.name, BUILDERS)} "
+            f"Available: {', '.join(BUILDERS)}"
+        )
     for key, spec in space.items():
         where = f"  tune.space.{key}"
         if key.startswith("model.") and key != "model.name":
             if options is not None and key.removeprefix("model.") not in options:
                 shown = ", ".join(sorted(options)) or "none"
-                problems.append(f"{where}: not an option of model {' or '.join(map(repr, families))}."
-                                f"{_suggest(key, [f'model.{o}' for o in options])} Its options: {shown}")
+                problems.append(
+                    f"{where}: not an option of model {' or '.join(map(repr, families))}."
+                    f"{_suggest(key, [f'model.{o}' for o in options])} Its options: {shown}"
+                )
                 continue
         elif key in sections:
             children = [k for k in keys if k.startswith(key + ".")]
             problems.append(f"{where}: is a section; tune one of its keys: {', '.join(children[:8])}")
             continue
         elif key not in keys:
-            problems.append(f"{where}: not a config key.{_suggest(key, keys + [f'model.{o}' for o in options or ()])}"
-                            " Keys are dotted paths such as train.lr or model.width")
+            problems.append(
+                f"{where}: not a config key.{_suggest(key, keys + [f'model.{o}' for o in options or ()])}"
+                " Keys are dotted paths such as train.lr or model.width"
+            )
             continue
         dim, errors = _parse_spec(key, spec)
         problems += [f"{where}: {e}" for e in errors or _check_values(cfg, raw, dim)]
         dims.append(dim)
     if not problems and not (cfg.data.split.val > 0 or cfg.data.val_source) and "data.split.val" not in space:
-        problems.append(f"  data.split.val: 0 leaves no validation data to score trials by {cfg.tune.metric}; "
-                        "set it above 0 (e.g. 0.1) or give data.val_source")
+        problems.append(
+            f"  data.split.val: 0 leaves no validation data to score trials by {cfg.tune.metric}; "
+            "set it above 0 (e.g. 0.1) or give data.val_source"
+        )
     if problems:
         raise UserError(f"{origin}: {len(problems)} problem(s) in tune.space:\n" + "\n".join(problems))
     return dims
@@ -165,8 +189,11 @@ def _parse_spec(key: str, spec: Any) -> tuple[Dimension | None, list[str]]:
     kind = kinds[0]
     extras = [k for k in spec if k != kind and k not in EXTRAS[kind]]
     if extras:
-        return None, [f"{', '.join(map(repr, extras))} does not go with {kind}; {kind} takes "
-                      + (", ".join(EXTRAS[kind]) or "nothing else") + f": {KINDS[kind]}"]
+        return None, [
+            f"{', '.join(map(repr, extras))} does not go with {kind}; {kind} takes "
+            + (", ".join(EXTRAS[kind]) or "nothing else")
+            + f": {KINDS[kind]}"
+        ]
     if kind == "choice":
         choices = spec[kind]
         if not isinstance(choices, list) or not choices:
@@ -184,14 +211,20 @@ def _parse_range(key: str, kind: str, spec: dict) -> tuple[Dimension | None, lis
     low, high = numbers
     step, log = spec.get("step"), spec.get("log", False)
     if low == high:
-        return None, [f"{kind} [{low:g}, {high:g}] is an empty range: nothing to search. Set {key}: {low:g} in the "
-                      "config instead, or widen the range"]
+        return None, [
+            f"{kind} [{low:g}, {high:g}] is an empty range: nothing to search. Set {key}: {low:g} in the "
+            "config instead, or widen the range"
+        ]
     if low > high:
-        return None, [f"{kind} [{low:g}, {high:g}] is an empty range (low above high); write it low to high: "
-                      f"[{high:g}, {low:g}]"]
+        return None, [
+            f"{kind} [{low:g}, {high:g}] is an empty range (low above high); write it low to high: "
+            f"[{high:g}, {low:g}]"
+        ]
     if kind == "loguniform" and low <= 0:
-        return None, [f"loguniform [{low:g}, {high:g}] needs a low end above 0 (a log scale never reaches 0); "
-                      f"use uniform for ranges from 0"]
+        return None, [
+            f"loguniform [{low:g}, {high:g}] needs a low end above 0 (a log scale never reaches 0); "
+            f"use uniform for ranges from 0"
+        ]
     if kind == "int":
         if not all(float(n).is_integer() for n in numbers):
             return None, [f"int [{low:g}, {high:g}] must be whole numbers; use uniform for fractions"]
@@ -201,11 +234,15 @@ def _parse_range(key: str, kind: str, spec: dict) -> tuple[Dimension | None, lis
     if step is not None:
         step = _number(step)
         if step is None or step <= 0 or (kind == "int" and not float(step).is_integer()):
-            return None, [f"step {spec['step']!r} must be a positive {'whole ' if kind == 'int' else ''}number"]
+            return None, [
+                f"step {spec['step']!r} must be a positive {'whole ' if kind == 'int' else ''}number"
+            ]
         count = (high - low) / step
         if step > high - low or not math.isclose(count, round(count), rel_tol=1e-9, abs_tol=1e-9):
-            return None, [f"step {step:g} does not divide the range [{low:g}, {high:g}] into equal steps; make "
-                          f"high - low ({high - low:g}) a multiple of the step"]
+            return None, [
+                f"step {step:g} does not divide the range [{low:g}, {high:g}] into equal steps; make "
+                f"high - low ({high - low:g}) a multiple of the step"
+            ]
         if log:
             return None, ["log and step do not go together (a log scale has no equal steps); drop one"]
         step = int(step) if kind == "int" else step
@@ -230,16 +267,23 @@ def _check_values(cfg: Config, raw: dict, dim: Dimension) -> list[str]:
     checked when a trial builds the model, as `foundry train` does)."""
     if dim.key == "model.name":
         from modelfoundry.models.registry import BUILDERS
+
         if dim.kind != "choice":
             return [f"a model family is picked from a list: {{choice: [{', '.join(list(BUILDERS)[:2])}]}}"]
-        return [f"choice {c!r} is not a model.{did_you_mean(str(c), BUILDERS)} Available: {', '.join(BUILDERS)}"
-                for c in dim.choices if c not in BUILDERS]
+        return [
+            f"choice {c!r} is not a model.{did_you_mean(str(c), BUILDERS)} Available: {', '.join(BUILDERS)}"
+            for c in dim.choices
+            if c not in BUILDERS
+        ]
     if dim.key.startswith("model."):
         return []
     if dim.kind in ("uniform", "loguniform") and _whole_numbers_only(dim.key):
         return [f"{dim.key} takes whole numbers; use {{int: [{math.ceil(dim.low)}, {math.floor(dim.high)}]}}"]
-    candidates = ([("choice", c) for c in dim.choices] if dim.kind == "choice"
-                  else [("low end", dim.low), ("high end", dim.high)])
+    candidates = (
+        [("choice", c) for c in dim.choices]
+        if dim.kind == "choice"
+        else [("low end", dim.low), ("high end", dim.high)]
+    )
     problems = []
     for label, value in candidates:
         try:

@@ -1,5 +1,6 @@
 """Runs the migrations on the connection store.registry.upgrade hands over (config.attributes), or on
 sqlalchemy.url when run by the alembic command line."""
+
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
@@ -12,8 +13,9 @@ if connection is not None:
     context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
     context.run_migrations()
 else:
-    engine = engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
-                                poolclass=pool.NullPool)
+    engine = engine_from_config(
+        config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool
+    )
     with engine.begin() as connection:
         context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
         context.run_migrations()
