@@ -146,6 +146,9 @@ def evaluate(
     data: Annotated[
         Optional[Path], typer.Option(help="labelled data: a CSV/Parquet/JSONL file or an image folder")
     ] = None,
+    label: Annotated[
+        Optional[str], typer.Option(help="the label column of --data, when it is not named as in training")
+    ] = None,
 ) -> None:
     """Evaluate a packaged model on new labelled data (without --data: show the run's test metrics)."""
     from modelfoundry.runner import evaluate as run_evaluation
@@ -158,7 +161,7 @@ def evaluate(
             raise UserError(f"{path}: no metrics.json; the run has not finished.")
         metrics, where = json.loads(metrics_file.read_text()), path
     else:
-        metrics, where = run_evaluation(path, data)
+        metrics, where = run_evaluation(path, data, label=label)
     _print_metrics(metrics)
     out.print(f"report: {where / 'report.html'}", highlight=False)
 
@@ -179,35 +182,16 @@ def predict(
     """Predict labels for new inputs."""
     import pandas as pd
 
-    from modelfoundry.predictor import expand_images, load
+    from modelfoundry.predictor import load
     from modelfoundry.store.registry import resolve_run
 
     predictor = load(resolve_run(run))
-    if predictor.spec["preprocessing"]["kind"] == "text":
-        from modelfoundry.data.text import texts_to_predict
-
-        texts = texts_to_predict(inputs, predictor.spec["preprocessing"]["text_column"])
-        probabilities = predictor.predict_proba(texts)
-        names = [t if len(t) <= 60 else t[:57] + "..." for t in texts]
-    elif predictor.spec["preprocessing"]["kind"] == "table":
-        if len(inputs) != 1:
-            raise UserError("predict: a table model takes one CSV/Parquet/JSONL file.")
-        probabilities = predictor.predict_proba(inputs[0])  # by path, so errors name the file and line
-        names = [str(i + 1) for i in range(len(probabilities))]
-    else:
-        items = expand_images(inputs)
-        names = [str(p) for p in items]
-        probabilities = predictor.predict_proba(items)
-    top = probabilities.argsort(1)[:, ::-1][:, :top_k]
-    rows = [
-        {
-            "input": name,
-            "label": predictor.labels[t[0]],
-            "probability": round(float(p[t[0]]), 4),
-            **({"top_k": "; ".join(f"{predictor.labels[j]}={p[j]:.3f}" for j in t)} if top_k > 1 else {}),
-        }
-        for name, p, t in zip(names, probabilities, top)
-    ]
+    task = predictor.task_module
+    items, names = task.cli_inputs(predictor, inputs)
+    predictions = predictor.predictions(items)
+    names = names or [str(i + 1) for i in range(len(predictions))]
+    answers = task.answer(predictions, predictor.spec, top_k)
+    rows = [{"input": name, **task.printed(answer, top_k)} for name, answer in zip(names, answers)]
     frame = pd.DataFrame(rows)
     if output:
         frame.to_csv(output, index=False)
@@ -639,26 +623,29 @@ def _fmt(value, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+_METRIC_COLUMNS = {  # (key, column heading); a table shows the set whose first key the metrics have
+    "accuracy": [
+        ("accuracy", "accuracy"),
+        ("precision_macro", "precision"),
+        ("recall_macro", "recall"),
+        ("f1_macro", "f1 macro"),
+        ("f1_weighted", "f1 weighted"),
+        ("roc_auc", "roc auc"),
+        ("ece", "ece"),
+    ],
+    "rmse": [("rmse", "rmse"), ("mae", "mae"), ("r2", "r2"), ("mape", "mape"), ("baseline", "rmse of the mean")],
+}
+
+
 def _print_metrics(metrics: dict) -> None:
-    table = Table("split", "accuracy", "precision", "recall", "f1 macro", "f1 weighted", "roc auc", "ece")
-    for split in ("val", "test"):
-        if split in metrics:
-            m = metrics[split]
-            table.add_row(
-                split,
-                *[
-                    _fmt(m.get(k))
-                    for k in (
-                        "accuracy",
-                        "precision_macro",
-                        "recall_macro",
-                        "f1_macro",
-                        "f1_weighted",
-                        "roc_auc",
-                        "ece",
-                    )
-                ],
-            )
+    splits = [split for split in ("val", "test") if split in metrics]
+    first = next((k for k in _METRIC_COLUMNS if splits and k in metrics[splits[0]]), "accuracy")
+    columns = _METRIC_COLUMNS[first]
+    table = Table("split", *[heading for _, heading in columns])
+    for split in splits:
+        m = metrics[split]
+        values = [m.get(k) if k != "baseline" else m.get(k, {}).get("rmse") for k, _ in columns]
+        table.add_row(split, *[_fmt(v) for v in values])
     out.print(table)
 
 

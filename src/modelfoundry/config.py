@@ -16,14 +16,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
-    field_validator,
     model_validator,
 )
 
 from modelfoundry.errors import UserError, did_you_mean
+from modelfoundry.tasks import MINIMIZED
+from modelfoundry.tasks import TASKS as TASK_REGISTRY
 
-TASKS = ("image_classification", "tabular_classification", "text_classification")
+TASKS = tuple(TASK_REGISTRY)
 
 
 class _Section(BaseModel):
@@ -161,8 +161,13 @@ class TrainConfig(_Section):
     warmup: float = Field(0.0, ge=0, lt=1, description="fraction of all steps spent warming the lr up from 0")
     step_size: int = Field(10, ge=1, description="step schedule: epochs between lr drops")
     gamma: float = Field(0.1, gt=0, le=1, description="step schedule: lr factor at each drop")
-    monitor: Literal["val_accuracy", "val_loss", "val_f1_macro"] = Field(
-        "val_accuracy", description="validation metric for early stopping and the best model"
+    monitor: str | None = Field(
+        None,
+        description="validation metric for early stopping and the best model (default: the task's: "
+        "val_accuracy for classification, val_rmse for regression)",
+    )
+    loss: Literal["mse", "mae", "huber"] | None = Field(
+        None, description="tabular_regression: the loss on the standardised target (default mse)"
     )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="epochs without improvement before stopping"
@@ -182,8 +187,8 @@ class TuneConfig(_Section):
     """`foundry tune`: what to search and what to optimise. The space is checked against the rest of the
     config by `modelfoundry.tune.search.parse_space` (model options need the model registry, hence torch)."""
 
-    metric: Literal["val_accuracy", "val_loss", "val_f1_macro"] = Field(
-        "val_accuracy", description="the validation metric each trial is scored by (its best epoch)"
+    metric: str | None = Field(
+        None, description="the validation metric each trial is scored by (its best epoch)"
     )
     direction: Literal["maximize", "minimize"] | None = Field(
         None, description="default: minimize for val_loss, maximize for the others"
@@ -208,21 +213,10 @@ class TuneConfig(_Section):
         2, ge=0, description="epochs every trial trains before it may be pruned"
     )
 
-    @field_validator("direction")
-    @classmethod
-    def _fits_metric(cls, direction: str | None, info: ValidationInfo) -> str | None:
-        metric = info.data.get("metric", "val_accuracy")
-        natural = "minimize" if metric == "val_loss" else "maximize"
-        if direction is not None and direction != natural:
-            raise ValueError(
-                f"{direction} contradicts metric {metric}, which is best "
-                f"{'low' if natural == 'minimize' else 'high'}; remove direction or set it to {natural}"
-            )
-        return direction
 
 
 class Config(_Section):
-    task: Literal["image_classification", "tabular_classification", "text_classification"]
+    task: str = Field(description="what the model does: " + ", ".join(TASK_REGISTRY))
     name: str | None = Field(None, description="a readable name for the run")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -234,9 +228,11 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _task_needs(self) -> Config:
-        builtin = self.data.source.startswith("builtin:")
-        if self.task == "tabular_classification" and not builtin and not self.data.label:
-            raise ValueError("data.label is required for tabular_classification: name the label column")
+        """The task's own checks (tasks/), and the task's defaults where the config leaves a key unset."""
+        from modelfoundry.tasks import get_task
+
+        task = get_task(self.task)
+        problems = task.check_config(self)
         # Set and not the default: a run's saved config.yaml spells out every default, and must load again.
         text_keys = [
             key
@@ -244,18 +240,25 @@ class Config(_Section):
             if key in self.data.model_fields_set
             and getattr(self.data, key) != DataConfig.model_fields[key].get_default(call_default_factory=True)
         ]
-        if self.task != "text_classification" and text_keys:
-            raise ValueError(
+        if task.kind != "text" and text_keys:
+            problems.append(
                 f"data.{', data.'.join(text_keys)}: only for task text_classification; this config's "
                 f"task is {self.task}. Remove the key(s) or change the task."
             )
-        if self.task == "text_classification":
-            missing = [key for key in ("text", "label") if not getattr(self.data, key)]
-            if missing:
-                raise ValueError(
-                    f"text_classification needs data.{' and data.'.join(missing)}: "
-                    "name the text column and the label column of the file"
+        if self.tune is not None and self.tune.direction is not None:
+            metric = self.tune.metric or task.default_monitor
+            natural = "minimize" if metric in MINIMIZED else "maximize"
+            if self.tune.direction != natural:
+                problems.append(
+                    f"tune.direction: {self.tune.direction} contradicts metric {metric}, which is best "
+                    f"{'low' if natural == 'minimize' else 'high'}; remove direction or set it to {natural}"
                 )
+        if problems:
+            raise ValueError("\n".join(problems))
+        if self.train.monitor is None:
+            self.train.monitor = task.default_monitor
+        if self.tune is not None and self.tune.metric is None:
+            self.tune.metric = task.default_monitor
         return self
 
 
@@ -287,6 +290,9 @@ def _format_errors(error: ValidationError, origin: str) -> str:
             lines.append(f"  {key}: required key is missing")
         else:
             msg = err["msg"].removeprefix("Value error, ")
+            if not key and err["type"] == "value_error":  # the task's checks: one problem a line, each keyed
+                lines += [f"  {line}" for line in msg.splitlines()]
+                continue
             shown = "" if err["type"].startswith("value_error") else f" (got {err.get('input')!r})"
             lines.append(f"  {key or '(top level)'}: {msg}{shown}")
     return f"{origin}: {len(lines)} problem(s) in the config:\n" + "\n".join(lines)

@@ -15,7 +15,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +23,15 @@ import yaml
 from rich.console import Console
 
 from modelfoundry.compress.onnx_export import save_heldout
+from modelfoundry.builder import build, model_options
 from modelfoundry.config import Config, config_to_dict, load_config
-from modelfoundry.data import images, text
 from modelfoundry.data.prepare import Prepared, prepare
 from modelfoundry.errors import UserError
-from modelfoundry.evaluate.metrics import classification_metrics, worst_mistakes
-from modelfoundry.models.registry import build_model
 from modelfoundry.plan.check import plan_vs_measured
 from modelfoundry.predictor import package_folder, run_folder, save_package
 from modelfoundry.store.registry import Registry, runs_root
+from modelfoundry.tasks import get_task, task_of
+from modelfoundry.tasks.tabular import BUILTIN_LABEL
 from modelfoundry.training import distributed
 from modelfoundry.training.loop import fit, predict_logits
 
@@ -106,7 +105,7 @@ def train(
         f"{split}_{k}": v[k]
         for split, v in metrics.items()
         if split in ("val", "test")
-        for k in ("accuracy", "f1_macro", "roc_auc")
+        for k in get_task(cfg.task).headline
         if k in v
     }
     registry.finish(run_id, "completed", metrics=headline, timings=timings)
@@ -153,6 +152,7 @@ def _run(
     cfg: Config, base_dir: Path, path: Path | None, resume: bool, console: Console, device: torch.device
 ) -> tuple[dict, dict]:
     """`path` None: a DDP rank other than 0, which trains beside rank 0 and writes nothing."""
+    task = get_task(cfg.task)
     timings = {}
     clock = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
@@ -161,22 +161,14 @@ def _run(
     if path:
         _write_json(path / "data_report.json", data.report)
     timings["data"] = time.perf_counter() - clock
+    shape = data.input_shape
     console.print(
-        f"data: {data.report['splits']} examples (train/val/test), {len(data.labels)} classes, "
-        + (
-            f"up to {data.input_shape[0]} tokens per text"
-            if data.preprocessing["kind"] == "text"
-            else f"input {data.input_shape}"
-        ),
+        f"data: {data.report['splits']} examples (train/val/test), {task.describe_targets(data.labels)}, "
+        + (f"up to {shape[0]} tokens per text" if "max_length" in data.preprocessing else f"input {shape}"),
         highlight=False,
     )
-
-    options = dict(cfg.model.model_extra or {})
-    if "path" in options:  # a pretrained model folder, relative to the working folder or the config
-        options["path"] = text.resolve_path(options["path"], base_dir)
-    pre = data.preprocessing
-    text_spec = {k: pre[k] for k in ("vocab_size", "pad_id")} if pre["kind"] == "text" else None
-    model = build_model(cfg.model.name, data.input_shape, len(data.labels), text_spec, **options)
+    built = build(cfg, base_dir, data, device, console)
+    model = built.model
     console.print(
         f"model: {cfg.model.name} with {sum(p.numel() for p in model.parameters()):,} parameters on {device}",
         highlight=False,
@@ -186,16 +178,7 @@ def _run(
         line, setup = distributed.describe(cfg.train, len(data.train))
         console.print(line, highlight=False)
     clock = time.perf_counter()
-    splits = {
-        name: getattr(data, name) and getattr(data, name).to(device) for name in ("train", "val", "test")
-    }
-    aug = cfg.data.augment
-    augment = (
-        partial(images.augment, crop_padding=aug.crop_padding, flip=aug.flip, rotation=aug.rotation)
-        if cfg.task == "image_classification" and (aug.crop_padding or aug.flip or aug.rotation)
-        else None
-    )
-    teacher = _teacher(cfg, base_dir, data, device, console) if cfg.train.distill else None
+    splits = {name: getattr(data, name) and getattr(data, name).to(device) for name in ("train", "val", "test")}
     result = fit(
         model,
         splits["train"],
@@ -205,9 +188,10 @@ def _run(
         checkpoint_dir=path and path / "checkpoints",
         resume=resume,
         log_dir=path and path / "tensorboard",
-        augment=augment,
+        augment=built.augment,
         console=console,
-        teacher=teacher,
+        teacher=built.teacher,
+        objective=built.objective,
     )
     timings["train"] = time.perf_counter() - clock
     if path is None:
@@ -222,13 +206,24 @@ def _run(
     }
     if setup:
         metrics["distributed"] = setup
-    probabilities = {}
+    spec = {
+        "task": cfg.task,
+        "model": {"name": cfg.model.name, "options": model_options(cfg, base_dir)},
+        "input_shape": list(data.input_shape),
+        "labels": data.labels,
+        "preprocessing": data.preprocessing,
+        "label_column": cfg.data.label or (BUILTIN_LABEL if cfg.data.source.startswith("builtin:") else None),
+        "run_id": path.name,
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "config_dir": str(base_dir.resolve()),  # where the config's relative data paths start (retrain)
+    }
+    if data.target:
+        spec["target"] = data.target
+    predictions = {}
     for name in ("val", "test"):
         if splits[name] is not None:
-            probabilities[name] = torch.softmax(predict_logits(model, splits[name]), 1).cpu().numpy()
-            metrics[name] = classification_metrics(
-                probabilities[name], getattr(data, name).targets.numpy(), data.labels
-            )
+            predictions[name] = task.predictions(predict_logits(model, splits[name]), spec)
+            metrics[name] = task.metrics(predictions[name], getattr(data, name).targets.numpy(), spec)
     metrics["history"] = result.history
     # calibration measures this CPU; a GPU plan would need that GPU's rates, DDP a model of the all-reduce
     if device.type == "cpu" and distributed.world_size() == 1:
@@ -241,26 +236,14 @@ def _run(
             sum(r["seconds"] for r in result.history),
             math.ceil(len(data.train) / cfg.train.batch_size),
         )
-    spec = {
-        "task": cfg.task,
-        "model": {"name": cfg.model.name, "options": options},
-        "input_shape": list(data.input_shape),
-        "labels": data.labels,
-        "preprocessing": data.preprocessing,
-        "label_column": cfg.data.label,
-        "run_id": path.name,
-        "created": datetime.now().isoformat(timespec="seconds"),
-        "config_dir": str(base_dir.resolve()),  # where the config's relative data paths start (retrain)
-        "test_accuracy": metrics.get("test", {}).get("accuracy"),
-    }
+    spec["test_accuracy"] = metrics.get("test", {}).get("accuracy")
     if cfg.train.distill:
+        from modelfoundry.data import text
+
+        teacher = package_folder(text.resolve_path(cfg.train.distill.teacher, base_dir))
         spec["variant"] = {
             "kind": "distilled",
-            "of_run": json.loads(
-                (
-                    package_folder(text.resolve_path(cfg.train.distill.teacher, base_dir)) / "model.json"
-                ).read_text()
-            ).get("run_id"),
+            "of_run": json.loads((teacher / "model.json").read_text()).get("run_id"),
             "temperature": cfg.train.distill.temperature,
             "alpha": cfg.train.distill.alpha,
         }
@@ -269,74 +252,19 @@ def _run(
     save_heldout(path, data.train, name="calibration.safetensors")
     _write_json(path / "metrics.json", metrics)
     timings["evaluate"] = time.perf_counter() - clock
-    write_run_report(
-        path, cfg.name or path.name, metrics, data, probabilities.get("test"), config_to_dict(cfg)
-    )
+    test = data.test.targets.numpy() if data.test is not None else None
+    write_run_report(path, cfg.name or path.name, metrics, data, spec, predictions.get("test"), test,
+                     config_to_dict(cfg))
     return metrics, timings
 
 
-def _teacher(
-    cfg: Config, base_dir: Path, data: Prepared, device: torch.device, console: Console
-) -> torch.nn.Module:
-    """The distillation teacher, checked to read the same inputs and name the same labels as the student."""
-    from modelfoundry.predictor import load
-
-    where = text.resolve_path(cfg.train.distill.teacher, base_dir)
-    teacher = load(where, device=str(device), backend="torch")
-    pre, mine = teacher.spec["preprocessing"], data.preprocessing
-    problems = []
-    if teacher.labels != data.labels:
-        problems.append(f"its labels {teacher.labels} are not this data's {data.labels}")
-    if pre["kind"] != mine["kind"]:
-        problems.append(f"it takes {pre['kind']} inputs, this data is {mine['kind']}")
-    elif (
-        pre["kind"] == "text"
-        and (teacher.path / "tokenizer.json").read_text() != data.files["tokenizer.json"]
-    ):
-        problems.append("it uses another tokenizer; set data.tokenizer to the teacher's model/tokenizer.json")
-    elif pre["kind"] != "text" and pre != mine:
-        problems.append(
-            "its preprocessing (image size and channels, or table columns) differs from this data's"
-        )
-    if problems:
-        raise UserError(f"train.distill.teacher: {where} cannot teach this model: {'; '.join(problems)}.")
-    for parameter in teacher.model.parameters():
-        parameter.requires_grad_(False)
-    console.print(
-        f"distilling from {teacher.spec['model']['name']} ({sum(p.numel() for p in teacher.model.parameters()):,} "
-        f"parameters), temperature {cfg.train.distill.temperature}, alpha {cfg.train.distill.alpha}",
-        highlight=False,
-    )
-    return teacher.model.eval()
-
-
-def mistakes_for_report(
-    probabilities: np.ndarray | None, targets: np.ndarray, labels: list[str], display: list
-) -> list[dict]:
-    if probabilities is None:
-        return []
-    out = []
-    worst = list(worst_mistakes(probabilities, targets))
-    # streamed tables read only the rows shown from their file, in one pass
-    rows = display.take(worst) if hasattr(display, "take") else [display[i] for i in worst]
-    for i, shown in zip(worst, rows):
-        item = {
-            "true": labels[targets[i]],
-            "pred": labels[int(probabilities[i].argmax())],
-            "confidence": float(probabilities[i].max()),
-        }
-        item["row" if isinstance(shown, dict) else "text" if isinstance(shown, str) else "image"] = shown
-        out.append(item)
-    return out
-
-
 def write_run_report(
-    path: Path, title: str, metrics: dict, data: Prepared, test_probabilities, config: dict
+    path: Path, title: str, metrics: dict, data: Prepared, spec: dict, predictions, targets, config: dict
 ) -> Path:
+    """report.html of a run: the task's metrics, sections and worst mistakes of the test split."""
     from modelfoundry.evaluate.report import write_report
 
-    test_targets = data.test.targets.numpy() if data.test is not None else np.zeros(0, int)
-    mistakes = mistakes_for_report(test_probabilities, test_targets, data.labels, data.test_display)
+    task = task_of(spec)
     return write_report(
         path / "report.html",
         title=title,
@@ -344,8 +272,9 @@ def write_run_report(
         history=metrics.get("history", []),
         data_report=data.report,
         labels=data.labels,
-        mistakes=mistakes,
+        mistakes=task.mistakes(predictions, targets, spec, data.test_display),
         config=config,
+        sections=task.report_sections(predictions, targets, spec),
     )
 
 
@@ -368,66 +297,41 @@ def _json_default(value):
     return str(value)
 
 
-def evaluate(run: str | Path, data_path: str | Path, console: Console | None = None) -> tuple[dict, Path]:
+def evaluate(
+    run: str | Path, data_path: str | Path, console: Console | None = None, label: str | None = None
+) -> tuple[dict, Path]:
     """Evaluate a packaged model on new labelled data; writes metrics.json and report.html under
-    `<run>/evaluations/<data name>-<time>/`. Returns the metrics of that data (under 'test') and the folder."""
-    from modelfoundry.data import tabular
-    from modelfoundry.data.validate import class_balance
+    `<run>/evaluations/<data name>-<time>/`. Returns the metrics of that data (under 'test') and the folder.
+
+    `label`: the label column of the data when it is not named as in training."""
+    from modelfoundry.evaluate.report import write_report
     from modelfoundry.predictor import load
 
     predictor = load(run)
-    spec, source = predictor.spec, Path(data_path)
+    spec, source, task = predictor.spec, Path(data_path), predictor.task_module
     if not source.exists():
         raise UserError(f"--data: {source} not found.")
-    if spec["preprocessing"]["kind"] == "image":
-        pre = spec["preprocessing"]
-        if not source.is_dir():
-            raise UserError(
-                f"--data: {source} must be a folder with one sub-folder per class for an image model."
-            )
-        examples, labels, _, _ = images.read_image_folder(source, pre["size"], pre["channels"])
-        probabilities = predictor.predict_proba(list(examples))
-        display = list(examples)
-    elif spec["preprocessing"]["kind"] == "text":
-        pre = spec["preprocessing"]
-        texts, labels = text.read_text_table(
-            source, pre["text_column"], spec["label_column"], pre.get("quoting", True)
-        )
-        display = ["" if t is None else t for t in texts]
-        probabilities = predictor.predict_proba(display)
-    else:
-        frame = tabular.read_table(source)
-        tabular.check_column(frame, spec["label_column"], "label", str(source))
-        labels = frame[spec["label_column"]].astype(str).to_numpy()
-        probabilities = predictor.predict_proba(frame.drop(columns=[spec["label_column"]]))
-        display = frame.to_dict(orient="records")
-    unknown = sorted(set(labels) - set(predictor.labels))
-    if unknown:
-        raise UserError(
-            f"--data: label(s) {', '.join(map(repr, unknown[:5]))} in {source} were never seen in training; "
-            f"the model knows {', '.join(predictor.labels)}."
-        )
-    targets = np.array([predictor.labels.index(v) for v in labels])
-    metrics = {"test": classification_metrics(probabilities, targets, predictor.labels), "data": str(source)}
+    inputs, raw, display = task.read_labelled(predictor, source, label)
+    targets = task.encode_targets(raw, spec, f"--data: {source}")
+    predictions = predictor.predictions(inputs)
+    metrics = {"test": task.metrics(predictions, targets, spec), "data": str(source)}
     folder = run_folder(package_folder(run)) / "evaluations" / f"{source.stem}-{datetime.now():%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / "metrics.json", metrics)
-    from modelfoundry.evaluate.report import write_report
+    data_report = {"source": str(source), "n_examples": len(raw)}
+    if task.is_classifier:
+        from modelfoundry.data.validate import class_balance
 
-    counts, warnings = class_balance(labels, predictor.labels)
+        data_report["class_counts"], data_report["warnings"] = class_balance(raw, predictor.labels)
     write_report(
         folder / "report.html",
         title=f"{spec.get('run_id', 'model')} on {source.name}",
         metrics={"test": metrics["test"]},
         history=[],
-        data_report={
-            "source": str(source),
-            "n_examples": len(labels),
-            "class_counts": counts,
-            "warnings": warnings,
-        },
+        data_report=data_report,
         labels=predictor.labels,
-        mistakes=mistakes_for_report(probabilities, targets, predictor.labels, display),
+        mistakes=task.mistakes(predictions, targets, spec, display),
         config={"run": str(run), "data": str(source)},
+        sections=task.report_sections(predictions, targets, spec),
     )
     return metrics, folder

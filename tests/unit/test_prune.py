@@ -63,7 +63,7 @@ def reload(folder, model: torch.nn.Module, name: str, options: dict, input_shape
     """Save a package as training does and load it back through `modelfoundry.predictor.load`."""
     preprocessing = {"kind": "text", **text} if text else {"kind": "image"}
     spec = {
-        "task": "classification",
+        "task": "text_classification" if text else "image_classification",
         "model": {"name": name, "options": options},
         "input_shape": list(input_shape),
         "labels": [str(i) for i in range(CLASSES)],

@@ -15,7 +15,8 @@ from modelfoundry.data.prepare import ArrayData
 from modelfoundry.errors import UserError
 from modelfoundry.models.registry import build_model
 from modelfoundry.training.checkpoint import CheckpointWriter, load_checkpoint
-from modelfoundry.training.loop import CHECKPOINT, fit, validation_metrics
+from modelfoundry.tasks.base import Objective
+from modelfoundry.training.loop import CHECKPOINT, fit
 from modelfoundry.training.optim import build_optimizer, build_scheduler, lr_factor
 
 CPU = torch.device("cpu")
@@ -204,7 +205,7 @@ def test_validation_metrics_agree_with_scikit_learn():
 
     g = torch.Generator().manual_seed(0)
     logits, targets = torch.randn(50, 4, generator=g), torch.randint(0, 4, (50,), generator=g)
-    m = validation_metrics(logits, targets, torch.nn.CrossEntropyLoss())
+    m = Objective().metrics(logits, targets)
     predicted = logits.argmax(1)
     assert m["val_accuracy"] == pytest.approx((predicted == targets).float().mean().item())
     assert m["val_f1_macro"] == pytest.approx(f1_score(targets, predicted, average="macro"))

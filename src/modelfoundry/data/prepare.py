@@ -14,11 +14,13 @@ import pandas as pd
 import torch
 
 from modelfoundry.config import Config, DataConfig
-from modelfoundry.data import images, tabular, text, validate
+from modelfoundry.data import tabular, text, validate
 from modelfoundry.data.split import split_indices
 from modelfoundry.errors import UserError, did_you_mean
+from modelfoundry.tasks import get_task
+from modelfoundry.tasks.base import sorted_labels
 
-BUILTINS = ("digits", "breast_cancer", "wine", "iris")
+BUILTINS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 
 
 class ArrayData:
@@ -26,7 +28,7 @@ class ArrayData:
 
     def __init__(self, inputs: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor):
         self.inputs = torch.as_tensor(inputs, dtype=torch.float32)
-        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.targets = as_targets(targets)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -46,6 +48,12 @@ class ArrayData:
                 yield self.inputs[start : start + batch_size], self.targets[start : start + batch_size]
 
 
+def as_targets(targets) -> torch.Tensor:
+    """Class indices as int64; numbers (regression, standardised) as float32."""
+    targets = torch.as_tensor(targets)
+    return targets.float() if targets.is_floating_point() else targets.long()
+
+
 @dataclass
 class Prepared:
     """Everything training, evaluation and packaging need from the data."""
@@ -61,6 +69,7 @@ class Prepared:
         default_factory=list
     )  # per test example: image (C,H,W) in [0,1], row dict or text
     files: dict[str, str] = field(default_factory=dict)  # extra files for the model package (tokenizer.json)
+    target: dict = field(default_factory=dict)  # what the package keeps about the target (regression: mean, std)
 
 
 def resolve_source(source: str, base_dir: Path, key: str = "data.source") -> Path:
@@ -80,84 +89,27 @@ def resolve_source(source: str, base_dir: Path, key: str = "data.source") -> Pat
     )
 
 
-def sorted_labels(values) -> list[str]:
-    """Class names in a stable order: numerically when every label is a number, else alphabetically."""
-    unique = {str(v) for v in values}
-    try:
-        return sorted(unique, key=float)
-    except ValueError:
-        return sorted(unique)
-
-
 def load_raw(
     data: DataConfig,
-    task: str,
+    task,
     base_dir: Path,
     source: str | None = None,
     image_shape: tuple[int, ...] | None = None,
     key: str = "data.source",
 ):
-    """Returns (examples, labels as str, origin, extra report fields). Images: (N, C, H, W) array; tables: DataFrame.
+    """Returns (examples, raw targets, origin, extra report fields). Images: (N, C, H, W) array; tables: DataFrame.
 
-    `source` is data.source unless given (data.val_source / data.test_source / data.feedback.source);
+    `task` is the config's task object (tasks/), which reads its own kind of source. `source` is
+    data.source unless given (data.val_source / data.test_source / data.feedback.source);
     `image_shape` (C, H, W) resizes images to match another source's.
     """
-    extra: dict = {}
     source = source or data.source
     if source.startswith("builtin:"):
-        return _load_builtin(source.removeprefix("builtin:"), task) + (extra,)
-    path = resolve_source(source, base_dir, key)
-    origin = str(path)
-    if task == "image_classification":
-        if not path.is_dir():
-            raise UserError(
-                f"data.source: {path} is a file; image_classification needs a folder with one "
-                "sub-folder per class, or an MNIST IDX folder."
-            )
-        if list(path.glob("*idx3-ubyte*")):
-            examples, labels, _ = images.read_idx_folder(path)
-        else:
-            size, channels = (
-                (image_shape[1:], image_shape[0]) if image_shape else (data.image_size, data.channels)
-            )
-            examples, labels, _, skipped = images.read_image_folder(path, size, channels)
-            extra["unreadable"] = skipped
-        return examples, labels, origin, extra
-    if task == "text_classification":
-        texts, labels = text.read_text_table(path, data.text, data.label, data.quoting)
-        texts, labels = text.clean_texts(texts, labels, data.privacy.pii, origin, extra)
-        return np.array(texts, dtype=object), labels, origin, extra
-    if path.is_dir():
-        raise UserError(
-            f"data.source: {path} is a folder; tabular_classification needs a .csv, .parquet or .jsonl file."
-        )
-    frame = tabular.read_table(path)
-    tabular.check_column(frame, data.label, "label", origin)
-    unlabeled = frame[data.label].isna()
-    if unlabeled.all():
-        raise UserError(f"{origin}: label column '{data.label}' is empty in every row.")
-    if unlabeled.any():
-        extra["dropped_unlabeled_rows"] = int(unlabeled.sum())
-        frame = frame[~unlabeled]
-    labels = frame[data.label]
-    if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
-        labels = labels.astype(int)  # "1.0" read from a column with gaps is class "1"
-    features = _feature_columns(frame, data, origin)
-    return frame[features], labels.astype(str).to_numpy(), origin, extra
+        return _load_builtin(source.removeprefix("builtin:"), task) + ({},)
+    return task.load(data, base_dir, resolve_source(source, base_dir, key), image_shape)
 
 
-def _feature_columns(frame: pd.DataFrame, data: DataConfig, origin: str) -> list[str]:
-    for column in data.drop + (data.features or []):
-        tabular.check_column(
-            frame, column, "feature" if column in (data.features or []) else "dropped", origin
-        )
-    columns = data.features or [c for c in frame.columns if c != data.label and c not in data.drop]
-    if not columns:
-        raise UserError(f"{origin}: no feature columns left besides the label '{data.label}'.")
-    return columns
-
-
-def _load_builtin(name: str, task: str):
+def _load_builtin(name: str, task):
     from sklearn import datasets
 
     if name not in BUILTINS:
@@ -166,20 +118,14 @@ def _load_builtin(name: str, task: str):
             f"Built-ins: {', '.join('builtin:' + b for b in BUILTINS)}."
         )
     bunch = getattr(datasets, f"load_{name}")()
-    names = [str(n) for n in bunch.target_names] if name != "digits" else [str(i) for i in range(10)]
-    labels = np.array([names[t] for t in bunch.target])
-    if task == "image_classification":
-        if name != "digits":
-            raise UserError(f"data.source: builtin:{name} is a table; use task: tabular_classification.")
-        return (bunch.images[:, None] / 16.0).astype(np.float32), labels, "builtin:digits"
-    frame = pd.DataFrame(bunch.data, columns=[str(c) for c in bunch.feature_names])
-    return frame, labels, f"builtin:{name}"
+    return task.load_builtin(name, bunch)
 
 
 def prepare(config: Config, base_dir: Path) -> Prepared:
     """Load, validate, split and encode the data of a config."""
     data = config.data
-    streamed = _streamed(config, base_dir)
+    task = get_task(config.task)
+    streamed = _streamed(config, base_dir, task)
     if streamed is not None:
         return streamed
     loaded = {}
@@ -187,7 +133,7 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
         main = loaded.get("train")
         shape = main[0].shape[1:] if part == "feedback" and isinstance(main[0], np.ndarray) else None
         key = {"train": "data.source", "feedback": "data.feedback.source"}.get(part, f"data.{part}_source")
-        loaded[part] = load_raw(data, config.task, base_dir, source, shape, key)
+        loaded[part] = load_raw(data, task, base_dir, source, shape, key)
     examples, labels, origin, _ = loaded["train"]
     report = merge_counts([v[3] for v in loaded.values()])
     if len(loaded) > 1:
@@ -221,14 +167,9 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
         examples = examples[keep] if not is_table else examples.iloc[np.flatnonzero(keep)]
         labels, hashes, part_of = labels[keep], hashes[keep], part_of[keep]
         report["dropped_duplicates"] = int(duplicates.sum())
-    label_names = sorted_labels(labels)
-    if len(label_names) < 2:
-        raise UserError(
-            f"{origin}: only one class ({label_names[0]!r}) in the labels; a classifier needs at least two."
-        )
-    _check_known_labels(labels, part_of, label_names, report)
-    targets = pd.Categorical(labels, categories=label_names).codes.astype(np.int64)
-    split = split_parts(labels, part_of, data)
+    targets = task.make_targets(labels, part_of, report, origin, data)
+    split = split_parts(targets.strata, part_of, data)
+    task.fit_targets(targets, split["train"])
     if "feedback" in sizes:
         report["feedback"] = {"examples": int((part_of == "feedback").sum()), "weight": data.feedback.weight}
     report.update(
@@ -236,99 +177,33 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
         splits={k: len(v) for k, v in split.items()},
         leakage=validate.leakage(hashes, split),
     )
-    report["class_counts"], balance_warnings = validate.class_balance(labels, label_names)
-    report["warnings"] = report.get("warnings", []) + balance_warnings
-
-    files: dict[str, str] = {}
-    if config.task == "text_classification":
-        tokenizer, max_length = text.tokenizer_for(config, base_dir)
-        ids, report["truncated"] = text.tokenize(tokenizer, list(examples), max_length)
-        if report["truncated"]:
-            report["warnings"].append(
-                f"{report['truncated']} texts are longer than data.max_length={max_length} "
-                "tokens and were truncated."
-            )
-        report["tokens"] = text.describe_lengths(torch.tensor([len(t) for t in ids]))
-        _warn_about(report)
-        preprocessing = {
-            "kind": "text",
-            "text_column": data.text,
-            "max_length": max_length,
-            "pii": data.privacy.pii,
-            "quoting": data.quoting,
-            **text.tokenizer_spec(tokenizer),
-        }
-        files["tokenizer.json"] = tokenizer.to_str()
-        pad = preprocessing["pad_id"]
-        part = {
-            k: text.TextData([ids[i] for i in v], targets[v], pad) if len(v) else None
-            for k, v in split.items()
-        }
-        display = list(examples[split["test"]])
-        for name in ("val", "test"):  # shortest first: evaluation batches carry the least padding
-            if part[name] is not None:
-                part[name], order = part[name].sorted_by_length()
-                display = [display[i] for i in order] if name == "test" else display
-        return Prepared(
-            part["train"],
-            part["val"],
-            part["test"],
-            label_names,
-            (max_length,),
-            preprocessing,
-            report,
-            display,
-            files,
-        )
-    if is_table:
-        report["warnings"] += tabular.numbers_with_stray_text(examples, origin)
+    report.setdefault("warnings", [])
+    parts, input_shape, preprocessing, files, display = task.encode(
+        examples, targets, split, config, base_dir, report
+    )
     _warn_about(report)
-    if is_table:
-        encoder = tabular.TableEncoder().fit(examples.iloc[split["train"]])
-        features = encoder.transform(examples, origin)
-        preprocessing = {"kind": "table", **encoder.spec}
-        display = examples.iloc[split["test"]].to_dict(orient="records")
-    else:
-        features = examples
-        preprocessing = {
-            "kind": "image",
-            "size": list(examples.shape[2:]),
-            "channels": int(examples.shape[1]),
-        }
-        display = list(examples[split["test"]])
-    part = {k: ArrayData(features[v], targets[v]) if len(v) else None for k, v in split.items()}
     return Prepared(
-        part["train"],
-        part["val"],
-        part["test"],
-        label_names,
-        tuple(features.shape[1:]),
+        parts["train"],
+        parts["val"],
+        parts["test"],
+        targets.labels,
+        input_shape,
         preprocessing,
         report,
         display,
         files,
+        targets.spec,
     )
 
 
-def _streamed(config: Config, base_dir: Path) -> Prepared | None:
+def _streamed(config: Config, base_dir: Path, task) -> Prepared | None:
     """A table file read in chunks, or an image folder decoded per batch (data.streaming); None: load it whole."""
-    from modelfoundry.data import lazy_images, stream
-
     data = config.data
     if data.streaming is False or data.source.startswith("builtin:"):
         return None
     path = resolve_source(data.source, base_dir)
-    is_table = config.task != "image_classification"  # a table of numbers, or of texts
-    if is_table and path.is_dir() or not is_table and (not path.is_dir() or list(path.glob("*idx3-ubyte*"))):
-        return None  # not a table file / an MNIST IDX folder (read whole): load_raw says what is wrong, if anything
-    big = (
-        stream.wanted(data.streaming, path)
-        if is_table
-        else data.streaming is True
-        or lazy_images.decoded_bytes(path, data.channels, data.image_size) >= stream.AUTO_BYTES
-    )
-    if not big:
-        return None
+    if not task.streams(path, data):
+        return None  # small, or not a source it streams: load_raw reads it (and says what is wrong, if anything)
     others = [
         k
         for k, v in (
@@ -340,15 +215,18 @@ def _streamed(config: Config, base_dir: Path) -> Prepared | None:
     ]
     if others:
         raise UserError(
-            f"data.streaming reads one {'table file' if is_table else 'image folder'}; "
+            f"data.streaming reads one {'image folder' if path.is_dir() else 'table file'}; "
             f"{', '.join(others)} need it off. Set data.streaming: false, or put every example in "
             "data.source and let data.split divide them."
         )
-    if not is_table:
-        return _lazy_images(path, data)
-    if config.task == "text_classification":
-        return _streamed_texts(path, config, base_dir)
-    parts = stream.prepare_streamed(path, data, str(path))
+    return task.streamed(path, config, base_dir)
+
+
+def streamed_table(path: Path, config: Config, base_dir: Path) -> Prepared:
+    """A table file read in chunks by Arrow and encoded once to a scratch file (data/stream.py)."""
+    from modelfoundry.data import stream
+
+    parts = stream.prepare_streamed(path, config.data, str(path))
     report = parts["report"]
     report["class_counts"], report["warnings"] = validate.class_balance(parts["counts"], parts["labels"])
     _warn_about(report)
@@ -365,7 +243,7 @@ def _streamed(config: Config, base_dir: Path) -> Prepared | None:
     )
 
 
-def _streamed_texts(path: Path, config: Config, base_dir: Path) -> Prepared:
+def streamed_texts(path: Path, config: Config, base_dir: Path) -> Prepared:
     """A text table tokenized in one chunked pass into scratch files (data/stream_text.py)."""
     from modelfoundry.data import stream_text
 
@@ -399,11 +277,12 @@ def _streamed_texts(path: Path, config: Config, base_dir: Path) -> Prepared:
     )
 
 
-def _lazy_images(path: Path, data) -> Prepared:
+def streamed_images(path: Path, config: Config, base_dir: Path) -> Prepared:
     """An image folder checked and hashed file by file, decoded per batch in worker processes; the
     split and batches are the in-memory path's. Duplicates are files with the same bytes."""
     from modelfoundry.data import lazy_images
 
+    data = config.data
     paths, labels, hashes, shape, skipped = lazy_images.scan(path, data.image_size, data.channels)
     report: dict = {
         "source": str(path),
@@ -495,21 +374,6 @@ def split_parts(labels: np.ndarray, part_of: np.ndarray, data: DataConfig) -> di
             [split["train"], np.repeat(np.flatnonzero(part_of == "feedback"), data.feedback.weight)]
         )
     return split
-
-
-def _check_known_labels(
-    labels: np.ndarray, part_of: np.ndarray, label_names: list[str], report: dict
-) -> None:
-    """A class that is only in a validation or test file can never be predicted: say so."""
-    trained = set(labels[part_of == "train"].tolist())
-    for part in ("val", "test"):
-        unseen = sorted(set(labels[part_of == part].tolist()) - trained)
-        if unseen:
-            raise UserError(
-                f"{report['sources'][part]}: label(s) {', '.join(map(repr, unseen[:5]))} never appear in the "
-                f"training file {report['sources']['train']}; a model cannot learn a class it never sees. "
-                "Add examples of it to the training file or remove those rows."
-            )
 
 
 def _concat_images(parts: list[tuple[np.ndarray, str]]) -> np.ndarray:

@@ -422,7 +422,7 @@ def _repeats(hashes: np.ndarray) -> np.ndarray:
 
 
 def _first_pass(path: Path, data, origin: str):
-    from modelfoundry.data.prepare import _feature_columns
+    from modelfoundry.tasks.tabular import feature_columns as _feature_columns
 
     seed, val, test = data.split.seed, data.split.val, data.split.test
     label_counts: Counter = Counter()

@@ -65,3 +65,34 @@ def worst_mistakes(probabilities: np.ndarray, targets: np.ndarray, k: int = 24) 
     predicted = probabilities.argmax(1)
     wrong = np.flatnonzero(predicted != targets)
     return wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:k].tolist()
+
+
+def regression_metrics(predictions: np.ndarray, values: np.ndarray, train_mean: float) -> dict:
+    """Metrics of one split of a regression model, beside the baseline of predicting the training mean.
+
+    Args:
+        predictions, values: (N,) predicted and true values, in the target's units.
+        train_mean: the training split's mean target, the baseline's constant prediction.
+    """
+    predictions, values = np.asarray(predictions, dtype=np.float64), np.asarray(values, dtype=np.float64)
+
+    def scores(predicted: np.ndarray) -> dict:
+        out = {
+            "rmse": float(np.sqrt(skm.mean_squared_error(values, predicted))),
+            "mae": float(skm.mean_absolute_error(values, predicted)),
+            "r2": float(skm.r2_score(values, predicted)) if len(values) > 1 else None,
+        }
+        if np.any(values == 0):  # MAPE divides by the true value
+            out["mape"] = None
+        else:
+            out["mape"] = float(np.mean(np.abs((predicted - values) / values)))
+        return out
+
+    out = {"n": int(len(values)), **scores(predictions)}
+    out["loss"] = out["rmse"] ** 2
+    out["baseline"] = {"name": "predict the training mean", **scores(np.full_like(values, train_mean))}
+    if out["mape"] is None:
+        out["notes"] = ["mape is left out: some true values are 0, and it divides by them."]
+    residuals = predictions - values
+    out["residuals"] = {"mean": float(residuals.mean()), "std": float(residuals.std())}
+    return out

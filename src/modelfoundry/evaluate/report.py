@@ -43,6 +43,12 @@ _OVERALL_METRICS = (
     ("f1_weighted", "F1 (weighted)"),
     ("roc_auc", "ROC-AUC"),
     ("ece", "Calibration error (ECE)"),
+    ("rmse", "RMSE"),
+    ("mae", "MAE"),
+    ("r2", "R2"),
+    ("mape", "MAPE"),
+    ("baseline.rmse", "RMSE of predicting the training mean"),
+    ("baseline.r2", "R2 of predicting the training mean"),
     ("loss", "Loss"),
 )
 _DATA_KEYS = (
@@ -102,6 +108,7 @@ def write_report(
     labels: list[str],
     mistakes: list[dict],
     config: dict,
+    sections: list[tuple[str, str, str]] | None = None,
 ) -> Path:
     """Write a self-contained report.html: plots embedded as base64 PNG, nothing external, no network.
 
@@ -120,6 +127,7 @@ def write_report(
         mistakes: Worst mistakes, worst first: {true, pred, confidence} plus one of image (float array in
             [0, 1], shape (H, W) or (C, H, W)), row (column -> value) or text.
         config: The resolved config, shown as YAML.
+        sections: The task's own sections (anchor, heading, HTML), shown after the learning curves.
 
     Returns:
         The path of the written file.
@@ -132,6 +140,7 @@ def write_report(
     with matplotlib.rc_context(_PLOT_STYLE):
         sections = [
             ("curves", "Learning curves", _learning_curves(history or [])),
+            *(sections or []),
             ("confusion", "Confusion matrix", _confusion_matrices(metrics, labels)),
             ("per-class", "Per-class metrics", _per_class_table(metrics, labels)),
             ("calibration", "Calibration", _reliability(metrics)),
@@ -230,6 +239,9 @@ def _headline(metrics: dict) -> str:
     splits = _ordered_splits(metrics)
     first, main = splits[0], metrics[splits[0]]
     tiles = [(f"{first} accuracy", main.get("accuracy")), (f"{first} F1 (macro)", main.get("f1_macro"))]
+    if "rmse" in main:  # a regression model
+        tiles = [(f"{first} {k.upper()}", main.get(k)) for k in ("rmse", "mae", "r2")]
+        tiles.append((f"{first} RMSE of the mean", main.get("baseline", {}).get("rmse")))
     if _is_number(main.get("roc_auc")):
         tiles.append((f"{first} ROC-AUC", main["roc_auc"]))
     tile_html = "".join(
@@ -239,12 +251,40 @@ def _headline(metrics: dict) -> str:
     header = "".join(f"<th>{_esc(split)}</th>" for split in splits)
     rows = "".join(
         f"<tr><th>{name}</th>"
-        + "".join(f'<td class="num">{_fmt(metrics[s].get(key))}</td>' for s in splits)
+        + "".join(f'<td class="num">{_fmt(_lookup(metrics[s], key))}</td>' for s in splits)
         + "</tr>"
         for key, name in _OVERALL_METRICS
-        if any(key in metrics[s] for s in splits)
+        if any(_lookup(metrics[s], key) is not None for s in splits)
     )
     return f'<div class="tiles">{tile_html}</div><table><tr><th>metric</th>{header}</tr>{rows}</table>'
+
+
+def _lookup(values: Mapping, dotted: str) -> Any:
+    """values["a"]["b"] for "a.b"; None where a part is missing."""
+    for part in dotted.split("."):
+        values = values.get(part) if isinstance(values, Mapping) else None
+    return values
+
+
+def regression_plots(predictions: np.ndarray, values: np.ndarray) -> str:
+    """Predicted against true values (the diagonal is a perfect model) and the residuals' histogram."""
+    with matplotlib.rc_context(_PLOT_STYLE):
+        fig = Figure(figsize=(10, 4))
+        left, right = fig.subplots(1, 2)
+        left.scatter(values, predictions, s=10, alpha=0.6)
+        low, high = float(min(values.min(), predictions.min())), float(max(values.max(), predictions.max()))
+        left.plot([low, high], [low, high], color="#7b8794", linewidth=1, linestyle="--")
+        left.set_xlabel("true value")
+        left.set_ylabel("predicted value")
+        left.set_title("predicted vs true (test)")
+        residuals = predictions - values
+        right.hist(residuals, bins=30, color="#3e7cb1")
+        right.axvline(0, color="#7b8794", linewidth=1, linestyle="--")
+        right.set_xlabel("residual (predicted - true)")
+        right.set_ylabel("examples")
+        right.set_title(f"residuals: mean {residuals.mean():.3g}, std {residuals.std():.3g}")
+        fig.tight_layout()
+        return _png_tag(fig, "predicted against true values, and the residuals")
 
 
 def _series(history: list[dict], key: str) -> tuple[list[float], list[float]]:
@@ -403,7 +443,11 @@ def _mistake_caption(mistake: dict) -> str:
     true, pred = _esc(mistake.get("true", "?")), _esc(mistake.get("pred", "?"))
     return (
         f"<div>true <b>{true}</b>, predicted <b>{pred}</b>"
-        f"<br><span class=muted>confidence {_fmt(mistake.get('confidence'))}</span></div>"
+        + (
+            f"<br><span class=muted>error {_fmt(mistake['error'], '.4g')}</span></div>"
+            if "error" in mistake
+            else f"<br><span class=muted>confidence {_fmt(mistake.get('confidence'))}</span></div>"
+        )
     )
 
 

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from modelfoundry.config import TrainConfig
 from modelfoundry.errors import UserError
+from modelfoundry.tasks import MINIMIZED
 from modelfoundry.training import distributed
 from modelfoundry.training.checkpoint import CheckpointWriter, load_checkpoint
 from modelfoundry.training.optim import build_optimizer, build_scheduler, l1_penalty, resolve_precision
@@ -54,22 +55,6 @@ def predict_logits(
     return torch.cat(outputs)
 
 
-def validation_metrics(logits: torch.Tensor, targets: torch.Tensor, loss_fn: nn.Module) -> dict[str, float]:
-    predicted = logits.argmax(1)
-    n = logits.shape[1]
-    confusion = torch.bincount(targets * n + predicted, minlength=n * n).reshape(n, n).double()
-    tp = confusion.diag()
-    precision = tp / confusion.sum(0).clamp(min=1)
-    recall = tp / confusion.sum(1).clamp(min=1)
-    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    present = confusion.sum(1) + confusion.sum(0) > 0  # as scikit-learn: classes absent from both are skipped
-    return {
-        "val_loss": loss_fn(logits, targets).item(),
-        "val_accuracy": (predicted == targets).double().mean().item(),
-        "val_f1_macro": f1[present].mean().item(),
-    }
-
-
 def fit(
     model: nn.Module,
     train,
@@ -84,6 +69,7 @@ def fit(
     console: Console | None = None,
     teacher: nn.Module | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    objective=None,
 ) -> FitResult:
     """Train `model` on `train`, validating on `val` after every epoch.
 
@@ -95,6 +81,8 @@ def fit(
         log_dir: TensorBoard event files go here; None disables them.
         augment: called on each training batch (B, ...) with the epoch's generator.
         teacher: a trained model whose soft labels the model also learns (cfg.distill: temperature, alpha).
+        objective: the task's loss and validation numbers (tasks/base.py `Objective`); default:
+            classification with cfg.label_smoothing.
         on_epoch: called with each epoch's finished history record (after its checkpoint); it may raise to
             stop training, as `foundry tune` does to prune a trial (optuna.TrialPruned).
     """
@@ -113,11 +101,14 @@ def fit(
     optimizer = build_optimizer(model, cfg)
     batches_per_epoch = distributed.batches_per_epoch(len(train), cfg.batch_size)  # per rank under DDP
     scheduler = build_scheduler(optimizer, cfg, math.ceil(batches_per_epoch / cfg.accumulate))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    eval_loss = nn.CrossEntropyLoss()
+    if objective is None:
+        from modelfoundry.tasks.base import Objective
+
+        objective = Objective(cfg.label_smoothing)
     autocast = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)  # fp16 needs loss scaling
-    higher_is_better = cfg.monitor != "val_loss"
+    monitor = cfg.monitor or "val_accuracy"
+    higher_is_better = monitor not in MINIMIZED
 
     history: list[dict] = []
     best = {"epoch": 0, "value": -math.inf if higher_is_better else math.inf, "state": None}
@@ -169,21 +160,12 @@ def fit(
                     ),
                 ):
                     logits = net(inputs)
-                    loss = loss_fn(logits, targets)
-                    if teacher is not None:  # Hinton et al. 2015: match the softened teacher, scaled by T^2
+                    loss = objective.loss(logits, targets)
+                    if teacher is not None:  # the task's matching term (classes: Hinton et al. 2015)
                         with torch.no_grad():
                             soft = teacher(inputs).float()
                         t, alpha = cfg.distill.temperature, cfg.distill.alpha
-                        matching = (
-                            nn.functional.kl_div(
-                                torch.log_softmax(logits.float() / t, 1),
-                                torch.log_softmax(soft / t, 1),
-                                log_target=True,
-                                reduction="batchmean",
-                            )
-                            * t
-                            * t
-                        )
+                        matching = objective.distill(logits, soft, t)
                         loss = (1 - alpha) * loss + alpha * matching
                     if cfg.l1:
                         loss = loss + cfg.l1 * l1_penalty(model)
@@ -207,21 +189,21 @@ def fit(
             record = {"epoch": epoch + 1, "train_loss": train_loss / seen, "lr": epoch_lr}
             if val is not None and distributed.is_main():  # DDP: rank 0 scores the whole validation set
                 logits = predict_logits(model, val, autocast=autocast)
-                record.update(validation_metrics(logits, val.targets, eval_loss))
+                record.update(objective.metrics(logits, val.targets))
             record["seconds"] = time.perf_counter() - started
             # DDP: every rank takes rank 0's numbers, so all keep the same best epoch and stop together
             record = distributed.broadcast_object(record)
             history.append(record)
 
             improved = val is None or (
-                record[cfg.monitor] > best["value"]
+                record[monitor] > best["value"]
                 if higher_is_better
-                else record[cfg.monitor] < best["value"]
+                else record[monitor] < best["value"]
             )
             if improved:
                 best = {
                     "epoch": epoch + 1,
-                    "value": record.get(cfg.monitor, 0.0),
+                    "value": record.get(monitor, 0.0),
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
                 }
             patience_left = (cfg.early_stopping_patience or math.inf) - (epoch + 1 - best["epoch"])
@@ -242,16 +224,16 @@ def fit(
                 for key, value in record.items():
                     if key != "epoch":
                         tensorboard.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
-            progress.update(task, info=_epoch_line(record, cfg.epochs), refresh=True)
+            progress.update(task, info=_epoch_line(record, cfg.epochs, objective), refresh=True)
             if not console.is_terminal:
-                console.print(_epoch_line(record, cfg.epochs), highlight=False)
+                console.print(_epoch_line(record, cfg.epochs, objective), highlight=False)
             if on_epoch is not None:
                 on_epoch(record)
             if patience_left <= 0:
                 stopped_early = True
                 progress.update(task, total=(epoch + 1) * batches_per_epoch)
                 console.print(
-                    f"early stopping: no better {cfg.monitor} for {cfg.early_stopping_patience} epochs "
+                    f"early stopping: no better {monitor} for {cfg.early_stopping_patience} epochs "
                     f"(best {best['value']:.4f} at epoch {best['epoch']})",
                     highlight=False,
                 )
@@ -317,8 +299,8 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _epoch_line(record: dict, epochs: int) -> str:
+def _epoch_line(record: dict, epochs: int, objective) -> str:
     parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
     if "val_loss" in record:
-        parts += [f"val_loss {record['val_loss']:.4f}", f"val_acc {record['val_accuracy']:.4f}"]
+        parts.append(objective.line(record))
     return "  ".join(parts)

@@ -111,6 +111,8 @@ def tune_command(
 def _print_best(spec, ran: int) -> None:
     import optuna
 
+    from modelfoundry.tasks import MINIMIZED
+
     finished = spec.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     pruned = len(spec.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
     out.print(
@@ -118,7 +120,7 @@ def _print_best(spec, ran: int) -> None:
         f"{len(finished)} finished, {pruned} pruned",
         highlight=False,
     )
-    ranked = sorted(finished, key=lambda t: t.value, reverse=spec.metric != "val_loss")[:5]
+    ranked = sorted(finished, key=lambda t: t.value, reverse=spec.metric not in MINIMIZED)[:5]
     if not ranked:
         return
     keys = [d.key for d in spec.dims]

@@ -16,6 +16,7 @@ import optuna
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from modelfoundry.tasks import MINIMIZED
 from modelfoundry.evaluate.report import _CSS, _PLOT_STYLE, _esc, _fmt, _png_tag
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def _score(trial, metric: str) -> float | None:
     if trial.value is not None:
         return trial.value
     values = [v for v in trial.intermediate_values.values() if not math.isnan(v)]
-    return (min(values) if metric == "val_loss" else max(values)) if values else None
+    return (min(values) if metric in MINIMIZED else max(values)) if values else None
 
 
 def _history(trials: list, metric: str, direction: str) -> str:

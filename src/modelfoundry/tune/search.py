@@ -14,7 +14,6 @@ import re
 import time
 import warnings
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from sqlalchemy.exc import OperationalError
 from modelfoundry.config import Config, absolute_paths, apply_overrides, load_config
 from modelfoundry.errors import UserError
 from modelfoundry.store.registry import connection_problem, hide_password, runs_root
+from modelfoundry.tasks import MINIMIZED
 from modelfoundry.tune.space import Dimension, apply_values, parse_space, sample
 
 DEFAULT_TRIALS = 20
@@ -98,7 +98,7 @@ def open_study(
     name = study_name or cfg.name or (Path(config).stem if not isinstance(config, dict) else "study")
     storage, shown = storage or default_storage(), hide_password(storage or default_storage())
     metric = cfg.tune.metric
-    direction = "minimize" if metric == "val_loss" else "maximize"
+    direction = "minimize" if metric in MINIMIZED else "maximize"
     study = optuna.create_study(
         study_name=name,
         storage=_storage(storage, shown),
@@ -172,13 +172,14 @@ class TrialRunner:
     def __call__(self, trial: optuna.Trial) -> float:
         import torch
 
+        from modelfoundry.builder import build
         from modelfoundry.training.loop import fit
 
         values = sample(trial, self.spec.dims)
         cfg, _ = load_config(apply_values(self.spec.raw, values))
         data, splits, device = self._prepared(cfg)
         torch.manual_seed(cfg.train.seed)
-        model, augment, teacher = self._build(cfg, data, device)
+        built = build(cfg, self.spec.base_dir, data, device)
         history: list[dict] = []
         started = time.perf_counter()
 
@@ -190,15 +191,16 @@ class TrialRunner:
 
         try:
             fit(
-                model,
+                built.model,
                 splits["train"],
                 splits["val"],
                 cfg.train,
                 device=device,
-                augment=augment,
+                augment=built.augment,
                 console=Console(quiet=True),
-                teacher=teacher,
+                teacher=built.teacher,
                 on_epoch=report_epoch,
+                objective=built.objective,
             )
         except (
             TRIAL_ERRORS
@@ -212,7 +214,7 @@ class TrialRunner:
         if not scores:
             trial.set_user_attr("error", f"{self.spec.metric} was NaN in every epoch: the training diverged")
             return float("nan")  # Optuna marks the trial failed
-        return min(scores) if self.spec.metric == "val_loss" else max(scores)
+        return min(scores) if self.spec.metric in MINIMIZED else max(scores)
 
     def _prepared(self, cfg: Config):
         """The data of this trial's config: prepared once, again only when tuned keys change it."""
@@ -242,30 +244,6 @@ class TrialRunner:
             self._data_key = key
         return self._data
 
-    def _build(self, cfg: Config, data, device):
-        """Model, augmentation and distillation teacher, as `runner` builds them for a run."""
-        from modelfoundry.data import images, text
-        from modelfoundry.models.registry import build_model
-        from modelfoundry.runner import _teacher
-
-        options = dict(cfg.model.model_extra or {})
-        if "path" in options:
-            options["path"] = text.resolve_path(options["path"], self.spec.base_dir)
-        pre = data.preprocessing
-        text_spec = {k: pre[k] for k in ("vocab_size", "pad_id")} if pre["kind"] == "text" else None
-        model = build_model(cfg.model.name, data.input_shape, len(data.labels), text_spec, **options)
-        aug = cfg.data.augment
-        augment = (
-            partial(images.augment, crop_padding=aug.crop_padding, flip=aug.flip, rotation=aug.rotation)
-            if cfg.task == "image_classification" and (aug.crop_padding or aug.flip or aug.rotation)
-            else None
-        )
-        teacher = (
-            _teacher(cfg, self.spec.base_dir, data, device, Console(quiet=True))
-            if cfg.train.distill
-            else None
-        )
-        return model, augment, teacher
 
 
 def optimize(spec: Study, trials: int | None, timeout: float | None, console: Console) -> int:
@@ -314,7 +292,7 @@ def trial_line(
 
 def _best_reported(trial: optuna.trial.FrozenTrial, metric: str) -> float | None:
     values = [v for v in trial.intermediate_values.values() if not math.isnan(v)]
-    return (min(values) if metric == "val_loss" else max(values)) if values else None
+    return (min(values) if metric in MINIMIZED else max(values)) if values else None
 
 
 def _fmt(value: Any) -> str:

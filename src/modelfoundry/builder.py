@@ -1,0 +1,95 @@
+"""One builder from a config and its prepared data to what training needs: the model, the training
+augmentation, the distillation teacher and the task's loss. The runner, `foundry tune` and
+`foundry compress` all build through here, so a trial or a variant trains what a run trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from modelfoundry.errors import UserError
+from modelfoundry.models.registry import build_model
+from modelfoundry.tasks import get_task, task_of
+
+
+@dataclass
+class Built:
+    model: torch.nn.Module
+    augment: object  # callable (batch, generator) -> batch, or None
+    teacher: torch.nn.Module | None
+    objective: object  # tasks.base.Objective
+
+
+def model_options(cfg, base_dir: Path) -> dict:
+    """The family's arguments from `model:`; a pretrained model's `path` relative to the config."""
+    from modelfoundry.data import text
+
+    options = dict(cfg.model.model_extra or {})
+    if "path" in options:
+        options["path"] = text.resolve_path(options["path"], base_dir)
+    return options
+
+
+def model_for(task, name: str, options: dict, input_shape, labels: list[str], preprocessing: dict):
+    """A fresh model of family `name` sized for the task's inputs and outputs."""
+    text_spec = task.model_text_spec(preprocessing)
+    return build_model(name, tuple(input_shape), task.output_size(labels), text_spec, **options)
+
+
+def model_from_spec(spec: dict, **options) -> torch.nn.Module:
+    """The (untrained) architecture a package describes; `options` override its saved ones."""
+    return model_for(
+        task_of(spec),
+        spec["model"]["name"],
+        {**spec["model"]["options"], **options},
+        spec["input_shape"],
+        spec["labels"],
+        spec["preprocessing"],
+    )
+
+
+def build(cfg, base_dir: Path, data, device: torch.device, console: Console | None = None) -> Built:
+    task = get_task(cfg.task)
+    console = console or Console(quiet=True)
+    model = model_for(
+        task, cfg.model.name, model_options(cfg, base_dir), data.input_shape, data.labels, data.preprocessing
+    )
+    teacher = _teacher(cfg, base_dir, data, device, console) if cfg.train.distill else None
+    return Built(model, task.augmentation(cfg), teacher, task.objective(cfg.train, data.target))
+
+
+def _teacher(cfg, base_dir: Path, data, device: torch.device, console: Console) -> torch.nn.Module:
+    """The distillation teacher, checked to read the same inputs and name the same labels as the student."""
+    from modelfoundry.data import text
+    from modelfoundry.predictor import load
+
+    where = text.resolve_path(cfg.train.distill.teacher, base_dir)
+    teacher = load(where, device=str(device), backend="torch")
+    pre, mine = teacher.spec["preprocessing"], data.preprocessing
+    problems = []
+    if teacher.task != cfg.task:
+        problems.append(f"it is a {teacher.task} model, this config's task is {cfg.task}")
+    if teacher.labels != data.labels:
+        problems.append(f"its labels {teacher.labels} are not this data's {data.labels}")
+    if pre["kind"] != mine["kind"]:
+        problems.append(f"it takes {pre['kind']} inputs, this data is {mine['kind']}")
+    elif "tokenizer.json" in data.files:
+        if (teacher.path / "tokenizer.json").read_text() != data.files["tokenizer.json"]:
+            problems.append("it uses another tokenizer; set data.tokenizer to the teacher's model/tokenizer.json")
+    elif pre != mine:
+        problems.append("its preprocessing (image size and channels, or table columns) differs from this data's")
+    if problems:
+        raise UserError(f"train.distill.teacher: {where} cannot teach this model: {'; '.join(problems)}.")
+    for parameter in teacher.model.parameters():
+        parameter.requires_grad_(False)
+    console.print(
+        f"distilling from {teacher.spec['model']['name']} "
+        f"({sum(p.numel() for p in teacher.model.parameters()):,} parameters), "
+        f"temperature {cfg.train.distill.temperature}, alpha {cfg.train.distill.alpha}",
+        highlight=False,
+    )
+    return teacher.model.eval()

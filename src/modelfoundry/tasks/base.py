@@ -1,0 +1,318 @@
+"""What every task answers, with the classification answers as defaults.
+
+A task is two things put together: its inputs (images, texts or table rows: `image.py`,
+`text.py`, `tabular.py` read, check and encode them) and its target (classes here; a number in
+`regression.py`). Subclasses override what differs; nothing outside `tasks/` asks a task's name.
+
+Targets travel through training encoded: class indices for classifiers, the standardised value
+for regression. `Task.predictions` turns model outputs back into what users see (probabilities,
+values), and metrics, mistakes and served answers are computed from those.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from modelfoundry.errors import UserError, did_you_mean
+
+
+@dataclass
+class Targets:
+    """The targets of every example, encoded for training, and what the package keeps about them.
+
+    values: (N,) int64 class indices or float32 standardised numbers.
+    strata: (N,) what the split stratifies on (the labels, or quantile bins of a number).
+    """
+
+    values: np.ndarray
+    labels: list[str]
+    strata: np.ndarray
+    spec: dict = field(default_factory=dict)  # e.g. regression: {"column", "mean", "std"}
+
+
+class Objective:
+    """The loss the training loop minimises and the validation numbers it records, for classes."""
+
+    monitors = {"val_accuracy": "max", "val_loss": "min", "val_f1_macro": "max"}
+
+    def __init__(self, label_smoothing: float = 0.0):
+        from torch import nn
+
+        self._loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self._eval_loss = nn.CrossEntropyLoss()
+
+    def loss(self, outputs, targets):
+        return self._loss(outputs, targets)
+
+    def distill(self, outputs, teacher_outputs, temperature: float):
+        """Hinton et al. 2015: match the softened teacher, scaled by T^2."""
+        import torch
+
+        return (
+            torch.nn.functional.kl_div(
+                torch.log_softmax(outputs.float() / temperature, 1),
+                torch.log_softmax(teacher_outputs / temperature, 1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            * temperature
+            * temperature
+        )
+
+    def metrics(self, outputs, targets) -> dict[str, float]:
+        """Validation numbers of logits (N, C) against class indices (N,), computed on the device."""
+        import torch
+
+        predicted = outputs.argmax(1)
+        n = outputs.shape[1]
+        confusion = torch.bincount(targets * n + predicted, minlength=n * n).reshape(n, n).double()
+        tp = confusion.diag()
+        precision = tp / confusion.sum(0).clamp(min=1)
+        recall = tp / confusion.sum(1).clamp(min=1)
+        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+        present = confusion.sum(1) + confusion.sum(0) > 0  # as scikit-learn: classes absent from both are skipped
+        return {
+            "val_loss": self._eval_loss(outputs, targets).item(),
+            "val_accuracy": (predicted == targets).double().mean().item(),
+            "val_f1_macro": f1[present].mean().item(),
+        }
+
+    def line(self, record: dict) -> str:
+        """The validation part of an epoch's progress line."""
+        return f"val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.4f}"
+
+
+class Task:
+    """Classification of some kind of input; subclasses supply the inputs (`kind`) and may change the target."""
+
+    name = ""
+    kind = ""  # the inputs: "image", "text" or "table"
+    is_classifier = True
+    objective_class = Objective
+    default_monitor = "val_accuracy"
+    # the numbers of a split that the registry, `runs list` and the CLI table show, best first
+    headline = ("accuracy", "f1_macro", "roc_auc")
+    # retrain/promote: the metric a challenger must beat the champion on, and which way is better
+    retrain_metric, retrain_higher_is_better = "accuracy", True
+    # config keys that only make sense for this kind of target: key -> what to use instead
+    refused_train_keys: dict[str, str] = {}
+
+    # ---- config ------------------------------------------------------------------------------
+
+    def check_config(self, cfg) -> list[str]:
+        """Problems with a config for this task, each naming the key and the fix (checked with the rest)."""
+        problems = []
+        data = cfg.data
+        if not data.source.startswith("builtin:") and not data.label and self.kind != "image":
+            problems.append(f"data.label is required for {self.name}: name the label column")
+        if cfg.train.loss is not None:
+            problems.append(
+                f"train.loss: {cfg.train.loss!r} is for tabular_regression; a classifier is trained with "
+                "cross-entropy. Remove the key."
+            )
+        problems += self.check_monitor(cfg)
+        return problems
+
+    def check_monitor(self, cfg) -> list[str]:
+        allowed = self.objective_class.monitors
+        problems = []
+        for key, value in (("train.monitor", cfg.train.monitor), ("tune.metric", cfg.tune and cfg.tune.metric)):
+            if value is not None and value not in allowed:
+                problems.append(
+                    f"{key}: {value!r} is not a validation metric of {self.name}; use one of "
+                    f"{', '.join(allowed)}.{did_you_mean(value, allowed)}"
+                )
+        return problems
+
+    def objective(self, train_cfg, target_spec: dict | None = None) -> Objective:
+        return Objective(train_cfg.label_smoothing)
+
+    # ---- data --------------------------------------------------------------------------------
+
+    def load(self, data, base_dir: Path, path: Path, image_shape=None):
+        """Read one source: (examples, raw targets, origin, extra report fields). Per kind of input."""
+        raise NotImplementedError
+
+    def make_targets(self, raw: np.ndarray, part_of: np.ndarray, report: dict, origin: str, data) -> Targets:
+        """Class names in a stable order and each example's class index; at least two classes, and every
+        class of a validation or test file seen in training."""
+        from modelfoundry.data import validate
+
+        labels = sorted_labels(raw)
+        if len(labels) < 2:
+            raise UserError(
+                f"{origin}: only one class ({labels[0]!r}) in the labels; a classifier needs at least two."
+            )
+        _check_known_labels(raw, part_of, report)
+        report["class_counts"], balance = validate.class_balance(raw, labels)
+        report["warnings"] = report.get("warnings", []) + balance
+        values = pd.Categorical(raw, categories=labels).codes.astype(np.int64)
+        return Targets(values, labels, np.asarray(raw))
+
+    def fit_targets(self, targets: Targets, train_index: np.ndarray) -> None:
+        """Anything learnt from the training split's targets (regression standardises here)."""
+
+    def output_size(self, labels: list[str]) -> int:
+        return len(labels)
+
+    def model_text_spec(self, preprocessing: dict) -> dict | None:
+        """What a text model's builder needs to know about the tokens; None for other inputs."""
+        return None
+
+    def augmentation(self, cfg):
+        """The training-time augmentation of the config, or None."""
+        return None
+
+    # ---- predictions, metrics, report --------------------------------------------------------
+
+    def predictions(self, outputs, spec: dict) -> np.ndarray:
+        """Model outputs (N, C) -> class probabilities (N, C), numpy."""
+        import torch
+
+        return torch.softmax(outputs.float(), 1).cpu().numpy()
+
+    def metrics(self, predictions: np.ndarray, targets: np.ndarray, spec: dict, labels=None) -> dict:
+        from modelfoundry.evaluate.metrics import classification_metrics
+
+        return classification_metrics(predictions, targets, labels or spec["labels"])
+
+    def mistakes(self, predictions, targets, spec: dict, display, k: int = 24) -> list[dict]:
+        """The worst mistakes of a split, worst first, each with what to show of its input."""
+        from modelfoundry.evaluate.metrics import worst_mistakes
+
+        if predictions is None:
+            return []
+        labels = spec["labels"]
+        worst = list(worst_mistakes(predictions, targets, k))
+        out = []
+        for i, shown in zip(worst, _take(display, worst)):
+            item = {
+                "true": labels[targets[i]],
+                "pred": labels[int(predictions[i].argmax())],
+                "confidence": float(predictions[i].max()),
+            }
+            out.append({**item, **self.shown(shown)})
+        return out
+
+    def shown(self, item) -> dict:
+        """How the report shows one input: {"image": array} / {"text": str} / {"row": dict}."""
+        raise NotImplementedError
+
+    def report_sections(self, predictions, targets, spec: dict) -> list[tuple[str, str, str]]:
+        """Extra report sections (anchor, heading, HTML) from the test split's predictions."""
+        return []
+
+    def describe_targets(self, labels: list[str]) -> str:
+        return f"{len(labels)} classes"
+
+    # ---- the Predictor and the HTTP service --------------------------------------------------
+
+    def encode_inputs(self, predictor, inputs, origin: str = "input"):
+        """Raw inputs -> the model's input (a tensor (N, ...) or a list of token-id tensors)."""
+        raise NotImplementedError
+
+    def answer(self, predictions: np.ndarray, spec: dict, top_k: int = 1) -> list[dict]:
+        """Served / printed answer per input: the label, its probability and the top k."""
+        labels = spec["labels"]
+        order = np.argsort(-predictions, axis=1)[:, : max(1, top_k)]
+        return [
+            {
+                "label": labels[top[0]],
+                "probability": round(float(p[top[0]]), 6),
+                "top_k": [{"label": labels[j], "probability": round(float(p[j]), 6)} for j in top],
+            }
+            for p, top in zip(predictions, order)
+        ]
+
+    def printed(self, answer: dict, top_k: int) -> dict:
+        """One row of `foundry predict`'s table (and CSV) for an answer."""
+        row = {"label": answer["label"], "probability": round(answer["probability"], 4)}
+        if top_k > 1:
+            row["top_k"] = "; ".join(f"{t['label']}={t['probability']:.3f}" for t in answer["top_k"])
+        return row
+
+    def predicted(self, answer: dict):
+        """What a served answer says, as feedback stores it."""
+        return answer["label"]
+
+    def correction(self, value, spec: dict) -> str:
+        """A corrected target sent as feedback, checked; returns what is stored. ValueError names the problem."""
+        labels = spec["labels"]
+        if not isinstance(value, str) or value not in labels:
+            raise ValueError(
+                f"{value!r} is not a label of this model.{did_you_mean(str(value), labels)} "
+                f"Labels: {', '.join(labels)}."
+            )
+        return value
+
+    def card(self, spec: dict) -> dict:
+        """What the model card (`/v1/model`, the page) says about this task's inputs."""
+        return {}
+
+    # ---- evaluation of new data, retraining --------------------------------------------------
+
+    def read_labelled(self, predictor, source: Path, label: str | None):
+        """New labelled data for `foundry evaluate --data`: (inputs for predict, raw targets, display)."""
+        raise NotImplementedError
+
+    def encode_targets(self, raw, spec: dict, origin: str) -> np.ndarray:
+        """Raw targets of new data -> the encoded targets metrics take."""
+        labels = spec["labels"]
+        raw = np.asarray([str(v) for v in raw])
+        unknown = sorted(set(raw.tolist()) - set(labels))
+        if unknown:
+            raise UserError(
+                f"{origin}: label(s) {', '.join(map(repr, unknown[:5]))} were never seen in training; "
+                f"the model knows {', '.join(labels)}."
+            )
+        return np.array([labels.index(v) for v in raw])
+
+    def score(self, predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Per-example score that retraining averages: 1 for a right class, 0 for a wrong one."""
+        return (predictions.argmax(1) == targets).astype(float)
+
+    def aggregate_score(self, scores: np.ndarray) -> float:
+        return float(scores.mean())
+
+    def feedback_records(self, rows, config: dict, folder: Path) -> Path:
+        """Corrections written as a source laid out like the training data."""
+        raise NotImplementedError
+
+
+# ---- helpers shared by the tasks -----------------------------------------------------------------
+
+
+def sorted_labels(values) -> list[str]:
+    """Class names in a stable order: numerically when every label is a number, else alphabetically."""
+    unique = {str(v) for v in values}
+    try:
+        return sorted(unique, key=float)
+    except ValueError:
+        return sorted(unique)
+
+
+def _check_known_labels(labels: np.ndarray, part_of: np.ndarray, report: dict) -> None:
+    """A class that is only in a validation or test file can never be predicted: say so."""
+    trained = set(labels[part_of == "train"].tolist())
+    for part in ("val", "test"):
+        unseen = sorted(set(labels[part_of == part].tolist()) - trained)
+        if unseen:
+            raise UserError(
+                f"{report['sources'][part]}: label(s) {', '.join(map(repr, unseen[:5]))} never appear in the "
+                f"training file {report['sources']['train']}; a model cannot learn a class it never sees. "
+                "Add examples of it to the training file or remove those rows."
+            )
+
+
+def _take(display, indices: list[int]) -> list:
+    """The shown inputs of some examples; streamed tables read only those rows, in one pass."""
+    return display.take(indices) if hasattr(display, "take") else [display[i] for i in indices]
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,147 @@
+"""Image classification: folders with one sub-folder per class, MNIST IDX folders, builtin:digits.
+
+Everything image-specific lives here: reading and checking the folders, the (C, H, W) arrays in
+[0, 1] the models take, augmentation, what the report shows of a mistake, how the Predictor and
+the HTTP service turn files, PIL images or arrays into the model's input, and corrections as a
+folder of images.
+"""
+
+from __future__ import annotations
+
+import shutil
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from modelfoundry.data import images
+from modelfoundry.errors import UserError
+from modelfoundry.tasks.base import Task
+
+
+class ImageClassification(Task):
+    name = "image_classification"
+    kind = "image"
+
+    def check_config(self, cfg) -> list[str]:
+        return [p for p in super().check_config(cfg) if not p.startswith("data.label")]
+
+    def load(self, data, base_dir: Path, path: Path, image_shape=None):
+        if not path.is_dir():
+            raise UserError(
+                f"data.source: {path} is a file; image_classification needs a folder with one "
+                "sub-folder per class, or an MNIST IDX folder."
+            )
+        if list(path.glob("*idx3-ubyte*")):
+            examples, labels, _ = images.read_idx_folder(path)
+            return examples, labels, str(path), {}
+        size, channels = (image_shape[1:], image_shape[0]) if image_shape else (data.image_size, data.channels)
+        examples, labels, _, skipped = images.read_image_folder(path, size, channels)
+        return examples, labels, str(path), {"unreadable": skipped}
+
+    def load_builtin(self, name: str, bunch):
+        if name != "digits":
+            raise UserError(f"data.source: builtin:{name} is a table; use task: tabular_classification.")
+        labels = np.array([str(t) for t in bunch.target])
+        return (bunch.images[:, None] / 16.0).astype(np.float32), labels, "builtin:digits"
+
+    def streams(self, path: Path, data) -> bool:
+        """Decode per batch (data.streaming): a class-folder tree, when asked or when it would take 1 GB decoded."""
+        from modelfoundry.data import lazy_images, stream
+
+        if not path.is_dir() or list(path.glob("*idx3-ubyte*")):
+            return False
+        return data.streaming is True or lazy_images.decoded_bytes(path, data.channels, data.image_size) >= (
+            stream.AUTO_BYTES
+        )
+
+    def streamed(self, path: Path, config, base_dir: Path):
+        from modelfoundry.data.prepare import streamed_images
+
+        return streamed_images(path, config, base_dir)
+
+    def encode(self, examples: np.ndarray, targets, split: dict, config, base_dir: Path, report: dict):
+        from modelfoundry.data.prepare import ArrayData
+
+        preprocessing = {"kind": "image", "size": list(examples.shape[2:]), "channels": int(examples.shape[1])}
+        parts = {k: ArrayData(examples[v], targets.values[v]) if len(v) else None for k, v in split.items()}
+        return parts, tuple(examples.shape[1:]), preprocessing, {}, list(examples[split["test"]])
+
+    def augmentation(self, cfg):
+        """The training-time augmentation of the config, or None."""
+        aug = cfg.data.augment
+        if not (aug.crop_padding or aug.flip or aug.rotation):
+            return None
+        return partial(images.augment, crop_padding=aug.crop_padding, flip=aug.flip, rotation=aug.rotation)
+
+    def shown(self, item) -> dict:
+        return {"image": item}
+
+    # ---- Predictor and service -------------------------------------------------------------------
+
+    def encode_inputs(self, predictor, inputs, origin: str = "input"):
+        import torch
+
+        return torch.from_numpy(np.stack([self.image_array(predictor.spec, item) for item in expand_images(inputs)]))
+
+    def image_array(self, spec: dict, item) -> np.ndarray:
+        """One image (a path, a PIL image, or an array (H, W) / (C, H, W) in [0, 1]) -> the model's (C, H, W)."""
+        pre = spec["preprocessing"]
+        size, channels = tuple(pre["size"]), pre["channels"]
+        if isinstance(item, (str, Path)):
+            item = images.read_image(Path(item))
+        if isinstance(item, Image.Image):
+            return images.to_array(item, size, channels)
+        array = np.asarray(item, dtype=np.float32)
+        array = array[None] if array.ndim == 2 else array
+        if array.shape != (channels, *size):
+            raise UserError(
+                f"image array of shape {array.shape} does not match the model's input "
+                f"{(channels, *size)} (C, H, W); pass a file or PIL image to have it resized."
+            )
+        return array
+
+    def cli_inputs(self, predictor, inputs: list[str]):
+        items = expand_images(inputs)
+        return items, [str(p) for p in items]
+
+    def card(self, spec: dict) -> dict:
+        pre = spec["preprocessing"]
+        return {"image": {"size": pre["size"], "channels": pre["channels"]}}
+
+    # ---- evaluation of new data, retraining ------------------------------------------------------
+
+    def read_labelled(self, predictor, source: Path, label: str | None):
+        pre = predictor.spec["preprocessing"]
+        if not source.is_dir():
+            raise UserError(f"--data: {source} must be a folder with one sub-folder per class for an image model.")
+        examples, labels, _, _ = images.read_image_folder(source, pre["size"], pre["channels"])
+        return list(examples), labels, list(examples)
+
+    def feedback_records(self, rows, config: dict, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            (folder / row.label).mkdir(exist_ok=True)
+            source = Path(row.input["image"])
+            shutil.copyfile(source, folder / row.label / f"{row.id}{source.suffix}")
+        return folder
+
+
+def expand_images(inputs) -> list:
+    """A path, a folder (searched recursively) or a list of either / of images -> a flat list."""
+    items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    flat = []
+    for item in items:
+        if isinstance(item, (str, Path)) and Path(item).is_dir():
+            found = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in images.IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{item}: no images in this folder ({', '.join(sorted(images.IMAGE_SUFFIXES))}).")
+            flat += found
+        elif isinstance(item, (str, Path)) and not Path(item).is_file():
+            raise UserError(f"{item}: no such file.")
+        else:
+            flat.append(item)
+    if not flat:
+        raise UserError("no inputs given.")
+    return flat

@@ -1,0 +1,153 @@
+"""Tabular classification: feature columns and a label column of a CSV / TSV / JSONL / Parquet file,
+or a scikit-learn built-in table.
+
+Everything about table inputs lives here (tabular regression reuses it with a numeric target):
+reading the file, the feature columns, missing values, the encoder (standardised numbers, one-hot
+categories) fitted on the training split, what the report shows of a mistake, how the Predictor,
+`foundry predict` and the HTTP service turn rows into features, and corrections as JSONL rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from modelfoundry.data import tabular
+from modelfoundry.errors import UserError
+from modelfoundry.tasks.base import Task
+from modelfoundry.tasks.text import write_jsonl
+
+# the label column name a built-in table's rows carry in corrections and in `evaluate --data` files
+BUILTIN_LABEL = "target"
+
+
+class TableInputs:
+    """Table rows as inputs; mixed into a task with its target."""
+
+    kind = "table"
+
+    def load(self, data, base_dir: Path, path: Path, image_shape=None):
+        origin, extra = str(path), {}
+        if path.is_dir():
+            raise UserError(f"data.source: {path} is a folder; {self.name} needs a .csv, .parquet or .jsonl file.")
+        frame = tabular.read_table(path)
+        tabular.check_column(frame, data.label, "label", origin)
+        unlabeled = frame[data.label].isna()
+        if unlabeled.all():
+            raise UserError(f"{origin}: label column '{data.label}' is empty in every row.")
+        if unlabeled.any():
+            extra["dropped_unlabeled_rows"] = int(unlabeled.sum())
+            frame = frame[~unlabeled]
+        return frame[feature_columns(frame, data, origin)], self.raw_targets(frame[data.label], origin), origin, extra
+
+    def raw_targets(self, column: pd.Series, origin: str) -> np.ndarray:
+        """The label column as the task reads it: class names as strings."""
+        if pd.api.types.is_float_dtype(column) and (column == column.round()).all():
+            column = column.astype(int)  # "1.0" read from a column with gaps is class "1"
+        return column.astype(str).to_numpy()
+
+    def load_builtin(self, name: str, bunch):
+        frame = pd.DataFrame(bunch.data, columns=[str(c) for c in bunch.feature_names])
+        return frame, self.builtin_targets(bunch), f"builtin:{name}"
+
+    def builtin_targets(self, bunch) -> np.ndarray:
+        names = [str(n) for n in getattr(bunch, "target_names", [])]
+        if not names:
+            raise UserError("data.source: this built-in set has numeric targets; use task: tabular_regression.")
+        return np.array([names[t] for t in bunch.target])
+
+    def streams(self, path: Path, data) -> bool:
+        from modelfoundry.data import stream
+
+        return not path.is_dir() and stream.wanted(data.streaming, path)
+
+    def streamed(self, path: Path, config, base_dir: Path):
+        from modelfoundry.data.prepare import streamed_table
+
+        return streamed_table(path, config, base_dir)
+
+    def encode(self, examples: pd.DataFrame, targets, split: dict, config, base_dir: Path, report: dict):
+        from modelfoundry.data.prepare import ArrayData
+
+        report["warnings"] += tabular.numbers_with_stray_text(examples, report["source"])
+        encoder = tabular.TableEncoder().fit(examples.iloc[split["train"]])
+        features = encoder.transform(examples, report["source"])
+        parts = {k: ArrayData(features[v], targets.values[v]) if len(v) else None for k, v in split.items()}
+        display = examples.iloc[split["test"]].to_dict(orient="records")
+        return parts, tuple(features.shape[1:]), {"kind": "table", **encoder.spec}, {}, display
+
+    def shown(self, item) -> dict:
+        return {"row": item}
+
+    # ---- Predictor and service -------------------------------------------------------------------
+
+    def encode_inputs(self, predictor, inputs, origin: str = "input"):
+        import torch
+
+        frame = read_rows(inputs)
+        return torch.from_numpy(tabular.TableEncoder(predictor.spec["preprocessing"]).transform(frame, origin))
+
+    def cli_inputs(self, predictor, inputs: list[str]):
+        if len(inputs) != 1:
+            raise UserError("predict: a table model takes one CSV/Parquet/JSONL file.")
+        return inputs[0], None  # by path, so errors name the file and line; rows are numbered
+
+    def card(self, spec: dict) -> dict:
+        columns = spec["preprocessing"]["columns"]
+        return {
+            "columns": [
+                {"name": c["name"], "kind": c["kind"], "categories": c.get("categories", [])} for c in columns
+            ]
+        }
+
+    # ---- evaluation of new data, retraining ------------------------------------------------------
+
+    def read_labelled(self, predictor, source: Path, label: str | None):
+        frame = tabular.read_table(source)
+        column = label or predictor.spec.get("label_column") or BUILTIN_LABEL
+        tabular.check_column(frame, column, "label", str(source))
+        if frame[column].isna().any():
+            frame = frame[frame[column].notna()]
+        raw = self.raw_targets(frame[column], str(source))
+        return frame.drop(columns=[column]), raw, frame.to_dict(orient="records")
+
+    def feedback_records(self, rows, config: dict, folder: Path) -> Path:
+        data = config["data"]
+        records = [
+            {**{c: None for c in data.get("drop", [])}, **row.input["row"], data["label"]: self.stored(row.label)}
+            for row in rows
+        ]
+        return write_jsonl(records, folder)
+
+    def stored(self, label: str):
+        return label
+
+
+class TabularClassification(TableInputs, Task):
+    name = "tabular_classification"
+
+
+def feature_columns(frame: pd.DataFrame, data, origin: str) -> list[str]:
+    for column in data.drop + (data.features or []):
+        tabular.check_column(frame, column, "feature" if column in (data.features or []) else "dropped", origin)
+    columns = data.features or [c for c in frame.columns if c != data.label and c not in data.drop]
+    if not columns:
+        raise UserError(f"{origin}: no feature columns left besides the label '{data.label}'.")
+    return columns
+
+
+def read_rows(inputs) -> pd.DataFrame:
+    if isinstance(inputs, pd.DataFrame):
+        return inputs.reset_index(drop=True)
+    if isinstance(inputs, dict):
+        return pd.DataFrame([inputs])
+    if isinstance(inputs, (str, Path)):
+        path = Path(inputs)
+        if not path.is_file():
+            raise UserError(f"{path}: no such file.")
+        return tabular.read_table(path)
+    if isinstance(inputs, (list, tuple)) and all(isinstance(r, dict) for r in inputs):
+        return pd.DataFrame(list(inputs))
+    raise UserError("table inputs must be a DataFrame, a dict, a list of dicts, or a .csv/.parquet/.jsonl path.")

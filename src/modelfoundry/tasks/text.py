@@ -1,0 +1,143 @@
+"""Text classification: a text column and a label column of a CSV / TSV / JSONL / Parquet file.
+
+Everything text-specific lives here: reading and cleaning the texts (personal data scrubbed per
+data.privacy), the tokenizer and token ids, the length-sorted evaluation batches, what the report
+shows of a mistake, how the Predictor and the HTTP service tokenize new texts, and corrections as
+a JSONL file with the training file's column names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from modelfoundry.data import text
+from modelfoundry.errors import UserError
+from modelfoundry.tasks.base import Task
+
+TEXT_KEYS = ("text", "max_length", "tokenizer", "privacy")  # data keys only text models read
+
+
+class TextClassification(Task):
+    name = "text_classification"
+    kind = "text"
+
+    def check_config(self, cfg) -> list[str]:
+        problems = [p for p in super().check_config(cfg) if not p.startswith("data.label")]
+        missing = [key for key in ("text", "label") if not getattr(cfg.data, key)]
+        if missing:
+            problems.append(
+                f"text_classification needs data.{' and data.'.join(missing)}: "
+                "name the text column and the label column of the file"
+            )
+        return problems
+
+    def load(self, data, base_dir: Path, path: Path, image_shape=None):
+        extra: dict = {}
+        texts, labels = text.read_text_table(path, data.text, data.label, data.quoting)
+        texts, labels = text.clean_texts(texts, labels, data.privacy.pii, str(path), extra)
+        return np.array(texts, dtype=object), labels, str(path), extra
+
+    def load_builtin(self, name: str, bunch):
+        raise UserError(f"data.source: builtin:{name} has no text column; give a .csv/.tsv/.jsonl/.parquet file.")
+
+    def streams(self, path: Path, data) -> bool:
+        from modelfoundry.data import stream
+
+        return not path.is_dir() and stream.wanted(data.streaming, path)
+
+    def streamed(self, path: Path, config, base_dir: Path):
+        from modelfoundry.data.prepare import streamed_texts
+
+        return streamed_texts(path, config, base_dir)
+
+    def encode(self, examples: np.ndarray, targets, split: dict, config, base_dir: Path, report: dict):
+        import torch
+
+        data = config.data
+        tokenizer, max_length = text.tokenizer_for(config, base_dir)
+        ids, report["truncated"] = text.tokenize(tokenizer, list(examples), max_length)
+        if report["truncated"]:
+            report["warnings"].append(
+                f"{report['truncated']} texts are longer than data.max_length={max_length} "
+                "tokens and were truncated."
+            )
+        report["tokens"] = text.describe_lengths(torch.tensor([len(t) for t in ids]))
+        preprocessing = {
+            "kind": "text",
+            "text_column": data.text,
+            "max_length": max_length,
+            "pii": data.privacy.pii,
+            "quoting": data.quoting,
+            **text.tokenizer_spec(tokenizer),
+        }
+        pad = preprocessing["pad_id"]
+        parts = {
+            k: text.TextData([ids[i] for i in v], targets.values[v], pad) if len(v) else None
+            for k, v in split.items()
+        }
+        display = list(examples[split["test"]])
+        for name in ("val", "test"):  # shortest first: evaluation batches carry the least padding
+            if parts[name] is not None:
+                parts[name], order = parts[name].sorted_by_length()
+                display = [display[i] for i in order] if name == "test" else display
+        return parts, (max_length,), preprocessing, {"tokenizer.json": tokenizer.to_str()}, display
+
+    def shown(self, item) -> dict:
+        return {"text": item}
+
+    def model_text_spec(self, preprocessing: dict) -> dict | None:
+        return {k: preprocessing[k] for k in ("vocab_size", "pad_id")}
+
+    # ---- Predictor and service -------------------------------------------------------------------
+
+    def encode_inputs(self, predictor, inputs, origin: str = "input"):
+        """Texts -> token ids, scrubbed of PII first when the model was trained on scrubbed text."""
+        from modelfoundry.data.privacy import scrub_texts
+
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise UserError(
+                f"text input {bad[0] + 1} is {type(texts[bad[0]]).__name__}, not a string; a text model "
+                "takes a string or a list of strings."
+            )
+        if not texts:
+            raise UserError("no inputs given.")
+        pre = predictor.spec["preprocessing"]
+        if pre.get("pii") in ("redact", "drop"):  # a dropped row can't be dropped here; redact it instead
+            texts, _, _ = scrub_texts(texts, "redact")
+        ids, _ = text.tokenize(predictor.tokenizer(), texts, pre["max_length"])
+        return ids
+
+    def cli_inputs(self, predictor, inputs: list[str]):
+        texts = text.texts_to_predict(inputs, predictor.spec["preprocessing"]["text_column"])
+        return texts, [t if len(t) <= 60 else t[:57] + "..." for t in texts]
+
+    def card(self, spec: dict) -> dict:
+        pre = spec["preprocessing"]
+        return {"text": {"max_length": pre["max_length"], "pii": pre.get("pii")}}
+
+    # ---- evaluation of new data, retraining ------------------------------------------------------
+
+    def read_labelled(self, predictor, source: Path, label: str | None):
+        pre = predictor.spec["preprocessing"]
+        texts, labels = text.read_text_table(
+            source, pre["text_column"], label or predictor.spec["label_column"], pre.get("quoting", True)
+        )
+        shown = ["" if t is None else t for t in texts]
+        return shown, labels, shown
+
+    def feedback_records(self, rows, config: dict, folder: Path) -> Path:
+        data = config["data"]
+        records = [{data["text"]: row.input["text"], data["label"]: row.label} for row in rows]
+        return write_jsonl(records, folder)
+
+
+def write_jsonl(records: list[dict], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "feedback.jsonl"
+    pd.DataFrame(records).to_json(path, orient="records", lines=True)
+    return path
