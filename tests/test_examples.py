@@ -7,7 +7,8 @@ import torch
 
 from modelfoundry.config import load_config
 from modelfoundry.models.registry import build_model
-from modelfoundry.starter import STARTERS
+from modelfoundry.starter import starter_config
+from modelfoundry.tasks import TASKS
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
 
@@ -26,14 +27,14 @@ def test_example_config_is_valid(path):
         assert model(torch.tensor([[101, 2204, 3185, 102]])).shape == (1, 2)
         return
     assert config.model.name in ("mlp", "cnn", "resnet")
-    shape = (30,) if config.task == "tabular_classification" else (1, 28, 28)
+    shape = (30,) if config.task.startswith("tabular_") else (1, 28, 28)
     build_model(config.model.name, shape, 10, **config.model.model_extra)
 
 
-@pytest.mark.parametrize("task", sorted(STARTERS))
+@pytest.mark.parametrize("task", sorted(TASKS))
 def test_init_starter_is_valid(task, tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text(STARTERS[task])
+    path.write_text(starter_config(task))
     config, _ = load_config(path)
     assert config.task == task
 

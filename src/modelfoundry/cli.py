@@ -132,9 +132,12 @@ def train(
     test = run.metrics.get("test") or run.metrics.get("val") or {}
     out.print(f"run {run.id}", highlight=False)
     table = Table(show_header=False)
-    for key in ("accuracy", "f1_macro", "roc_auc", "ece"):
-        if key in test:
-            table.add_row(f"test {key}" if "test" in run.metrics else f"val {key}", f"{test[key]:.4f}")
+    split = "test" if "test" in run.metrics else "val"
+    for key in ("accuracy", "f1_macro", "roc_auc", "ece", "rmse", "mae", "r2"):
+        if test.get(key) is not None:
+            table.add_row(f"{split} {key}", f"{test[key]:.4f}")
+    if "baseline" in test:  # regression: what always predicting the training mean scores
+        table.add_row(f"{split} rmse of the mean", f"{test['baseline']['rmse']:.4f}")
     table.add_row("best epoch", f"{run.metrics['best_epoch']} of {run.metrics['epochs_run']}")
     out.print(table)
     out.print(f"model:  {run.path / 'model'}\nreport: {run.path / 'report.html'}", highlight=False)

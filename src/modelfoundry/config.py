@@ -24,6 +24,7 @@ from modelfoundry.tasks import MINIMIZED
 from modelfoundry.tasks import TASKS as TASK_REGISTRY
 
 TASKS = tuple(TASK_REGISTRY)
+TEXT_DATA_KEYS = ("text", "max_length", "tokenizer", "privacy")  # data keys that only text tasks read
 
 
 class _Section(BaseModel):
@@ -234,15 +235,16 @@ class Config(_Section):
         task = get_task(self.task)
         problems = task.check_config(self)
         # Set and not the default: a run's saved config.yaml spells out every default, and must load again.
-        text_keys = [
+        foreign = [
             key
-            for key in ("text", "max_length", "tokenizer", "privacy")
-            if key in self.data.model_fields_set
+            for key in TEXT_DATA_KEYS
+            if key not in task.data_keys
+            and key in self.data.model_fields_set
             and getattr(self.data, key) != DataConfig.model_fields[key].get_default(call_default_factory=True)
         ]
-        if task.kind != "text" and text_keys:
+        if foreign:
             problems.append(
-                f"data.{', data.'.join(text_keys)}: only for task text_classification; this config's "
+                f"data.{', data.'.join(foreign)}: only for task text_classification; this config's "
                 f"task is {self.task}. Remove the key(s) or change the task."
             )
         if self.tune is not None and self.tune.direction is not None:

@@ -17,13 +17,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import warnings
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import yaml
 from rich.console import Console
 
@@ -32,6 +30,7 @@ from modelfoundry.errors import UserError
 from modelfoundry.predictor import Predictor, load, run_folder
 from modelfoundry.store.feedback import Feedback, FeedbackStore, media_dir
 from modelfoundry.store.models import ModelStore
+from modelfoundry.tasks import task_of
 
 HELD_BACK = 0.25
 
@@ -81,28 +80,36 @@ def retrain(
     challenger = store.get(f"v{run.version}")
     store.set_alias("challenger", challenger.id)
 
+    task = task_of(spec)
+    metric = task.retrain_metric
     inputs, targets = frozen_holdout(config, base_dir)
-    feedback_inputs, feedback_targets = [_input_of(r) for r in held], [r.label for r in held]
+    feedback_inputs, feedback_targets = [_input_of(r) for r in held], [task.stored(r.label) for r in held]
     scores = {
         name: _scores(load(path), inputs, targets, feedback_inputs, feedback_targets)
         for name, path in (("champion", package), ("challenger", challenger.path))
     }
-    gain = scores["challenger"]["combined"] - scores["champion"]["combined"]
+    # the improvement, positive when the challenger is better: accuracy gained, or the share of RMSE removed
+    champion_score, challenger_score = scores["champion"]["combined"], scores["challenger"]["combined"]
+    gain = (
+        challenger_score - champion_score
+        if task.retrain_higher_is_better
+        else (champion_score - challenger_score) / max(champion_score, 1e-12)
+    )
     better = gain > 0 and gain >= margin
     if better and promote:
         store.set_alias(alias, challenger.id)
         decision = (
-            f"promoted: {alias} -> {challenger.name} (combined accuracy +{gain:.4f} >= margin {margin})"
+            f"promoted: {alias} -> {challenger.name} (combined {metric} {_gain(task, gain)} >= margin {margin})"
         )
     elif better:
         decision = (
-            f"{challenger.name} is better (+{gain:.4f} >= margin {margin}) but was not promoted; "
+            f"{challenger.name} is better ({_gain(task, gain)} >= margin {margin}) but was not promoted; "
             f"run `foundry models promote {challenger.name}` or retrain with --promote"
         )
     else:
         decision = (
             f"kept {alias} = {champion.name}: the challenger {challenger.name} is not better by the margin "
-            f"(combined accuracy {gain:+.4f}, margin {margin})"
+            f"(combined {metric} {_gain(task, gain)}, margin {margin})"
         )
     result = {
         "champion": {"version": champion.name, **scores["champion"]},
@@ -114,6 +121,8 @@ def retrain(
             "feedback_trained": len(used),
         },
         "holdout_fingerprint": _fingerprint(inputs, targets),
+        "metric": metric,
+        "higher_is_better": task.retrain_higher_is_better,
         "gain": gain,
         "margin": margin,
         "promoted": better and promote,
@@ -144,23 +153,25 @@ def frozen_holdout(config: dict, base_dir: Path) -> tuple[list, list[str]]:
         raise UserError(
             "retrain needs a test split to compare on; set data.split.test above 0 in the config."
         )
-    return list(data.test_display), [data.labels[t] for t in data.test.targets.tolist()]
+    return list(data.test_display), task_of({"task": cfg.task}).heldout_targets(data)
 
 
 def _scores(
-    predictor: Predictor, inputs: list, targets: list[str], feedback_inputs: list, feedback_targets: list[str]
+    predictor: Predictor, inputs: list, targets: list, feedback_inputs: list, feedback_targets: list
 ) -> dict:
-    right = np.array(predictor.predict(inputs)) == np.array(targets)
-    fixed = (
-        (np.array(predictor.predict(feedback_inputs)) == np.array(feedback_targets))
-        if feedback_inputs
-        else np.zeros(0)
-    )
+    """The task's retrain metric on the holdout, the held-back corrections, and both together."""
+    task = predictor.task_module
+    right = task.example_scores(predictor, inputs, targets)
+    fixed = task.example_scores(predictor, feedback_inputs, feedback_targets) if feedback_inputs else np.zeros(0)
     return {
-        "holdout": float(right.mean()),
-        "feedback": float(fixed.mean()) if len(fixed) else None,
-        "combined": float(np.concatenate([right, fixed]).mean()),
+        "holdout": task.aggregate_score(right),
+        "feedback": task.aggregate_score(fixed) if len(fixed) else None,
+        "combined": task.aggregate_score(np.concatenate([right, fixed])),
     }
+
+
+def _gain(task, gain: float) -> str:
+    return f"{gain:+.4f}" if task.retrain_higher_is_better else f"{gain:+.1%} lower"
 
 
 def _held_back(feedback_id: int) -> bool:
@@ -172,26 +183,10 @@ def _input_of(row: Feedback):
 
 
 def _write_feedback(rows: list[Feedback], spec: dict, config: dict, folder: Path) -> Path:
-    """Corrections as a source laid out like the training data: an image folder or a JSONL table."""
-    folder.mkdir(parents=True, exist_ok=True)
-    kind, data = spec["preprocessing"]["kind"], config["data"]
-    if kind == "image":
-        for row in rows:
-            (folder / row.label).mkdir(exist_ok=True)
-            source = Path(row.input["image"])
-            shutil.copyfile(source, folder / row.label / f"{row.id}{source.suffix}")
-        return folder
-    label = data.get("label") or "label"
-    data["label"] = label  # built-in tables have no label column name; the corrections file needs one
-    if kind == "text":
-        records = [{data["text"]: row.input["text"], label: row.label} for row in rows]
-    else:
-        records = [
-            {**{c: None for c in data.get("drop", [])}, **row.input["row"], label: row.label} for row in rows
-        ]
-    path = folder / "feedback.jsonl"
-    pd.DataFrame(records).to_json(path, orient="records", lines=True)
-    return path
+    """Corrections as a source laid out like the training data (an image folder, a JSONL table)."""
+    # built-in tables have no label column name; the corrections file needs one
+    config["data"]["label"] = config["data"].get("label") or "label"
+    return task_of(spec).feedback_records(rows, config, folder)
 
 
 def _fingerprint(inputs: list, targets: list[str]) -> str:
@@ -202,7 +197,7 @@ def _fingerprint(inputs: list, targets: list[str]) -> str:
             if isinstance(item, np.ndarray)
             else json.dumps(item, sort_keys=True, default=str).encode()
         )
-        digest.update(target.encode())
+        digest.update(str(target).encode())
     return digest.hexdigest()[:16]
 
 
@@ -220,11 +215,13 @@ def write_comparison(path: Path, result: dict) -> None:
         bars = ax.bar(x + offset, values, 0.4, label=f"{who} {result[who]['version']}")
         ax.bar_label(bars, fmt="%.3f", fontsize=8)
     ax.set_xticks(x, [f"{n}\n({result['examples'][n]} examples)" for n in names])
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("accuracy")
+    metric = result.get("metric", "accuracy")
+    if result.get("higher_is_better", True):
+        ax.set_ylim(0, 1.1)
+    ax.set_ylabel(metric)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    plot = _png_tag(fig, "accuracy of champion and challenger")
+    plot = _png_tag(fig, f"{metric} of champion and challenger")
     plt.close(fig)
     rows = "".join(
         f"<tr><td>{n}</td><td>{result['examples'][n]}</td><td>{result['champion'][n]:.4f}</td>"

@@ -15,6 +15,7 @@ from rich.console import Console
 from modelfoundry.compress.variants import parent_run_of, register_variant, variant_folder
 from modelfoundry.config import absolute_paths, apply_overrides
 from modelfoundry.errors import UserError
+from modelfoundry.tasks import task_of
 
 
 def original_config(parent: Path) -> tuple[dict, Path]:
@@ -67,10 +68,8 @@ def distill(
     }
     if epochs:
         config["train"]["epochs"] = epochs
-    teacher_pre = json.loads((parent / "model" / "model.json").read_text())["preprocessing"]
-    if teacher_pre["kind"] == "text":  # the student reads the teacher's token ids
-        config["data"]["tokenizer"] = str(parent / "model" / "tokenizer.json")
-        config["data"]["max_length"] = teacher_pre["max_length"]
+    teacher_spec = json.loads((parent / "model" / "model.json").read_text())
+    config["data"].update(task_of(teacher_spec).student_data(parent / "model", teacher_spec))
     config["name"] = f"{config.get('name') or parent.name}-student"[:200]
     try:
         parent_version = ModelStore().get(str(parent)).id
@@ -93,7 +92,6 @@ def prune_and_finetune(
     from modelfoundry.compress.prune import parameter_count, prune
     from modelfoundry.config import load_config
     from modelfoundry.data.prepare import prepare
-    from modelfoundry.evaluate.metrics import classification_metrics
     from modelfoundry.predictor import load, save_package
     from modelfoundry.training.loop import fit, predict_logits
 
@@ -110,8 +108,8 @@ def prune_and_finetune(
     config, base_dir = original_config(parent)
     cfg, _ = load_config(config)
     spec = predictor.spec
-    pre = spec["preprocessing"]
-    text = {k: pre[k] for k in ("vocab_size", "pad_id")} if pre["kind"] == "text" else None
+    task = predictor.task_module
+    text = task.model_text_spec(spec["preprocessing"])
     before = parameter_count(predictor.model)
     model, options = prune(
         predictor.model,
@@ -119,7 +117,7 @@ def prune_and_finetune(
         dict(spec["model"]["options"]),
         ratio,
         input_shape=tuple(spec["input_shape"]),
-        num_classes=len(spec["labels"]),
+        num_classes=task.output_size(spec["labels"]),
         text=text,
     )
     after = parameter_count(model)
@@ -130,11 +128,19 @@ def prune_and_finetune(
         train_cfg = cfg.train.model_copy(
             update={"epochs": finetune_epochs, "early_stopping_patience": None, "distill": None}
         )
-        fit(model, data.train, data.val, train_cfg, device=torch.device("cpu"), console=console)
+        fit(
+            model,
+            data.train,
+            data.val,
+            train_cfg,
+            device=torch.device("cpu"),
+            console=console,
+            objective=task.objective(train_cfg, data.target),
+        )
     metrics = {}
     if data.test is not None:
-        probabilities = torch.softmax(predict_logits(model, data.test), 1).numpy()
-        metrics = classification_metrics(probabilities, data.test.targets.numpy(), data.labels)
+        predictions = task.predictions(predict_logits(model, data.test), spec)
+        metrics = task.metrics(predictions, data.test.targets.numpy(), spec)
     folder = variant_folder(parent, f"pruned{round(ratio * 100)}")
     details = {
         "method": "structured L1",

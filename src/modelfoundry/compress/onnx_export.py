@@ -36,7 +36,7 @@ def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
     started = time.perf_counter()
     exporter = _export(predictor.model.cpu().eval(), inputs[:2], tmp, text=inputs.dtype == torch.long)
     seconds = time.perf_counter() - started
-    difference = max_probability_difference(predictor.model, OnnxModel(tmp), inputs)
+    difference = max_probability_difference(predictor.model, OnnxModel(tmp), inputs, predictor.task_module)
     if not difference <= tolerance:  # NaN fails too
         tmp.unlink()
         raise UserError(
@@ -73,16 +73,10 @@ def heldout_inputs(run_folder: Path, spec: dict, synthetic: int = 64) -> tuple[t
 
     if (run_folder / HELDOUT).is_file():
         return load_file(str(run_folder / HELDOUT))["inputs"], "held-out"
+    from modelfoundry.tasks import task_of
+
     generator = torch.Generator().manual_seed(0)
-    pre, shape = spec["preprocessing"], tuple(spec["input_shape"])
-    if pre["kind"] == "text":
-        lengths = torch.randint(3, min(shape[0], 48) + 1, (synthetic,), generator=generator)
-        ids = torch.randint(1000, pre["vocab_size"], (synthetic, int(lengths.max())), generator=generator)
-        ids[torch.arange(ids.shape[1]) >= lengths[:, None]] = pre["pad_id"]
-        return ids, "synthetic"
-    if pre["kind"] == "image":
-        return torch.rand(synthetic, *shape, generator=generator), "synthetic"
-    return torch.randn(synthetic, *shape, generator=generator), "synthetic"
+    return task_of(spec).synthetic_inputs(spec, synthetic, generator), "synthetic"
 
 
 def save_heldout(run_folder: Path, data, limit: int = 256, name: str = HELDOUT) -> None:
@@ -151,12 +145,18 @@ class OnnxModel(torch.nn.Module):
 
 @torch.inference_mode()
 def max_probability_difference(
-    reference: torch.nn.Module, candidate: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 64
+    reference: torch.nn.Module, candidate: torch.nn.Module, inputs: torch.Tensor, task=None, batch_size: int = 64
 ) -> float:
+    """The largest difference between what two models predict (the task's `parity_view`: probabilities,
+    or the standardised value of a regression model)."""
+    if task is None:
+        from modelfoundry.tasks import get_task
+
+        task = get_task("image_classification")
     worst = 0.0
     for start in range(0, len(inputs), batch_size):
         batch = inputs[start : start + batch_size]
-        p = torch.softmax(reference(batch).float(), 1)
-        q = torch.softmax(candidate(batch).float(), 1)
+        p = task.parity_view(reference(batch))
+        q = task.parity_view(candidate(batch))
         worst = max(worst, float(np.abs((p - q).numpy()).max()))
     return worst

@@ -76,10 +76,11 @@ def quantize_int8(run: str | Path, mode: str = "auto", console: Console | None =
                 weight_type=QuantType.QInt8,
             )
     inputs, source = heldout_inputs(parent, predictor.spec)
+    task = predictor.task_module
     with torch.inference_mode():
-        reference = torch.softmax(predictor.model(inputs).float(), 1)
-        quantized = torch.softmax(OnnxModel(package / "model.onnx")(inputs).float(), 1)
-    agreement = float((reference.argmax(1) == quantized.argmax(1)).double().mean())
+        outputs = OnnxModel(package / "model.onnx")(inputs).float()
+        reference, quantized = task.parity_view(predictor.model(inputs)), task.parity_view(outputs)
+    agreement = task.agreement(reference, quantized)
     details = {
         "method": f"onnxruntime {mode} int8",
         "mode": mode,
@@ -138,14 +139,15 @@ class _Reader:
         return next(self.batches, None)
 
 
-def _heldout_metrics(probabilities: torch.Tensor, parent: Path, spec: dict) -> dict | None:
+def _heldout_metrics(outputs: torch.Tensor, parent: Path, spec: dict) -> dict | None:
     from safetensors.torch import load_file
 
-    from modelfoundry.evaluate.metrics import classification_metrics
+    from modelfoundry.tasks import task_of
 
     path = parent / "heldout.safetensors"
     if not path.is_file():
         return None
+    task = task_of(spec)
     targets = load_file(str(path))["targets"].numpy()
-    metrics = classification_metrics(probabilities.numpy(), targets, spec["labels"])
-    return {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"], "examples": len(targets)}
+    scores = task.variant_scores(task.predictions(outputs, spec), targets, spec, None)
+    return {k: v for k, v in scores.items() if k in task.headline} | {"examples": len(targets)}

@@ -55,8 +55,12 @@ def measure_all(run: str | Path, repeats: int = 50) -> dict:
         rows.append(_measure(name, folder, predictor, test, data.labels, batch1, batch32, repeats, reference))
         reference = reference if reference is not None else rows[-1].pop("_predictions")
         rows[-1].pop("_predictions", None)
-    _mark_pareto(rows)
+    task = original.task_module
+    quality = {"metric": task.retrain_metric, "higher_is_better": task.retrain_higher_is_better,
+               "columns": [list(c) for c in task.variant_columns]}
+    _mark_pareto(rows, quality)
     return {
+        "quality": quality,
         "run": parent.name,
         "test_examples": len(test),
         "threads": torch.get_num_threads(),
@@ -81,13 +85,10 @@ def _timing_batches(test) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.inference_mode()
 def _measure(name, folder: Path, predictor, test, labels, batch1, batch32, repeats, reference) -> dict:
-    from modelfoundry.evaluate.metrics import classification_metrics
     from modelfoundry.training.loop import predict_logits
 
-    model = predictor.model
-    probabilities = torch.softmax(predict_logits(model, test, batch_size=256), 1).numpy()
-    metrics = classification_metrics(probabilities, test.targets.numpy(), labels)
-    predictions = probabilities.argmax(1)
+    model, task = predictor.model, predictor.task_module
+    predictions = task.predictions(predict_logits(model, test, batch_size=256), predictor.spec)
     weights = predictor.path / ("model.onnx" if predictor.backend == "onnx" else "model.safetensors")
     return {
         "model": name,
@@ -97,9 +98,7 @@ def _measure(name, folder: Path, predictor, test, labels, batch1, batch32, repea
         "parameters": _parameters(predictor, weights),
         **_latency(model, batch1, repeats * 4, "batch1"),
         **_latency(model, batch32, repeats, "batch32"),
-        "accuracy": metrics["accuracy"],
-        "f1_macro": metrics["f1_macro"],
-        "agreement": float((predictions == reference).mean()) if reference is not None else 1.0,
+        **task.variant_scores(predictions, test.targets.numpy(), predictor.spec, reference),
         "_predictions": predictions,
     }
 
@@ -130,16 +129,17 @@ def _parameters(predictor, weights: Path) -> int:
     )
 
 
-def _mark_pareto(rows: list[dict]) -> None:
-    """A row is on the front when no other row is at least as good on size, latency and accuracy and better on one."""
+def _mark_pareto(rows: list[dict], quality: dict) -> None:
+    """A row is on the front when no other row is at least as good on size, latency and quality and better on one."""
+    sign = 1 if quality["higher_is_better"] else -1
+    key = quality["metric"]
+
+    def cost(row: dict) -> tuple:
+        return row["bytes"], row["batch32_p50_ms"], -sign * row[key]
+
     for row in rows:
         row["pareto"] = not any(
-            other is not row
-            and other["bytes"] <= row["bytes"]
-            and other["batch32_p50_ms"] <= row["batch32_p50_ms"]
-            and other["accuracy"] >= row["accuracy"]
-            and (other["bytes"], other["batch32_p50_ms"], -other["accuracy"])
-            != (row["bytes"], row["batch32_p50_ms"], -row["accuracy"])
+            other is not row and all(a <= b for a, b in zip(cost(other), cost(row))) and cost(other) != cost(row)
             for other in rows
         )
 
@@ -156,6 +156,9 @@ def write_report(run: str | Path, result: dict) -> Path:
     parent = parent_run_of(run)
     (parent / "compression.json").write_text(json.dumps(result, indent=2))
     rows = result["rows"]
+    quality = result.get("quality") or {"metric": "accuracy", "columns": [
+        ["accuracy", "accuracy", ".4f"], ["f1_macro", "F1 macro", ".4f"], ["agreement", "agrees with original", ".1%"]]}
+    metric = quality["metric"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key, label in (
         (axes[0], "bytes", "file size (MB)"),
@@ -165,14 +168,14 @@ def write_report(run: str | Path, result: dict) -> Path:
         for row in rows:
             ax.scatter(
                 row[key] / scale,
-                row["accuracy"],
+                row[metric],
                 s=60,
                 marker="o" if row["pareto"] else "x",
                 color="tab:green" if row["pareto"] else "tab:gray",
             )
             ax.annotate(
                 row["model"],
-                (row[key] / scale, row["accuracy"]),
+                (row[key] / scale, row[metric]),
                 fontsize=7,
                 xytext=(4, 4),
                 textcoords="offset points",
@@ -180,16 +183,16 @@ def write_report(run: str | Path, result: dict) -> Path:
         front = sorted((r for r in rows if r["pareto"]), key=lambda r: r[key])
         ax.plot(
             [r[key] / scale for r in front],
-            [r["accuracy"] for r in front],
+            [r[metric] for r in front],
             color="tab:green",
             lw=1,
             label="Pareto front",
         )
         ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel(f"test {metric}")
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    plot = _png_tag(fig, "size and latency against accuracy, Pareto front in green")
+    plot = _png_tag(fig, f"size and latency against {metric}, Pareto front in green")
     plt.close(fig)
     head = (
         "model",
@@ -199,9 +202,7 @@ def write_report(run: str | Path, result: dict) -> Path:
         "p50 / p99 ms, batch 1",
         "p50 / p99 ms, batch 32",
         "throughput /s (batch 32)",
-        "accuracy",
-        "F1 macro",
-        "agrees with original",
+        *[heading for _, heading, _ in quality["columns"]],
         "Pareto",
     )
     body = "".join(
@@ -216,9 +217,7 @@ def write_report(run: str | Path, result: dict) -> Path:
                 f"{r['batch1_p50_ms']:.2f} / {r['batch1_p99_ms']:.2f}",
                 f"{r['batch32_p50_ms']:.2f} / {r['batch32_p99_ms']:.2f}",
                 f"{r['throughput_per_s']:,.0f}",
-                f"{r['accuracy']:.4f}",
-                f"{r['f1_macro']:.4f}",
-                f"{r['agreement']:.1%}",
+                *[format(r[k], spec) if r.get(k) is not None else "-" for k, _, spec in quality["columns"]],
                 "yes" if r["pareto"] else "",
             )
         )

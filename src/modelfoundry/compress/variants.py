@@ -13,6 +13,7 @@ from pathlib import Path
 from modelfoundry.errors import UserError
 from modelfoundry.predictor import run_folder
 from modelfoundry.store.registry import Registry, runs_root
+from modelfoundry.tasks import task_of
 
 CALIBRATION = "calibration.safetensors"
 SHARED_FILES = ("heldout.safetensors", CALIBRATION, "config.yaml")
@@ -71,7 +72,7 @@ def register_variant(parent_run: Path, folder: Path, kind: str, metrics: dict | 
         folder,
         {"variant": config},
     )
-    headline = {f"test_{k}": v for k, v in (metrics or {}).items() if k in ("accuracy", "f1_macro")}
+    headline = {f"test_{k}": v for k, v in (metrics or {}).items() if k in task_of(spec).headline}
     registry.finish(folder.name, "completed", metrics=headline)
     version = store.register(
         folder.name,

@@ -99,8 +99,8 @@ class Task:
     headline = ("accuracy", "f1_macro", "roc_auc")
     # retrain/promote: the metric a challenger must beat the champion on, and which way is better
     retrain_metric, retrain_higher_is_better = "accuracy", True
-    # config keys that only make sense for this kind of target: key -> what to use instead
-    refused_train_keys: dict[str, str] = {}
+    data_keys: tuple[str, ...] = ()  # data keys of config.TEXT_DATA_KEYS this task reads
+    starter = ""  # the commented config `foundry init --task NAME` writes
 
     # ---- config ------------------------------------------------------------------------------
 
@@ -272,16 +272,75 @@ class Task:
             )
         return np.array([labels.index(v) for v in raw])
 
-    def score(self, predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """Per-example score that retraining averages: 1 for a right class, 0 for a wrong one."""
-        return (predictions.argmax(1) == targets).astype(float)
+    # compression trade-off table: (row key, column heading, format) of the quality columns
+    variant_columns = (("accuracy", "accuracy", ".4f"), ("f1_macro", "F1 macro", ".4f"),
+                       ("agreement", "agrees with original", ".1%"))
+
+    def variant_scores(self, predictions: np.ndarray, targets: np.ndarray, spec: dict, reference) -> dict:
+        """A compressed variant's quality on the test split, and how often it agrees with the original
+        (`reference`: the original's predictions, None for the original itself)."""
+        metrics = self.metrics(predictions, targets, spec)
+        predicted = predictions.argmax(1)
+        agreement = float((predicted == reference.argmax(1)).mean()) if reference is not None else 1.0
+        return {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"], "agreement": agreement}
+
+    def parity_view(self, outputs):
+        """What an exported graph must reproduce of the model's outputs: the class probabilities."""
+        import torch
+
+        return torch.softmax(outputs.float(), 1)
+
+    def agreement(self, reference, candidate) -> float:
+        """Share of examples where two `parity_view`s agree: the same most likely class."""
+        return float((reference.argmax(1) == candidate.argmax(1)).double().mean())
+
+    def synthetic_inputs(self, spec: dict, count: int, generator):
+        """Seeded stand-in model inputs for checks when a run kept no held-out examples."""
+        import torch
+
+        return torch.randn(count, *spec["input_shape"], generator=generator)
+
+    def student_data(self, teacher_package: Path, teacher_spec: dict) -> dict:
+        """data: keys a distillation student needs to read the teacher's inputs (text: its tokens)."""
+        return {}
+
+    def heldout_targets(self, data) -> list:
+        """The targets of prepared data's test split as users write them (class names)."""
+        return [data.labels[t] for t in data.test.targets.tolist()]
+
+    def example_scores(self, predictor, inputs: list, targets: list) -> np.ndarray:
+        """Per-example scores that `aggregate_score` turns into the retrain metric: 1 right, 0 wrong."""
+        return (np.array(predictor.predict(inputs)) == np.array(targets)).astype(float)
 
     def aggregate_score(self, scores: np.ndarray) -> float:
         return float(scores.mean())
 
+    def stored(self, label: str):
+        """A stored correction (text) as a target."""
+        return label
+
     def feedback_records(self, rows, config: dict, folder: Path) -> Path:
         """Corrections written as a source laid out like the training data."""
         raise NotImplementedError
+
+
+CLASSIFIER_TRAIN = """\
+train:
+  epochs: 30
+  batch_size: 64
+  optimizer: adam            # sgd | adagrad | adam | adamw
+  lr: 0.001
+  schedule: cosine           # constant | step | cosine | onecycle
+  warmup: 0.0                # fraction of all steps spent warming the lr up
+  weight_decay: 0.0          # L2 penalty; l1: 0.0 adds an L1 penalty
+  label_smoothing: 0.0
+  monitor: val_accuracy      # val_accuracy | val_loss | val_f1_macro
+  early_stopping_patience: 10  # stop after this many epochs without improvement (remove to train all epochs)
+  grad_clip: null            # e.g. 1.0 to clip the gradient norm
+  accumulate: 1              # batches per optimizer step
+  precision: auto            # auto | fp32 | bf16 | fp16  (auto: half precision only where it is faster)
+  seed: 0
+"""
 
 
 # ---- helpers shared by the tasks -----------------------------------------------------------------

@@ -17,12 +17,30 @@ from PIL import Image
 
 from modelfoundry.data import images
 from modelfoundry.errors import UserError
-from modelfoundry.tasks.base import Task
+from modelfoundry.tasks.base import CLASSIFIER_TRAIN, Task
 
 
 class ImageClassification(Task):
     name = "image_classification"
     kind = "image"
+    starter = (
+        """\
+# modelfoundry config: image classification. Train with `foundry train config.yaml`.
+task: image_classification
+data:
+  source: builtin:digits     # or a folder with one sub-folder per class: data/images/cat/1.png ...
+  # image_size: 32           # resize to this square size (default: the images' own size)
+  # channels: 3              # 1 = grey, 3 = RGB (default: what the images are)
+  split: {val: 0.1, test: 0.2, seed: 0}
+  augment: {crop_padding: 1, flip: false, rotation: 10}   # training only
+model:
+  name: cnn                  # cnn | resnet | mlp
+  width: 32
+  depth: 2
+  dropout: 0.2
+"""
+        + CLASSIFIER_TRAIN
+    )
 
     def check_config(self, cfg) -> list[str]:
         return [p for p in super().check_config(cfg) if not p.startswith("data.label")]
@@ -67,6 +85,11 @@ class ImageClassification(Task):
         preprocessing = {"kind": "image", "size": list(examples.shape[2:]), "channels": int(examples.shape[1])}
         parts = {k: ArrayData(examples[v], targets.values[v]) if len(v) else None for k, v in split.items()}
         return parts, tuple(examples.shape[1:]), preprocessing, {}, list(examples[split["test"]])
+
+    def synthetic_inputs(self, spec: dict, count: int, generator):
+        import torch
+
+        return torch.rand(count, *spec["input_shape"], generator=generator)
 
     def augmentation(self, cfg):
         """The training-time augmentation of the config, or None."""

@@ -23,6 +23,34 @@ from modelfoundry.tasks.tabular import TableInputs
 STRATA = 10  # quantile bins of the target that the split stratifies on
 
 
+STARTER = """\
+# modelfoundry config: tabular regression (predict a number). Train with `foundry train config.yaml`.
+task: tabular_regression
+data:
+  source: builtin:diabetes        # or a .csv / .parquet / .jsonl file
+  label: target                   # the column of numbers to predict (needed for files)
+  # drop: [id]                    # columns to ignore
+  missing: impute                 # impute | drop | error
+  split: {val: 0.15, test: 0.2, seed: 0}   # stratified by quantile bins of the target
+model:
+  name: mlp
+  hidden: [64]
+  dropout: 0.1
+train:
+  loss: mse                  # mse | mae | huber (huber and mae care less about outliers)
+  epochs: 200
+  batch_size: 32
+  optimizer: adamw           # sgd | adagrad | adam | adamw
+  lr: 0.003
+  schedule: cosine           # constant | step | cosine | onecycle
+  weight_decay: 0.01
+  monitor: val_rmse          # val_rmse | val_mae | val_r2 | val_loss
+  early_stopping_patience: 30  # stop after this many epochs without improvement
+  precision: auto
+  seed: 0
+"""
+
+
 class RegressionObjective(Objective):
     """Loss on the standardised target; validation numbers in the target's own units."""
 
@@ -65,6 +93,7 @@ class TabularRegression(TableInputs, Task):
     default_monitor = "val_rmse"
     headline = ("rmse", "mae", "r2")
     retrain_metric, retrain_higher_is_better = "rmse", False
+    starter = STARTER
 
     def check_config(self, cfg) -> list[str]:
         problems = []
@@ -204,9 +233,28 @@ class TabularRegression(TableInputs, Task):
         target = spec["target"]
         return (np.asarray(raw, dtype=np.float64) - target["mean"]) / target["std"]
 
-    def score(self, predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """Per-example squared error in the target's units (targets here are raw values)."""
-        return (predictions - np.asarray(targets, dtype=np.float64)) ** 2
+    variant_columns = (("rmse", "RMSE", ".4g"), ("r2", "R2", ".4f"),
+                       ("mean_abs_change", "mean change from original", ".4g"))
+
+    def variant_scores(self, predictions: np.ndarray, targets: np.ndarray, spec: dict, reference) -> dict:
+        metrics = self.metrics(predictions, targets, spec)
+        change = float(np.abs(predictions - reference).mean()) if reference is not None else 0.0
+        return {"rmse": metrics["rmse"], "r2": metrics["r2"], "mean_abs_change": change}
+
+    def parity_view(self, outputs):
+        """The standardised value: an absolute tolerance means the same for every target's units."""
+        return outputs[:, :1].float()
+
+    def agreement(self, reference, candidate) -> float:
+        """Share of examples whose two values are within 5% of the target's standard deviation."""
+        return float(((reference - candidate).abs() < 0.05).double().mean())
+
+    def heldout_targets(self, data) -> list:
+        return self.true_values(data.test.targets.numpy(), {"target": data.target}).tolist()
+
+    def example_scores(self, predictor, inputs: list, targets: list) -> np.ndarray:
+        """Per-example squared error in the target's units; `aggregate_score` makes it the RMSE."""
+        return (np.array(predictor.predict(inputs)) - np.asarray(targets, dtype=np.float64)) ** 2
 
     def aggregate_score(self, scores: np.ndarray) -> float:
         return float(math.sqrt(scores.mean()))
@@ -219,5 +267,6 @@ def describe(values: np.ndarray) -> dict:
     quantiles = np.quantile(values, [0, 0.25, 0.5, 0.75, 1])
     return {"mean": float(values.mean()), "std": float(values.std()),
             **dict(zip(("min", "q25", "median", "q75", "max"), map(float, quantiles)))}
+
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from modelfoundry.data import tabular
 from modelfoundry.errors import UserError
-from modelfoundry.tasks.base import Task
+from modelfoundry.tasks.base import CLASSIFIER_TRAIN, Task
 from modelfoundry.tasks.text import write_jsonl
 
 # the label column name a built-in table's rows carry in corrections and in `evaluate --data` files
@@ -121,12 +121,26 @@ class TableInputs:
         ]
         return write_jsonl(records, folder)
 
-    def stored(self, label: str):
-        return label
-
 
 class TabularClassification(TableInputs, Task):
     name = "tabular_classification"
+    starter = (
+        """\
+# modelfoundry config: tabular classification. Train with `foundry train config.yaml`.
+task: tabular_classification
+data:
+  source: builtin:breast_cancer   # or a .csv / .parquet / .jsonl file
+  label: target                   # the label column (needed for files)
+  # drop: [id]                    # columns to ignore
+  missing: impute                 # impute | drop | error
+  split: {val: 0.1, test: 0.2, seed: 0}
+model:
+  name: mlp
+  hidden: [128, 64]
+  dropout: 0.1
+"""
+        + CLASSIFIER_TRAIN
+    )
 
 
 def feature_columns(frame: pd.DataFrame, data, origin: str) -> list[str]:

@@ -17,12 +17,44 @@ from modelfoundry.data import text
 from modelfoundry.errors import UserError
 from modelfoundry.tasks.base import Task
 
-TEXT_KEYS = ("text", "max_length", "tokenizer", "privacy")  # data keys only text models read
 
 
 class TextClassification(Task):
     name = "text_classification"
     kind = "text"
+    data_keys = ("text", "max_length", "tokenizer", "privacy")
+    starter = (
+        """\
+# modelfoundry config: text classification. Train with `foundry train config.yaml`.
+task: text_classification
+data:
+  source: reviews.csv        # a .csv / .tsv / .jsonl / .parquet file with a text column and a label column
+  text: review               # the text column
+  label: sentiment           # the label column
+  # val_source: dev.csv      # separate validation / test files (default: split from source)
+  # test_source: test.csv
+  quoting: true              # false for TSV files whose texts hold stray quote characters (SST-2)
+  # max_length: 128          # tokens per text; longer texts are cut (default: the most the model takes)
+  privacy: {pii: report}     # personal data: off | report (count) | redact ([EMAIL] ...) | drop rows
+  split: {val: 0.1, test: 0.2, seed: 0}
+model:
+  name: pretrained           # pretrained (fine-tune all-MiniLM-L6-v2) | lstm | gru | transformer
+  # path: /models/my-bert    # any local Hugging Face encoder folder
+  # freeze_layers: 0         # keep the embeddings and the first N layers fixed
+train:
+  epochs: 3
+  batch_size: 32
+  optimizer: adamw
+  lr: 5.0e-5                 # the encoder's rate
+  lr_head: 1.0e-3            # the new classification head learns faster
+  schedule: linear           # constant | step | linear | cosine | onecycle
+  warmup: 0.1
+  weight_decay: 0.01
+  monitor: val_accuracy
+  precision: auto
+  seed: 0
+"""
+    )
 
     def check_config(self, cfg) -> list[str]:
         problems = [p for p in super().check_config(cfg) if not p.startswith("data.label")]
@@ -87,6 +119,22 @@ class TextClassification(Task):
 
     def shown(self, item) -> dict:
         return {"text": item}
+
+    def synthetic_inputs(self, spec: dict, count: int, generator):
+        import torch
+
+        pre, shape = spec["preprocessing"], spec["input_shape"]
+        lengths = torch.randint(3, min(shape[0], 48) + 1, (count,), generator=generator)
+        ids = torch.randint(1000, pre["vocab_size"], (count, int(lengths.max())), generator=generator)
+        ids[torch.arange(ids.shape[1]) >= lengths[:, None]] = pre["pad_id"]
+        return ids
+
+    def student_data(self, teacher_package: Path, teacher_spec: dict) -> dict:
+        """The student reads the teacher's token ids."""
+        return {
+            "tokenizer": str(teacher_package / "tokenizer.json"),
+            "max_length": teacher_spec["preprocessing"]["max_length"],
+        }
 
     def model_text_spec(self, preprocessing: dict) -> dict | None:
         return {k: preprocessing[k] for k in ("vocab_size", "pad_id")}
