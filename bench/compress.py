@@ -23,8 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from record import write_section
 from rich.console import Console
+
+from record import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"digits": "examples/digits.yaml", "mnist": "examples/mnist.yaml", "sst2": "examples/sst2.yaml"}

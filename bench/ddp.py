@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
 from record import write_section
 
 REPO = Path(__file__).resolve().parents[1]

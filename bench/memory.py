@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import yaml
+
 from record import write_section
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from record import write_section  # bench/record.py
 from rich.console import Console
 from torch.utils import flop_counter
 
@@ -41,6 +40,7 @@ from modelfoundry.plan.check import SDPA_CPU_FLOPS
 from modelfoundry.predictor import load
 from modelfoundry.runner import train  # = modelfoundry.training, which the subpackage can shadow
 from modelfoundry.training.optim import build_optimizer
+from record import write_section  # bench/record.py
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "sst2"

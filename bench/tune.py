@@ -29,13 +29,13 @@ from pathlib import Path
 
 import optuna
 import yaml
-from record import write_section
 from rich.console import Console
 
 from modelfoundry.runner import (
     train,  # = modelfoundry.training, which the subpackage modelfoundry.training can shadow
 )
 from modelfoundry.tune import search
+from record import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "examples" / "digits.yaml"

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
 from e2e_helpers import IMAGE_LABELS, TABLE_LABELS, write_png
 
 CHROMIUM = Path("/usr/bin/chromium")

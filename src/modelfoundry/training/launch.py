@@ -150,7 +150,7 @@ def _check_nproc(nproc: int, device: str) -> None:
     """More processes than CPU cores is a mistake unless they train on GPUs; each process checks that
     there are enough GPUs for the processes of its machine (distributed.init)."""
     cores = _cores()
-    if nproc <= cores or device != "cpu" and _cuda_available():
+    if nproc <= cores or (device != "cpu" and _cuda_available()):
         return
     raise UserError(
         f"--nproc {nproc}: this machine has {cores} CPU cores and no GPU to use, and DDP on a CPU runs one "
