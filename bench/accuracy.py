@@ -95,8 +95,10 @@ def report(
             f"{statistics.mean(r['run_s'] for r in runs):.1f} |"
         )
     notes = [
-        "per seed s: train.seed=s and data.split.seed=s (a different split each seed); result: mean >= target; "
-        "std: sample std over seeds; train s: fit time (sum of epoch times); run s: the whole train() call"
+        (
+            "per seed s: train.seed=s and data.split.seed=s (a different split each seed); result: mean >= target; "
+            "std: sample std over seeds; train s: fit time (sum of epoch times); run s: the whole train() call"
+        )
     ]
     if extra:
         notes.append(f"extra overrides: {' '.join(extra)} (not the shipped configs: targets do not apply)")

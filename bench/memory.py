@@ -145,8 +145,10 @@ def report(results: list[dict], args) -> tuple[str, bool]:
     streamed = [r for r in results if r["streaming"]]
     base = streamed[0]
     lines = [
-        "| rows | CSV | reading | peak RSS | vs smallest streamed | best epoch s | s per 1M rows | wall s | "
-        "test accuracy |",
+        (
+            "| rows | CSV | reading | peak RSS | vs smallest streamed | best epoch s | s per 1M rows | wall s | "
+            "test accuracy |"
+        ),
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -161,10 +163,14 @@ def report(results: list[dict], args) -> tuple[str, bool]:
     spread = max(per_row) / min(per_row)
     ok = ratio <= TARGET
     checks = [
-        f"- peak RSS of the {top['rows']:,}-row streamed run within {TARGET}x of the {base['rows']:,}-row one: "
-        f"{ratio:.2f}x: {'pass' if ok else 'FAIL'}",
-        f"- time per epoch linear in rows: seconds per row vary {spread:.2f}x from the smallest to the largest "
-        "streamed run (1.00x = exactly linear)",
+        (
+            f"- peak RSS of the {top['rows']:,}-row streamed run within {TARGET}x of the {base['rows']:,}-row one: "
+            f"{ratio:.2f}x: {'pass' if ok else 'FAIL'}"
+        ),
+        (
+            f"- time per epoch linear in rows: seconds per row vary {spread:.2f}x from the smallest to the largest "
+            "streamed run (1.00x = exactly linear)"
+        ),
     ]
     notes = (
         "`foundry train` with an MLP (64, 32) on a generated CSV (16 numbers, 2 categories, 3 classes), "

@@ -43,8 +43,10 @@ def main() -> int:
     os.environ["FOUNDRY_HOME"] = str(home)
     calibration = json.loads(foundry("plan", "calibrate", "--json").stdout)
     lines = [
-        "| config | FLOPs (counted) | steps x modules | compute s | loop s | predicted s | measured s | "
-        "predicted / measured |",
+        (
+            "| config | FLOPs (counted) | steps x modules | compute s | loop s | predicted s | measured s | "
+            "predicted / measured |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ratios = []

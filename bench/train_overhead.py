@@ -294,9 +294,11 @@ def report(runs: dict[str, list[tuple[Clock, float]]], setup: Setup, rounds: int
             f"{statistics.mean(a for _, a in runs[n]):.4f} |"
         )
     notes = [
-        f"digits {len(setup.train)} train / {len(setup.val)} val examples, {setup.epochs} epochs, {rounds} rounds"
-        f" (rotating order), {torch.get_num_threads()} torch threads; samples/s = train examples x epochs / wall"
-        " seconds; per-round ratios show the noise; val acc after the last epoch"
+        (
+            f"digits {len(setup.train)} train / {len(setup.val)} val examples, {setup.epochs} epochs, {rounds} rounds"
+            f" (rotating order), {torch.get_num_threads()} torch threads; samples/s = train examples x epochs / wall"
+            " seconds; per-round ratios show the noise; val acc after the last epoch"
+        )
     ]
     if "keras" in names:
         notes.append(parameter_counts())
