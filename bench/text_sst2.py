@@ -272,7 +272,7 @@ def bench_inference(run_path: Path, texts: list[str], repeats: int = 3) -> dict:
         "st": lambda: st.encode(texts, batch_size=INFER_BATCH, show_progress_bar=False),
     }
     best = {}
-    for name, call in contenders.items():  # warm-up
+    for call in contenders.values():  # warm-up
         call()
     for _ in range(repeats):  # interleaved, so a busy moment of the machine hits both
         for name, call in contenders.items():

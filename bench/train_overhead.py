@@ -27,6 +27,7 @@ import time
 import warnings
 from importlib.metadata import version
 from pathlib import Path
+from typing import Self
 
 import lightning as L
 import numpy as np
@@ -96,7 +97,7 @@ class Setup:
 class Clock:
     """Wall seconds of a `with` block, in `.wall`."""
 
-    def __enter__(self) -> Clock:
+    def __enter__(self) -> Self:
         self.wall = time.perf_counter()
         return self
 

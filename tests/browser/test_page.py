@@ -35,7 +35,7 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect, sync_playwright  # noqa: E402  only once the browser is known to be there
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 BARS = "#probabilities [data-label]"
