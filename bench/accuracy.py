@@ -76,7 +76,10 @@ def report(
 ) -> tuple[str, bool]:
     """The markdown table and whether every config with a target met it."""
     rows = [
-        "| config | seeds | test accuracy (mean ± std) | per seed | min | target | result | train s | run s |",
+        (
+            "| config | seeds | test accuracy (mean ± std) | per seed | min | target | result | train s "
+            "| run s |"
+        ),
         "|---|---:|---:|---|---:|---:|---|---:|---:|",
     ]
     all_pass = True
@@ -96,8 +99,9 @@ def report(
         )
     notes = [
         (
-            "per seed s: train.seed=s and data.split.seed=s (a different split each seed); result: mean >= target; "
-            "std: sample std over seeds; train s: fit time (sum of epoch times); run s: the whole train() call"
+            "per seed s: train.seed=s and data.split.seed=s (a different split each seed); result: mean >= "
+            "target; std: sample std over seeds; train s: fit time (sum of epoch times); run s: the whole "
+            "train() call"
         )
     ]
     if extra:
@@ -140,8 +144,8 @@ def main() -> None:
             result = train_seed(path, seed, args.extra, console)
             results.setdefault(path, []).append(result)
             print(
-                f"{path.name} seed {seed}: test accuracy {result['accuracy']:.4f} ({result['epochs']} epochs, "
-                f"fit {result['train_s']:.1f} s, run {result['run_s']:.1f} s)",
+                f"{path.name} seed {seed}: test accuracy {result['accuracy']:.4f} ({result['epochs']} "
+                f"epochs, fit {result['train_s']:.1f} s, run {result['run_s']:.1f} s)",
                 file=sys.stderr,
                 flush=True,
             )

@@ -65,7 +65,10 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="record the results in bench/RESULTS.md")
     args = parser.parse_args()
     lines = [
-        "| config | processes | samples/s | seconds (sum of epochs) | test accuracy | speed-up | scaling efficiency |",
+        (
+            "| config | processes | samples/s | seconds (sum of epochs) | test accuracy | speed-up "
+            "| scaling efficiency |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in args.configs:
@@ -91,9 +94,9 @@ def main() -> int:
         else f"CPU only, gloo; {os.cpu_count()} cores shared by the processes"
     )
     body = "\n".join(lines) + (
-        f"\n\n{where}. Same global batch: the 2-process run sets `train.batch_size` to half the config's (each "
-        "process trains on its half of every global batch), so both take the same optimizer steps on the same "
-        "seed; efficiency = 2-process samples/s / (2 x 1-process samples/s)."
+        f"\n\n{where}. Same global batch: the 2-process run sets `train.batch_size` to half the config's "
+        "(each process trains on its half of every global batch), so both take the same optimizer steps on "
+        "the same seed; efficiency = 2-process samples/s / (2 x 1-process samples/s)."
         + (
             ""
             if torch.cuda.is_available()

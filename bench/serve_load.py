@@ -363,8 +363,8 @@ def measure(
 def report(results: list[dict], direct_ms: float, args, threads: int, run: Path) -> tuple[str, int]:
     """The markdown table, the targets with PASS/MISS, and notes; returns it and the number of misses."""
     header = (
-        "| server | concurrency | requests | req/s | p50 ms | p99 ms | errors | labels ≠ in-process | mean batch | "
-        "server CPU ms/req | client CPU ms/req |"
+        "| server | concurrency | requests | req/s | p50 ms | p99 ms | errors | labels ≠ in-process "
+        "| mean batch | server CPU ms/req | client CPU ms/req |"
     )
     rows = [header, "|---|" + "---:|" * 10]
     for r in results:
@@ -420,13 +420,15 @@ def report(results: list[dict], direct_ms: float, args, threads: int, run: Path)
     one_input = "decoded image" if image_model else "text"
     notes = [
         (
-            f"model: {args.model} ({source}), backend {args.backend}; each request carries one input (`top_k: 1`), "
-            f"cycling through {'the 1,797 sklearn digits as 8x8 PNGs' if image_model else 'the review texts'}"
+            f"model: {args.model} ({source}), backend {args.backend}; each request carries one input "
+            "(`top_k: 1`), cycling through "
+            f"{'the 1,797 sklearn digits as 8x8 PNGs' if image_model else 'the review texts'}"
         ),
         (
-            f"both servers: loopback, OMP_NUM_THREADS={threads} (torch threads), uvicorn {version('uvicorn')} "
-            f"({loop} loop, {http}), log level warning, no access log; {OURS} with --max-batch-size "
-            f"{args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}, its other options default"
+            f"both servers: loopback, OMP_NUM_THREADS={threads} (torch threads), uvicorn "
+            f"{version('uvicorn')} ({loop} loop, {http}), log level warning, no access log; {OURS} with "
+            f"--max-batch-size {args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}, its other options "
+            "default"
         ),
         (
             f"{BASELINE}: a sync `def` endpoint (FastAPI {version('fastapi')}, its thread pool) "
@@ -434,22 +436,27 @@ def report(results: list[dict], direct_ms: float, args, threads: int, run: Path)
             f"`modelfoundry.load(run).predict_proba([{one_input}])` per request; no batching (mean batch 1)"
         ),
         (
-            f"{FLOOR}: an `async def` endpoint parsing the same body and answering the same shape without a model, "
-            "on the same uvicorn: about the most requests/s a FastAPI server reaches with this client on this machine, "
-            f"which bounds what batching can win: {OURS} / {BASELINE} <= its req/s / {BASELINE}'s"
-        ),
-        f"direct call: median of 500 in-process `predict_proba([{one_input}])` calls, {threads} torch threads",
-        (
-            f"client: a separate process, asyncio + aiohttp {version('aiohttp')}, one kept-alive connection per worker; "
-            f"{args.warmup} warm-up requests at the same concurrency before each level; req/s: answered requests / wall "
-            "seconds of the level; latency: from sending to the answer parsed; errors: non-2xx, exceptions, malformed "
-            "answers; labels ≠ in-process: answers whose label differs from the predictor's in this process; CPU "
-            "ms/req: CPU time (all threads) of the server process and of the client over the level, per request: "
-            "what a request costs, whatever else ran on the machine"
+            f"{FLOOR}: an `async def` endpoint parsing the same body and answering the same shape without a "
+            "model, on the same uvicorn: about the most requests/s a FastAPI server reaches with this client "
+            f"on this machine, which bounds what batching can win: {OURS} / {BASELINE} <= its req/s / "
+            f"{BASELINE}'s"
         ),
         (
-            f"the client, both servers and this script share {len(os.sched_getaffinity(0))} cores: on a small machine "
-            "the client's CPU is part of what is measured, for both servers alike"
+            f"direct call: median of 500 in-process `predict_proba([{one_input}])` calls, "
+            f"{threads} torch threads"
+        ),
+        (
+            f"client: a separate process, asyncio + aiohttp {version('aiohttp')}, one kept-alive connection "
+            f"per worker; {args.warmup} warm-up requests at the same concurrency before each level; req/s: "
+            "answered requests / wall seconds of the level; latency: from sending to the answer parsed; "
+            "errors: non-2xx, exceptions, malformed answers; labels ≠ in-process: answers whose label "
+            "differs from the predictor's in this process; CPU ms/req: CPU time (all threads) of the server "
+            "process and of the client over the level, per request: what a request costs, whatever else ran "
+            "on the machine"
+        ),
+        (
+            f"the client, both servers and this script share {len(os.sched_getaffinity(0))} cores: on a "
+            "small machine the client's CPU is part of what is measured, for both servers alike"
         ),
     ]
     body = "\n".join(rows) + "\n\n" + "\n".join(targets) + "\n\n" + "\n".join(f"- {note}" for note in notes)
@@ -606,7 +613,8 @@ def main() -> int:
 
         title = "serve_load" if args.model == "digits" else f"serve_load ({args.model} model)"
         log(
-            f"written to {write_section(title, body, {n: version(n) for n in ('fastapi', 'uvicorn', 'aiohttp')})}"
+            "written to "
+            f"{write_section(title, body, {n: version(n) for n in ('fastapi', 'uvicorn', 'aiohttp')})}"
         )
     return 1 if misses else 0
 

@@ -118,8 +118,10 @@ def bench_foundry(part: str, overrides: list[str], runs: Path, console: Console)
         "test": metrics["test"]["accuracy"],
         "train_s": sum(h["seconds"] for h in history),
         "run_s": run_s,
-        "notes": f"{len(history)} epoch(s), weights of epoch {metrics['best_epoch']}, {metrics['precision']}; "
-        f"whole train() call {run_s:.0f} s",
+        "notes": (
+            f"{len(history)} epoch(s), weights of epoch {metrics['best_epoch']}, {metrics['precision']}; "
+            f"whole train() call {run_s:.0f} s"
+        ),
     }
     if part in TARGETS:
         passed = row["test"] >= TARGETS[part]
@@ -305,8 +307,8 @@ def report(results: dict, quick: bool) -> str:
             "|---|---:|---:|---:|---|",
         ]
         out += [
-            f"| {LABELS[p]} | {results[p]['test']:.4f} | {results[p]['val']:.4f} | {duration(results[p]['train_s'])} "
-            f"| {results[p]['notes']} |"
+            f"| {LABELS[p]} | {results[p]['test']:.4f} | {results[p]['val']:.4f} | "
+            f"{duration(results[p]['train_s'])} | {results[p]['notes']} |"
             for p in rows
         ]
         out.append("")
@@ -317,7 +319,10 @@ def report(results: dict, quick: bool) -> str:
             "| fine-tuning throughput: MiniLM, batch 32, AdamW, fp32 | value |",
             "|---|---:|",
             f"| useful (non-padding) tokens/s | {t['useful_tokens_s']:,.0f} |",
-            f"| MFU: model FLOP/s / fp32 matmul rate (target >= {TARGETS['mfu']:.0%}) | {t['mfu']:.1%} ({verdict}) |",
+            (
+                f"| MFU: model FLOP/s / fp32 matmul rate (target >= {TARGETS['mfu']:.0%}) "
+                f"| {t['mfu']:.1%} ({verdict}) |"
+            ),
             f"| model FLOP/s (FlopCounterMode, forward + backward) | {t['model_flops_s'] / 1e9:.1f} G |",
             f"| fp32 matmul rate (best of 1024² and 2048² matmuls) | {t['matmul_rate'] / 1e9:.1f} G |",
             f"| timed steps; s per step | {t['steps']}; {t['seconds'] / t['steps']:.3f} |",
@@ -329,7 +334,10 @@ def report(results: dict, quick: bool) -> str:
     if "inference" in results:
         i = results["inference"]
         out += [
-            f"| inference: test.tsv ({i['texts']} sentences), batch {INFER_BATCH}, fp32 | texts/s (best of 3) |",
+            (
+                f"| inference: test.tsv ({i['texts']} sentences), batch {INFER_BATCH}, fp32 "
+                "| texts/s (best of 3) |"
+            ),
             "|---|---:|",
             f"| foundry `Predictor.predict_proba` | {i['ours']:,.0f} |",
             f"| sentence-transformers {i['st_version']} `encode`, same weights | {i['st']:,.0f} |",

@@ -59,15 +59,23 @@ LABELS = {
     "foundry-train": "(info) `modelfoundry.training()`, whole run",
 }
 SETTINGS = {
-    "hand-written": "randperm + slicing, CrossEntropyLoss, Adam; eval + inference_mode validation; nothing else",
-    "foundry": "fit() defaults: LambdaLR (constant), best-weights copy, checkpoint every epoch (background "
-    "thread, fsync), TensorBoard, rich progress bar, val loss/accuracy/F1",
-    "lightning": "Trainer(accelerator='cpu', devices=1, logger=False, enable_checkpointing=False, enable_progress_bar="
-    "False, enable_model_summary=False), other defaults (num_sanity_val_steps=2); DataLoader("
-    "TensorDataset, shuffle=True, num_workers=0); self.log val loss/accuracy",
-    "keras": "model.fit(numpy NHWC, batch_size=64, shuffle=True, validation_data, validation_batch_size=512, "
-    "verbose=0), metrics=['accuracy'] (train accuracy too); BN momentum 0.9/eps 1e-5 and Adam eps 1e-8 "
-    "as torch; Keras' own weight init (glorot)",
+    "hand-written": (
+        "randperm + slicing, CrossEntropyLoss, Adam; eval + inference_mode validation; nothing else"
+    ),
+    "foundry": (
+        "fit() defaults: LambdaLR (constant), best-weights copy, checkpoint every epoch (background "
+        "thread, fsync), TensorBoard, rich progress bar, val loss/accuracy/F1"
+    ),
+    "lightning": (
+        "Trainer(accelerator='cpu', devices=1, logger=False, enable_checkpointing=False, "
+        "enable_progress_bar=False, enable_model_summary=False), other defaults (num_sanity_val_steps=2); "
+        "DataLoader(TensorDataset, shuffle=True, num_workers=0); self.log val loss/accuracy"
+    ),
+    "keras": (
+        "model.fit(numpy NHWC, batch_size=64, shuffle=True, validation_data, validation_batch_size=512, "
+        "verbose=0), metrics=['accuracy'] (train accuracy too); BN momentum 0.9/eps 1e-5 and Adam eps 1e-8 "
+        "as torch; Keras' own weight init (glorot)"
+    ),
 }
 
 
@@ -273,8 +281,9 @@ def parameter_counts() -> str:
     stats = sum(b.numel() for name, b in model.named_buffers() if "num_batches" not in name)
     size = lambda weights: sum(int(np.prod(w.shape)) for w in weights)  # noqa: E731
     return (
-        f"parameters: torch {sum(p.numel() for p in model.parameters()):,} trainable + {stats:,} BN statistics; "
-        f"Keras {size(twin.trainable_weights):,} trainable + {size(twin.non_trainable_weights):,} non-trainable"
+        f"parameters: torch {sum(p.numel() for p in model.parameters()):,} trainable + {stats:,} BN "
+        f"statistics; Keras {size(twin.trainable_weights):,} trainable + "
+        f"{size(twin.non_trainable_weights):,} non-trainable"
     )
 
 
@@ -296,9 +305,9 @@ def report(runs: dict[str, list[tuple[Clock, float]]], setup: Setup, rounds: int
         )
     notes = [
         (
-            f"digits {len(setup.train)} train / {len(setup.val)} val examples, {setup.epochs} epochs, {rounds} rounds"
-            f" (rotating order), {torch.get_num_threads()} torch threads; samples/s = train examples x epochs / wall"
-            " seconds; per-round ratios show the noise; val acc after the last epoch"
+            f"digits {len(setup.train)} train / {len(setup.val)} val examples, {setup.epochs} epochs, "
+            f"{rounds} rounds (rotating order), {torch.get_num_threads()} torch threads; samples/s = train "
+            "examples x epochs / wall seconds; per-round ratios show the noise; val acc after the last epoch"
         )
     ]
     if "keras" in names:
@@ -352,7 +361,8 @@ def main() -> None:
     setup = Setup(data.train, data.val, args.epochs, args.precision)
     names = [n for n in COMPARED + INFO if n not in args.skip]
     log(
-        f"digits: {len(setup.train)} train / {len(setup.val)} val; {args.epochs} epochs x {args.rounds} rounds"
+        f"digits: {len(setup.train)} train / {len(setup.val)} val; "
+        f"{args.epochs} epochs x {args.rounds} rounds"
     )
     for name in names:  # warm-up: imports, oneDNN primitives, first-call caches, foundry's precision probe
         log(f"warm-up {name}")
@@ -374,7 +384,8 @@ def main() -> None:
     print(body)
     if args.write:
         log(
-            f"written to {write_section('train_overhead', body, {n: version(n) for n in ('lightning', 'keras')})}"
+            "written to "
+            f"{write_section('train_overhead', body, {n: version(n) for n in ('lightning', 'keras')})}"
         )
 
 

@@ -162,8 +162,8 @@ def report(rows: list[dict], trials: int, args) -> tuple[str, int]:
     seeds = args.seeds.replace(",", ", ")
     lines = [
         (
-            f"| | trials | finished | pruned | epochs trained | seconds | best {args.metric.replace('_', ' ')} | "
-            f"test accuracy | mean test accuracy, seeds {seeds} |"
+            "| | trials | finished | pruned | epochs trained | seconds | best "
+            f"{args.metric.replace('_', ' ')} | test accuracy | mean test accuracy, seeds {seeds} |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -180,9 +180,10 @@ def report(rows: list[dict], trials: int, args) -> tuple[str, int]:
     accurate = mean_of[id(pruned)] >= mean_of[id(shipped)]
     checks = [
         (
-            f"- mean test accuracy over seeds {seeds} of the pruned study's best config >= the shipped config's: "
-            f"{mean_of[id(pruned)]:.4f} vs {mean_of[id(shipped)]:.4f}: {'pass' if accurate else 'FAIL'} "
-            f"(one seed, as the study ran: {pruned['test']:.4f} vs {shipped['test']:.4f})"
+            f"- mean test accuracy over seeds {seeds} of the pruned study's best config >= the shipped "
+            f"config's: {mean_of[id(pruned)]:.4f} vs {mean_of[id(shipped)]:.4f}: "
+            f"{'pass' if accurate else 'FAIL'} (one seed, as the study ran: {pruned['test']:.4f} vs "
+            f"{shipped['test']:.4f})"
         ),
         (
             f"- epochs cut by pruning >= {EPOCH_CUT_TARGET:.0%}: {cut:.1%} ({pruned['epochs']:,} vs "
@@ -191,11 +192,11 @@ def report(rows: list[dict], trials: int, args) -> tuple[str, int]:
     ]
     notes = [
         (
-            f"Search space: {', '.join(f'`{k}: {v}`' for k, v in SPACE.items())}; TPE sampler (seed 0), median "
-            f"pruner (5 finished trials before it judges, 2 warm-up epochs), {args.metric} of the best epoch. "
-            "Seconds: the trials only; test accuracy: the best config retrained as a registered run (seed 0); "
-            "the mean: the shipped and each best config trained again per seed, the seed setting both the "
-            "initialisation and the split (train.seed, data.split.seed)."
+            f"Search space: {', '.join(f'`{k}: {v}`' for k, v in SPACE.items())}; TPE sampler (seed 0), "
+            f"median pruner (5 finished trials before it judges, 2 warm-up epochs), {args.metric} of the "
+            "best epoch. Seconds: the trials only; test accuracy: the best config retrained as a registered "
+            "run (seed 0); the mean: the shipped and each best config trained again per seed, the seed "
+            "setting both the initialisation and the split (train.seed, data.split.seed)."
         ),
         f"Best values with pruning: {', '.join(f'{k}={_short(v)}' for k, v in pruned['best'].items())}.",
     ]

@@ -155,8 +155,8 @@ def connection_problem(url: str, exc: Exception, setting: str = "FOUNDRY_DB") ->
         what = f"the server at {where} refused the login of user '{parts.username}': check the password in {setting}"
     elif "does not exist" in lowered and "database" in lowered:
         what = (
-            f"the server at {where} has no database '{parts.database}': create it (createdb {parts.database}) "
-            f"or fix the name in {setting}"
+            f"the server at {where} has no database '{parts.database}': create it (createdb "
+            f"{parts.database}) or fix the name in {setting}"
         )
     elif any(
         s in lowered

@@ -89,10 +89,10 @@ def launch(
     report = "".join(held)
     if endpoint and "RendezvousConnectionError" in report:
         raise UserError(
-            f"--rdzv-endpoint {endpoint}: nothing answered there (torchrun waited {_connect_timeout(timeout)} "
-            f"s per attempt to connect). Start the command on the first machine (the one at {endpoint}) "
-            "first, give an address and port that this machine can reach (open in the firewall), or "
-            "wait longer with --rdzv-timeout."
+            f"--rdzv-endpoint {endpoint}: nothing answered there (torchrun waited "
+            f"{_connect_timeout(timeout)} s per attempt to connect). Start the command on the first machine "
+            f"(the one at {endpoint}) first, give an address and port that this machine can reach (open in "
+            "the firewall), or wait longer with --rdzv-timeout."
         )
     if endpoint and ("RendezvousTimeoutError" in report or "RendezvousClosedError" in report):
         raise UserError(
