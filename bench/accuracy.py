@@ -1,14 +1,14 @@
 """Test accuracy of the shipped example configs over several seeds, against our targets.
 
-For every config and seed s, `modelfoundry.training(path, overrides=["train.seed=s", "data.split.seed=s"])` runs
-the whole pipeline (a new split and a new initialisation per seed) and its test accuracy is kept. Per config:
-mean ± std (sample std over seeds), min, the target, pass/FAIL (mean >= target), mean train seconds (fit:
-the sum of epoch times) and mean run seconds (the whole train() call). Exits 1 when a config misses its
-target (not with --set).
+For every config and seed s, `modelfoundry.training(path, overrides=["train.seed=s", "data.split.seed=s"])`
+runs the whole pipeline (a new split and a new initialisation per seed) and its test accuracy is kept. Per
+config: mean ± std (sample std over seeds), min, the target, pass/FAIL (mean >= target), mean train seconds
+(fit: the sum of epoch times) and mean run seconds (the whole train() call). Exits 1 when a config misses
+its target (not with --set).
 
 Run from the repo root:
-    .venv/bin/python bench/accuracy.py                              # digits, MNIST, breast cancer; seeds 0,1,2
-    .venv/bin/python bench/accuracy.py --write                      # also record it in bench/RESULTS.md
+    .venv/bin/python bench/accuracy.py                           # digits, MNIST, breast cancer; seeds 0,1,2
+    .venv/bin/python bench/accuracy.py --write                   # also record it in bench/RESULTS.md
     .venv/bin/python bench/accuracy.py --configs examples/wine.yaml=0.95 --seeds 0
     .venv/bin/python bench/accuracy.py --set train.epochs=1 --seeds 0   # smoke test (misses the targets)
 """

@@ -37,7 +37,8 @@ STUDENTS = {
     "sst2": ["model.name=lstm", "model.embed_dim=128", "model.hidden=128"],
 }
 STUDENT_EPOCHS = {"digits": None, "mnist": None, "sst2": 2}  # sst2: the teacher runs on every batch
-# The student trains with the teacher's settings except these: a fine-tuning lr (1e-4) starves an LSTM from scratch.
+# The student trains with the teacher's settings except these: a fine-tuning lr (1e-4) starves an LSTM
+# from scratch.
 STUDENT_TRAIN = {
     "digits": [],
     "mnist": [],

@@ -100,9 +100,11 @@ def main() -> int:
         + (
             ""
             if torch.cuda.is_available()
-            else " On a CPU both runs use every core (1 process x all threads against 2 processes sharing them), so "
-            "a speed-up of 1.0x is the ceiling here: the question is only what data parallelism costs over "
-            "intra-op threading, not how it scales across devices."
+            else (
+                " On a CPU both runs use every core (1 process x all threads against 2 processes sharing "
+                "them), so a speed-up of 1.0x is the ceiling here: the question is only what data "
+                "parallelism costs over intra-op threading, not how it scales across devices."
+            )
         )
     )
     print(body)

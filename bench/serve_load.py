@@ -1,16 +1,17 @@
 """Serving under load: `foundry serve` (micro-batching) against a hand-written FastAPI endpoint, same model.
 
 Both servers run on loopback, each in its own process with the same torch threads (OMP_NUM_THREADS). A
-closed-loop load generator (asyncio + aiohttp, a third process) keeps C requests in flight, each worker sending
-its next request when the last one answers, until N have answered; C = 1, 8, 32, 64, after a warm-up at the
-same C. Every request is one real input to POST /v1/predict: `{"inputs": [<base64 PNG of one 8x8 digits
-image>], "top_k": 1}`. The baseline is what a team writes by hand: a sync `def` endpoint (FastAPI runs it in
-its thread pool) that decodes the image and calls `modelfoundry.load(run).predict_proba([image])`, one request
-at a time. An (info) third server answers the same requests without a model: the ceiling FastAPI and this client
-set on this machine. Per server and level: answered requests/s, p50/p99 latency as the client sees it, errors
-(non-2xx, exceptions, malformed answers), labels that differ from the in-process predictor's, our mean batch size
-(from the `foundry_batch_size` histogram of /metrics), and the CPU time per request of the server process and of
-the client (from /proc and the client's process time: what a request costs even on a busy machine).
+closed-loop load generator (asyncio + aiohttp, a third process) keeps C requests in flight, each worker
+sending its next request when the last one answers, until N have answered; C = 1, 8, 32, 64, after a warm-up
+at the same C. Every request is one real input to POST /v1/predict: `{"inputs": [<base64 PNG of one 8x8
+digits image>], "top_k": 1}`. The baseline is what a team writes by hand: a sync `def` endpoint (FastAPI runs
+it in its thread pool) that decodes the image and calls `modelfoundry.load(run).predict_proba([image])`, one
+request at a time. An (info) third server answers the same requests without a model: the ceiling FastAPI and
+this client set on this machine. Per server and level: answered requests/s, p50/p99 latency as the client
+sees it, errors (non-2xx, exceptions, malformed answers), labels that differ from the in-process predictor's,
+our mean batch size (from the `foundry_batch_size` histogram of /metrics), and the CPU time per request of
+the server process and of the client (from /proc and the client's process time: what a request costs even on
+a busy machine).
 Targets (issue 4):
 - foundry serve at concurrency 32: >= 5x the baseline's requests/s;
 - foundry serve at concurrency 1: p50 within 2 ms of calling the model directly (in-process median of
@@ -21,7 +22,8 @@ Run from the repo root on a quiet machine (trains the digits CNN for 2 epochs fi
     .venv/bin/python bench/serve_load.py
     .venv/bin/python bench/serve_load.py --run runs/<id> --write    # also record it in bench/RESULTS.md
     .venv/bin/python bench/serve_load.py --max-wait-ms 2            # flags passed on to `foundry serve`
-    .venv/bin/python bench/serve_load.py --quick                    # small N: checks the script, numbers meaningless
+    .venv/bin/python bench/serve_load.py --quick                    # small N: checks the script, numbers
+                                                                    # meaningless
 Exits 1 when a target is missed (not with --quick).
 """
 
@@ -61,7 +63,8 @@ def log(message: str) -> None:
 
 
 def raw_inputs(model: str) -> list[str]:
-    """What goes into `inputs`: base64 PNGs of the 1,797 sklearn digits (0..16 scaled to 0..255), or review texts."""
+    """What goes into `inputs`: base64 PNGs of the 1,797 sklearn digits (0..16 scaled to 0..255), or review
+    texts."""
     if model == "text":
         import pandas as pd
 
@@ -125,7 +128,8 @@ def baseline_app(run: str, backend: str):
 
 
 def floor_app():
-    """(info) The same request and answer shape without a model: what FastAPI and the client alone cost here."""
+    """(info) The same request and answer shape without a model: what FastAPI and the client alone cost
+    here."""
     from fastapi import FastAPI
 
     app = FastAPI()
@@ -154,7 +158,8 @@ def run_baseline_server(app, port: int) -> None:
 async def closed_loop(
     session, url: str, bodies: list[bytes], labels: list[str], concurrency: int, total: int
 ) -> dict:
-    """`concurrency` workers, each sending its next request when the last answered, until `total` were sent."""
+    """`concurrency` workers, each sending its next request when the last answered, until `total` were
+    sent."""
     latencies, failures, counts, sent = [], [], {"ok": 0, "wrong": 0}, 0
 
     async def worker() -> None:
@@ -314,7 +319,8 @@ def measure(
     requests: int,
     warmup: int,
 ) -> dict:
-    """One level, driven from a separate process so the client does not share the orchestrator's interpreter."""
+    """One level, driven from a separate process so the client does not share the orchestrator's
+    interpreter."""
     command = [
         sys.executable,
         __file__,

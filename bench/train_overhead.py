@@ -4,7 +4,8 @@ All train the digits CNN (Keras: the same layers) on the same tensors from `prep
 lr 1e-3, batch 64, reshuffled every epoch, val loss + accuracy after every epoch. After a 1-epoch warm-up of
 each, every round runs each contender once, in rotating order. Reported: median samples/s (train examples x
 epochs / wall seconds) and its ratio to the hand-written loop (target: foundry >= 0.97). Rows marked (info):
-`fit` without checkpoints/TensorBoard/progress bar (what those cost) and `modelfoundry.training()` (whole run).
+`fit` without checkpoints/TensorBoard/progress bar (what those cost) and `modelfoundry.training()` (whole
+run).
 
 Run from the repo root, in a terminal (so foundry's progress bar is live, as a user sees it):
     .venv/bin/python bench/train_overhead.py                   # 10 epochs, 3 rounds
@@ -148,7 +149,8 @@ def run_hand_written(setup: Setup, seed: int) -> tuple[Clock, float]:
 
 
 def run_foundry(setup: Setup, seed: int, extras: bool = True) -> tuple[Clock, float]:
-    """extras=False: no checkpoints, no TensorBoard, and a console that is no terminal (so no progress bar)."""
+    """extras=False: no checkpoints, no TensorBoard, and a console that is no terminal (so no progress
+    bar)."""
     cfg, _ = load_config(setup.config(seed))
     model, tmp = cnn(seed), Path(tempfile.mkdtemp())
     console = Console(stderr=True) if extras else Console(file=io.StringIO())

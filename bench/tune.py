@@ -14,7 +14,7 @@ cuts the epochs trained by all trials by >= 40% against no pruning. Exits 1 when
 
 Run from the repo root (about 25 minutes on 2 CPU cores: 40 epochs per finished trial, 40 trials, 12 runs):
     .venv/bin/python bench/tune.py --write
-    .venv/bin/python bench/tune.py --quick          # 4 trials of 3 epochs: checks the script, numbers meaningless
+    .venv/bin/python bench/tune.py --quick      # 4 trials of 3 epochs: checks the script, numbers meaningless
 """
 
 from __future__ import annotations

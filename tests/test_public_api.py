@@ -21,6 +21,9 @@ def test_cli_help_does_not_import_torch():
 
 
 def test_the_training_subpackage_and_the_train_function_have_different_names():
-    code = "import modelfoundry.training, modelfoundry as mf; print(type(modelfoundry.training).__name__, callable(mf.train))"
+    code = (
+        "import modelfoundry.training, modelfoundry as mf; "
+        "print(type(modelfoundry.training).__name__, callable(mf.train))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["module", "True"]

@@ -1,4 +1,5 @@
-"""Training: schedules, optimizers, the loop (early stopping, accumulation, clipping, resume) and checkpoints."""
+"""Training: schedules, optimizers, the loop (early stopping, accumulation, clipping, resume) and
+checkpoints."""
 
 from __future__ import annotations
 

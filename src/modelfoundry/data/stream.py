@@ -108,7 +108,8 @@ def memory_pool():
 
 def give_back_memory() -> None:
     """Return the C heap's free pages to the system (glibc only; elsewhere nothing): after a pass over a
-    big file, pandas' freed chunk buffers would otherwise count as this process's memory for the rest of it."""
+    big file, pandas' freed chunk buffers would otherwise count as this process's memory for the rest of
+    it."""
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):

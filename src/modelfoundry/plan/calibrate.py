@@ -169,7 +169,8 @@ def load() -> dict:
     missing = [
         key for key in REQUIRED if not isinstance(measured.get(key), (int, float)) or measured[key] <= 0
     ]
-    # the loop's costs: absent in a calibration from before they were measured (then counted as 0), never negative
+    # the loop's costs: absent in a calibration from before they were measured (then counted as 0), never
+    # negative
     missing += [
         key
         for key in LOOP

@@ -253,7 +253,8 @@ def memory_hints(
 def lora_params(
     layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int, rank: int
 ) -> dict[str, Quantity]:
-    """LoRA adapter count on attention q, k, v, o: rank * (d_in + d_out) per matrix (A: d_in x r, B: r x d_out)."""
+    """LoRA adapter count on attention q, k, v, o: rank * (d_in + d_out) per matrix (A: d_in x r,
+    B: r x d_out)."""
     check_positive("--lora-rank", rank)
     if not layers:
         raise UserError(

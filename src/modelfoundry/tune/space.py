@@ -146,7 +146,8 @@ def parse_space(cfg: Config, raw: dict, origin: str) -> list[Dimension]:
 
 
 def _suggest(key: str, keys: list[str]) -> str:
-    """Did-you-mean among the keys of the same section when it exists (`train.lrr` -> `train.lr`), else all."""
+    """Did-you-mean among the keys of the same section when it exists (`train.lrr` -> `train.lr`), else
+    all."""
     section, _, leaf = key.rpartition(".")
     siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == section}
     if not siblings:
