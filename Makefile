@@ -20,6 +20,8 @@ demo: install
 	$(VENV)/bin/foundry train examples/digits.yaml
 
 test: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 	bash .ci/chromium.sh
 	eval "$$(bash .ci/postgres.sh)" && $(PY) -m pytest -n 2 -q
 

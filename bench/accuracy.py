@@ -1,14 +1,14 @@
 """Test accuracy of the shipped example configs over several seeds, against our targets.
 
-For every config and seed s, `modelfoundry.training(path, overrides=["train.seed=s", "data.split.seed=s"])` runs
-the whole pipeline (a new split and a new initialisation per seed) and its test accuracy is kept. Per config:
-mean ± std (sample std over seeds), min, the target, pass/FAIL (mean >= target), mean train seconds (fit:
-the sum of epoch times) and mean run seconds (the whole train() call). Exits 1 when a config misses its
-target (not with --set).
+For every config and seed s, `modelfoundry.training(path, overrides=["train.seed=s", "data.split.seed=s"])`
+runs the whole pipeline (a new split and a new initialisation per seed) and its test accuracy is kept. Per
+config: mean ± std (sample std over seeds), min, the target, pass/FAIL (mean >= target), mean train seconds
+(fit: the sum of epoch times) and mean run seconds (the whole train() call). Exits 1 when a config misses
+its target (not with --set).
 
 Run from the repo root:
-    .venv/bin/python bench/accuracy.py                              # digits, MNIST, breast cancer; seeds 0,1,2
-    .venv/bin/python bench/accuracy.py --write                      # also record it in bench/RESULTS.md
+    .venv/bin/python bench/accuracy.py                           # digits, MNIST, breast cancer; seeds 0,1,2
+    .venv/bin/python bench/accuracy.py --write                   # also record it in bench/RESULTS.md
     .venv/bin/python bench/accuracy.py --configs examples/wine.yaml=0.95 --seeds 0
     .venv/bin/python bench/accuracy.py --set train.epochs=1 --seeds 0   # smoke test (misses the targets)
 """
@@ -76,7 +76,10 @@ def report(
 ) -> tuple[str, bool]:
     """The markdown table and whether every config with a target met it."""
     rows = [
-        "| config | seeds | test accuracy (mean ± std) | per seed | min | target | result | train s | run s |",
+        (
+            "| config | seeds | test accuracy (mean ± std) | per seed | min | target | result | train s "
+            "| run s |"
+        ),
         "|---|---:|---:|---|---:|---:|---|---:|---:|",
     ]
     all_pass = True
@@ -95,8 +98,11 @@ def report(
             f"{statistics.mean(r['run_s'] for r in runs):.1f} |"
         )
     notes = [
-        "per seed s: train.seed=s and data.split.seed=s (a different split each seed); result: mean >= target; "
-        "std: sample std over seeds; train s: fit time (sum of epoch times); run s: the whole train() call"
+        (
+            "per seed s: train.seed=s and data.split.seed=s (a different split each seed); result: mean >= "
+            "target; std: sample std over seeds; train s: fit time (sum of epoch times); run s: the whole "
+            "train() call"
+        )
     ]
     if extra:
         notes.append(f"extra overrides: {' '.join(extra)} (not the shipped configs: targets do not apply)")
@@ -138,8 +144,8 @@ def main() -> None:
             result = train_seed(path, seed, args.extra, console)
             results.setdefault(path, []).append(result)
             print(
-                f"{path.name} seed {seed}: test accuracy {result['accuracy']:.4f} ({result['epochs']} epochs, "
-                f"fit {result['train_s']:.1f} s, run {result['run_s']:.1f} s)",
+                f"{path.name} seed {seed}: test accuracy {result['accuracy']:.4f} ({result['epochs']} "
+                f"epochs, fit {result['train_s']:.1f} s, run {result['run_s']:.1f} s)",
                 file=sys.stderr,
                 flush=True,
             )

@@ -23,8 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from record import write_section
 from rich.console import Console
+
+from record import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"digits": "examples/digits.yaml", "mnist": "examples/mnist.yaml", "sst2": "examples/sst2.yaml"}
@@ -36,7 +37,8 @@ STUDENTS = {
     "sst2": ["model.name=lstm", "model.embed_dim=128", "model.hidden=128"],
 }
 STUDENT_EPOCHS = {"digits": None, "mnist": None, "sst2": 2}  # sst2: the teacher runs on every batch
-# The student trains with the teacher's settings except these: a fine-tuning lr (1e-4) starves an LSTM from scratch.
+# The student trains with the teacher's settings except these: a fine-tuning lr (1e-4) starves an LSTM
+# from scratch.
 STUDENT_TRAIN = {
     "digits": [],
     "mnist": [],
@@ -138,14 +140,18 @@ def bench_one(name: str, run: str | None, args, console: Console) -> tuple[str, 
         ),
     ]
     table = [
-        "| model | size MB | parameters | p50 ms b1 | p50 / p99 ms b32 | per s b32 | accuracy | F1 | agrees | Pareto |",
+        (
+            "| model | size MB | parameters | p50 ms b1 | p50 / p99 ms b32 | per s b32 | accuracy | F1 "
+            "| agrees | Pareto |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["rows"]:
         table.append(
             f"| {r['model']} | {r['bytes'] / 1e6:.2f} | {r['parameters']:,} | {r['batch1_p50_ms']:.2f} | "
             f"{r['batch32_p50_ms']:.2f} / {r['batch32_p99_ms']:.2f} | {r['throughput_per_s']:,.0f} | "
-            f"{r['accuracy']:.4f} | {r['f1_macro']:.4f} | {r['agreement']:.1%} | {'yes' if r['pareto'] else ''} |"
+            f"{r['accuracy']:.4f} | {r['f1_macro']:.4f} | {r['agreement']:.1%} | "
+            f"{'yes' if r['pareto'] else ''} |"
         )
     student_epochs = STUDENT_EPOCHS[name] or "the teacher's"
     targets = ["| target | measured | aim | |", "|---|---:|---|---|"]

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
 from record import write_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +65,10 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="record the results in bench/RESULTS.md")
     args = parser.parse_args()
     lines = [
-        "| config | processes | samples/s | seconds (sum of epochs) | test accuracy | speed-up | scaling efficiency |",
+        (
+            "| config | processes | samples/s | seconds (sum of epochs) | test accuracy | speed-up "
+            "| scaling efficiency |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in args.configs:
@@ -90,15 +94,17 @@ def main() -> int:
         else f"CPU only, gloo; {os.cpu_count()} cores shared by the processes"
     )
     body = "\n".join(lines) + (
-        f"\n\n{where}. Same global batch: the 2-process run sets `train.batch_size` to half the config's (each "
-        "process trains on its half of every global batch), so both take the same optimizer steps on the same "
-        "seed; efficiency = 2-process samples/s / (2 x 1-process samples/s)."
+        f"\n\n{where}. Same global batch: the 2-process run sets `train.batch_size` to half the config's "
+        "(each process trains on its half of every global batch), so both take the same optimizer steps on "
+        "the same seed; efficiency = 2-process samples/s / (2 x 1-process samples/s)."
         + (
             ""
             if torch.cuda.is_available()
-            else " On a CPU both runs use every core (1 process x all threads against 2 processes sharing them), so "
-            "a speed-up of 1.0x is the ceiling here: the question is only what data parallelism costs over "
-            "intra-op threading, not how it scales across devices."
+            else (
+                " On a CPU both runs use every core (1 process x all threads against 2 processes sharing "
+                "them), so a speed-up of 1.0x is the ceiling here: the question is only what data "
+                "parallelism costs over intra-op threading, not how it scales across devices."
+            )
         )
     )
     print(body)

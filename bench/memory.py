@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import yaml
+
 from record import write_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,9 +126,9 @@ def main() -> int:
                 }
                 results.append(result)
                 print(
-                    f"{rows:>10,} rows  {'streamed' if streaming else 'whole':>8}  peak {result['peak_mb']:7.0f} MB"
-                    f"  epoch {result['epoch_s']:7.1f} s  wall {result['wall']:6.0f} s  "
-                    f"test accuracy {result['accuracy']:.4f}",
+                    f"{rows:>10,} rows  {'streamed' if streaming else 'whole':>8}  peak "
+                    f"{result['peak_mb']:7.0f} MB  epoch {result['epoch_s']:7.1f} s  wall "
+                    f"{result['wall']:6.0f} s  test accuracy {result['accuracy']:.4f}",
                     flush=True,
                 )
             source.unlink()
@@ -144,8 +145,10 @@ def report(results: list[dict], args) -> tuple[str, bool]:
     streamed = [r for r in results if r["streaming"]]
     base = streamed[0]
     lines = [
-        "| rows | CSV | reading | peak RSS | vs smallest streamed | best epoch s | s per 1M rows | wall s | "
-        "test accuracy |",
+        (
+            "| rows | CSV | reading | peak RSS | vs smallest streamed | best epoch s | s per 1M rows "
+            "| wall s | test accuracy |"
+        ),
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -160,16 +163,20 @@ def report(results: list[dict], args) -> tuple[str, bool]:
     spread = max(per_row) / min(per_row)
     ok = ratio <= TARGET
     checks = [
-        f"- peak RSS of the {top['rows']:,}-row streamed run within {TARGET}x of the {base['rows']:,}-row one: "
-        f"{ratio:.2f}x: {'pass' if ok else 'FAIL'}",
-        f"- time per epoch linear in rows: seconds per row vary {spread:.2f}x from the smallest to the largest "
-        "streamed run (1.00x = exactly linear)",
+        (
+            f"- peak RSS of the {top['rows']:,}-row streamed run within {TARGET}x of the "
+            f"{base['rows']:,}-row one: {ratio:.2f}x: {'pass' if ok else 'FAIL'}"
+        ),
+        (
+            f"- time per epoch linear in rows: seconds per row vary {spread:.2f}x from the smallest to the "
+            "largest streamed run (1.00x = exactly linear)"
+        ),
     ]
     notes = (
         "`foundry train` with an MLP (64, 32) on a generated CSV (16 numbers, 2 categories, 3 classes), "
-        f"{args.epochs} epochs, batch 512, fp32; peak RSS from the kernel (ru_maxrss of the process), best epoch "
-        "from metrics.json (training + validation). Streamed: two chunked Arrow passes (validate + split, "
-        "then encode to a float32 scratch file beside the runs), training batches read back through a "
+        f"{args.epochs} epochs, batch 512, fp32; peak RSS from the kernel (ru_maxrss of the process), best "
+        "epoch from metrics.json (training + validation). Streamed: two chunked Arrow passes (validate + "
+        "split, then encode to a float32 scratch file beside the runs), training batches read back through a "
         "shuffle window of 65,536 rows. Whole: pandas reads the file, as without data.streaming."
     )
     return "\n".join(lines) + "\n\n" + "\n".join(checks) + "\n\n" + notes, ok

@@ -43,8 +43,10 @@ def main() -> int:
     os.environ["FOUNDRY_HOME"] = str(home)
     calibration = json.loads(foundry("plan", "calibrate", "--json").stdout)
     lines = [
-        "| config | FLOPs (counted) | steps x modules | compute s | loop s | predicted s | measured s | "
-        "predicted / measured |",
+        (
+            "| config | FLOPs (counted) | steps x modules | compute s | loop s | predicted s | measured s | "
+            "predicted / measured |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ratios = []
@@ -65,15 +67,16 @@ def main() -> int:
     within = all(1 / TOLERANCE <= r <= TOLERANCE for r in ratios)
     body = (
         f"`foundry plan calibrate`: fp32 matmul {calibration['matmul_fp32_flops'] / 1e9:.1f} GFLOP/s, MLP "
-        f"training MFU {calibration['mfu']:.2f}; foundry's loop {calibration['step_seconds'] * 1e3:.2f} ms per "
-        f"step + {calibration['module_step_seconds'] * 1e3:.3f} ms per module per step + "
+        f"training MFU {calibration['mfu']:.2f}; foundry's loop {calibration['step_seconds'] * 1e3:.2f} ms "
+        f"per step + {calibration['module_step_seconds'] * 1e3:.3f} ms per module per step + "
         f"{calibration['epoch_seconds'] * 1e3:.1f} ms per epoch. Then `foundry train examples/NAME.yaml`:\n\n"
         + "\n".join(lines)
         + f"\n\nPredicted / measured from {min(ratios):.2f} to {max(ratios):.2f}; the stated tolerance "
         f"(tests/e2e/test_plan_cli.py) is {TOLERANCE:g}x either way: "
         + ("all within." if within else "**some outside.**")
         + " Measured s is the sum of the epochs "
-        "(training + validation), as the plan predicts it; model build, evaluation and the report are not in it."
+        "(training + validation), as the plan predicts it; model build, evaluation and the report are "
+        "not in it."
     )
     print(body)
     if args.write:

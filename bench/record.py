@@ -12,7 +12,10 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-HEADER = "# Benchmark results\n\nWritten by the scripts in this folder with `--write`; each replaces its own section.\n"
+HEADER = (
+    "# Benchmark results\n\nWritten by the scripts in this folder with `--write`; each replaces its own "
+    "section.\n"
+)
 
 
 def cpu_model() -> str:

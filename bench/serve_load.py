@@ -1,16 +1,17 @@
 """Serving under load: `foundry serve` (micro-batching) against a hand-written FastAPI endpoint, same model.
 
 Both servers run on loopback, each in its own process with the same torch threads (OMP_NUM_THREADS). A
-closed-loop load generator (asyncio + aiohttp, a third process) keeps C requests in flight, each worker sending
-its next request when the last one answers, until N have answered; C = 1, 8, 32, 64, after a warm-up at the
-same C. Every request is one real input to POST /v1/predict: `{"inputs": [<base64 PNG of one 8x8 digits
-image>], "top_k": 1}`. The baseline is what a team writes by hand: a sync `def` endpoint (FastAPI runs it in
-its thread pool) that decodes the image and calls `modelfoundry.load(run).predict_proba([image])`, one request
-at a time. An (info) third server answers the same requests without a model: the ceiling FastAPI and this client
-set on this machine. Per server and level: answered requests/s, p50/p99 latency as the client sees it, errors
-(non-2xx, exceptions, malformed answers), labels that differ from the in-process predictor's, our mean batch size
-(from the `foundry_batch_size` histogram of /metrics), and the CPU time per request of the server process and of
-the client (from /proc and the client's process time: what a request costs even on a busy machine).
+closed-loop load generator (asyncio + aiohttp, a third process) keeps C requests in flight, each worker
+sending its next request when the last one answers, until N have answered; C = 1, 8, 32, 64, after a warm-up
+at the same C. Every request is one real input to POST /v1/predict: `{"inputs": [<base64 PNG of one 8x8
+digits image>], "top_k": 1}`. The baseline is what a team writes by hand: a sync `def` endpoint (FastAPI runs
+it in its thread pool) that decodes the image and calls `modelfoundry.load(run).predict_proba([image])`, one
+request at a time. An (info) third server answers the same requests without a model: the ceiling FastAPI and
+this client set on this machine. Per server and level: answered requests/s, p50/p99 latency as the client
+sees it, errors (non-2xx, exceptions, malformed answers), labels that differ from the in-process predictor's,
+our mean batch size (from the `foundry_batch_size` histogram of /metrics), and the CPU time per request of
+the server process and of the client (from /proc and the client's process time: what a request costs even on
+a busy machine).
 Targets (issue 4):
 - foundry serve at concurrency 32: >= 5x the baseline's requests/s;
 - foundry serve at concurrency 1: p50 within 2 ms of calling the model directly (in-process median of
@@ -21,7 +22,8 @@ Run from the repo root on a quiet machine (trains the digits CNN for 2 epochs fi
     .venv/bin/python bench/serve_load.py
     .venv/bin/python bench/serve_load.py --run runs/<id> --write    # also record it in bench/RESULTS.md
     .venv/bin/python bench/serve_load.py --max-wait-ms 2            # flags passed on to `foundry serve`
-    .venv/bin/python bench/serve_load.py --quick                    # small N: checks the script, numbers meaningless
+    .venv/bin/python bench/serve_load.py --quick                    # small N: checks the script, numbers
+                                                                    # meaningless
 Exits 1 when a target is missed (not with --quick).
 """
 
@@ -61,7 +63,8 @@ def log(message: str) -> None:
 
 
 def raw_inputs(model: str) -> list[str]:
-    """What goes into `inputs`: base64 PNGs of the 1,797 sklearn digits (0..16 scaled to 0..255), or review texts."""
+    """What goes into `inputs`: base64 PNGs of the 1,797 sklearn digits (0..16 scaled to 0..255), or review
+    texts."""
     if model == "text":
         import pandas as pd
 
@@ -125,7 +128,8 @@ def baseline_app(run: str, backend: str):
 
 
 def floor_app():
-    """(info) The same request and answer shape without a model: what FastAPI and the client alone cost here."""
+    """(info) The same request and answer shape without a model: what FastAPI and the client alone cost
+    here."""
     from fastapi import FastAPI
 
     app = FastAPI()
@@ -154,7 +158,8 @@ def run_baseline_server(app, port: int) -> None:
 async def closed_loop(
     session, url: str, bodies: list[bytes], labels: list[str], concurrency: int, total: int
 ) -> dict:
-    """`concurrency` workers, each sending its next request when the last answered, until `total` were sent."""
+    """`concurrency` workers, each sending its next request when the last answered, until `total` were
+    sent."""
     latencies, failures, counts, sent = [], [], {"ok": 0, "wrong": 0}, 0
 
     async def worker() -> None:
@@ -214,7 +219,7 @@ async def drive(
 ) -> dict:
     import aiohttp
 
-    data = json.loads(inputs_file.read_text())
+    data = json.loads(inputs_file.read_text())  # noqa: ASYNC240  before the first request: nothing to block
     bodies = [json.dumps({"inputs": [item], "top_k": 1}).encode() for item in data["inputs"]]
     connector = aiohttp.TCPConnector(limit=concurrency)  # one kept-alive connection per worker
     async with aiohttp.ClientSession(
@@ -314,7 +319,8 @@ def measure(
     requests: int,
     warmup: int,
 ) -> dict:
-    """One level, driven from a separate process so the client does not share the orchestrator's interpreter."""
+    """One level, driven from a separate process so the client does not share the orchestrator's
+    interpreter."""
     command = [
         sys.executable,
         __file__,
@@ -363,8 +369,8 @@ def measure(
 def report(results: list[dict], direct_ms: float, args, threads: int, run: Path) -> tuple[str, int]:
     """The markdown table, the targets with PASS/MISS, and notes; returns it and the number of misses."""
     header = (
-        "| server | concurrency | requests | req/s | p50 ms | p99 ms | errors | labels ≠ in-process | mean batch | "
-        "server CPU ms/req | client CPU ms/req |"
+        "| server | concurrency | requests | req/s | p50 ms | p99 ms | errors | labels ≠ in-process "
+        "| mean batch | server CPU ms/req | client CPU ms/req |"
     )
     rows = [header, "|---|" + "---:|" * 10]
     for r in results:
@@ -420,13 +426,15 @@ def report(results: list[dict], direct_ms: float, args, threads: int, run: Path)
     one_input = "decoded image" if image_model else "text"
     notes = [
         (
-            f"model: {args.model} ({source}), backend {args.backend}; each request carries one input (`top_k: 1`), "
-            f"cycling through {'the 1,797 sklearn digits as 8x8 PNGs' if image_model else 'the review texts'}"
+            f"model: {args.model} ({source}), backend {args.backend}; each request carries one input "
+            "(`top_k: 1`), cycling through "
+            f"{'the 1,797 sklearn digits as 8x8 PNGs' if image_model else 'the review texts'}"
         ),
         (
-            f"both servers: loopback, OMP_NUM_THREADS={threads} (torch threads), uvicorn {version('uvicorn')} "
-            f"({loop} loop, {http}), log level warning, no access log; {OURS} with --max-batch-size "
-            f"{args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}, its other options default"
+            f"both servers: loopback, OMP_NUM_THREADS={threads} (torch threads), uvicorn "
+            f"{version('uvicorn')} ({loop} loop, {http}), log level warning, no access log; {OURS} with "
+            f"--max-batch-size {args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}, its other options "
+            "default"
         ),
         (
             f"{BASELINE}: a sync `def` endpoint (FastAPI {version('fastapi')}, its thread pool) "
@@ -434,22 +442,27 @@ def report(results: list[dict], direct_ms: float, args, threads: int, run: Path)
             f"`modelfoundry.load(run).predict_proba([{one_input}])` per request; no batching (mean batch 1)"
         ),
         (
-            f"{FLOOR}: an `async def` endpoint parsing the same body and answering the same shape without a model, "
-            "on the same uvicorn: about the most requests/s a FastAPI server reaches with this client on this machine, "
-            f"which bounds what batching can win: {OURS} / {BASELINE} <= its req/s / {BASELINE}'s"
-        ),
-        f"direct call: median of 500 in-process `predict_proba([{one_input}])` calls, {threads} torch threads",
-        (
-            f"client: a separate process, asyncio + aiohttp {version('aiohttp')}, one kept-alive connection per worker; "
-            f"{args.warmup} warm-up requests at the same concurrency before each level; req/s: answered requests / wall "
-            "seconds of the level; latency: from sending to the answer parsed; errors: non-2xx, exceptions, malformed "
-            "answers; labels ≠ in-process: answers whose label differs from the predictor's in this process; CPU "
-            "ms/req: CPU time (all threads) of the server process and of the client over the level, per request: "
-            "what a request costs, whatever else ran on the machine"
+            f"{FLOOR}: an `async def` endpoint parsing the same body and answering the same shape without a "
+            "model, on the same uvicorn: about the most requests/s a FastAPI server reaches with this client "
+            f"on this machine, which bounds what batching can win: {OURS} / {BASELINE} <= its req/s / "
+            f"{BASELINE}'s"
         ),
         (
-            f"the client, both servers and this script share {len(os.sched_getaffinity(0))} cores: on a small machine "
-            "the client's CPU is part of what is measured, for both servers alike"
+            f"direct call: median of 500 in-process `predict_proba([{one_input}])` calls, "
+            f"{threads} torch threads"
+        ),
+        (
+            f"client: a separate process, asyncio + aiohttp {version('aiohttp')}, one kept-alive connection "
+            f"per worker; {args.warmup} warm-up requests at the same concurrency before each level; req/s: "
+            "answered requests / wall seconds of the level; latency: from sending to the answer parsed; "
+            "errors: non-2xx, exceptions, malformed answers; labels ≠ in-process: answers whose label "
+            "differs from the predictor's in this process; CPU ms/req: CPU time (all threads) of the server "
+            "process and of the client over the level, per request: what a request costs, whatever else ran "
+            "on the machine"
+        ),
+        (
+            f"the client, both servers and this script share {len(os.sched_getaffinity(0))} cores: on a "
+            "small machine the client's CPU is part of what is measured, for both servers alike"
         ),
     ]
     body = "\n".join(rows) + "\n\n" + "\n".join(targets) + "\n\n" + "\n".join(f"- {note}" for note in notes)
@@ -606,7 +619,8 @@ def main() -> int:
 
         title = "serve_load" if args.model == "digits" else f"serve_load ({args.model} model)"
         log(
-            f"written to {write_section(title, body, {n: version(n) for n in ('fastapi', 'uvicorn', 'aiohttp')})}"
+            "written to "
+            f"{write_section(title, body, {n: version(n) for n in ('fastapi', 'uvicorn', 'aiohttp')})}"
         )
     return 1 if misses else 0
 

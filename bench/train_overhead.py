@@ -4,7 +4,8 @@ All train the digits CNN (Keras: the same layers) on the same tensors from `prep
 lr 1e-3, batch 64, reshuffled every epoch, val loss + accuracy after every epoch. After a 1-epoch warm-up of
 each, every round runs each contender once, in rotating order. Reported: median samples/s (train examples x
 epochs / wall seconds) and its ratio to the hand-written loop (target: foundry >= 0.97). Rows marked (info):
-`fit` without checkpoints/TensorBoard/progress bar (what those cost) and `modelfoundry.training()` (whole run).
+`fit` without checkpoints/TensorBoard/progress bar (what those cost) and `modelfoundry.training()` (whole
+run).
 
 Run from the repo root, in a terminal (so foundry's progress bar is live, as a user sees it):
     .venv/bin/python bench/train_overhead.py                   # 10 epochs, 3 rounds
@@ -27,6 +28,7 @@ import time
 import warnings
 from importlib.metadata import version
 from pathlib import Path
+from typing import Self
 
 import lightning as L
 import numpy as np
@@ -58,15 +60,23 @@ LABELS = {
     "foundry-train": "(info) `modelfoundry.training()`, whole run",
 }
 SETTINGS = {
-    "hand-written": "randperm + slicing, CrossEntropyLoss, Adam; eval + inference_mode validation; nothing else",
-    "foundry": "fit() defaults: LambdaLR (constant), best-weights copy, checkpoint every epoch (background "
-    "thread, fsync), TensorBoard, rich progress bar, val loss/accuracy/F1",
-    "lightning": "Trainer(accelerator='cpu', devices=1, logger=False, enable_checkpointing=False, enable_progress_bar="
-    "False, enable_model_summary=False), other defaults (num_sanity_val_steps=2); DataLoader("
-    "TensorDataset, shuffle=True, num_workers=0); self.log val loss/accuracy",
-    "keras": "model.fit(numpy NHWC, batch_size=64, shuffle=True, validation_data, validation_batch_size=512, "
-    "verbose=0), metrics=['accuracy'] (train accuracy too); BN momentum 0.9/eps 1e-5 and Adam eps 1e-8 "
-    "as torch; Keras' own weight init (glorot)",
+    "hand-written": (
+        "randperm + slicing, CrossEntropyLoss, Adam; eval + inference_mode validation; nothing else"
+    ),
+    "foundry": (
+        "fit() defaults: LambdaLR (constant), best-weights copy, checkpoint every epoch (background "
+        "thread, fsync), TensorBoard, rich progress bar, val loss/accuracy/F1"
+    ),
+    "lightning": (
+        "Trainer(accelerator='cpu', devices=1, logger=False, enable_checkpointing=False, "
+        "enable_progress_bar=False, enable_model_summary=False), other defaults (num_sanity_val_steps=2); "
+        "DataLoader(TensorDataset, shuffle=True, num_workers=0); self.log val loss/accuracy"
+    ),
+    "keras": (
+        "model.fit(numpy NHWC, batch_size=64, shuffle=True, validation_data, validation_batch_size=512, "
+        "verbose=0), metrics=['accuracy'] (train accuracy too); BN momentum 0.9/eps 1e-5 and Adam eps 1e-8 "
+        "as torch; Keras' own weight init (glorot)"
+    ),
 }
 
 
@@ -96,7 +106,7 @@ class Setup:
 class Clock:
     """Wall seconds of a `with` block, in `.wall`."""
 
-    def __enter__(self) -> Clock:
+    def __enter__(self) -> Self:
         self.wall = time.perf_counter()
         return self
 
@@ -139,7 +149,8 @@ def run_hand_written(setup: Setup, seed: int) -> tuple[Clock, float]:
 
 
 def run_foundry(setup: Setup, seed: int, extras: bool = True) -> tuple[Clock, float]:
-    """extras=False: no checkpoints, no TensorBoard, and a console that is no terminal (so no progress bar)."""
+    """extras=False: no checkpoints, no TensorBoard, and a console that is no terminal (so no progress
+    bar)."""
     cfg, _ = load_config(setup.config(seed))
     model, tmp = cnn(seed), Path(tempfile.mkdtemp())
     console = Console(stderr=True) if extras else Console(file=io.StringIO())
@@ -272,8 +283,9 @@ def parameter_counts() -> str:
     stats = sum(b.numel() for name, b in model.named_buffers() if "num_batches" not in name)
     size = lambda weights: sum(int(np.prod(w.shape)) for w in weights)  # noqa: E731
     return (
-        f"parameters: torch {sum(p.numel() for p in model.parameters()):,} trainable + {stats:,} BN statistics; "
-        f"Keras {size(twin.trainable_weights):,} trainable + {size(twin.non_trainable_weights):,} non-trainable"
+        f"parameters: torch {sum(p.numel() for p in model.parameters()):,} trainable + {stats:,} BN "
+        f"statistics; Keras {size(twin.trainable_weights):,} trainable + "
+        f"{size(twin.non_trainable_weights):,} non-trainable"
     )
 
 
@@ -294,9 +306,11 @@ def report(runs: dict[str, list[tuple[Clock, float]]], setup: Setup, rounds: int
             f"{statistics.mean(a for _, a in runs[n]):.4f} |"
         )
     notes = [
-        f"digits {len(setup.train)} train / {len(setup.val)} val examples, {setup.epochs} epochs, {rounds} rounds"
-        f" (rotating order), {torch.get_num_threads()} torch threads; samples/s = train examples x epochs / wall"
-        " seconds; per-round ratios show the noise; val acc after the last epoch"
+        (
+            f"digits {len(setup.train)} train / {len(setup.val)} val examples, {setup.epochs} epochs, "
+            f"{rounds} rounds (rotating order), {torch.get_num_threads()} torch threads; samples/s = train "
+            "examples x epochs / wall seconds; per-round ratios show the noise; val acc after the last epoch"
+        )
     ]
     if "keras" in names:
         notes.append(parameter_counts())
@@ -349,7 +363,8 @@ def main() -> None:
     setup = Setup(data.train, data.val, args.epochs, args.precision)
     names = [n for n in COMPARED + INFO if n not in args.skip]
     log(
-        f"digits: {len(setup.train)} train / {len(setup.val)} val; {args.epochs} epochs x {args.rounds} rounds"
+        f"digits: {len(setup.train)} train / {len(setup.val)} val; "
+        f"{args.epochs} epochs x {args.rounds} rounds"
     )
     for name in names:  # warm-up: imports, oneDNN primitives, first-call caches, foundry's precision probe
         log(f"warm-up {name}")
@@ -371,7 +386,8 @@ def main() -> None:
     print(body)
     if args.write:
         log(
-            f"written to {write_section('train_overhead', body, {n: version(n) for n in ('lightning', 'keras')})}"
+            "written to "
+            f"{write_section('train_overhead', body, {n: version(n) for n in ('lightning', 'keras')})}"
         )
 
 

@@ -14,7 +14,7 @@ cuts the epochs trained by all trials by >= 40% against no pruning. Exits 1 when
 
 Run from the repo root (about 25 minutes on 2 CPU cores: 40 epochs per finished trial, 40 trials, 12 runs):
     .venv/bin/python bench/tune.py --write
-    .venv/bin/python bench/tune.py --quick          # 4 trials of 3 epochs: checks the script, numbers meaningless
+    .venv/bin/python bench/tune.py --quick      # 4 trials of 3 epochs: checks the script, numbers meaningless
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from pathlib import Path
 
 import optuna
 import yaml
-from record import write_section
 from rich.console import Console
 
 from modelfoundry.runner import (
     train,  # = modelfoundry.training, which the subpackage modelfoundry.training can shadow
 )
 from modelfoundry.tune import search
+from record import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "examples" / "digits.yaml"
@@ -161,8 +161,10 @@ def report(rows: list[dict], trials: int, args) -> tuple[str, int]:
     shipped, pruned, unpruned = rows
     seeds = args.seeds.replace(",", ", ")
     lines = [
-        f"| | trials | finished | pruned | epochs trained | seconds | best {args.metric.replace('_', ' ')} | "
-        f"test accuracy | mean test accuracy, seeds {seeds} |",
+        (
+            "| | trials | finished | pruned | epochs trained | seconds | best "
+            f"{args.metric.replace('_', ' ')} | test accuracy | mean test accuracy, seeds {seeds} |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -177,18 +179,25 @@ def report(rows: list[dict], trials: int, args) -> tuple[str, int]:
     mean_of = {id(r): sum(r["seed_tests"]) / len(r["seed_tests"]) for r in rows}
     accurate = mean_of[id(pruned)] >= mean_of[id(shipped)]
     checks = [
-        f"- mean test accuracy over seeds {seeds} of the pruned study's best config >= the shipped config's: "
-        f"{mean_of[id(pruned)]:.4f} vs {mean_of[id(shipped)]:.4f}: {'pass' if accurate else 'FAIL'} "
-        f"(one seed, as the study ran: {pruned['test']:.4f} vs {shipped['test']:.4f})",
-        f"- epochs cut by pruning >= {EPOCH_CUT_TARGET:.0%}: {cut:.1%} ({pruned['epochs']:,} vs "
-        f"{unpruned['epochs']:,}): {'pass' if cut >= EPOCH_CUT_TARGET else 'FAIL'}",
+        (
+            f"- mean test accuracy over seeds {seeds} of the pruned study's best config >= the shipped "
+            f"config's: {mean_of[id(pruned)]:.4f} vs {mean_of[id(shipped)]:.4f}: "
+            f"{'pass' if accurate else 'FAIL'} (one seed, as the study ran: {pruned['test']:.4f} vs "
+            f"{shipped['test']:.4f})"
+        ),
+        (
+            f"- epochs cut by pruning >= {EPOCH_CUT_TARGET:.0%}: {cut:.1%} ({pruned['epochs']:,} vs "
+            f"{unpruned['epochs']:,}): {'pass' if cut >= EPOCH_CUT_TARGET else 'FAIL'}"
+        ),
     ]
     notes = [
-        f"Search space: {', '.join(f'`{k}: {v}`' for k, v in SPACE.items())}; TPE sampler (seed 0), median "
-        f"pruner (5 finished trials before it judges, 2 warm-up epochs), {args.metric} of the best epoch. "
-        "Seconds: the trials only; test accuracy: the best config retrained as a registered run (seed 0); "
-        "the mean: the shipped and each best config trained again per seed, the seed setting both the "
-        "initialisation and the split (train.seed, data.split.seed).",
+        (
+            f"Search space: {', '.join(f'`{k}: {v}`' for k, v in SPACE.items())}; TPE sampler (seed 0), "
+            f"median pruner (5 finished trials before it judges, 2 warm-up epochs), {args.metric} of the "
+            "best epoch. Seconds: the trials only; test accuracy: the best config retrained as a registered "
+            "run (seed 0); the mean: the shipped and each best config trained again per seed, the seed "
+            "setting both the initialisation and the split (train.seed, data.split.seed)."
+        ),
         f"Best values with pruning: {', '.join(f'{k}={_short(v)}' for k, v in pruned['best'].items())}.",
     ]
     if args.quick:

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
 from e2e_helpers import IMAGE_LABELS, TABLE_LABELS, write_png
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -34,7 +35,7 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect, sync_playwright  # noqa: E402  only once the browser is known to be there
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 BARS = "#probabilities [data-label]"

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ def foundry(*args: str | Path, cwd: Path, home: Path) -> subprocess.CompletedPro
     """Run `python -m modelfoundry ARGS` in `cwd` with runs and the registry under `home`."""
     return subprocess.run(
         [sys.executable, "-m", "modelfoundry", *map(str, args)],
+        check=False,  # callers assert on the exit code and the message
         cwd=cwd,
         env=cli_env(home),
         capture_output=True,
@@ -177,7 +179,7 @@ class Server:
                 self.kill()
         return self.process.stderr.read() if self.process.stderr else ""
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -9,9 +9,9 @@ import shutil
 
 import httpx
 import pytest
-from e2e_helpers import Server, assert_ok, assert_user_error, foundry, write_config, write_image_folder
 
 import modelfoundry as mf
+from e2e_helpers import Server, assert_ok, assert_user_error, foundry, write_config, write_image_folder
 
 pytestmark = pytest.mark.slow
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from e2e_helpers import (
     CLI_TIMEOUT_S,
     TINY_MLP,

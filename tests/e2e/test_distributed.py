@@ -17,6 +17,7 @@ import sys
 import pytest
 import torch
 import yaml
+
 from e2e_helpers import assert_ok, assert_user_error, cli_env, foundry, one_line
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from e2e_helpers import Server, assert_ok, assert_user_error, foundry, one_line
 
 import modelfoundry as mf
+from e2e_helpers import Server, assert_ok, assert_user_error, foundry, one_line
 from modelfoundry.compress.onnx_export import OnnxModel, _export, export_onnx, max_probability_difference
 from modelfoundry.errors import UserError
 

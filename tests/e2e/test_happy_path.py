@@ -150,6 +150,7 @@ def test_packaged_model_predicts_in_a_fresh_process_without_data_or_config(image
             data.rename(away)
         result = subprocess.run(
             [sys.executable, "-c", script],
+            check=False,
             cwd=tmp_path,
             env=cli_env(tmp_path / "no-runs"),
             capture_output=True,

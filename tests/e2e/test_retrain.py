@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+
 from e2e_helpers import Server, assert_ok, assert_user_error, foundry, table_frame, write_config
 
 pytestmark = pytest.mark.slow

@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from e2e_helpers import Server, assert_ok, foundry
 from fastapi.testclient import TestClient
 from PIL import Image
 
 import modelfoundry as mf
+from e2e_helpers import Server, assert_ok, foundry
 
 pytestmark = pytest.mark.slow
 ROW = {"x1": 0.5, "x2": -0.2, "color": "red"}

@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 import pytest
+
 from e2e_helpers import assert_ok, assert_user_error, foundry, table_frame, write_config
 
 pytestmark = pytest.mark.slow

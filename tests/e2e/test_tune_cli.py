@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+
 from e2e_helpers import assert_ok, assert_user_error, foundry, write_config, write_table
 
 pytestmark = pytest.mark.slow

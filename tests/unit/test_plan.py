@@ -328,8 +328,10 @@ def test_runs_count_their_training_flops_on_the_real_model(tmp_path, monkeypatch
         "{}",
         '{"matmul_fp32_flops": -1}',
         "[]",
-        '{"matmul_fp32_flops": 1e11, "bandwidth_bytes_s": 1e10, "train_flops": 1e10, '
-        '"mfu": 0.1, "memory_gb": 8, "step_seconds": -0.001}',
+        (
+            '{"matmul_fp32_flops": 1e11, "bandwidth_bytes_s": 1e10, "train_flops": 1e10, '
+            '"mfu": 0.1, "memory_gb": 8, "step_seconds": -0.001}'
+        ),
     ],
 )
 def test_a_damaged_calibration_file_is_named_and_never_breaks_training(tmp_path, monkeypatch, content):

@@ -141,9 +141,10 @@ def test_redact_replaces_with_typed_placeholders_and_counts():
 
 
 def test_redact_keeps_unicode_around_pii():
-    text = "联系邮箱alice@example.com，电话+86 138 0013 8000，身份证11010519491231002X。Grüße, Zoë 🙂"
+    # The fullwidth commas are part of the Chinese text under test (RUF001 would have them ASCII).
+    text = "联系邮箱alice@example.com，电话+86 138 0013 8000，身份证11010519491231002X。Grüße, Zoë 🙂"  # noqa: RUF001
     clean, counts = redact(text)
-    assert clean == "联系邮箱[EMAIL]，电话[PHONE]，身份证[NATIONAL_ID]。Grüße, Zoë 🙂"
+    assert clean == "联系邮箱[EMAIL]，电话[PHONE]，身份证[NATIONAL_ID]。Grüße, Zoë 🙂"  # noqa: RUF001
     assert counts == Counter(EMAIL=1, PHONE=1, NATIONAL_ID=1)
 
 

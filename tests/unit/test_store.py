@@ -305,7 +305,8 @@ def test_concurrent_writers_lose_no_feedback(registry):
 
 
 def test_an_older_registry_gains_the_new_tables_and_columns_and_keeps_its_runs(home):
-    """A registry written before versions, feedback and `train_seconds` existed opens without a manual migration."""
+    """A registry written before versions, feedback and `train_seconds` existed opens without a manual
+    migration."""
     from sqlalchemy import create_engine, inspect, text
 
     from modelfoundry.store.registry import database_url

@@ -1,4 +1,5 @@
-"""Text data: reading, checking, scrubbing, tokenizing and batching, as a user of text_classification sees it."""
+"""Text data: reading, checking, scrubbing, tokenizing and batching, as a user of text_classification sees
+it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Text classifiers from scratch: logits per class, padding never matters, they learn, bad options are named."""
+"""Text classifiers from scratch: logits per class, padding never matters, they learn, bad options are
+named."""
 
 from __future__ import annotations
 

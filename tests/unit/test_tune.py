@@ -82,7 +82,8 @@ def test_every_kind_of_spec_becomes_a_dimension():
 
 
 def test_numbers_written_without_a_dot_are_read_as_numbers():
-    # PyYAML reads `1e-4` (no dot) as the string '1e-4'; pydantic accepts it for train.lr, so the space does too.
+    # PyYAML reads `1e-4` (no dot) as the string '1e-4'; pydantic accepts it for train.lr, so the space
+    # does too.
     raw = with_space(yaml.safe_load("train.lr: {loguniform: [1e-4, 1e-2]}"))
     assert isinstance(raw["tune"]["space"]["train.lr"]["loguniform"][0], str)
     (dim,) = parse(raw)
@@ -230,7 +231,8 @@ def test_fit_calls_on_epoch_with_each_finished_record_and_stops_when_it_raises()
 
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory) -> str:
-    """One SQLite file for the module (making one costs a second of Optuna's schema setup); a study per test."""
+    """One SQLite file for the module (making one costs a second of Optuna's schema setup); a study per
+    test."""
     return f"sqlite:///{tmp_path_factory.mktemp('studies') / 'tune.db'}"
 
 

@@ -279,7 +279,7 @@ def _cn_id_ok(number: str) -> bool:
 
 def _ssn_ok(area: str, group: str, serial: str) -> bool:
     """SSA rules: area not 000, 666 or 900-999; group not 00; serial not 0000."""
-    return area != "000" and area != "666" and area[0] != "9" and group != "00" and serial != "0000"
+    return area not in {"000", "666"} and area[0] != "9" and group != "00" and serial != "0000"
 
 
 def _national_ids(text: str) -> Iterator[tuple[int, int]]:

@@ -18,6 +18,7 @@ of the training rows, not all of them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
@@ -107,13 +108,12 @@ def memory_pool():
 
 def give_back_memory() -> None:
     """Return the C heap's free pages to the system (glibc only; elsewhere nothing): after a pass over a
-    big file, pandas' freed chunk buffers would otherwise count as this process's memory for the rest of it."""
+    big file, pandas' freed chunk buffers would otherwise count as this process's memory for the rest of
+    it."""
     import ctypes
 
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _record_batches(
@@ -338,7 +338,8 @@ def prepare_streamed(path: Path, data, origin: str) -> dict:
     names = counts["label_names"]
     scratch = Scratch()
     files = {part: (scratch.path / f"{part}.f32", scratch.path / f"{part}.i64") for part in PARTS}
-    handles = {part: (open(files[part][0], "wb"), open(files[part][1], "wb")) for part in PARTS}
+    # Closed in the finally below.
+    handles = {part: (open(files[part][0], "wb"), open(files[part][1], "wb")) for part in PARTS}  # noqa: SIM115
     codes = counts["codes"]
     try:
         for chunk in read_chunks(path):

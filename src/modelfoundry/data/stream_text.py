@@ -243,7 +243,8 @@ class _SplitWriter:
     def __init__(self, folder: Path, sort: bool):
         folder.mkdir(parents=True)
         self.folder = folder
-        self.files = {name: open(folder / name, "wb") for name in (*FILES[:2], "targets.tmp", "rows.i64")}
+        # Open across add() calls, closed by close().
+        self.files = {name: open(folder / name, "wb") for name in (*FILES[:2], "targets.tmp", "rows.i64")}  # noqa: SIM115
         self.sort, self.tokens, self.pending = sort, 0, []
 
     def add(self, ids: list[torch.Tensor], codes: np.ndarray, rows: np.ndarray) -> None:

@@ -44,7 +44,8 @@ def read_table(path: Path, *, quoting: bool = True, text: bool = False) -> pd.Da
             frame = pd.read_json(path, lines=suffix == ".jsonl", **({"dtype": False} if text else {}))
         else:
             raise UserError(
-                f"{path}: unsupported table format '{suffix}'. Use one of {', '.join(sorted(TABLE_SUFFIXES))}."
+                f"{path}: unsupported table format '{suffix}'. Use one of "
+                f"{', '.join(sorted(TABLE_SUFFIXES))}."
             )
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: the file is empty. Add a header row and at least one data row.") from None
@@ -223,8 +224,9 @@ class TableEncoder:
                 if bad.any():
                     i = int(np.argmax(bad.to_numpy()))
                     raise UserError(
-                        f"{origin}: {row_name(origin, frame.index[i])}, column '{col['name']}': {values.iloc[i]!r} "
-                        "is not a number, and the model was trained on numbers in this column."
+                        f"{origin}: {row_name(origin, frame.index[i])}, column '{col['name']}': "
+                        f"{values.iloc[i]!r} is not a number, and the model was trained on numbers in this "
+                        "column."
                     )
                 filled = numbers.fillna(col["fill"]).to_numpy(dtype=np.float32)
                 parts.append(((filled - col["mean"]) / col["std"])[:, None])

@@ -21,7 +21,6 @@ from pathlib import Path
 from modelfoundry.errors import UserError
 from modelfoundry.store.registry import runs_root
 
-
 REQUIRED = ("matmul_fp32_flops", "bandwidth_bytes_s", "train_flops", "mfu", "memory_gb")
 LOOP = ("step_seconds", "module_step_seconds", "epoch_seconds")
 
@@ -170,7 +169,8 @@ def load() -> dict:
     missing = [
         key for key in REQUIRED if not isinstance(measured.get(key), (int, float)) or measured[key] <= 0
     ]
-    # the loop's costs: absent in a calibration from before they were measured (then counted as 0), never negative
+    # the loop's costs: absent in a calibration from before they were measured (then counted as 0), never
+    # negative
     missing += [
         key
         for key in LOOP

@@ -2,7 +2,7 @@
 predicts for it beside the time it took.
 
 predicted seconds = training FLOPs / rate
-                  + epochs * (steps per epoch * (step_seconds + modules * module_step_seconds) + epoch_seconds)
+    + epochs * (steps per epoch * (step_seconds + modules * module_step_seconds) + epoch_seconds)
 
 Training FLOPs are counted on the real model with PyTorch's FlopCounterMode (matmuls and
 convolutions of one forward pass), times 3 for forward + backward, times the examples seen;
@@ -27,8 +27,10 @@ SDPA_CPU_FLOPS = {
     aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *args, out_shape=None, **kwargs: (
         flop_counter.sdpa_flop_count(q, k, v)
     ),
-    aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda grad, q, k, v, *args, out_shape=None, **kwargs: (
-        flop_counter.sdpa_backward_flop_count(grad, q, k, v)
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+        lambda grad, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(
+            grad, q, k, v
+        )
     ),
 }
 

@@ -253,7 +253,8 @@ def memory_hints(
 def lora_params(
     layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int, rank: int
 ) -> dict[str, Quantity]:
-    """LoRA adapter count on attention q, k, v, o: rank * (d_in + d_out) per matrix (A: d_in x r, B: r x d_out)."""
+    """LoRA adapter count on attention q, k, v, o: rank * (d_in + d_out) per matrix (A: d_in x r,
+    B: r x d_out)."""
     check_positive("--lora-rank", rank)
     if not layers:
         raise UserError(
@@ -356,10 +357,11 @@ def serving(
     needed = math.ceil(total / usable)
     if needed > MAX_GPUS:
         raise UserError(
-            f"serve: {params:.3g} params at {dtype} with context {context} x batch {batch} needs {total / 1e9:,.0f} GB "
-            f"(weights {weights / 1e9:,.0f} GB + KV cache {kv / 1e9:,.0f} GB), more than {MAX_GPUS} x {gpu.name} hold "
-            f"({MAX_GPUS} * {gpu.memory_gb:g} GB * {USABLE_MEMORY} usable = {MAX_GPUS * usable / 1e9:,.0f} GB). "
-            f"Lower --context or --batch, use --dtype int8/int4, or choose a larger --gpu."
+            f"serve: {params:.3g} params at {dtype} with context {context} x batch {batch} needs "
+            f"{total / 1e9:,.0f} GB (weights {weights / 1e9:,.0f} GB + KV cache {kv / 1e9:,.0f} GB), more "
+            f"than {MAX_GPUS} x {gpu.name} hold ({MAX_GPUS} * {gpu.memory_gb:g} GB * {USABLE_MEMORY} usable "
+            f"= {MAX_GPUS * usable / 1e9:,.0f} GB). Lower --context or --batch, use --dtype int8/int4, or "
+            "choose a larger --gpu."
         )
     out["memory_gb"] = q(total / 1e9, "GB", "weights_gb + kv_cache_gb")
     out["min_gpus"] = q(needed, "GPUs", f"ceil(memory / ({gpu.memory_gb:g} GB * {USABLE_MEMORY} usable))")

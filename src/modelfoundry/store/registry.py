@@ -152,11 +152,14 @@ def connection_problem(url: str, exc: Exception, setting: str = "FOUNDRY_DB") ->
     )
     lowered = detail.lower()
     if "password" in lowered or "authentication" in lowered:
-        what = f"the server at {where} refused the login of user '{parts.username}': check the password in {setting}"
+        what = (
+            f"the server at {where} refused the login of user '{parts.username}': check the password in "
+            f"{setting}"
+        )
     elif "does not exist" in lowered and "database" in lowered:
         what = (
-            f"the server at {where} has no database '{parts.database}': create it (createdb {parts.database}) "
-            f"or fix the name in {setting}"
+            f"the server at {where} has no database '{parts.database}': create it (createdb "
+            f"{parts.database}) or fix the name in {setting}"
         )
     elif any(
         s in lowered
@@ -172,7 +175,10 @@ def connection_problem(url: str, exc: Exception, setting: str = "FOUNDRY_DB") ->
     ):
         what = f"cannot reach a database server at {where}: is it running, and is the host and port right?"
     elif url.startswith("sqlite"):
-        what = f"cannot open the SQLite file {url.removeprefix('sqlite:///')}: check the folder exists and is writable"
+        what = (
+            f"cannot open the SQLite file {url.removeprefix('sqlite:///')}: check the folder exists and is "
+            "writable"
+        )
     else:
         what = "could not connect"
     return f"{setting}={hide_password(url)}: {what} ({detail})."

@@ -56,7 +56,7 @@ class CheckpointWriter:
     def _write(self, data: memoryview) -> None:
         try:
             atomic_write(data, self.path)
-        except BaseException as exc:  # surfaced on the training thread by wait()
+        except BaseException as exc:  # noqa: BLE001  surfaced on the training thread by wait()
             self._error = exc
 
     def wait(self) -> None:

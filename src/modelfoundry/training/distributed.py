@@ -139,14 +139,14 @@ def describe(cfg: TrainConfig, examples: int) -> tuple[str, dict]:
         "examples_dropped_per_epoch": examples % (cfg.batch_size * world) % world,
     }
     line = (
-        f"DDP: {world} processes ({setup['backend']}); batch {cfg.batch_size} per process x {world} processes "
-        f"x accumulate {cfg.accumulate} = effective batch {setup['effective_batch']}. lr {cfg.lr:g} is used as set; "
-        f"the linear scaling rule would use {cfg.lr * world:g} (--set train.lr={cfg.lr * world:g}). "
-        f"Each epoch every process draws the same shuffled order and process r takes examples r, r+{world}, "
-        f"r+{2 * world}, ... of each global batch of {cfg.batch_size * world}; "
+        f"DDP: {world} processes ({setup['backend']}); batch {cfg.batch_size} per process x {world} "
+        f"processes x accumulate {cfg.accumulate} = effective batch {setup['effective_batch']}. lr "
+        f"{cfg.lr:g} is used as set; the linear scaling rule would use {cfg.lr * world:g} (--set "
+        f"train.lr={cfg.lr * world:g}). Each epoch every process draws the same shuffled order and process r "
+        f"takes examples r, r+{world}, r+{2 * world}, ... of each global batch of {cfg.batch_size * world}; "
         + (
-            f"the last {setup['examples_dropped_per_epoch']} of the {examples} examples in that order are left out "
-            "(different ones each epoch) so that every process trains on as many; none is repeated."
+            f"the last {setup['examples_dropped_per_epoch']} of the {examples} examples in that order are "
+            "left out (different ones each epoch) so that every process trains on as many; none is repeated."
             if setup["examples_dropped_per_epoch"]
             else f"all {examples} examples are used, none twice."
         )

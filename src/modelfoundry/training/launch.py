@@ -89,10 +89,10 @@ def launch(
     report = "".join(held)
     if endpoint and "RendezvousConnectionError" in report:
         raise UserError(
-            f"--rdzv-endpoint {endpoint}: nothing answered there (torchrun waited {_connect_timeout(timeout)} "
-            f"s per attempt to connect). Start the command on the first machine (the one at {endpoint}) "
-            "first, give an address and port that this machine can reach (open in the firewall), or "
-            "wait longer with --rdzv-timeout."
+            f"--rdzv-endpoint {endpoint}: nothing answered there (torchrun waited "
+            f"{_connect_timeout(timeout)} s per attempt to connect). Start the command on the first machine "
+            f"(the one at {endpoint}) first, give an address and port that this machine can reach (open in "
+            "the firewall), or wait longer with --rdzv-timeout."
         )
     if endpoint and ("RendezvousTimeoutError" in report or "RendezvousClosedError" in report):
         raise UserError(
@@ -150,7 +150,7 @@ def _check_nproc(nproc: int, device: str) -> None:
     """More processes than CPU cores is a mistake unless they train on GPUs; each process checks that
     there are enough GPUs for the processes of its machine (distributed.init)."""
     cores = _cores()
-    if nproc <= cores or device != "cpu" and _cuda_available():
+    if nproc <= cores or (device != "cpu" and _cuda_available()):
         return
     raise UserError(
         f"--nproc {nproc}: this machine has {cores} CPU cores and no GPU to use, and DDP on a CPU runs one "

@@ -97,8 +97,10 @@ def tune_command(
     lines = [
         f"best config: {result.best_config}",
         f"report:      {result.report}",
-        f"study:       {spec.storage} "
-        f"(study {spec.study.study_name!r}; resume or add workers with --storage and --study)",
+        (
+            f"study:       {spec.storage} "
+            f"(study {spec.study.study_name!r}; resume or add workers with --storage and --study)"
+        ),
     ]
     if result.run:
         test = result.run.metrics.get("test") or result.run.metrics.get("val") or {}

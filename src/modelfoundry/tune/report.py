@@ -145,7 +145,7 @@ def _curves(trials: list, metric: str) -> str:
 
 
 def _importances(study: optuna.Study) -> str:
-    finished = [t for t in study.get_trials(deepcopy=False, states=(COMPLETE,))]
+    finished = list(study.get_trials(deepcopy=False, states=(COMPLETE,)))
     if len(finished) < 2:
         return '<p class="muted">Importances need at least two finished trials.</p>'
     try:

@@ -146,7 +146,8 @@ def parse_space(cfg: Config, raw: dict, origin: str) -> list[Dimension]:
 
 
 def _suggest(key: str, keys: list[str]) -> str:
-    """Did-you-mean among the keys of the same section when it exists (`train.lrr` -> `train.lr`), else all."""
+    """Did-you-mean among the keys of the same section when it exists (`train.lrr` -> `train.lr`), else
+    all."""
     section, _, leaf = key.rpartition(".")
     siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == section}
     if not siblings:
@@ -212,18 +213,24 @@ def _parse_range(key: str, kind: str, spec: dict) -> tuple[Dimension | None, lis
     step, log = spec.get("step"), spec.get("log", False)
     if low == high:
         return None, [
-            f"{kind} [{low:g}, {high:g}] is an empty range: nothing to search. Set {key}: {low:g} in the "
-            "config instead, or widen the range"
+            (
+                f"{kind} [{low:g}, {high:g}] is an empty range: nothing to search. Set {key}: {low:g} in the "
+                "config instead, or widen the range"
+            )
         ]
     if low > high:
         return None, [
-            f"{kind} [{low:g}, {high:g}] is an empty range (low above high); write it low to high: "
-            f"[{high:g}, {low:g}]"
+            (
+                f"{kind} [{low:g}, {high:g}] is an empty range (low above high); write it low to high: "
+                f"[{high:g}, {low:g}]"
+            )
         ]
     if kind == "loguniform" and low <= 0:
         return None, [
-            f"loguniform [{low:g}, {high:g}] needs a low end above 0 (a log scale never reaches 0); "
-            f"use uniform for ranges from 0"
+            (
+                f"loguniform [{low:g}, {high:g}] needs a low end above 0 (a log scale never reaches 0); "
+                f"use uniform for ranges from 0"
+            )
         ]
     if kind == "int":
         if not all(float(n).is_integer() for n in numbers):
@@ -240,8 +247,10 @@ def _parse_range(key: str, kind: str, spec: dict) -> tuple[Dimension | None, lis
         count = (high - low) / step
         if step > high - low or not math.isclose(count, round(count), rel_tol=1e-9, abs_tol=1e-9):
             return None, [
-                f"step {step:g} does not divide the range [{low:g}, {high:g}] into equal steps; make "
-                f"high - low ({high - low:g}) a multiple of the step"
+                (
+                    f"step {step:g} does not divide the range [{low:g}, {high:g}] into equal steps; make "
+                    f"high - low ({high - low:g}) a multiple of the step"
+                )
             ]
         if log:
             return None, ["log and step do not go together (a log scale has no equal steps); drop one"]
