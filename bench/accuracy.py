@@ -1,6 +1,6 @@
 """Test accuracy of the shipped example configs over several seeds, against our targets.
 
-For every config and seed s, `modelfoundry.training(path, overrides=["train.seed=s", "data.split.seed=s"])`
+For every config and seed s, `modelfoundry.train(path, overrides=["train.seed=s", "data.split.seed=s"])`
 runs the whole pipeline (a new split and a new initialisation per seed) and its test accuracy is kept. Per
 config: mean ± std (sample std over seeds), min, the target, pass/FAIL (mean >= target), mean train seconds
 (fit: the sum of epoch times) and mean run seconds (the whole train() call). Exits 1 when a config misses

@@ -2,8 +2,8 @@
 
 Accuracy (train on train.tsv, select on dev.tsv, report on test.tsv = the 872 GLUE dev sentences):
 - tfidf: TF-IDF (1-2 grams) + logistic regression (scikit-learn), C chosen on dev; reference 0.826.
-- minilm: `modelfoundry.training("examples/sst2.yaml")`, all-MiniLM-L6-v2 fine-tuned 1 epoch; target >= 0.89.
-- lstm: `modelfoundry.training("examples/sst2_lstm.yaml")`, a bidirectional LSTM trained from scratch.
+- minilm: `modelfoundry.train("examples/sst2.yaml")`, all-MiniLM-L6-v2 fine-tuned 1 epoch; target >= 0.89.
+- lstm: `modelfoundry.train("examples/sst2_lstm.yaml")`, a bidirectional LSTM trained from scratch.
 Throughput: MiniLM training steps (batch 32, AdamW, fp32) timed directly on foundry's batches of train.tsv:
 useful (non-padding) tokens/s and MFU = FlopCounterMode FLOPs of the timed steps / s / the fp32 matmul rate
 measured in the same run (target >= 40%); padded share of tokens with length buckets vs random batches.

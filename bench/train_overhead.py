@@ -4,7 +4,7 @@ All train the digits CNN (Keras: the same layers) on the same tensors from `prep
 lr 1e-3, batch 64, reshuffled every epoch, val loss + accuracy after every epoch. After a 1-epoch warm-up of
 each, every round runs each contender once, in rotating order. Reported: median samples/s (train examples x
 epochs / wall seconds) and its ratio to the hand-written loop (target: foundry >= 0.97). Rows marked (info):
-`fit` without checkpoints/TensorBoard/progress bar (what those cost) and `modelfoundry.training()` (whole
+`fit` without checkpoints/TensorBoard/progress bar (what those cost) and `modelfoundry.train()` (whole
 run).
 
 Run from the repo root, in a terminal (so foundry's progress bar is live, as a user sees it):
@@ -57,7 +57,7 @@ LABELS = {
     "lightning": "PyTorch Lightning",
     "keras": "Keras 3 (torch backend)",
     "foundry-bare": "(info) foundry `fit`, no checkpoints/TensorBoard/progress bar",
-    "foundry-train": "(info) `modelfoundry.training()`, whole run",
+    "foundry-train": "(info) `modelfoundry.train()`, whole run",
 }
 SETTINGS = {
     "hand-written": (
