@@ -25,9 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from modelfoundry.runner import (
-    train,
-)  # = modelfoundry.training, which the subpackage modelfoundry.training can shadow
+from modelfoundry.runner import train
 from record import write_section
 
 REPO = Path(__file__).resolve().parents[1]

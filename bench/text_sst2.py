@@ -108,7 +108,7 @@ def bench_tfidf(files: dict[str, Path]) -> dict:
 
 
 def bench_foundry(part: str, overrides: list[str], runs: Path, console: Console):
-    """One `modelfoundry.training` run of the part's example config; returns its row and the Run."""
+    """One `modelfoundry.train` run of the part's example config; returns its row and the Run."""
     start = time.perf_counter()
     run = train(REPO / CONFIGS[part], overrides=overrides, run_dir=runs / part, console=console)
     run_s = seconds_since(start)

@@ -40,9 +40,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from modelfoundry.config import load_config
 from modelfoundry.data.prepare import ArrayData, prepare
 from modelfoundry.models.registry import build_model
-from modelfoundry.runner import (
-    train,
-)  # = modelfoundry.training, which the subpackage modelfoundry.training shadows
+from modelfoundry.runner import train
 from modelfoundry.training.loop import fit
 from record import write_section
 

@@ -31,9 +31,7 @@ import optuna
 import yaml
 from rich.console import Console
 
-from modelfoundry.runner import (
-    train,  # = modelfoundry.training, which the subpackage modelfoundry.training can shadow
-)
+from modelfoundry.runner import train
 from modelfoundry.tune import search
 from record import write_section
 
