@@ -38,6 +38,7 @@ function element(tag, attributes = {}, text = "") {
 }
 
 const percent = (p) => `${(100 * p).toFixed(1)}%`;
+const formatNumber = (x) => Number(x.toPrecision(6)).toLocaleString(undefined, { maximumFractionDigits: 6 });
 
 // ---------- model card ----------
 
@@ -51,16 +52,21 @@ function renderCard(model) {
     ["Model", model.model], ["Backend", model.backend],
     ["Test accuracy", metrics.test_accuracy == null ? null : percent(metrics.test_accuracy)],
     ["Test F1 (macro)", metrics.test_f1_macro == null ? null : metrics.test_f1_macro.toFixed(3)],
+    ["Test RMSE", metrics.test_rmse == null ? null : formatNumber(metrics.test_rmse)],
+    ["Test R2", metrics.test_r2 == null ? null : metrics.test_r2.toFixed(3)],
+    ["Predicts", model.target ? `a number: ${model.target.column}` : null],
     ["Created", created],
-  ];
+  ].filter(([name, value]) => value != null || !["Test RMSE", "Test R2", "Predicts"].includes(name));
   const list = element("dl");
   for (const [name, value] of rows) {
     list.append(element("dt", {}, name), element("dd", {}, value == null ? "—" : String(value)));
   }
-  list.append(element("dt", {}, "Labels"));
-  const labels = element("dd", { class: "chips" });
-  for (const label of model.labels) labels.append(element("span", { class: "chip" }, label));
-  list.append(labels);
+  if (model.labels.length) {
+    list.append(element("dt", {}, "Labels"));
+    const labels = element("dd", { class: "chips" });
+    for (const label of model.labels) labels.append(element("span", { class: "chip" }, label));
+    list.append(labels);
+  }
   card.replaceChildren(element("h2", { id: "model-card-title" }, "Model"), list);
   card.removeAttribute("aria-busy");
   $("#title-task").textContent = `· ${model.task.replace(/_/g, " ")}`;
@@ -153,7 +159,7 @@ async function predict(event) {
   const button = $("#predict");
   button.disabled = true;
   try {
-    const topK = Math.min(state.model.labels.length, 5);
+    const topK = Math.max(1, Math.min(state.model.labels.length, 5));
     const answer = await api("/v1/predict", {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ inputs: [currentInput()], top_k: topK }),
@@ -170,10 +176,19 @@ async function predict(event) {
 function renderResult(answer) {
   const prediction = answer.predictions[0];
   state.requestId = answer.request_id;
-  $("#result-label").textContent = prediction.label;
-  $("#result-probability").textContent = percent(prediction.probability);
   const version = answer.model_version || "(not in the registry)";
   $("#result-version").textContent = `Answered by model ${version} · request ${answer.request_id}`;
+  $("#feedback-status").textContent = "";
+  $("#result").hidden = false;
+  if (typeof prediction.prediction === "number") { // a regression model: one number, corrected by a number
+    $("#result-label").textContent = formatNumber(prediction.prediction);
+    $("#result-probability").textContent = state.model.target ? state.model.target.column : "";
+    $("#probabilities").replaceChildren();
+    $("#correct-value").value = String(Number(prediction.prediction.toPrecision(6)));
+    return;
+  }
+  $("#result-label").textContent = prediction.label;
+  $("#result-probability").textContent = percent(prediction.probability);
   const bars = [...prediction.top_k].sort((a, b) => b.probability - a.probability).map((item) => {
     const bar = element("div", { class: "bar", "data-label": item.label, title: item.label });
     const track = element("span", { class: "track" });
@@ -186,8 +201,6 @@ function renderResult(answer) {
   });
   $("#probabilities").replaceChildren(...bars);
   $("#correct-label").value = prediction.label;
-  $("#feedback-status").textContent = "";
-  $("#result").hidden = false;
 }
 
 async function sendFeedback() {
@@ -196,13 +209,20 @@ async function sendFeedback() {
   const key = $("#api-key").value.trim();
   const headers = { "Content-Type": "application/json" };
   if (key) headers["X-API-Key"] = key;
+  const numeric = Boolean(state.model.target);
+  const label = numeric ? Number($("#correct-value").value) : $("#correct-label").value;
+  if (numeric && ($("#correct-value").value.trim() === "" || !Number.isFinite(label))) {
+    status.className = "failed";
+    status.textContent = "Not saved: type the right number first.";
+    return;
+  }
   status.className = "";
   status.textContent = "Sending…";
   button.disabled = true;
   try {
     const saved = await api("/v1/feedback", {
       method: "POST", headers,
-      body: JSON.stringify({ request_id: state.requestId, index: 0, label: $("#correct-label").value }),
+      body: JSON.stringify({ request_id: state.requestId, index: 0, label }),
     });
     status.className = "ok";
     status.textContent = `Thanks — saved as feedback #${saved.feedback_id}`;
@@ -241,6 +261,12 @@ async function start() {
   if (model.kind === "table") renderTableForm(model.columns);
   if (model.kind === "image") setUpImageInput();
   for (const label of model.labels) $("#correct-label").append(element("option", { value: label }, label));
+  if (model.target) { // regression: the correction is a number
+    $("#correct-label").hidden = true;
+    $("#correct-value").hidden = false;
+    $("#correct-label-name").textContent = "Correct value";
+    $("#correct-label-name").setAttribute("for", "correct-value");
+  }
   $("#api-key-area").hidden = !model.feedback_requires_key;
   $("#predict").disabled = false;
 }
