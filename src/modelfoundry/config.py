@@ -20,8 +20,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from modelfoundry.errors import UserError, did_you_mean
+from modelfoundry.models.registry import check_options
 
 TASKS = ("image_classification", "tabular_classification", "text_classification")
 
@@ -127,6 +129,15 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = "mlp"
 
+    @model_validator(mode="after")
+    def _options_fit_the_family(self) -> ModelConfig:
+        problems = check_options(self.name, self.model_extra or {})
+        if problems:  # one error that `_format_errors` shows as one line per problem
+            raise PydanticCustomError(
+                "model_options", "{summary}", {"summary": "; ".join(problems), "problems": problems}
+            )
+        return self
+
 
 class DistillConfig(_Section):
     """Train this model (the student) to match a trained model's (the teacher's) soft labels too."""
@@ -180,7 +191,7 @@ class TrainConfig(_Section):
 
 class TuneConfig(_Section):
     """`foundry tune`: what to search and what to optimise. The space is checked against the rest of the
-    config by `modelfoundry.tune.search.parse_space` (model options need the model registry, hence torch)."""
+    config by `modelfoundry.tune.space.parse_space`."""
 
     metric: Literal["val_accuracy", "val_loss", "val_f1_macro"] = Field(
         "val_accuracy", description="the validation metric each trial is scored by (its best epoch)"
@@ -285,6 +296,8 @@ def _format_errors(error: ValidationError, origin: str) -> str:
             lines.append(f"  {key}: unknown key.{hint}")
         elif err["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
+        elif err["type"] == "model_options":  # each already names its key, model.KEY
+            lines += [f"  {problem}" for problem in err["ctx"]["problems"]]
         else:
             msg = err["msg"].removeprefix("Value error, ")
             shown = "" if err["type"].startswith("value_error") else f" (got {err.get('input')!r})"

@@ -105,11 +105,6 @@ def parse_space(cfg: Config, raw: dict, origin: str) -> list[Dimension]:
     keys, sections = _config_keys(Config), _config_sections(Config)
     options = _model_options(families) if any(k.startswith("model.") for k in space) else set()
     problems, dims = [], []
-    if options is None and "model.name" not in space:
-        problems.append(
-            f"  model.name: unknown model {cfg.model.name!r}.{did_you_mean(cfg.model.name, FAMILIES)} "
-            f"Available: {', '.join(FAMILIES)}"
-        )
     for key, spec in space.items():
         where = f"  tune.space.{key}"
         if key.startswith("model.") and key != "model.name":
@@ -262,7 +257,7 @@ def _number(value: Any) -> float | None:
 
 def _check_values(cfg: Config, raw: dict, dim: Dimension) -> list[str]:
     """Every end of the range and every choice put into the config must validate (model options are
-    checked when a trial builds the model, as `foundry train` does)."""
+    checked as each trial's config loads, against the family that trial builds)."""
     if dim.key == "model.name":
         if dim.kind != "choice":
             return [f"a model family is picked from a list: {{choice: [{', '.join(list(FAMILIES)[:2])}]}}"]
