@@ -1,9 +1,11 @@
-"""`model:` options are checked with the rest of the config, before any data is read and without torch."""
+"""`model:` options are checked with the rest of the config, before any data is read and without torch;
+the registry says what each family supports for compression."""
 
 from __future__ import annotations
 
 import copy
 import inspect
+import json
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import pytest
 from modelfoundry.config import load_config
 from modelfoundry.errors import UserError
 from modelfoundry.models import registry
-from modelfoundry.models.registry import FAMILIES, Family, check_options
+from modelfoundry.models.registry import FAMILIES, Family, check_options, half_student
 
 # A file that does not exist: the options are judged before any data is read.
 IMAGES = {"task": "image_classification", "data": {"source": "no/such/folder"}}
@@ -115,3 +117,34 @@ def test_a_new_family_is_one_file_and_one_registry_line(tmp_path, monkeypatch):
         load_config({**IMAGES, "model": {"name": "tiny", "mode": "exact", "scale": 2}})[0].model.name
         == "tiny"
     )
+
+
+@pytest.mark.parametrize(
+    "name, options, student",
+    [
+        ("mlp", {"hidden": [64, 32]}, {"name": "mlp", "hidden": [45, 22]}),
+        ("cnn", {}, {"name": "cnn", "width": 22}),  # the default width, 32
+        ("resnet", {"width": 8}, {"name": "resnet", "width": 6}),
+        ("gru", {"hidden": 1}, {"name": "gru", "hidden": 1}),
+        ("pretrained", {"path": "bert"}, {"name": "lstm"}),
+    ],
+)
+def test_a_half_size_student_scales_the_family_width(name, options, student):
+    assert half_student(name, options) == student
+    assert check_options(student["name"], {k: v for k, v in student.items() if k != "name"}) == []
+
+
+def test_compress_distill_all_turns_the_student_into_overrides(tmp_path):
+    from modelfoundry.cli import _half_student
+
+    (tmp_path / "model").mkdir()
+    spec = {"model": {"name": "mlp", "options": {"hidden": [64, 32]}}}
+    (tmp_path / "model" / "model.json").write_text(json.dumps(spec))
+    assert _half_student(tmp_path) == ["model.name=mlp", "model.hidden=[45, 22]"]
+
+
+def test_every_prunable_family_has_its_prune_function_beside_its_builder():
+    for name, family in FAMILIES.items():
+        if family.prune:
+            assert callable(registry.family_function(name, family.prune)), name
+    assert registry.prunable().startswith("mlp (hidden units), cnn (channels), resnet (channels)")

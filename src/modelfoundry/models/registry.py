@@ -27,26 +27,84 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Family:
-    """A model family: its builder and the data it takes.
+    """A model family: its builder, the data it takes, and how `foundry compress` makes it smaller.
 
     Attributes:
         builder: "module:function" of `build(input_shape, num_classes, [vocab_size, pad_id,] **options)`;
             its keyword arguments with defaults are the family's `model:` options.
         takes: "tables or images" (flattened), "images" (C, H, W) or "text" (token ids, B x T).
+        int8: "static" quantization (activations scaled from a calibration sample: what convolutions need
+            to run faster) or "dynamic" (activations scaled per batch: enough where MatMul/Gemm cost most).
+        prune: the function in the builder's module that prunes a model of this family (None: it can't be),
+            `prune(model, options, ratio, build) -> (smaller model, changed options, plan)`: `options`
+            with defaults; `build(**changes)` builds the model's options with `changes` applied.
+        prunes: what pruning removes, in the user's words.
+        width_option: the option that sets the layer widths; a half-size student scales it by 0.7.
+        student: the family of a half-size student when this one has no width to scale.
     """
 
     builder: str
     takes: Literal["tables or images", "images", "text"]
+    int8: Literal["static", "dynamic"] = "dynamic"
+    prune: str | None = None
+    prunes: str = ""
+    width_option: str | None = None
+    student: str | None = None
 
 
 FAMILIES: dict[str, Family] = {
-    "mlp": Family("modelfoundry.models.mlp:build_mlp", "tables or images"),
-    "cnn": Family("modelfoundry.models.cnn:build_cnn", "images"),
-    "resnet": Family("modelfoundry.models.resnet:build_resnet", "images"),
-    "lstm": Family("modelfoundry.models.rnn:build_lstm", "text"),
-    "gru": Family("modelfoundry.models.rnn:build_gru", "text"),
-    "transformer": Family("modelfoundry.models.transformer:build_transformer", "text"),
-    "pretrained": Family("modelfoundry.models.pretrained:build_pretrained", "text"),
+    "mlp": Family(
+        "modelfoundry.models.mlp:build_mlp",
+        "tables or images",
+        prune="prune_mlp",
+        prunes="hidden units",
+        width_option="hidden",
+    ),
+    "cnn": Family(
+        "modelfoundry.models.cnn:build_cnn",
+        "images",
+        int8="static",
+        prune="prune_cnn",
+        prunes="channels",
+        width_option="width",
+    ),
+    "resnet": Family(
+        "modelfoundry.models.resnet:build_resnet",
+        "images",
+        int8="static",
+        prune="prune_resnet",
+        prunes="channels",
+        width_option="width",
+    ),
+    "lstm": Family(
+        "modelfoundry.models.rnn:build_lstm",
+        "text",
+        prune="prune_rnn",
+        prunes="hidden units",
+        width_option="hidden",
+    ),
+    "gru": Family(
+        "modelfoundry.models.rnn:build_gru",
+        "text",
+        prune="prune_rnn",
+        prunes="hidden units",
+        width_option="hidden",
+    ),
+    "transformer": Family(
+        "modelfoundry.models.transformer:build_transformer",
+        "text",
+        prune="prune_transformer",
+        prunes="feed-forward units",
+        width_option="width",
+    ),
+    # A fine-tuned encoder's architecture is fixed by its folder: its student is trained from scratch.
+    "pretrained": Family(
+        "modelfoundry.models.pretrained:build_pretrained",
+        "text",
+        prune="prune_pretrained",
+        prunes="feed-forward units of BERT-style encoders",
+        student="lstm",
+    ),
 }
 IMAGE_ONLY = {name for name, family in FAMILIES.items() if family.takes == "images"}
 # Text families take token ids (B, T); the data adds the tokenizer's vocab_size and pad_id.
@@ -78,10 +136,10 @@ def _unknown(name: str) -> str:
     )
 
 
-def family_function(name: str) -> Callable:
-    """The builder of family `name` (imports its module, and with it torch)."""
+def family_function(name: str, function: str | None = None) -> Callable:
+    """The builder of family `name` (imports its module, and with it torch), or another function beside it."""
     module, builder = family_of(name).builder.split(":")
-    return getattr(importlib.import_module(module), builder)
+    return getattr(importlib.import_module(module), function or builder)
 
 
 @functools.cache
@@ -213,6 +271,32 @@ def _words(kind: object, key: str) -> str:
         return LIMITS[key][1]
     words = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "null"}
     return words.get(kind, str(kind))
+
+
+def prunable() -> str:
+    """The families `foundry compress --prune` takes, and what it removes from each."""
+    return ", ".join(f"{name} ({family.prunes})" for name, family in FAMILIES.items() if family.prune)
+
+
+def half_student(name: str, options: dict) -> dict[str, object]:
+    """The `model:` section of a student with about half the parameters of a family `name` model with
+    `options`: its width option scaled by 0.7 (weights grow with the width squared), or another family."""
+    family = family_of(name)
+    if family.student:
+        return {"name": family.student}
+    if family.width_option is None:
+        raise UserError(
+            f"--distill: foundry knows no half-size student of a '{name}' model; describe one, "
+            "e.g. --student model.name=mlp --student model.hidden=[64]."
+        )
+    key = family.width_option
+    width = options.get(key, model_options(name)[key])
+    smaller = (
+        [max(1, round(w * 0.7)) for w in width]
+        if isinstance(width, (list, tuple))
+        else max(1, round(width * 0.7))
+    )
+    return {"name": name, key: smaller}
 
 
 def build_model(
