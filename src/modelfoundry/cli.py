@@ -551,19 +551,15 @@ def compress(
 
 
 def _half_student(parent: Path) -> list[str]:
-    """A student of the teacher's family with about half the parameters (width / hidden sizes scaled by 0.7)."""
-    spec = json.loads((parent / "model" / "model.json").read_text())
-    name, options = spec["model"]["name"], spec["model"]["options"]
-    from modelfoundry.models.registry import model_options
+    """--student keys of a model with about half the teacher's parameters (the registry says how)."""
+    from modelfoundry.models.registry import half_student
 
-    defaults = model_options(name) if name != "pretrained" else {}
-    if name == "pretrained":
-        return ["model.name=lstm"]
-    if name == "mlp":
-        hidden = options.get("hidden", defaults["hidden"])
-        return ["model.name=mlp", f"model.hidden=[{', '.join(str(max(1, round(h * 0.7))) for h in hidden)}]"]
-    key = "hidden" if name in ("lstm", "gru") else "width"
-    return [f"model.name={name}", f"model.{key}={max(1, round(options.get(key, defaults[key]) * 0.7))}"]
+    spec = json.loads((parent / "model" / "model.json").read_text())
+    student = half_student(spec["model"]["name"], spec["model"]["options"])
+    return [
+        f"model.{key}=[{', '.join(map(str, value))}]" if isinstance(value, list) else f"model.{key}={value}"
+        for key, value in student.items()
+    ]
 
 
 @runs_app.command("list")

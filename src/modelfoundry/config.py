@@ -18,8 +18,10 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from modelfoundry.errors import UserError, did_you_mean
+from modelfoundry.models.registry import check_options
 from modelfoundry.tasks import MINIMIZED
 from modelfoundry.tasks import TASKS as TASK_REGISTRY
 
@@ -128,6 +130,15 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = "mlp"
 
+    @model_validator(mode="after")
+    def _options_fit_the_family(self) -> ModelConfig:
+        problems = check_options(self.name, self.model_extra or {})
+        if problems:  # one error that `_format_errors` shows as one line per problem
+            raise PydanticCustomError(
+                "model_options", "{summary}", {"summary": "; ".join(problems), "problems": problems}
+            )
+        return self
+
 
 class DistillConfig(_Section):
     """Train this model (the student) to match a trained model's (the teacher's) soft labels too."""
@@ -186,7 +197,7 @@ class TrainConfig(_Section):
 
 class TuneConfig(_Section):
     """`foundry tune`: what to search and what to optimise. The space is checked against the rest of the
-    config by `modelfoundry.tune.search.parse_space` (model options need the model registry, hence torch)."""
+    config by `modelfoundry.tune.space.parse_space`."""
 
     metric: str | None = Field(
         None, description="the validation metric each trial is scored by (its best epoch)"
@@ -290,6 +301,8 @@ def _format_errors(error: ValidationError, origin: str) -> str:
             lines.append(f"  {key}: unknown key.{hint}")
         elif err["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
+        elif err["type"] == "model_options":  # each already names its key, model.KEY
+            lines += [f"  {problem}" for problem in err["ctx"]["problems"]]
         else:
             msg = err["msg"].removeprefix("Value error, ")
             if not key and err["type"] == "value_error":  # the task's checks: one problem a line, each keyed

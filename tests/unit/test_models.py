@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from modelfoundry.errors import UserError
-from modelfoundry.models.registry import BUILDERS, TEXT_ONLY, build_model, model_options
+from modelfoundry.models.registry import FAMILIES, TEXT_ONLY, build_model, model_options
 
 TINY = {
     "mlp": {"hidden": [8]},
@@ -23,7 +23,7 @@ TOKENIZER = {"vocab_size": 30522, "pad_id": 0}
 
 
 def test_every_family_has_tiny_options_here():
-    assert set(TINY) | set(TINY_TEXT) == set(BUILDERS)
+    assert set(TINY) | set(TINY_TEXT) == set(FAMILIES)
     assert set(TINY_TEXT) == TEXT_ONLY
 
 

@@ -26,8 +26,7 @@ from modelfoundry.compress.variants import (
     variant_folder,
 )
 from modelfoundry.errors import UserError
-
-STATIC_FAMILIES = ("cnn", "resnet")
+from modelfoundry.models.registry import family_of
 
 
 def quantize_int8(run: str | Path, mode: str = "auto", console: Console | None = None) -> dict:
@@ -46,7 +45,7 @@ def quantize_int8(run: str | Path, mode: str = "auto", console: Console | None =
     family = predictor.spec["model"]["name"]
     if mode not in ("auto", "dynamic", "static"):
         raise UserError(f"--mode {mode!r}: use auto, dynamic or static.")
-    mode = ("static" if family in STATIC_FAMILIES else "dynamic") if mode == "auto" else mode
+    mode = family_of(family).int8 if mode == "auto" else mode
     calibration = _calibration_inputs(parent) if mode == "static" else None
     if not (predictor.path / "model.onnx").is_file():
         console.print("exporting to ONNX first...", highlight=False)

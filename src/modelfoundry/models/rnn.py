@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from modelfoundry.compress.prune import Plan, shrink
 
 POOLINGS = ("max", "mean", "last")
 
@@ -178,3 +182,28 @@ def build_gru(
         pooling,
         dropout,
     )
+
+
+def prune_rnn(
+    model: nn.Module, options: dict, ratio: float, build: Callable[..., nn.Module]
+) -> tuple[nn.Module, dict, Plan]:
+    """Hidden units per layer and direction (LSTM and GRU); a unit's rows in every gate block go with it."""
+    rnn = model.rnn
+    gates = 4 if isinstance(rnn, nn.LSTM) else 3  # LSTM: input, forget, cell, output; GRU: reset, update, new
+    suffixes = ("", "_reverse") if rnn.bidirectional else ("",)
+    plan: Plan = {}
+    reads: tuple[str, ...] = ()  # the first layer reads the embeddings, which keep their width
+    for layer in range(rnn.num_layers):
+        units = tuple(f"l{layer}{suffix}" for suffix in suffixes)
+        for unit, suffix in zip(units, suffixes):
+            rows = (unit,) * gates
+            plan |= {
+                f"rnn.weight_ih_l{layer}{suffix}": (rows, reads),
+                f"rnn.weight_hh_l{layer}{suffix}": (rows, (unit,)),
+                f"rnn.bias_ih_l{layer}{suffix}": (rows,),
+                f"rnn.bias_hh_l{layer}{suffix}": (rows,),
+            }
+        reads = units  # the next layer and the head read [forward, backward] outputs
+    plan["head.weight"] = ((), reads)
+    changes = {"hidden": shrink(options["hidden"], ratio)}
+    return build(**changes), changes, plan

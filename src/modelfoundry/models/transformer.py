@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelfoundry.compress.prune import Plan, shrink
 from modelfoundry.models.rnn import check_text_options
 
 POSITIONS = ("sinusoidal", "learned")
@@ -188,3 +190,20 @@ def build_transformer(
         pooling,
         dropout,
     )
+
+
+def prune_transformer(
+    model: nn.Module, options: dict, ratio: float, build: Callable[..., nn.Module]
+) -> tuple[nn.Module, dict, Plan]:
+    """Feed-forward units only: heads can't go, since the head width is width / heads and width feeds
+    the embeddings; `ffn_multiplier` is whole, so a block keeps a multiple of `width` units."""
+    plan: Plan = {}
+    for index in range(len(model.blocks)):
+        units, prefix = (f"blocks.{index}",), f"blocks.{index}.mlp"
+        plan |= {
+            f"{prefix}.0.weight": (units, ()),
+            f"{prefix}.0.bias": (units,),
+            f"{prefix}.2.weight": ((), units),
+        }
+    changes = {"ffn_multiplier": shrink(options["ffn_multiplier"], ratio)}
+    return build(**changes), changes, plan

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from modelfoundry.config import Config
 from modelfoundry.errors import UserError, did_you_mean
+from modelfoundry.models.registry import FAMILIES, model_options
 
 KINDS = {
     "loguniform": "{loguniform: [lo, hi]}",
@@ -102,16 +103,8 @@ def parse_space(cfg: Config, raw: dict, origin: str) -> list[Dimension]:
         )
     families = _families(cfg, space)
     keys, sections = _config_keys(Config), _config_sections(Config)
-    # The model registry imports torch (seconds): only when a model key needs its options.
     options = _model_options(families) if any(k.startswith("model.") for k in space) else set()
     problems, dims = [], []
-    if options is None and "model.name" not in space:
-        from modelfoundry.models.registry import BUILDERS
-
-        problems.append(
-            f"  model.name: unknown model {cfg.model.name!r}.{did_you_mean(cfg.model.name, BUILDERS)} "
-            f"Available: {', '.join(BUILDERS)}"
-        )
     for key, spec in space.items():
         where = f"  tune.space.{key}"
         if key.startswith("model.") and key != "model.name":
@@ -273,16 +266,14 @@ def _number(value: Any) -> float | None:
 
 def _check_values(cfg: Config, raw: dict, dim: Dimension) -> list[str]:
     """Every end of the range and every choice put into the config must validate (model options are
-    checked when a trial builds the model, as `foundry train` does)."""
+    checked as each trial's config loads, against the family that trial builds)."""
     if dim.key == "model.name":
-        from modelfoundry.models.registry import BUILDERS
-
         if dim.kind != "choice":
-            return [f"a model family is picked from a list: {{choice: [{', '.join(list(BUILDERS)[:2])}]}}"]
+            return [f"a model family is picked from a list: {{choice: [{', '.join(list(FAMILIES)[:2])}]}}"]
         return [
-            f"choice {c!r} is not a model.{did_you_mean(str(c), BUILDERS)} Available: {', '.join(BUILDERS)}"
+            f"choice {c!r} is not a model.{did_you_mean(str(c), FAMILIES)} Available: {', '.join(FAMILIES)}"
             for c in dim.choices
-            if c not in BUILDERS
+            if c not in FAMILIES
         ]
     if dim.key.startswith("model."):
         return []
@@ -321,9 +312,7 @@ def _families(cfg: Config, space: dict) -> list[str]:
 
 def _model_options(families: list[str]) -> set[str] | None:
     """Options every one of the families accepts; None when a family is unknown (reported elsewhere)."""
-    from modelfoundry.models.registry import BUILDERS, model_options
-
-    if any(f not in BUILDERS for f in families):
+    if any(f not in FAMILIES for f in families):
         return None
     return set.intersection(*(set(model_options(f)) for f in families))
 
