@@ -27,7 +27,6 @@ import pandas as pd
 import torch
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
@@ -36,6 +35,7 @@ from pydantic import BaseModel, Field
 from modelfoundry.errors import UserError, did_you_mean
 from modelfoundry.predictor import Predictor, load, package_folder
 from modelfoundry.serve.batching import MicroBatcher
+from modelfoundry.serve.errors import ApiError, body_too_large, check_count, install_error_handlers
 from modelfoundry.serve.metrics import ServeMetrics
 
 log = logging.getLogger("modelfoundry.serve")
@@ -71,11 +71,6 @@ class Served:
     @property
     def version_name(self) -> str | None:
         return self.version.name if self.version is not None else None
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, field: str, message: str):
-        self.status, self.field, self.message = status, field, message
 
 
 def load_served(ref: str, backend: str = "auto") -> Served:
@@ -182,7 +177,7 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
             allow_headers=["Content-Type", "X-API-Key"],
         )
     app.add_middleware(LimitsAndMetrics, metrics=metrics, max_body_bytes=settings.max_body_bytes)
-    _install_error_handlers(app)
+    install_error_handlers(app)
     metrics.queue_depth.set_function(lambda: batcher.depth)
 
     def require_key(request: Request, admin: bool = False) -> None:
@@ -269,7 +264,7 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
     )
     async def predict(body: PredictRequest) -> JSONResponse:
         current = state["served"]
-        _check_count(len(body.inputs), settings.max_inputs)
+        check_count(len(body.inputs), settings.max_inputs)
         payload, stored = await encode(current, body.inputs)
         return await predict_encoded(current, payload, stored, len(body.inputs), body.top_k)
 
@@ -293,7 +288,7 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
                 f"this model takes {current.predictor.spec['preprocessing']['kind']} inputs; "
                 "upload files to an image model, or POST JSON to /v1/predict.",
             )
-        _check_count(len(uploads), settings.max_inputs, field="files")
+        check_count(len(uploads), settings.max_inputs, field="files")
         contents = [await u.read() for u in uploads]
         payload, stored = await run_in_threadpool(encode_images, current, contents, settings, "files")
         return await predict_encoded(current, payload, stored, len(uploads), top_k)
@@ -426,13 +421,6 @@ def model_card_of(served: Served, settings: Settings) -> dict:
 
 
 # ---------- inputs: check, encode, and keep what feedback would store ----------
-
-
-def _check_count(count: int, limit: int, field: str = "inputs") -> None:
-    if count == 0:
-        raise ApiError(422, field, "the list is empty; send at least one input.")
-    if count > limit:
-        raise ApiError(413, field, f"{count} inputs in one request; the limit is {limit}. Split the request.")
 
 
 def encode_inputs(served: Served, inputs: list, settings: Settings, field: str = "inputs"):
@@ -630,33 +618,6 @@ def _json_type(value) -> str:
     }.get(type(value), type(value).__name__)
 
 
-# ---------- errors and limits ----------
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": {"field": exc.field, "message": exc.message}}, status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
-        if first.get("type") == "json_invalid":
-            position = (first.get("ctx") or {}).get("error", "")
-            return JSONResponse(
-                {"error": {"field": "body", "message": f"the body is not valid JSON ({position})."}},
-                status_code=400,
-            )
-        fields = [".".join(str(p) for p in e["loc"] if p != "body") or "body" for e in errors]
-        message = "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields, errors))
-        return JSONResponse({"error": {"field": fields[0], "message": message}}, status_code=422)
-
-    @app.exception_handler(UserError)
-    async def user_error(request: Request, exc: UserError) -> JSONResponse:
-        return JSONResponse({"error": {"field": "inputs", "message": str(exc)}}, status_code=422)
-
-
 class LimitsAndMetrics:
     """ASGI middleware: refuses bodies over the size limit (by header, and by counting when streamed),
     and counts requests and latency by route and status for /metrics."""
@@ -697,11 +658,7 @@ class LimitsAndMetrics:
         self.metrics.observe(getattr(route, "path", "unmatched"), status["code"], time.perf_counter() - start)
 
     async def _too_large(self, send) -> None:
-        body = (
-            b'{"error": {"field": "body", "message": "the request body is larger than the limit of '
-            + f"{self.max_body_bytes:,}".encode()
-            + b' bytes."}}'
-        )
+        body = body_too_large(self.max_body_bytes)
         await send(
             {
                 "type": "http.response.start",
