@@ -23,7 +23,7 @@ from modelfoundry.errors import UserError, did_you_mean
 from modelfoundry.serve.errors import ApiError
 
 if TYPE_CHECKING:
-    from modelfoundry.serve.app import Served, Settings
+    from modelfoundry.serve.service import Served, Settings
 
 
 def encode_inputs(served: Served, inputs: list, settings: Settings, field: str = "inputs"):
