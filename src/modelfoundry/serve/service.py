@@ -1,0 +1,228 @@
+"""The state of one running service: the model it serves, its settings, the micro-batcher, the recent
+predictions that feedback can name by request id, reloading when the alias moves, and the model card.
+
+create_app (app.py) makes one Service and puts it on `app.state.service`; the routes (routes.py) read
+it from there. It knows nothing of HTTP routes: the routes check and encode a request, the Service
+runs it through the model and remembers the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi.concurrency import run_in_threadpool
+from PIL import Image
+
+from modelfoundry.errors import UserError
+from modelfoundry.predictor import Predictor, load, package_folder
+from modelfoundry.serve.batching import MicroBatcher
+from modelfoundry.serve.errors import ApiError
+from modelfoundry.serve.metrics import ServeMetrics
+
+log = logging.getLogger("modelfoundry.serve")
+
+
+@dataclass
+class Settings:
+    model: str  # alias, version (v3), run id or run folder
+    backend: str = "auto"  # auto: torch when the package has PyTorch weights, else onnx
+    api_key: str | None = None  # required for feedback and admin routes when set
+    max_batch_size: int = 64
+    max_wait_ms: float = 0.0
+    max_inputs: int = 64  # per request
+    max_body_bytes: int = 10 * 2**20
+    max_image_pixels: int = 4096 * 4096  # decoded size; larger images are refused before decoding
+    cors_origins: list[str] = field(default_factory=list)
+    watch_seconds: float = 0.0  # poll the alias and reload on change; 0 = only POST /v1/admin/reload
+    remembered_requests: int = 10_000  # recent predictions kept in memory for feedback by request id
+    remembered_bytes: int = 256 * 2**20  # ... and at most this many bytes of their images
+
+
+@dataclass
+class Served:
+    """The model being served and where it came from."""
+
+    predictor: Predictor
+    version: Any  # store.models.ModelVersion, or None for a package outside the registry
+    alias: str | None
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def version_name(self) -> str | None:
+        return self.version.name if self.version is not None else None
+
+
+def load_served(ref: str, backend: str = "auto") -> Served:
+    """Resolve an alias / version / run to its package and load it. Raises UserError when it can't."""
+    from modelfoundry.store.models import ModelStore
+
+    store = ModelStore()
+    try:
+        version = store.get(ref)
+        folder, alias = Path(version.path), ref if ref in store.aliases(version.id) else None
+    except UserError:
+        if not Path(ref).is_dir():
+            raise
+        folder, version, alias = package_folder(ref), None, None  # a package outside the registry
+    return Served(load(folder, backend=backend), version, alias)
+
+
+class Service:
+    """What every route shares.
+
+    `served` is swapped whole on reload; each queued request carries the Served that encoded it,
+    so it finishes on that model. `recent` maps a request id to (stored inputs, predicted labels,
+    Served), oldest first, and forgets the oldest past `remembered_requests` or `remembered_bytes`.
+    """
+
+    def __init__(self, settings: Settings, served: Served):
+        self.settings, self.served = settings, served
+        self.metrics = ServeMetrics()
+        self.batcher = MicroBatcher(
+            _run_batch, settings.max_batch_size, settings.max_wait_ms, self.metrics.batch_size.observe
+        )
+        self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        self.recent: OrderedDict[str, tuple[list[dict], list[str], Served]] = OrderedDict()
+        self.recent_bytes = 0  # image bytes kept in `recent`
+
+    async def predict(self, served: Served, payload, stored: list[dict], size: int, top_k: int) -> dict:
+        """Queue for the model, then answer. The answer is built here, not by a response model: with
+        a small model, per-request overhead is what limits throughput (bench/serve_load.py)."""
+        probabilities = await self.batcher.submit(served, payload, size)
+        labels = served.predictor.labels
+        order = np.argsort(-probabilities, axis=1)[:, : min(top_k, len(labels))]
+        predictions = [
+            {
+                "label": labels[top[0]],
+                "probability": round(float(p[top[0]]), 6),
+                "top_k": [{"label": labels[j], "probability": round(float(p[j]), 6)} for j in top],
+            }
+            for p, top in zip(probabilities, order)
+        ]
+        for prediction in predictions:
+            self.metrics.predictions.labels(label=prediction["label"]).inc()
+        request_id = secrets.token_hex(8)
+        self._remember(request_id, stored, [p["label"] for p in predictions], served)
+        return {"request_id": request_id, "model_version": served.version_name, "predictions": predictions}
+
+    def _remember(self, request_id: str, stored: list[dict], predicted: list[str], served: Served) -> None:
+        self.recent[request_id] = (stored, predicted, served)
+        self.recent_bytes += _image_bytes(stored)
+        while (
+            len(self.recent) > self.settings.remembered_requests
+            or self.recent_bytes > self.settings.remembered_bytes
+        ):
+            self.recent_bytes -= _image_bytes(self.recent.popitem(last=False)[1][0])
+
+    async def reload(self, force: bool) -> dict:
+        """Load what the alias (or the model setting) points at now; swap it in when it changed, or always
+        when forced. Raises ApiError 409 when it can't be loaded, and the old model keeps serving."""
+        previous = self.served
+        ref = previous.alias or self.settings.model
+        try:
+            fresh = await run_in_threadpool(load_served, ref, self.settings.backend)
+        except UserError as exc:
+            raise ApiError(409, "model", f"could not load {ref}: {exc}") from None
+        changed = fresh.version_name != previous.version_name
+        if changed or force:
+            self.served = fresh  # requests already queued finish on the model that encoded them
+            log.info("serving %s (was %s)", fresh.version_name, previous.version_name)
+        return {
+            "reloaded": changed or force,
+            "model_version": fresh.version_name,
+            "previous": previous.version_name,
+        }
+
+    async def watch(self) -> None:
+        """Poll the alias every `watch_seconds` and reload when it points at another version."""
+        from modelfoundry.store.models import ModelStore
+
+        while True:
+            await asyncio.sleep(self.settings.watch_seconds)
+            try:
+                ref = self.served.alias or self.settings.model
+                version = await run_in_threadpool(ModelStore().get, ref)
+                if version.name != self.served.version_name:
+                    await self.reload(force=False)
+            except (UserError, ApiError) as exc:
+                log.warning("alias watch: %s", getattr(exc, "message", exc))
+
+    def model_card(self) -> dict:
+        served, settings = self.served, self.settings
+        spec, pre = served.predictor.spec, served.predictor.spec["preprocessing"]
+        card = {
+            "version": served.version_name,
+            "alias": served.alias,
+            "run_id": spec.get("run_id"),
+            "task": spec["task"],
+            "kind": pre["kind"],
+            "model": spec["model"]["name"],
+            "backend": served.predictor.backend,
+            "variant": spec.get("variant", {}).get("kind", "base"),
+            "labels": served.predictor.labels,
+            "created": spec.get("created"),
+            "metrics": (served.version.metrics if served.version is not None else None)
+            or {"test_accuracy": spec.get("test_accuracy")},
+            "feedback_requires_key": settings.api_key is not None,
+            "max_inputs": settings.max_inputs,
+        }
+        if pre["kind"] == "table":
+            card["columns"] = [
+                {"name": c["name"], "kind": c["kind"], "categories": c.get("categories", [])}
+                for c in pre["columns"]
+            ]
+        elif pre["kind"] == "image":
+            card["image"] = {"size": pre["size"], "channels": pre["channels"]}
+        else:
+            card["text"] = {"max_length": pre["max_length"], "pii": pre.get("pii")}
+        return card
+
+
+def store_feedback(
+    served: Served, item: dict, label: str, predicted: str | None, request_id: str | None
+) -> int:
+    """Store the correct label of one input (as kept by inputs.py); returns the feedback id. Runs in a
+    thread: it writes a file and the database."""
+    from modelfoundry.store.feedback import FeedbackStore, media_dir
+
+    if "image_bytes" in item:  # the original file, beside the database: retraining reads it like any image
+        folder = media_dir() / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        data = item["image_bytes"]
+        path = folder / f"{secrets.token_hex(8)}.{(Image.open(io.BytesIO(data)).format or 'png').lower()}"
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        item = {"image": str(path.resolve())}
+    spec = served.predictor.spec
+    return FeedbackStore().add(
+        run_id=spec.get("run_id", ""),
+        kind=spec["preprocessing"]["kind"],
+        input=item,
+        label=label,
+        predicted=predicted,
+        request_id=request_id,
+        model_version=served.version.id if served.version is not None else None,
+    )
+
+
+def _run_batch(served: Served, payloads: list) -> np.ndarray:
+    """The batcher's model call: token id lists are joined, tensors concatenated."""
+    x = [ids for p in payloads for ids in p] if isinstance(payloads[0], list) else torch.cat(payloads)
+    return served.predictor.proba(x)
+
+
+def _image_bytes(stored: list[dict]) -> int:
+    return sum(len(item.get("image_bytes", b"")) for item in stored)
