@@ -32,7 +32,8 @@ from modelfoundry.evaluate.metrics import classification_metrics, worst_mistakes
 from modelfoundry.models.registry import build_model
 from modelfoundry.plan.check import plan_vs_measured
 from modelfoundry.predictor import package_folder, run_folder, save_package
-from modelfoundry.store.registry import Registry, runs_root
+from modelfoundry.runfiles import runs_root
+from modelfoundry.store.registry import Registry
 from modelfoundry.training import distributed
 from modelfoundry.training.loop import fit, predict_logits
 

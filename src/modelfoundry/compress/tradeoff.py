@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from modelfoundry.compress.variants import parent_run_of
-from modelfoundry.store.registry import runs_root
+from modelfoundry.runfiles import runs_root
 
 
 def variants_of(parent: Path) -> list[Path]:

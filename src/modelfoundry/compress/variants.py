@@ -12,7 +12,8 @@ from pathlib import Path
 
 from modelfoundry.errors import UserError
 from modelfoundry.predictor import run_folder
-from modelfoundry.store.registry import Registry, runs_root
+from modelfoundry.runfiles import runs_root
+from modelfoundry.store.registry import Registry
 
 CALIBRATION = "calibration.safetensors"
 SHARED_FILES = ("heldout.safetensors", CALIBRATION, "config.yaml")

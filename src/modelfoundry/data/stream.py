@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from modelfoundry import runfiles
 from modelfoundry.data import tabular
 from modelfoundry.errors import UserError
 
@@ -317,9 +318,7 @@ class Scratch:
     """A folder of encoded data beside the runs; deleted once no split reading from it is left."""
 
     def __init__(self):
-        from modelfoundry.store.registry import runs_root
-
-        root = runs_root() / ".scratch"  # a real disk beside the runs, not /tmp, which may be memory
+        root = runfiles.scratch_root()
         root.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix="foundry-stream-", dir=root))
         weakref.finalize(self, shutil.rmtree, self.path, True)

@@ -19,8 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from modelfoundry.errors import UserError
-from modelfoundry.store.registry import runs_root
-
+from modelfoundry.runfiles import runs_root
 
 REQUIRED = ("matmul_fp32_flops", "bandwidth_bytes_s", "train_flops", "mfu", "memory_gb")
 LOOP = ("step_seconds", "module_step_seconds", "epoch_seconds")

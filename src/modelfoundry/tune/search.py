@@ -25,7 +25,8 @@ from sqlalchemy.exc import OperationalError
 
 from modelfoundry.config import Config, absolute_paths, apply_overrides, load_config
 from modelfoundry.errors import UserError
-from modelfoundry.store.registry import connection_problem, hide_password, runs_root
+from modelfoundry.runfiles import runs_root
+from modelfoundry.store.registry import connection_problem, hide_password
 from modelfoundry.tune.space import Dimension, apply_values, parse_space, sample
 
 DEFAULT_TRIALS = 20
