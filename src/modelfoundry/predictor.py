@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from modelfoundry.data import images, tabular
 from modelfoundry.errors import UserError
 from modelfoundry.models.registry import build_model
+from modelfoundry.runfiles import package_folder
 
 FORMAT = "modelfoundry.model/1"
-WEIGHTS = ("model.safetensors", "model.onnx")  # an int8 variant has only the ONNX graph
 
 
 def save_package(
@@ -48,23 +48,6 @@ def save_package(
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
     return folder
-
-
-def package_folder(path: str | Path) -> Path:
-    """Accept a run folder or its `model/` folder."""
-    path = Path(path)
-    for candidate in (path, path / "model"):
-        if (candidate / "model.json").is_file() and any((candidate / f).is_file() for f in WEIGHTS):
-            return candidate
-    raise UserError(
-        f"{path}: no model package here (expected model/model.json and model/model.safetensors). "
-        "Is the run finished? `foundry runs list` shows runs and their status."
-    )
-
-
-def run_folder(package: Path) -> Path:
-    """The run a package belongs to: `runs/<id>/` for `runs/<id>/model/`, else the package itself."""
-    return package.parent if package.name == "model" else package
 
 
 def load(path: str | Path, device: str = "cpu", backend: str = "auto") -> Predictor:

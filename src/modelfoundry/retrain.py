@@ -29,7 +29,8 @@ from rich.console import Console
 
 from modelfoundry.config import absolute_paths
 from modelfoundry.errors import UserError
-from modelfoundry.predictor import Predictor, load, run_folder
+from modelfoundry.predictor import Predictor, load
+from modelfoundry.runfiles import run_folder
 from modelfoundry.store.feedback import Feedback, FeedbackStore, media_dir
 from modelfoundry.store.models import ModelStore
 

@@ -23,7 +23,6 @@ import torch
 import yaml
 from rich.console import Console
 
-from modelfoundry.compress.onnx_export import save_heldout
 from modelfoundry.config import Config, config_to_dict, load_config
 from modelfoundry.data import images, text
 from modelfoundry.data.prepare import Prepared, prepare
@@ -31,8 +30,8 @@ from modelfoundry.errors import UserError
 from modelfoundry.evaluate.metrics import classification_metrics, worst_mistakes
 from modelfoundry.models.registry import build_model
 from modelfoundry.plan.check import plan_vs_measured
-from modelfoundry.predictor import package_folder, run_folder, save_package
-from modelfoundry.runfiles import runs_root
+from modelfoundry.predictor import save_package
+from modelfoundry.runfiles import CALIBRATION, HELDOUT, package_folder, run_folder, runs_root, save_sample
 from modelfoundry.store.registry import Registry
 from modelfoundry.training import distributed
 from modelfoundry.training.loop import fit, predict_logits
@@ -266,8 +265,8 @@ def _run(
             "alpha": cfg.train.distill.alpha,
         }
     save_package(path / "model", model, spec, {**data.files, **getattr(model, "package_files", dict)()})
-    save_heldout(path, data.test if data.test is not None else data.val)
-    save_heldout(path, data.train, name="calibration.safetensors")
+    save_sample(path, HELDOUT, data.test if data.test is not None else data.val)
+    save_sample(path, CALIBRATION, data.train)
     _write_json(path / "metrics.json", metrics)
     timings["evaluate"] = time.perf_counter() - clock
     write_run_report(

@@ -19,15 +19,15 @@ import numpy as np
 import torch
 
 from modelfoundry.errors import UserError
+from modelfoundry.runfiles import HELDOUT, load_sample, run_folder
 
-HELDOUT = "heldout.safetensors"
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| of any class probability of any held-out example
 OPSET = 18
 
 
 def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
     """Write `model/model.onnx` for a run and record the export in model.json; returns that record."""
-    from modelfoundry.predictor import load, run_folder
+    from modelfoundry.predictor import load
 
     predictor = load(run)
     folder = predictor.path
@@ -67,12 +67,11 @@ def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
     return record
 
 
-def heldout_inputs(run_folder: Path, spec: dict, synthetic: int = 64) -> tuple[torch.Tensor, str]:
+def heldout_inputs(run: Path, spec: dict, synthetic: int = 64) -> tuple[torch.Tensor, str]:
     """The run's held-out model inputs, or seeded synthetic ones shaped like them."""
-    from safetensors.torch import load_file
-
-    if (run_folder / HELDOUT).is_file():
-        return load_file(str(run_folder / HELDOUT))["inputs"], "held-out"
+    sample = load_sample(run, HELDOUT)
+    if sample is not None:
+        return sample["inputs"], "held-out"
     generator = torch.Generator().manual_seed(0)
     pre, shape = spec["preprocessing"], tuple(spec["input_shape"])
     if pre["kind"] == "text":
@@ -83,20 +82,6 @@ def heldout_inputs(run_folder: Path, spec: dict, synthetic: int = 64) -> tuple[t
     if pre["kind"] == "image":
         return torch.rand(synthetic, *shape, generator=generator), "synthetic"
     return torch.randn(synthetic, *shape, generator=generator), "synthetic"
-
-
-def save_heldout(run_folder: Path, data, limit: int = 256, name: str = HELDOUT) -> None:
-    """Keep up to `limit` encoded inputs and their targets beside the package: test (else validation)
-    examples for parity checks, and a training sample (`calibration.safetensors`) to calibrate int8."""
-    from safetensors.torch import save_file
-
-    if data is None:
-        return
-    inputs, targets = next(data.batches(limit))
-    save_file(
-        {"inputs": inputs.detach().cpu().contiguous(), "targets": targets.detach().cpu().contiguous()},
-        str(run_folder / name),
-    )
 
 
 def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, text: bool) -> str:

@@ -18,7 +18,6 @@ import torch
 from rich.console import Console
 
 from modelfoundry.compress.variants import (
-    CALIBRATION,
     copy_package_files,
     package_spec,
     parent_run_of,
@@ -26,6 +25,7 @@ from modelfoundry.compress.variants import (
     variant_folder,
 )
 from modelfoundry.errors import UserError
+from modelfoundry.runfiles import CALIBRATION, HELDOUT, load_sample
 
 STATIC_FAMILIES = ("cnn", "resnet")
 
@@ -114,16 +114,14 @@ def _pre_process(quant_pre_process, source: Path, target: Path) -> None:
 
 
 def _calibration_inputs(parent: Path) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    path = parent / CALIBRATION
-    if not path.is_file():
+    sample = load_sample(parent, CALIBRATION)
+    if sample is None:
         raise UserError(
             f"{parent}: static quantization needs calibration data (a sample of training inputs in "
             f"{CALIBRATION}), and this run has none (trained before foundry kept one). Train the run "
             "again, or use --mode dynamic."
         )
-    return load_file(str(path))["inputs"]
+    return sample["inputs"]
 
 
 class _Reader:
@@ -139,13 +137,11 @@ class _Reader:
 
 
 def _heldout_metrics(probabilities: torch.Tensor, parent: Path, spec: dict) -> dict | None:
-    from safetensors.torch import load_file
-
     from modelfoundry.evaluate.metrics import classification_metrics
 
-    path = parent / "heldout.safetensors"
-    if not path.is_file():
+    sample = load_sample(parent, HELDOUT)
+    if sample is None:
         return None
-    targets = load_file(str(path))["targets"].numpy()
+    targets = sample["targets"].numpy()
     metrics = classification_metrics(probabilities.numpy(), targets, spec["labels"])
     return {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"], "examples": len(targets)}

@@ -34,7 +34,8 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
 from modelfoundry.errors import UserError, did_you_mean
-from modelfoundry.predictor import Predictor, load, package_folder
+from modelfoundry.predictor import Predictor, load
+from modelfoundry.runfiles import package_folder
 from modelfoundry.serve.batching import MicroBatcher
 from modelfoundry.serve.metrics import ServeMetrics
 
