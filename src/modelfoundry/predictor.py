@@ -74,7 +74,7 @@ def load(path: str | Path, device: str = "cpu", backend: str = "auto") -> Predic
             "model.onnx; load it with backend='onnx' (`--backend onnx`)."
         )
     if backend == "onnx":
-        from modelfoundry.compress.onnx_export import OnnxModel
+        from modelfoundry.onnx_runtime import OnnxModel
 
         if not (folder / "model.onnx").is_file():
             raise UserError(

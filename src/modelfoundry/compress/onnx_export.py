@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from modelfoundry.errors import UserError
+from modelfoundry.onnx_runtime import OnnxModel
+from modelfoundry.predictor import load
 from modelfoundry.runfiles import HELDOUT, load_sample, run_folder
 
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| of any class probability of any held-out example
@@ -27,8 +29,6 @@ OPSET = 18
 
 def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
     """Write `model/model.onnx` for a run and record the export in model.json; returns that record."""
-    from modelfoundry.predictor import load
-
     predictor = load(run)
     folder = predictor.path
     inputs, source = heldout_inputs(run_folder(folder), predictor.spec)
@@ -115,23 +115,6 @@ def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, text: boo
         except Exception as exc:  # noqa: BLE001  (either exporter raises many types; both failing is the error)
             errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     raise UserError(f"ONNX export failed with both PyTorch exporters: {' | '.join(errors)}")
-
-
-class OnnxModel(torch.nn.Module):
-    """An ONNX Runtime session behind the nn.Module call the Predictor makes: (B, ...) in, logits out."""
-
-    def __init__(self, path: Path, threads: int | None = None):
-        super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        # The Predictor asks a model for its device through its parameters: ONNX Runtime here is on the CPU.
-        self.anchor = torch.nn.Parameter(torch.empty(0), requires_grad=False)
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"input": inputs.cpu().numpy()})[0])
 
 
 @torch.inference_mode()

@@ -35,7 +35,8 @@ def quantize_int8(run: str | Path, mode: str = "auto", console: Console | None =
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from modelfoundry.compress.onnx_export import OnnxModel, export_onnx, heldout_inputs
+    from modelfoundry.compress.onnx_export import export_onnx, heldout_inputs
+    from modelfoundry.onnx_runtime import OnnxModel
     from modelfoundry.predictor import load
 
     console = console or Console(stderr=True)
