@@ -80,15 +80,6 @@ def resolve_source(source: str, base_dir: Path, key: str = "data.source") -> Pat
     )
 
 
-def sorted_labels(values) -> list[str]:
-    """Class names in a stable order: numerically when every label is a number, else alphabetically."""
-    unique = {str(v) for v in values}
-    try:
-        return sorted(unique, key=float)
-    except ValueError:
-        return sorted(unique)
-
-
 def load_raw(
     data: DataConfig,
     task: str,
@@ -142,19 +133,8 @@ def load_raw(
     labels = frame[data.label]
     if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
         labels = labels.astype(int)  # "1.0" read from a column with gaps is class "1"
-    features = _feature_columns(frame, data, origin)
+    features = tabular.feature_columns(frame, data, origin)
     return frame[features], labels.astype(str).to_numpy(), origin, extra
-
-
-def _feature_columns(frame: pd.DataFrame, data: DataConfig, origin: str) -> list[str]:
-    for column in data.drop + (data.features or []):
-        tabular.check_column(
-            frame, column, "feature" if column in (data.features or []) else "dropped", origin
-        )
-    columns = data.features or [c for c in frame.columns if c != data.label and c not in data.drop]
-    if not columns:
-        raise UserError(f"{origin}: no feature columns left besides the label '{data.label}'.")
-    return columns
 
 
 def _load_builtin(name: str, task: str):
@@ -221,7 +201,7 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
         examples = examples[keep] if not is_table else examples.iloc[np.flatnonzero(keep)]
         labels, hashes, part_of = labels[keep], hashes[keep], part_of[keep]
         report["dropped_duplicates"] = int(duplicates.sum())
-    label_names = sorted_labels(labels)
+    label_names = validate.sorted_labels(labels)
     if len(label_names) < 2:
         raise UserError(
             f"{origin}: only one class ({label_names[0]!r}) in the labels; a classifier needs at least two."
@@ -416,7 +396,7 @@ def _lazy_images(path: Path, data) -> Prepared:
         keep = np.flatnonzero(~duplicates)
         paths, labels, hashes = [paths[i] for i in keep], labels[keep], hashes[keep]
         report["dropped_duplicates"] = int(duplicates.sum())
-    label_names = sorted_labels(labels)
+    label_names = validate.sorted_labels(labels)
     if len(label_names) < 2:
         raise UserError(
             f"{path}: only one class ({label_names[0]!r}) in the labels; a classifier needs at least two."

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from modelfoundry import runfiles
-from modelfoundry.data import tabular
+from modelfoundry.data import tabular, validate
 from modelfoundry.errors import UserError
 
 STREAM_ROWS = 65_536  # rows per chunk read from the source
@@ -394,9 +394,7 @@ def _clean(chunk: pd.DataFrame, data, origin: str, count: dict | None):
 
 def label_names(totals: Counter, trained: set, origin: str) -> list[str]:
     """The classes in order; every one must have reached the training split."""
-    from modelfoundry.data.prepare import sorted_labels
-
-    names = sorted_labels(totals)
+    names = validate.sorted_labels(totals)
     if len(names) < 2:
         raise UserError(
             f"{origin}: only one class ({names[0]!r}) in the labels; a classifier needs at least two."
@@ -421,8 +419,6 @@ def _repeats(hashes: np.ndarray) -> np.ndarray:
 
 
 def _first_pass(path: Path, data, origin: str):
-    from modelfoundry.data.prepare import _feature_columns
-
     seed, val, test = data.split.seed, data.split.val, data.split.test
     label_counts: Counter = Counter()
     trained_labels: set = set()
@@ -435,7 +431,7 @@ def _first_pass(path: Path, data, origin: str):
         code = np.full(len(chunk), -1, np.int8)  # -1: not used (unlabeled, dropped for missing values)
         chunk, labels = _clean(chunk, data, origin, dropped)
         if features is None:
-            features = _feature_columns(chunk, data, origin)
+            features = tabular.feature_columns(chunk, data, origin)
         kept, counts = tabular.check_missing(chunk[features], data.missing, 1.0, origin)
         missing.update(counts)
         dropped_missing += len(chunk) - len(kept)
