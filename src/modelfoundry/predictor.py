@@ -5,7 +5,6 @@ labels). `load()` turns it into a Predictor without the config or the data, and 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from modelfoundry.data import images, tabular
 from modelfoundry.errors import UserError
 from modelfoundry.models.registry import build_model
-from modelfoundry.runfiles import package_folder
+from modelfoundry.runfiles import atomic_folder, package_folder
 
 FORMAT = "modelfoundry.model/1"
 
@@ -31,22 +30,15 @@ def save_package(
     The package is built in a temporary folder and renamed into place, so a run killed while
     writing leaves either no package or a complete one, never a torn file.
     """
-    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        str(tmp / "model.safetensors"),
-    )
-    (tmp / "model.json").write_text(json.dumps({"format": FORMAT, **spec}, indent=2))
-    for name, content in (files or {}).items():
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / name).write_text(content)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(folder) as tmp:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            str(tmp / "model.safetensors"),
+        )
+        (tmp / "model.json").write_text(json.dumps({"format": FORMAT, **spec}, indent=2))
+        for name, content in (files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(content)
     return folder
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import secrets
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,7 +29,17 @@ from modelfoundry.evaluate.metrics import classification_metrics, worst_mistakes
 from modelfoundry.models.registry import build_model
 from modelfoundry.plan.check import plan_vs_measured
 from modelfoundry.predictor import save_package
-from modelfoundry.runfiles import CALIBRATION, HELDOUT, package_folder, run_folder, runs_root, save_sample
+from modelfoundry.runfiles import (
+    CALIBRATION,
+    HELDOUT,
+    atomic_write,
+    atomic_write_json,
+    package_folder,
+    remove_leftovers,
+    run_folder,
+    runs_root,
+    save_sample,
+)
 from modelfoundry.store.registry import Registry
 from modelfoundry.training import distributed
 from modelfoundry.training.loop import fit, predict_logits
@@ -90,11 +98,10 @@ def train(
         )
     distributed.broadcast_object(str(path))  # DDP: one run folder, named by rank 0
     path.mkdir(parents=True, exist_ok=True)
-    for leftover in path.rglob(".*.tmp"):  # half-written files of a killed run; the real files are intact
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    remove_leftovers(path)  # half-written files of a killed run; the real files are intact
     run_id = path.name
     resolved = config_to_dict(cfg)
-    _write_text(path / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    atomic_write(path / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     registry = Registry()
     registry.start(run_id, cfg.name, cfg.task, cfg.model.name, path, resolved)
     try:
@@ -159,7 +166,7 @@ def _run(
     np.random.seed(cfg.train.seed)
     data = prepare(cfg, base_dir)
     if path:
-        _write_json(path / "data_report.json", data.report)
+        atomic_write_json(path / "data_report.json", data.report)
     timings["data"] = time.perf_counter() - clock
     console.print(
         f"data: {data.report['splits']} examples (train/val/test), {len(data.labels)} classes, "
@@ -267,7 +274,7 @@ def _run(
     save_package(path / "model", model, spec, {**data.files, **getattr(model, "package_files", dict)()})
     save_sample(path, HELDOUT, data.test if data.test is not None else data.val)
     save_sample(path, CALIBRATION, data.train)
-    _write_json(path / "metrics.json", metrics)
+    atomic_write_json(path / "metrics.json", metrics)
     timings["evaluate"] = time.perf_counter() - clock
     write_run_report(
         path, cfg.name or path.name, metrics, data, probabilities.get("test"), config_to_dict(cfg)
@@ -349,25 +356,6 @@ def write_run_report(
     )
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    _write_text(path, json.dumps(payload, indent=2, default=_json_default))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write-then-rename: a kill at any moment leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
 def evaluate(run: str | Path, data_path: str | Path, console: Console | None = None) -> tuple[dict, Path]:
     """Evaluate a packaged model on new labelled data; writes metrics.json and report.html under
     `<run>/evaluations/<data name>-<time>/`. Returns the metrics of that data (under 'test') and the folder."""
@@ -411,7 +399,7 @@ def evaluate(run: str | Path, data_path: str | Path, console: Console | None = N
     metrics = {"test": classification_metrics(probabilities, targets, predictor.labels), "data": str(source)}
     folder = run_folder(package_folder(run)) / "evaluations" / f"{source.stem}-{datetime.now():%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "metrics.json", metrics)
+    atomic_write_json(folder / "metrics.json", metrics)
     from modelfoundry.evaluate.report import write_report
 
     counts, warnings = class_balance(labels, predictor.labels)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from modelfoundry.errors import UserError
 from modelfoundry.onnx_runtime import OnnxModel
 from modelfoundry.predictor import load
-from modelfoundry.runfiles import HELDOUT, load_sample, run_folder
+from modelfoundry.runfiles import HELDOUT, atomic_path, atomic_write_json, load_sample, run_folder
 
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| of any class probability of any held-out example
 OPSET = 18
@@ -32,19 +31,17 @@ def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
     predictor = load(run)
     folder = predictor.path
     inputs, source = heldout_inputs(run_folder(folder), predictor.spec)
-    tmp = folder / ".model.onnx.tmp"
-    started = time.perf_counter()
-    exporter = _export(predictor.model.cpu().eval(), inputs[:2], tmp, text=inputs.dtype == torch.long)
-    seconds = time.perf_counter() - started
-    difference = max_probability_difference(predictor.model, OnnxModel(tmp), inputs)
-    if not difference <= tolerance:  # NaN fails too
-        tmp.unlink()
-        raise UserError(
-            f"{folder}: the ONNX graph's probabilities differ from PyTorch's by up to {difference:.2e} "
-            f"on {len(inputs)} {source} examples, more than the {tolerance:g} allowed; model.onnx was "
-            "not written. Report the model family as a bug, or pass --tolerance if the gap is acceptable."
-        )
-    os.replace(tmp, folder / "model.onnx")
+    with atomic_path(folder / "model.onnx") as tmp:  # an error leaves no model.onnx, or the old one
+        started = time.perf_counter()
+        exporter = _export(predictor.model.cpu().eval(), inputs[:2], tmp, text=inputs.dtype == torch.long)
+        seconds = time.perf_counter() - started
+        difference = max_probability_difference(predictor.model, OnnxModel(tmp), inputs)
+        if not difference <= tolerance:  # NaN fails too
+            raise UserError(
+                f"{folder}: the ONNX graph's probabilities differ from PyTorch's by up to {difference:.2e} "
+                f"on {len(inputs)} {source} examples, more than the {tolerance:g} allowed; model.onnx was "
+                "not written. Report the model family as a bug, or pass --tolerance if the gap is acceptable."
+            )
     record = {
         "file": "model.onnx",
         "bytes": (folder / "model.onnx").stat().st_size,
@@ -61,9 +58,7 @@ def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
     spec_path = folder / "model.json"
     spec = json.loads(spec_path.read_text())
     spec["onnx"] = record
-    tmp_spec = folder / ".model.json.tmp"
-    tmp_spec.write_text(json.dumps(spec, indent=2))
-    os.replace(tmp_spec, spec_path)
+    atomic_write_json(spec_path, spec)
     return record
 
 

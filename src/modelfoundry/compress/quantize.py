@@ -10,7 +10,6 @@ package holds only `model.onnx`.
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from modelfoundry.compress.variants import (
     variant_folder,
 )
 from modelfoundry.errors import UserError
-from modelfoundry.runfiles import CALIBRATION, HELDOUT, load_sample
+from modelfoundry.runfiles import CALIBRATION, HELDOUT, atomic_write_json, load_sample
 
 STATIC_FAMILIES = ("cnn", "resnet")
 
@@ -92,7 +91,7 @@ def quantize_int8(run: str | Path, mode: str = "auto", console: Console | None =
         "checked_on": f"{len(inputs)} {source} examples",
     }
     spec = package_spec(predictor.path, "int8", details, folder.name)
-    (package / "model.json").write_text(json.dumps(spec, indent=2))
+    atomic_write_json(package / "model.json", spec)
     copy_package_files(predictor.path, package)
     metrics = _heldout_metrics(quantized, parent, predictor.spec)
     version = register_variant(parent, folder, "int8", metrics)

@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 
 from modelfoundry.errors import UserError, did_you_mean
 from modelfoundry.predictor import Predictor, load
-from modelfoundry.runfiles import package_folder
+from modelfoundry.runfiles import atomic_write, package_folder
 from modelfoundry.serve.batching import MicroBatcher
 from modelfoundry.serve.metrics import ServeMetrics
 
@@ -581,16 +581,10 @@ def store_feedback(
     from modelfoundry.store.feedback import FeedbackStore, media_dir
 
     if "image_bytes" in item:  # the original file, beside the database: retraining reads it like any image
-        folder = media_dir() / "images"
-        folder.mkdir(parents=True, exist_ok=True)
         data = item["image_bytes"]
-        path = folder / f"{secrets.token_hex(8)}.{(Image.open(io.BytesIO(data)).format or 'png').lower()}"
-        with open(path, "wb") as f:
-            f.write(data)
-            f.flush()
-            import os
-
-            os.fsync(f.fileno())
+        kind = (Image.open(io.BytesIO(data)).format or "png").lower()
+        path = media_dir() / "images" / f"{secrets.token_hex(8)}.{kind}"
+        atomic_write(path, data)  # on disk before the row that names it is committed
         item = {"image": str(path.resolve())}
     spec = served.predictor.spec
     return FeedbackStore().add(
