@@ -158,7 +158,7 @@ def bench_one(name: str, run: str | None, args, console: Console) -> tuple[str, 
     targets += [
         f"| {what} | {value:.3f} | {aim} | {'PASS' if ok else 'MISS'} |" for what, value, aim, ok in checks
     ]
-    from modelfoundry.store.registry import runs_root
+    from modelfoundry.runfiles import runs_root
 
     int8_record = json.loads((runs_root() / rows["int8"]["run"] / "model" / "model.json").read_text())[
         "variant"

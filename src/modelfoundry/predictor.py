@@ -5,7 +5,6 @@ labels). `load()` turns it into a Predictor without the config or the data, and 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,10 @@ from safetensors.torch import load_file, save_file
 
 from modelfoundry.errors import UserError
 from modelfoundry.builder import model_from_spec
+from modelfoundry.runfiles import atomic_folder, package_folder
 from modelfoundry.tasks import task_of
 
 FORMAT = "modelfoundry.model/1"
-WEIGHTS = ("model.safetensors", "model.onnx")  # an int8 variant has only the ONNX graph
 
 
 def save_package(
@@ -29,40 +28,16 @@ def save_package(
     The package is built in a temporary folder and renamed into place, so a run killed while
     writing leaves either no package or a complete one, never a torn file.
     """
-    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        str(tmp / "model.safetensors"),
-    )
-    (tmp / "model.json").write_text(json.dumps({"format": FORMAT, **spec}, indent=2))
-    for name, content in (files or {}).items():
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / name).write_text(content)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(folder) as tmp:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            str(tmp / "model.safetensors"),
+        )
+        (tmp / "model.json").write_text(json.dumps({"format": FORMAT, **spec}, indent=2))
+        for name, content in (files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(content)
     return folder
-
-
-def package_folder(path: str | Path) -> Path:
-    """Accept a run folder or its `model/` folder."""
-    path = Path(path)
-    for candidate in (path, path / "model"):
-        if (candidate / "model.json").is_file() and any((candidate / f).is_file() for f in WEIGHTS):
-            return candidate
-    raise UserError(
-        f"{path}: no model package here (expected model/model.json and model/model.safetensors). "
-        "Is the run finished? `foundry runs list` shows runs and their status."
-    )
-
-
-def run_folder(package: Path) -> Path:
-    """The run a package belongs to: `runs/<id>/` for `runs/<id>/model/`, else the package itself."""
-    return package.parent if package.name == "model" else package
 
 
 def load(path: str | Path, device: str = "cpu", backend: str = "auto") -> Predictor:
@@ -89,7 +64,7 @@ def load(path: str | Path, device: str = "cpu", backend: str = "auto") -> Predic
             "model.onnx; load it with backend='onnx' (`--backend onnx`)."
         )
     if backend == "onnx":
-        from modelfoundry.compress.onnx_export import OnnxModel
+        from modelfoundry.onnx_runtime import OnnxModel
 
         if not (folder / "model.onnx").is_file():
             raise UserError(

@@ -27,7 +27,8 @@ from rich.console import Console
 
 from modelfoundry.config import absolute_paths
 from modelfoundry.errors import UserError
-from modelfoundry.predictor import Predictor, load, run_folder
+from modelfoundry.predictor import Predictor, load
+from modelfoundry.runfiles import atomic_write, atomic_write_json, run_folder
 from modelfoundry.store.feedback import Feedback, FeedbackStore, media_dir
 from modelfoundry.store.models import ModelStore
 from modelfoundry.tasks import task_of
@@ -130,7 +131,7 @@ def retrain(
         "decision": decision,
         "report": str(run.path / "comparison.html"),
     }
-    (run.path / "comparison.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(run.path / "comparison.json", result)
     write_comparison(run.path / "comparison.html", result)
     return result
 
@@ -240,4 +241,4 @@ def write_comparison(path: Path, result: dict) -> None:
         f"correction enters. Feedback: {result['examples']['feedback']} corrections held back from training; "
         f"{result['examples']['feedback_trained']} were trained on.</p></section></main></body></html>\n"
     )
-    path.write_text(buffer.getvalue())
+    atomic_write(path, buffer.getvalue())

@@ -9,9 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import secrets
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,14 +20,24 @@ import torch
 import yaml
 from rich.console import Console
 
-from modelfoundry.compress.onnx_export import save_heldout
 from modelfoundry.builder import build, model_options
 from modelfoundry.config import Config, config_to_dict, load_config
 from modelfoundry.data.prepare import Prepared, prepare
 from modelfoundry.errors import UserError
 from modelfoundry.plan.check import plan_vs_measured
-from modelfoundry.predictor import package_folder, run_folder, save_package
-from modelfoundry.store.registry import Registry, runs_root
+from modelfoundry.predictor import save_package
+from modelfoundry.runfiles import (
+    CALIBRATION,
+    HELDOUT,
+    atomic_write,
+    atomic_write_json,
+    package_folder,
+    remove_leftovers,
+    run_folder,
+    runs_root,
+    save_sample,
+)
+from modelfoundry.store.registry import Registry
 from modelfoundry.tasks import get_task, task_of
 from modelfoundry.tasks.tabular import BUILTIN_LABEL
 from modelfoundry.training import distributed
@@ -89,11 +97,10 @@ def train(
         )
     distributed.broadcast_object(str(path))  # DDP: one run folder, named by rank 0
     path.mkdir(parents=True, exist_ok=True)
-    for leftover in path.rglob(".*.tmp"):  # half-written files of a killed run; the real files are intact
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    remove_leftovers(path)  # half-written files of a killed run; the real files are intact
     run_id = path.name
     resolved = config_to_dict(cfg)
-    _write_text(path / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    atomic_write(path / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     registry = Registry()
     registry.start(run_id, cfg.name, cfg.task, cfg.model.name, path, resolved)
     try:
@@ -159,7 +166,7 @@ def _run(
     np.random.seed(cfg.train.seed)
     data = prepare(cfg, base_dir)
     if path:
-        _write_json(path / "data_report.json", data.report)
+        atomic_write_json(path / "data_report.json", data.report)
     timings["data"] = time.perf_counter() - clock
     shape = data.input_shape
     console.print(
@@ -248,9 +255,9 @@ def _run(
             "alpha": cfg.train.distill.alpha,
         }
     save_package(path / "model", model, spec, {**data.files, **getattr(model, "package_files", dict)()})
-    save_heldout(path, data.test if data.test is not None else data.val)
-    save_heldout(path, data.train, name="calibration.safetensors")
-    _write_json(path / "metrics.json", metrics)
+    save_sample(path, HELDOUT, data.test if data.test is not None else data.val)
+    save_sample(path, CALIBRATION, data.train)
+    atomic_write_json(path / "metrics.json", metrics)
     timings["evaluate"] = time.perf_counter() - clock
     test = data.test.targets.numpy() if data.test is not None else None
     write_run_report(path, cfg.name or path.name, metrics, data, spec, predictions.get("test"), test,
@@ -278,25 +285,6 @@ def write_run_report(
     )
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    _write_text(path, json.dumps(payload, indent=2, default=_json_default))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write-then-rename: a kill at any moment leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
 def evaluate(
     run: str | Path, data_path: str | Path, console: Console | None = None, label: str | None = None
 ) -> tuple[dict, Path]:
@@ -317,7 +305,7 @@ def evaluate(
     metrics = {"test": task.metrics(predictions, targets, spec), "data": str(source)}
     folder = run_folder(package_folder(run)) / "evaluations" / f"{source.stem}-{datetime.now():%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "metrics.json", metrics)
+    atomic_write_json(folder / "metrics.json", metrics)
     data_report = {"source": str(source), "n_examples": len(raw)}
     if task.is_classifier:
         from modelfoundry.data.validate import class_balance

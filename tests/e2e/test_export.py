@@ -12,8 +12,9 @@ import torch
 
 import modelfoundry as mf
 from e2e_helpers import Server, assert_ok, assert_user_error, foundry, one_line
-from modelfoundry.compress.onnx_export import OnnxModel, _export, export_onnx, max_probability_difference
+from modelfoundry.compress.onnx_export import _export, export_onnx, max_probability_difference
 from modelfoundry.errors import UserError
+from modelfoundry.onnx_runtime import OnnxModel
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from modelfoundry.errors import UserError
-from modelfoundry.store.registry import Registry, database_url, resolve_run, runs_root, to_json
+from modelfoundry.runfiles import runs_root
+from modelfoundry.store.registry import Registry, database_url, resolve_run, to_json
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from modelfoundry.compress.variants import parent_run_of, register_variant, vari
 from modelfoundry.config import absolute_paths, apply_overrides
 from modelfoundry.errors import UserError
 from modelfoundry.tasks import task_of
+from modelfoundry.runfiles import METRICS, atomic_write_json
 
 
 def original_config(parent: Path) -> tuple[dict, Path]:
@@ -163,8 +164,6 @@ def prune_and_finetune(
         if p.is_file() and p.suffix in (".json", ".txt") and p.name != "model.json"
     }
     save_package(folder / "model", model, new_spec, {**files, **getattr(model, "package_files", dict)()})
-    (folder / "metrics.json").write_text(
-        json.dumps({"test": metrics, "variant": new_spec["variant"]}, indent=2, default=str)
-    )
+    atomic_write_json(folder / METRICS, {"test": metrics, "variant": new_spec["variant"]})
     version = register_variant(parent, folder, "pruned", metrics)
     return {"folder": folder, "version": version, **details, "test_accuracy": metrics.get("accuracy")}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -19,32 +18,30 @@ import numpy as np
 import torch
 
 from modelfoundry.errors import UserError
+from modelfoundry.onnx_runtime import OnnxModel
+from modelfoundry.predictor import load
+from modelfoundry.runfiles import HELDOUT, atomic_path, atomic_write_json, load_sample, run_folder
 
-HELDOUT = "heldout.safetensors"
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| of any class probability of any held-out example
 OPSET = 18
 
 
 def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
     """Write `model/model.onnx` for a run and record the export in model.json; returns that record."""
-    from modelfoundry.predictor import load, run_folder
-
     predictor = load(run)
     folder = predictor.path
     inputs, source = heldout_inputs(run_folder(folder), predictor.spec)
-    tmp = folder / ".model.onnx.tmp"
-    started = time.perf_counter()
-    exporter = _export(predictor.model.cpu().eval(), inputs[:2], tmp, text=inputs.dtype == torch.long)
-    seconds = time.perf_counter() - started
-    difference = max_probability_difference(predictor.model, OnnxModel(tmp), inputs, predictor.task_module)
-    if not difference <= tolerance:  # NaN fails too
-        tmp.unlink()
-        raise UserError(
-            f"{folder}: the ONNX graph's probabilities differ from PyTorch's by up to {difference:.2e} "
-            f"on {len(inputs)} {source} examples, more than the {tolerance:g} allowed; model.onnx was "
-            "not written. Report the model family as a bug, or pass --tolerance if the gap is acceptable."
-        )
-    os.replace(tmp, folder / "model.onnx")
+    with atomic_path(folder / "model.onnx") as tmp:  # an error leaves no model.onnx, or the old one
+        started = time.perf_counter()
+        exporter = _export(predictor.model.cpu().eval(), inputs[:2], tmp, text=inputs.dtype == torch.long)
+        seconds = time.perf_counter() - started
+        difference = max_probability_difference(predictor.model, OnnxModel(tmp), inputs, predictor.task_module)
+        if not difference <= tolerance:  # NaN fails too
+            raise UserError(
+                f"{folder}: the ONNX graph's probabilities differ from PyTorch's by up to {difference:.2e} "
+                f"on {len(inputs)} {source} examples, more than the {tolerance:g} allowed; model.onnx was "
+                "not written. Report the model family as a bug, or pass --tolerance if the gap is acceptable."
+            )
     record = {
         "file": "model.onnx",
         "bytes": (folder / "model.onnx").stat().st_size,
@@ -61,36 +58,19 @@ def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
     spec_path = folder / "model.json"
     spec = json.loads(spec_path.read_text())
     spec["onnx"] = record
-    tmp_spec = folder / ".model.json.tmp"
-    tmp_spec.write_text(json.dumps(spec, indent=2))
-    os.replace(tmp_spec, spec_path)
+    atomic_write_json(spec_path, spec)
     return record
 
 
-def heldout_inputs(run_folder: Path, spec: dict, synthetic: int = 64) -> tuple[torch.Tensor, str]:
+def heldout_inputs(run: Path, spec: dict, synthetic: int = 64) -> tuple[torch.Tensor, str]:
     """The run's held-out model inputs, or seeded synthetic ones shaped like them."""
-    from safetensors.torch import load_file
-
-    if (run_folder / HELDOUT).is_file():
-        return load_file(str(run_folder / HELDOUT))["inputs"], "held-out"
+    sample = load_sample(run, HELDOUT)
+    if sample is not None:
+        return sample["inputs"], "held-out"
     from modelfoundry.tasks import task_of
 
     generator = torch.Generator().manual_seed(0)
     return task_of(spec).synthetic_inputs(spec, synthetic, generator), "synthetic"
-
-
-def save_heldout(run_folder: Path, data, limit: int = 256, name: str = HELDOUT) -> None:
-    """Keep up to `limit` encoded inputs and their targets beside the package: test (else validation)
-    examples for parity checks, and a training sample (`calibration.safetensors`) to calibrate int8."""
-    from safetensors.torch import save_file
-
-    if data is None:
-        return
-    inputs, targets = next(data.batches(limit))
-    save_file(
-        {"inputs": inputs.detach().cpu().contiguous(), "targets": targets.detach().cpu().contiguous()},
-        str(run_folder / name),
-    )
 
 
 def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, text: bool) -> str:
@@ -124,23 +104,6 @@ def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, text: boo
         except Exception as exc:  # noqa: BLE001  (either exporter raises many types; both failing is the error)
             errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     raise UserError(f"ONNX export failed with both PyTorch exporters: {' | '.join(errors)}")
-
-
-class OnnxModel(torch.nn.Module):
-    """An ONNX Runtime session behind the nn.Module call the Predictor makes: (B, ...) in, logits out."""
-
-    def __init__(self, path: Path, threads: int | None = None):
-        super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        # The Predictor asks a model for its device through its parameters: ONNX Runtime here is on the CPU.
-        self.anchor = torch.nn.Parameter(torch.empty(0), requires_grad=False)
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"input": inputs.cpu().numpy()})[0])
 
 
 @torch.inference_mode()

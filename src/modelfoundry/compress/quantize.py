@@ -10,7 +10,6 @@ package holds only `model.onnx`.
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import torch
 from rich.console import Console
 
 from modelfoundry.compress.variants import (
-    CALIBRATION,
     copy_package_files,
     package_spec,
     parent_run_of,
@@ -27,6 +25,7 @@ from modelfoundry.compress.variants import (
 )
 from modelfoundry.errors import UserError
 from modelfoundry.models.registry import family_of
+from modelfoundry.runfiles import CALIBRATION, HELDOUT, atomic_write_json, load_sample
 
 
 def quantize_int8(run: str | Path, mode: str = "auto", console: Console | None = None) -> dict:
@@ -34,7 +33,8 @@ def quantize_int8(run: str | Path, mode: str = "auto", console: Console | None =
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from modelfoundry.compress.onnx_export import OnnxModel, export_onnx, heldout_inputs
+    from modelfoundry.compress.onnx_export import export_onnx, heldout_inputs
+    from modelfoundry.onnx_runtime import OnnxModel
     from modelfoundry.predictor import load
 
     console = console or Console(stderr=True)
@@ -91,7 +91,7 @@ def quantize_int8(run: str | Path, mode: str = "auto", console: Console | None =
         "checked_on": f"{len(inputs)} {source} examples",
     }
     spec = package_spec(predictor.path, "int8", details, folder.name)
-    (package / "model.json").write_text(json.dumps(spec, indent=2))
+    atomic_write_json(package / "model.json", spec)
     copy_package_files(predictor.path, package)
     metrics = _heldout_metrics(quantized, parent, predictor.spec)
     version = register_variant(parent, folder, "int8", metrics)
@@ -114,16 +114,14 @@ def _pre_process(quant_pre_process, source: Path, target: Path) -> None:
 
 
 def _calibration_inputs(parent: Path) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    path = parent / CALIBRATION
-    if not path.is_file():
+    sample = load_sample(parent, CALIBRATION)
+    if sample is None:
         raise UserError(
             f"{parent}: static quantization needs calibration data (a sample of training inputs in "
             f"{CALIBRATION}), and this run has none (trained before foundry kept one). Train the run "
             "again, or use --mode dynamic."
         )
-    return load_file(str(path))["inputs"]
+    return sample["inputs"]
 
 
 class _Reader:
@@ -139,14 +137,12 @@ class _Reader:
 
 
 def _heldout_metrics(outputs: torch.Tensor, parent: Path, spec: dict) -> dict | None:
-    from safetensors.torch import load_file
-
     from modelfoundry.tasks import task_of
 
-    path = parent / "heldout.safetensors"
-    if not path.is_file():
+    sample = load_sample(parent, HELDOUT)
+    if sample is None:
         return None
     task = task_of(spec)
-    targets = load_file(str(path))["targets"].numpy()
+    targets = sample["targets"].numpy()
     scores = task.variant_scores(task.predictions(outputs, spec), targets, spec, None)
     return {k: v for k, v in scores.items() if k in task.headline} | {"examples": len(targets)}

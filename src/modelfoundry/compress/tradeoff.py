@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from modelfoundry.compress.variants import parent_run_of
-from modelfoundry.store.registry import runs_root
+from modelfoundry.runfiles import atomic_write, atomic_write_json, runs_root
 
 
 def variants_of(parent: Path) -> list[Path]:
@@ -154,7 +154,7 @@ def write_report(run: str | Path, result: dict) -> Path:
     from modelfoundry.evaluate.report import _CSS, _esc, _png_tag
 
     parent = parent_run_of(run)
-    (parent / "compression.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(parent / "compression.json", result)
     rows = result["rows"]
     quality = result.get("quality") or {"metric": "accuracy", "columns": [
         ["accuracy", "accuracy", ".4f"], ["f1_macro", "F1 macro", ".4f"], ["agreement", "agrees with original", ".1%"]]}
@@ -233,5 +233,5 @@ def write_report(run: str | Path, result: dict) -> Path:
         "</section></main></body></html>\n"
     )
     path = parent / "compression.html"
-    path.write_text(page)
+    atomic_write(path, page)
     return path

@@ -11,12 +11,11 @@ import shutil
 from pathlib import Path
 
 from modelfoundry.errors import UserError
-from modelfoundry.predictor import run_folder
-from modelfoundry.store.registry import Registry, runs_root
+from modelfoundry.runfiles import CALIBRATION, CONFIG, HELDOUT, package_folder, run_folder, runs_root
+from modelfoundry.store.registry import Registry
 from modelfoundry.tasks import task_of
 
-CALIBRATION = "calibration.safetensors"
-SHARED_FILES = ("heldout.safetensors", CALIBRATION, "config.yaml")
+SHARED_FILES = (HELDOUT, CALIBRATION, CONFIG)
 
 
 def variant_folder(parent: Path, kind: str) -> Path:
@@ -87,7 +86,6 @@ def register_variant(parent_run: Path, folder: Path, kind: str, metrics: dict | 
 
 
 def parent_run_of(run: str | Path) -> Path:
-    from modelfoundry.predictor import package_folder
     from modelfoundry.store.registry import resolve_run
 
     return run_folder(package_folder(resolve_run(str(run))))

@@ -18,7 +18,6 @@ from modelfoundry.data import tabular, text, validate
 from modelfoundry.data.split import split_indices
 from modelfoundry.errors import UserError, did_you_mean
 from modelfoundry.tasks import get_task
-from modelfoundry.tasks.base import sorted_labels
 
 BUILTINS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 
@@ -295,7 +294,7 @@ def streamed_images(path: Path, config: Config, base_dir: Path) -> Prepared:
         keep = np.flatnonzero(~duplicates)
         paths, labels, hashes = [paths[i] for i in keep], labels[keep], hashes[keep]
         report["dropped_duplicates"] = int(duplicates.sum())
-    label_names = sorted_labels(labels)
+    label_names = validate.sorted_labels(labels)
     if len(label_names) < 2:
         raise UserError(
             f"{path}: only one class ({label_names[0]!r}) in the labels; a classifier needs at least two."

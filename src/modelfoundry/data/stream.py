@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from modelfoundry.data import tabular
+from modelfoundry import runfiles
+from modelfoundry.data import tabular, validate
 from modelfoundry.errors import UserError
 
 STREAM_ROWS = 65_536  # rows per chunk read from the source
@@ -317,9 +318,7 @@ class Scratch:
     """A folder of encoded data beside the runs; deleted once no split reading from it is left."""
 
     def __init__(self):
-        from modelfoundry.store.registry import runs_root
-
-        root = runs_root() / ".scratch"  # a real disk beside the runs, not /tmp, which may be memory
+        root = runfiles.scratch_root()
         root.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix="foundry-stream-", dir=root))
         weakref.finalize(self, shutil.rmtree, self.path, True)
@@ -396,9 +395,7 @@ def _clean(chunk: pd.DataFrame, data, origin: str, count: dict | None):
 
 def label_names(totals: Counter, trained: set, origin: str) -> list[str]:
     """The classes in order; every one must have reached the training split."""
-    from modelfoundry.data.prepare import sorted_labels
-
-    names = sorted_labels(totals)
+    names = validate.sorted_labels(totals)
     if len(names) < 2:
         raise UserError(
             f"{origin}: only one class ({names[0]!r}) in the labels; a classifier needs at least two."
@@ -423,8 +420,6 @@ def _repeats(hashes: np.ndarray) -> np.ndarray:
 
 
 def _first_pass(path: Path, data, origin: str):
-    from modelfoundry.tasks.tabular import feature_columns as _feature_columns
-
     seed, val, test = data.split.seed, data.split.val, data.split.test
     label_counts: Counter = Counter()
     trained_labels: set = set()
@@ -437,7 +432,7 @@ def _first_pass(path: Path, data, origin: str):
         code = np.full(len(chunk), -1, np.int8)  # -1: not used (unlabeled, dropped for missing values)
         chunk, labels = _clean(chunk, data, origin, dropped)
         if features is None:
-            features = _feature_columns(chunk, data, origin)
+            features = tabular.feature_columns(chunk, data, origin)
         kept, counts = tabular.check_missing(chunk[features], data.missing, 1.0, origin)
         missing.update(counts)
         dropped_missing += len(chunk) - len(kept)

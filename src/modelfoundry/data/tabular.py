@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from modelfoundry.errors import UserError, did_you_mean
+
+if TYPE_CHECKING:
+    from modelfoundry.config import DataConfig
 
 TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".json"}
 MAX_CATEGORIES = 50
@@ -113,6 +117,16 @@ def check_column(frame: pd.DataFrame, column: str, what: str, origin: str) -> No
             f"{origin}: {what} column '{column}' not found.{did_you_mean(column, frame.columns)} "
             f"Columns: {', '.join(map(str, frame.columns[:30]))}."
         )
+
+
+def feature_columns(frame: pd.DataFrame, data: DataConfig, origin: str) -> list[str]:
+    """The columns a model reads: data.features, else every column but the label and data.drop."""
+    for column in data.drop + (data.features or []):
+        check_column(frame, column, "feature" if column in (data.features or []) else "dropped", origin)
+    columns = data.features or [c for c in frame.columns if c != data.label and c not in data.drop]
+    if not columns:
+        raise UserError(f"{origin}: no feature columns left besides the label '{data.label}'.")
+    return columns
 
 
 def numbers_with_stray_text(frame: pd.DataFrame, origin: str, share: float = 0.9) -> list[str]:

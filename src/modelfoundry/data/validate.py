@@ -37,6 +37,15 @@ def leakage(hashes: np.ndarray, splits: dict[str, np.ndarray]) -> dict[str, int]
     return out
 
 
+def sorted_labels(values) -> list[str]:
+    """Class names in a stable order: numerically when every label is a number, else alphabetically."""
+    unique = {str(v) for v in values}
+    try:
+        return sorted(unique, key=float)
+    except ValueError:
+        return sorted(unique)
+
+
 def class_balance(labels: np.ndarray | Counter, order: list[str]) -> tuple[dict[str, int], list[str]]:
     """Examples per class (from the labels, or their counts) and a warning when one class is rare."""
     counts = labels if isinstance(labels, Counter) else Counter(labels.tolist())

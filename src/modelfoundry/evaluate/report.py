@@ -13,7 +13,6 @@ import io
 import json
 import math
 import numbers
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ import yaml
 from matplotlib.figure import Figure  # a bare Figure needs no pyplot, no GUI backend, no close()
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from PIL import Image
+
+from modelfoundry.runfiles import atomic_write
 
 MAX_MISTAKES = 24
 THUMBNAIL_PX = 64  # tiny images (8x8 digits) are scaled up to at least this size to be visible
@@ -159,10 +160,7 @@ def write_report(
         )
         + "</main></body></html>\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)  # a reader never sees a half-written report
+    atomic_write(path, page)  # a reader never sees a half-written report
     return path
 
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from modelfoundry.errors import UserError
-from modelfoundry.store.registry import runs_root
+from modelfoundry.runfiles import atomic_write_json, runs_root
 
 REQUIRED = ("matmul_fp32_flops", "bandwidth_bytes_s", "train_flops", "mfu", "memory_gb")
 LOOP = ("step_seconds", "module_step_seconds", "epoch_seconds")
@@ -144,10 +144,7 @@ def _memory_gb() -> float:
 
 def save(result: dict) -> Path:
     path = calibration_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, result)
     return path
 
 

@@ -14,7 +14,8 @@ from sqlalchemy import JSON, DateTime, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from modelfoundry.errors import UserError
-from modelfoundry.store.registry import Base, Registry, runs_root
+from modelfoundry.runfiles import runs_root
+from modelfoundry.store.registry import Base, Registry
 
 
 class Feedback(Base):

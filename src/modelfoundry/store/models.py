@@ -110,7 +110,7 @@ class ModelStore:
 
     def _register_existing(self, folder: Path) -> ModelVersion:
         """A finished run of this registry from before versions existed: its package becomes a version."""
-        from modelfoundry.predictor import package_folder
+        from modelfoundry.runfiles import package_folder
 
         try:
             known = self.registry.get(folder.name).status == "completed"

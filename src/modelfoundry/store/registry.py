@@ -14,6 +14,7 @@ from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, create_engi
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from modelfoundry.errors import UserError
+from modelfoundry.runfiles import runs_root
 
 
 class Base(DeclarativeBase):
@@ -53,11 +54,6 @@ class RunRecord(Base):
         ):
             return "stopped"
         return self.status
-
-
-def runs_root() -> Path:
-    """Where run folders go: $FOUNDRY_HOME, else ./runs."""
-    return Path(os.environ.get("FOUNDRY_HOME", "runs"))
 
 
 def database_url() -> str:

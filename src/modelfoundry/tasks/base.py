@@ -143,7 +143,7 @@ class Task:
         class of a validation or test file seen in training."""
         from modelfoundry.data import validate
 
-        labels = sorted_labels(raw)
+        labels = validate.sorted_labels(raw)
         if len(labels) < 2:
             raise UserError(
                 f"{origin}: only one class ({labels[0]!r}) in the labels; a classifier needs at least two."
@@ -344,15 +344,6 @@ train:
 
 
 # ---- helpers shared by the tasks -----------------------------------------------------------------
-
-
-def sorted_labels(values) -> list[str]:
-    """Class names in a stable order: numerically when every label is a number, else alphabetically."""
-    unique = {str(v) for v in values}
-    try:
-        return sorted(unique, key=float)
-    except ValueError:
-        return sorted(unique)
 
 
 def _check_known_labels(labels: np.ndarray, part_of: np.ndarray, report: dict) -> None:

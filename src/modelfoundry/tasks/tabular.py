@@ -40,7 +40,7 @@ class TableInputs:
         if unlabeled.any():
             extra["dropped_unlabeled_rows"] = int(unlabeled.sum())
             frame = frame[~unlabeled]
-        return frame[feature_columns(frame, data, origin)], self.raw_targets(frame[data.label], origin), origin, extra
+        return frame[tabular.feature_columns(frame, data, origin)], self.raw_targets(frame[data.label], origin), origin, extra
 
     def raw_targets(self, column: pd.Series, origin: str) -> np.ndarray:
         """The label column as the task reads it: class names as strings."""
@@ -141,15 +141,6 @@ model:
 """
         + CLASSIFIER_TRAIN
     )
-
-
-def feature_columns(frame: pd.DataFrame, data, origin: str) -> list[str]:
-    for column in data.drop + (data.features or []):
-        tabular.check_column(frame, column, "feature" if column in (data.features or []) else "dropped", origin)
-    columns = data.features or [c for c in frame.columns if c != data.label and c not in data.drop]
-    if not columns:
-        raise UserError(f"{origin}: no feature columns left besides the label '{data.label}'.")
-    return columns
 
 
 def read_rows(inputs) -> pd.DataFrame:

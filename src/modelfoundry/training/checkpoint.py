@@ -1,9 +1,9 @@
 """Checkpoints written atomically, so a run killed at any moment leaves the last good one intact.
 
 The state is serialised on the training thread between epochs (a few ms, while the compute
-threads are idle), then a background thread writes the bytes to a temporary file beside the
-target, flushes them to disk and renames the file over the target (atomic on POSIX), so
-training does not wait for the disk. Pickling on the background thread instead would compete
+threads are idle), then a background thread writes the bytes with `runfiles.atomic_write`
+(a temporary file beside the target, flushed to disk, renamed over the target), so training
+does not wait for the disk. Pickling on the background thread instead would compete
 with the next epoch's OpenMP threads for the cores, which stalls them far more than it costs.
 Loading uses `weights_only=True`: no arbitrary objects are unpickled.
 """
@@ -11,26 +11,12 @@ Loading uses `weights_only=True`: no arbitrary objects are unpickled.
 from __future__ import annotations
 
 import io
-import os
 import threading
 from pathlib import Path
 
 import torch
 
-
-def atomic_write(data: bytes | memoryview, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+from modelfoundry.runfiles import atomic_write
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -55,7 +41,7 @@ class CheckpointWriter:
 
     def _write(self, data: memoryview) -> None:
         try:
-            atomic_write(data, self.path)
+            atomic_write(self.path, data)
         except BaseException as exc:  # noqa: BLE001  surfaced on the training thread by wait()
             self._error = exc
 

@@ -7,7 +7,6 @@ Plots are base64 PNGs and the CSS is inline, as in a run's report.html (`evaluat
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from modelfoundry.tasks import MINIMIZED
 from modelfoundry.evaluate.report import _CSS, _PLOT_STYLE, _esc, _fmt, _png_tag
+from modelfoundry.runfiles import atomic_write
 
 if TYPE_CHECKING:
     from modelfoundry.tune.search import Study, TuneResult
@@ -53,10 +53,7 @@ def write_tune_report(path: Path, spec: Study, result: TuneResult) -> Path:
         )
         + "</main></body></html>\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, page)
     return path
 
 

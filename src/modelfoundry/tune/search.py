@@ -24,7 +24,8 @@ from sqlalchemy.exc import OperationalError
 
 from modelfoundry.config import Config, absolute_paths, apply_overrides, load_config
 from modelfoundry.errors import UserError
-from modelfoundry.store.registry import connection_problem, hide_password, runs_root
+from modelfoundry.runfiles import atomic_write, runs_root
+from modelfoundry.store.registry import connection_problem, hide_password
 from modelfoundry.tasks import MINIMIZED
 from modelfoundry.tune.space import Dimension, apply_values, parse_space, sample
 
@@ -322,9 +323,8 @@ def write_best_config(spec: Study, folder: Path) -> Path:
         f"{spec.metric} {best.value:.4f}.\n# Made by `foundry tune {spec.origin}`; train it again with "
         "`foundry train` on this file.\n"
     )
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "best_config.yaml"
-    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    atomic_write(path, header + yaml.safe_dump(config, sort_keys=False))
     return path
 
 
