@@ -497,7 +497,10 @@ def compress(
             f"--prune {prune}: the fraction of units to remove must be between 0 and 1 (exclusive), "
             "e.g. --prune 0.5."
         )
+    from modelfoundry.tasks import task_of
+
     parent = parent_run_of(run)
+    metric = task_of(json.loads((parent / "model" / "model.json").read_text())).retrain_metric
     made = []
     if quantize or all_:
         result = int8.quantize_int8(parent, mode, console=err)
@@ -510,14 +513,14 @@ def compress(
         result = make.prune_and_finetune(parent, prune or 0.5, finetune_epochs, console=err)
         made.append(
             f"pruned: {result['folder'].name} {result['version']}, {result['parameters_before']:,} -> "
-            f"{result['parameters_after']:,} parameters, test accuracy {_fmt(result['test_accuracy'])}"
+            f"{result['parameters_after']:,} parameters, test {metric} {_fmt(result['test'].get(metric))}"
         )
     if distill or all_:
         student = student or _half_student(parent)
         trained = make.distill(parent, student, epochs, temperature, alpha, console=err, overrides=set_)
         made.append(
-            f"distilled: {trained.id} v{trained.version}, test accuracy "
-            f"{_fmt(trained.metrics.get('test', {}).get('accuracy'))}"
+            f"distilled: {trained.id} v{trained.version}, test {metric} "
+            f"{_fmt(trained.metrics.get('test', {}).get(metric))}"
         )
     for line in made:
         out.print(line, highlight=False)
@@ -530,8 +533,7 @@ def compress(
             "p50 ms b1",
             "p50 ms b32",
             "per s b32",
-            "accuracy",
-            "agrees",
+            *[heading for _, heading, _ in result["quality"]["columns"]],
             "Pareto",
         )
         for r in result["rows"]:
@@ -542,8 +544,7 @@ def compress(
                 f"{r['batch1_p50_ms']:.2f}",
                 f"{r['batch32_p50_ms']:.2f}",
                 f"{r['throughput_per_s']:,.0f}",
-                f"{r['accuracy']:.4f}",
-                f"{r['agreement']:.1%}",
+                *[format(r[k], spec) if r.get(k) is not None else "-" for k, _, spec in result["quality"]["columns"]],
                 "yes" if r["pareto"] else "",
             )
         out.print(table)

@@ -14,6 +14,15 @@ class UserError(Exception):
     """A problem in the user's config, data or input, with a message that says how to fix it."""
 
 
+class InputError(UserError):
+    """A request input the model cannot take, naming the field at fault (`inputs.2`, `inputs.0.color`);
+    the HTTP service answers it with `status` and its one error shape."""
+
+    def __init__(self, status: int, field: str, message: str):
+        super().__init__(message)
+        self.status, self.field, self.message = status, field, message
+
+
 def did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ' Did you mean 'x'?' for the closest choices, or '' when nothing is close."""
     choices = [str(c) for c in choices]

@@ -96,11 +96,11 @@ def test_a_text_in_the_target_column_stops_training_naming_the_row(tmp_path):
     price_config(tmp_path)
     frame = pd.read_csv(tmp_path / "prices.csv")
     frame["price"] = frame["price"].astype(object)
-    frame.loc[11, "price"] = "n/a"
+    frame.loc[11, "price"] = "ask us"
     frame.to_csv(tmp_path / "prices.csv", index=False)
     result = foundry("train", tmp_path / "prices.yaml", cwd=tmp_path, home=tmp_path / "runs")
     message = one_line(assert_user_error(result, "column 'price'"))
-    assert "row 12 (line 13 of prices.csv)" in message and "'n/a' is not a number" in message
+    assert "row 12 (line 13 of prices.csv)" in message and "'ask us' is not a number" in message
 
 
 def test_export_and_int8_keep_the_values(price_run):

@@ -166,4 +166,10 @@ def prune_and_finetune(
     save_package(folder / "model", model, new_spec, {**files, **getattr(model, "package_files", dict)()})
     atomic_write_json(folder / METRICS, {"test": metrics, "variant": new_spec["variant"]})
     version = register_variant(parent, folder, "pruned", metrics)
-    return {"folder": folder, "version": version, **details, "test_accuracy": metrics.get("accuracy")}
+    return {
+        "folder": folder,
+        "version": version,
+        **details,
+        "test_accuracy": metrics.get("accuracy"),
+        "test": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    }

@@ -13,12 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from modelfoundry.errors import UserError
+from modelfoundry.errors import InputError, UserError
 
-
-class ApiError(Exception):
-    def __init__(self, status: int, field: str, message: str):
-        self.status, self.field, self.message = status, field, message
+ApiError = InputError  # the tasks raise it for bad inputs; routes raise it for everything else
 
 
 def error_json(field: str, message: str) -> dict:

@@ -17,9 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from modelfoundry.errors import did_you_mean
 from modelfoundry.serve.errors import ApiError, check_count
-from modelfoundry.serve.inputs import encode_images, encode_inputs
 from modelfoundry.serve.service import Served, Service, store_feedback
 
 STATIC = Path(__file__).parent / "static"
@@ -51,19 +49,29 @@ class LabelProbability(BaseModel):
 
 
 class Prediction(BaseModel):
+    """A classifier's answer for one input."""
+
     label: str
     probability: float
     top_k: list[LabelProbability]
 
 
+class ValuePrediction(BaseModel):
+    """A regression model's answer for one input, in the target's units."""
+
+    prediction: float
+
+
 class PredictResponse(BaseModel):
     request_id: str
     model_version: str | None
-    predictions: list[Prediction]
+    predictions: list[Prediction | ValuePrediction]
 
 
 class FeedbackRequest(BaseModel):
-    label: str = Field(description="the correct label")
+    label: str | float = Field(
+        description="the correct label (a classifier), or the correct number (a regression model)"
+    )
     request_id: str | None = Field(None, description="from a /v1/predict answer")
     index: int = Field(0, ge=0, description="which input of that request")
     input: Any = Field(None, description="the input itself, when there is no request id")
@@ -143,25 +151,28 @@ async def predict_file(
     service = service_of(request)
     current = service.served
     uploads = (files or []) + ([file] if file else [])
-    if current.predictor.spec["preprocessing"]["kind"] != "image":
+    task = current.predictor.task_module
+    if not task.accepts_files:
         raise ApiError(
             415,
             "files",
-            f"this model takes {current.predictor.spec['preprocessing']['kind']} inputs; "
-            "upload files to an image model, or POST JSON to /v1/predict.",
+            f"this model takes {task.kind} inputs; upload files to an image model, or POST JSON to /v1/predict.",
         )
     check_count(len(uploads), service.settings.max_inputs, field="files")
     contents = [await u.read() for u in uploads]
-    payload, stored = await run_in_threadpool(encode_images, current, contents, service.settings, "files")
+    payload, stored = await run_in_threadpool(
+        task.encode_files, current.predictor, contents, service.settings, "files"
+    )
     return JSONResponse(await service.predict(current, payload, stored, len(uploads), top_k))
 
 
 async def encode(service: Service, current: Served, inputs: list, field: str = "inputs"):
     """Small requests are encoded on the event loop (a thread hop costs more than decoding an
     8x8 image or a table row); large ones in the thread pool, so the loop keeps answering."""
+    encode = current.predictor.task_module.encode_request  # the task checks and encodes its own inputs
     if _approximate_bytes(inputs) <= INLINE_BYTES:
-        return encode_inputs(current, inputs, service.settings, field)
-    return await run_in_threadpool(encode_inputs, current, inputs, service.settings, field)
+        return encode(current.predictor, inputs, service.settings, field)
+    return await run_in_threadpool(encode, current.predictor, inputs, service.settings, field)
 
 
 def _approximate_bytes(inputs: list) -> int:
@@ -210,19 +221,13 @@ async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
         raise ApiError(
             422, "request_id", "give the request_id of a prediction, or the input itself in `input`."
         )
-    labels = current.predictor.labels
-    if body.label not in labels:
-        raise ApiError(
-            422,
-            "label",
-            f"{body.label!r} is not a label of this model.{did_you_mean(body.label, labels)} "
-            f"Labels: {', '.join(labels)}.",
-        )
-    feedback_id = await run_in_threadpool(
-        store_feedback, current, item, body.label, predicted, body.request_id
-    )
+    try:
+        label = current.predictor.task_module.correction(body.label, current.predictor.spec)
+    except ValueError as exc:
+        raise ApiError(422, "label", str(exc)) from None
+    feedback_id = await run_in_threadpool(store_feedback, current, item, label, predicted, body.request_id)
     return FeedbackResponse(
-        feedback_id=feedback_id, label=body.label, predicted=predicted, model_version=current.version_name
+        feedback_id=feedback_id, label=label, predicted=predicted, model_version=current.version_name
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import secrets
 import time
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from PIL import Image
 
 from modelfoundry.errors import UserError
 from modelfoundry.predictor import Predictor, load, package_folder
+from modelfoundry.runfiles import atomic_write
 from modelfoundry.serve.batching import MicroBatcher
 from modelfoundry.serve.errors import ApiError
 from modelfoundry.serve.metrics import ServeMetrics
@@ -99,21 +99,14 @@ class Service:
     async def predict(self, served: Served, payload, stored: list[dict], size: int, top_k: int) -> dict:
         """Queue for the model, then answer. The answer is built here, not by a response model: with
         a small model, per-request overhead is what limits throughput (bench/serve_load.py)."""
-        probabilities = await self.batcher.submit(served, payload, size)
-        labels = served.predictor.labels
-        order = np.argsort(-probabilities, axis=1)[:, : min(top_k, len(labels))]
-        predictions = [
-            {
-                "label": labels[top[0]],
-                "probability": round(float(p[top[0]]), 6),
-                "top_k": [{"label": labels[j], "probability": round(float(p[j]), 6)} for j in top],
-            }
-            for p, top in zip(probabilities, order)
-        ]
+        outputs = await self.batcher.submit(served, payload, size)
+        task = served.predictor.task_module
+        predictions = task.answer(outputs, served.predictor.spec, top_k)
         for prediction in predictions:
-            self.metrics.predictions.labels(label=prediction["label"]).inc()
+            if "label" in prediction:  # a regression model's numbers are not counted by label
+                self.metrics.predictions.labels(label=prediction["label"]).inc()
         request_id = secrets.token_hex(8)
-        self._remember(request_id, stored, [p["label"] for p in predictions], served)
+        self._remember(request_id, stored, [task.predicted(p) for p in predictions], served)
         return {"request_id": request_id, "model_version": served.version_name, "predictions": predictions}
 
     def _remember(self, request_id: str, stored: list[dict], predicted: list[str], served: Served) -> None:
@@ -160,13 +153,13 @@ class Service:
 
     def model_card(self) -> dict:
         served, settings = self.served, self.settings
-        spec, pre = served.predictor.spec, served.predictor.spec["preprocessing"]
+        spec, task = served.predictor.spec, served.predictor.task_module
         card = {
             "version": served.version_name,
             "alias": served.alias,
             "run_id": spec.get("run_id"),
             "task": spec["task"],
-            "kind": pre["kind"],
+            "kind": task.kind,
             "model": spec["model"]["name"],
             "backend": served.predictor.backend,
             "variant": spec.get("variant", {}).get("kind", "base"),
@@ -177,16 +170,7 @@ class Service:
             "feedback_requires_key": settings.api_key is not None,
             "max_inputs": settings.max_inputs,
         }
-        if pre["kind"] == "table":
-            card["columns"] = [
-                {"name": c["name"], "kind": c["kind"], "categories": c.get("categories", [])}
-                for c in pre["columns"]
-            ]
-        elif pre["kind"] == "image":
-            card["image"] = {"size": pre["size"], "channels": pre["channels"]}
-        else:
-            card["text"] = {"max_length": pre["max_length"], "pii": pre.get("pii")}
-        return card
+        return {**card, **task.card(spec)}
 
 
 def store_feedback(
@@ -197,14 +181,10 @@ def store_feedback(
     from modelfoundry.store.feedback import FeedbackStore, media_dir
 
     if "image_bytes" in item:  # the original file, beside the database: retraining reads it like any image
-        folder = media_dir() / "images"
-        folder.mkdir(parents=True, exist_ok=True)
         data = item["image_bytes"]
-        path = folder / f"{secrets.token_hex(8)}.{(Image.open(io.BytesIO(data)).format or 'png').lower()}"
-        with open(path, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        kind = (Image.open(io.BytesIO(data)).format or "png").lower()
+        path = media_dir() / "images" / f"{secrets.token_hex(8)}.{kind}"
+        atomic_write(path, data)  # on disk before the row that names it is committed
         item = {"image": str(path.resolve())}
     spec = served.predictor.spec
     return FeedbackStore().add(

@@ -216,6 +216,15 @@ class Task:
         """Raw inputs -> the model's input (a tensor (N, ...) or a list of token-id tensors)."""
         raise NotImplementedError
 
+    def encode_request(self, predictor, inputs: list, limits, field: str = "inputs"):
+        """JSON inputs of a request -> (the model's input, what feedback keeps of each input).
+
+        Raises InputError naming the input at fault (`inputs.2`, or `input` for feedback's one input).
+        `limits` holds the server's limits (serve.service.Settings: max_image_pixels, ...)."""
+        raise NotImplementedError
+
+    accepts_files = False  # `POST /v1/predict/file` takes uploads (images)
+
     def answer(self, predictions: np.ndarray, spec: dict, top_k: int = 1) -> list[dict]:
         """Served / printed answer per input: the label, its probability and the top k."""
         labels = spec["labels"]
@@ -362,6 +371,23 @@ def _check_known_labels(labels: np.ndarray, part_of: np.ndarray, report: dict) -
 def _take(display, indices: list[int]) -> list:
     """The shown inputs of some examples; streamed tables read only those rows, in one pass."""
     return display.take(indices) if hasattr(display, "take") else [display[i] for i in indices]
+
+
+def at(field: str, i: int) -> str:
+    """The field of input i of a request: `inputs.3`, or `input` for feedback's single input."""
+    return field if field == "input" else f"{field}.{i}"
+
+
+def json_type(value) -> str:
+    return {
+        str: "a string",
+        dict: "an object",
+        list: "a list",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def finite(value) -> bool:

@@ -8,16 +8,20 @@ folder of images.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import shutil
+import warnings
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from modelfoundry.data import images
-from modelfoundry.errors import UserError
-from modelfoundry.tasks.base import CLASSIFIER_TRAIN, Task
+from modelfoundry.errors import InputError, UserError
+from modelfoundry.tasks.base import CLASSIFIER_TRAIN, Task, at, json_type
 
 
 class ImageClassification(Task):
@@ -125,6 +129,34 @@ model:
             )
         return array
 
+    accepts_files = True
+
+    def encode_request(self, predictor, inputs: list, limits, field: str = "inputs"):
+        """Images as base64 strings or data URLs."""
+        contents = []
+        for i, item in enumerate(inputs):
+            if not isinstance(item, str):
+                raise InputError(
+                    422, at(field, i), f"an image model takes base64 strings (or data URLs); got {json_type(item)}."
+                )
+            contents.append(_base64(item, at(field, i)))
+        return self.encode_files(predictor, contents, limits, field, single=len(inputs) == 1 and field == "input")
+
+    def encode_files(self, predictor, contents: list[bytes], limits, field: str, single: bool = False):
+        """Image files' bytes -> (model input, the bytes feedback keeps); the size is checked before decoding."""
+        import torch
+
+        arrays, stored = [], []
+        for i, data in enumerate(contents):
+            where = field if single else f"{field}.{i}"
+            image = decode_image(data, where, limits.max_image_pixels)
+            try:
+                arrays.append(self.image_array(predictor.spec, image))
+            except UserError as exc:
+                raise InputError(422, where, str(exc)) from None
+            stored.append({"image_bytes": data})
+        return torch.from_numpy(np.stack(arrays)), stored
+
     def cli_inputs(self, predictor, inputs: list[str]):
         items = expand_images(inputs)
         return items, [str(p) for p in items]
@@ -149,6 +181,51 @@ model:
             source = Path(row.input["image"])
             shutil.copyfile(source, folder / row.label / f"{row.id}{source.suffix}")
         return folder
+
+
+def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """Decode an image; its declared size is checked before any pixel is decoded (decompression bombs)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InputError(
+                    413,
+                    field,
+                    f"the image is {width}x{height} pixels; the limit is {max_pixels:,} pixels. "
+                    "Send a smaller image.",
+                )
+            image.load()
+            return image
+    except InputError:
+        raise
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
+        reason = (
+            "not an image Pillow can read (PNG, JPEG, GIF, BMP, WebP, TIFF)"
+            if isinstance(exc, UnidentifiedImageError)
+            else f"a damaged or unreadable image ({type(exc).__name__})"
+        )
+        raise InputError(422, field, f"{reason}.") from None
+
+
+def _base64(item: str, field: str) -> bytes:
+    if item.startswith("data:"):
+        item = item.partition(",")[2]
+    try:
+        return base64.b64decode(item, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(
+            422, field, "not valid base64; send the image file's bytes base64-encoded (or a data URL)."
+        ) from None
 
 
 def expand_images(inputs) -> list:

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from modelfoundry.data import tabular
-from modelfoundry.errors import UserError
-from modelfoundry.tasks.base import CLASSIFIER_TRAIN, Task
+from modelfoundry.errors import InputError, UserError, did_you_mean
+from modelfoundry.tasks.base import CLASSIFIER_TRAIN, Task, at, json_type
 from modelfoundry.tasks.text import write_jsonl
 
 # the label column name a built-in table's rows carry in corrections and in `evaluate --data` files
@@ -88,6 +88,48 @@ class TableInputs:
 
         frame = read_rows(inputs)
         return torch.from_numpy(tabular.TableEncoder(predictor.spec["preprocessing"]).transform(frame, origin))
+
+    def encode_request(self, predictor, inputs: list, limits, field: str = "inputs"):
+        """Rows as objects column -> value: every column the model reads, numbers where it takes numbers."""
+        columns = predictor.spec["preprocessing"]["columns"]
+        names = [c["name"] for c in columns]
+        for i, row in enumerate(inputs):
+            where = at(field, i)
+            if not isinstance(row, dict):
+                raise InputError(422, where, f"a table model takes objects of column -> value; got {json_type(row)}.")
+            missing, extra = [n for n in names if n not in row], [k for k in row if k not in names]
+            if missing:
+                raise InputError(
+                    422,
+                    where,
+                    f"missing column(s) {', '.join(map(repr, missing))}. The model needs: {', '.join(names)}.",
+                )
+            if extra:
+                raise InputError(
+                    422,
+                    where,
+                    f"unknown column(s) {', '.join(map(repr, extra))}.{did_you_mean(extra[0], missing or names)}"
+                    f" The model takes: {', '.join(names)}.",
+                )
+            for column in columns:
+                value = row[column["name"]]
+                if (
+                    column["kind"] == "number"
+                    and value is not None
+                    and (isinstance(value, bool) or not isinstance(value, (int, float)))
+                ):
+                    raise InputError(
+                        422,
+                        f"{where}.{column['name']}",
+                        f"{value!r} is not a number; this column takes numbers (or null for a missing value).",
+                    )
+                if isinstance(value, (dict, list)):
+                    raise InputError(
+                        422, f"{where}.{column['name']}", f"got {json_type(value)}; give a string or number."
+                    )
+        frame = pd.DataFrame([{n: row[n] for n in names} for row in inputs], columns=names)
+        kept = [{"row": {n: row[n] for n in names}} for row in inputs]
+        return self.encode_inputs(predictor, frame, field), kept
 
     def cli_inputs(self, predictor, inputs: list[str]):
         if len(inputs) != 1:

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 
 from modelfoundry.data import text
-from modelfoundry.errors import UserError
-from modelfoundry.tasks.base import Task
-
+from modelfoundry.errors import InputError, UserError
+from modelfoundry.tasks.base import Task, at, json_type
 
 
 class TextClassification(Task):
@@ -159,6 +158,21 @@ train:
             texts, _, _ = scrub_texts(texts, "redact")
         ids, _ = text.tokenize(predictor.tokenizer(), texts, pre["max_length"])
         return ids
+
+    def encode_request(self, predictor, inputs: list, limits, field: str = "inputs"):
+        for i, item in enumerate(inputs):
+            if not isinstance(item, str):
+                raise InputError(422, at(field, i), f"a text model takes strings; got {json_type(item)}.")
+            if not item.strip():
+                raise InputError(422, at(field, i), "the text is empty.")
+        texts = list(inputs)
+        if predictor.spec["preprocessing"].get("pii", "off") != "off":
+            from modelfoundry.data.privacy import scrub_texts
+
+            stored, _, _ = scrub_texts(texts, "redact")  # feedback never keeps the personal data it was sent
+        else:
+            stored = texts
+        return predictor.encode(texts), [{"text": t} for t in stored]
 
     def cli_inputs(self, predictor, inputs: list[str]):
         texts = text.texts_to_predict(inputs, predictor.spec["preprocessing"]["text_column"])
