@@ -79,9 +79,13 @@ def _teacher(cfg, base_dir: Path, data, device: torch.device, console: Console) 
         problems.append(f"it takes {pre['kind']} inputs, this data is {mine['kind']}")
     elif "tokenizer.json" in data.files:
         if (teacher.path / "tokenizer.json").read_text() != data.files["tokenizer.json"]:
-            problems.append("it uses another tokenizer; set data.tokenizer to the teacher's model/tokenizer.json")
+            problems.append(
+                "it uses another tokenizer; set data.tokenizer to the teacher's model/tokenizer.json"
+            )
     elif pre != mine:
-        problems.append("its preprocessing (image size and channels, or table columns) differs from this data's")
+        problems.append(
+            "its preprocessing (image size and channels, or table columns) differs from this data's"
+        )
     if problems:
         raise UserError(f"train.distill.teacher: {where} cannot teach this model: {'; '.join(problems)}.")
     for parameter in teacher.model.parameters():

@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -70,9 +70,9 @@ def init(
 def train(
     config: Annotated[Path, typer.Argument(help="YAML config")],
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=5")
+        list[str] | None, typer.Option("--set", help="override a key: --set train.epochs=5")
     ] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="folder of the run (default runs/<run-id>)")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="folder of the run (default runs/<run-id>)")] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -91,7 +91,7 @@ def train(
     ] = 1,
     nnodes: Annotated[int, typer.Option(min=1, help="machines taking part; each runs this same command")] = 1,
     rdzv_endpoint: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="HOST:PORT on the first machine where the machines meet (with --nnodes)"),
     ] = None,
     rdzv_timeout: Annotated[
@@ -147,10 +147,10 @@ def train(
 def evaluate(
     run: Annotated[str, typer.Argument(help="run id or folder")],
     data: Annotated[
-        Optional[Path], typer.Option(help="labelled data: a CSV/Parquet/JSONL file or an image folder")
+        Path | None, typer.Option(help="labelled data: a CSV/Parquet/JSONL file or an image folder")
     ] = None,
     label: Annotated[
-        Optional[str], typer.Option(help="the label column of --data, when it is not named as in training")
+        str | None, typer.Option(help="the label column of --data, when it is not named as in training")
     ] = None,
 ) -> None:
     """Evaluate a packaged model on new labelled data (without --data: show the run's test metrics)."""
@@ -179,7 +179,7 @@ def predict(
             "one .txt file, a text per line, or a table with the training text column)"
         ),
     ],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write predictions as CSV")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write predictions as CSV")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="probabilities of the k most likely labels")] = 1,
 ) -> None:
     """Predict labels for new inputs."""
@@ -247,7 +247,7 @@ def serve(
         ),
     ] = "auto",
     api_key: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             envvar="FOUNDRY_API_KEY", help="required in the X-API-Key header of feedback and admin requests"
         ),
@@ -266,7 +266,7 @@ def serve(
     max_inputs: Annotated[int, typer.Option(min=1, help="most inputs in one request")] = 64,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body")] = 10.0,
     cors_origin: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(help="allow browser calls from this origin (repeatable); closed by default"),
     ] = None,
     watch: Annotated[
@@ -277,7 +277,7 @@ def serve(
         ),
     ] = 10.0,
     threads: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
             min=1, help="threads the model may use (default: one per core); 1 often serves small models best"
         ),
@@ -415,7 +415,7 @@ def retrain(
         float, typer.Option(min=0, help="how much better (accuracy) the challenger must be")
     ] = 0.005,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="override a key of the champion's config")
+        list[str] | None, typer.Option("--set", help="override a key of the champion's config")
     ] = None,
 ) -> None:
     """Champion + stored feedback -> challenger -> compare on the frozen holdout -> promote if better."""
@@ -450,26 +450,26 @@ def retrain(
 @app.command()
 def compress(
     run: Annotated[str, typer.Argument(help="run id or folder of the original model")],
-    quantize: Annotated[Optional[str], typer.Option(help="int8: ONNX Runtime quantization")] = None,
+    quantize: Annotated[str | None, typer.Option(help="int8: ONNX Runtime quantization")] = None,
     mode: Annotated[
         str, typer.Option(help="int8 mode: auto (static for CNNs, dynamic otherwise), dynamic or static")
     ] = "auto",
     prune: Annotated[
-        Optional[float], typer.Option(help="fraction of channels / neurons / heads to remove, in (0, 1)")
+        float | None, typer.Option(help="fraction of channels / neurons / heads to remove, in (0, 1)")
     ] = None,
     finetune_epochs: Annotated[int, typer.Option(min=0, help="epochs of fine-tuning after pruning")] = 2,
     distill: Annotated[bool, typer.Option(help="train a smaller student on the model's soft labels")] = False,
     student: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(help="the student's model keys, e.g. --student model.name=cnn --student model.width=16"),
     ] = None,
     epochs: Annotated[
-        Optional[int], typer.Option(min=1, help="student training epochs (default: the original's)")
+        int | None, typer.Option(min=1, help="student training epochs (default: the original's)")
     ] = None,
     temperature: Annotated[float, typer.Option(min=0.01, help="distillation temperature")] = 4.0,
     alpha: Annotated[float, typer.Option(min=0, max=1, help="weight of the teacher's soft labels")] = 0.7,
     set_: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--set", help="the student's training keys, e.g. --set train.lr=0.002 (default: the teacher's)"
         ),
@@ -544,7 +544,10 @@ def compress(
                 f"{r['batch1_p50_ms']:.2f}",
                 f"{r['batch32_p50_ms']:.2f}",
                 f"{r['throughput_per_s']:,.0f}",
-                *[format(r[k], spec) if r.get(k) is not None else "-" for k, _, spec in result["quality"]["columns"]],
+                *[
+                    format(r[k], spec) if r.get(k) is not None else "-"
+                    for k, _, spec in result["quality"]["columns"]
+                ],
                 "yes" if r["pareto"] else "",
             )
         out.print(table)
@@ -633,7 +636,13 @@ _METRIC_COLUMNS = {  # (key, column heading); a table shows the set whose first 
         ("roc_auc", "roc auc"),
         ("ece", "ece"),
     ],
-    "rmse": [("rmse", "rmse"), ("mae", "mae"), ("r2", "r2"), ("mape", "mape"), ("baseline", "rmse of the mean")],
+    "rmse": [
+        ("rmse", "rmse"),
+        ("mae", "mae"),
+        ("r2", "r2"),
+        ("mape", "mape"),
+        ("baseline", "rmse of the mean"),
+    ],
 }
 
 

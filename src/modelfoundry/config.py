@@ -22,8 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from modelfoundry.errors import UserError, did_you_mean
 from modelfoundry.models.registry import check_options
-from modelfoundry.tasks import MINIMIZED
-from modelfoundry.tasks import TASKS as TASK_REGISTRY
+from modelfoundry.tasks import MINIMIZED, TASKS as TASK_REGISTRY
 
 TASKS = tuple(TASK_REGISTRY)
 TEXT_DATA_KEYS = ("text", "max_length", "tokenizer", "privacy")  # data keys that only text tasks read
@@ -224,7 +223,6 @@ class TuneConfig(_Section):
     pruner_warmup_epochs: int = Field(
         2, ge=0, description="epochs every trial trains before it may be pruned"
     )
-
 
 
 class Config(_Section):

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from modelfoundry.errors import UserError
 from modelfoundry.builder import model_from_spec
+from modelfoundry.errors import UserError
 from modelfoundry.runfiles import atomic_folder, package_folder
 from modelfoundry.tasks import task_of
 
@@ -22,7 +22,8 @@ FORMAT = "modelfoundry.model/1"
 def save_package(
     folder: Path, model: torch.nn.Module, spec: dict, files: dict[str, str] | None = None
 ) -> Path:
-    """Write weights and description. `spec` holds task, model {name, options}, input_shape, labels, preprocessing;
+    """Write weights and description. `spec` holds task, model {name, options}, input_shape, labels,
+    preprocessing;
     `files` maps relative paths to text the model needs besides (tokenizer.json, encoder/config.json).
 
     The package is built in a temporary folder and renamed into place, so a run killed while
@@ -126,20 +127,29 @@ class Predictor:
     def predict_proba(self, inputs, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, num_classes), columns in the order of `self.labels`."""
         if not self.task_module.is_classifier:
-            raise UserError(f"predict_proba: a {self.task} model predicts values, not classes; use predict().")
+            raise UserError(
+                f"predict_proba: a {self.task} model predicts values, not classes; use predict()."
+            )
         return self.predictions(inputs, batch_size)
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor | list[torch.Tensor], batch_size: int = 256) -> np.ndarray:
-        """Predictions of inputs already through `encode`: a tensor (N, ...) or a list of N token-id tensors."""
+        """Predictions of inputs already through `encode`: a tensor (N, ...) or a list of N token-id
+        tensors."""
         device = next(self.model.parameters()).device
         if isinstance(x, list):  # token ids: predict shortest first to pad least, then restore the order
             from modelfoundry.data.text import TextData
             from modelfoundry.training.loop import predict_logits
 
-            data, order = TextData(x, torch.zeros(len(x)), self.spec["preprocessing"]["pad_id"], device).sorted_by_length()
-            return self.task_module.predictions(predict_logits(self.model, data, batch_size), self.spec)[np.argsort(order)]
-        outputs = [self.model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+            data, order = TextData(
+                x, torch.zeros(len(x)), self.spec["preprocessing"]["pad_id"], device
+            ).sorted_by_length()
+            return self.task_module.predictions(predict_logits(self.model, data, batch_size), self.spec)[
+                np.argsort(order)
+            ]
+        outputs = [
+            self.model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
+        ]
         return self.task_module.predictions(torch.cat(outputs), self.spec)
 
     proba = run  # the name the service and compress/ used when every model was a classifier

@@ -45,7 +45,8 @@ def retrain(
     overrides: list[str] | None = None,
     console: Console | None = None,
 ) -> dict:
-    """Returns the comparison (also written as comparison.json and comparison.html in the challenger's run)."""
+    """Returns the comparison (also written as comparison.json and comparison.html in the challenger's
+    run)."""
     from modelfoundry.runner import train
 
     console = console or Console(stderr=True)
@@ -100,7 +101,8 @@ def retrain(
     if better and promote:
         store.set_alias(alias, challenger.id)
         decision = (
-            f"promoted: {alias} -> {challenger.name} (combined {metric} {_gain(task, gain)} >= margin {margin})"
+            f"promoted: {alias} -> {challenger.name} "
+            f"(combined {metric} {_gain(task, gain)} >= margin {margin})"
         )
     elif better:
         decision = (
@@ -163,7 +165,9 @@ def _scores(
     """The task's retrain metric on the holdout, the held-back corrections, and both together."""
     task = predictor.task_module
     right = task.example_scores(predictor, inputs, targets)
-    fixed = task.example_scores(predictor, feedback_inputs, feedback_targets) if feedback_inputs else np.zeros(0)
+    fixed = (
+        task.example_scores(predictor, feedback_inputs, feedback_targets) if feedback_inputs else np.zeros(0)
+    )
     return {
         "holdout": task.aggregate_score(right),
         "feedback": task.aggregate_score(fixed) if len(fixed) else None,
@@ -235,7 +239,8 @@ def write_comparison(path: Path, result: dict) -> None:
         f"{_esc(result['champion']['version'])} vs {_esc(result['challenger']['version'])}</title>"
         f"<style>{_CSS}</style></head><body><main><section><h1>Champion vs challenger</h1>"
         f"<p><strong>{_esc(result['decision'])}</strong></p>"
-        f"<table><tr><th>scored on</th><th>examples</th><th>champion {_esc(result['champion']['version'])}</th>"
+        f"<table><tr><th>scored on</th><th>examples</th>"
+        f"<th>champion {_esc(result['champion']['version'])}</th>"
         f"<th>challenger {_esc(result['challenger']['version'])}</th></tr>{rows}</table>{plot}"
         f"<p>Holdout: the champion's test split (fingerprint {result['holdout_fingerprint']}), which no "
         f"correction enters. Feedback: {result['examples']['feedback']} corrections held back from training; "

@@ -73,7 +73,8 @@ def train(
     parent_version: int | None = None,
     variant: str = "base",
 ) -> Run:
-    """Train, evaluate and package a model, registered as a new model version; returns the run with its metrics.
+    """Train, evaluate and package a model, registered as a new model version; returns the run with its
+    metrics.
 
     `parent_version`: the version this run retrains (`foundry retrain`) or compresses (`variant`
     "distilled"); the new version joins its lineage. Under torchrun (DDP) every process calls this; rank
@@ -185,7 +186,9 @@ def _run(
         line, setup = distributed.describe(cfg.train, len(data.train))
         console.print(line, highlight=False)
     clock = time.perf_counter()
-    splits = {name: getattr(data, name) and getattr(data, name).to(device) for name in ("train", "val", "test")}
+    splits = {
+        name: getattr(data, name) and getattr(data, name).to(device) for name in ("train", "val", "test")
+    }
     result = fit(
         model,
         splits["train"],
@@ -260,8 +263,9 @@ def _run(
     atomic_write_json(path / "metrics.json", metrics)
     timings["evaluate"] = time.perf_counter() - clock
     test = data.test.targets.numpy() if data.test is not None else None
-    write_run_report(path, cfg.name or path.name, metrics, data, spec, predictions.get("test"), test,
-                     config_to_dict(cfg))
+    write_run_report(
+        path, cfg.name or path.name, metrics, data, spec, predictions.get("test"), test, config_to_dict(cfg)
+    )
     return metrics, timings
 
 

@@ -83,3 +83,27 @@ def serve(tmp_path_factory):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def regression_model(tmp_path_factory) -> Trained:
+    """An MLP predicting a price from size (a number) and city (a category)."""
+    import numpy as np
+    import pandas as pd
+
+    work = tmp_path_factory.mktemp("regression")
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"size": rng.uniform(20, 200, 120).round(1), "city": rng.choice(["north", "south"], 120)}
+    )
+    frame["price"] = (1000 + 30 * frame["size"] + (frame["city"] == "north") * 400).round(2)
+    frame.to_csv(work / "prices.csv", index=False)
+    config = write_config(
+        work / "prices.yaml",
+        "tabular_regression",
+        "prices.csv",
+        data={"label": "price"},
+        model={"hidden": [8]},
+        train={"epochs": 20, "lr": 0.01, "precision": "fp32"},
+    )
+    return train(work, config)

@@ -198,3 +198,40 @@ def test_a_model_card_error_shows_the_servers_message_not_a_blank_page(page, tab
     expect(page.locator("#error")).to_have_text("Error: model: could not load champion: no such alias.")
     expect(page.locator("#model-card")).to_contain_text("could not be loaded")
     expect(page.locator("#predict")).to_be_disabled()
+
+
+def test_regression_model_shows_the_number_and_takes_a_corrected_number(page, regression_model, serve):
+    server = serve(regression_model)
+    page.goto(server.url)
+    card = page.locator("#model-card")
+    expect(card).to_contain_text("tabular_regression")
+    expect(card).to_contain_text(re.compile(r"Test RMSE\s*[\d,.]+"))
+    expect(card).to_contain_text("a number: price")
+    expect(card.locator(".chip")).to_have_count(0)  # no labels to list
+
+    form = page.locator("#table-form")
+    form.get_by_label("size", exact=True).fill("100")
+    form.get_by_label("city", exact=True).select_option("north")
+    page.click("#predict")
+    expect(page.locator("#result-label")).to_have_text(re.compile(r"^[\d,.]+$"))
+    shown = float(page.locator("#result-label").inner_text().replace(",", ""))
+    expected = httpx.post(
+        f"{server.url}/v1/predict", json={"inputs": [{"size": 100, "city": "north"}]}
+    ).json()
+    assert shown == pytest.approx(expected["predictions"][0]["prediction"], rel=1e-4)
+    expect(page.locator(BARS)).to_have_count(0)  # no probability bars for a number
+    expect(page.locator("#correct-label")).to_be_hidden()
+
+    correct_value = page.locator("#correct-value")
+    expect(correct_value).to_be_visible()
+    correct_value.fill("")
+    page.click("#send-feedback")
+    expect(page.locator("#feedback-status")).to_have_text("Not saved: type the right number first.")
+    correct_value.fill("4321.5")
+    page.click("#send-feedback")
+    status = page.locator("#feedback-status")
+    expect(status).to_have_text(re.compile(r"Thanks — saved as feedback #\d+"))
+    feedback_id = int(re.search(r"#(\d+)", status.inner_text()).group(1))
+    stored = {r["id"]: r for r in httpx.get(f"{server.url}/v1/feedback").json()["feedback"]}[feedback_id]
+    assert float(stored["label"]) == 4321.5
+    assert stored["input"]["row"] == {"size": 100, "city": "north"}

@@ -9,9 +9,9 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from e2e_helpers import Server, assert_ok, assert_user_error, foundry, one_line, write_config
 
 import modelfoundry as mf
+from e2e_helpers import Server, assert_ok, assert_user_error, foundry, one_line, write_config
 
 
 def price_frame(rows: int = 240, seed: int = 0) -> pd.DataFrame:
@@ -25,7 +25,11 @@ def price_frame(rows: int = 240, seed: int = 0) -> pd.DataFrame:
         }
     )
     frame["price"] = (
-        1000 + 30 * frame["size"] + 50 * frame["rooms"] + (frame["city"] == "north") * 400 + rng.normal(0, 20, rows)
+        1000
+        + 30 * frame["size"]
+        + 50 * frame["rooms"]
+        + (frame["city"] == "north") * 400
+        + rng.normal(0, 20, rows)
     ).round(2)
     return frame
 
@@ -52,7 +56,7 @@ def price_run(tmp_path_factory):
 
 
 def test_training_reports_rmse_against_the_mean_and_packages_a_model_that_predicts_numbers(price_run):
-    folder, home, run, result = price_run
+    _folder, _home, run, result = price_run
     assert "test rmse" in result.stdout and "test r2" in result.stdout and "rmse of the mean" in result.stdout
     assert "val_rmse" in result.stderr  # the epoch lines
     metrics = json.loads((run / "metrics.json").read_text())
@@ -74,7 +78,9 @@ def test_predict_writes_the_value_and_evaluate_scores_new_labelled_rows(price_ru
     folder, home, run, _ = price_run
     new = price_frame(rows=40, seed=7)
     new.drop(columns=["price"]).to_csv(tmp_path / "rows.csv", index=False)
-    assert_ok(foundry("predict", run, tmp_path / "rows.csv", "-o", tmp_path / "out.csv", cwd=folder, home=home))
+    assert_ok(
+        foundry("predict", run, tmp_path / "rows.csv", "-o", tmp_path / "out.csv", cwd=folder, home=home)
+    )
     out = pd.read_csv(tmp_path / "out.csv")
     assert list(out.columns) == ["input", "prediction"]
     expected = mf.load(run).predict(new.drop(columns=["price"]))
@@ -85,7 +91,9 @@ def test_predict_writes_the_value_and_evaluate_scores_new_labelled_rows(price_ru
         foundry("evaluate", run, "--data", tmp_path / "labelled.csv", cwd=folder, home=home),
         "label column 'price' not found",
     )
-    result = foundry("evaluate", run, "--data", tmp_path / "labelled.csv", "--label", "sold_for", cwd=folder, home=home)
+    result = foundry(
+        "evaluate", run, "--data", tmp_path / "labelled.csv", "--label", "sold_for", cwd=folder, home=home
+    )
     assert_ok(result)
     assert "rmse" in result.stdout and "r2" in result.stdout
     scored = json.loads(next((run / "evaluations").glob("labelled-*/metrics.json")).read_text())["test"]
@@ -120,20 +128,33 @@ def test_export_and_int8_keep_the_values(price_run):
 @pytest.mark.slow
 def test_served_numbers_take_corrected_numbers_and_retrain_compares_on_rmse(tmp_path):
     home = tmp_path / "runs"
-    assert_ok(foundry("train", price_config(tmp_path), "--run-dir", home / "champion", cwd=tmp_path, home=home))
+    assert_ok(
+        foundry("train", price_config(tmp_path), "--run-dir", home / "champion", cwd=tmp_path, home=home)
+    )
     assert_ok(foundry("models", "alias", "champion", "champion", cwd=tmp_path, home=home))
     rows = price_frame(rows=12, seed=9)
-    with Server("champion", cwd=tmp_path, home=home) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+    with (
+        Server("champion", cwd=tmp_path, home=home) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
         card = http.get("/v1/model").json()
         assert card["task"] == "tabular_regression" and card["target"]["column"] == "price"
-        answer = http.post("/v1/predict", json={"inputs": rows.drop(columns=["price"]).to_dict("records")}).json()
+        answer = http.post(
+            "/v1/predict", json={"inputs": rows.drop(columns=["price"]).to_dict("records")}
+        ).json()
         values = [p["prediction"] for p in answer["predictions"]]
         assert len(values) == 12 and all(isinstance(v, float) for v in values)
-        np.testing.assert_allclose(values, mf.load(home / "champion").predict(rows.drop(columns=["price"])), rtol=1e-5)
+        np.testing.assert_allclose(
+            values, mf.load(home / "champion").predict(rows.drop(columns=["price"])), rtol=1e-5
+        )
         for i, truth in enumerate(rows["price"]):
-            stored = http.post("/v1/feedback", json={"request_id": answer["request_id"], "index": i, "label": truth})
+            stored = http.post(
+                "/v1/feedback", json={"request_id": answer["request_id"], "index": i, "label": truth}
+            )
             assert stored.status_code == 201, stored.text
-        refused = http.post("/v1/feedback", json={"request_id": answer["request_id"], "index": 0, "label": "pricey"})
+        refused = http.post(
+            "/v1/feedback", json={"request_id": answer["request_id"], "index": 0, "label": "pricey"}
+        )
         assert refused.status_code == 422 and "not a finite number" in refused.json()["error"]["message"]
 
     result = foundry("retrain", "champion", cwd=tmp_path, home=home)

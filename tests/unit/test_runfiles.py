@@ -41,9 +41,14 @@ def test_atomic_write_keeps_the_old_file_when_flushing_or_renaming_fails(tmp_pat
 def test_atomic_write_keeps_the_old_file_when_the_write_fails_midway(tmp_path, monkeypatch):
     path = tmp_path / "report.html"
     path.write_text("old")
-    with pytest.raises(KeyboardInterrupt), runfiles.atomic_path(path) as tmp:
-        tmp.write_text("half of the ne")
-        raise KeyboardInterrupt  # a Ctrl-C while writing
+
+    def interrupted_write():
+        with runfiles.atomic_path(path) as tmp:
+            tmp.write_text("half of the ne")
+            raise KeyboardInterrupt  # a Ctrl-C while writing
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted_write()
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
 
@@ -60,12 +65,18 @@ def test_atomic_write_never_leaves_the_file_unsynced_before_the_rename(tmp_path,
 def test_what_a_killed_write_leaves_is_what_the_leftover_cleanup_removes(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.pt").write_text("whole")
-    with pytest.raises(RuntimeError), runfiles.atomic_path(tmp_path / "checkpoints" / "last.pt") as tmp:
-        file_name = tmp.name
-        raise RuntimeError
-    with pytest.raises(RuntimeError), runfiles.atomic_folder(tmp_path / "model") as tmp:
-        folder_name = tmp.name
-        raise RuntimeError
+    names = []
+
+    def failed_write(atomic, target):
+        with atomic(target) as tmp:
+            names.append(tmp.name)
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        failed_write(runfiles.atomic_path, tmp_path / "checkpoints" / "last.pt")
+    with pytest.raises(RuntimeError, match="killed"):
+        failed_write(runfiles.atomic_folder, tmp_path / "model")
+    file_name, folder_name = names
     (tmp_path / "checkpoints" / file_name).write_text("half")  # as a SIGKILL mid-write leaves them
     (tmp_path / folder_name).mkdir()
     (tmp_path / folder_name / "model.json").write_text("{}")
@@ -102,9 +113,14 @@ def test_atomic_folder_replaces_a_package_whole_and_keeps_it_on_failure(tmp_path
     assert [p.name for p in package.iterdir()] == ["model.json"] and (
         package / "model.json"
     ).read_text() == "v2"
-    with pytest.raises(ValueError), runfiles.atomic_folder(package) as tmp:
-        (tmp / "model.json").write_text("v3, half")
-        raise ValueError
+
+    def failed_write():
+        with runfiles.atomic_folder(package) as tmp:
+            (tmp / "model.json").write_text("v3, half")
+            raise ValueError("failed midway")
+
+    with pytest.raises(ValueError, match="failed midway"):
+        failed_write()
     assert (package / "model.json").read_text() == "v2"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 

@@ -56,7 +56,11 @@ def test_regression_defaults_to_rmse_and_refuses_classification_keys_with_the_re
     cfg, _ = load_config(REGRESSION)
     assert cfg.train.monitor == "val_rmse"
     message = config_error(
-        {**REGRESSION, "train": {"label_smoothing": 0.1, "monitor": "val_accuracy"}, "tune": {"metric": "val_f1_macro"}}
+        {
+            **REGRESSION,
+            "train": {"label_smoothing": 0.1, "monitor": "val_accuracy"},
+            "tune": {"metric": "val_f1_macro"},
+        }
     )
     assert "3 problem(s)" in message
     assert "train.label_smoothing: only for classification" in message and "huber" in message
@@ -65,8 +69,9 @@ def test_regression_defaults_to_rmse_and_refuses_classification_keys_with_the_re
 
 
 def test_a_regression_loss_on_a_classifier_is_refused():
-    message = config_error({"task": "tabular_classification", "data": {"source": "builtin:wine"},
-                            "train": {"loss": "huber"}})
+    message = config_error(
+        {"task": "tabular_classification", "data": {"source": "builtin:wine"}, "train": {"loss": "huber"}}
+    )
     assert "train.loss: 'huber' is for tabular_regression" in message
 
 
@@ -81,7 +86,9 @@ def write_prices(folder: Path, rows: int = 200, seed: int = 0) -> Path:
     size = rng.uniform(20, 200, rows)
     rooms = rng.integers(1, 6, rows)
     frame = pd.DataFrame({"size": size, "rooms": rooms, "city": rng.choice(["north", "south"], rows)})
-    frame["price"] = 1000 + 30 * size + 50 * rooms + (frame["city"] == "north") * 200 + rng.normal(0, 20, rows)
+    frame["price"] = (
+        1000 + 30 * size + 50 * rooms + (frame["city"] == "north") * 200 + rng.normal(0, 20, rows)
+    )
     path = folder / "prices.csv"
     frame.to_csv(path, index=False)
     return path
@@ -93,7 +100,10 @@ def test_regression_targets_are_standardised_on_the_training_split_and_split_by_
     data = prepare(cfg, tmp_path)
     assert data.labels == [] and data.train.targets.dtype == torch.float32
     mean = data.target["mean"]
-    assert abs(float(data.train.targets.mean())) < 1e-5 and abs(float(data.train.targets.std(unbiased=False)) - 1) < 1e-4
+    assert (
+        abs(float(data.train.targets.mean())) < 1e-5
+        and abs(float(data.train.targets.std(unbiased=False)) - 1) < 1e-4
+    )
     prices = pd.read_csv(path)["price"]
     assert prices.min() < mean < prices.max() and data.target["column"] == "price"
     # every split spans the range: its smallest and largest standardised targets are far apart
@@ -108,7 +118,9 @@ def test_a_target_that_is_not_a_number_is_named_by_row_and_column(tmp_path):
     frame.loc[6, "price"] = "call us"
     frame.to_csv(path, index=False)
     cfg, _ = load_config({**REGRESSION, "data": {"source": str(path), "label": "price"}})
-    with pytest.raises(UserError, match=r"row 7 \(line 8 of prices.csv\), column 'price': 'call us' is not a number"):
+    with pytest.raises(
+        UserError, match=r"row 7 \(line 8 of prices.csv\), column 'price': 'call us' is not a number"
+    ):
         prepare(cfg, tmp_path)
 
 
@@ -165,16 +177,30 @@ def test_each_regression_loss_trains_a_model_that_beats_the_mean(tmp_path, loss)
     from modelfoundry.training.loop import fit, predict_logits
 
     path = write_prices(tmp_path)
-    cfg, _ = load_config({**REGRESSION, "data": {"source": str(path), "label": "price"},
-                          "model": {"name": "mlp", "hidden": [16]},
-                          "train": {"epochs": 40, "lr": 0.01, "loss": loss, "precision": "fp32"}})
+    cfg, _ = load_config(
+        {
+            **REGRESSION,
+            "data": {"source": str(path), "label": "price"},
+            "model": {"name": "mlp", "hidden": [16]},
+            "train": {"epochs": 40, "lr": 0.01, "loss": loss, "precision": "fp32"},
+        }
+    )
     data = prepare(cfg, tmp_path)
     built = build(cfg, tmp_path, data, torch.device("cpu"))
     from rich.console import Console
 
-    fit(built.model, data.train, data.val, cfg.train, device=torch.device("cpu"), objective=built.objective,
-        console=Console(quiet=True))
+    fit(
+        built.model,
+        data.train,
+        data.val,
+        cfg.train,
+        device=torch.device("cpu"),
+        objective=built.objective,
+        console=Console(quiet=True),
+    )
     task = get_task("tabular_regression")
     spec = {"target": data.target}
-    m = task.metrics(task.predictions(predict_logits(built.model, data.test), spec), data.test.targets.numpy(), spec)
+    m = task.metrics(
+        task.predictions(predict_logits(built.model, data.test), spec), data.test.targets.numpy(), spec
+    )
     assert m["r2"] > 0.8 and m["rmse"] < 0.5 * m["baseline"]["rmse"]

@@ -16,8 +16,8 @@ from modelfoundry.config import TrainConfig
 from modelfoundry.data.prepare import ArrayData
 from modelfoundry.errors import UserError
 from modelfoundry.models.registry import build_model
-from modelfoundry.training.checkpoint import CheckpointWriter, load_checkpoint
 from modelfoundry.tasks.base import Objective
+from modelfoundry.training.checkpoint import CheckpointWriter, load_checkpoint
 from modelfoundry.training.loop import CHECKPOINT, fit
 from modelfoundry.training.optim import build_optimizer, build_scheduler, lr_factor
 

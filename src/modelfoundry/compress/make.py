@@ -15,8 +15,8 @@ from rich.console import Console
 from modelfoundry.compress.variants import parent_run_of, register_variant, variant_folder
 from modelfoundry.config import absolute_paths, apply_overrides
 from modelfoundry.errors import UserError
-from modelfoundry.tasks import task_of
 from modelfoundry.runfiles import METRICS, atomic_write_json
+from modelfoundry.tasks import task_of
 
 
 def original_config(parent: Path) -> tuple[dict, Path]:
@@ -40,7 +40,8 @@ def distill(
     console: Console | None = None,
     overrides: list[str] | None = None,
 ):
-    """Train `student` (overrides such as model.name=cnn model.width=16) on the run's data and its soft labels.
+    """Train `student` (overrides such as model.name=cnn model.width=16) on the run's data and its soft
+    labels.
 
     `overrides` (train.lr=0.002 ...) change the student's training: it starts from the teacher's
     settings, which for a fine-tuned teacher (a small lr) rarely suit a model trained from scratch."""
@@ -89,7 +90,8 @@ def distill(
 def prune_and_finetune(
     run: str | Path, ratio: float, finetune_epochs: int = 2, console: Console | None = None
 ) -> dict:
-    """Remove `ratio` of the channels / neurons / heads of every prunable layer, fine-tune, package as a variant."""
+    """Remove `ratio` of the channels / neurons / heads of every prunable layer, fine-tune, package as a
+    variant."""
     from modelfoundry.compress.prune import parameter_count, prune
     from modelfoundry.config import load_config
     from modelfoundry.data.prepare import prepare

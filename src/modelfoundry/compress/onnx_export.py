@@ -35,7 +35,9 @@ def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
         started = time.perf_counter()
         exporter = _export(predictor.model.cpu().eval(), inputs[:2], tmp, text=inputs.dtype == torch.long)
         seconds = time.perf_counter() - started
-        difference = max_probability_difference(predictor.model, OnnxModel(tmp), inputs, predictor.task_module)
+        difference = max_probability_difference(
+            predictor.model, OnnxModel(tmp), inputs, predictor.task_module
+        )
         if not difference <= tolerance:  # NaN fails too
             raise UserError(
                 f"{folder}: the ONNX graph's probabilities differ from PyTorch's by up to {difference:.2e} "
@@ -108,7 +110,11 @@ def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, text: boo
 
 @torch.inference_mode()
 def max_probability_difference(
-    reference: torch.nn.Module, candidate: torch.nn.Module, inputs: torch.Tensor, task=None, batch_size: int = 64
+    reference: torch.nn.Module,
+    candidate: torch.nn.Module,
+    inputs: torch.Tensor,
+    task=None,
+    batch_size: int = 64,
 ) -> float:
     """The largest difference between what two models predict (the task's `parity_view`: probabilities,
     or the standardised value of a regression model)."""

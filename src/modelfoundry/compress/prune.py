@@ -44,7 +44,8 @@ def prune(
 
     Args:
         model: a model built by `build_model(name, input_shape, num_classes, text, **options)`; not changed.
-        ratio: fraction of units to remove, 0 < ratio < 1; each layer keeps round(units * (1 - ratio)), at least 1.
+        ratio: fraction of units to remove, 0 < ratio < 1; each layer keeps round(units * (1 - ratio)),
+            at least 1.
 
     Returns:
         (the smaller model with the kept weights, its options). The model is exactly what `build_model`

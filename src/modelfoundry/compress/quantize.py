@@ -108,7 +108,7 @@ def _pre_process(quant_pre_process, source: Path, target: Path) -> None:
         try:
             quant_pre_process(str(source), str(target), skip_symbolic_shape=skip_symbolic)
             return
-        except Exception:  # noqa: BLE001  the pre-processing is an optimisation, never a reason to fail
+        except Exception:  # noqa: BLE001, S112  the pre-processing is an optimisation, never a reason to fail
             continue
     shutil.copyfile(source, target)
 

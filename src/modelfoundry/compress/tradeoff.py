@@ -56,8 +56,11 @@ def measure_all(run: str | Path, repeats: int = 50) -> dict:
         reference = reference if reference is not None else rows[-1].pop("_predictions")
         rows[-1].pop("_predictions", None)
     task = original.task_module
-    quality = {"metric": task.retrain_metric, "higher_is_better": task.retrain_higher_is_better,
-               "columns": [list(c) for c in task.variant_columns]}
+    quality = {
+        "metric": task.retrain_metric,
+        "higher_is_better": task.retrain_higher_is_better,
+        "columns": [list(c) for c in task.variant_columns],
+    }
     _mark_pareto(rows, quality)
     return {
         "quality": quality,
@@ -70,7 +73,8 @@ def measure_all(run: str | Path, repeats: int = 50) -> dict:
 
 
 def _timing_batches(test) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch 1 and batch 32 inputs: for text, the examples around the median length (test is sorted by length)."""
+    """Batch 1 and batch 32 inputs: for text, the examples around the median length (test is sorted by
+    length)."""
     if hasattr(test, "ids"):
         middle = len(test) // 2
         start = max(0, min(middle - 16, len(test) - 32))
@@ -130,7 +134,8 @@ def _parameters(predictor, weights: Path) -> int:
 
 
 def _mark_pareto(rows: list[dict], quality: dict) -> None:
-    """A row is on the front when no other row is at least as good on size, latency and quality and better on one."""
+    """A row is on the front when no other row is at least as good on size, latency and quality and better
+    on one."""
     sign = 1 if quality["higher_is_better"] else -1
     key = quality["metric"]
 
@@ -139,7 +144,9 @@ def _mark_pareto(rows: list[dict], quality: dict) -> None:
 
     for row in rows:
         row["pareto"] = not any(
-            other is not row and all(a <= b for a, b in zip(cost(other), cost(row))) and cost(other) != cost(row)
+            other is not row
+            and all(a <= b for a, b in zip(cost(other), cost(row)))
+            and cost(other) != cost(row)
             for other in rows
         )
 
@@ -156,8 +163,14 @@ def write_report(run: str | Path, result: dict) -> Path:
     parent = parent_run_of(run)
     atomic_write_json(parent / "compression.json", result)
     rows = result["rows"]
-    quality = result.get("quality") or {"metric": "accuracy", "columns": [
-        ["accuracy", "accuracy", ".4f"], ["f1_macro", "F1 macro", ".4f"], ["agreement", "agrees with original", ".1%"]]}
+    quality = result.get("quality") or {
+        "metric": "accuracy",
+        "columns": [
+            ["accuracy", "accuracy", ".4f"],
+            ["f1_macro", "F1 macro", ".4f"],
+            ["agreement", "agrees with original", ".1%"],
+        ],
+    }
     metric = quality["metric"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key, label in (
@@ -225,11 +238,13 @@ def write_report(run: str | Path, result: dict) -> Path:
         for r in rows
     )
     page = (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>compression: {_esc(parent.name)}</title>'
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>compression: {_esc(parent.name)}</title>"
         f"<style>{_CSS}</style></head><body><main><section><h1>Compression trade-offs</h1>"
-        f"<p>{_esc(parent.name)}: every model scored on the same {result['test_examples']} test examples; latency "
-        f"timed on this machine with {result['threads']} threads ({_esc(result['measured'])}). Size is the weights "
-        f"file a server loads.</p><table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table>{plot}"
+        f"<p>{_esc(parent.name)}: every model scored on the same {result['test_examples']} test examples; "
+        f"latency timed on this machine with {result['threads']} threads ({_esc(result['measured'])}). "
+        f"Size is the weights file a server loads.</p>"
+        f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table>{plot}"
         "</section></main></body></html>\n"
     )
     path = parent / "compression.html"

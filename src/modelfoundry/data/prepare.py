@@ -68,7 +68,8 @@ class Prepared:
         default_factory=list
     )  # per test example: image (C,H,W) in [0,1], row dict or text
     files: dict[str, str] = field(default_factory=dict)  # extra files for the model package (tokenizer.json)
-    target: dict = field(default_factory=dict)  # what the package keeps about the target (regression: mean, std)
+    # what the package keeps about the target (regression: mean, std)
+    target: dict = field(default_factory=dict)
 
 
 def resolve_source(source: str, base_dir: Path, key: str = "data.source") -> Path:
@@ -96,7 +97,8 @@ def load_raw(
     image_shape: tuple[int, ...] | None = None,
     key: str = "data.source",
 ):
-    """Returns (examples, raw targets, origin, extra report fields). Images: (N, C, H, W) array; tables: DataFrame.
+    """Returns (examples, raw targets, origin, extra report fields). Images: (N, C, H, W) array; tables:
+    DataFrame.
 
     `task` is the config's task object (tasks/), which reads its own kind of source. `source` is
     data.source unless given (data.val_source / data.test_source / data.feedback.source);
@@ -196,13 +198,15 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
 
 
 def _streamed(config: Config, base_dir: Path, task) -> Prepared | None:
-    """A table file read in chunks, or an image folder decoded per batch (data.streaming); None: load it whole."""
+    """A table file read in chunks, or an image folder decoded per batch (data.streaming); None: load it
+    whole."""
     data = config.data
     if data.streaming is False or data.source.startswith("builtin:"):
         return None
     path = resolve_source(data.source, base_dir)
     if not task.streams(path, data):
-        return None  # small, or not a source it streams: load_raw reads it (and says what is wrong, if anything)
+        # small, or not a source it streams: load_raw reads it (and says what is wrong, if anything)
+        return None
     others = [
         k
         for k, v in (

@@ -38,7 +38,7 @@ def classification_metrics(probabilities: np.ndarray, targets: np.ndarray, label
     )
     ece, reliability = calibration(probabilities, targets)
     out = {
-        "n": int(len(targets)),
+        "n": len(targets),
         "accuracy": float(skm.accuracy_score(targets, predicted)),
         "precision_macro": float(precision.mean()),
         "recall_macro": float(recall.mean()),
@@ -88,7 +88,7 @@ def regression_metrics(predictions: np.ndarray, values: np.ndarray, train_mean: 
             out["mape"] = float(np.mean(np.abs((predicted - values) / values)))
         return out
 
-    out = {"n": int(len(values)), **scores(predictions)}
+    out = {"n": len(values), **scores(predictions)}
     out["loss"] = out["rmse"] ** 2
     out["baseline"] = {"name": "predict the training mean", **scores(np.full_like(values, train_mean))}
     if out["mape"] is None:

@@ -439,13 +439,10 @@ def _mistakes(mistakes: list[dict]) -> str:
 
 def _mistake_caption(mistake: dict) -> str:
     true, pred = _esc(mistake.get("true", "?")), _esc(mistake.get("pred", "?"))
-    return (
-        f"<div>true <b>{true}</b>, predicted <b>{pred}</b>"
-        + (
-            f"<br><span class=muted>error {_fmt(mistake['error'], '.4g')}</span></div>"
-            if "error" in mistake
-            else f"<br><span class=muted>confidence {_fmt(mistake.get('confidence'))}</span></div>"
-        )
+    return f"<div>true <b>{true}</b>, predicted <b>{pred}</b>" + (
+        f"<br><span class=muted>error {_fmt(mistake['error'], '.4g')}</span></div>"
+        if "error" in mistake
+        else f"<br><span class=muted>confidence {_fmt(mistake.get('confidence'))}</span></div>"
     )
 
 

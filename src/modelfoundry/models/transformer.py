@@ -17,7 +17,8 @@ POOLINGS = ("mean", "cls")
 
 
 def sinusoid_table(length: int, width: int) -> torch.Tensor:
-    """Fixed positions of "Attention Is All You Need": (length, width), sin on even and cos on odd features."""
+    """Fixed positions of "Attention Is All You Need": (length, width), sin on even and cos on odd
+    features."""
     position = torch.arange(length, dtype=torch.float32)[:, None]  # (length, 1)
     frequency = torch.exp(torch.arange(0, width, 2) * (-math.log(10000.0) / width))  # (ceil(width / 2),)
     table = torch.zeros(length, width)
@@ -71,7 +72,8 @@ class Block(nn.Module):
 
 
 class TransformerClassifier(nn.Module):
-    """Token + position embeddings -> `depth` blocks -> LayerNorm -> mean or [CLS] pooling -> dropout -> head."""
+    """Token + position embeddings -> `depth` blocks -> LayerNorm -> mean or [CLS] pooling -> dropout ->
+    head."""
 
     def __init__(
         self,
@@ -90,7 +92,8 @@ class TransformerClassifier(nn.Module):
         super().__init__()
         self.max_length, self.pad_id, self.pooling = max_length, pad_id, pooling
         self.embed = nn.Embedding(vocab_size, width, padding_idx=pad_id)
-        # Scaled by sqrt(width) in forward, so start at std 1/sqrt(width): tokens and positions weigh the same.
+        # Scaled by sqrt(width) in forward, so start at std 1/sqrt(width): tokens and positions weigh the
+        # same.
         nn.init.normal_(self.embed.weight, std=width**-0.5)
         with torch.no_grad():
             self.embed.weight[pad_id].zero_()
@@ -107,9 +110,11 @@ class TransformerClassifier(nn.Module):
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Args: ids (B, T) token ids, right-padded with pad_id, T <= max_length. Returns logits (B, num_classes)."""
+        """Args: ids (B, T) token ids, right-padded with pad_id, T <= max_length.
+
+        Returns logits (B, num_classes)."""
         T = ids.shape[1]
-        if T > self.max_length:
+        if self.max_length < T:
             raise ValueError(
                 f"got {T} tokens but the model was built for max_length {self.max_length}: "
                 "truncate texts to max_length when tokenizing"

@@ -11,6 +11,7 @@ through (with the default `max_wait_ms=0`) and never waits longer than `max_wait
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,7 +32,8 @@ class _Request:
 
 class MicroBatcher:
     """Args:
-    run_batch: (key, payloads) -> probabilities (sum of sizes, C), in the order of the payloads; runs in a thread.
+    run_batch: (key, payloads) -> probabilities (sum of sizes, C), in the order of the payloads; runs in a
+        thread.
     max_batch_size: most inputs in one batch (a single larger request still runs, alone).
     max_wait_ms: how long the oldest request may wait for company.
     on_batch: called with the number of inputs of each batch (metrics).
@@ -68,13 +70,12 @@ class MicroBatcher:
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop the worker; requests queued or in the batch being run get an error instead of waiting forever."""
+        """Stop the worker; requests queued or in the batch being run get an error instead of waiting
+        forever."""
         if self._worker:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
         for request in [*self._in_flight, *self._pending]:
             if not request.future.done():
                 request.future.set_exception(RuntimeError("the server is shutting down"))

@@ -156,7 +156,8 @@ async def predict_file(
         raise ApiError(
             415,
             "files",
-            f"this model takes {task.kind} inputs; upload files to an image model, or POST JSON to /v1/predict.",
+            f"this model takes {task.kind} inputs; upload files to an image model, "
+            "or POST JSON to /v1/predict.",
         )
     check_count(len(uploads), service.settings.max_inputs, field="files")
     contents = [await u.read() for u in uploads]

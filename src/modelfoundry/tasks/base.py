@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -38,7 +39,7 @@ class Targets:
 class Objective:
     """The loss the training loop minimises and the validation numbers it records, for classes."""
 
-    monitors = {"val_accuracy": "max", "val_loss": "min", "val_f1_macro": "max"}
+    monitors: ClassVar[dict[str, str]] = {"val_accuracy": "max", "val_loss": "min", "val_f1_macro": "max"}
 
     def __init__(self, label_smoothing: float = 0.0):
         from torch import nn
@@ -75,7 +76,8 @@ class Objective:
         precision = tp / confusion.sum(0).clamp(min=1)
         recall = tp / confusion.sum(1).clamp(min=1)
         f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-        present = confusion.sum(1) + confusion.sum(0) > 0  # as scikit-learn: classes absent from both are skipped
+        # as scikit-learn: classes absent from both are skipped
+        present = confusion.sum(1) + confusion.sum(0) > 0
         return {
             "val_loss": self._eval_loss(outputs, targets).item(),
             "val_accuracy": (predicted == targets).double().mean().item(),
@@ -88,7 +90,8 @@ class Objective:
 
 
 class Task:
-    """Classification of some kind of input; subclasses supply the inputs (`kind`) and may change the target."""
+    """Classification of some kind of input; subclasses supply the inputs (`kind`) and may change the
+    target."""
 
     name = ""
     kind = ""  # the inputs: "image", "text" or "table"
@@ -121,7 +124,10 @@ class Task:
     def check_monitor(self, cfg) -> list[str]:
         allowed = self.objective_class.monitors
         problems = []
-        for key, value in (("train.monitor", cfg.train.monitor), ("tune.metric", cfg.tune and cfg.tune.metric)):
+        for key, value in (
+            ("train.monitor", cfg.train.monitor),
+            ("tune.metric", cfg.tune and cfg.tune.metric),
+        ):
             if value is not None and value not in allowed:
                 problems.append(
                     f"{key}: {value!r} is not a validation metric of {self.name}; use one of "
@@ -166,7 +172,7 @@ class Task:
 
     def augmentation(self, cfg):
         """The training-time augmentation of the config, or None."""
-        return None
+        return
 
     # ---- predictions, metrics, report --------------------------------------------------------
 
@@ -250,7 +256,8 @@ class Task:
         return answer["label"]
 
     def correction(self, value, spec: dict) -> str:
-        """A corrected target sent as feedback, checked; returns what is stored. ValueError names the problem."""
+        """A corrected target sent as feedback, checked; returns what is stored. ValueError names the
+        problem."""
         labels = spec["labels"]
         if not isinstance(value, str) or value not in labels:
             raise ValueError(
@@ -282,8 +289,11 @@ class Task:
         return np.array([labels.index(v) for v in raw])
 
     # compression trade-off table: (row key, column heading, format) of the quality columns
-    variant_columns = (("accuracy", "accuracy", ".4f"), ("f1_macro", "F1 macro", ".4f"),
-                       ("agreement", "agrees with original", ".1%"))
+    variant_columns = (
+        ("accuracy", "accuracy", ".4f"),
+        ("f1_macro", "F1 macro", ".4f"),
+        ("agreement", "agrees with original", ".1%"),
+    )
 
     def variant_scores(self, predictions: np.ndarray, targets: np.ndarray, spec: dict, reference) -> dict:
         """A compressed variant's quality on the test split, and how often it agrees with the original

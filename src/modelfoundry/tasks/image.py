@@ -58,7 +58,9 @@ model:
         if list(path.glob("*idx3-ubyte*")):
             examples, labels, _ = images.read_idx_folder(path)
             return examples, labels, str(path), {}
-        size, channels = (image_shape[1:], image_shape[0]) if image_shape else (data.image_size, data.channels)
+        size, channels = (
+            (image_shape[1:], image_shape[0]) if image_shape else (data.image_size, data.channels)
+        )
         examples, labels, _, skipped = images.read_image_folder(path, size, channels)
         return examples, labels, str(path), {"unreadable": skipped}
 
@@ -69,7 +71,8 @@ model:
         return (bunch.images[:, None] / 16.0).astype(np.float32), labels, "builtin:digits"
 
     def streams(self, path: Path, data) -> bool:
-        """Decode per batch (data.streaming): a class-folder tree, when asked or when it would take 1 GB decoded."""
+        """Decode per batch (data.streaming): a class-folder tree, when asked or when it would take 1 GB
+        decoded."""
         from modelfoundry.data import lazy_images, stream
 
         if not path.is_dir() or list(path.glob("*idx3-ubyte*")):
@@ -86,7 +89,11 @@ model:
     def encode(self, examples: np.ndarray, targets, split: dict, config, base_dir: Path, report: dict):
         from modelfoundry.data.prepare import ArrayData
 
-        preprocessing = {"kind": "image", "size": list(examples.shape[2:]), "channels": int(examples.shape[1])}
+        preprocessing = {
+            "kind": "image",
+            "size": list(examples.shape[2:]),
+            "channels": int(examples.shape[1]),
+        }
         parts = {k: ArrayData(examples[v], targets.values[v]) if len(v) else None for k, v in split.items()}
         return parts, tuple(examples.shape[1:]), preprocessing, {}, list(examples[split["test"]])
 
@@ -110,10 +117,13 @@ model:
     def encode_inputs(self, predictor, inputs, origin: str = "input"):
         import torch
 
-        return torch.from_numpy(np.stack([self.image_array(predictor.spec, item) for item in expand_images(inputs)]))
+        return torch.from_numpy(
+            np.stack([self.image_array(predictor.spec, item) for item in expand_images(inputs)])
+        )
 
     def image_array(self, spec: dict, item) -> np.ndarray:
-        """One image (a path, a PIL image, or an array (H, W) / (C, H, W) in [0, 1]) -> the model's (C, H, W)."""
+        """One image (a path, a PIL image, or an array (H, W) / (C, H, W) in [0, 1]) -> the model's
+        (C, H, W)."""
         pre = spec["preprocessing"]
         size, channels = tuple(pre["size"]), pre["channels"]
         if isinstance(item, (str, Path)):
@@ -137,13 +147,18 @@ model:
         for i, item in enumerate(inputs):
             if not isinstance(item, str):
                 raise InputError(
-                    422, at(field, i), f"an image model takes base64 strings (or data URLs); got {json_type(item)}."
+                    422,
+                    at(field, i),
+                    f"an image model takes base64 strings (or data URLs); got {json_type(item)}.",
                 )
             contents.append(_base64(item, at(field, i)))
-        return self.encode_files(predictor, contents, limits, field, single=len(inputs) == 1 and field == "input")
+        return self.encode_files(
+            predictor, contents, limits, field, single=len(inputs) == 1 and field == "input"
+        )
 
     def encode_files(self, predictor, contents: list[bytes], limits, field: str, single: bool = False):
-        """Image files' bytes -> (model input, the bytes feedback keeps); the size is checked before decoding."""
+        """Image files' bytes -> (model input, the bytes feedback keeps); the size is checked before
+        decoding."""
         import torch
 
         arrays, stored = [], []
@@ -170,7 +185,9 @@ model:
     def read_labelled(self, predictor, source: Path, label: str | None):
         pre = predictor.spec["preprocessing"]
         if not source.is_dir():
-            raise UserError(f"--data: {source} must be a folder with one sub-folder per class for an image model.")
+            raise UserError(
+                f"--data: {source} must be a folder with one sub-folder per class for an image model."
+            )
         examples, labels, _, _ = images.read_image_folder(source, pre["size"], pre["channels"])
         return list(examples), labels, list(examples)
 
@@ -236,7 +253,9 @@ def expand_images(inputs) -> list:
         if isinstance(item, (str, Path)) and Path(item).is_dir():
             found = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in images.IMAGE_SUFFIXES)
             if not found:
-                raise UserError(f"{item}: no images in this folder ({', '.join(sorted(images.IMAGE_SUFFIXES))}).")
+                raise UserError(
+                    f"{item}: no images in this folder ({', '.join(sorted(images.IMAGE_SUFFIXES))})."
+                )
             flat += found
         elif isinstance(item, (str, Path)) and not Path(item).is_file():
             raise UserError(f"{item}: no such file.")

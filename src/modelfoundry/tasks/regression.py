@@ -9,8 +9,10 @@ Metrics: rmse, mae, r2 and mape, beside the baseline of always predicting the tr
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -54,7 +56,12 @@ train:
 class RegressionObjective(Objective):
     """Loss on the standardised target; validation numbers in the target's own units."""
 
-    monitors = {"val_rmse": "min", "val_loss": "min", "val_mae": "min", "val_r2": "max"}
+    monitors: ClassVar[dict[str, str]] = {
+        "val_rmse": "min",
+        "val_loss": "min",
+        "val_mae": "min",
+        "val_r2": "max",
+    }
 
     def __init__(self, loss: str, std: float):
         from torch import nn
@@ -98,14 +105,18 @@ class TabularRegression(TableInputs, Task):
     def check_config(self, cfg) -> list[str]:
         problems = []
         if not cfg.data.source.startswith("builtin:") and not cfg.data.label:
-            problems.append("data.label is required for tabular_regression: name the column of numbers to predict")
+            problems.append(
+                "data.label is required for tabular_regression: name the column of numbers to predict"
+            )
         if cfg.train.label_smoothing:
             problems.append(
-                "train.label_smoothing: only for classification; a regression target has no labels to smooth. "
-                "Remove the key (train.loss: huber is the regression way to soften outliers)."
+                "train.label_smoothing: only for classification; a regression target has no labels "
+                "to smooth. Remove the key (train.loss: huber is the regression way to soften outliers)."
             )
         if cfg.train.distill and cfg.train.distill.temperature != 4.0:
-            problems.append("train.distill.temperature: a regression student matches the teacher's value; remove it.")
+            problems.append(
+                "train.distill.temperature: a regression student matches the teacher's value; remove it."
+            )
         return problems + self.check_monitor(cfg)
 
     def streamed(self, path: Path, config, base_dir: Path):
@@ -126,8 +137,8 @@ class TabularRegression(TableInputs, Task):
             i = int(np.argmax(bad.to_numpy()))
             raise UserError(
                 f"{origin}: {tabular.row_name(origin, column.index[i])}, column '{column.name}': "
-                f"{column.iloc[i]!r} is not a number, and tabular_regression predicts a number. Fix the cell, "
-                "or use task: tabular_classification if the column holds categories."
+                f"{column.iloc[i]!r} is not a number, and tabular_regression predicts a number. "
+                "Fix the cell, or use task: tabular_classification if the column holds categories."
             )
         infinite = ~np.isfinite(numbers.to_numpy(dtype=float))
         if infinite.any():
@@ -147,8 +158,8 @@ class TabularRegression(TableInputs, Task):
         raw = np.asarray(raw, dtype=np.float64)
         if np.ptp(raw[part_of == "train"]) == 0:
             raise UserError(
-                f"{origin}: the target '{data.label or 'target'}' is {raw[0]:g} in every row; there is nothing "
-                "to predict. Check that data.label names the right column."
+                f"{origin}: the target '{data.label or 'target'}' is {raw[0]:g} in every row; "
+                "there is nothing to predict. Check that data.label names the right column."
             )
         report["target"] = describe(raw)
         # quantile bins, so every split spans the range of the target (stratify takes labels)
@@ -191,8 +202,12 @@ class TabularRegression(TableInputs, Task):
         truth = self.true_values(targets, spec)
         worst = np.argsort(-np.abs(predictions - truth))[:k].tolist()
         return [
-            {"true": f"{truth[i]:.4g}", "pred": f"{predictions[i]:.4g}", "error": float(predictions[i] - truth[i]),
-             **self.shown(shown)}
+            {
+                "true": f"{truth[i]:.4g}",
+                "pred": f"{predictions[i]:.4g}",
+                "error": float(predictions[i] - truth[i]),
+                **self.shown(shown),
+            }
             for i, shown in zip(worst, _take(display, worst))
         ]
 
@@ -201,7 +216,9 @@ class TabularRegression(TableInputs, Task):
 
         if predictions is None or not len(predictions):
             return []
-        return [("residuals", "Predicted vs true", regression_plots(predictions, self.true_values(targets, spec)))]
+        return [
+            ("residuals", "Predicted vs true", regression_plots(predictions, self.true_values(targets, spec)))
+        ]
 
     # ---- Predictor and service -------------------------------------------------------------------
 
@@ -216,12 +233,12 @@ class TabularRegression(TableInputs, Task):
 
     def correction(self, value, spec: dict) -> str:
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if not finite(value):
-            raise ValueError(f"{value!r} is not a finite number; this model predicts a number, so send the right one.")
+            raise ValueError(
+                f"{value!r} is not a finite number; this model predicts a number, so send the right one."
+            )
         return repr(float(value))
 
     def card(self, spec: dict) -> dict:
@@ -233,8 +250,11 @@ class TabularRegression(TableInputs, Task):
         target = spec["target"]
         return (np.asarray(raw, dtype=np.float64) - target["mean"]) / target["std"]
 
-    variant_columns = (("rmse", "RMSE", ".4g"), ("r2", "R2", ".4f"),
-                       ("mean_abs_change", "mean change from original", ".4g"))
+    variant_columns = (
+        ("rmse", "RMSE", ".4g"),
+        ("r2", "R2", ".4f"),
+        ("mean_abs_change", "mean change from original", ".4g"),
+    )
 
     def variant_scores(self, predictions: np.ndarray, targets: np.ndarray, spec: dict, reference) -> dict:
         metrics = self.metrics(predictions, targets, spec)
@@ -265,8 +285,8 @@ class TabularRegression(TableInputs, Task):
 
 def describe(values: np.ndarray) -> dict:
     quantiles = np.quantile(values, [0, 0.25, 0.5, 0.75, 1])
-    return {"mean": float(values.mean()), "std": float(values.std()),
-            **dict(zip(("min", "q25", "median", "q75", "max"), map(float, quantiles)))}
-
-
-
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        **dict(zip(("min", "q25", "median", "q75", "max"), map(float, quantiles))),
+    }

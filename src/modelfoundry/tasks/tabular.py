@@ -31,7 +31,9 @@ class TableInputs:
     def load(self, data, base_dir: Path, path: Path, image_shape=None):
         origin, extra = str(path), {}
         if path.is_dir():
-            raise UserError(f"data.source: {path} is a folder; {self.name} needs a .csv, .parquet or .jsonl file.")
+            raise UserError(
+                f"data.source: {path} is a folder; {self.name} needs a .csv, .parquet or .jsonl file."
+            )
         frame = tabular.read_table(path)
         tabular.check_column(frame, data.label, "label", origin)
         unlabeled = frame[data.label].isna()
@@ -40,7 +42,12 @@ class TableInputs:
         if unlabeled.any():
             extra["dropped_unlabeled_rows"] = int(unlabeled.sum())
             frame = frame[~unlabeled]
-        return frame[tabular.feature_columns(frame, data, origin)], self.raw_targets(frame[data.label], origin), origin, extra
+        return (
+            frame[tabular.feature_columns(frame, data, origin)],
+            self.raw_targets(frame[data.label], origin),
+            origin,
+            extra,
+        )
 
     def raw_targets(self, column: pd.Series, origin: str) -> np.ndarray:
         """The label column as the task reads it: class names as strings."""
@@ -55,7 +62,9 @@ class TableInputs:
     def builtin_targets(self, bunch) -> np.ndarray:
         names = [str(n) for n in getattr(bunch, "target_names", [])]
         if not names:
-            raise UserError("data.source: this built-in set has numeric targets; use task: tabular_regression.")
+            raise UserError(
+                "data.source: this built-in set has numeric targets; use task: tabular_regression."
+            )
         return np.array([names[t] for t in bunch.target])
 
     def streams(self, path: Path, data) -> bool:
@@ -87,7 +96,9 @@ class TableInputs:
         import torch
 
         frame = read_rows(inputs)
-        return torch.from_numpy(tabular.TableEncoder(predictor.spec["preprocessing"]).transform(frame, origin))
+        return torch.from_numpy(
+            tabular.TableEncoder(predictor.spec["preprocessing"]).transform(frame, origin)
+        )
 
     def encode_request(self, predictor, inputs: list, limits, field: str = "inputs"):
         """Rows as objects column -> value: every column the model reads, numbers where it takes numbers."""
@@ -96,19 +107,23 @@ class TableInputs:
         for i, row in enumerate(inputs):
             where = at(field, i)
             if not isinstance(row, dict):
-                raise InputError(422, where, f"a table model takes objects of column -> value; got {json_type(row)}.")
+                raise InputError(
+                    422, where, f"a table model takes objects of column -> value; got {json_type(row)}."
+                )
             missing, extra = [n for n in names if n not in row], [k for k in row if k not in names]
             if missing:
                 raise InputError(
                     422,
                     where,
-                    f"missing column(s) {', '.join(map(repr, missing))}. The model needs: {', '.join(names)}.",
+                    f"missing column(s) {', '.join(map(repr, missing))}. "
+                    f"The model needs: {', '.join(names)}.",
                 )
             if extra:
                 raise InputError(
                     422,
                     where,
-                    f"unknown column(s) {', '.join(map(repr, extra))}.{did_you_mean(extra[0], missing or names)}"
+                    f"unknown column(s) {', '.join(map(repr, extra))}."
+                    f"{did_you_mean(extra[0], missing or names)}"
                     f" The model takes: {', '.join(names)}.",
                 )
             for column in columns:
@@ -121,7 +136,8 @@ class TableInputs:
                     raise InputError(
                         422,
                         f"{where}.{column['name']}",
-                        f"{value!r} is not a number; this column takes numbers (or null for a missing value).",
+                        f"{value!r} is not a number; "
+                        "this column takes numbers (or null for a missing value).",
                     )
                 if isinstance(value, (dict, list)):
                     raise InputError(
@@ -158,7 +174,11 @@ class TableInputs:
     def feedback_records(self, rows, config: dict, folder: Path) -> Path:
         data = config["data"]
         records = [
-            {**{c: None for c in data.get("drop", [])}, **row.input["row"], data["label"]: self.stored(row.label)}
+            {
+                **dict.fromkeys(data.get("drop", [])),
+                **row.input["row"],
+                data["label"]: self.stored(row.label),
+            }
             for row in rows
         ]
         return write_jsonl(records, folder)
@@ -197,4 +217,6 @@ def read_rows(inputs) -> pd.DataFrame:
         return tabular.read_table(path)
     if isinstance(inputs, (list, tuple)) and all(isinstance(r, dict) for r in inputs):
         return pd.DataFrame(list(inputs))
-    raise UserError("table inputs must be a DataFrame, a dict, a list of dicts, or a .csv/.parquet/.jsonl path.")
+    raise UserError(
+        "table inputs must be a DataFrame, a dict, a list of dicts, or a .csv/.parquet/.jsonl path."
+    )

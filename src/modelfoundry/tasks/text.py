@@ -22,8 +22,7 @@ class TextClassification(Task):
     name = "text_classification"
     kind = "text"
     data_keys = ("text", "max_length", "tokenizer", "privacy")
-    starter = (
-        """\
+    starter = """\
 # modelfoundry config: text classification. Train with `foundry train config.yaml`.
 task: text_classification
 data:
@@ -53,7 +52,6 @@ train:
   precision: auto
   seed: 0
 """
-    )
 
     def check_config(self, cfg) -> list[str]:
         problems = [p for p in super().check_config(cfg) if not p.startswith("data.label")]
@@ -72,7 +70,9 @@ train:
         return np.array(texts, dtype=object), labels, str(path), extra
 
     def load_builtin(self, name: str, bunch):
-        raise UserError(f"data.source: builtin:{name} has no text column; give a .csv/.tsv/.jsonl/.parquet file.")
+        raise UserError(
+            f"data.source: builtin:{name} has no text column; give a .csv/.tsv/.jsonl/.parquet file."
+        )
 
     def streams(self, path: Path, data) -> bool:
         from modelfoundry.data import stream

@@ -145,7 +145,8 @@ def fit(
             net.train()
             epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
             loss_sum, seen = torch.zeros((), device=device), 0
-            # DDP: every rank walks the same global batches of batch_size x world examples and trains on its share
+            # DDP: every rank walks the same global batches of batch_size x world examples and trains on its
+            # share
             for i, (inputs, targets) in enumerate(
                 distributed.shard(train.batches(cfg.batch_size * world, shuffle=True, generator=generator))
             ):
@@ -196,9 +197,7 @@ def fit(
             history.append(record)
 
             improved = val is None or (
-                record[monitor] > best["value"]
-                if higher_is_better
-                else record[monitor] < best["value"]
+                record[monitor] > best["value"] if higher_is_better else record[monitor] < best["value"]
             )
             if improved:
                 best = {

@@ -15,9 +15,9 @@ import optuna
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from modelfoundry.tasks import MINIMIZED
 from modelfoundry.evaluate.report import _CSS, _PLOT_STYLE, _esc, _fmt, _png_tag
 from modelfoundry.runfiles import atomic_write
+from modelfoundry.tasks import MINIMIZED
 
 if TYPE_CHECKING:
     from modelfoundry.tune.search import Study, TuneResult

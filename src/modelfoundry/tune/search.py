@@ -246,7 +246,6 @@ class TrialRunner:
         return self._data
 
 
-
 def optimize(spec: Study, trials: int | None, timeout: float | None, console: Console) -> int:
     """Run trials in this process until `trials` are done or `timeout` seconds pass; returns how many ran."""
     done = []
@@ -273,7 +272,8 @@ def optimize(spec: Study, trials: int | None, timeout: float | None, console: Co
 def trial_line(
     study: optuna.Study, trial: optuna.trial.FrozenTrial, metric: str, count: int, trials: int | None
 ) -> str:
-    """One progress line: `trial 7 [3/20] complete val_accuracy 0.9712 best 0.9790 (#4) 12 epochs 8.1s lr=...`."""
+    """One progress line, such as
+    `trial 7 [3/20] complete val_accuracy 0.9712 best 0.9790 (#4) 12 epochs 8.1s lr=...`."""
     state = {"COMPLETE": "complete", "FAIL": "failed"}.get(trial.state.name, trial.state.name.lower())
     value = trial.value if trial.value is not None else _best_reported(trial, metric)
     shown = f"{metric} {value:.4f}" if value is not None and not math.isnan(value) else metric + " -"
@@ -287,7 +287,8 @@ def trial_line(
     error = f"  ({trial.user_attrs['error']})" if "error" in trial.user_attrs else ""
     return (
         f"trial {trial.number:>3} [{count}/{trials or '-'}]  {state:<18} {shown}  {best}  "
-        f"{trial.user_attrs.get('epochs', 0)} epochs  {trial.user_attrs.get('seconds', 0):.1f}s  {params}{error}"
+        f"{trial.user_attrs.get('epochs', 0)} epochs  {trial.user_attrs.get('seconds', 0):.1f}s  "
+        f"{params}{error}"
     )
 
 
