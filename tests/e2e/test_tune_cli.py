@@ -99,3 +99,24 @@ def test_empty_range_in_the_space(tmp_path):
 
 def test_worker_without_storage(tmp_path):
     assert_user_error(tune(tmp_path, tune_config(tmp_path), "--worker"), "--worker", "needs --storage URL")
+
+
+def test_tune_of_a_regression_model_minimises_val_rmse_and_reports_the_test_rmse(tmp_path):
+    from test_regression import price_frame
+
+    price_frame(rows=120).to_csv(tmp_path / "prices.csv", index=False)
+    config = write_config(
+        tmp_path / "prices.yaml",
+        "tabular_regression",
+        "prices.csv",
+        data={"label": "price"},
+        train={"epochs": 3, "precision": "fp32"},
+        tune={"space": {"train.lr": {"loguniform": [1.0e-3, 1.0e-1]}}},
+    )
+    result = tune(tmp_path, config, "--trials", "3")
+    assert_ok(result)
+    assert "val_rmse" in result.stderr  # each trial line names the metric it is scored by
+    run_line = next(line for line in result.stdout.splitlines() if line.startswith("run:"))
+    assert "test rmse" in run_line
+    report = (tmp_path / "runs" / "tune" / "prices" / "tune_report.html").read_text()
+    assert "best val_rmse" in report and "test rmse of the best config" in report

@@ -103,10 +103,12 @@ def tune_command(
         ),
     ]
     if result.run:
+        from modelfoundry.tasks import get_task
+
+        metric = get_task(spec.raw["task"]).retrain_metric
         test = result.run.metrics.get("test") or result.run.metrics.get("val") or {}
-        lines.insert(
-            1, f"run:         {result.run.path} (test accuracy {test.get('accuracy', float('nan')):.4f})"
-        )
+        value = test.get(metric, float("nan"))
+        lines.insert(1, f"run:         {result.run.path} (test {metric} {value:.4f})")
     out.print("\n".join(lines), highlight=False)
 
 

@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from modelfoundry.evaluate.report import _CSS, _PLOT_STYLE, _esc, _fmt, _png_tag
 from modelfoundry.runfiles import atomic_write
-from modelfoundry.tasks import MINIMIZED
+from modelfoundry.tasks import MINIMIZED, get_task
 
 if TYPE_CHECKING:
     from modelfoundry.tune.search import Study, TuneResult
@@ -60,7 +60,8 @@ def write_tune_report(path: Path, spec: Study, result: TuneResult) -> Path:
 def _headline(spec: Study, trials: list, result: TuneResult) -> str:
     best = spec.study.best_trial
     counts = {state: sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
-    test = (result.run.metrics.get("test") or {}).get("accuracy") if result.run else None
+    metric = get_task(spec.raw["task"]).retrain_metric
+    test = (result.run.metrics.get("test") or {}).get(metric) if result.run else None
     tiles = [
         (f"best {spec.metric} (trial {best.number})", _fmt(best.value, ".4f")),
         (
@@ -70,7 +71,7 @@ def _headline(spec: Study, trials: list, result: TuneResult) -> str:
         ("epochs trained, all trials", f"{result.epochs_total:,}"),
     ]
     if test is not None:
-        tiles.append(("test accuracy of the best config", _fmt(test, ".4f")))
+        tiles.append((f"test {metric} of the best config", _fmt(test, ".4f")))
     tile_html = "".join(
         f'<div class="tile"><div class="value">{_esc(value)}</div><div class="name">{_esc(name)}</div></div>'
         for name, value in tiles
