@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from modelfoundry.builder import model_from_spec
 from modelfoundry.errors import UserError
+from modelfoundry.models.registry import family_function, family_of
 from modelfoundry.runfiles import atomic_folder, package_folder
 from modelfoundry.tasks import task_of
 
@@ -72,9 +73,10 @@ def load(path: str | Path, device: str = "cpu", backend: str = "auto") -> Predic
                 f"{folder}: no model.onnx yet. Export it with `foundry export {path} --format onnx`."
             )
         return Predictor(OnnxModel(folder / "model.onnx"), spec, folder)
-    options = {}
-    if spec["model"]["name"] == "pretrained":  # the architecture from the package; weights come next
-        options.update(path=str(folder / "encoder"), pretrained_weights=False)
+    family = family_of(spec["model"]["name"])
+    options = (
+        family_function(spec["model"]["name"], family.from_package)(folder) if family.from_package else {}
+    )
     model = model_from_spec(spec, **options)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return Predictor(model.to(device).eval(), spec, folder)

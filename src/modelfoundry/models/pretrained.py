@@ -83,6 +83,11 @@ class PretrainedClassifier(nn.Module):
         return {"encoder/config.json": self.encoder.config.to_json_string()}
 
 
+def package_options(folder: Path) -> dict:
+    """Rebuild from a package: the encoder's architecture is in `encoder/`; the weights come next."""
+    return {"path": str(folder / "encoder"), "pretrained_weights": False}
+
+
 def build_pretrained(
     input_shape: tuple[int, ...],
     num_classes: int,

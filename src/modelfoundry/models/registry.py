@@ -41,6 +41,8 @@ class Family:
         prunes: what pruning removes, in the user's words.
         width_option: the option that sets the layer widths; a half-size student scales it by 0.7.
         student: the family of a half-size student when this one has no width to scale.
+        from_package: the function in the builder's module that gives the options to rebuild the
+            architecture from a model package folder (`(folder) -> options`; None: the saved options do).
     """
 
     builder: str
@@ -50,6 +52,7 @@ class Family:
     prunes: str = ""
     width_option: str | None = None
     student: str | None = None
+    from_package: str | None = None
 
 
 FAMILIES: dict[str, Family] = {
@@ -104,6 +107,7 @@ FAMILIES: dict[str, Family] = {
         prune="prune_pretrained",
         prunes="feed-forward units of BERT-style encoders",
         student="lstm",
+        from_package="package_options",
     ),
 }
 IMAGE_ONLY = {name for name, family in FAMILIES.items() if family.takes == "images"}
