@@ -5,6 +5,7 @@ augmentation, the distillation teacher and the task's loss. The runner, `foundry
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +17,45 @@ from modelfoundry.models.registry import build_model
 from modelfoundry.tasks import get_task, task_of
 
 
+STEP_BUDGET = 1000  # optimizer steps a run gets when foundry chooses its epochs from the data size
+EPOCH_RANGE = (10, 100)  # ... within these bounds
+
+
 @dataclass
 class Built:
     model: torch.nn.Module
     augment: object  # callable (batch, generator) -> batch, or None
     teacher: torch.nn.Module | None
     objective: object  # tasks.base.Objective
+    train: object  # config.TrainConfig with the choices made at run time (epochs, monitor)
+    choices: list[str]  # those choices, in words
+
+
+def run_time_choices(cfg, data) -> tuple[object, list[str]]:
+    """What the config left to the data: the epochs (from the training set's size, within a time
+    budget, stopping early) and the monitored metric (the loss when the validation set is small)."""
+    from modelfoundry.config import AUTO_EPOCH_MINUTES, SMALL_VAL
+
+    train, updates, choices = cfg.train, {}, []
+    val = len(data.val) if data.val is not None else 0
+    if not cfg.user_set("train.monitor") and 0 < val < SMALL_VAL and train.monitor != "val_loss":
+        updates["monitor"] = "val_loss"
+        choices.append(
+            f"monitor val_loss: {val} validation examples are fewer than {SMALL_VAL}, where {train.monitor} "
+            "moves in steps and picks lucky epochs"
+        )
+    if cfg.recipe.get("train.epochs", "").startswith("chosen"):
+        steps = math.ceil(len(data.train) / train.batch_size)
+        epochs = min(EPOCH_RANGE[1], max(EPOCH_RANGE[0], math.ceil(STEP_BUDGET / steps)))
+        updates["epochs"] = epochs
+        updates["max_minutes"] = train.max_minutes or AUTO_EPOCH_MINUTES
+        line = (f"epochs {epochs}: about {STEP_BUDGET:,} steps of {steps} per epoch for {len(data.train):,} "
+                f"training examples, at most {updates['max_minutes']:g} minutes")
+        if val and cfg.recipe.get("train.early_stopping_patience", "").startswith("chosen"):
+            updates["early_stopping_patience"] = max(5, epochs // 10)
+            line += f", stopping after {updates['early_stopping_patience']} epochs without a better validation score"
+        choices.append(line)
+    return train.model_copy(update=updates), choices
 
 
 def model_options(cfg, base_dir: Path) -> dict:
@@ -59,7 +93,8 @@ def build(cfg, base_dir: Path, data, device: torch.device, console: Console | No
         task, cfg.model.name, model_options(cfg, base_dir), data.input_shape, data.labels, data.preprocessing
     )
     teacher = _teacher(cfg, base_dir, data, device, console) if cfg.train.distill else None
-    return Built(model, task.augmentation(cfg), teacher, task.objective(cfg.train, data.target))
+    train, choices = run_time_choices(cfg, data)
+    return Built(model, task.augmentation(cfg), teacher, task.objective(train, data.target), train, choices)
 
 
 def _teacher(cfg, base_dir: Path, data, device: torch.device, console: Console) -> torch.nn.Module:

@@ -15,16 +15,19 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from modelfoundry.errors import UserError, did_you_mean
-from modelfoundry.models.registry import check_options
+from modelfoundry.models.registry import check_options, family_of
 from modelfoundry.tasks import MINIMIZED, TASKS as TASK_REGISTRY
 
 TASKS = tuple(TASK_REGISTRY)
+AUTO_EPOCH_MINUTES = 5.0  # the time budget of a run whose epochs foundry chooses from the data
+SMALL_VAL = 200  # below this many validation examples accuracy moves in big steps: monitor the loss
 TEXT_DATA_KEYS = ("text", "max_length", "tokenizer", "privacy")  # data keys that only text tasks read
 
 
@@ -191,6 +194,12 @@ class TrainConfig(_Section):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="stop after the epoch that passes this many minutes of training (default: none; "
+        f"{AUTO_EPOCH_MINUTES:g} when epochs is chosen from the data)",
+    )
     distill: DistillConfig | None = Field(None, description="knowledge distillation from a trained teacher")
 
 
@@ -226,11 +235,21 @@ class TuneConfig(_Section):
 
 
 class Config(_Section):
+    """A run's config. Keys left unset take the model family's recipe (models/registry.py), then the
+    task's default, then the global default; `recipe` records which keys did, so a run's saved config
+    says where every value came from, and loading it again keeps those keys "unset"."""
+
     task: str = Field(description="what the model does: " + ", ".join(TASK_REGISTRY))
     name: str | None = Field(None, description="a readable name for the run")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    recipe: dict[str, str] = Field(
+        default_factory=dict,
+        description="written by foundry: dotted key -> where its value came from when the config left it "
+        "unset (e.g. 'mlp recipe', 'task default')",
+    )
+    _user_keys: set[str] = PrivateAttr(default_factory=set)
     # Left out of a run's saved config.yaml: a run trains one config; the search belongs to `foundry tune`.
     tune: TuneConfig | None = Field(
         None, exclude=True, description="the hyperparameter search of `foundry tune`"
@@ -266,11 +285,42 @@ class Config(_Section):
                 )
         if problems:
             raise ValueError("\n".join(problems))
+        self._user_keys = self._keys_set() - set(self.recipe)  # keys a saved recipe filled are not the user's
+        for key, value in family_of(self.model.name).recipe.items():
+            if key not in self._user_keys:
+                _assign(self, key, value)
+                self.recipe[key] = f"{self.model.name} recipe"
         if self.train.monitor is None:
             self.train.monitor = task.default_monitor
+            self.recipe["train.monitor"] = f"task default ({task.default_monitor}; val_loss below {SMALL_VAL} validation examples)"
+        if "train.epochs" not in self._user_keys and "train.epochs" not in self.recipe:
+            self.recipe["train.epochs"] = "chosen from the data at run time"
+            if "train.early_stopping_patience" not in self._user_keys:
+                self.recipe["train.early_stopping_patience"] = "chosen with the epochs at run time"
         if self.tune is not None and self.tune.metric is None:
             self.tune.metric = task.default_monitor
         return self
+
+
+    def _keys_set(self) -> set[str]:
+        """Dotted keys the config gives a value, in the sections a recipe fills."""
+        keys = {f"train.{k}" for k in self.train.model_fields_set}
+        keys |= {f"data.{k}" for k in self.data.model_fields_set if k != "augment"}
+        if "augment" in self.data.model_fields_set:
+            keys |= {f"data.augment.{k}" for k in self.data.augment.model_fields_set}
+        return keys
+
+    def user_set(self, key: str) -> bool:
+        """Whether the user's config (or --set) gave `key` ("train.monitor"), not a recipe or default."""
+        return key in self._user_keys
+
+
+def _assign(config: BaseModel, dotted: str, value: Any) -> None:
+    *path, last = dotted.split(".")
+    node = config
+    for part in path:
+        node = getattr(node, part)
+    setattr(node, last, value)
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -177,6 +177,12 @@ def _run(
     )
     built = build(cfg, base_dir, data, device, console)
     model = built.model
+    from_recipe = {k: v for k, v in cfg.recipe.items() if v.endswith(" recipe")}
+    if from_recipe:
+        values = ", ".join(f"{k.removeprefix('train.')}={_shown(cfg, k)}" for k in from_recipe)
+        console.print(f"recipe: {cfg.model.name} defaults for keys the config leaves unset: {values}", highlight=False)
+    for choice in built.choices:
+        console.print(f"chosen: {choice}", highlight=False)
     console.print(
         f"model: {cfg.model.name} with {sum(p.numel() for p in model.parameters()):,} parameters on {device}",
         highlight=False,
@@ -193,7 +199,7 @@ def _run(
         model,
         splits["train"],
         splits["val"],
-        cfg.train,
+        built.train,
         device=device,
         checkpoint_dir=path and path / "checkpoints",
         resume=resume,
@@ -209,6 +215,7 @@ def _run(
 
     clock = time.perf_counter()
     metrics: dict = {
+        "recipe": {"from": cfg.recipe, "chosen": built.choices},
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "stopped_early": result.stopped_early,
@@ -244,7 +251,7 @@ def _run(
             len(data.val) if data.val is not None else 0,
             len(result.history),
             sum(r["seconds"] for r in result.history),
-            math.ceil(len(data.train) / cfg.train.batch_size),
+            math.ceil(len(data.train) / built.train.batch_size),
         )
     spec["test_accuracy"] = metrics.get("test", {}).get("accuracy")
     if cfg.train.distill:
@@ -267,6 +274,13 @@ def _run(
         path, cfg.name or path.name, metrics, data, spec, predictions.get("test"), test, config_to_dict(cfg)
     )
     return metrics, timings
+
+
+def _shown(cfg: Config, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def write_run_report(

@@ -15,7 +15,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -43,6 +43,9 @@ class Family:
         student: the family of a half-size student when this one has no width to scale.
         from_package: the function in the builder's module that gives the options to rebuild the
             architecture from a model package folder (`(folder) -> options`; None: the saved options do).
+        recipe: the family's default training recipe, dotted config key -> value, applied where the
+            user's config leaves the key unset (user config > recipe > task default > global default).
+            Chosen by measurement: bench/defaults.py, results in bench/RESULTS.md.
     """
 
     builder: str
@@ -53,8 +56,24 @@ class Family:
     width_option: str | None = None
     student: str | None = None
     from_package: str | None = None
+    recipe: dict = field(default_factory=dict)
 
 
+# Recipes (bench/defaults.py measures each against a tuned configuration). Trained from scratch:
+# AdamW with decoupled weight decay and a decaying schedule; epochs are left to the data size and the
+# time budget (runner: chosen at run time), with early stopping on the validation loss.
+_FROM_SCRATCH = {"train.optimizer": "adamw", "train.schedule": "cosine"}
+_IMAGE_RECIPE = {
+    **_FROM_SCRATCH,
+    "train.lr": 0.003,
+    "train.weight_decay": 0.0005,
+    "train.schedule": "onecycle",
+    "train.label_smoothing": 0.05,
+    "data.augment.crop_padding": 1,  # small shifts and turns; no flips (a flipped 2 is no 2)
+    "data.augment.rotation": 10,
+}
+_SEQUENCE_RECIPE = {**_FROM_SCRATCH, "train.lr": 0.002, "train.weight_decay": 0.01, "train.warmup": 0.05,
+                    "train.grad_clip": 1.0}
 FAMILIES: dict[str, Family] = {
     "mlp": Family(
         "modelfoundry.models.mlp:build_mlp",
@@ -62,6 +81,7 @@ FAMILIES: dict[str, Family] = {
         prune="prune_mlp",
         prunes="hidden units",
         width_option="hidden",
+        recipe={**_FROM_SCRATCH, "train.lr": 0.003, "train.weight_decay": 0.01, "train.batch_size": 32},
     ),
     "cnn": Family(
         "modelfoundry.models.cnn:build_cnn",
@@ -70,6 +90,7 @@ FAMILIES: dict[str, Family] = {
         prune="prune_cnn",
         prunes="channels",
         width_option="width",
+        recipe=_IMAGE_RECIPE,
     ),
     "resnet": Family(
         "modelfoundry.models.resnet:build_resnet",
@@ -78,6 +99,7 @@ FAMILIES: dict[str, Family] = {
         prune="prune_resnet",
         prunes="channels",
         width_option="width",
+        recipe=_IMAGE_RECIPE,
     ),
     "lstm": Family(
         "modelfoundry.models.rnn:build_lstm",
@@ -85,6 +107,7 @@ FAMILIES: dict[str, Family] = {
         prune="prune_rnn",
         prunes="hidden units",
         width_option="hidden",
+        recipe=_SEQUENCE_RECIPE,
     ),
     "gru": Family(
         "modelfoundry.models.rnn:build_gru",
@@ -92,6 +115,7 @@ FAMILIES: dict[str, Family] = {
         prune="prune_rnn",
         prunes="hidden units",
         width_option="hidden",
+        recipe=_SEQUENCE_RECIPE,
     ),
     "transformer": Family(
         "modelfoundry.models.transformer:build_transformer",
@@ -99,6 +123,7 @@ FAMILIES: dict[str, Family] = {
         prune="prune_transformer",
         prunes="feed-forward units",
         width_option="width",
+        recipe=_SEQUENCE_RECIPE,
     ),
     # A fine-tuned encoder's architecture is fixed by its folder: its student is trained from scratch.
     "pretrained": Family(
@@ -108,6 +133,18 @@ FAMILIES: dict[str, Family] = {
         prunes="feed-forward units of BERT-style encoders",
         student="lstm",
         from_package="package_options",
+        # the fine-tuning recipe of BERT (Devlin et al. 2019): a small lr, warm-up, linear decay, few epochs;
+        # the new head learns faster than the encoder
+        recipe={
+            "train.optimizer": "adamw",
+            "train.lr": 5.0e-5,
+            "train.lr_head": 1.0e-3,
+            "train.schedule": "linear",
+            "train.warmup": 0.1,
+            "train.weight_decay": 0.01,
+            "train.batch_size": 32,
+            "train.epochs": 3,
+        },
     ),
 }
 IMAGE_ONLY = {name for name, family in FAMILIES.items() if family.takes == "images"}

@@ -228,6 +228,14 @@ def fit(
                 console.print(_epoch_line(record, cfg.epochs, objective), highlight=False)
             if on_epoch is not None:
                 on_epoch(record)
+            minutes = sum(r["seconds"] for r in history) / 60
+            if cfg.max_minutes and minutes >= cfg.max_minutes and epoch + 1 < cfg.epochs:
+                stopped_early = True  # DDP: every rank has the same history, so all stop together
+                progress.update(task, total=(epoch + 1) * batches_per_epoch)
+                console.print(f"time budget: {minutes:.1f} of train.max_minutes={cfg.max_minutes:g} minutes "
+                              f"used after epoch {epoch + 1}; stopping (best {monitor} at epoch {best['epoch']})",
+                              highlight=False)
+                break
             if patience_left <= 0:
                 stopped_early = True
                 progress.update(task, total=(epoch + 1) * batches_per_epoch)

@@ -195,7 +195,7 @@ class TrialRunner:
                 built.model,
                 splits["train"],
                 splits["val"],
-                cfg.train,
+                built.train,
                 device=device,
                 augment=built.augment,
                 console=Console(quiet=True),
