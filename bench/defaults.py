@@ -67,9 +67,23 @@ def adult_csv(folder: Path) -> str | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     root = Path(next(iter(spec.submodule_search_locations))) / "dataset" / "adult"
-    names = ["age", "workclass", "fnlwgt", "education", "education_num", "marital_status", "occupation",
-             "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week", "native_country",
-             "income"]
+    names = [
+        "age",
+        "workclass",
+        "fnlwgt",
+        "education",
+        "education_num",
+        "marital_status",
+        "occupation",
+        "relationship",
+        "race",
+        "sex",
+        "capital_gain",
+        "capital_loss",
+        "hours_per_week",
+        "native_country",
+        "income",
+    ]
     parts = [
         pd.read_csv(root / file, names=names, skipinitialspace=True, na_values="?", skiprows=skip)
         for file, skip in (("adult.data", 0), ("adult.test", 1))
@@ -108,15 +122,21 @@ def trained(config: dict, seed: int, score: str, console: Console) -> tuple[floa
     """(test score, whole-run seconds) of one seed."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        run = train(config, [f"train.seed={seed}", f"data.split.seed={seed}"], run_dir=Path(tmp) / "run",
-                    console=console)
+        run = train(
+            config,
+            [f"train.seed={seed}", f"data.split.seed={seed}"],
+            run_dir=Path(tmp) / "run",
+            console=console,
+        )
         return run.metrics["test"][score], time.perf_counter() - start
 
 
 def tuned_config(name: str, config: dict, space: dict, trials: int, console: Console) -> dict:
     """The best configuration of a `trials`-trial study (seed 0), as a config dict."""
-    study_config = {**copy.deepcopy(config), "tune": {"space": space,
-                                                      "metric": space["train.monitor"]["choice"][0]}}
+    study_config = {
+        **copy.deepcopy(config),
+        "tune": {"space": space, "metric": space["train.monitor"]["choice"][0]},
+    }
     storage = f"sqlite:///{Path(os.environ['FOUNDRY_HOME']) / f'{name}.db'}"
     spec = search.open_study(study_config, [], storage, study_name=name)
     search.optimize(spec, trials, None, console)
@@ -125,7 +145,9 @@ def tuned_config(name: str, config: dict, space: dict, trials: int, console: Con
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", nargs="*", default=None, help="default: every one found")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seeds", default="0,1,2")
@@ -137,8 +159,12 @@ def main() -> int:
     os.environ["FOUNDRY_HOME"] = home.name
     warnings.filterwarnings("ignore")
     quiet, log = Console(quiet=True), Console(stderr=True)
-    trained({"task": "tabular_classification", "data": {"source": "builtin:iris"}, "train": {"epochs": 1}},
-            0, "accuracy", quiet)  # imports and first-call costs, so the first data set is not charged them
+    trained(
+        {"task": "tabular_classification", "data": {"source": "builtin:iris"}, "train": {"epochs": 1}},
+        0,
+        "accuracy",
+        quiet,
+    )  # imports and first-call costs, so the first data set is not charged them
     rows, misses = [], 0
     for name, (config, space, score) in datasets(Path(home.name)).items():
         if args.datasets and name not in args.datasets:
@@ -154,17 +180,21 @@ def main() -> int:
         ok = d_mean >= t_mean - args.tolerance and d_sec <= t_sec * 1.05
         misses += not ok
         spread = lambda values: statistics.stdev(values) if len(values) > 1 else 0.0  # noqa: E731
+        d_spread, t_spread = spread([d[0] for d in default]), spread([t[0] for t in tuned])
         rows.append(
-            f"| {name} | {config['model']['name']} | {score} | {d_mean:.4f} ± {spread([d[0] for d in default]):.4f} "
-            f"| {t_mean:.4f} ± {spread([t[0] for t in tuned]):.4f} | {d_mean - t_mean:+.4f} | {d_sec:.1f} "
+            f"| {name} | {config['model']['name']} | {score} | {d_mean:.4f} ± {d_spread:.4f} "
+            f"| {t_mean:.4f} ± {t_spread:.4f} | {d_mean - t_mean:+.4f} | {d_sec:.1f} "
             f"| {t_sec:.1f} | {'yes' if ok else 'MISS'} |"
         )
     table = "\n".join(
         [
-            f"Default: `task`, `data` and `model.name` only. Tuned: the best of {args.trials} `foundry tune` "
-            f"trials on seed 0 (TPE, median pruner, validation loss / RMSE), trained again on each seed. "
-            f"Seeds {args.seeds} (initialisation and split); mean ± std; seconds per whole run. Target: the "
-            f"default within {args.tolerance * 100:g} point(s) of the tuned score at no more wall-clock.",
+            (
+                f"Default: `task`, `data` and `model.name` only. Tuned: the best of {args.trials} "
+                "`foundry tune` trials on seed 0 (TPE, median pruner, validation loss / RMSE), trained again "
+                f"on each seed. Seeds {args.seeds} (initialisation and split); mean ± std; seconds per whole "
+                f"run. Target: the default within {args.tolerance * 100:g} point(s) of the tuned score at no "
+                "more wall-clock."
+            ),
             "",
             "| data set | family | score | default | tuned | gap | default s | tuned s | met |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

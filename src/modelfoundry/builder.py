@@ -16,7 +16,6 @@ from modelfoundry.errors import UserError
 from modelfoundry.models.registry import build_model
 from modelfoundry.tasks import get_task, task_of
 
-
 STEP_BUDGET = 1000  # optimizer steps a run gets when foundry chooses its epochs from the data size
 EPOCH_RANGE = (10, 100)  # ... within these bounds
 
@@ -49,11 +48,14 @@ def run_time_choices(cfg, data) -> tuple[object, list[str]]:
         epochs = min(EPOCH_RANGE[1], max(EPOCH_RANGE[0], math.ceil(STEP_BUDGET / steps)))
         updates["epochs"] = epochs
         updates["max_minutes"] = train.max_minutes or AUTO_EPOCH_MINUTES
-        line = (f"epochs {epochs}: about {STEP_BUDGET:,} steps of {steps} per epoch for {len(data.train):,} "
-                f"training examples, at most {updates['max_minutes']:g} minutes")
+        line = (
+            f"epochs {epochs}: about {STEP_BUDGET:,} steps of {steps} per epoch for {len(data.train):,} "
+            f"training examples, at most {updates['max_minutes']:g} minutes"
+        )
         if val and cfg.recipe.get("train.early_stopping_patience", "").startswith("chosen"):
             updates["early_stopping_patience"] = max(5, epochs // 10)
-            line += f", stopping after {updates['early_stopping_patience']} epochs without a better validation score"
+            patience = updates["early_stopping_patience"]
+            line += f", stopping after {patience} epochs without a better validation score"
         choices.append(line)
     return train.model_copy(update=updates), choices
 

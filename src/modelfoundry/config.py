@@ -292,7 +292,9 @@ class Config(_Section):
                 self.recipe[key] = f"{self.model.name} recipe"
         if self.train.monitor is None:
             self.train.monitor = task.default_monitor
-            self.recipe["train.monitor"] = f"task default ({task.default_monitor}; val_loss below {SMALL_VAL} validation examples)"
+            self.recipe["train.monitor"] = (
+                f"task default ({task.default_monitor}; val_loss below {SMALL_VAL} validation examples)"
+            )
         if "train.epochs" not in self._user_keys and "train.epochs" not in self.recipe:
             self.recipe["train.epochs"] = "chosen from the data at run time"
             if "train.early_stopping_patience" not in self._user_keys:
@@ -300,7 +302,6 @@ class Config(_Section):
         if self.tune is not None and self.tune.metric is None:
             self.tune.metric = task.default_monitor
         return self
-
 
     def _keys_set(self) -> set[str]:
         """Dotted keys the config gives a value, in the sections a recipe fills."""

@@ -180,7 +180,9 @@ def _run(
     from_recipe = {k: v for k, v in cfg.recipe.items() if v.endswith(" recipe")}
     if from_recipe:
         values = ", ".join(f"{k.removeprefix('train.')}={_shown(cfg, k)}" for k in from_recipe)
-        console.print(f"recipe: {cfg.model.name} defaults for keys the config leaves unset: {values}", highlight=False)
+        console.print(
+            f"recipe: {cfg.model.name} defaults for keys the config leaves unset: {values}", highlight=False
+        )
     for choice in built.choices:
         console.print(f"chosen: {choice}", highlight=False)
     console.print(

@@ -22,9 +22,49 @@ def config_error(raw: dict, overrides: list[str] | None = None) -> str:
 def test_defaults_fill_every_section():
     cfg, _ = load_config(IMAGE)
     assert cfg.model.name == "mlp"
-    assert (cfg.train.epochs, cfg.train.optimizer, cfg.train.lr) == (20, "adam", 1e-3)
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.schedule) == ("adamw", 0.003, "cosine")  # mlp recipe
     assert (cfg.data.split.val, cfg.data.split.test) == (0.1, 0.2)
     assert cfg.data.missing == "impute" and cfg.data.dedupe is False
+
+
+def test_an_unset_key_takes_the_family_recipe_and_a_set_key_wins():
+    cfg, _ = load_config(
+        {
+            **IMAGE,
+            "model": {"name": "cnn"},
+            "train": {"lr": 0.01},
+            "data": {"source": "builtin:digits", "augment": {"rotation": 0}},
+        }
+    )
+    assert cfg.train.lr == 0.01 and cfg.user_set("train.lr") and "train.lr" not in cfg.recipe
+    assert cfg.train.optimizer == "adamw" and cfg.recipe["train.optimizer"] == "cnn recipe"
+    assert cfg.train.schedule == "onecycle" and cfg.data.augment.crop_padding == 1
+    assert cfg.data.augment.rotation == 0  # set by the user, though the recipe has 10
+    overridden, _ = load_config({**IMAGE, "model": {"name": "cnn"}}, ["train.optimizer=sgd"])
+    assert overridden.train.optimizer == "sgd" and "train.optimizer" not in overridden.recipe
+
+
+def test_the_saved_config_says_where_each_value_came_from_and_loads_to_the_same_choices():
+    cfg, _ = load_config({**IMAGE, "train": {"seed": 3}})
+    assert cfg.recipe["train.epochs"] == "chosen from the data at run time"
+    assert cfg.recipe["train.monitor"].startswith("task default")
+    saved = cfg.model_dump(mode="json")  # what a run writes as config.yaml
+    again, _ = load_config(saved)
+    assert again.recipe == cfg.recipe and not again.user_set("train.epochs") and again.user_set("train.seed")
+    assert again.train == cfg.train
+
+
+def test_the_family_recipes_only_set_keys_the_config_has():
+    from modelfoundry.models.registry import FAMILIES
+
+    for name, family in FAMILIES.items():
+        for key, value in family.recipe.items():
+            section = key.split(".")[0]
+            assert section in ("train", "data"), (name, key)
+            raw = {**IMAGE, "model": {"name": name}}
+            _, field = key.rsplit(".", 1)
+            load_config(raw, [f"{key}={value}"])  # a recipe value is a valid config value
+            assert field
 
 
 def test_yaml_file_is_read_and_relative_to_its_folder(tmp_path):

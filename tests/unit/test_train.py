@@ -435,3 +435,13 @@ def test_checkpoint_write_errors_surface_on_wait(tmp_path):
     with pytest.raises(OSError):  # noqa: PT011  which OSError, and its text, depend on the platform
         writer.wait()
     writer.wait()  # reported once
+
+
+def test_the_time_budget_stops_training_after_the_epoch_that_passes_it(monkeypatch):
+    from modelfoundry.training import loop
+
+    clock = iter(range(0, 10_000, 30))  # every perf_counter call moves 30 s on
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
+    _, result = run(train_cfg(epochs=50, max_minutes=1.0))
+    assert result.stopped_early and len(result.history) < 50
+    assert sum(r["seconds"] for r in result.history) >= 60

@@ -72,8 +72,13 @@ _IMAGE_RECIPE = {
     "data.augment.crop_padding": 1,  # small shifts and turns; no flips (a flipped 2 is no 2)
     "data.augment.rotation": 10,
 }
-_SEQUENCE_RECIPE = {**_FROM_SCRATCH, "train.lr": 0.002, "train.weight_decay": 0.01, "train.warmup": 0.05,
-                    "train.grad_clip": 1.0}
+_SEQUENCE_RECIPE = {
+    **_FROM_SCRATCH,
+    "train.lr": 0.002,
+    "train.weight_decay": 0.01,
+    "train.warmup": 0.05,
+    "train.grad_clip": 1.0,
+}
 FAMILIES: dict[str, Family] = {
     "mlp": Family(
         "modelfoundry.models.mlp:build_mlp",

@@ -343,25 +343,6 @@ class Task:
         raise NotImplementedError
 
 
-CLASSIFIER_TRAIN = """\
-train:
-  epochs: 30
-  batch_size: 64
-  optimizer: adam            # sgd | adagrad | adam | adamw
-  lr: 0.001
-  schedule: cosine           # constant | step | cosine | onecycle
-  warmup: 0.0                # fraction of all steps spent warming the lr up
-  weight_decay: 0.0          # L2 penalty; l1: 0.0 adds an L1 penalty
-  label_smoothing: 0.0
-  monitor: val_accuracy      # val_accuracy | val_loss | val_f1_macro
-  early_stopping_patience: 10  # stop after this many epochs without improvement (remove to train all epochs)
-  grad_clip: null            # e.g. 1.0 to clip the gradient norm
-  accumulate: 1              # batches per optimizer step
-  precision: auto            # auto | fp32 | bf16 | fp16  (auto: half precision only where it is faster)
-  seed: 0
-"""
-
-
 # ---- helpers shared by the tasks -----------------------------------------------------------------
 
 

@@ -21,14 +21,13 @@ from PIL import Image, UnidentifiedImageError
 
 from modelfoundry.data import images
 from modelfoundry.errors import InputError, UserError
-from modelfoundry.tasks.base import CLASSIFIER_TRAIN, Task, at, json_type
+from modelfoundry.tasks.base import Task, at, json_type
 
 
 class ImageClassification(Task):
     name = "image_classification"
     kind = "image"
-    starter = (
-        """\
+    starter = """\
 # modelfoundry config: image classification. Train with `foundry train config.yaml`.
 task: image_classification
 data:
@@ -43,8 +42,6 @@ model:
   depth: 2
   dropout: 0.2
 """
-        + CLASSIFIER_TRAIN
-    )
 
     def check_config(self, cfg) -> list[str]:
         return [p for p in super().check_config(cfg) if not p.startswith("data.label")]

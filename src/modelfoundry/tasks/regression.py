@@ -40,16 +40,6 @@ model:
   dropout: 0.1
 train:
   loss: mse                  # mse | mae | huber (huber and mae care less about outliers)
-  epochs: 200
-  batch_size: 32
-  optimizer: adamw           # sgd | adagrad | adam | adamw
-  lr: 0.003
-  schedule: cosine           # constant | step | cosine | onecycle
-  weight_decay: 0.01
-  monitor: val_rmse          # val_rmse | val_mae | val_r2 | val_loss
-  early_stopping_patience: 30  # stop after this many epochs without improvement
-  precision: auto
-  seed: 0
 """
 
 

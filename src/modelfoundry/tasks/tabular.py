@@ -16,7 +16,7 @@ import pandas as pd
 
 from modelfoundry.data import tabular
 from modelfoundry.errors import InputError, UserError, did_you_mean
-from modelfoundry.tasks.base import CLASSIFIER_TRAIN, Task, at, json_type
+from modelfoundry.tasks.base import Task, at, json_type
 from modelfoundry.tasks.text import write_jsonl
 
 # the label column name a built-in table's rows carry in corrections and in `evaluate --data` files
@@ -186,8 +186,7 @@ class TableInputs:
 
 class TabularClassification(TableInputs, Task):
     name = "tabular_classification"
-    starter = (
-        """\
+    starter = """\
 # modelfoundry config: tabular classification. Train with `foundry train config.yaml`.
 task: tabular_classification
 data:
@@ -201,8 +200,6 @@ model:
   hidden: [128, 64]
   dropout: 0.1
 """
-        + CLASSIFIER_TRAIN
-    )
 
 
 def read_rows(inputs) -> pd.DataFrame:

@@ -39,18 +39,6 @@ model:
   name: pretrained           # pretrained (fine-tune all-MiniLM-L6-v2) | lstm | gru | transformer
   # path: /models/my-bert    # any local Hugging Face encoder folder
   # freeze_layers: 0         # keep the embeddings and the first N layers fixed
-train:
-  epochs: 3
-  batch_size: 32
-  optimizer: adamw
-  lr: 5.0e-5                 # the encoder's rate
-  lr_head: 1.0e-3            # the new classification head learns faster
-  schedule: linear           # constant | step | linear | cosine | onecycle
-  warmup: 0.1
-  weight_decay: 0.01
-  monitor: val_accuracy
-  precision: auto
-  seed: 0
 """
 
     def check_config(self, cfg) -> list[str]:

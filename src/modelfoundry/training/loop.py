@@ -232,9 +232,11 @@ def fit(
             if cfg.max_minutes and minutes >= cfg.max_minutes and epoch + 1 < cfg.epochs:
                 stopped_early = True  # DDP: every rank has the same history, so all stop together
                 progress.update(task, total=(epoch + 1) * batches_per_epoch)
-                console.print(f"time budget: {minutes:.1f} of train.max_minutes={cfg.max_minutes:g} minutes "
-                              f"used after epoch {epoch + 1}; stopping (best {monitor} at epoch {best['epoch']})",
-                              highlight=False)
+                console.print(
+                    f"time budget: {minutes:.1f} of train.max_minutes={cfg.max_minutes:g} minutes "
+                    f"used after epoch {epoch + 1}; stopping (best {monitor} at epoch {best['epoch']})",
+                    highlight=False,
+                )
                 break
             if patience_left <= 0:
                 stopped_early = True

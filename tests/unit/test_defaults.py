@@ -1,0 +1,55 @@
+"""Run-time choices of a config that leaves them to foundry: epochs from the data size within a time
+budget, and the validation loss as the monitor when the validation set is small."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from modelfoundry.builder import build
+from modelfoundry.config import load_config
+from modelfoundry.data.prepare import prepare
+
+TABLE = {"task": "tabular_classification", "data": {"source": "builtin:breast_cancer"}}
+
+
+def built(raw: dict, *overrides: str):
+    cfg, base = load_config(raw, list(overrides))
+    data = prepare(cfg, Path(base))
+    return data, build(cfg, Path(base), data, torch.device("cpu"))
+
+
+def test_unset_epochs_are_chosen_from_the_data_with_a_budget_and_early_stopping():
+    data, result = built(TABLE)
+    steps = -(-len(data.train) // result.train.batch_size)
+    assert result.train.epochs == min(100, max(10, -(-1000 // steps)))
+    assert result.train.max_minutes == 5 and result.train.early_stopping_patience == max(
+        5, result.train.epochs // 10
+    )
+    assert any(choice.startswith(f"epochs {result.train.epochs}:") for choice in result.choices)
+
+
+def test_set_epochs_win_and_a_small_validation_set_is_monitored_by_its_loss():
+    data, result = built(TABLE, "train.epochs=7")
+    assert len(data.val) < 200
+    assert (result.train.epochs, result.train.max_minutes, result.train.early_stopping_patience) == (
+        7,
+        None,
+        None,
+    )
+    assert result.train.monitor == "val_loss" and "fewer than 200" in result.choices[0]
+    _, chosen = built(TABLE, "train.epochs=7", "train.monitor=val_f1_macro")
+    assert chosen.train.monitor == "val_f1_macro" and chosen.choices == []  # the user's monitor wins
+
+
+def test_a_recipe_with_its_own_epochs_is_not_given_a_budget():
+    cfg, _ = load_config(
+        {
+            "task": "text_classification",
+            "data": {"source": "x.csv", "text": "t", "label": "y"},
+            "model": {"name": "pretrained"},
+        }
+    )
+    assert cfg.train.epochs == 3 and cfg.recipe["train.epochs"] == "pretrained recipe"
+    assert (cfg.train.lr, cfg.train.lr_head, cfg.train.schedule) == (5e-5, 1e-3, "linear")
