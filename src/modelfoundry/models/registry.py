@@ -68,6 +68,7 @@ _IMAGE_RECIPE = {
     "train.lr": 0.003,
     "train.weight_decay": 0.0005,
     "train.schedule": "onecycle",
+    "train.warmup": 0.2,  # onecycle's rising part
     "train.label_smoothing": 0.05,
     "data.augment.crop_padding": 1,  # small shifts and turns; no flips (a flipped 2 is no 2)
     "data.augment.rotation": 10,
