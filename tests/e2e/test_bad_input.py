@@ -3,11 +3,23 @@ column, the bad value, and how to fix it, never with a traceback."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
-from e2e_helpers import assert_user_error, foundry, table_frame, write_config, write_image_folder, write_table
+from e2e_helpers import (
+    assert_ok,
+    assert_user_error,
+    foundry,
+    one_line,
+    table_frame,
+    write_config,
+    write_image_folder,
+    write_table,
+)
 
 
 def train(tmp_path, config, *args):
@@ -193,3 +205,18 @@ def test_evaluate_with_a_label_never_seen_in_training(table_run, tmp_path):
     frame.to_csv(tmp_path / "other.csv", index=False)
     result = foundry("evaluate", table_run.path, "--data", "other.csv", cwd=tmp_path, home=table_run.home)
     assert_user_error(result, "'zebra'", "other.csv", "never seen in training", "a, b, c")
+
+
+@pytest.mark.slow
+def test_evaluate_with_an_unseen_image_label_prints_it_plainly(image_run, tmp_path):
+    write_image_folder(tmp_path / "other", per_class=2, classes=("cat", "zz"))
+    result = foundry("evaluate", image_run.path, "--data", "other", cwd=tmp_path, home=image_run.home)
+    message = assert_user_error(result, "label(s) 'zz' were never seen in training", "cat, dog")
+    assert "np.str_" not in message
+
+
+@pytest.mark.slow
+def test_a_very_long_alias_gives_the_limit_and_is_not_echoed_back(table_run, tmp_path):
+    result = foundry("models", "alias", table_run.id, "a" * 5000, cwd=tmp_path, home=table_run.home)
+    message = assert_user_error(result, "5,000 characters long", "at most 80 characters")
+    assert len(message) < 300
