@@ -207,6 +207,17 @@ def test_evaluate_with_a_label_never_seen_in_training(table_run, tmp_path):
     assert_user_error(result, "'zebra'", "other.csv", "never seen in training", "a, b, c")
 
 
+def test_a_latin1_csv_names_the_line_and_byte_and_says_to_re_encode(tmp_path):
+    config = table_config(tmp_path)
+    text = (tmp_path / "data.csv").read_text().splitlines()
+    text[4] = text[4].replace("red", "r\u00f6d").replace("green", "gr\u00fcn").replace("blue", "bl\u00e5")
+    (tmp_path / "data.csv").write_bytes(("\n".join(text) + "\n").encode("latin-1"))
+    message = assert_user_error(
+        train(tmp_path, config), "data.csv", "row 4, line 5, byte", "not valid UTF-8", "iconv"
+    )
+    assert "quoting" not in message
+
+
 @pytest.mark.slow
 def test_evaluate_with_an_unseen_image_label_prints_it_plainly(image_run, tmp_path):
     write_image_folder(tmp_path / "other", per_class=2, classes=("cat", "zz"))

@@ -198,6 +198,16 @@ def test_encoder_spec_survives_json():
     np.testing.assert_array_equal(reloaded.transform(frame), encoder.transform(frame))
 
 
+def test_read_table_of_a_latin1_csv_names_the_line_and_byte_and_says_to_re_encode(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes("x,label\n1,a\n2,gr\u00fcn\n".encode("latin-1"))
+    with pytest.raises(UserError) as info:
+        tabular.read_table(path)
+    message = str(info.value)
+    assert "row 2, line 3, byte 5" in message and "b'\\xfc'" in message and "iconv" in message
+    assert "quoting" not in message
+
+
 # ----------------------------------------------------------------------------- images
 
 

@@ -54,9 +54,11 @@ def read_table(path: Path, *, quoting: bool = True, text: bool = False) -> pd.Da
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: the file is empty. Add a header row and at least one data row.") from None
     except (pd.errors.ParserError, ValueError, UnicodeDecodeError, OSError) as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            check_utf8(path)  # names the line and the bytes, and how to re-encode
         hint = (
             " If the texts contain quote characters that do not enclose fields, set data.quoting: false."
-            if quoting and suffix in (".csv", ".tsv")
+            if quoting and suffix in (".csv", ".tsv") and isinstance(exc, pd.errors.ParserError)
             else ""
         )
         raise UserError(f"{path}: could not be read as {suffix[1:]}: {exc}.{hint}") from None
