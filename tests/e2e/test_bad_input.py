@@ -207,6 +207,21 @@ def test_evaluate_with_a_label_never_seen_in_training(table_run, tmp_path):
     assert_user_error(result, "'zebra'", "other.csv", "never seen in training", "a, b, c")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("value", "shown", "what"), [("inf", "inf", "infinite"), ("1e308", "1e+308", "too large")]
+)
+def test_predict_refuses_an_infinite_or_too_large_number_naming_row_and_column(
+    table_run, tmp_path, value, shown, what
+):
+    """Not exit 0 with a NaN probability: the model computes in float32, where 1e308 is inf too."""
+    rows = table_frame(per_class=1).drop(columns="label").astype({"x2": object})
+    rows.loc[1, "x2"] = value
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    result = foundry("predict", table_run.path, "rows.csv", cwd=tmp_path, home=table_run.home)
+    assert_user_error(result, "rows.csv", "row 2 (line 3 of rows.csv)", "column 'x2'", f"{shown} is {what}")
+
+
 def test_a_latin1_csv_names_the_line_and_byte_and_says_to_re_encode(tmp_path):
     config = table_config(tmp_path)
     text = (tmp_path / "data.csv").read_text().splitlines()

@@ -198,6 +198,27 @@ def test_encoder_spec_survives_json():
     np.testing.assert_array_equal(reloaded.transform(frame), encoder.transform(frame))
 
 
+@pytest.mark.parametrize(
+    ("value", "shown", "what"),
+    [(np.inf, "inf", "infinite"), (-np.inf, "-inf", "infinite"), (1e308, "1e+308", "too large")],
+)
+def test_encoder_refuses_infinite_numbers_and_numbers_beyond_float32(value, shown, what):
+    """The model computes in float32: 1e308 would become inf there and every probability NaN."""
+    encoder = tabular.TableEncoder().fit(train_frame())
+    rows = pd.DataFrame({"age": [31.0, value], "city": ["rome", "oslo"]})
+    with pytest.raises(UserError) as info:
+        encoder.transform(rows, "new.csv")
+    message = str(info.value)
+    assert "row 2 (line 3 of new.csv)" in message and "column 'age'" in message
+    assert f"{shown} is {what}" in message and "np.float64" not in message and "leave them empty" in message
+
+
+def test_encoder_takes_a_large_number_that_fits_float32():
+    encoder = tabular.TableEncoder().fit(train_frame())
+    features = encoder.transform(pd.DataFrame({"age": [1e30], "city": ["rome"]}))
+    assert np.isfinite(features).all()
+
+
 def test_read_table_of_a_latin1_csv_names_the_line_and_byte_and_says_to_re_encode(tmp_path):
     path = tmp_path / "t.csv"
     path.write_bytes("x,label\n1,a\n2,gr\u00fcn\n".encode("latin-1"))

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".json"}
 MAX_CATEGORIES = 50
 MISSING = "__missing__"
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # models compute in float32: beyond it numbers become inf
 
 
 def read_table(path: Path, *, quoting: bool = True, text: bool = False) -> pd.DataFrame:
@@ -104,6 +105,11 @@ def check_utf8(path: Path, block: int = 1 << 24) -> None:
             offset += len(chunk)
             if not chunk:
                 return
+
+
+def plain(value) -> str:
+    """A cell value as a user wrote it: 'zz', 1e+308, inf (not numpy's np.str_('zz'), np.float64(inf))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def row_name(path: str, index: int) -> str:
@@ -244,8 +250,22 @@ class TableEncoder:
                         f"{values.iloc[i]!r} is not a number, and the model was trained on numbers in this "
                         "column."
                     )
-                filled = numbers.fillna(col["fill"]).to_numpy(dtype=np.float32)
-                parts.append(((filled - col["mean"]) / col["std"])[:, None])
+                with np.errstate(over="ignore"):  # 1e308 becomes inf in float32: refused just below
+                    filled = numbers.fillna(col["fill"]).to_numpy(dtype=np.float64).astype(np.float32)
+                    scaled = (filled - col["mean"]) / col["std"]
+                # inf, and numbers beyond float32 (1e308): the model would compute with inf and answer NaN
+                too_big = ~np.isfinite(scaled)
+                if too_big.any():
+                    i = int(np.argmax(too_big))
+                    what = "infinite" if np.isinf(numbers.iloc[i]) else "too large"
+                    raise UserError(
+                        f"{origin}: {row_name(origin, frame.index[i])}, column '{col['name']}': "
+                        f"{plain(values.iloc[i])} is {what}"
+                        f" ({int(too_big.sum())} such cell(s) in all); the model takes finite numbers "
+                        f"within ±{FLOAT32_MAX:.1e}. Replace them with a number or leave them empty to be "
+                        "imputed."
+                    )
+                parts.append(scaled[:, None])
             else:
                 strings = values.fillna(MISSING).astype(str).to_numpy()
                 parts.append((strings[:, None] == np.array(col["categories"])[None, :]).astype(np.float32))

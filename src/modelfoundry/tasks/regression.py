@@ -145,7 +145,7 @@ class TabularRegression(TableInputs, Task):
             i = int(np.argmax(infinite))
             raise UserError(
                 f"{origin}: {tabular.row_name(origin, column.index[i])}, column '{column.name}': "
-                f"{column.iloc[i]!r} is not a finite number. Fix the cell or remove the row."
+                f"{tabular.plain(column.iloc[i])} is not a finite number. Fix the cell or remove the row."
             )
         return numbers.to_numpy(dtype=np.float64)
 
