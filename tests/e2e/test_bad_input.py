@@ -222,6 +222,20 @@ def test_predict_refuses_an_infinite_or_too_large_number_naming_row_and_column(
     assert_user_error(result, "rows.csv", "row 2 (line 3 of rows.csv)", "column 'x2'", f"{shown} is {what}")
 
 
+@pytest.mark.slow
+def test_predict_ignores_the_label_and_dropped_columns_and_refuses_any_other(tmp_path):
+    """One rule for `foundry predict` and the HTTP service (tasks/tabular.py encode_request)."""
+    home = tmp_path / "runs"
+    config = table_config(tmp_path, table_frame().assign(id=range(60)), data={"drop": ["id"]})
+    assert_ok(train(tmp_path, config, "--run-dir", "run"))
+    rows = table_frame(per_class=1, seed=2).assign(id=[7, 8, 9])  # as the training file: label and id too
+    rows.to_csv(tmp_path / "same.csv", index=False)
+    assert_ok(foundry("predict", "run", "same.csv", cwd=tmp_path, home=home))
+    rows.assign(colour="red").to_csv(tmp_path / "extra.csv", index=False)
+    result = foundry("predict", "run", "extra.csv", cwd=tmp_path, home=home)
+    assert_user_error(result, "extra.csv", "'colour'", "Did you mean 'color'?", "it ignores: label, id")
+
+
 def test_a_latin1_csv_names_the_line_and_byte_and_says_to_re_encode(tmp_path):
     config = table_config(tmp_path)
     text = (tmp_path / "data.csv").read_text().splitlines()

@@ -219,6 +219,37 @@ def test_encoder_takes_a_large_number_that_fits_float32():
     assert np.isfinite(features).all()
 
 
+def test_encoder_ignores_the_columns_it_was_told_to_and_refuses_others():
+    encoder = tabular.TableEncoder().fit(train_frame(), ignored=["label", "id"])
+    rows = train_frame().assign(label="a", id=range(5))
+    np.testing.assert_array_equal(encoder.transform(rows), encoder.transform(train_frame()))
+    with pytest.raises(UserError) as info:
+        encoder.transform(train_frame().assign(agee=1), "new.csv")
+    message = str(info.value)
+    assert message.startswith("new.csv: column(s) 'agee'") and "Did you mean 'age'?" in message
+    assert "It reads: age, city; it ignores: label, id." in message
+    # a package from before ignored columns were recorded ignores every extra column, as it did
+    assert tabular.TableEncoder({"columns": encoder.spec["columns"]}).transform(rows).shape == (5, 4)
+
+
+def test_prepare_records_the_columns_a_table_model_ignores(tmp_path):
+    frame = pd.DataFrame(
+        {"id": range(40), "x": np.arange(40.0), "label": ["a", "b"] * 20, "note": ["n"] * 40}
+    )
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    cfg, base = load_config(
+        {
+            "task": "tabular_classification",
+            "data": {"source": str(tmp_path / "t.csv"), "label": "label", "drop": ["id", "note"]},
+        }
+    )
+    data = prepare(cfg, base)
+    assert data.preprocessing["ignored_columns"] == ["id", "label", "note"]
+    assert "ignored_columns" not in data.report
+    cfg, base = load_config({"task": "tabular_classification", "data": {"source": "builtin:iris"}})
+    assert prepare(cfg, base).preprocessing["ignored_columns"] == ["target"]
+
+
 def test_read_table_of_a_latin1_csv_names_the_line_and_byte_and_says_to_re_encode(tmp_path):
     path = tmp_path / "t.csv"
     path.write_bytes("x,label\n1,a\n2,gr\u00fcn\n".encode("latin-1"))

@@ -330,7 +330,7 @@ def prepare_streamed(path: Path, data, origin: str) -> dict:
     if split_cfg.val + split_cfg.test >= 1:
         raise UserError(f"data.split: val {split_cfg.val} + test {split_cfg.test} leave no training rows.")
     counts, report, sample, features = _first_pass(path, data, origin)
-    encoder = tabular.TableEncoder().fit(sample[features])
+    encoder = tabular.TableEncoder().fit(sample[features], counts["ignored_columns"])
     fitted_rows = len(sample)
     del sample
     give_back_memory()
@@ -426,13 +426,14 @@ def _first_pass(path: Path, data, origin: str):
     missing: Counter = Counter()
     dropped = Counter(dropped_unlabeled_rows=0)
     hashes, codes = [], []
-    sample, features, rows_seen, dropped_missing = None, None, 0, 0
+    sample, features, ignored, rows_seen, dropped_missing = None, None, [], 0, 0
     for chunk in read_chunks(path):
         numbers = chunk.index.to_numpy()
         code = np.full(len(chunk), -1, np.int8)  # -1: not used (unlabeled, dropped for missing values)
         chunk, labels = _clean(chunk, data, origin, dropped)
         if features is None:
             features = tabular.feature_columns(chunk, data, origin)
+            ignored = [c for c in chunk.columns if c not in features]  # the label, data.drop
         kept, counts = tabular.check_missing(chunk[features], data.missing, 1.0, origin)
         missing.update(counts)
         dropped_missing += len(chunk) - len(kept)
@@ -500,7 +501,7 @@ def _first_pass(path: Path, data, origin: str):
             f"{origin}: no rows fell in the training split; lower data.split.val / data.split.test."
         )
     return (
-        {"codes": codes, "label_names": names, "label_counts": label_counts},
+        {"codes": codes, "label_names": names, "label_counts": label_counts, "ignored_columns": ignored},
         report,
         sample.drop(columns="_key"),
         features,

@@ -200,7 +200,10 @@ class TableEncoder:
     def __init__(self, spec: dict | None = None):
         self.spec = spec
 
-    def fit(self, frame: pd.DataFrame) -> TableEncoder:
+    def fit(self, frame: pd.DataFrame, ignored: list[str] | None = None) -> TableEncoder:
+        """Fit on the training rows' feature columns. `ignored`: the other columns of the training file
+        (the label, data.drop), which inputs may carry and are ignored; any other column is refused.
+        None (packages before this rule): every column is ignored."""
         columns = []
         for name in frame.columns:
             values = frame[name]
@@ -216,6 +219,8 @@ class TableEncoder:
                 top = values.fillna(MISSING).astype(str).value_counts().index[:MAX_CATEGORIES]
                 columns.append({"name": name, "kind": "category", "categories": sorted(top)})
         self.spec = {"columns": columns}
+        if ignored is not None:
+            self.spec["ignored_columns"] = list(ignored)
         return self
 
     @property
@@ -229,6 +234,29 @@ class TableEncoder:
             )
         return names
 
+    def unknown_columns(self, columns) -> list[str]:
+        """Columns that are neither features nor ignored by the model (none for a package from before
+        `ignored_columns` was recorded)."""
+        if "ignored_columns" not in self.spec:
+            return []
+        known = {c["name"] for c in self.spec["columns"]} | set(self.spec["ignored_columns"])
+        return [str(c) for c in columns if str(c) not in known]
+
+    def check_unknown(self, columns, origin: str) -> None:
+        """One rule for `foundry predict`, `Predictor` and the HTTP service: the columns the model was
+        trained to ignore may come along; any other column is a mistake (a misspelt or renamed feature)."""
+        unknown = self.unknown_columns(columns)
+        if not unknown:
+            return
+        names = [c["name"] for c in self.spec["columns"]]
+        ignored = self.spec["ignored_columns"]
+        raise UserError(
+            f"{origin}: column(s) {', '.join(map(repr, unknown[:10]))} are not columns this model reads or "
+            f"ignores.{did_you_mean(unknown[0], names)} It reads: {', '.join(names[:30])}"
+            + (f"; it ignores: {', '.join(ignored)}" if ignored else "")
+            + ". Remove or rename the column(s)."
+        )
+
     def transform(self, frame: pd.DataFrame, origin: str = "input") -> np.ndarray:
         """Table -> (N, F) float32 features. Raises UserError naming missing columns or non-numeric values."""
         missing = [c["name"] for c in self.spec["columns"] if c["name"] not in frame.columns]
@@ -237,6 +265,7 @@ class TableEncoder:
                 f"{origin}: the model needs column(s) {', '.join(map(repr, missing))}, which are absent."
                 + did_you_mean(missing[0], frame.columns)
             )
+        self.check_unknown(frame.columns, origin)
         parts = []
         for col in self.spec["columns"]:
             values = frame[col["name"]]

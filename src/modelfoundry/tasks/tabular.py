@@ -36,6 +36,8 @@ class TableInputs:
             )
         frame = tabular.read_table(path)
         tabular.check_column(frame, data.label, "label", origin)
+        features = tabular.feature_columns(frame, data, origin)
+        extra["ignored_columns"] = [c for c in frame.columns if c not in features]
         unlabeled = frame[data.label].isna()
         if unlabeled.all():
             raise UserError(f"{origin}: label column '{data.label}' is empty in every row.")
@@ -43,7 +45,7 @@ class TableInputs:
             extra["dropped_unlabeled_rows"] = int(unlabeled.sum())
             frame = frame[~unlabeled]
         return (
-            frame[tabular.feature_columns(frame, data, origin)],
+            frame[features],
             self.raw_targets(frame[data.label], origin),
             origin,
             extra,
@@ -81,7 +83,10 @@ class TableInputs:
         from modelfoundry.data.prepare import ArrayData
 
         report["warnings"] += tabular.numbers_with_stray_text(examples, report["source"])
-        encoder = tabular.TableEncoder().fit(examples.iloc[split["train"]])
+        # the training file's other columns (label, data.drop) may come along in inputs; a built-in's: its
+        # label column as `evaluate --data` files name it
+        ignored = list(dict.fromkeys(report.pop("ignored_columns", None) or [BUILTIN_LABEL]))
+        encoder = tabular.TableEncoder().fit(examples.iloc[split["train"]], ignored)
         features = encoder.transform(examples, report["source"])
         parts = {k: ArrayData(features[v], targets.values[v]) if len(v) else None for k, v in split.items()}
         display = examples.iloc[split["test"]].to_dict(orient="records")
@@ -104,13 +109,15 @@ class TableInputs:
         """Rows as objects column -> value: every column the model reads, numbers where it takes numbers."""
         columns = predictor.spec["preprocessing"]["columns"]
         names = [c["name"] for c in columns]
+        ignored = predictor.spec["preprocessing"].get("ignored_columns", [])  # the label, data.drop
         for i, row in enumerate(inputs):
             where = at(field, i)
             if not isinstance(row, dict):
                 raise InputError(
                     422, where, f"a table model takes objects of column -> value; got {json_type(row)}."
                 )
-            missing, extra = [n for n in names if n not in row], [k for k in row if k not in names]
+            missing = [n for n in names if n not in row]
+            extra = [k for k in row if k not in names and k not in ignored]
             if missing:
                 raise InputError(
                     422,
