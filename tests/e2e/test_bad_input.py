@@ -236,6 +236,32 @@ def test_predict_ignores_the_label_and_dropped_columns_and_refuses_any_other(tmp
     assert_user_error(result, "extra.csv", "'colour'", "Did you mean 'color'?", "it ignores: label, id")
 
 
+@pytest.mark.slow
+def test_evaluate_a_model_trained_on_a_builtin_table(tmp_path):
+    """A built-in's labels are in column `target` of an evaluate --data file, or where --label says."""
+    from sklearn.datasets import load_breast_cancer
+
+    home = tmp_path / "runs"
+    config = write_config(
+        tmp_path / "bc.yaml", "tabular_classification", "builtin:breast_cancer", data={"label": None}
+    )
+    assert_ok(train(tmp_path, config, "--run-dir", "run"))
+    bunch = load_breast_cancer()
+    frame = pd.DataFrame(bunch.data[:40], columns=bunch.feature_names)
+    frame["target"] = bunch.target_names[bunch.target[:40]]
+    frame.to_csv(tmp_path / "new.csv", index=False)
+    assert_ok(foundry("evaluate", "run", "--data", "new.csv", cwd=tmp_path, home=home))
+
+    frame.rename(columns={"target": "diagnosis"}).to_csv(tmp_path / "renamed.csv", index=False)
+    result = foundry("evaluate", "run", "--data", "renamed.csv", cwd=tmp_path, home=home)
+    message = assert_user_error(result, "renamed.csv", "label column 'target' not found", "--label")
+    assert "Did you mean" not in message  # 'worst area' is no near miss of 'target'
+    labelled = foundry(
+        "evaluate", "run", "--data", "renamed.csv", "--label", "diagnosis", cwd=tmp_path, home=home
+    )
+    assert_ok(labelled)
+
+
 def test_a_latin1_csv_names_the_line_and_byte_and_says_to_re_encode(tmp_path):
     config = table_config(tmp_path)
     text = (tmp_path / "data.csv").read_text().splitlines()

@@ -172,7 +172,15 @@ class TableInputs:
     def read_labelled(self, predictor, source: Path, label: str | None):
         frame = tabular.read_table(source)
         column = label or predictor.spec.get("label_column") or BUILTIN_LABEL
-        tabular.check_column(frame, column, "label", str(source))
+        try:
+            tabular.check_column(frame, column, "label", str(source))
+        except UserError as exc:
+            if label:
+                raise
+            raise UserError(
+                f"{exc} The model was trained with labels in column '{column}': add that column, or "
+                "name the column that holds the labels with --label COLUMN."
+            ) from None
         if frame[column].isna().any():
             frame = frame[frame[column].notna()]
         raw = self.raw_targets(frame[column], str(source))
