@@ -647,6 +647,8 @@ _METRIC_COLUMNS = {  # (key, column heading); a table shows the set whose first 
 
 
 def _print_metrics(metrics: dict) -> None:
+    from modelfoundry.evaluate.metrics import absent_note
+
     splits = [split for split in ("val", "test") if split in metrics]
     first = next((k for k in _METRIC_COLUMNS if splits and k in metrics[splits[0]]), "accuracy")
     columns = _METRIC_COLUMNS[first]
@@ -656,6 +658,9 @@ def _print_metrics(metrics: dict) -> None:
         values = [m.get(k) if k != "baseline" else m.get(k, {}).get("rmse") for k, _ in columns]
         table.add_row(split, *[_fmt(v) for v in values])
     out.print(table)
+    for split in splits:
+        if absent := metrics[split].get("absent_classes"):
+            out.print(escape(absent_note(split, absent, len(metrics[split]["per_class"]))), highlight=False)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -262,6 +262,24 @@ def test_evaluate_a_model_trained_on_a_builtin_table(tmp_path):
     assert_ok(labelled)
 
 
+@pytest.mark.slow
+def test_evaluate_on_data_missing_some_classes_averages_over_the_present_ones(table_run, tmp_path):
+    # identical rows of class 'a': one prediction for all, so at least one of the 3 classes has neither
+    # an example nor a prediction
+    table_frame(per_class=4, labels=("a",)).iloc[[0] * 4].to_csv(tmp_path / "only_a.csv", index=False)
+    result = foundry("evaluate", table_run.path, "--data", "only_a.csv", cwd=tmp_path, home=table_run.home)
+    assert_ok(result)
+    (folder,) = (table_run.path / "evaluations").glob("only_a-*")
+    metrics = json.loads((folder / "metrics.json").read_text())["test"]
+    present = [k for k, v in metrics["per_class"].items() if k not in metrics.get("absent_classes", [])]
+    assert metrics["absent_classes"] and "a" not in metrics["absent_classes"]
+    assert metrics["f1_macro"] == pytest.approx(np.mean([metrics["per_class"][k]["f1"] for k in present]))
+    shown = one_line(result.stdout)
+    assert f"{len(metrics['absent_classes'])} of 3 classes have no example and no prediction" in shown
+    assert "macro averages are over the other" in shown
+    assert "no example and no prediction" in (folder / "report.html").read_text()
+
+
 def test_a_latin1_csv_names_the_line_and_byte_and_says_to_re_encode(tmp_path):
     config = table_config(tmp_path)
     text = (tmp_path / "data.csv").read_text().splitlines()
