@@ -291,6 +291,18 @@ def test_a_latin1_csv_names_the_line_and_byte_and_says_to_re_encode(tmp_path):
     assert "quoting" not in message
 
 
+def test_one_colour_image_among_grey_ones_is_converted_with_a_warning(tmp_path):
+    write_image_folder(tmp_path / "images")
+    Image.new("RGBA", (8, 8), (255, 0, 0, 128)).save(tmp_path / "images" / "dog" / "odd.png")
+    config = write_config(tmp_path / "config.yaml", "image_classification", "images")
+    result = train(tmp_path, config, "--run-dir", "run")
+    assert_ok(result)
+    assert "1 colour image(s) are converted to grey: dog/odd.png" in one_line(result.stderr)
+    assert (
+        json.loads((tmp_path / "run" / "model" / "model.json").read_text())["preprocessing"]["channels"] == 1
+    )
+
+
 @pytest.mark.slow
 def test_evaluate_with_an_unseen_image_label_prints_it_plainly(image_run, tmp_path):
     write_image_folder(tmp_path / "other", per_class=2, classes=("cat", "zz"))

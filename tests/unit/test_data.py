@@ -290,6 +290,36 @@ def test_read_image_folder_mixed_modes_become_rgb_of_the_asked_size(tmp_path):
     assert images.dtype == np.float32 and images.min() >= 0 and images.max() <= 1
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_one_colour_image_among_grey_ones_is_converted_to_grey_with_a_warning(tmp_path, lazy):
+    from modelfoundry.data.lazy_images import scan
+
+    for i in range(3):
+        save_png(tmp_path / "cat" / f"{i}.png", (4, 4), "L", 10)
+        save_png(tmp_path / "dog" / f"{i}.png", (4, 4), "L", 200)
+    save_png(tmp_path / "dog" / "odd.png", (4, 4), "RGBA", (255, 0, 0, 255))
+
+    def shape():
+        if lazy:
+            return scan(tmp_path, None, None)[3]
+        return read_image_folder(tmp_path, size=None, channels=None)[0].shape[1:]
+
+    with pytest.warns(
+        UserWarning, match=r"most images are grey.*1 colour image\(s\) are converted to grey: dog/odd.png"
+    ):
+        found = shape()
+    assert found == (1, 4, 4)
+
+
+def test_asked_channels_convert_without_a_warning(tmp_path):
+    save_png(tmp_path / "cat" / "1.png", (4, 4), "L", 10)
+    save_png(tmp_path / "dog" / "1.png", (4, 4), "RGBA", (255, 0, 0, 255))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images, _, _, _ = read_image_folder(tmp_path, size=None, channels=1)
+    assert images.shape == (2, 1, 4, 4)
+
+
 def test_corrupt_image_is_skipped_with_a_warning(tmp_path):
     save_png(tmp_path / "a" / "good.png", (4, 4), "L", 10)
     save_png(tmp_path / "b" / "good.png", (4, 4), "L", 20)
