@@ -218,9 +218,9 @@ def streamed_table(path: Path, config: Config, base_dir: Path) -> Prepared:
     """A table file read in chunks by Arrow and encoded once to a scratch file (data/stream.py)."""
     from modelfoundry.data import stream
 
-    parts = stream.prepare_streamed(path, config.data, str(path))
+    parts = stream.prepare_streamed(path, config.data, str(path), get_task(config.task))
     report = parts["report"]
-    report["class_counts"], report["warnings"] = validate.class_balance(parts["counts"], parts["labels"])
+    report.setdefault("warnings", [])
     _warn_about(report)
     splits = parts["splits"]
     return Prepared(
@@ -232,6 +232,7 @@ def streamed_table(path: Path, config: Config, base_dir: Path) -> Prepared:
         {"kind": "table", **parts["encoder"].spec},
         report,
         parts["display"],
+        target=parts["target"],
     )
 
 
@@ -242,10 +243,10 @@ def streamed_texts(path: Path, config: Config, base_dir: Path) -> Prepared:
     data = config.data
     tokenizer, max_length = text.tokenizer_for(config, base_dir)
     spec = text.tokenizer_spec(tokenizer)
-    parts = stream_text.prepare_streamed_text(path, data, tokenizer, max_length, spec["pad_id"])
+    parts = stream_text.prepare_streamed_text(
+        path, data, get_task(config.task), tokenizer, max_length, spec["pad_id"]
+    )
     report = parts["report"]
-    report["class_counts"], balance_warnings = validate.class_balance(parts["counts"], parts["labels"])
-    report["warnings"] += balance_warnings
     _warn_about(report)
     preprocessing = {
         "kind": "text",
