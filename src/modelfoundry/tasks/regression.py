@@ -3,7 +3,10 @@
 The inputs are tabular classification's (`tabular.TableInputs`); what differs is the target. It is
 read as a number (a cell that is not one is named by row and column), standardised with the
 training split's mean and standard deviation for training, and un-standardised in every output.
-The split is stratified by quantile bins of the target. Loss: mse (default), mae or huber.
+The split is stratified by quantile bins of the target. A streamed table (data.streaming) is read the
+same way chunk by chunk: each chunk's targets are added to `Moments` per split, whose training part
+standardises them; its split is by a hash of the row number, stratified only in expectation.
+Loss: mse (default), mae or huber.
 Metrics: rmse, mae, r2 and mape, beside the baseline of always predicting the training mean.
 """
 
