@@ -276,8 +276,9 @@ def test_an_unreadable_streamed_file_is_named_with_what_is_wrong(tmp_path, name,
     assert "data.streaming: false" not in str(error.value)  # the type hint is for type changes only
 
 
-def prices(rows: int = 3000, seed: int = 0) -> pd.DataFrame:
-    """A price that a size, a room count and a city decide, plus a little noise."""
+def prices(rows: int = 3000, seed: int = 0, noise: float = 200) -> pd.DataFrame:
+    """A price that a size, a room count and a city decide, plus noise: with the default, the noise (not how
+    far training got) sets most of a model's error, so two runs' errors compare closely."""
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame(
         {
@@ -291,7 +292,7 @@ def prices(rows: int = 3000, seed: int = 0) -> pd.DataFrame:
         + 30 * frame["size"]
         + 50 * frame["rooms"]
         + 200 * (frame["city"] == "north")
-        + rng.normal(0, 20, rows)
+        + rng.normal(0, noise, rows)
     )
     return frame
 
@@ -312,10 +313,11 @@ def test_a_streamed_regression_table_trains_as_well_as_one_read_whole(tmp_path, 
                 "task": "tabular_regression",
                 "data": {"source": str(path), "label": "price", "streaming": streaming},
                 "model": {"name": "mlp", "hidden": [16]},
-                "train": {"epochs": 60, "lr": 0.01, "precision": "fp32"},
+                "train": {"epochs": 40, "lr": 0.01, "precision": "fp32"},
             }
         )
         data = prepared[streaming] = prepare(cfg, base)
+        torch.manual_seed(0)  # the same first weights for both, as the runner seeds before building
         built = build(cfg, base, data, torch.device("cpu"))
         fit(
             built.model,
@@ -342,8 +344,8 @@ def test_a_streamed_regression_table_trains_as_well_as_one_read_whole(tmp_path, 
     # the report's range is every row's, not the encoder sample's
     assert streamed.report["target"]["max"] == whole.report["target"]["max"]
     # a different split of the same rows (by hash, not by quantile): scores close, not equal
-    assert scores[True]["r2"] > 0.99 and scores[True]["r2"] == pytest.approx(scores[False]["r2"], abs=0.005)
-    assert scores[True]["rmse"] == pytest.approx(scores[False]["rmse"], rel=0.25)
+    assert scores[True]["r2"] > 0.97 and scores[True]["r2"] == pytest.approx(scores[False]["r2"], abs=0.01)
+    assert scores[True]["rmse"] == pytest.approx(scores[False]["rmse"], rel=0.1)  # about the noise, 200
 
 
 def test_a_streamed_regression_target_that_is_not_a_number_is_named_by_row_and_column(tmp_path, small_chunks):
