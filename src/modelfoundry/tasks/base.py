@@ -27,7 +27,8 @@ from modelfoundry.errors import UserError, did_you_mean
 class Targets:
     """The targets of every example, encoded for training, and what the package keeps about them.
 
-    values: (N,) int64 class indices or float32 standardised numbers.
+    values: (N,) the raw targets from `make_targets`; after `fit_targets`, int64 class indices or float32
+        standardised numbers.
     strata: (N,) what the split stratifies on (the labels, or quantile bins of a number).
     """
 

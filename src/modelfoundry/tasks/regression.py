@@ -176,7 +176,7 @@ class TabularRegression(TableInputs, Task):
 
     def strata(self, raw: np.ndarray) -> np.ndarray:
         """Quantile bins of the target, so every split spans its range (the split stratifies on labels).
-        A streamed split is by a hash of the row number: stratified only in expectation, like this."""
+        A streamed split has none: it is by a hash of the row number, so stratified only in expectation."""
         edges = np.unique(np.quantile(raw, np.linspace(0, 1, STRATA + 1)[1:-1]))
         return np.digitize(raw, edges).astype(str)
 
