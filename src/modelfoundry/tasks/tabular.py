@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from modelfoundry.data import tabular
+from modelfoundry.data import tabular, validate
 from modelfoundry.errors import InputError, UserError, did_you_mean
 from modelfoundry.tasks.base import CLASSIFIER_TRAIN, Task, at, json_type
 from modelfoundry.tasks.text import write_jsonl
@@ -35,27 +35,18 @@ class TableInputs:
                 f"data.source: {path} is a folder; {self.name} needs a .csv, .parquet or .jsonl file."
             )
         frame = tabular.read_table(path)
-        tabular.check_column(frame, data.label, "label", origin)
+        frame, unlabeled = validate.drop_unlabeled(frame, data.label, origin)
+        validate.check_labelled(len(frame) + unlabeled, unlabeled, data.label, origin)
+        if unlabeled:
+            extra["dropped_unlabeled_rows"] = unlabeled
         features = tabular.feature_columns(frame, data, origin)
         extra["ignored_columns"] = [c for c in frame.columns if c not in features]
-        unlabeled = frame[data.label].isna()
-        if unlabeled.all():
-            raise UserError(f"{origin}: label column '{data.label}' is empty in every row.")
-        if unlabeled.any():
-            extra["dropped_unlabeled_rows"] = int(unlabeled.sum())
-            frame = frame[~unlabeled]
         return (
             frame[features],
             self.raw_targets(frame[data.label], origin),
             origin,
             extra,
         )
-
-    def raw_targets(self, column: pd.Series, origin: str) -> np.ndarray:
-        """The label column as the task reads it: class names as strings."""
-        if pd.api.types.is_float_dtype(column) and (column == column.round()).all():
-            column = column.astype(int)  # "1.0" read from a column with gaps is class "1"
-        return column.astype(str).to_numpy()
 
     def load_builtin(self, name: str, bunch):
         frame = pd.DataFrame(bunch.data, columns=[str(c) for c in bunch.feature_names])
@@ -181,8 +172,7 @@ class TableInputs:
                 f"{exc} The model was trained with labels in column '{column}': add that column, or "
                 "name the column that holds the labels with --label COLUMN."
             ) from None
-        if frame[column].isna().any():
-            frame = frame[frame[column].notna()]
+        frame, _ = validate.drop_unlabeled(frame, column, str(source))
         raw = self.raw_targets(frame[column], str(source))
         return frame.drop(columns=[column]), raw, frame.to_dict(orient="records")
 

@@ -66,6 +66,7 @@ train:
     def load(self, data, base_dir: Path, path: Path, image_shape=None):
         extra: dict = {}
         texts, labels = text.read_text_table(path, data.text, data.label, data.quoting)
+        labels = self.raw_targets(labels, str(path))
         texts, labels = text.clean_texts(texts, labels, data.privacy.pii, str(path), extra)
         return np.array(texts, dtype=object), labels, str(path), extra
 
@@ -89,12 +90,8 @@ train:
 
         data = config.data
         tokenizer, max_length = text.tokenizer_for(config, base_dir)
-        ids, report["truncated"] = text.tokenize(tokenizer, list(examples), max_length)
-        if report["truncated"]:
-            report["warnings"].append(
-                f"{report['truncated']} texts are longer than data.max_length={max_length} "
-                "tokens and were truncated."
-            )
+        ids, truncated = text.tokenize(tokenizer, list(examples), max_length)
+        text.note_truncated(report, truncated, max_length)
         report["tokens"] = text.describe_lengths(torch.tensor([len(t) for t in ids]))
         preprocessing = {
             "kind": "text",
@@ -190,7 +187,7 @@ train:
             source, pre["text_column"], label or predictor.spec["label_column"], pre.get("quoting", True)
         )
         shown = ["" if t is None else t for t in texts]
-        return shown, labels, shown
+        return shown, self.raw_targets(labels, str(source)), shown
 
     def feedback_records(self, rows, config: dict, folder: Path) -> Path:
         data = config["data"]
