@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from filelock import FileLock
 
 from e2e_helpers import TINY_MLP, assert_ok, foundry, write_config, write_image_folder, write_table
@@ -117,3 +118,23 @@ def table_run(shared_dir) -> TrainedRun:
 def table_run_lr(shared_dir) -> TrainedRun:
     """The same tabular config as `table_run` with another learning rate, for `runs compare`."""
     return _train_once(shared_dir, "table", _table_runs)[1]
+
+
+@pytest.fixture
+def client_for(monkeypatch):
+    """An app over a trained run, in this process, with the run's registry as FOUNDRY_HOME."""
+    from modelfoundry.serve.app import Settings, create_app
+
+    clients = []
+
+    def make(run, **settings) -> TestClient:
+        monkeypatch.setenv("FOUNDRY_HOME", str(run.home))
+        monkeypatch.delenv("FOUNDRY_DB", raising=False)
+        settings.setdefault("allowed_hosts", ["testserver"])  # the Host header TestClient sends
+        client = TestClient(create_app(Settings(str(run.path), **settings)), client=("127.0.0.1", 50000))
+        clients.append(client.__enter__())
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)

@@ -4,6 +4,8 @@ tiny data sets (8x8 PNG folders, CSVs) and configs. Fixtures live in conftest.py
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import subprocess
 import sys
@@ -184,3 +186,13 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def png_bytes(value: int = 200, size: int = 8) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size, size), value, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

@@ -2,25 +2,29 @@
 
 `create_app(settings)` builds the FastAPI app; `foundry serve` runs it with uvicorn. This file only
 wires the parts together: the Service with the model and its state (service.py), the endpoints
-(routes.py), input checks and encoding (inputs.py), error answers (errors.py), micro-batching
-(batching.py) and metrics (metrics.py). Requests are checked and encoded before they are queued for
-the micro-batcher, which runs the model in one thread of its own. Errors are JSON
-`{"error": {"field", "message"}}` with a 4xx status, and inputs are never logged.
+(routes.py), input checks and encoding (each task's `encode_request`), error answers (errors.py),
+micro-batching (batching.py) and metrics (metrics.py). Requests are checked and encoded before they
+are queued for the micro-batcher, which runs the model in one thread of its own. Errors are JSON
+`{"error": {"field", "message"}}` with a 4xx status (500 for a bug), and inputs are never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import traceback
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from modelfoundry.serve.errors import body_too_large, install_error_handlers
+from modelfoundry.serve.errors import BodyTooLarge, error_body, http_answer, install_error_handlers
 from modelfoundry.serve.metrics import ServeMetrics
 from modelfoundry.serve.routes import STATIC, router
 from modelfoundry.serve.service import Served, Service, Settings, load_served
+
+log = logging.getLogger("modelfoundry.serve")
 
 
 def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
@@ -65,8 +69,9 @@ async def lifespan(app: FastAPI):
 
 
 class LimitsAndMetrics:
-    """ASGI middleware: refuses bodies over the size limit (by header, and by counting when streamed),
-    and counts requests and latency by route and status for /metrics."""
+    """ASGI middleware around everything else: refuses bodies over the size limit (by header, and by
+    counting while they stream in), answers an unhandled exception with a JSON 500 instead of a bare
+    traceback, and counts every answer by route and status, with its latency, for /metrics."""
 
     def __init__(self, app, metrics: ServeMetrics, max_body_bytes: int):
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
@@ -74,49 +79,57 @@ class LimitsAndMetrics:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), {"code": 500}
+        start, answer = time.perf_counter(), {"status": 500, "started": False}
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(send)
+            await send_error(send, 413, "body", BodyTooLarge(self.max_body_bytes).detail)
             self.metrics.observe("oversized", 413, time.perf_counter() - start)
             return
-        received = {"bytes": 0}
+        received = 0
 
         async def counted_receive():
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                received["bytes"] += len(message.get("body", b""))
-                if received["bytes"] > self.max_body_bytes:
-                    raise _BodyTooLarge
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
             return message
 
         async def recording_send(message):
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                answer["status"], answer["started"] = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, counted_receive, recording_send)
-        except _BodyTooLarge:
-            await self._too_large(send)
-            status["code"] = 413
+        except Exception as exc:  # noqa: BLE001  a bug must still get an answer, and be counted
+            status, field, message = (
+                http_answer(exc) if isinstance(exc, BodyTooLarge) else internal_error(scope, exc)
+            )
+            if not answer["started"]:
+                await send_error(send, status, field, message)
+            answer["status"] = status
         route = scope.get("route")
-        self.metrics.observe(getattr(route, "path", "unmatched"), status["code"], time.perf_counter() - start)
-
-    async def _too_large(self, send) -> None:
-        body = body_too_large(self.max_body_bytes)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        self.metrics.observe(
+            getattr(route, "path", "unmatched"), answer["status"], time.perf_counter() - start
         )
-        await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
+def internal_error(scope, exc: Exception) -> tuple[int, str, str]:
+    """Log an unhandled exception (its traceback, not its message: that may quote the input, and inputs
+    are never logged) and say what the client gets."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("%s %s failed: %s\n%s", scope["method"], scope["path"], type(exc).__name__, frames)
+    message = (
+        f"the server failed on this request ({type(exc).__name__}); this is a bug, not your input's "
+        "fault. It is logged on the server; retry, or report it if it persists."
+    )
+    return 500, "server", message
+
+
+async def send_error(send, status: int, field: str, message: str) -> None:
+    body = error_body(field, message)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

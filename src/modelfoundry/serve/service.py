@@ -43,7 +43,10 @@ class Settings:
     max_inputs: int = 64  # per request
     max_body_bytes: int = 10 * 2**20
     max_image_pixels: int = 4096 * 4096  # decoded size; larger images are refused before decoding
+    max_request_pixels: int = 4 * 4096 * 4096  # all images of one request together, also before decoding
     cors_origins: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"  # the address served on; its name is accepted in the Host header
+    allowed_hosts: list[str] = field(default_factory=list)  # more Host names to accept (`*.example.com`)
     watch_seconds: float = 0.0  # poll the alias and reload on change; 0 = only POST /v1/admin/reload
     remembered_requests: int = 10_000  # recent predictions kept in memory for feedback by request id
     remembered_bytes: int = 256 * 2**20  # ... and at most this many bytes of their images
@@ -104,7 +107,7 @@ class Service:
         predictions = task.answer(outputs, served.predictor.spec, top_k)
         for prediction in predictions:
             if "label" in prediction:  # a regression model's numbers are not counted by label
-                self.metrics.predictions.labels(label=prediction["label"]).inc()
+                self.metrics.predicted(prediction["label"])
         request_id = secrets.token_hex(8)
         self._remember(request_id, stored, [task.predicted(p) for p in predictions], served)
         return {"request_id": request_id, "model_version": served.version_name, "predictions": predictions}
