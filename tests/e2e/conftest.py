@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from fastapi.testclient import TestClient
 from filelock import FileLock
 
 from e2e_helpers import TINY_MLP, assert_ok, foundry, write_config, write_image_folder, write_table
+
+REVIEWS = Path(__file__).parents[2] / "examples" / "tiny" / "reviews.csv"
 
 
 @dataclass
@@ -104,6 +107,24 @@ def _table_runs(workdir: Path) -> list[TrainedRun]:
     return runs
 
 
+def _text_run(workdir: Path) -> list[TrainedRun]:
+    """A 16-wide LSTM trained from scratch on the shipped reviews, with personal data redacted."""
+    home, data = workdir / "runs", workdir / "reviews.csv"
+    shutil.copy(REVIEWS, data)
+    config = write_config(
+        workdir / "text.yaml",
+        "text_classification",
+        "reviews.csv",
+        data={"text": "review", "label": "sentiment", "max_length": 32, "privacy": {"pii": "redact"}},
+        model={"name": "lstm", "embed_dim": 16, "hidden": 16},
+    )
+    result = foundry(
+        "train", config, "--set", "train.precision=fp32", "--run-dir", home / "text", cwd=workdir, home=home
+    )
+    assert_ok(result)
+    return [TrainedRun(home, home / "text", data, result.stdout, result.stderr)]
+
+
 @pytest.fixture(scope="session")
 def image_run(shared_dir) -> TrainedRun:
     return _train_once(shared_dir, "image", _image_run)[0]
@@ -118,6 +139,11 @@ def table_run(shared_dir) -> TrainedRun:
 def table_run_lr(shared_dir) -> TrainedRun:
     """The same tabular config as `table_run` with another learning rate, for `runs compare`."""
     return _train_once(shared_dir, "table", _table_runs)[1]
+
+
+@pytest.fixture(scope="session")
+def text_run(shared_dir) -> TrainedRun:
+    return _train_once(shared_dir, "text", _text_run)[0]
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ answer counted in /metrics.
 
 from __future__ import annotations
 
+import json
 import logging
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -76,3 +78,95 @@ def test_json_that_python_cannot_read_is_a_422_in_our_shape(client_for, table_ru
     )
     status, field, message = error_of(answer)
     assert (status, field) == (422, "body") and phrase in message
+
+
+# ------------------------------------------------------------------------------- table numbers
+
+
+def post_raw(client, path: str, text: str):
+    """A JSON body as written, for what json.dumps will not write (Infinity, NaN, lone surrogates)."""
+    return client.post(path, content=text.encode(), headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    "x1,shown",
+    [
+        ("1e308", "1e+308"),
+        ("3.5e38", "3.5e+38"),
+        ("Infinity", "inf"),
+        ("-Infinity", "-inf"),
+        ("NaN", "nan"),
+        ("1" + "0" * 400, "a number of 401 digits"),
+        ('"1e999"', "inf"),
+    ],
+)
+def test_numbers_beyond_float32_are_a_422_naming_row_and_column(client_for, table_run, x1, shown):
+    client = client_for(table_run)
+    answer = post_raw(client, "/v1/predict", f'{{"inputs": [{{"x1": {x1}, "x2": 1, "color": "red"}}]}}')
+    assert error_of(answer) == (
+        422,
+        "inputs.0.x1",
+        (
+            f"{shown} is not a finite number within ±3.4e38 (float32, what the model computes in); "
+            "send a finite number, or null for a missing value."
+        ),
+    )
+    assert client.post("/v1/predict", json={"inputs": [ROW]}).status_code == 200  # still serving
+
+
+def test_a_number_that_standardises_out_of_float32_is_a_422_naming_it(client_for, table_run, monkeypatch):
+    client = client_for(table_run)
+    x2 = client.app.state.service.served.predictor.spec["preprocessing"]["columns"][1]
+    monkeypatch.setitem(x2, "std", 0.01)  # a column whose training values hardly varied
+    answer = client.post("/v1/predict", json={"inputs": [ROW, {**ROW, "x2": 3e38}]})
+    status, field, message = error_of(answer)
+    assert (status, field) == (422, "inputs.1.x2") and "3e+38 is too far from the numbers" in message
+
+
+def test_a_model_output_of_nan_is_a_422_not_a_broken_json_answer(client_for, table_run, monkeypatch):
+    client = client_for(table_run)
+    monkeypatch.setattr(
+        client.app.state.service.served.predictor, "proba", lambda x: np.full((len(x), 3), np.nan)
+    )
+    status, field, message = error_of(client.post("/v1/predict", json={"inputs": [ROW]}))
+    assert (status, field) == (422, "inputs.0") and "not a finite number (NaN or infinity)" in message
+
+
+def test_numbers_sent_as_strings_are_read_as_numbers(client_for, table_run):
+    client = client_for(table_run)
+    as_numbers = client.post("/v1/predict", json={"inputs": [ROW], "top_k": 3}).json()["predictions"]
+    as_strings = client.post(
+        "/v1/predict", json={"inputs": [{**ROW, "x1": "0.5", "x2": " -2e-1 "}], "top_k": 3}
+    ).json()
+    assert as_strings["predictions"] == as_numbers
+    stored = client.post("/v1/feedback", json={"request_id": as_strings["request_id"], "label": "b"})
+    row = {r["id"]: r for r in client.get("/v1/feedback").json()["feedback"]}[stored.json()["feedback_id"]]
+    assert row["input"]["row"] == {**ROW, "x2": -0.2}  # kept as numbers, as retraining reads them
+    assert "numeric string" in json.dumps(client.get("/openapi.json").json()["components"])
+    for text in ("tall", "", "nan", "1_000", "0x1f"):
+        status, field, message = error_of(client.post("/v1/predict", json={"inputs": [{**ROW, "x1": text}]}))
+        assert (status, field) == (422, "inputs.0.x1") and f"{text!r} is not a number" in message
+
+
+# ------------------------------------------------------------------------------- any string JSON can carry
+
+
+def test_a_lone_surrogate_in_a_text_becomes_a_replacement_character(client_for, text_run):
+    client = client_for(text_run)
+    answer = post_raw(client, "/v1/predict", '{"inputs": ["\\ud800 a great film", "\\ud83d\\ude00 ok"]}')
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["predictions"]) == 2
+    stored = post_raw(client, "/v1/feedback", '{"input": "a dull film \\udfff", "label": "negative"}')
+    assert stored.status_code == 201, stored.text
+    rows = {r["id"]: r for r in client.get("/v1/feedback").json()["feedback"]}
+    assert rows[stored.json()["feedback_id"]]["input"] == {"text": "a dull film \ufffd"}
+
+
+def test_a_lone_surrogate_in_a_table_cell_is_a_replacement_character_too(client_for, table_run):
+    client = client_for(table_run)
+    answer = post_raw(
+        client, "/v1/feedback", '{"input": {"x1": 1, "x2": 2, "color": "r\\ud800"}, "label": "a"}'
+    )
+    assert answer.status_code == 201, answer.text
+    rows = {r["id"]: r for r in client.get("/v1/feedback").json()["feedback"]}
+    assert rows[answer.json()["feedback_id"]]["input"]["row"]["color"] == "r\ufffd"

@@ -37,8 +37,11 @@ def service_of(request: Request) -> Service:
 
 class PredictRequest(BaseModel):
     inputs: list[Any] = Field(
-        description="texts; images as base64 or data URLs; table rows as objects column -> value",
-        examples=[["a great film"]],
+        description="texts; images as base64 or data URLs; table rows as objects column -> value, a number "
+        'column\'s value as a JSON number or a numeric string ("17.99", as read from a CSV), finite and '
+        "within float32 (±3.4e38), or null for a missing value. A lone UTF-16 surrogate in a string "
+        "(\\ud800) is read as U+FFFD.",
+        examples=[["a great film"], [{"price": "17.99", "color": "red"}]],
     )
     top_k: int = Field(1, ge=1, le=100, description="how many of the most likely labels to return per input")
 
@@ -164,7 +167,7 @@ async def predict_file(
     payload, stored = await run_in_threadpool(
         task.encode_files, current.predictor, contents, service.settings, "files"
     )
-    return JSONResponse(await service.predict(current, payload, stored, len(uploads), top_k))
+    return JSONResponse(await service.predict(current, payload, stored, len(uploads), top_k, "files"))
 
 
 async def encode(service: Service, current: Served, inputs: list, field: str = "inputs"):

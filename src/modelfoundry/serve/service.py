@@ -99,10 +99,13 @@ class Service:
         self.recent: OrderedDict[str, tuple[list[dict], list[str], Served]] = OrderedDict()
         self.recent_bytes = 0  # image bytes kept in `recent`
 
-    async def predict(self, served: Served, payload, stored: list[dict], size: int, top_k: int) -> dict:
+    async def predict(
+        self, served: Served, payload, stored: list[dict], size: int, top_k: int, field: str = "inputs"
+    ) -> dict:
         """Queue for the model, then answer. The answer is built here, not by a response model: with
         a small model, per-request overhead is what limits throughput (bench/serve_load.py)."""
         outputs = await self.batcher.submit(served, payload, size)
+        check_finite(outputs, field)
         task = served.predictor.task_module
         predictions = task.answer(outputs, served.predictor.spec, top_k)
         for prediction in predictions:
@@ -199,6 +202,20 @@ def store_feedback(
         request_id=request_id,
         model_version=served.version.id if served.version is not None else None,
     )
+
+
+def check_finite(outputs: np.ndarray, field: str) -> None:
+    """No answer from NaN or infinity (the JSON reply could not even carry it): a 422 naming the input,
+    which must lie far outside what the model was trained on."""
+    finite = np.isfinite(outputs)
+    if not finite.all():
+        i = int(np.argmin(finite.reshape(len(outputs), -1).all(1)))
+        raise ApiError(
+            422,
+            f"{field}.{i}",
+            "the model's output for this input is not a finite number (NaN or infinity), so there is "
+            "no answer to give; the input is probably far outside what the model was trained on.",
+        )
 
 
 def _run_batch(served: Served, payloads: list) -> np.ndarray:
