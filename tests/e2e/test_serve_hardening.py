@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
+import zlib
 
 import numpy as np
 import pytest
+
+from e2e_helpers import b64, png_bytes
 
 pytestmark = pytest.mark.slow
 ROW = {"x1": 0.5, "x2": -0.2, "color": "red"}
@@ -170,3 +174,51 @@ def test_a_lone_surrogate_in_a_table_cell_is_a_replacement_character_too(client_
     assert answer.status_code == 201, answer.text
     rows = {r["id"]: r for r in client.get("/v1/feedback").json()["feedback"]}
     assert rows[answer.json()["feedback_id"]]["input"]["row"]["color"] == "r\ufffd"
+
+
+# ------------------------------------------------------------------------------- image sizes
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height grey pixels but holds only a few bytes of them: what a
+    decompression bomb looks like before it is decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side", [5000, 10_000, 20_000, 65_535])
+def test_a_large_image_is_a_413_saying_its_size_whatever_pillow_thinks(client_for, image_run, side):
+    client = client_for(image_run)
+    answer = client.post("/v1/predict", json={"inputs": [b64(png_header(side, side))]})
+    assert error_of(answer) == (
+        413,
+        "inputs.0",
+        f"the image is {side}x{side} pixels; the limit is 16,777,216 pixels. Send a smaller image.",
+    )
+
+
+def test_the_pixels_of_all_images_of_a_request_are_bounded_before_decoding(client_for, image_run):
+    client = client_for(image_run)
+    sixteen_megapixels = b64(png_header(4000, 4000))  # each one under the per-image limit
+    answer = client.post("/v1/predict", json={"inputs": [sixteen_megapixels] * 5})
+    assert error_of(answer) == (
+        413,
+        "inputs",
+        (
+            "the 5 images are 80,000,000 pixels in all; the limit per request is 67,108,864 pixels. "
+            "Send fewer or smaller images in one request."
+        ),
+    )
+    uploads = [("files", (f"{i}.png", png_bytes(size=8), "image/png")) for i in range(4)]
+    small = client_for(image_run, max_request_pixels=200).post("/v1/predict/file", files=uploads)
+    status, field, message = error_of(small)
+    assert (status, field) == (413, "files") and "the 4 images are 256 pixels in all" in message
