@@ -154,12 +154,14 @@ class Server:
         deadline, seen = time.monotonic() + startup_timeout, ""
         while time.monotonic() < deadline:
             if selector.select(timeout=1):
-                line = self.process.stdout.readline()
-                seen += line
-                if found := re.search(r"on (http://[\d.]+:\d+)", line):
-                    self.url = found.group(1)
+                # os.read, not readline: several lines may come in one write, and select() does not see
+                # what a buffered reader already holds
+                chunk = os.read(self.process.stdout.fileno(), 65_536).decode()
+                seen += chunk
+                if found := re.search(r"on (http://[\d.]+:\d+)", seen):
+                    self.url, self.banner = found.group(1), seen  # banner: what it printed at start
                     return
-                if not line and self.process.poll() is not None:
+                if not chunk and self.process.poll() is not None:
                     break
         self.stop()
         raise AssertionError(

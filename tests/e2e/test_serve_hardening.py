@@ -10,11 +10,14 @@ import json
 import logging
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
-from e2e_helpers import b64, png_bytes
+from e2e_helpers import Server, b64, png_bytes
 
 pytestmark = pytest.mark.slow
 ROW = {"x1": 0.5, "x2": -0.2, "color": "red"}
@@ -222,3 +225,92 @@ def test_the_pixels_of_all_images_of_a_request_are_bounded_before_decoding(clien
     small = client_for(image_run, max_request_pixels=200).post("/v1/predict/file", files=uploads)
     status, field, message = error_of(small)
     assert (status, field) == (413, "files") and "the 4 images are 256 pixels in all" in message
+
+
+# ------------------------------------------------------------------------------- feedback
+
+
+def stored_rows(client) -> dict[int, dict]:
+    return {r["id"]: r for r in client.get("/v1/feedback", params={"limit": 10_000}).json()["feedback"]}
+
+
+def test_correcting_the_same_input_again_replaces_the_first_correction(client_for, table_run):
+    client = client_for(table_run)
+    request_id = client.post("/v1/predict", json={"inputs": [ROW, ROW]}).json()["request_id"]
+    first = client.post("/v1/feedback", json={"request_id": request_id, "index": 0, "label": "b"})
+    again = client.post("/v1/feedback", json={"request_id": request_id, "index": 0, "label": "c"})
+    other = client.post("/v1/feedback", json={"request_id": request_id, "index": 1, "label": "b"})
+    assert (first.status_code, first.json()["replaced"]) == (201, False)
+    assert (again.status_code, again.json()["replaced"]) == (200, True)
+    assert again.json()["feedback_id"] == first.json()["feedback_id"] != other.json()["feedback_id"]
+    rows = [r for r in stored_rows(client).values() if r["request_id"] == request_id]
+    assert sorted(r["label"] for r in rows) == ["b", "c"]  # one row per input, the last label kept
+
+    with ThreadPoolExecutor(4) as pool:  # the same correction sent at once, as by a client retrying
+        answers = list(
+            pool.map(
+                lambda _: client.post(
+                    "/v1/feedback", json={"request_id": request_id, "index": 1, "label": "a"}
+                ),
+                range(4),
+            )
+        )
+    assert {a.json()["feedback_id"] for a in answers} == {other.json()["feedback_id"]}
+    assert len([r for r in stored_rows(client).values() if r["request_id"] == request_id]) == 2
+
+
+def test_predicted_sent_with_an_input_is_checked_like_a_label(client_for, table_run):
+    client = client_for(table_run)
+    body = {"input": ROW, "label": "a"}
+    for predicted in ("zebra", "jane@example.com", 3.5):
+        status, field, message = error_of(client.post("/v1/feedback", json={**body, "predicted": predicted}))
+        assert (status, field) == (422, "predicted") and "is not a label of this model" in message
+    stored = client.post("/v1/feedback", json={**body, "predicted": "b"})
+    assert stored.status_code == 201 and stored_rows(client)[stored.json()["feedback_id"]]["predicted"] == "b"
+
+
+def test_stored_feedback_needs_the_key_or_this_machine(client_for, table_run, caplog):
+    caplog.set_level(logging.INFO, logger="modelfoundry.serve")
+    local = client_for(table_run)
+    assert "stored feedback (GET /v1/feedback) and admin routes answer only this machine" in caplog.text
+    remote = TestClient(local.app, client=("203.0.113.7", 40000))
+    assert local.get("/v1/feedback").status_code == 200
+    status, field, message = error_of(remote.get("/v1/feedback"))
+    assert (status, field) == (403, "X-API-Key") and "answers only this machine" in message
+    assert (
+        remote.post("/v1/feedback", json={"input": ROW, "label": "a"}).status_code == 201
+    )  # sending is open
+
+    keyed = TestClient(client_for(table_run, api_key="s3cret").app, client=("203.0.113.7", 40000))
+    assert error_of(keyed.get("/v1/feedback"))[:2] == (401, "X-API-Key")
+    assert keyed.get("/v1/feedback", headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+# ------------------------------------------------------------------------------- Host header
+
+
+def test_a_host_header_naming_another_server_is_a_400(client_for, table_run):
+    client = client_for(table_run)
+    status, field, message = error_of(client.get("/v1/model", headers={"host": "rebound.example:8000"}))
+    assert (status, field) == (400, "Host")
+    assert "'rebound.example', which is not a name of this server" in message
+    assert "--allowed-host rebound.example" in message
+    for host in ("127.0.0.1:8000", "LOCALHOST", "[::1]:8000", "localhost."):
+        assert client.get("/v1/model", headers={"host": host}).status_code == 200, host
+    assert 'foundry_requests_total{route="bad_host",status="400"} 1.0' in client.get("/metrics").text
+
+    wildcard = client_for(table_run, allowed_hosts=["*.example.com"])
+    assert wildcard.get("/v1/model", headers={"host": "api.example.com"}).status_code == 200
+    assert wildcard.get("/v1/model", headers={"host": "example.com.evil"}).status_code == 400
+
+
+def test_foundry_serve_says_who_may_call_and_refuses_foreign_hosts(table_run, tmp_path):
+    with Server(
+        table_run.path, "--allowed-host", "models.internal", cwd=tmp_path, home=table_run.home
+    ) as server:
+        assert "no --api-key" in server.banner and "answer only this machine" in server.banner
+        assert "accepting the Host names" in server.banner and "models.internal" in server.banner
+        refused = httpx.get(f"{server.url}/v1/model", headers={"Host": "rebound.example"})
+        assert error_of(refused)[:2] == (400, "Host")
+        assert httpx.get(f"{server.url}/v1/model", headers={"Host": "models.internal:80"}).status_code == 200
+        assert httpx.get(f"{server.url}/v1/model").status_code == 200

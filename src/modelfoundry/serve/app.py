@@ -11,7 +11,9 @@ are queued for the micro-batcher, which runs the model in one thread of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import time
 import traceback
 from contextlib import asynccontextmanager
@@ -48,7 +50,12 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-API-Key"],
         )
-    app.add_middleware(LimitsAndMetrics, metrics=service.metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        LimitsAndMetrics,
+        metrics=service.metrics,
+        max_body_bytes=settings.max_body_bytes,
+        allowed_hosts=host_names(settings),
+    )
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
@@ -58,6 +65,8 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
 async def lifespan(app: FastAPI):
     """The batcher runs while the app does; so does the alias watch, when asked for."""
     service: Service = app.state.service
+    for line in access_notes(service.settings):
+        log.info(line)
     service.batcher.start()
     # Only an alias can move; a run or version stays what it is.
     watch = service.settings.watch_seconds > 0 and service.served.alias
@@ -68,19 +77,56 @@ async def lifespan(app: FastAPI):
     await service.batcher.stop()
 
 
-class LimitsAndMetrics:
-    """ASGI middleware around everything else: refuses bodies over the size limit (by header, and by
-    counting while they stream in), answers an unhandled exception with a JSON 500 instead of a bare
-    traceback, and counts every answer by route and status, with its latency, for /metrics."""
+def host_names(settings: Settings) -> frozenset[str]:
+    """The Host header values the server answers (port aside): its own names, so a web page that
+    re-points its domain at this machine (DNS rebinding) gets no answer from the browser's requests."""
+    names = {"127.0.0.1", "localhost", "::1", settings.host, *settings.allowed_hosts}
+    if settings.host in ("0.0.0.0", "::", ""):  # every interface: the names and addresses of this machine
+        names |= {socket.gethostname(), socket.getfqdn()}
+        with contextlib.suppress(OSError):
+            names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    return frozenset(name.lower().rstrip(".") for name in names)
 
-    def __init__(self, app, metrics: ServeMetrics, max_body_bytes: int):
+
+def access_notes(settings: Settings) -> list[str]:
+    """What `foundry serve` says at start about who may call what."""
+    names = sorted(host_names(settings))
+    notes = [f"accepting the Host names {', '.join(names)}; add others with --allowed-host NAME (repeatable)"]
+    if settings.api_key is None:
+        notes.append(
+            "no --api-key: anyone who can reach this server may send feedback; stored feedback "
+            "(GET /v1/feedback) and admin routes answer only this machine"
+        )
+    return notes
+
+
+class LimitsAndMetrics:
+    """ASGI middleware around everything else: refuses a Host header that names another server (DNS
+    rebinding) and bodies over the size limit (by header, and by counting while they stream in),
+    answers an unhandled exception with a JSON 500 instead of a bare traceback, and counts every answer
+    by route and status, with its latency, for /metrics.
+
+    The Host check is ours rather than Starlette's TrustedHostMiddleware: the same rule (port ignored,
+    `*.example.com` wildcards), but answered in our JSON shape, counted here, with `::1` matching an
+    IPv6 Host `[::1]:8000`, and without a second pass over the headers."""
+
+    def __init__(self, app, metrics: ServeMetrics, max_body_bytes: int, allowed_hosts: frozenset[str]):
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+        self.allowed_hosts = allowed_hosts
+        self.any_host = "*" in allowed_hosts
+        self.host_suffixes = tuple(name[1:] for name in allowed_hosts if name.startswith("*."))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start, answer = time.perf_counter(), {"status": 500, "started": False}
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        host = host_of(headers.get(b"host"))
+        if not (self.any_host or host in self.allowed_hosts or (host and host.endswith(self.host_suffixes))):
+            await send_error(send, 400, "Host", foreign_host(host))
+            self.metrics.observe("bad_host", 400, time.perf_counter() - start)
+            return
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await send_error(send, 413, "body", BodyTooLarge(self.max_body_bytes).detail)
             self.metrics.observe("oversized", 413, time.perf_counter() - start)
@@ -114,6 +160,25 @@ class LimitsAndMetrics:
         self.metrics.observe(
             getattr(route, "path", "unmatched"), answer["status"], time.perf_counter() - start
         )
+
+
+def host_of(header: bytes | None) -> str | None:
+    """The host of a Host header, lowercase, without its port or the brackets of an IPv6 address."""
+    if header is None:
+        return None
+    host = header.decode("latin-1").lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")]
+    return host.partition(":")[0].rstrip(".")
+
+
+def foreign_host(host: str | None) -> str:
+    if host is None:
+        return "the request has no Host header; send the name of this server in it."
+    return (
+        f"the Host header names {host!r}, which is not a name of this server; if it is one, start the "
+        f"server with --allowed-host {host}."
+    )
 
 
 def internal_error(scope, exc: Exception) -> tuple[int, str, str]:

@@ -22,6 +22,7 @@ from modelfoundry.serve.service import Served, Service, store_feedback
 
 STATIC = Path(__file__).parent / "static"
 INLINE_BYTES = 16_384  # requests smaller than this are encoded on the event loop
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 router = APIRouter()
 
@@ -75,10 +76,17 @@ class FeedbackRequest(BaseModel):
     label: str | float = Field(
         description="the correct label (a classifier), or the correct number (a regression model)"
     )
-    request_id: str | None = Field(None, description="from a /v1/predict answer")
+    request_id: str | None = Field(
+        None,
+        description="from a /v1/predict answer; correcting the same request id and index again replaces "
+        "the earlier correction (the last one wins)",
+    )
     index: int = Field(0, ge=0, description="which input of that request")
     input: Any = Field(None, description="the input itself, when there is no request id")
-    predicted: str | None = Field(None, description="what the model said, when giving the input itself")
+    predicted: str | float | None = Field(
+        None,
+        description="what the model said, when giving the input itself: one of its labels, or a number",
+    )
 
 
 class FeedbackResponse(BaseModel):
@@ -86,6 +94,7 @@ class FeedbackResponse(BaseModel):
     label: str
     predicted: str | None
     model_version: str | None
+    replaced: bool = Field(False, description="true when this replaced an earlier correction (answered 200)")
 
 
 # ---------- the page, health and metrics ----------
@@ -194,14 +203,15 @@ def _approximate_bytes(inputs: list) -> int:
     tags=["feedback"],
     status_code=201,
     response_model=FeedbackResponse,
+    responses={200: {"model": FeedbackResponse, "description": "Replaced an earlier correction"}},
     summary="Store the correct label of a prediction (by request id) or of an input",
 )
-async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
+async def feedback(body: FeedbackRequest, request: Request) -> JSONResponse:
     service = service_of(request)
     require_key(request, service)
-    current = service.served
     if body.request_id is not None:
-        if body.request_id not in service.recent:
+        remembered = service.recent.get(body.request_id)
+        if remembered is None:
             raise ApiError(
                 404,
                 "request_id",
@@ -210,34 +220,54 @@ async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
                 "fewer when they carry large images); "
                 "send the input itself in `input` instead.",
             )
-        stored, predicted, current = service.recent[body.request_id]
-        if body.index >= len(stored):
+        if body.index >= len(remembered.stored):
             raise ApiError(
                 422,
                 "index",
-                f"request {body.request_id} had {len(stored)} input(s); index must be below {len(stored)}.",
+                f"request {body.request_id} had {len(remembered.stored)} input(s); "
+                f"index must be below {len(remembered.stored)}.",
             )
-        item, predicted = stored[body.index], predicted[body.index]
+        current = remembered.served
+        label = checked(current, body.label, "label")
+        feedback_id, replaced = await service.correct(body.request_id, remembered, body.index, label)
+        predicted = remembered.predicted[body.index]
     elif body.input is not None:
+        current = service.served
         _, stored = await encode(service, current, [body.input], "input")
-        item, predicted = stored[0], body.predicted
+        label = checked(current, body.label, "label")
+        # what the model said is checked like a correction: one of its labels, or a finite number
+        predicted = None if body.predicted is None else checked(current, body.predicted, "predicted")
+        feedback_id = await run_in_threadpool(store_feedback, current, stored[0], label, predicted, None)
+        replaced = False
     else:
         raise ApiError(
             422, "request_id", "give the request_id of a prediction, or the input itself in `input`."
         )
+    answer = {
+        "feedback_id": feedback_id,
+        "label": label,
+        "predicted": predicted,
+        "model_version": current.version_name,
+        "replaced": replaced,
+    }
+    return JSONResponse(answer, status_code=200 if replaced else 201)
+
+
+def checked(served: Served, value, field: str) -> str:
+    """A label (or number) sent as feedback, checked by the task; a 422 naming `field` when it isn't."""
     try:
-        label = current.predictor.task_module.correction(body.label, current.predictor.spec)
+        return served.predictor.task_module.correction(value, served.predictor.spec)
     except ValueError as exc:
-        raise ApiError(422, "label", str(exc)) from None
-    feedback_id = await run_in_threadpool(store_feedback, current, item, label, predicted, body.request_id)
-    return FeedbackResponse(
-        feedback_id=feedback_id, label=label, predicted=predicted, model_version=current.version_name
-    )
+        raise ApiError(422, field, str(exc)) from None
 
 
-@router.get("/v1/feedback", tags=["feedback"], summary="Stored feedback, newest first")
+@router.get(
+    "/v1/feedback",
+    tags=["feedback"],
+    summary="Stored feedback, newest first (with --api-key: needs the key; without: this machine only)",
+)
 def feedback_list(request: Request, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> dict:
-    require_key(request, service_of(request))
+    require_key(request, service_of(request), local_only=True)
     from modelfoundry.store.feedback import FeedbackStore, to_json
 
     return {"feedback": [to_json(r) for r in FeedbackStore().list(limit)]}
@@ -248,21 +278,22 @@ def feedback_list(request: Request, limit: Annotated[int, Query(ge=1, le=10_000)
 )
 async def reload(request: Request) -> dict:
     service = service_of(request)
-    require_key(request, service, admin=True)
+    require_key(request, service, local_only=True)
     return await service.reload(force=True)
 
 
-def require_key(request: Request, service: Service, admin: bool = False) -> None:
-    """Feedback and admin routes need the API key when the server has one; without one, admin routes
-    answer only callers on this machine."""
+def require_key(request: Request, service: Service, local_only: bool = False) -> None:
+    """Feedback and admin routes need the API key when the server has one. Without one, the routes
+    that read stored feedback or change the server (`local_only`) answer only callers on this machine."""
     api_key = service.settings.api_key
     if api_key is None:
         client = request.client.host if request.client else ""
-        if admin and client not in ("127.0.0.1", "::1", "localhost"):
+        if local_only and client not in LOOPBACK:
             raise ApiError(
                 403,
                 "X-API-Key",
-                "admin routes need the server to be started with --api-key when called from another machine.",
+                f"{request.method} {request.url.path} answers only this machine when the server has no API "
+                "key; start it with --api-key and send the key in the X-API-Key header.",
             )
         return
     given = request.headers.get("x-api-key")
