@@ -8,14 +8,18 @@ The request and response bodies below are what the OpenAPI schema at /docs shows
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_core import to_json
+from starlette.exceptions import HTTPException
 
 from modelfoundry.serve.errors import ApiError, check_count
 from modelfoundry.serve.service import Served, Service, store_feedback
@@ -31,6 +35,46 @@ def service_of(request: Request) -> Service:
     """The Service create_app put on the app. Routes call this rather than declare it with Depends:
     resolving a dependency costs about 10 us a request, some 6% of a small prediction's server time."""
     return request.app.state.service
+
+
+async def read_body(request: Request, model: type[BaseModel]) -> BaseModel:
+    """The JSON body as `model`, read in one pass (pydantic parses and checks it in Rust; FastAPI's
+    own body parameter costs a json.loads, a validation and its dependency machinery, some 8 us of a
+    small request). A body that fails takes FastAPI's way, json.loads then validation: the same error
+    messages as before, and JSON that pydantic's parser refuses but Python's reads (a lone surrogate)
+    is read."""
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError:
+        pass
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", exc.pos),
+                    "msg": "JSON decode error",
+                    "ctx": {"error": exc.msg},
+                }
+            ]
+        ) from None
+    except (RecursionError, ValueError) as exc:  # errors.http_answer says which
+        raise HTTPException(400, "There was an error parsing the body") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON written by pydantic-core's serializer (Rust, like orjson, and already installed): a few us
+    less per answer than json.dumps. The answers it writes hold no NaN (service.check_finite)."""
+
+    def render(self, content) -> bytes:
+        return to_json(content)
 
 
 # ---------- request and response bodies ----------
@@ -139,13 +183,20 @@ def model_card(request: Request) -> dict:
     tags=["predict"],
     response_model=PredictResponse,
     summary="Predict labels for a list of inputs (texts, base64 images or table rows)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+        }
+    },
 )
-async def predict(body: PredictRequest, request: Request) -> JSONResponse:
+async def predict(request: Request) -> FastJSONResponse:
+    body = await read_body(request, PredictRequest)
     service = service_of(request)
     current = service.served
     check_count(len(body.inputs), service.settings.max_inputs)
     payload, stored = await encode(service, current, body.inputs)
-    return JSONResponse(await service.predict(current, payload, stored, len(body.inputs), body.top_k))
+    return FastJSONResponse(await service.predict(current, payload, stored, len(body.inputs), body.top_k))
 
 
 @router.post(
@@ -176,7 +227,7 @@ async def predict_file(
     payload, stored = await run_in_threadpool(
         task.encode_files, current.predictor, contents, service.settings, "files"
     )
-    return JSONResponse(await service.predict(current, payload, stored, len(uploads), top_k, "files"))
+    return FastJSONResponse(await service.predict(current, payload, stored, len(uploads), top_k, "files"))
 
 
 async def encode(service: Service, current: Served, inputs: list, field: str = "inputs"):
@@ -250,7 +301,7 @@ async def feedback(body: FeedbackRequest, request: Request) -> JSONResponse:
         "model_version": current.version_name,
         "replaced": replaced,
     }
-    return JSONResponse(answer, status_code=200 if replaced else 201)
+    return FastJSONResponse(answer, status_code=200 if replaced else 201)
 
 
 def checked(served: Served, value, field: str) -> str:
