@@ -150,7 +150,7 @@ def test_numbers_sent_as_strings_are_read_as_numbers(client_for, table_run):
     row = {r["id"]: r for r in client.get("/v1/feedback").json()["feedback"]}[stored.json()["feedback_id"]]
     assert row["input"]["row"] == {**ROW, "x2": -0.2}  # kept as numbers, as retraining reads them
     assert "numeric string" in json.dumps(client.get("/openapi.json").json()["paths"]["/v1/predict"])
-    for text in ("tall", "", "nan", "1_000", "0x1f"):
+    for text in ("tall", "", "nan", "1_000", "0x1f", "\u0661\u0662"):
         status, field, message = error_of(client.post("/v1/predict", json={"inputs": [{**ROW, "x1": text}]}))
         assert (status, field) == (422, "inputs.0.x1") and f"{text!r} is not a number" in message
 

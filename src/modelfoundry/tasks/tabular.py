@@ -194,7 +194,8 @@ model:
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: the models compute in float32
-NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")  # "17.99", "-1e3"; not "inf", "1_000"
+# "17.99", "-1e3", " 5 "; not "inf", "1_000" or other scripts' digits (float() would take them)
+NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")
 
 
 def cell(column: dict, value, field: str):
