@@ -27,7 +27,9 @@ def to_array(image: Image.Image, size: tuple[int, int], channels: int) -> np.nda
         # 16-bit grey: convert("L") would clip every value above 255 to white; rescale instead.
         wide = np.asarray(image, dtype=np.float32) / 65535.0 * 255.0
         image = Image.fromarray(wide.clip(0, 255).astype(np.uint8))
-    image = image.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode != mode:  # convert() to the same mode copies for nothing (a served request's cost)
+        image = image.convert(mode)
     if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.float32) / 255.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -418,3 +419,13 @@ def json_type(value) -> str:
 
 def finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unicode_text(value: str) -> str:
+    """A JSON string as text every tokenizer, database and UTF-8 file can hold: JSON may carry a lone
+    UTF-16 surrogate (`"\\ud800"`, half of an emoji cut in two), which is no character; it becomes
+    U+FFFD, the replacement character, as a UTF-8 decoder would make of a broken byte."""
+    return value if value.isascii() else _LONE_SURROGATE.sub("\ufffd", value)

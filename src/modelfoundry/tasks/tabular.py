@@ -9,6 +9,7 @@ categories) fitted on the training split, what the report shows of a mistake, ho
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pandas as pd
 
 from modelfoundry.data import tabular, validate
 from modelfoundry.errors import InputError, UserError, did_you_mean
-from modelfoundry.tasks.base import CLASSIFIER_TRAIN, Task, at, json_type
+from modelfoundry.tasks.base import CLASSIFIER_TRAIN, Task, at, json_type, unicode_text
 from modelfoundry.tasks.text import write_jsonl
 
 # the label column name a built-in table's rows carry in corrections and in `evaluate --data` files
@@ -97,10 +98,12 @@ class TableInputs:
         )
 
     def encode_request(self, predictor, inputs: list, limits, field: str = "inputs"):
-        """Rows as objects column -> value: every column the model reads, numbers where it takes numbers."""
+        """Rows as objects column -> value: every column the model reads, numbers where it takes numbers
+        (JSON numbers or numeric strings such as "17.99", finite and within float32)."""
         columns = predictor.spec["preprocessing"]["columns"]
         names = [c["name"] for c in columns]
         ignored = predictor.spec["preprocessing"].get("ignored_columns", [])  # the label, data.drop
+        rows = []
         for i, row in enumerate(inputs):
             where = at(field, i)
             if not isinstance(row, dict):
@@ -124,26 +127,11 @@ class TableInputs:
                     f"{did_you_mean(extra[0], missing or names)}"
                     f" The model takes: {', '.join(names)}.",
                 )
-            for column in columns:
-                value = row[column["name"]]
-                if (
-                    column["kind"] == "number"
-                    and value is not None
-                    and (isinstance(value, bool) or not isinstance(value, (int, float)))
-                ):
-                    raise InputError(
-                        422,
-                        f"{where}.{column['name']}",
-                        f"{value!r} is not a number; "
-                        "this column takes numbers (or null for a missing value).",
-                    )
-                if isinstance(value, (dict, list)):
-                    raise InputError(
-                        422, f"{where}.{column['name']}", f"got {json_type(value)}; give a string or number."
-                    )
-        frame = pd.DataFrame([{n: row[n] for n in names} for row in inputs], columns=names)
-        kept = [{"row": {n: row[n] for n in names}} for row in inputs]
-        return self.encode_inputs(predictor, frame, field), kept
+            rows.append({c["name"]: cell(c, row[c["name"]], f"{where}.{c['name']}") for c in columns})
+        with np.errstate(over="ignore"):  # an overflow is named by check_features, not warned about
+            features = self.encode_inputs(predictor, pd.DataFrame(rows, columns=names), field)
+        check_features(features, rows, columns, field)
+        return features, [{"row": row} for row in rows]
 
     def cli_inputs(self, predictor, inputs: list[str]):
         if len(inputs) != 1:
@@ -207,6 +195,67 @@ model:
   dropout: 0.1
 """
         + CLASSIFIER_TRAIN
+    )
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: the models compute in float32
+# "17.99", "-1e3", " 5 "; not "inf", "1_000" or other scripts' digits (float() would take them)
+NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")
+
+
+def cell(column: dict, value, field: str):
+    """One cell of a served row, checked: a category column takes a string or a number; a number column
+    a finite number within float32, sent as a JSON number or a numeric string (pydantic's lax mode: what
+    a client reading a CSV sends), or null for a missing value."""
+    if isinstance(value, str):
+        value = unicode_text(value)
+    if column["kind"] != "number":
+        if isinstance(value, (dict, list)):
+            raise InputError(422, field, f"got {json_type(value)}; give a string or number.")
+        return value
+    if isinstance(value, str) and NUMBER.fullmatch(value):
+        value = float(value)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(
+            422,
+            field,
+            f"{value!r} is not a number; this column takes numbers, as JSON numbers or numeric strings "
+            'such as "17.99" (or null for a missing value).',
+        )
+    if not abs(value) <= FLOAT32_MAX:  # NaN compares False; an int of any size compares exactly
+        shown = repr(value) if len(repr(value)) <= 24 else f"a number of {len(repr(value))} digits"
+        raise InputError(
+            422,
+            field,
+            f"{shown} is not a finite number within ±3.4e38 (float32, what the model computes in); "
+            "send a finite number, or null for a missing value.",
+        )
+    return value
+
+
+def check_features(features, rows: list[dict], columns: list[dict], field: str) -> None:
+    """Standardised, a number far from the training data can still leave float32 (3e38 with a spread
+    of 0.1): name the row and column rather than let the model answer NaN."""
+    import torch
+
+    bad = ~torch.isfinite(features)
+    if not bad.any():
+        return
+    i, j = (int(k) for k in bad.nonzero()[0])
+    for column in columns:  # feature j -> its column: a number is one feature, a category one per value
+        width = 1 if column["kind"] == "number" else len(column["categories"])
+        if j < width:
+            break
+        j -= width
+    name = column["name"]
+    raise InputError(
+        422,
+        f"{at(field, i)}.{name}",
+        f"{rows[i][name]!r} is too far from the numbers the model was trained on (mean "
+        f"{column['mean']:.4g}, spread {column['std']:.4g}): standardised, it leaves float32. "
+        "Send a number in the range of the training data.",
     )
 
 

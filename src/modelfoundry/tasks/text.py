@@ -15,7 +15,7 @@ import pandas as pd
 
 from modelfoundry.data import text
 from modelfoundry.errors import InputError, UserError
-from modelfoundry.tasks.base import Task, at, json_type
+from modelfoundry.tasks.base import Task, at, json_type, unicode_text
 
 
 class TextClassification(Task):
@@ -157,12 +157,14 @@ train:
         return ids
 
     def encode_request(self, predictor, inputs: list, limits, field: str = "inputs"):
+        """Texts as strings; a lone surrogate (JSON can carry one, no tokenizer can read it) becomes
+        U+FFFD."""
         for i, item in enumerate(inputs):
             if not isinstance(item, str):
                 raise InputError(422, at(field, i), f"a text model takes strings; got {json_type(item)}.")
             if not item.strip():
                 raise InputError(422, at(field, i), "the text is empty.")
-        texts = list(inputs)
+        texts = [unicode_text(t) for t in inputs]
         if predictor.spec["preprocessing"].get("pii", "off") != "off":
             from modelfoundry.data.privacy import scrub_texts
 
