@@ -194,6 +194,15 @@ def check_missing(
     return frame, counts
 
 
+class CellError(UserError):
+    """A cell the encoder refuses, with its position (row `i` of the frame, `column` its spec), so the
+    HTTP service can name the request field (`inputs.3.x2`)."""
+
+    def __init__(self, i: int, column: dict, message: str):
+        super().__init__(message)
+        self.i, self.column = i, column
+
+
 class TableEncoder:
     """Numbers -> standardised (median-imputed); other columns -> one-hot over the training categories."""
 
@@ -287,12 +296,14 @@ class TableEncoder:
                 if too_big.any():
                     i = int(np.argmax(too_big))
                     what = "infinite" if np.isinf(numbers.iloc[i]) else "too large"
-                    raise UserError(
+                    raise CellError(
+                        i,
+                        col,
                         f"{origin}: {row_name(origin, frame.index[i])}, column '{col['name']}': "
                         f"{plain(values.iloc[i])} is {what}"
                         f" ({int(too_big.sum())} such cell(s) in all); the model takes finite numbers "
                         f"within ±{FLOAT32_MAX:.1e}. Replace them with a number or leave them empty to be "
-                        "imputed."
+                        "imputed.",
                     )
                 parts.append(scaled[:, None])
             else:

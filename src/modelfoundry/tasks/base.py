@@ -12,8 +12,8 @@ values), and metrics, mistakes and served answers are computed from those.
 from __future__ import annotations
 
 import math
-from collections import Counter
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar

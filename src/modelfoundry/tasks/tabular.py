@@ -128,9 +128,17 @@ class TableInputs:
                     f" The model takes: {', '.join(names)}.",
                 )
             rows.append({c["name"]: cell(c, row[c["name"]], f"{where}.{c['name']}") for c in columns})
-        with np.errstate(over="ignore"):  # an overflow is named by check_features, not warned about
+        try:
             features = self.encode_inputs(predictor, pd.DataFrame(rows, columns=names), field)
-        check_features(features, rows, columns, field)
+        except tabular.CellError as exc:  # finite (cell() checked), but it leaves float32 once standardised
+            name, column = exc.column["name"], exc.column
+            raise InputError(
+                422,
+                f"{at(field, exc.i)}.{name}",
+                f"{rows[exc.i][name]!r} is too far from the numbers the model was trained on (mean "
+                f"{column['mean']:.4g}, spread {column['std']:.4g}): standardised, it leaves float32. "
+                "Send a number in the range of the training data.",
+            ) from None
         return features, [{"row": row} for row in rows]
 
     def cli_inputs(self, predictor, inputs: list[str]):
@@ -233,30 +241,6 @@ def cell(column: dict, value, field: str):
             "send a finite number, or null for a missing value.",
         )
     return value
-
-
-def check_features(features, rows: list[dict], columns: list[dict], field: str) -> None:
-    """Standardised, a number far from the training data can still leave float32 (3e38 with a spread
-    of 0.1): name the row and column rather than let the model answer NaN."""
-    import torch
-
-    bad = ~torch.isfinite(features)
-    if not bad.any():
-        return
-    i, j = (int(k) for k in bad.nonzero()[0])
-    for column in columns:  # feature j -> its column: a number is one feature, a category one per value
-        width = 1 if column["kind"] == "number" else len(column["categories"])
-        if j < width:
-            break
-        j -= width
-    name = column["name"]
-    raise InputError(
-        422,
-        f"{at(field, i)}.{name}",
-        f"{rows[i][name]!r} is too far from the numbers the model was trained on (mean "
-        f"{column['mean']:.4g}, spread {column['std']:.4g}): standardised, it leaves float32. "
-        "Send a number in the range of the training data.",
-    )
 
 
 def read_rows(inputs) -> pd.DataFrame:
