@@ -24,6 +24,8 @@ Run from the repo root on a quiet machine (trains the digits CNN for 2 epochs fi
     .venv/bin/python bench/serve_load.py --max-wait-ms 2            # flags passed on to `foundry serve`
     .venv/bin/python bench/serve_load.py --quick                    # small N: checks the script, numbers
                                                                     # meaningless
+    .venv/bin/python bench/serve_load.py --before main              # also `foundry serve` as of git ref
+                                                                    # main, side by side: before/after
 Exits 1 when a target is missed (not with --quick).
 """
 
@@ -279,6 +281,18 @@ def start_server(name: str, command: list[str], env: dict, log_file: Path) -> tu
     )
 
 
+def checkout_src(ref: str, folder: Path) -> str:
+    """The src/ folder of git REF of this repository, extracted under `folder`; returns its path."""
+    import tarfile
+
+    done = subprocess.run(["git", "archive", ref, "src"], cwd=REPO, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"--before {ref}: git archive failed: {done.stderr.decode().strip()}")
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
+        archive.extractall(folder, filter="data")
+    return str(folder / "src")
+
+
 def stop_server(process: subprocess.Popen) -> None:
     process.terminate()
     try:
@@ -465,6 +479,13 @@ def report(results: list[dict], direct_ms: float, args, threads: int, run: Path)
             "small machine the client's CPU is part of what is measured, for both servers alike"
         ),
     ]
+    if args.before:
+        notes.insert(
+            3,
+            f"{OURS} @{args.before}: the same `foundry serve` command, run from "
+            f"`git archive {args.before} src` on the same model in the same run: the cost of a request "
+            "before and after a change",
+        )
     body = "\n".join(rows) + "\n\n" + "\n".join(targets) + "\n\n" + "\n".join(f"- {note}" for note in notes)
     return body, misses
 
@@ -503,6 +524,12 @@ def main() -> int:
         action="store_true",
         help="check the script: 100 requests per level (300 at 64), 20 warm-up, "
         "1 training epoch; numbers meaningless, nothing written",
+    )
+    parser.add_argument(
+        "--before",
+        metavar="REF",
+        help="also serve with `foundry serve` as of git REF (e.g. main; from `git archive REF src`), "
+        "in the same run: what a change did to the cost of a request",
     )
     parser.add_argument("--write", action="store_true", help="record the results in bench/RESULTS.md")
     internal = parser.add_argument_group("internal (the script runs itself with these)")
@@ -577,21 +604,30 @@ def main() -> int:
         str(args.max_wait_ms),
     ]
     commands = {
-        BASELINE: [sys.executable, __file__, "--baseline-server", str(run), "--backend", args.backend],
-        OURS: ours_command,
-        FLOOR: [sys.executable, __file__, "--floor-server"],
+        BASELINE: ([sys.executable, __file__, "--baseline-server", str(run), "--backend", args.backend], env),
+        OURS: (ours_command, env),
+        FLOOR: ([sys.executable, __file__, "--floor-server"], env),
     }
+    order = [OURS, BASELINE, FLOOR]
+    if args.before:  # the same command, run from the package as it was at REF
+        before = f"{OURS} @{args.before}"
+        source = checkout_src(args.before, folder / "before")
+        commands[before] = (
+            [sys.executable, "-m", "modelfoundry", *ours_command[1:]],
+            {**env, "PYTHONPATH": source},
+        )
+        order.insert(1, before)
     unchecked_file = folder / "inputs-unchecked.json"  # the no-op endpoint's labels are not checked
     unchecked_file.write_text(json.dumps({"inputs": inputs, "labels": None}))
     servers, results = {}, []
     try:
-        for index, (name, command) in enumerate(commands.items()):
+        for index, (name, (command, server_env)) in enumerate(commands.items()):
             log_file = folder / f"server-{index}.log"
-            servers[name] = (*start_server(name, command, env, log_file), log_file)
+            servers[name] = (*start_server(name, command, server_env, log_file), log_file)
             log(f"{name} ready at {servers[name][1]}")
         for level, concurrency in enumerate(args.concurrency):
-            names = list(commands)
-            for name in names[level % 3 :] + names[: level % 3]:  # rotate who goes first
+            names, turn = list(commands), level % len(commands)
+            for name in names[turn:] + names[:turn]:  # rotate who goes first
                 requests = args.requests_64 if name == OURS and concurrency == 64 else args.requests
                 process, base, _ = servers[name]
                 results.append(
@@ -611,7 +647,7 @@ def main() -> int:
             output = log_file.read_text().strip()
             if output:
                 log(f"--- {name} output ---\n{output[-3000:]}")
-    results.sort(key=lambda r: ([OURS, BASELINE, FLOOR].index(r["server"]), r["concurrency"]))
+    results.sort(key=lambda r: (order.index(r["server"]), r["concurrency"]))
     body, misses = report(results, direct_ms, args, threads, run)
     print(body)
     if args.write and not args.quick:

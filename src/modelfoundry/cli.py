@@ -269,6 +269,13 @@ def serve(
         list[str] | None,
         typer.Option(help="allow browser calls from this origin (repeatable); closed by default"),
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="also answer requests whose Host header is this name (repeatable; *.example.com for a "
+            "domain, * for any); by default only 127.0.0.1, localhost, ::1 and --host"
+        ),
+    ] = None,
     watch: Annotated[
         float,
         typer.Option(
@@ -284,7 +291,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve a model over HTTP: JSON API (docs at /docs), web page at /, Prometheus metrics at /metrics."""
-    from modelfoundry.serve.app import Settings, create_app, load_served
+    from modelfoundry.serve.app import Settings, access_notes, create_app, load_served
 
     settings = Settings(
         model,
@@ -296,6 +303,8 @@ def serve(
         int(max_body_mb * 2**20),
         cors_origins=cors_origin or [],
         watch_seconds=watch,
+        host=host,
+        allowed_hosts=allowed_host or [],
     )
     if threads:
         import torch
@@ -309,12 +318,15 @@ def serve(
     )
     server = uvicorn.Server(config)
     name = served.version_name or served.predictor.spec.get("run_id")
-    _announce_when_started(server, f"serving {name}" + (f" ({served.alias})" if served.alias else ""))
+    _announce_when_started(
+        server, f"serving {name}" + (f" ({served.alias})" if served.alias else ""), access_notes(settings)
+    )
     server.run()
 
 
-def _announce_when_started(server, what: str) -> None:
-    """Print the address once uvicorn listens (the real port, when --port 0 asked for any free one)."""
+def _announce_when_started(server, what: str, notes: list[str]) -> None:
+    """Print who may call what, then the address once uvicorn listens (the real port, when --port 0
+    asked for any free one)."""
     original = server.startup
 
     async def startup(sockets=None):
@@ -325,6 +337,8 @@ def _announce_when_started(server, what: str) -> None:
                 if server.servers
                 else (server.config.host, server.config.port)
             )
+            for note in notes:
+                out.print(note, highlight=False, soft_wrap=True)
             out.print(
                 f"{what} on http://{server.config.host}:{bound[1]}  (page /, API docs /docs)", highlight=False
             )
@@ -647,6 +661,8 @@ _METRIC_COLUMNS = {  # (key, column heading); a table shows the set whose first 
 
 
 def _print_metrics(metrics: dict) -> None:
+    from modelfoundry.evaluate.metrics import absent_note
+
     splits = [split for split in ("val", "test") if split in metrics]
     first = next((k for k in _METRIC_COLUMNS if splits and k in metrics[splits[0]]), "accuracy")
     columns = _METRIC_COLUMNS[first]
@@ -656,6 +672,9 @@ def _print_metrics(metrics: dict) -> None:
         values = [m.get(k) if k != "baseline" else m.get(k, {}).get("rmse") for k, _ in columns]
         table.add_row(split, *[_fmt(v) for v in values])
     out.print(table)
+    for split in splits:
+        if absent := metrics[split].get("absent_classes"):
+            out.print(escape(absent_note(split, absent, len(metrics[split]["per_class"]))), highlight=False)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -23,14 +23,24 @@ class InputError(UserError):
         self.status, self.field, self.message = status, field, message
 
 
+# how alike a name must be to be suggested (difflib ratio): a typo or two ("lable", "epoch", "h10")
+# passes; a name that merely shares letters ("target" and "worst area": 0.5) does not
+CLOSE = 0.6
+
+
 def did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:
-    """Return ' Did you mean 'x'?' for the closest choices, or '' when nothing is close."""
+    """Return ' Did you mean 'x'?' for the closest choices, or '' when nothing is close.
+
+    Case is compared last: 'A' finds 'a', at the same closeness, when nothing matches as written."""
     choices = [str(c) for c in choices]
-    close = difflib.get_close_matches(str(value), choices, n=n, cutoff=0.5)
+    close = difflib.get_close_matches(str(value), choices, n=n, cutoff=CLOSE)
     if not close:
-        lowered = {c.lower(): c for c in choices}
+        lowered: dict[str, str] = {}
+        for c in choices:
+            lowered.setdefault(c.lower(), c)
         close = [
-            lowered[c] for c in difflib.get_close_matches(str(value).lower(), list(lowered), n=n, cutoff=0.5)
+            lowered[c]
+            for c in difflib.get_close_matches(str(value).lower(), list(lowered), n=n, cutoff=CLOSE)
         ]
     if not close:
         return ""

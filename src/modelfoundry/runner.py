@@ -211,7 +211,7 @@ def _run(
         teacher=built.teacher,
         objective=built.objective,
     )
-    timings["train"] = time.perf_counter() - clock
+    timings["train"] = result.earlier_seconds + time.perf_counter() - clock  # every process of a resumed run
     if path is None:
         return {}, timings
 

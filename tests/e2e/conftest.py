@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from filelock import FileLock
 
 from e2e_helpers import TINY_MLP, assert_ok, foundry, write_config, write_image_folder, write_table
+
+REVIEWS = Path(__file__).parents[2] / "examples" / "tiny" / "reviews.csv"
 
 
 @dataclass
@@ -103,6 +107,24 @@ def _table_runs(workdir: Path) -> list[TrainedRun]:
     return runs
 
 
+def _text_run(workdir: Path) -> list[TrainedRun]:
+    """A 16-wide LSTM trained from scratch on the shipped reviews, with personal data redacted."""
+    home, data = workdir / "runs", workdir / "reviews.csv"
+    shutil.copy(REVIEWS, data)
+    config = write_config(
+        workdir / "text.yaml",
+        "text_classification",
+        "reviews.csv",
+        data={"text": "review", "label": "sentiment", "max_length": 32, "privacy": {"pii": "redact"}},
+        model={"name": "lstm", "embed_dim": 16, "hidden": 16},
+    )
+    result = foundry(
+        "train", config, "--set", "train.precision=fp32", "--run-dir", home / "text", cwd=workdir, home=home
+    )
+    assert_ok(result)
+    return [TrainedRun(home, home / "text", data, result.stdout, result.stderr)]
+
+
 @pytest.fixture(scope="session")
 def image_run(shared_dir) -> TrainedRun:
     return _train_once(shared_dir, "image", _image_run)[0]
@@ -117,3 +139,28 @@ def table_run(shared_dir) -> TrainedRun:
 def table_run_lr(shared_dir) -> TrainedRun:
     """The same tabular config as `table_run` with another learning rate, for `runs compare`."""
     return _train_once(shared_dir, "table", _table_runs)[1]
+
+
+@pytest.fixture(scope="session")
+def text_run(shared_dir) -> TrainedRun:
+    return _train_once(shared_dir, "text", _text_run)[0]
+
+
+@pytest.fixture
+def client_for(monkeypatch):
+    """An app over a trained run, in this process, with the run's registry as FOUNDRY_HOME."""
+    from modelfoundry.serve.app import Settings, create_app
+
+    clients = []
+
+    def make(run, **settings) -> TestClient:
+        monkeypatch.setenv("FOUNDRY_HOME", str(run.home))
+        monkeypatch.delenv("FOUNDRY_DB", raising=False)
+        settings.setdefault("allowed_hosts", ["testserver"])  # the Host header TestClient sends
+        client = TestClient(create_app(Settings(str(run.path), **settings)), client=("127.0.0.1", 50000))
+        clients.append(client.__enter__())
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)

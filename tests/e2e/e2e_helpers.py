@@ -4,6 +4,8 @@ tiny data sets (8x8 PNG folders, CSVs) and configs. Fixtures live in conftest.py
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import subprocess
 import sys
@@ -152,12 +154,14 @@ class Server:
         deadline, seen = time.monotonic() + startup_timeout, ""
         while time.monotonic() < deadline:
             if selector.select(timeout=1):
-                line = self.process.stdout.readline()
-                seen += line
-                if found := re.search(r"on (http://[\d.]+:\d+)", line):
-                    self.url = found.group(1)
+                # os.read, not readline: several lines may come in one write, and select() does not see
+                # what a buffered reader already holds
+                chunk = os.read(self.process.stdout.fileno(), 65_536).decode()
+                seen += chunk
+                if found := re.search(r"on (http://[\d.]+:\d+)", seen):
+                    self.url, self.banner = found.group(1), seen  # banner: what it printed at start
                     return
-                if not line and self.process.poll() is not None:
+                if not chunk and self.process.poll() is not None:
                     break
         self.stop()
         raise AssertionError(
@@ -184,3 +188,13 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def png_bytes(value: int = 200, size: int = 8) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size, size), value, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

@@ -7,52 +7,20 @@ the tests about processes start `foundry serve` itself.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 import modelfoundry as mf
-from e2e_helpers import Server, assert_ok, foundry
+from e2e_helpers import Server, assert_ok, b64, foundry, png_bytes
 
 pytestmark = pytest.mark.slow
 ROW = {"x1": 0.5, "x2": -0.2, "color": "red"}
-
-
-@pytest.fixture
-def client_for(monkeypatch):
-    """An app over a trained run, in this process, with the run's registry as FOUNDRY_HOME."""
-    from modelfoundry.serve.app import Settings, create_app
-
-    clients = []
-
-    def make(run, **settings) -> TestClient:
-        monkeypatch.setenv("FOUNDRY_HOME", str(run.home))
-        monkeypatch.delenv("FOUNDRY_DB", raising=False)
-        client = TestClient(create_app(Settings(str(run.path), **settings)), client=("127.0.0.1", 50000))
-        clients.append(client.__enter__())
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
-
-
-def png_bytes(value: int = 200, size: int = 8) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((size, size), value, np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 # ------------------------------------------------------------------------------- what works

@@ -206,3 +206,14 @@ def test_unknown_task_suggests_the_nearest():
 def test_missing_required_key_is_named():
     message = config_error({"task": "image_classification", "data": {}})
     assert "data.source: required key is missing" in message
+
+
+def test_did_you_mean_suggests_only_close_names():
+    from modelfoundry.errors import did_you_mean
+
+    breast_cancer = ["mean area", "worst area", "mean perimeter", "worst texture"]
+    assert did_you_mean("target", breast_cancer) == ""  # 'worst area' only shares letters
+    assert did_you_mean("TARGET", breast_cancer) == ""  # nor after lower-casing
+    assert did_you_mean("lable", ["label", "x1"]) == " Did you mean 'label'?"
+    assert did_you_mean("A", ["a", "b", "c"]) == " Did you mean 'a'?"  # case alone differs
+    assert did_you_mean("Worst Area", breast_cancer).startswith(" Did you mean 'worst area'")

@@ -198,6 +198,68 @@ def test_encoder_spec_survives_json():
     np.testing.assert_array_equal(reloaded.transform(frame), encoder.transform(frame))
 
 
+@pytest.mark.parametrize(
+    ("value", "shown", "what"),
+    [(np.inf, "inf", "infinite"), (-np.inf, "-inf", "infinite"), (1e308, "1e+308", "too large")],
+)
+def test_encoder_refuses_infinite_numbers_and_numbers_beyond_float32(value, shown, what):
+    """The model computes in float32: 1e308 would become inf there and every probability NaN."""
+    encoder = tabular.TableEncoder().fit(train_frame())
+    rows = pd.DataFrame({"age": [31.0, value], "city": ["rome", "oslo"]})
+    with pytest.raises(UserError) as info:
+        encoder.transform(rows, "new.csv")
+    message = str(info.value)
+    assert "row 2 (line 3 of new.csv)" in message and "column 'age'" in message
+    assert f"{shown} is {what}" in message and "np.float64" not in message and "leave them empty" in message
+
+
+def test_encoder_takes_a_large_number_that_fits_float32():
+    encoder = tabular.TableEncoder().fit(train_frame())
+    features = encoder.transform(pd.DataFrame({"age": [1e30], "city": ["rome"]}))
+    assert np.isfinite(features).all()
+
+
+def test_encoder_ignores_the_columns_it_was_told_to_and_refuses_others():
+    encoder = tabular.TableEncoder().fit(train_frame(), ignored=["label", "id"])
+    rows = train_frame().assign(label="a", id=range(5))
+    np.testing.assert_array_equal(encoder.transform(rows), encoder.transform(train_frame()))
+    with pytest.raises(UserError) as info:
+        encoder.transform(train_frame().assign(agee=1), "new.csv")
+    message = str(info.value)
+    assert message.startswith("new.csv: column(s) 'agee'") and "Did you mean 'age'?" in message
+    assert "It reads: age, city; it ignores: label, id." in message
+    # a package from before ignored columns were recorded ignores every extra column, as it did
+    assert tabular.TableEncoder({"columns": encoder.spec["columns"]}).transform(rows).shape == (5, 4)
+
+
+def test_prepare_records_the_columns_a_table_model_ignores(tmp_path):
+    frame = pd.DataFrame(
+        {"id": range(40), "x": np.arange(40.0), "label": ["a", "b"] * 20, "note": ["n"] * 40}
+    )
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    cfg, base = load_config(
+        {
+            "task": "tabular_classification",
+            "data": {"source": str(tmp_path / "t.csv"), "label": "label", "drop": ["id", "note"]},
+        }
+    )
+    data = prepare(cfg, base)
+    assert data.preprocessing["ignored_columns"] == ["id", "label", "note"]
+    assert "ignored_columns" not in data.report
+    cfg, base = load_config({"task": "tabular_classification", "data": {"source": "builtin:iris"}})
+    assert prepare(cfg, base).preprocessing["ignored_columns"] == ["target"]
+
+
+def test_read_table_of_a_latin1_csv_names_the_line_and_byte_and_says_to_re_encode(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes("x,label\n1,a\n2,gr\u00fcn\n".encode("latin-1"))
+    with pytest.raises(UserError) as info:
+        tabular.read_table(path)
+    message = str(info.value)
+    assert "row 2, line 3, byte 5" in message and "b'\\xfc'" in message and "iconv" in message
+    assert "quoting" not in message
+
+
 # ----------------------------------------------------------------------------- images
 
 
@@ -226,6 +288,36 @@ def test_read_image_folder_mixed_modes_become_rgb_of_the_asked_size(tmp_path):
     red = images[labels.tolist().index("red")]
     np.testing.assert_allclose(red[:, 0, 0], [1.0, 0.0, 0.0])
     assert images.dtype == np.float32 and images.min() >= 0 and images.max() <= 1
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_one_colour_image_among_grey_ones_is_converted_to_grey_with_a_warning(tmp_path, lazy):
+    from modelfoundry.data.lazy_images import scan
+
+    for i in range(3):
+        save_png(tmp_path / "cat" / f"{i}.png", (4, 4), "L", 10)
+        save_png(tmp_path / "dog" / f"{i}.png", (4, 4), "L", 200)
+    save_png(tmp_path / "dog" / "odd.png", (4, 4), "RGBA", (255, 0, 0, 255))
+
+    def shape():
+        if lazy:
+            return scan(tmp_path, None, None)[3]
+        return read_image_folder(tmp_path, size=None, channels=None)[0].shape[1:]
+
+    with pytest.warns(
+        UserWarning, match=r"most images are grey.*1 colour image\(s\) are converted to grey: dog/odd.png"
+    ):
+        found = shape()
+    assert found == (1, 4, 4)
+
+
+def test_asked_channels_convert_without_a_warning(tmp_path):
+    save_png(tmp_path / "cat" / "1.png", (4, 4), "L", 10)
+    save_png(tmp_path / "dog" / "1.png", (4, 4), "RGBA", (255, 0, 0, 255))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images, _, _, _ = read_image_folder(tmp_path, size=None, channels=1)
+    assert images.shape == (2, 1, 4, 4)
 
 
 def test_corrupt_image_is_skipped_with_a_warning(tmp_path):

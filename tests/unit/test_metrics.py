@@ -108,3 +108,30 @@ def test_worst_mistakes_are_wrong_and_most_confident_first():
     assert worst_mistakes(probabilities, targets) == [2, 1, 3]
     assert worst_mistakes(probabilities, targets, k=2) == [2, 1]
     assert worst_mistakes(one_hot(targets, 2), targets) == []
+
+
+def test_macro_scores_are_over_the_classes_in_the_data_and_the_absent_ones_are_named():
+    """Data holding 3 of 10 classes: the 7 others (no example, never predicted) are not averaged in as 0."""
+    labels = [f"c{i}" for i in range(10)]
+    targets = np.array([0, 0, 1, 1, 2, 2, 2, 2])
+    predicted = np.array([0, 0, 1, 1, 2, 2, 2, 3])  # c3 is predicted once, with no example of it
+    m = classification_metrics(one_hot(predicted, 10), targets, labels)
+    f1 = {k: v["f1"] for k, v in m["per_class"].items()}
+    assert m["f1_macro"] == pytest.approx(np.mean([f1["c0"], f1["c1"], f1["c2"], f1["c3"]]))
+    assert m["f1_macro"] == pytest.approx(
+        skm_f1_macro(targets, predicted)
+    )  # what scikit-learn averages over without `labels`
+    assert m["recall_macro"] == pytest.approx((1 + 1 + 0.75 + 0) / 4)
+    assert m["absent_classes"] == ["c4", "c5", "c6", "c7", "c8", "c9"]
+    assert m["accuracy"] == pytest.approx(7 / 8)
+
+
+def test_no_absent_classes_key_when_every_class_is_there():
+    m = classification_metrics(one_hot(PREDICTED, 3) * 0.7 + 0.1, TARGETS, LABELS)
+    assert "absent_classes" not in m
+
+
+def skm_f1_macro(targets, predicted) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(targets, predicted, average="macro"))

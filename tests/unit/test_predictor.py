@@ -254,3 +254,37 @@ def test_bad_value_in_a_csv_input_names_the_file_and_line(table_package, tmp_pat
     pd.DataFrame({"age": ["31", "forty"], "city": ["rome", "oslo"]}).to_csv(tmp_path / "new.csv", index=False)
     with pytest.raises(UserError, match=r"new.csv.*row 2 \(line 3 of new.csv\).*'age'"):
         load(run).predict(tmp_path / "new.csv")
+
+
+def test_one_column_rule_for_the_predictor_and_the_service(tmp_path):
+    """Columns the model was trained to ignore (label, data.drop) come along; any other is refused, by
+    `Predictor` (and so `foundry predict`) and by the HTTP service alike."""
+    encoder = TableEncoder().fit(ROWS, ignored=["id", "bought"])
+    spec = {
+        "task": "tabular_classification",
+        "model": {"name": "mlp", "options": {"hidden": [8]}},
+        "input_shape": [len(encoder.feature_names)],
+        "labels": ["no", "yes"],
+        "preprocessing": {"kind": "table", **encoder.spec},
+        "label_column": "bought",
+    }
+    torch.manual_seed(0)
+    save_package(
+        tmp_path / "run" / "model", build_model("mlp", (len(encoder.feature_names),), 2, hidden=[8]), spec
+    )
+    predictor = load(tmp_path / "run")
+    expected = predictor.predict_proba(ROWS)
+    with_ignored = ROWS.assign(id=range(6), bought="yes")
+    np.testing.assert_array_equal(predictor.predict_proba(with_ignored), expected)
+    with pytest.raises(UserError) as info:
+        predictor.predict(ROWS.assign(citty="rome"))
+    message = str(info.value)
+    assert "'citty'" in message and "Did you mean 'city'?" in message and "ignores: id, bought" in message
+
+    task = predictor.task_module
+    inputs, _ = task.encode_request(predictor, with_ignored.to_dict(orient="records"), limits=None)
+    np.testing.assert_array_equal(predictor.run(inputs), expected)
+    from modelfoundry.errors import InputError
+
+    with pytest.raises(InputError, match="unknown column.*'citty'.*Did you mean 'city'"):
+        task.encode_request(predictor, ROWS.assign(citty="rome").to_dict(orient="records"), limits=None)

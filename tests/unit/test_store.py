@@ -368,3 +368,14 @@ def test_processes_opening_a_new_registry_at_once_all_find_it_ready(home):
     errors = [p.communicate(timeout=120)[1] for p in processes]
     assert [p.returncode for p in processes] == [0] * 4, errors
     assert len(Registry().list()) == 4
+
+
+def test_a_very_long_alias_gives_the_limit_and_is_not_echoed_whole(store, home):
+    v1 = register(store, home, "run-1")
+    with pytest.raises(UserError) as info:
+        store.set_alias("a" * 5000, v1.id)
+    message = str(info.value)
+    assert "5,000 characters long" in message and "at most 80 characters" in message
+    assert len(message) < 300
+    store.set_alias("a" * 80, v1.id)
+    assert store.aliases() == ["a" * 80]

@@ -274,3 +274,86 @@ def test_an_unreadable_streamed_file_is_named_with_what_is_wrong(tmp_path, name,
     with pytest.raises(UserError, match=phrase) as error:
         prepare(*config(tmp_path / name))
     assert "data.streaming: false" not in str(error.value)  # the type hint is for type changes only
+
+
+def prices(rows: int = 3000, seed: int = 0, noise: float = 200) -> pd.DataFrame:
+    """A price that a size, a room count and a city decide, plus noise: with the default, the noise (not how
+    far training got) sets most of a model's error, so two runs' errors compare closely."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "size": rng.uniform(20, 200, rows),
+            "rooms": rng.integers(1, 6, rows).astype(float),
+            "city": rng.choice(["north", "south"], rows),
+        }
+    )
+    frame["price"] = (
+        1000
+        + 30 * frame["size"]
+        + 50 * frame["rooms"]
+        + 200 * (frame["city"] == "north")
+        + rng.normal(0, noise, rows)
+    )
+    return frame
+
+
+def test_a_streamed_regression_table_trains_as_well_as_one_read_whole(tmp_path, monkeypatch, small_chunks):
+    from rich.console import Console
+
+    from modelfoundry.builder import build
+    from modelfoundry.tasks import get_task
+    from modelfoundry.training.loop import fit, predict_logits
+
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "runs"))
+    path = write(prices(), tmp_path / "prices.csv")
+    task, prepared, scores = get_task("tabular_regression"), {}, {}
+    for streaming in (True, False):
+        cfg, base = load_config(
+            {
+                "task": "tabular_regression",
+                "data": {"source": str(path), "label": "price", "streaming": streaming},
+                "model": {"name": "mlp", "hidden": [16]},
+                "train": {"epochs": 40, "lr": 0.01, "precision": "fp32"},
+            }
+        )
+        data = prepared[streaming] = prepare(cfg, base)
+        torch.manual_seed(0)  # the same first weights for both, as the runner seeds before building
+        built = build(cfg, base, data, torch.device("cpu"))
+        fit(
+            built.model,
+            data.train,
+            data.val,
+            cfg.train,
+            device=torch.device("cpu"),
+            objective=built.objective,
+            console=Console(quiet=True),
+        )
+        spec = {"target": data.target}
+        outputs = predict_logits(built.model, data.test)
+        scores[streaming] = task.metrics(task.predictions(outputs, spec), data.test.targets.numpy(), spec)
+    streamed, whole = prepared[True], prepared[False]
+    assert type(streamed.train).__name__ == "StreamedTable" and streamed.train.targets.dtype == torch.float32
+    assert streamed.labels == [] and set(streamed.target) == {"column", "mean", "std"}
+    # standardised with the mean and std of its own training rows, as the whole table is with its own
+    targets = streamed.train.targets.double()
+    assert abs(float(targets.mean())) < 1e-5 and float(targets.std(unbiased=False)) == pytest.approx(
+        1, abs=1e-4
+    )
+    assert streamed.target["mean"] == pytest.approx(whole.target["mean"], rel=0.02)
+    assert "stratified in expectation" in streamed.report["streaming"]["split"]
+    # the report's range is every row's, not the encoder sample's
+    assert streamed.report["target"]["max"] == whole.report["target"]["max"]
+    # a different split of the same rows (by hash, not by quantile): scores close, not equal
+    assert scores[True]["r2"] > 0.97 and scores[True]["r2"] == pytest.approx(scores[False]["r2"], abs=0.01)
+    assert scores[True]["rmse"] == pytest.approx(scores[False]["rmse"], rel=0.1)  # about the noise, 200
+
+
+def test_a_streamed_regression_target_that_is_not_a_number_is_named_by_row_and_column(tmp_path, small_chunks):
+    frame = prices().astype({"price": str})
+    frame.loc[2100, "price"] = "call us"
+    settings = {"task": "tabular_regression", "data": {"label": "price", "streaming": True}}
+    settings["data"]["source"] = str(write(frame, tmp_path / "prices.parquet"))
+    with pytest.raises(
+        UserError, match=r"prices.parquet: row 2101, column 'price': 'call us' is not a number"
+    ):
+        prepare(*load_config(settings))

@@ -402,6 +402,42 @@ def test_checkpoint_after_every_epoch_holds_the_history(tmp_path):
     assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "best"}
 
 
+def test_a_resumed_fit_carries_the_training_time_of_the_processes_before(tmp_path):
+    run(train_cfg(epochs=2), checkpoint_dir=tmp_path)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state["train_seconds"] >= sum(r["seconds"] for r in state["history"])
+    state["train_seconds"] = 1000.0  # as if the killed process had trained for a long while
+    torch.save(state, tmp_path / CHECKPOINT)
+    _, resumed = run(train_cfg(epochs=3), checkpoint_dir=tmp_path, resume=True)
+    assert resumed.earlier_seconds == 1000.0
+    assert load_checkpoint(tmp_path / CHECKPOINT)["train_seconds"] > 1000.0
+    _, fresh = run(train_cfg(epochs=1))
+    assert fresh.earlier_seconds == 0.0
+
+
+def test_train_seconds_of_a_resumed_run_count_every_process(tmp_path, monkeypatch):
+    """The registry's train_seconds (`runs list`, `runs compare`) of a run resumed after a kill."""
+    from modelfoundry.runner import train
+    from modelfoundry.store.registry import Registry
+
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FOUNDRY_DB", raising=False)
+    config = {
+        "task": "tabular_classification",
+        "data": {"source": "builtin:iris"},
+        "model": {"name": "mlp", "hidden": [8]},
+        "train": {"epochs": 2, "precision": "fp32", "device": "cpu"},
+    }
+    folder = tmp_path / "run"
+    train(config, run_dir=folder, console=quiet())
+    state = load_checkpoint(folder / "checkpoints" / CHECKPOINT)
+    state["train_seconds"] = 1000.0
+    torch.save(state, folder / "checkpoints" / CHECKPOINT)
+    config["train"]["epochs"] = 3
+    train(config, run_dir=folder, resume=True, console=quiet())
+    assert Registry().get("run").train_seconds > 1000.0
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

@@ -27,7 +27,9 @@ def to_array(image: Image.Image, size: tuple[int, int], channels: int) -> np.nda
         # 16-bit grey: convert("L") would clip every value above 255 to white; rescale instead.
         wide = np.asarray(image, dtype=np.float32) / 65535.0 * 255.0
         image = Image.fromarray(wide.clip(0, 255).astype(np.uint8))
-    image = image.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode != mode:  # convert() to the same mode copies for nothing (a served request's cost)
+        image = image.convert(mode)
     if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.float32) / 255.0
@@ -62,13 +64,14 @@ def image_files(root: Path) -> tuple[list[Path], list[str]]:
 def common_shape(
     root: Path,
     sizes: Counter,
-    modes: set,
+    modes: dict[Path, str],
     skipped: list[str],
     size: int | tuple[int, int] | None,
     channels: int | None,
 ) -> tuple[int, int, int]:
-    """(C, H, W) every image of a folder is brought to: the asked size, else the most common one; grey
-    when every image is. Warns about the skipped files; a folder with no readable image is an error."""
+    """(C, H, W) every image of a folder is brought to: the asked size, else the most common one; the
+    channels asked, else those of most images (`modes`: each file's Pillow mode). Warns about the
+    skipped files and the converted ones; a folder with no readable image is an error."""
     for reason in skipped:
         warnings.warn(f"skipped {reason}", stacklevel=3)
     if not sizes:
@@ -77,12 +80,32 @@ def common_shape(
             f"Supported formats: {', '.join(sorted(IMAGE_SUFFIXES))}."
         )
     if channels is None:
-        channels = 1 if modes <= GREY_MODES else 3
+        channels = majority_channels(root, modes)
     if size is None:
         width, height = sizes.most_common(1)[0][0]
     else:
         height, width = (size, size) if isinstance(size, int) else tuple(size)
     return channels, height, width
+
+
+def majority_channels(root: Path, modes: dict[Path, str]) -> int:
+    """1 (grey) or 3 (colour), as most images are (a tie keeps colour); the others are converted, with a
+    warning naming them, so one RGBA file among grey ones does not make the whole model colour."""
+    grey = [path for path, mode in modes.items() if mode in GREY_MODES]
+    colour = [path for path, mode in modes.items() if mode not in GREY_MODES]
+    channels = 3 if len(colour) >= len(grey) else 1
+    converted = colour if channels == 1 else grey
+    if converted:
+        names = ", ".join(str(Path(p).relative_to(root)) for p in converted[:10])
+        more = f" and {len(converted) - 10} more" if len(converted) > 10 else ""
+        kind, other = ("grey", "colour") if channels == 1 else ("colour", "grey")
+        warnings.warn(
+            f"{root}: most images are {kind}, so the model takes {kind} images; {len(converted)} {other} "
+            f"image(s) are converted to {kind}: {names}{more}. Set data.channels: "
+            f"{3 if channels == 1 else 1} to take every image as {other} instead.",
+            stacklevel=4,
+        )
+    return channels
 
 
 def read_image_folder(root: Path, size: int | tuple[int, int] | None, channels: int | None):
@@ -92,7 +115,7 @@ def read_image_folder(root: Path, size: int | tuple[int, int] | None, channels: 
         images (N, C, H, W) float32 in [0, 1], labels (N,) str, relative paths, skipped files with reasons.
     """
     files, classes = image_files(root)
-    opened, labels, paths, skipped = [], [], [], []
+    opened, labels, paths, modes, skipped = [], [], [], {}, []
     for path, label in zip(files, classes):
         try:
             opened.append(read_image(path))
@@ -101,9 +124,8 @@ def read_image_folder(root: Path, size: int | tuple[int, int] | None, channels: 
             continue
         labels.append(label)
         paths.append(str(path.relative_to(root)))
-    shape = common_shape(
-        root, Counter(im.size for im in opened), {im.mode for im in opened}, skipped, size, channels
-    )
+        modes[path] = opened[-1].mode
+    shape = common_shape(root, Counter(im.size for im in opened), modes, skipped, size, channels)
     images = np.stack([to_array(im, shape[1:], shape[0]) for im in opened])
     return images, np.array(labels), paths, skipped
 

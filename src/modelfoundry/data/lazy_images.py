@@ -40,7 +40,7 @@ def decoded_bytes(root: Path, channels: int | None, size: int | None) -> int:
 def scan(root: Path, size: int | None, channels: int | None):
     """Returns paths, labels, content hashes, (C, H, W) and the skipped files with reasons."""
     files, labels = image_files(root)
-    kept, kept_labels, hashes, sizes, modes, skipped = [], [], [], Counter(), set(), []
+    kept, kept_labels, hashes, sizes, modes, skipped = [], [], [], Counter(), {}, []
     for path, label in zip(files, labels):
         try:
             raw = path.read_bytes()
@@ -48,7 +48,7 @@ def scan(root: Path, size: int | None, channels: int | None):
                 image.verify()  # checks the file without decoding the pixels
             with Image.open(path) as image:
                 sizes[image.size] += 1
-                modes.add(image.mode)
+                modes[path] = image.mode
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             skipped.append(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})")
             continue

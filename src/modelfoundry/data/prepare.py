@@ -160,25 +160,14 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
                 f"{origin}: no rows left after dropping rows with empty cells (data.missing: drop); "
                 f"empty cells per column: {report['missing']}. Use data.missing: impute."
             )
-    hashes = validate.example_hashes(examples)
-    duplicates = validate.duplicate_mask(hashes)
-    report["duplicates"] = int(duplicates.sum())
-    if data.dedupe and duplicates.any():
-        keep = ~duplicates
-        examples = examples[keep] if not is_table else examples.iloc[np.flatnonzero(keep)]
-        labels, hashes, part_of = labels[keep], hashes[keep], part_of[keep]
-        report["dropped_duplicates"] = int(duplicates.sum())
-    targets = task.make_targets(labels, part_of, report, origin, data)
-    split = split_parts(targets.strata, part_of, data)
-    task.fit_targets(targets, split["train"])
-    if "feedback" in sizes:
-        report["feedback"] = {"examples": int((part_of == "feedback").sum()), "weight": data.feedback.weight}
-    report.update(
-        n_examples=len(labels),
-        splits={k: len(v) for k, v in split.items()},
-        leakage=validate.leakage(hashes, split),
+    keep, targets, split = targets_and_split(
+        task, labels, validate.example_hashes(examples), part_of, data, report, origin
     )
-    report.setdefault("warnings", [])
+    if not keep.all():
+        examples = examples[keep] if not is_table else examples.iloc[np.flatnonzero(keep)]
+    if "feedback" in sizes:
+        feedback = int((part_of[keep] == "feedback").sum())
+        report["feedback"] = {"examples": feedback, "weight": data.feedback.weight}
     parts, input_shape, preprocessing, files, display = task.encode(
         examples, targets, split, config, base_dir, report
     )
@@ -229,9 +218,9 @@ def streamed_table(path: Path, config: Config, base_dir: Path) -> Prepared:
     """A table file read in chunks by Arrow and encoded once to a scratch file (data/stream.py)."""
     from modelfoundry.data import stream
 
-    parts = stream.prepare_streamed(path, config.data, str(path))
+    parts = stream.prepare_streamed(path, config.data, str(path), get_task(config.task))
     report = parts["report"]
-    report["class_counts"], report["warnings"] = validate.class_balance(parts["counts"], parts["labels"])
+    report.setdefault("warnings", [])
     _warn_about(report)
     splits = parts["splits"]
     return Prepared(
@@ -243,6 +232,7 @@ def streamed_table(path: Path, config: Config, base_dir: Path) -> Prepared:
         {"kind": "table", **parts["encoder"].spec},
         report,
         parts["display"],
+        target=parts["target"],
     )
 
 
@@ -253,10 +243,10 @@ def streamed_texts(path: Path, config: Config, base_dir: Path) -> Prepared:
     data = config.data
     tokenizer, max_length = text.tokenizer_for(config, base_dir)
     spec = text.tokenizer_spec(tokenizer)
-    parts = stream_text.prepare_streamed_text(path, data, tokenizer, max_length, spec["pad_id"])
+    parts = stream_text.prepare_streamed_text(
+        path, data, get_task(config.task), tokenizer, max_length, spec["pad_id"]
+    )
     report = parts["report"]
-    report["class_counts"], balance_warnings = validate.class_balance(parts["counts"], parts["labels"])
-    report["warnings"] += balance_warnings
     _warn_about(report)
     preprocessing = {
         "kind": "text",
@@ -285,35 +275,20 @@ def streamed_images(path: Path, config: Config, base_dir: Path) -> Prepared:
     split and batches are the in-memory path's. Duplicates are files with the same bytes."""
     from modelfoundry.data import lazy_images
 
-    data = config.data
+    data, task = config.data, get_task(config.task)
     paths, labels, hashes, shape, skipped = lazy_images.scan(path, data.image_size, data.channels)
     report: dict = {
         "source": str(path),
         "unreadable": skipped,
         "streaming": {"images": "decoded per batch by worker processes", "workers": lazy_images.WORKERS},
     }
-    duplicates = validate.duplicate_mask(hashes)
-    report["duplicates"] = int(duplicates.sum())
-    if data.dedupe and duplicates.any():
-        keep = np.flatnonzero(~duplicates)
-        paths, labels, hashes = [paths[i] for i in keep], labels[keep], hashes[keep]
-        report["dropped_duplicates"] = int(duplicates.sum())
-    label_names = validate.sorted_labels(labels)
-    if len(label_names) < 2:
-        raise UserError(
-            f"{path}: only one class ({label_names[0]!r}) in the labels; a classifier needs at least two."
-        )
-    targets = pd.Categorical(labels, categories=label_names).codes.astype(np.int64)
-    split = split_parts(labels, np.repeat("train", len(labels)), data)
-    report.update(
-        n_examples=len(labels),
-        splits={k: len(v) for k, v in split.items()},
-        leakage=validate.leakage(hashes, split),
+    keep, targets, split = targets_and_split(
+        task, labels, hashes, np.repeat("train", len(labels)), data, report, str(path)
     )
-    report["class_counts"], report["warnings"] = validate.class_balance(labels, label_names)
+    paths = [p for p, kept in zip(paths, keep) if kept]
     _warn_about(report)
     part = {
-        k: lazy_images.LazyImages([paths[i] for i in v], targets[v], shape) if len(v) else None
+        k: lazy_images.LazyImages([paths[i] for i in v], targets.values[v], shape) if len(v) else None
         for k, v in split.items()
     }
     display = lazy_images.LazyDisplay([paths[i] for i in split["test"]], shape)
@@ -321,12 +296,29 @@ def streamed_images(path: Path, config: Config, base_dir: Path) -> Prepared:
         part["train"],
         part["val"],
         part["test"],
-        label_names,
+        targets.labels,
         shape,
         {"kind": "image", "size": list(shape[1:]), "channels": shape[0]},
         report,
         display,
     )
+
+
+def targets_and_split(
+    task, labels: np.ndarray, hashes: np.ndarray, part_of: np.ndarray, data, report, origin
+):
+    """The rules of every reader that holds its examples' labels: duplicates counted (and dropped with
+    data.dedupe), targets checked, the seeded stratified split, the targets fitted on its training part, and
+    the split's leakage. Returns (which examples are kept, their Targets, the split's indices into them)."""
+    keep = validate.drop_duplicates(hashes, data.dedupe, report)
+    labels, hashes, part_of = labels[keep], hashes[keep], part_of[keep]
+    targets = task.make_targets(labels, part_of, report, origin, data)
+    split = split_parts(targets.strata, part_of, data)
+    task.fit_targets(targets, split["train"])
+    report["n_examples"] = len(labels)
+    validate.report_split(report, hashes, split)
+    report.setdefault("warnings", [])
+    return keep, targets, split
 
 
 def merge_counts(reports: list[dict]) -> dict:

@@ -1,19 +1,25 @@
 """Tables larger than memory: read in chunks with Arrow, encoded once to a scratch file, then
 streamed back in shuffled blocks, so a training run's memory stays flat as the rows grow.
 
-Two passes over the source, one chunk (STREAM_ROWS rows) at a time:
+Two passes over the source, one chunk (STREAM_ROWS rows) at a time, with the rules every reader
+applies (`validate.py`, and the task's for the target column):
 1. validate and count: labels, empty cells, infinities, duplicate and leaking rows (an 8-byte hash
-   per row), each row's split from a seeded hash of its row number, and a uniform sample of at most
-   SAMPLE_ROWS training rows, which the encoder (medians, means, categories) is fitted on;
-2. encode every row with that encoder and append it to its split's float32 file.
+   per row), each row's split from a seeded hash of its row number, the targets per split (the task's
+   `count_targets`: rows per class, or a number's mean and spread), checked once all are counted, and
+   a uniform sample of at most SAMPLE_ROWS training rows, which the encoder (medians, means, categories)
+   is fitted on;
+2. encode every row with that encoder, and its target as the task does (a class index, or the number
+   standardised with the training rows' mean and std), and append it to its split's files.
+With data.dedupe a pass before them hashes every row, so that they see only first copies.
 
 Training then reads each epoch's rows through a shuffle window: the file's blocks of BLOCK_ROWS rows
 in a seeded random order, WINDOW_BLOCKS blocks at a time, their rows shuffled together. Files are read
 with plain reads, not memory-mapped, so pages of the data never count against the process.
 
 What differs from in-memory tables (said in the data report): the split is stratified in expectation,
-not exactly (each row falls in a part by a hash, whatever its class), and the encoder sees a sample
-of the training rows, not all of them.
+not exactly (each row falls in a part by a hash, whatever its class or target: a regression's quantile
+bins are no more kept than classes), and the encoder sees a sample of the training rows, not all of
+them; so do a regression target's quantiles in the report (its mean, std and range are of every row).
 """
 
 from __future__ import annotations
@@ -221,25 +227,35 @@ def _uniform(rows: np.ndarray, seed: int, stream: int) -> np.ndarray:
 
 
 class StreamedTable:
-    """The ArrayData interface (len, targets, batches, to) over a float32 file of encoded rows."""
+    """The ArrayData interface (len, targets, batches, to) over a float32 file of encoded rows and a file
+    of their targets: int64 class indices, or float32 standardised numbers (regression)."""
 
     def __init__(
-        self, features: Path, targets: Path, width: int, scratch: Scratch, device: torch.device | None = None
+        self,
+        features: Path,
+        targets: Path,
+        width: int,
+        scratch: Scratch,
+        device: torch.device | None = None,
+        target_dtype=np.int64,
     ):
         self.features_path, self.targets_path, self.width = features, targets, width
         self.scratch = scratch  # the files live as long as any split (or a copy on another device) does
         self.device = device or torch.device("cpu")
-        self.rows = targets.stat().st_size // 8
+        self.target_dtype = np.dtype(target_dtype)
+        self.rows = targets.stat().st_size // self.target_dtype.itemsize
 
     def __len__(self) -> int:
         return self.rows
 
     @property
     def targets(self) -> torch.Tensor:
-        return torch.from_numpy(np.fromfile(self.targets_path, dtype=np.int64)).to(self.device)
+        return torch.from_numpy(np.fromfile(self.targets_path, dtype=self.target_dtype)).to(self.device)
 
     def to(self, device: torch.device) -> StreamedTable:
-        return StreamedTable(self.features_path, self.targets_path, self.width, self.scratch, device)
+        return StreamedTable(
+            self.features_path, self.targets_path, self.width, self.scratch, device, self.target_dtype
+        )
 
     def _read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         count = stop - start
@@ -247,8 +263,8 @@ class StreamedTable:
             f.seek(start * self.width * 4)
             x = np.fromfile(f, dtype=np.float32, count=count * self.width).reshape(count, self.width)
         with open(self.targets_path, "rb") as f:
-            f.seek(start * 8)
-            y = np.fromfile(f, dtype=np.int64, count=count)
+            f.seek(start * self.target_dtype.itemsize)
+            y = np.fromfile(f, dtype=self.target_dtype, count=count)
         return x, y
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
@@ -257,7 +273,7 @@ class StreamedTable:
                 yield self._tensors(*self._read(start, min(start + batch_size, self.rows)))
             return
         blocks = torch.randperm(-(-self.rows // BLOCK_ROWS), generator=generator).tolist()
-        carry_x, carry_y = np.zeros((0, self.width), np.float32), np.zeros(0, np.int64)
+        carry_x, carry_y = np.zeros((0, self.width), np.float32), np.zeros(0, self.target_dtype)
         for w in range(0, len(blocks), WINDOW_BLOCKS):
             parts = [
                 self._read(b * BLOCK_ROWS, min((b + 1) * BLOCK_ROWS, self.rows))
@@ -324,32 +340,48 @@ class Scratch:
         weakref.finalize(self, shutil.rmtree, self.path, True)
 
 
-def prepare_streamed(path: Path, data, origin: str) -> dict:
-    """Both passes; returns the pieces `prepare` builds a Prepared from."""
-    split_cfg = data.split
-    if split_cfg.val + split_cfg.test >= 1:
-        raise UserError(f"data.split: val {split_cfg.val} + test {split_cfg.test} leave no training rows.")
-    counts, report, sample, features = _first_pass(path, data, origin)
-    encoder = tabular.TableEncoder().fit(sample[features])
+def hashed_parts(rows: np.ndarray, split) -> np.ndarray:
+    """The streamed readers' split (tables and texts): each row's part, 0 train, 1 val, 2 test, from a seeded
+    hash of its row number, whatever its class or target: stratified in expectation (SPLIT), not exactly
+    as the in-memory split is by the task's strata."""
+    u = _uniform(rows, split.seed, 0)
+    return np.where(u < split.test, 2, np.where(u < split.test + split.val, 1, 0)).astype(np.int8)
+
+
+SPLIT = "each row's part from a seeded hash of its row number: stratified in expectation, not exactly"
+
+
+def part_names(codes: np.ndarray) -> np.ndarray:
+    """Part codes of `hashed_parts` -> "train" / "val" / "test", as the task counts targets per part."""
+    return np.asarray(PARTS)[codes]
+
+
+def prepare_streamed(path: Path, data, origin: str, task) -> dict:
+    """The passes over a table (a first one that finds duplicates with data.dedupe, then two); returns the
+    pieces `prepare` builds a Prepared from. `task` reads, counts, checks and encodes the target column."""
+    report: dict = {"source": origin}
+    repeated = _repeated_rows(path, data, origin, task, report) if data.dedupe else None
+    codes, counts, sample, features, ignored = _first_pass(path, data, origin, task, report, repeated)
+    labels, target = task.check_targets(counts, origin, data, report, sample["_target"].to_numpy())
+    encoder = tabular.TableEncoder().fit(sample[features], ignored)
     fitted_rows = len(sample)
     del sample
     give_back_memory()
-    names = counts["label_names"]
+    spec, target_dtype = {"labels": labels, "target": target}, np.int64 if task.is_classifier else np.float32
     scratch = Scratch()
-    files = {part: (scratch.path / f"{part}.f32", scratch.path / f"{part}.i64") for part in PARTS}
+    files = {part: (scratch.path / f"{part}.f32", scratch.path / f"{part}.targets") for part in PARTS}
     # Closed in the finally below.
     handles = {part: (open(files[part][0], "wb"), open(files[part][1], "wb")) for part in PARTS}  # noqa: SIM115
-    codes = counts["codes"]
     try:
         for chunk in read_chunks(path):
-            chunk, labels = _clean(chunk, data, origin, count=None)
-            keep = codes[chunk.index.to_numpy()] >= 0
-            chunk, labels = chunk[keep], labels[keep]
-            x = encoder.transform(chunk[features], origin)
-            y = pd.Categorical(labels, categories=names).codes.astype(np.int64)
+            chunk, _ = validate.drop_unlabeled(chunk, data.label, origin)
+            raw = task.raw_targets(chunk[data.label], origin)  # read as in the first pass: the same rows
             part_codes = codes[chunk.index.to_numpy()]
+            keep = part_codes >= 0
+            x = encoder.transform(chunk[keep][features], origin)
+            y = task.encode_targets(raw[keep], spec, origin).astype(target_dtype)
             for code, part in enumerate(PARTS):
-                mask = part_codes == code
+                mask = part_codes[keep] == code
                 handles[part][0].write(np.ascontiguousarray(x[mask]).tobytes())
                 handles[part][1].write(y[mask].tobytes())
     finally:
@@ -357,151 +389,121 @@ def prepare_streamed(path: Path, data, origin: str) -> dict:
             f.close()
             g.close()
     width = len(encoder.feature_names)
-    splits = {part: StreamedTable(*files[part], width, scratch) for part in PARTS}
-    holder = {part: (splits[part] if len(splits[part]) else None) for part in PARTS}
+    splits = {part: StreamedTable(*files[part], width, scratch, target_dtype=target_dtype) for part in PARTS}
     give_back_memory()
-    report.update(
-        streaming={
-            "chunk_rows": STREAM_ROWS,
-            "encoder_fitted_on_rows": fitted_rows,
-            "split": "each row's part from a seeded hash of its row number: "
-            "stratified in expectation, not exactly",
-        }
-    )
-    test_rows = np.flatnonzero(codes == PARTS.index("test"))
+    report["streaming"] = {"chunk_rows": STREAM_ROWS, "encoder_fitted_on_rows": fitted_rows, "split": SPLIT}
     return {
-        "splits": holder,
-        "labels": names,
+        "splits": {part: (splits[part] if len(splits[part]) else None) for part in PARTS},
+        "labels": labels,
+        "target": target,
         "width": width,
         "encoder": encoder,
         "report": report,
-        "counts": counts["label_counts"],
-        "display": SourceRows(path, test_rows, features),
+        "display": SourceRows(path, np.flatnonzero(codes == PARTS.index("test")), features),
     }
 
 
-def _clean(chunk: pd.DataFrame, data, origin: str, count: dict | None):
-    """Drop unlabeled rows, normalise labels to strings; `count` collects what was dropped."""
-    tabular.check_column(chunk, data.label, "label", origin)
-    unlabeled = chunk[data.label].isna()
-    if count is not None:
-        count["dropped_unlabeled_rows"] += int(unlabeled.sum())
-    chunk = chunk[~unlabeled]
-    labels = chunk[data.label]
-    if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
-        labels = labels.astype(np.int64)
-    return chunk, labels.astype(str).to_numpy()
-
-
-def label_names(totals: Counter, trained: set, origin: str) -> list[str]:
-    """The classes in order; every one must have reached the training split."""
-    names = validate.sorted_labels(totals)
-    if len(names) < 2:
-        raise UserError(
-            f"{origin}: only one class ({names[0]!r}) in the labels; a classifier needs at least two."
-        )
-    untrained = sorted(set(totals) - trained)
-    if untrained:
-        raise UserError(
-            f"{origin}: class(es) {', '.join(map(repr, untrained[:5]))} have too few rows for any to "
-            "fall in the training split (streaming splits by a hash of the row number). Add examples, "
-            "remove the class, or set data.streaming: false for a stratified split."
-        )
-    return names
-
-
-def _repeats(hashes: np.ndarray) -> np.ndarray:
-    """True for every repeat of a hash seen earlier, by sorting (a hash table of every row costs ~4x more)."""
-    order = np.argsort(hashes, kind="stable")
-    ordered = hashes[order]
-    repeat = np.zeros(len(hashes), bool)
-    repeat[order[1:]] = ordered[1:] == ordered[:-1]
-    return repeat
-
-
-def _first_pass(path: Path, data, origin: str):
-    seed, val, test = data.split.seed, data.split.val, data.split.test
-    label_counts: Counter = Counter()
-    trained_labels: set = set()
-    missing: Counter = Counter()
-    dropped = Counter(dropped_unlabeled_rows=0)
-    hashes, codes = [], []
-    sample, features, rows_seen, dropped_missing = None, None, 0, 0
+def _usable_rows(path: Path, data, origin: str, task, tally: Counter):
+    """Per chunk: (its row numbers, the feature columns of its rows that have a label and, per data.missing,
+    the values, those rows' raw targets, the feature column names). `tally` counts rows, unlabeled rows, the
+    labelled ones, rows dropped for empty cells, and empty cells per column ("missing:<column>"). The
+    feature names come with the file's other columns (the label, data.drop), which the model ignores."""
+    features = None
     for chunk in read_chunks(path):
         numbers = chunk.index.to_numpy()
-        code = np.full(len(chunk), -1, np.int8)  # -1: not used (unlabeled, dropped for missing values)
-        chunk, labels = _clean(chunk, data, origin, dropped)
+        chunk, unlabeled = validate.drop_unlabeled(chunk, data.label, origin)
+        raw = task.raw_targets(chunk[data.label], origin)
         if features is None:
             features = tabular.feature_columns(chunk, data, origin)
-        kept, counts = tabular.check_missing(chunk[features], data.missing, 1.0, origin)
-        missing.update(counts)
-        dropped_missing += len(chunk) - len(kept)
-        labels = labels[chunk.index.isin(kept.index)]
-        rows_seen += len(chunk)
-        u = _uniform(kept.index.to_numpy(), seed, 0)
-        part = np.where(u < test, 2, np.where(u < test + val, 1, 0)).astype(np.int8)
+            ignored = [c for c in chunk.columns if c not in features]
+        kept, missing = tabular.check_missing(chunk[features], data.missing, 1.0, origin)
+        tally.update(rows=len(numbers), unlabeled=unlabeled, labelled=len(chunk))
+        tally.update(
+            dropped_missing=len(chunk) - len(kept), **{f"missing:{c}": n for c, n in missing.items()}
+        )
+        yield numbers, kept, raw[chunk.index.isin(kept.index)], (features, ignored)
+
+
+def _row_hashes(rows: pd.DataFrame) -> np.ndarray:
+    """The duplicates rule's hash of each row; numbers as floats, as a column's type may change by chunk."""
+    numbers = rows.select_dtypes("number").columns
+    floats = rows.assign(**{c: rows[c].astype(float) for c in numbers})
+    return pd.util.hash_pandas_object(floats, index=False).to_numpy()
+
+
+def _repeated_rows(path: Path, data, origin: str, task, report: dict) -> np.ndarray:
+    """data.dedupe: a pass hashing every usable row, so that the later passes see only first copies, as the
+    in-memory path does (validate.drop_duplicates counts them). True for a repeat, by row number."""
+    used, hashes = [], []
+    for numbers, kept, _, _ in _usable_rows(path, data, origin, task, Counter()):
+        used.append(np.isin(numbers, kept.index.to_numpy()))
+        hashes.append(_row_hashes(kept))
+    used = np.concatenate(used)
+    keep = validate.drop_duplicates(np.concatenate(hashes), True, report)
+    repeated = np.zeros(len(used), bool)
+    repeated[np.flatnonzero(used)[~keep]] = True
+    return repeated
+
+
+def _first_pass(path: Path, data, origin: str, task, report: dict, repeated: np.ndarray | None):
+    """Counts and checks; returns each row's part code (-1: not used), the targets counted per part, the
+    encoder's sample of training rows (with their raw targets in `_target`) and the feature columns."""
+    tally: Counter = Counter()
+    counts, hashes, codes, sample, features = None, [], [], None, []
+    ignored: list[str] = []
+    for numbers, kept, raw, (columns, others) in _usable_rows(path, data, origin, task, tally):
+        features, ignored = columns, others
+        if repeated is not None:
+            first = ~repeated[kept.index.to_numpy()]
+            kept, raw = kept[first], raw[first]
+        part = hashed_parts(kept.index.to_numpy(), data.split)
+        code = np.full(len(numbers), -1, np.int8)  # -1: not used (unlabeled, empty cells, a duplicate)
         code[np.searchsorted(numbers, kept.index.to_numpy())] = part
         codes.append(code)
-        label_counts.update(labels.tolist())
-        trained_labels.update(labels[part == 0].tolist())
-        hashes.append(
-            pd.util.hash_pandas_object(
-                kept.assign(**{c: kept[c].astype(float) for c in kept.select_dtypes("number").columns}),
-                index=False,
-            ).to_numpy()
-        )
-        train = kept[part == 0].assign(_key=_uniform(kept.index.to_numpy()[part == 0], seed, 1))
-        # bottom-k by a random key: a uniform sample of all training rows. Once full, only rows whose key
-        # beats the largest kept one can enter, so the sample is rarely copied
-        if sample is not None and len(sample) >= SAMPLE_ROWS:
-            train = train[train["_key"] < sample["_key"].max()]
-        if len(train):
-            sample = train if sample is None else pd.concat([sample, train])
-            if len(sample) > SAMPLE_ROWS:
-                sample = sample.nsmallest(SAMPLE_ROWS, "_key")
+        counts = task.count_targets(raw, part_names(part), counts)
+        hashes.append(_row_hashes(kept))
+        sample = _sampled(sample, kept[part == 0].assign(_target=raw[part == 0]), data.split.seed)
     codes = np.concatenate(codes)
-    row_hashes = np.concatenate(hashes)
     used = codes >= 0
+    validate.check_labelled(tally["rows"], tally["unlabeled"], data.label, origin)
     if not used.any():
         raise UserError(f"{origin}: no labeled rows with values left (data.missing: {data.missing}).")
+    missing = {key.removeprefix("missing:"): n for key, n in tally.items() if key.startswith("missing:")}
     for column, n in missing.items():
-        if data.missing == "impute" and n / rows_seen > data.max_missing_fraction:
+        if data.missing == "impute" and n / tally["labelled"] > data.max_missing_fraction:
             raise UserError(
-                f"{origin}: column '{column}' is {n / rows_seen:.0%} empty, more than "
+                f"{origin}: column '{column}' is {n / tally['labelled']:.0%} empty, more than "
                 f"data.max_missing_fraction={data.max_missing_fraction:g}. Drop the column "
                 f"(data.drop: [{column}]) or raise the limit."
             )
-    names = label_names(label_counts, trained_labels, origin)
+    report.update(missing=missing, n_examples=int(used.sum()))
+    if tally["unlabeled"]:
+        report["dropped_unlabeled_rows"] = tally["unlabeled"]
+    if tally["dropped_missing"]:
+        report["dropped_rows_with_missing"] = tally["dropped_missing"]
+    row_hashes = np.concatenate(hashes)
+    if repeated is None:
+        validate.drop_duplicates(row_hashes, False, report)
     used_codes = codes[used]
-    duplicates = _repeats(row_hashes)
-    report = {
-        "source": origin,
-        "missing": dict(missing),
-        "duplicates": int(duplicates.sum()),
-        "n_examples": int(used.sum()),
-    }
-    if dropped["dropped_unlabeled_rows"]:
-        report["dropped_unlabeled_rows"] = dropped["dropped_unlabeled_rows"]
-    if dropped_missing:
-        report["dropped_rows_with_missing"] = dropped_missing
-    if data.dedupe and duplicates.any():
-        codes[np.flatnonzero(used)[duplicates]] = -1
-        used_codes = np.where(duplicates, -1, used_codes)
-        report["dropped_duplicates"] = int(duplicates.sum())
-        report["n_examples"] = int((codes >= 0).sum())
-    in_part = {part: row_hashes[used_codes == i] for i, part in enumerate(PARTS)}
-    report["splits"] = {part: len(h) for part, h in in_part.items()}
-    report["leakage"] = {
-        f"{a}_{b}": int(np.isin(in_part[b], in_part[a]).sum())
-        for a, b in (("train", "test"), ("train", "val"), ("val", "test"))
-    }
+    validate.report_split(
+        report, row_hashes, {p: np.flatnonzero(used_codes == i) for i, p in enumerate(PARTS)}
+    )
     if report["splits"]["train"] == 0:
         raise UserError(
             f"{origin}: no rows fell in the training split; lower data.split.val / data.split.test."
         )
-    return (
-        {"codes": codes, "label_names": names, "label_counts": label_counts},
-        report,
-        sample.drop(columns="_key"),
-        features,
-    )
+    return codes, counts, sample.drop(columns="_key"), features, ignored
+
+
+def _sampled(sample: pd.DataFrame | None, train: pd.DataFrame, seed: int) -> pd.DataFrame | None:
+    """The encoder's uniform sample of at most SAMPLE_ROWS training rows, with this chunk's added: bottom-k
+    by a random key per row number. Once full, only rows whose key beats the largest kept one can enter, so
+    the sample is rarely copied."""
+    train = train.assign(_key=_uniform(train.index.to_numpy(), seed, 1))
+    if sample is not None and len(sample) >= SAMPLE_ROWS:
+        train = train[train["_key"] < sample["_key"].max()]
+    if len(train):
+        sample = train if sample is None else pd.concat([sample, train])
+        if len(sample) > SAMPLE_ROWS:
+            sample = sample.nsmallest(SAMPLE_ROWS, "_key")
+    return sample

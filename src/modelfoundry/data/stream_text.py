@@ -1,6 +1,10 @@
 """Text tables larger than memory (data.streaming): one chunked Arrow pass checks, scrubs and
 tokenizes the texts and appends each one's token ids to its split's int32 file; training reads
-them back through a shuffle window and pads each batch to its own longest text.
+them back through a shuffle window and pads each batch to its own longest text. The rules are those
+of the in-memory path, per chunk: labels (`validate.require_labels`, the task's `raw_targets` and
+`count_targets`, its `check_targets` once all are counted), empty texts and personal data
+(`text.TextRules`), the split (`stream.hashed_parts`), duplicates and leakage (`validate`); with
+data.dedupe a pass before it finds the repeated texts.
 
 Per split the scratch folder holds `ids.i32` (every token id, text after text), `starts.i64`
 (where each text starts in it), `targets.i64` and `rows.i64` (each text's row in the source, for
@@ -12,17 +16,22 @@ BUCKET_BATCHES batches, the batches shuffled.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from modelfoundry.data import stream, tabular
-from modelfoundry.data.privacy import PII_TYPES, scrub_texts
-from modelfoundry.data.text import BUCKET_BATCHES, as_texts, describe_lengths, tokenize
-from modelfoundry.errors import UserError
+from modelfoundry.data import stream, tabular, validate
+from modelfoundry.data.privacy import scrub_texts
+from modelfoundry.data.text import (
+    BUCKET_BATCHES,
+    TextRules,
+    as_texts,
+    describe_lengths,
+    note_truncated,
+    tokenize,
+)
 
 FILES = ("ids.i32", "starts.i64", "targets.i64", "rows.i64")  # per split
 
@@ -102,57 +111,33 @@ def _read_range(path: Path, dtype, start: int, stop: int) -> np.ndarray:
         return np.fromfile(f, dtype=dtype, count=max(stop - start, 0))
 
 
-def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int) -> dict:
-    """One pass: check, scrub, split, tokenize and write every text; returns what `prepare` needs."""
-    origin, text_column, label_column = str(path), data.text, data.label
-    seed, val, test = data.split.seed, data.split.val, data.split.test
+def prepare_streamed_text(path: Path, data, task, tokenizer, max_length: int, pad: int) -> dict:
+    """One pass (two with data.dedupe): check, scrub, split, tokenize and write every text; returns what
+    `prepare` needs. `task` reads, counts and checks the labels."""
+    origin = str(path)
+    report: dict = {"source": origin, "warnings": []}
+    repeated = _repeated_texts(path, data, task, report) if data.dedupe else None
     scratch = stream.Scratch()
     writers = {part: _SplitWriter(scratch.path / part, sort=part != "train") for part in stream.PARTS}
-    keep_first = _first_copies(path, data) if data.dedupe else None
-    label_counts: dict[str, Counter] = {part: Counter() for part in stream.PARTS}
+    rules = TextRules(data.privacy.pii, origin)
     seen: dict[str, int] = {}  # label -> a provisional code in order of appearance; sorted once all are known
-    report: dict = {"source": origin, "empty_texts": 0, "truncated": 0, "warnings": []}
-    pii, pii_dropped, hashes, codes, lengths, first_empty = Counter(), 0, [], [], [], 0
+    counts, truncated, hashes, codes, lengths = None, 0, [], [], []
     try:
-        for chunk in stream.read_chunks(path, texts=(text_column,), quoting=data.quoting):
-            if chunk.index[0] == 0:
-                tabular.check_column(chunk, text_column, "text", origin)
-                tabular.check_column(chunk, label_column, "label", origin)
-            labels = chunk[label_column]
-            if labels.isna().any():
-                i = int(chunk.index[np.argmax(labels.isna().to_numpy())])
-                raise UserError(
-                    f"{origin}: {tabular.row_name(origin, i)} has no label in column '{label_column}'. "
-                    "Label it or remove the row."
-                )
-            if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
-                labels = labels.astype(np.int64)
-            labels = labels.astype(str).to_numpy()
-            texts = as_texts(chunk[text_column].tolist())
-            empty = np.array([t is None or not t.strip() for t in texts])
-            if empty.any() and not report["empty_texts"]:
-                first_empty = int(chunk.index[np.argmax(empty)])
-            report["empty_texts"] += int(empty.sum())
-            keep = ~empty if keep_first is None else ~empty & keep_first[chunk.index.to_numpy()]
-            rows = chunk.index.to_numpy()[keep]
-            scrubbed, kept, found = scrub_texts([t for t, k in zip(texts, keep) if k], data.privacy.pii)
-            pii.update(found)
-            pii_dropped += kept.count(False)
-            kept = np.array(kept, dtype=bool)
-            scrubbed = [t for t, k in zip(scrubbed, kept) if k]
-            rows, labels = rows[kept], labels[keep][kept]
+        for rows, texts, labels in _clean_chunks(path, data, task, rules):
+            if repeated is not None:
+                first = ~repeated[rows]
+                rows, texts, labels = rows[first], [t for t, f in zip(texts, first) if f], labels[first]
             if not len(rows):
                 continue
-            ids, truncated = tokenize(tokenizer, scrubbed, max_length)
-            report["truncated"] += truncated
-            u = stream._uniform(rows, seed, 0)
-            part = np.where(u < test, 2, np.where(u < test + val, 1, 0)).astype(np.int8)
-            hashes.append(pd.util.hash_array(np.array(scrubbed, dtype=object)))
+            ids, cut = tokenize(tokenizer, texts, max_length)
+            truncated += cut
+            part = stream.hashed_parts(rows, data.split)
+            hashes.append(pd.util.hash_array(np.array(texts, dtype=object)))
             codes.append(part)
             lengths.append(np.array([len(t) for t in ids], dtype=np.int32))
+            counts = task.count_targets(labels, stream.part_names(part), counts)
             for code, name in enumerate(stream.PARTS):
                 chosen = np.flatnonzero(part == code)
-                label_counts[name].update(labels[chosen].tolist())
                 provisional = np.array(
                     [seen.setdefault(label, len(seen)) for label in labels[chosen]], np.int64
                 )
@@ -161,13 +146,8 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
         for writer in writers.values():
             writer.close()
         raise
-    totals = sum(label_counts.values(), Counter())
-    if not totals:
-        raise UserError(
-            f"{origin}: every text is empty or whitespace only; check data.text names the column "
-            "that holds the texts."
-        )
-    label_names = stream.label_names(totals, set(label_counts["train"]), origin)
+    rules.finish(report)
+    label_names, _ = task.check_targets(counts or {}, origin, data, report)
     final = np.zeros(len(seen), np.int64)
     for label, code in seen.items():
         final[code] = label_names.index(label)
@@ -175,65 +155,63 @@ def prepare_streamed_text(path: Path, data, tokenizer, max_length: int, pad: int
         writer.close(final)
     row_hashes, part_codes = np.concatenate(hashes), np.concatenate(codes)
     stream.give_back_memory()
-    all_lengths = torch.from_numpy(np.concatenate(lengths))
-    in_part = {name: row_hashes[part_codes == i] for i, name in enumerate(stream.PARTS)}
+    if repeated is None:
+        validate.drop_duplicates(row_hashes, False, report)
+    validate.report_split(
+        report, row_hashes, {name: np.flatnonzero(part_codes == i) for i, name in enumerate(stream.PARTS)}
+    )
     report.update(
         n_examples=len(part_codes),
-        splits={name: len(h) for name, h in in_part.items()},
-        duplicates=int(stream._repeats(row_hashes).sum()),
-        leakage={
-            f"{a}_{b}": int(np.isin(in_part[b], in_part[a]).sum())
-            for a, b in (("train", "test"), ("train", "val"), ("val", "test"))
-        },
-        pii={kind: pii.get(kind, 0) for kind in PII_TYPES} if data.privacy.pii != "off" else {},
-        tokens=describe_lengths(all_lengths),
-        streaming={
-            "chunk_rows": stream.STREAM_ROWS,
-            "split": "each row's part from a seeded hash of its row "
-            "number: stratified in expectation, not exactly",
-        },
+        tokens=describe_lengths(torch.from_numpy(np.concatenate(lengths))),
+        streaming={"chunk_rows": stream.STREAM_ROWS, "split": stream.SPLIT},
     )
-    if report["empty_texts"]:
-        report["warnings"].append(
-            f"{origin}: {report['empty_texts']} empty or whitespace-only texts were skipped "
-            f"(first: {tabular.row_name(origin, first_empty)})."
-        )
-    if keep_first is not None:
-        report["dropped_duplicates"] = int((~keep_first).sum())
-    if pii_dropped:
-        report["pii_dropped_rows"] = pii_dropped
-    if report["truncated"]:
-        report["warnings"].append(
-            f"{report['truncated']} texts are longer than data.max_length={max_length} "
-            "tokens and were truncated."
-        )
+    note_truncated(report, truncated, max_length)
     splits = {name: StreamedTexts(scratch.path / name, pad, scratch) for name in stream.PARTS}
     test_rows = np.fromfile(scratch.path / "test" / "rows.i64", dtype=np.int64)
     # the report shows the texts as the model saw them: scrubbed again as they are read back
     display = stream.SourceRows(
         path,
         test_rows,
-        [text_column],
-        texts=(text_column,),
+        [data.text],
+        texts=(data.text,),
         quoting=data.quoting,
-        show=lambda frame: scrub_texts(as_texts(frame[text_column].tolist()), data.privacy.pii)[0],
+        show=lambda frame: scrub_texts(as_texts(frame[data.text].tolist()), data.privacy.pii)[0],
     )
     return {
         "splits": {name: split if len(split) else None for name, split in splits.items()},
         "labels": label_names,
         "report": report,
-        "counts": totals,
         "display": display,
     }
 
 
-def _first_copies(path: Path, data) -> np.ndarray:
-    """data.dedupe: True for the first copy of every text (a pass hashing the raw texts)."""
-    hashes = [
-        pd.util.hash_array(chunk[data.text].fillna("").astype(str).to_numpy(dtype=object))
-        for chunk in stream.read_chunks(path, texts=(data.text,), quoting=data.quoting)
-    ]
-    return ~stream._repeats(np.concatenate(hashes))
+def _clean_chunks(path: Path, data, task, rules: TextRules):
+    """Per chunk: (row numbers, texts, labels) of the texts that `rules` keep, scrubbed; labels as the task
+    reads them. A row without a label is an error naming it."""
+    origin = str(path)
+    for chunk in stream.read_chunks(path, texts=(data.text,), quoting=data.quoting):
+        if chunk.index[0] == 0:
+            tabular.check_column(chunk, data.text, "text", origin)
+            tabular.check_column(chunk, data.label, "label", origin)
+        validate.require_labels(chunk[data.label], origin)
+        labels = task.raw_targets(chunk[data.label], origin)
+        texts, labels, rows = rules(as_texts(chunk[data.text].tolist()), labels, chunk.index.to_numpy())
+        yield rows, texts, labels
+
+
+def _repeated_texts(path: Path, data, task, report: dict) -> np.ndarray:
+    """data.dedupe: a pass hashing every text as the model sees it (kept and scrubbed), so that the main pass
+    writes only first copies, as the in-memory path keeps (validate.drop_duplicates counts them). True for a
+    repeat, by row number. Scrubbing twice is the price of holding no text."""
+    rows, hashes = [], []
+    for kept, texts, _ in _clean_chunks(path, data, task, TextRules(data.privacy.pii, str(path))):
+        rows.append(kept)
+        hashes.append(pd.util.hash_array(np.array(texts, dtype=object)))
+    rows = np.concatenate(rows)
+    keep = validate.drop_duplicates(np.concatenate(hashes), True, report)
+    repeated = np.zeros(int(rows.max()) + 1 if len(rows) else 0, bool)
+    repeated[rows[~keep]] = True
+    return repeated
 
 
 class _SplitWriter:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".json"}
 MAX_CATEGORIES = 50
 MISSING = "__missing__"
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # models compute in float32: beyond it numbers become inf
 
 
 def read_table(path: Path, *, quoting: bool = True, text: bool = False) -> pd.DataFrame:
@@ -54,9 +55,11 @@ def read_table(path: Path, *, quoting: bool = True, text: bool = False) -> pd.Da
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: the file is empty. Add a header row and at least one data row.") from None
     except (pd.errors.ParserError, ValueError, UnicodeDecodeError, OSError) as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            check_utf8(path)  # names the line and the bytes, and how to re-encode
         hint = (
             " If the texts contain quote characters that do not enclose fields, set data.quoting: false."
-            if quoting and suffix in (".csv", ".tsv")
+            if quoting and suffix in (".csv", ".tsv") and isinstance(exc, pd.errors.ParserError)
             else ""
         )
         raise UserError(f"{path}: could not be read as {suffix[1:]}: {exc}.{hint}") from None
@@ -102,6 +105,11 @@ def check_utf8(path: Path, block: int = 1 << 24) -> None:
             offset += len(chunk)
             if not chunk:
                 return
+
+
+def plain(value) -> str:
+    """A cell value as a user wrote it: 'zz', 1e+308, inf (not numpy's np.str_('zz'), np.float64(inf))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def row_name(path: str, index: int) -> str:
@@ -186,13 +194,25 @@ def check_missing(
     return frame, counts
 
 
+class CellError(UserError):
+    """A cell the encoder refuses, with its position (row `i` of the frame, `column` its spec), so the
+    HTTP service can name the request field (`inputs.3.x2`)."""
+
+    def __init__(self, i: int, column: dict, message: str):
+        super().__init__(message)
+        self.i, self.column = i, column
+
+
 class TableEncoder:
     """Numbers -> standardised (median-imputed); other columns -> one-hot over the training categories."""
 
     def __init__(self, spec: dict | None = None):
         self.spec = spec
 
-    def fit(self, frame: pd.DataFrame) -> TableEncoder:
+    def fit(self, frame: pd.DataFrame, ignored: list[str] | None = None) -> TableEncoder:
+        """Fit on the training rows' feature columns. `ignored`: the other columns of the training file
+        (the label, data.drop), which inputs may carry and are ignored; any other column is refused.
+        None (packages before this rule): every column is ignored."""
         columns = []
         for name in frame.columns:
             values = frame[name]
@@ -208,6 +228,8 @@ class TableEncoder:
                 top = values.fillna(MISSING).astype(str).value_counts().index[:MAX_CATEGORIES]
                 columns.append({"name": name, "kind": "category", "categories": sorted(top)})
         self.spec = {"columns": columns}
+        if ignored is not None:
+            self.spec["ignored_columns"] = list(ignored)
         return self
 
     @property
@@ -221,6 +243,29 @@ class TableEncoder:
             )
         return names
 
+    def unknown_columns(self, columns) -> list[str]:
+        """Columns that are neither features nor ignored by the model (none for a package from before
+        `ignored_columns` was recorded)."""
+        if "ignored_columns" not in self.spec:
+            return []
+        known = {c["name"] for c in self.spec["columns"]} | set(self.spec["ignored_columns"])
+        return [str(c) for c in columns if str(c) not in known]
+
+    def check_unknown(self, columns, origin: str) -> None:
+        """One rule for `foundry predict`, `Predictor` and the HTTP service: the columns the model was
+        trained to ignore may come along; any other column is a mistake (a misspelt or renamed feature)."""
+        unknown = self.unknown_columns(columns)
+        if not unknown:
+            return
+        names = [c["name"] for c in self.spec["columns"]]
+        ignored = self.spec["ignored_columns"]
+        raise UserError(
+            f"{origin}: column(s) {', '.join(map(repr, unknown[:10]))} are not columns this model reads or "
+            f"ignores.{did_you_mean(unknown[0], names)} It reads: {', '.join(names[:30])}"
+            + (f"; it ignores: {', '.join(ignored)}" if ignored else "")
+            + ". Remove or rename the column(s)."
+        )
+
     def transform(self, frame: pd.DataFrame, origin: str = "input") -> np.ndarray:
         """Table -> (N, F) float32 features. Raises UserError naming missing columns or non-numeric values."""
         missing = [c["name"] for c in self.spec["columns"] if c["name"] not in frame.columns]
@@ -229,6 +274,7 @@ class TableEncoder:
                 f"{origin}: the model needs column(s) {', '.join(map(repr, missing))}, which are absent."
                 + did_you_mean(missing[0], frame.columns)
             )
+        self.check_unknown(frame.columns, origin)
         parts = []
         for col in self.spec["columns"]:
             values = frame[col["name"]]
@@ -242,8 +288,24 @@ class TableEncoder:
                         f"{values.iloc[i]!r} is not a number, and the model was trained on numbers in this "
                         "column."
                     )
-                filled = numbers.fillna(col["fill"]).to_numpy(dtype=np.float32)
-                parts.append(((filled - col["mean"]) / col["std"])[:, None])
+                with np.errstate(over="ignore"):  # 1e308 becomes inf in float32: refused just below
+                    filled = numbers.fillna(col["fill"]).to_numpy(dtype=np.float64).astype(np.float32)
+                    scaled = (filled - col["mean"]) / col["std"]
+                # inf, and numbers beyond float32 (1e308): the model would compute with inf and answer NaN
+                too_big = ~np.isfinite(scaled)
+                if too_big.any():
+                    i = int(np.argmax(too_big))
+                    what = "infinite" if np.isinf(numbers.iloc[i]) else "too large"
+                    raise CellError(
+                        i,
+                        col,
+                        f"{origin}: {row_name(origin, frame.index[i])}, column '{col['name']}': "
+                        f"{plain(values.iloc[i])} is {what}"
+                        f" ({int(too_big.sum())} such cell(s) in all); the model takes finite numbers "
+                        f"within ±{FLOAT32_MAX:.1e}. Replace them with a number or leave them empty to be "
+                        "imputed.",
+                    )
+                parts.append(scaled[:, None])
             else:
                 strings = values.fillna(MISSING).astype(str).to_numpy()
                 parts.append((strings[:, None] == np.array(col["categories"])[None, :]).astype(np.float32))

@@ -8,13 +8,14 @@ texts do not pay for long ones.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from modelfoundry.data import tabular
+from modelfoundry.data import tabular, validate
 from modelfoundry.data.privacy import PII_TYPES, scrub_texts
 from modelfoundry.errors import UserError
 
@@ -149,8 +150,9 @@ class TextData:
 
 def read_text_table(
     path: Path, text_column: str, label_column: str | None, quoting: bool
-) -> tuple[list, np.ndarray | None]:
-    """The texts (None where empty) and labels (as str) of a CSV/TSV/JSONL/Parquet file."""
+) -> tuple[list, pd.Series | None]:
+    """The texts (None where empty) and the label column (every row labelled: validate.require_labels) of
+    a CSV/TSV/JSONL/Parquet file; the task reads the labels (`Task.raw_targets`)."""
     if path.is_dir():
         raise UserError(
             f"data.source: {path} is a folder; text_classification needs a .csv, .tsv, .jsonl or "
@@ -162,15 +164,7 @@ def read_text_table(
     if label_column is not None:
         tabular.check_column(frame, label_column, "label", str(path))
         labels = frame[label_column]
-        if labels.isna().any():
-            i = int(np.argmax(labels.isna().to_numpy()))
-            raise UserError(
-                f"{path}: {tabular.row_name(str(path), i)} has no label in column '{label_column}' "
-                f"({int(labels.isna().sum())} rows without one). Label them or remove them."
-            )
-        if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
-            labels = labels.astype(int)
-        labels = labels.astype(str).to_numpy()
+        validate.require_labels(labels, str(path))
     return as_texts(frame[text_column].tolist()), labels
 
 
@@ -199,27 +193,59 @@ def texts_to_predict(inputs: list[str], text_column: str) -> list[str]:
 def clean_texts(
     texts: list, labels: np.ndarray, pii: str, origin: str, report: dict
 ) -> tuple[list[str], np.ndarray]:
-    """Drop empty texts and scrub PII per `pii`; counts go into `report`."""
-    empty = np.array([t is None or not t.strip() for t in texts])
-    if empty.all():
-        raise UserError(
-            f"{origin}: every text is empty or whitespace only; check data.text names the column "
-            "that holds the texts."
-        )
-    report["empty_texts"] = int(empty.sum())
-    if empty.any():
+    """Drop empty texts and scrub PII per `pii`; counts go into `report`. (All texts at once: `TextRules`.)"""
+    rules = TextRules(pii, origin)
+    texts, labels, _ = rules(texts, labels)
+    rules.finish(report)
+    return texts, labels
+
+
+class TextRules:
+    """The text rules of every reader, per chunk (the in-memory path: one chunk of all texts): empty texts
+    are skipped and counted, personal data is scrubbed, counted or its row dropped per data.privacy.pii;
+    `finish` checks and reports once every text is seen."""
+
+    def __init__(self, pii: str, origin: str):
+        self.pii, self.origin = pii, origin
+        self.texts, self.empty, self.first_empty, self.dropped, self.found = 0, 0, 0, 0, Counter()
+
+    def __call__(self, texts: list, labels: np.ndarray, rows: np.ndarray | None = None):
+        """(kept texts, scrubbed; their labels; their 0-based row numbers in the file)."""
+        rows = np.arange(len(texts)) if rows is None else rows
+        empty = np.array([t is None or not t.strip() for t in texts], dtype=bool)
+        if empty.any() and not self.empty:
+            self.first_empty = int(rows[np.argmax(empty)])
+        self.texts, self.empty = self.texts + len(texts), self.empty + int(empty.sum())
+        scrubbed, keep, found = scrub_texts([t for t, e in zip(texts, empty) if not e], self.pii)
+        self.found.update(found)
+        self.dropped += keep.count(False)
+        keep = np.array(keep, dtype=bool)
+        return [t for t, k in zip(scrubbed, keep) if k], labels[~empty][keep], rows[~empty][keep]
+
+    def finish(self, report: dict) -> None:
+        if self.empty == self.texts:
+            raise UserError(
+                f"{self.origin}: every text is empty or whitespace only; check data.text names the column "
+                "that holds the texts."
+            )
+        report["empty_texts"] = self.empty
+        if self.empty:
+            report.setdefault("warnings", []).append(
+                f"{self.origin}: {self.empty} empty or whitespace-only texts were skipped "
+                f"(first: {tabular.row_name(self.origin, self.first_empty)})."
+            )
+        report["pii"] = {kind: self.found.get(kind, 0) for kind in PII_TYPES} if self.pii != "off" else {}
+        if self.dropped:
+            report["pii_dropped_rows"] = self.dropped
+
+
+def note_truncated(report: dict, truncated: int, max_length: int) -> None:
+    """How many texts were cut to data.max_length tokens, and a warning when any was."""
+    report["truncated"] = truncated
+    if truncated:
         report.setdefault("warnings", []).append(
-            f"{origin}: {int(empty.sum())} empty or whitespace-only texts were skipped "
-            f"(first: {tabular.row_name(origin, int(np.argmax(empty)))})."
+            f"{truncated} texts are longer than data.max_length={max_length} tokens and were truncated."
         )
-    texts = [t for t, e in zip(texts, empty) if not e]
-    labels = labels[~empty]
-    scrubbed, keep, counts = scrub_texts(texts, pii)
-    report["pii"] = {kind: counts.get(kind, 0) for kind in PII_TYPES} if pii != "off" else {}
-    if not all(keep):
-        report["pii_dropped_rows"] = keep.count(False)
-    keep_mask = np.array(keep, dtype=bool)
-    return [t for t, k in zip(scrubbed, keep) if k], labels[keep_mask]
 
 
 def tokenizer_for(config, base_dir: Path):

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure  # a bare Figure needs no pyplot, no GUI ba
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from PIL import Image
 
+from modelfoundry.evaluate.metrics import absent_note
 from modelfoundry.runfiles import atomic_write
 
 MAX_MISTAKES = 24
@@ -396,7 +397,12 @@ def _per_class_table(metrics: dict, labels: list[str]) -> str:
                 for c in columns
             ]
         rows.append(f"<tr><th>{_esc(name)}</th>{''.join(cells)}</tr>")
-    return f"<table><tr><th></th>{top}</tr><tr><th>class</th>{sub}</tr>{''.join(rows)}</table>"
+    notes = "".join(
+        f'<p class="muted">{_esc(absent_note(split, absent, len(metrics[split]["per_class"])))}</p>'
+        for split in splits
+        if (absent := metrics[split].get("absent_classes"))
+    )
+    return f"<table><tr><th></th>{top}</tr><tr><th>class</th>{sub}</tr>{''.join(rows)}</table>{notes}"
 
 
 def _reliability(metrics: dict) -> str:

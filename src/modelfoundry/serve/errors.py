@@ -1,8 +1,9 @@
-"""Error answers of the service: one JSON shape, `{"error": {"field", "message"}}`, with a 4xx status.
+"""Error answers of the service: one JSON shape, `{"error": {"field", "message"}}`, with a 4xx status
+(or 500 for a bug, answered by the middleware in app.py).
 
 Routes and input checks raise `ApiError` naming the request field at fault; the handlers here turn
-it, FastAPI's own validation errors and a `UserError` from the predictor into that shape, so a
-client reads every mistake the same way.
+it, FastAPI's own validation and body errors and a `UserError` from the predictor into that shape,
+so a client reads every mistake the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from modelfoundry.errors import InputError, UserError
 
@@ -45,6 +47,42 @@ def install_error_handlers(app: FastAPI) -> None:
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
         return JSONResponse(error_json("inputs", str(exc)), status_code=422)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        """FastAPI's own answers (404, 405, a body it could not read) in our shape."""
+        status, field, message = http_answer(exc)
+        return JSONResponse(error_json(field, message), status_code=status, headers=exc.headers)
+
+
+def http_answer(exc: HTTPException) -> tuple[int, str, str]:
+    """(status, field, message) of an HTTPException. FastAPI turns every failure to read the body that
+    is not a JSON syntax error into 400 "There was an error parsing the body"; the cause says which."""
+    cause = exc.__cause__
+    if isinstance(cause, RecursionError):
+        return (
+            422,
+            "body",
+            "the JSON is nested too deeply to read; inputs are flat lists of texts, images or rows.",
+        )
+    if isinstance(cause, UnicodeDecodeError):
+        return (
+            400,
+            "body",
+            f"the body is not UTF-8 text ({cause.reason} at byte {cause.start}); send UTF-8 JSON.",
+        )
+    if isinstance(cause, ValueError) and "digits" in str(cause):  # int() refuses numbers of 4,300+ digits
+        return 422, "body", "a number in the body has thousands of digits; send numbers within float32."
+    field = {404: "path", 405: "method"}.get(exc.status_code, "body")
+    return exc.status_code, field, str(exc.detail)
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while a body is read, when it grows past the limit (a chunked body declares no length).
+    An HTTPException, so FastAPI's body reading lets it through to the handler above."""
+
+    def __init__(self, max_body_bytes: int):
+        super().__init__(413, f"the request body is larger than the limit of {max_body_bytes:,} bytes.")
+
 
 def check_count(count: int, limit: int, field: str = "inputs") -> None:
     """At least one input, and no more than `limit` (Settings.max_inputs) in one request."""
@@ -54,7 +92,6 @@ def check_count(count: int, limit: int, field: str = "inputs") -> None:
         raise ApiError(413, field, f"{count} inputs in one request; the limit is {limit}. Split the request.")
 
 
-def body_too_large(max_body_bytes: int) -> bytes:
-    """The 413 answer's body, for the middleware that refuses large bodies before FastAPI reads them."""
-    message = f"the request body is larger than the limit of {max_body_bytes:,} bytes."
-    return json.dumps(error_json("body", message)).encode()
+def error_body(field: str, message: str) -> bytes:
+    """An error answer's body, for the middleware that answers before FastAPI (or instead of it)."""
+    return json.dumps(error_json(field, message)).encode()

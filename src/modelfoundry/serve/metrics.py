@@ -44,9 +44,26 @@ class ServeMetrics:
             "foundry_predictions", "Predictions by predicted label", ["label"], registry=self.registry
         )
 
+        # the labelled children, kept: `labels()` takes a lock and builds a key on every call
+        self._by_route: dict[tuple[str, int], tuple] = {}
+        self._by_label: dict[str, Counter] = {}
+
     def observe(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route=route, status=str(status)).inc()
-        self.latency.labels(route=route, status=str(status)).observe(seconds)
+        children = self._by_route.get((route, status))
+        if children is None:
+            labels = {"route": route, "status": str(status)}
+            children = self._by_route[route, status] = (
+                self.requests.labels(**labels),
+                self.latency.labels(**labels),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def predicted(self, label: str) -> None:
+        child = self._by_label.get(label)
+        if child is None:
+            child = self._by_label[label] = self.predictions.labels(label=label)
+        child.inc()
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

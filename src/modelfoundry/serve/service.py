@@ -43,7 +43,10 @@ class Settings:
     max_inputs: int = 64  # per request
     max_body_bytes: int = 10 * 2**20
     max_image_pixels: int = 4096 * 4096  # decoded size; larger images are refused before decoding
+    max_request_pixels: int = 4 * 4096 * 4096  # all images of one request together, also before decoding
     cors_origins: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"  # the address served on; its name is accepted in the Host header
+    allowed_hosts: list[str] = field(default_factory=list)  # more Host names to accept (`*.example.com`)
     watch_seconds: float = 0.0  # poll the alias and reload on change; 0 = only POST /v1/admin/reload
     remembered_requests: int = 10_000  # recent predictions kept in memory for feedback by request id
     remembered_bytes: int = 256 * 2**20  # ... and at most this many bytes of their images
@@ -61,6 +64,17 @@ class Served:
     @property
     def version_name(self) -> str | None:
         return self.version.name if self.version is not None else None
+
+
+@dataclass(slots=True)
+class Remembered:
+    """A recent prediction, for feedback by request id."""
+
+    stored: list[dict]  # what feedback keeps of each input
+    predicted: list[str]  # what the model said of each
+    served: Served  # the model that said it
+    corrections: dict[int, int] = field(default_factory=dict)  # input index -> its feedback id
+    lock: asyncio.Lock | None = None  # made when the first correction comes
 
 
 def load_served(ref: str, backend: str = "auto") -> Served:
@@ -82,8 +96,8 @@ class Service:
     """What every route shares.
 
     `served` is swapped whole on reload; each queued request carries the Served that encoded it,
-    so it finishes on that model. `recent` maps a request id to (stored inputs, predicted labels,
-    Served), oldest first, and forgets the oldest past `remembered_requests` or `remembered_bytes`.
+    so it finishes on that model. `recent` maps a request id to what feedback needs of it
+    (Remembered), oldest first, and forgets the oldest past `remembered_requests` or `remembered_bytes`.
     """
 
     def __init__(self, settings: Settings, served: Served):
@@ -93,30 +107,52 @@ class Service:
             _run_batch, settings.max_batch_size, settings.max_wait_ms, self.metrics.batch_size.observe
         )
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
-        self.recent: OrderedDict[str, tuple[list[dict], list[str], Served]] = OrderedDict()
+        self.recent: OrderedDict[str, Remembered] = OrderedDict()
         self.recent_bytes = 0  # image bytes kept in `recent`
 
-    async def predict(self, served: Served, payload, stored: list[dict], size: int, top_k: int) -> dict:
+    async def predict(
+        self, served: Served, payload, stored: list[dict], size: int, top_k: int, field: str = "inputs"
+    ) -> dict:
         """Queue for the model, then answer. The answer is built here, not by a response model: with
         a small model, per-request overhead is what limits throughput (bench/serve_load.py)."""
         outputs = await self.batcher.submit(served, payload, size)
+        check_finite(outputs, field)
         task = served.predictor.task_module
         predictions = task.answer(outputs, served.predictor.spec, top_k)
         for prediction in predictions:
             if "label" in prediction:  # a regression model's numbers are not counted by label
-                self.metrics.predictions.labels(label=prediction["label"]).inc()
+                self.metrics.predicted(prediction["label"])
         request_id = secrets.token_hex(8)
         self._remember(request_id, stored, [task.predicted(p) for p in predictions], served)
         return {"request_id": request_id, "model_version": served.version_name, "predictions": predictions}
 
     def _remember(self, request_id: str, stored: list[dict], predicted: list[str], served: Served) -> None:
-        self.recent[request_id] = (stored, predicted, served)
+        self.recent[request_id] = Remembered(stored, predicted, served)
         self.recent_bytes += _image_bytes(stored)
         while (
             len(self.recent) > self.settings.remembered_requests
             or self.recent_bytes > self.settings.remembered_bytes
         ):
-            self.recent_bytes -= _image_bytes(self.recent.popitem(last=False)[1][0])
+            self.recent_bytes -= _image_bytes(self.recent.popitem(last=False)[1].stored)
+
+    async def correct(
+        self, request_id: str, remembered: Remembered, index: int, label: str
+    ) -> tuple[int, bool]:
+        """Store the correct label of input `index` of a recent prediction. The same input corrected
+        again replaces its first correction (the last one wins: a slip of the hand can be undone, and a
+        retried request stores nothing twice). Returns (feedback id, whether it replaced one)."""
+        if remembered.lock is None:
+            remembered.lock = asyncio.Lock()
+        async with remembered.lock:  # a repeat sent at the same time waits, then finds the first's row
+            earlier = remembered.corrections.get(index)
+            if earlier is not None and await run_in_threadpool(relabel_feedback, earlier, label):
+                return earlier, True
+            item, predicted = remembered.stored[index], remembered.predicted[index]
+            feedback_id = await run_in_threadpool(
+                store_feedback, remembered.served, item, label, predicted, request_id
+            )
+            remembered.corrections[index] = feedback_id
+            return feedback_id, False
 
     async def reload(self, force: bool) -> dict:
         """Load what the alias (or the model setting) points at now; swap it in when it changed, or always
@@ -196,6 +232,27 @@ def store_feedback(
         request_id=request_id,
         model_version=served.version.id if served.version is not None else None,
     )
+
+
+def check_finite(outputs: np.ndarray, field: str) -> None:
+    """No answer from NaN or infinity (the JSON reply could not even carry it): a 422 naming the input,
+    which must lie far outside what the model was trained on."""
+    finite = np.isfinite(outputs)
+    if not finite.all():
+        i = int(np.argmin(finite.reshape(len(outputs), -1).all(1)))
+        raise ApiError(
+            422,
+            f"{field}.{i}",
+            "the model's output for this input is not a finite number (NaN or infinity), so there is "
+            "no answer to give; the input is probably far outside what the model was trained on.",
+        )
+
+
+def relabel_feedback(feedback_id: int, label: str) -> bool:
+    """Runs in a thread; False when the row is gone."""
+    from modelfoundry.store.feedback import FeedbackStore
+
+    return FeedbackStore().relabel(feedback_id, label)
 
 
 def _run_batch(served: Served, payloads: list) -> np.ndarray:

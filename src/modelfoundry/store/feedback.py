@@ -67,6 +67,14 @@ class FeedbackStore:
             s.flush()
             return row.id
 
+    def relabel(self, feedback_id: int, label: str) -> bool:
+        """Give a stored correction another label (its input corrected again); False when it is gone."""
+        with Session(self.engine) as s, s.begin():
+            row = s.get(Feedback, feedback_id)
+            if row is not None:
+                row.label = label
+            return row is not None
+
     def list(self, limit: int | None = 100, versions: list[int] | None = None) -> list[Feedback]:
         """Newest first; only rows given to `versions` when set."""
         with Session(self.engine) as s:

@@ -47,7 +47,8 @@ class Alias(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-ALIAS_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,79}")
+MAX_ALIAS = 80
+ALIAS_PATTERN = re.compile(rf"[A-Za-z][A-Za-z0-9_.-]{{0,{MAX_ALIAS - 1}}}")
 
 
 class ModelStore:
@@ -142,9 +143,11 @@ class ModelStore:
 
     def set_alias(self, name: str, version_id: int) -> None:
         if not ALIAS_PATTERN.fullmatch(name) or re.fullmatch(r"v?\d+", name):
+            shown = repr(name) if len(name) <= 40 else f"{name[:40]!r}..."  # not 5,000 characters back
+            too_long = f" it is {len(name):,} characters long;" if len(name) > MAX_ALIAS else ""
             raise UserError(
-                f"alias {name!r}: use a name that starts with a letter (letters, digits, '_', '-', '.'), "
-                "not a version number like v3."
+                f"alias {shown}:{too_long} use a name of at most {MAX_ALIAS} characters that starts with a "
+                "letter (letters, digits, '_', '-', '.'), not a version number like v3."
             )
         with Session(self.engine) as s, s.begin():
             if s.get(ModelVersion, version_id) is None:

@@ -12,6 +12,8 @@ values), and metrics, mistakes and served answers are computed from those.
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -26,7 +28,8 @@ from modelfoundry.errors import UserError, did_you_mean
 class Targets:
     """The targets of every example, encoded for training, and what the package keeps about them.
 
-    values: (N,) int64 class indices or float32 standardised numbers.
+    values: (N,) the raw targets from `make_targets`; after `fit_targets`, int64 class indices or float32
+        standardised numbers.
     strata: (N,) what the split stratifies on (the labels, or quantile bins of a number).
     """
 
@@ -144,24 +147,50 @@ class Task:
         """Read one source: (examples, raw targets, origin, extra report fields). Per kind of input."""
         raise NotImplementedError
 
-    def make_targets(self, raw: np.ndarray, part_of: np.ndarray, report: dict, origin: str, data) -> Targets:
-        """Class names in a stable order and each example's class index; at least two classes, and every
-        class of a validation or test file seen in training."""
+    def raw_targets(self, column: pd.Series, origin: str) -> np.ndarray:
+        """A label column (a whole file's or a streamed chunk's, without gaps) as the task reads it: class
+        names as strings."""
+        if pd.api.types.is_float_dtype(column) and (column == column.round()).all():
+            column = column.astype(np.int64)  # "1.0" read from a column with gaps is class "1"
+        return column.astype(str).to_numpy()
+
+    def count_targets(self, raw: np.ndarray, part_of: np.ndarray, counts: dict | None = None) -> dict:
+        """Adds some examples' raw targets to `counts`, per part (train, val, test, feedback): all that
+        `check_targets` needs. Streamed readers call it per chunk; `make_targets` once. Classes: examples
+        per class."""
+        counts = {} if counts is None else counts
+        for part in dict.fromkeys(part_of.tolist()):
+            counts.setdefault(part, Counter()).update(raw[part_of == part].tolist())
+        return counts
+
+    def check_targets(self, counts: dict, origin: str, data, report: dict, values=None) -> tuple[list, dict]:
+        """The checks on every example's targets once all are counted, and what the report says of them.
+        Classes: at least two, and every class of a validation or test part seen in training. Returns the
+        class names and what the package keeps about the target (nothing, for classes). `values`: the raw
+        targets the reader holds (all of them in memory, a sample when streamed)."""
         from modelfoundry.data import validate
 
-        labels = validate.sorted_labels(raw)
-        if len(labels) < 2:
-            raise UserError(
-                f"{origin}: only one class ({labels[0]!r}) in the labels; a classifier needs at least two."
-            )
-        _check_known_labels(raw, part_of, report)
-        report["class_counts"], balance = validate.class_balance(raw, labels)
+        total = sum(counts.values(), Counter())
+        labels = validate.class_names(total, origin)
+        validate.check_trained(counts, origin, report.get("sources"))
+        report["class_counts"], balance = validate.class_balance(total, labels)
         report["warnings"] = report.get("warnings", []) + balance
-        values = pd.Categorical(raw, categories=labels).codes.astype(np.int64)
-        return Targets(values, labels, np.asarray(raw))
+        return labels, {}
+
+    def strata(self, raw: np.ndarray) -> np.ndarray:
+        """What the in-memory split stratifies on: the classes. (A streamed split is by a hash of the row
+        number, stratified only in expectation.)"""
+        return np.asarray(raw)
+
+    def make_targets(self, raw: np.ndarray, part_of: np.ndarray, report: dict, origin: str, data) -> Targets:
+        """Every example's targets at once (in memory), checked; encoded by `fit_targets` after the split."""
+        labels, spec = self.check_targets(self.count_targets(raw, part_of), origin, data, report, raw)
+        return Targets(raw, labels, self.strata(raw), spec)
 
     def fit_targets(self, targets: Targets, train_index: np.ndarray) -> None:
-        """Anything learnt from the training split's targets (regression standardises here)."""
+        """Anything learnt from the training split's targets (regression standardises here), then the
+        targets encoded for training: class indices."""
+        targets.values = self.encode_targets(targets.values, {"labels": targets.labels}, "data")
 
     def output_size(self, labels: list[str]) -> int:
         return len(labels)
@@ -277,16 +306,17 @@ class Task:
         raise NotImplementedError
 
     def encode_targets(self, raw, spec: dict, origin: str) -> np.ndarray:
-        """Raw targets of new data -> the encoded targets metrics take."""
+        """Raw targets (of new data, or of a streamed chunk) -> the encoded targets: class indices (N,)."""
         labels = spec["labels"]
         raw = np.asarray([str(v) for v in raw])
-        unknown = sorted(set(raw.tolist()) - set(labels))
-        if unknown:
+        codes = pd.Categorical(raw, categories=labels).codes.astype(np.int64)
+        if (codes < 0).any():
+            unknown = sorted(set(raw[codes < 0].tolist()))
             raise UserError(
                 f"{origin}: label(s) {', '.join(map(repr, unknown[:5]))} were never seen in training; "
                 f"the model knows {', '.join(labels)}."
             )
-        return np.array([labels.index(v) for v in raw])
+        return codes
 
     # compression trade-off table: (row key, column heading, format) of the quality columns
     variant_columns = (
@@ -346,19 +376,6 @@ class Task:
 # ---- helpers shared by the tasks -----------------------------------------------------------------
 
 
-def _check_known_labels(labels: np.ndarray, part_of: np.ndarray, report: dict) -> None:
-    """A class that is only in a validation or test file can never be predicted: say so."""
-    trained = set(labels[part_of == "train"].tolist())
-    for part in ("val", "test"):
-        unseen = sorted(set(labels[part_of == part].tolist()) - trained)
-        if unseen:
-            raise UserError(
-                f"{report['sources'][part]}: label(s) {', '.join(map(repr, unseen[:5]))} never appear in the "
-                f"training file {report['sources']['train']}; a model cannot learn a class it never sees. "
-                "Add examples of it to the training file or remove those rows."
-            )
-
-
 def _take(display, indices: list[int]) -> list:
     """The shown inputs of some examples; streamed tables read only those rows, in one pass."""
     return display.take(indices) if hasattr(display, "take") else [display[i] for i in indices]
@@ -383,3 +400,13 @@ def json_type(value) -> str:
 
 def finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unicode_text(value: str) -> str:
+    """A JSON string as text every tokenizer, database and UTF-8 file can hold: JSON may carry a lone
+    UTF-16 surrogate (`"\\ud800"`, half of an emoji cut in two), which is no character; it becomes
+    U+FFFD, the replacement character, as a UTF-8 decoder would make of a broken byte."""
+    return value if value.isascii() else _LONE_SURROGATE.sub("\ufffd", value)

@@ -12,7 +12,7 @@ import base64
 import binascii
 import io
 import shutil
-import warnings
+import struct
 from functools import partial
 from pathlib import Path
 
@@ -154,20 +154,29 @@ model:
         )
 
     def encode_files(self, predictor, contents: list[bytes], limits, field: str, single: bool = False):
-        """Image files' bytes -> (model input, the bytes feedback keeps); the size is checked before
-        decoding."""
+        """Image files' bytes -> (model input, the bytes feedback keeps). Each image's size, and all of
+        them together, are checked from the headers before any pixel is decoded."""
         import torch
 
-        arrays, stored = [], []
-        for i, data in enumerate(contents):
-            where = field if single else f"{field}.{i}"
-            image = decode_image(data, where, limits.max_image_pixels)
+        wheres = [field if single else f"{field}.{i}" for i in range(len(contents))]
+        headers = [open_image(data, where, limits.max_image_pixels) for data, where in zip(contents, wheres)]
+        total = sum(image.width * image.height for image in headers)
+        if total > limits.max_request_pixels:
+            raise InputError(
+                413,
+                field,
+                f"the {len(headers)} images are {total:,} pixels in all; the limit per request is "
+                f"{limits.max_request_pixels:,} pixels. Send fewer or smaller images in one request.",
+            )
+        arrays = []
+        for image, where in zip(headers, wheres):
             try:
-                arrays.append(self.image_array(predictor.spec, image))
+                arrays.append(
+                    self.image_array(predictor.spec, load_image(image, where, limits.max_image_pixels))
+                )
             except UserError as exc:
                 raise InputError(422, where, str(exc)) from None
-            stored.append({"image_bytes": data})
-        return torch.from_numpy(np.stack(arrays)), stored
+        return torch.from_numpy(np.stack(arrays)), [{"image_bytes": data} for data in contents]
 
     def cli_inputs(self, predictor, inputs: list[str]):
         items = expand_images(inputs)
@@ -197,38 +206,47 @@ model:
         return folder
 
 
-def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
-    """Decode an image; its declared size is checked before any pixel is decoded (decompression bombs)."""
+READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, IndexError, TypeError, struct.error)
+
+
+def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """An image's header, read without decoding a pixel; a 413 when it declares more than `max_pixels`.
+
+    This is Image.open without Pillow's own decompression-bomb check, which fires at 89 megapixels and
+    would answer a 10000x10000 image as damaged before our (lower) limit could say its size."""
+    Image.init()
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        accepted = not accept or accept(data[:16])
+        if not accepted or isinstance(accepted, str):  # a str: Pillow's reason for not trying
+            continue
+        try:
+            image = factory(io.BytesIO(data), "")
+        except READ_ERRORS:  # as Image.open: this plugin cannot read it after all, try the next
+            continue
+        except Image.DecompressionBombError:  # a plugin's own check (a GIF frame past its screen)
+            raise too_large(field, "more than 178 million", max_pixels) from None
+        if image.width * image.height > max_pixels:
+            raise too_large(field, f"{image.width}x{image.height}", max_pixels)
+        return image
+    raise InputError(422, field, "not an image Pillow can read (PNG, JPEG, GIF, BMP, WebP, TIFF).")
+
+
+def load_image(image: Image.Image, field: str, max_pixels: int) -> Image.Image:
+    """Decode the pixels of an image `open_image` checked."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InputError(
-                    413,
-                    field,
-                    f"the image is {width}x{height} pixels; the limit is {max_pixels:,} pixels. "
-                    "Send a smaller image.",
-                )
-            image.load()
-            return image
-    except InputError:
-        raise
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
-        reason = (
-            "not an image Pillow can read (PNG, JPEG, GIF, BMP, WebP, TIFF)"
-            if isinstance(exc, UnidentifiedImageError)
-            else f"a damaged or unreadable image ({type(exc).__name__})"
-        )
-        raise InputError(422, field, f"{reason}.") from None
+        image.load()
+    except READ_ERRORS as exc:
+        raise InputError(422, field, f"a damaged or unreadable image ({type(exc).__name__}).") from None
+    except Image.DecompressionBombError:  # a GIF frame larger than its screen
+        raise too_large(field, "more than 178 million", max_pixels) from None
+    return image
+
+
+def too_large(field: str, size: str, max_pixels: int) -> InputError:
+    return InputError(
+        413, field, f"the image is {size} pixels; the limit is {max_pixels:,} pixels. Send a smaller image."
+    )
 
 
 def _base64(item: str, field: str) -> bytes:

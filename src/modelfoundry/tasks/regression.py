@@ -3,7 +3,10 @@
 The inputs are tabular classification's (`tabular.TableInputs`); what differs is the target. It is
 read as a number (a cell that is not one is named by row and column), standardised with the
 training split's mean and standard deviation for training, and un-standardised in every output.
-The split is stratified by quantile bins of the target. Loss: mse (default), mae or huber.
+The split is stratified by quantile bins of the target. A streamed table (data.streaming) is read the
+same way chunk by chunk: each chunk's targets are added to `Moments` per split, whose training part
+standardises them; its split is by a hash of the row number, stratified only in expectation.
+Loss: mse (default), mae or huber.
 Metrics: rmse, mae, r2 and mape, beside the baseline of always predicting the training mean.
 """
 
@@ -11,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -109,12 +111,6 @@ class TabularRegression(TableInputs, Task):
             )
         return problems + self.check_monitor(cfg)
 
-    def streamed(self, path: Path, config, base_dir: Path):
-        raise UserError(
-            f"data.streaming: {path} is streamed (data.streaming: {config.data.streaming}), but "
-            "tabular_regression reads its table whole for now. Set data.streaming: false."
-        )
-
     def objective(self, train_cfg, target_spec: dict | None = None) -> Objective:
         return RegressionObjective(train_cfg.loss or "mse", (target_spec or {}).get("std", 1.0))
 
@@ -135,7 +131,7 @@ class TabularRegression(TableInputs, Task):
             i = int(np.argmax(infinite))
             raise UserError(
                 f"{origin}: {tabular.row_name(origin, column.index[i])}, column '{column.name}': "
-                f"{column.iloc[i]!r} is not a finite number. Fix the cell or remove the row."
+                f"{tabular.plain(column.iloc[i])} is not a finite number. Fix the cell or remove the row."
             )
         return numbers.to_numpy(dtype=np.float64)
 
@@ -144,23 +140,43 @@ class TabularRegression(TableInputs, Task):
             raise UserError("data.source: this built-in set has classes; use task: tabular_classification.")
         return np.asarray(bunch.target, dtype=np.float64)
 
-    def make_targets(self, raw: np.ndarray, part_of: np.ndarray, report: dict, origin: str, data) -> Targets:
-        raw = np.asarray(raw, dtype=np.float64)
-        if np.ptp(raw[part_of == "train"]) == 0:
+    def count_targets(self, raw: np.ndarray, part_of: np.ndarray, counts: dict | None = None) -> dict:
+        """A number: per part its count, mean, spread, least and greatest (`Moments`), merged per chunk."""
+        counts = {} if counts is None else counts
+        for part in dict.fromkeys(part_of.tolist()):
+            counts.setdefault(part, Moments()).add(np.asarray(raw, dtype=np.float64)[part_of == part])
+        return counts
+
+    def check_targets(self, counts: dict, origin: str, data, report: dict, values=None) -> tuple[list, dict]:
+        """The target must vary among the training rows. Returns no labels and what the package keeps: the
+        column and the training rows' mean and standard deviation, which standardise the target. `values`:
+        the raw targets the reader holds, for the report's quantiles (a sample of them when streamed)."""
+        column = data.label or "target"
+        train = counts["train"]
+        if train.low == train.high:
             raise UserError(
-                f"{origin}: the target '{data.label or 'target'}' is {raw[0]:g} in every row; "
+                f"{origin}: the target '{column}' is {train.low:g} in every row; "
                 "there is nothing to predict. Check that data.label names the right column."
             )
-        report["target"] = describe(raw)
-        # quantile bins, so every split spans the range of the target (stratify takes labels)
+        everything = Moments()
+        for part in counts.values():
+            everything.merge(part)
+        report["target"] = describe(everything, values)
+        return [], {"column": column, **train.standardisation()}
+
+    def strata(self, raw: np.ndarray) -> np.ndarray:
+        """Quantile bins of the target, so every split spans its range (the split stratifies on labels).
+        A streamed split has none: it is by a hash of the row number, so stratified only in expectation."""
         edges = np.unique(np.quantile(raw, np.linspace(0, 1, STRATA + 1)[1:-1]))
-        return Targets(raw, [], np.digitize(raw, edges).astype(str), {"column": data.label or "target"})
+        return np.digitize(raw, edges).astype(str)
 
     def fit_targets(self, targets: Targets, train_index: np.ndarray) -> None:
-        train = targets.values[train_index]
-        mean, std = float(train.mean()), float(train.std()) or 1.0
-        targets.spec.update(mean=mean, std=std)
-        targets.values = ((targets.values - mean) / std).astype(np.float32)
+        """Standardised with the training split's mean and standard deviation."""
+        train = Moments().add(np.asarray(targets.values[train_index], dtype=np.float64))
+        targets.spec.update(train.standardisation())
+        targets.values = self.encode_targets(targets.values, {"target": targets.spec}, "data").astype(
+            np.float32
+        )
 
     def output_size(self, labels: list[str]) -> int:
         return 1
@@ -273,10 +289,47 @@ class TabularRegression(TableInputs, Task):
         return float(label)
 
 
-def describe(values: np.ndarray) -> dict:
-    quantiles = np.quantile(values, [0, 0.25, 0.5, 0.75, 1])
-    return {
-        "mean": float(values.mean()),
-        "std": float(values.std()),
-        **dict(zip(("min", "q25", "median", "q75", "max"), map(float, quantiles))),
-    }
+class Moments:
+    """Count, mean, sum of squared deviations, least and greatest of some numbers, merged chunk by chunk
+    (Chan, Golub and LeVeque's pairwise update): all a streamed reader keeps of a target."""
+
+    def __init__(self, n: int = 0, mean: float = 0.0, m2: float = 0.0, low=math.inf, high=-math.inf):
+        self.n, self.mean, self.m2, self.low, self.high = n, mean, m2, low, high
+
+    def add(self, values: np.ndarray) -> Moments:
+        """Adds some numbers (N,) float64; the first ones give numpy's mean and std exactly."""
+        if len(values):
+            mean = float(values.mean())
+            m2 = float(((values - mean) ** 2).sum())
+            self.merge(Moments(len(values), mean, m2, float(values.min()), float(values.max())))
+        return self
+
+    def merge(self, other: Moments) -> Moments:
+        if not self.n:
+            self.n, self.mean, self.m2 = other.n, other.mean, other.m2
+        elif other.n:
+            total, delta = self.n + other.n, other.mean - self.mean
+            self.mean += delta * other.n / total
+            self.m2 += other.m2 + delta * delta * self.n * other.n / total
+            self.n = total
+        self.low, self.high = min(self.low, other.low), max(self.high, other.high)
+        return self
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.n) if self.n else 0.0
+
+    def standardisation(self) -> dict:
+        """{"mean", "std"} that standardise the target (a std of 1 where the numbers do not vary)."""
+        return {"mean": self.mean, "std": self.std or 1.0}
+
+
+def describe(moments: Moments, values: np.ndarray) -> dict:
+    """The target for the report: mean, spread and range of every example (`moments`), and quantiles of
+    `values` (all of them in memory; when streamed, the uniform sample of training rows the encoder saw)."""
+    values = np.asarray(values, dtype=np.float64)
+    quantiles = dict(zip(("q25", "median", "q75"), map(float, np.quantile(values, [0.25, 0.5, 0.75]))))
+    out = {"mean": moments.mean, "std": moments.std, "min": moments.low, **quantiles, "max": moments.high}
+    if len(values) < moments.n:
+        out["quantiles_of_rows"] = len(values)
+    return out

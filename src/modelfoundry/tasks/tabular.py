@@ -9,14 +9,15 @@ categories) fitted on the training split, what the report shows of a mistake, ho
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from modelfoundry.data import tabular
+from modelfoundry.data import tabular, validate
 from modelfoundry.errors import InputError, UserError, did_you_mean
-from modelfoundry.tasks.base import Task, at, json_type
+from modelfoundry.tasks.base import Task, at, json_type, unicode_text
 from modelfoundry.tasks.text import write_jsonl
 
 # the label column name a built-in table's rows carry in corrections and in `evaluate --data` files
@@ -35,25 +36,18 @@ class TableInputs:
                 f"data.source: {path} is a folder; {self.name} needs a .csv, .parquet or .jsonl file."
             )
         frame = tabular.read_table(path)
-        tabular.check_column(frame, data.label, "label", origin)
-        unlabeled = frame[data.label].isna()
-        if unlabeled.all():
-            raise UserError(f"{origin}: label column '{data.label}' is empty in every row.")
-        if unlabeled.any():
-            extra["dropped_unlabeled_rows"] = int(unlabeled.sum())
-            frame = frame[~unlabeled]
+        frame, unlabeled = validate.drop_unlabeled(frame, data.label, origin)
+        validate.check_labelled(len(frame) + unlabeled, unlabeled, data.label, origin)
+        if unlabeled:
+            extra["dropped_unlabeled_rows"] = unlabeled
+        features = tabular.feature_columns(frame, data, origin)
+        extra["ignored_columns"] = [c for c in frame.columns if c not in features]
         return (
-            frame[tabular.feature_columns(frame, data, origin)],
+            frame[features],
             self.raw_targets(frame[data.label], origin),
             origin,
             extra,
         )
-
-    def raw_targets(self, column: pd.Series, origin: str) -> np.ndarray:
-        """The label column as the task reads it: class names as strings."""
-        if pd.api.types.is_float_dtype(column) and (column == column.round()).all():
-            column = column.astype(int)  # "1.0" read from a column with gaps is class "1"
-        return column.astype(str).to_numpy()
 
     def load_builtin(self, name: str, bunch):
         frame = pd.DataFrame(bunch.data, columns=[str(c) for c in bunch.feature_names])
@@ -81,7 +75,10 @@ class TableInputs:
         from modelfoundry.data.prepare import ArrayData
 
         report["warnings"] += tabular.numbers_with_stray_text(examples, report["source"])
-        encoder = tabular.TableEncoder().fit(examples.iloc[split["train"]])
+        # the training file's other columns (label, data.drop) may come along in inputs; a built-in's: its
+        # label column as `evaluate --data` files name it
+        ignored = list(dict.fromkeys(report.pop("ignored_columns", None) or [BUILTIN_LABEL]))
+        encoder = tabular.TableEncoder().fit(examples.iloc[split["train"]], ignored)
         features = encoder.transform(examples, report["source"])
         parts = {k: ArrayData(features[v], targets.values[v]) if len(v) else None for k, v in split.items()}
         display = examples.iloc[split["test"]].to_dict(orient="records")
@@ -101,16 +98,20 @@ class TableInputs:
         )
 
     def encode_request(self, predictor, inputs: list, limits, field: str = "inputs"):
-        """Rows as objects column -> value: every column the model reads, numbers where it takes numbers."""
+        """Rows as objects column -> value: every column the model reads, numbers where it takes numbers
+        (JSON numbers or numeric strings such as "17.99", finite and within float32)."""
         columns = predictor.spec["preprocessing"]["columns"]
         names = [c["name"] for c in columns]
+        ignored = predictor.spec["preprocessing"].get("ignored_columns", [])  # the label, data.drop
+        rows = []
         for i, row in enumerate(inputs):
             where = at(field, i)
             if not isinstance(row, dict):
                 raise InputError(
                     422, where, f"a table model takes objects of column -> value; got {json_type(row)}."
                 )
-            missing, extra = [n for n in names if n not in row], [k for k in row if k not in names]
+            missing = [n for n in names if n not in row]
+            extra = [k for k in row if k not in names and k not in ignored]
             if missing:
                 raise InputError(
                     422,
@@ -126,26 +127,19 @@ class TableInputs:
                     f"{did_you_mean(extra[0], missing or names)}"
                     f" The model takes: {', '.join(names)}.",
                 )
-            for column in columns:
-                value = row[column["name"]]
-                if (
-                    column["kind"] == "number"
-                    and value is not None
-                    and (isinstance(value, bool) or not isinstance(value, (int, float)))
-                ):
-                    raise InputError(
-                        422,
-                        f"{where}.{column['name']}",
-                        f"{value!r} is not a number; "
-                        "this column takes numbers (or null for a missing value).",
-                    )
-                if isinstance(value, (dict, list)):
-                    raise InputError(
-                        422, f"{where}.{column['name']}", f"got {json_type(value)}; give a string or number."
-                    )
-        frame = pd.DataFrame([{n: row[n] for n in names} for row in inputs], columns=names)
-        kept = [{"row": {n: row[n] for n in names}} for row in inputs]
-        return self.encode_inputs(predictor, frame, field), kept
+            rows.append({c["name"]: cell(c, row[c["name"]], f"{where}.{c['name']}") for c in columns})
+        try:
+            features = self.encode_inputs(predictor, pd.DataFrame(rows, columns=names), field)
+        except tabular.CellError as exc:  # finite (cell() checked), but it leaves float32 once standardised
+            name, column = exc.column["name"], exc.column
+            raise InputError(
+                422,
+                f"{at(field, exc.i)}.{name}",
+                f"{rows[exc.i][name]!r} is too far from the numbers the model was trained on (mean "
+                f"{column['mean']:.4g}, spread {column['std']:.4g}): standardised, it leaves float32. "
+                "Send a number in the range of the training data.",
+            ) from None
+        return features, [{"row": row} for row in rows]
 
     def cli_inputs(self, predictor, inputs: list[str]):
         if len(inputs) != 1:
@@ -165,9 +159,16 @@ class TableInputs:
     def read_labelled(self, predictor, source: Path, label: str | None):
         frame = tabular.read_table(source)
         column = label or predictor.spec.get("label_column") or BUILTIN_LABEL
-        tabular.check_column(frame, column, "label", str(source))
-        if frame[column].isna().any():
-            frame = frame[frame[column].notna()]
+        try:
+            tabular.check_column(frame, column, "label", str(source))
+        except UserError as exc:
+            if label:
+                raise
+            raise UserError(
+                f"{exc} The model was trained with labels in column '{column}': add that column, or "
+                "name the column that holds the labels with --label COLUMN."
+            ) from None
+        frame, _ = validate.drop_unlabeled(frame, column, str(source))
         raw = self.raw_targets(frame[column], str(source))
         return frame.drop(columns=[column]), raw, frame.to_dict(orient="records")
 
@@ -200,6 +201,43 @@ model:
   hidden: [128, 64]
   dropout: 0.1
 """
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: the models compute in float32
+# "17.99", "-1e3", " 5 "; not "inf", "1_000" or other scripts' digits (float() would take them)
+NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")
+
+
+def cell(column: dict, value, field: str):
+    """One cell of a served row, checked: a category column takes a string or a number; a number column
+    a finite number within float32, sent as a JSON number or a numeric string (pydantic's lax mode: what
+    a client reading a CSV sends), or null for a missing value."""
+    if isinstance(value, str):
+        value = unicode_text(value)
+    if column["kind"] != "number":
+        if isinstance(value, (dict, list)):
+            raise InputError(422, field, f"got {json_type(value)}; give a string or number.")
+        return value
+    if isinstance(value, str) and NUMBER.fullmatch(value):
+        value = float(value)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(
+            422,
+            field,
+            f"{value!r} is not a number; this column takes numbers, as JSON numbers or numeric strings "
+            'such as "17.99" (or null for a missing value).',
+        )
+    if not abs(value) <= FLOAT32_MAX:  # NaN compares False; an int of any size compares exactly
+        shown = repr(value) if len(repr(value)) <= 24 else f"a number of {len(repr(value))} digits"
+        raise InputError(
+            422,
+            field,
+            f"{shown} is not a finite number within ±3.4e38 (float32, what the model computes in); "
+            "send a finite number, or null for a missing value.",
+        )
+    return value
 
 
 def read_rows(inputs) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from modelfoundry.data import text
 from modelfoundry.errors import InputError, UserError
-from modelfoundry.tasks.base import Task, at, json_type
+from modelfoundry.tasks.base import Task, at, json_type, unicode_text
 
 
 class TextClassification(Task):
@@ -54,6 +54,7 @@ model:
     def load(self, data, base_dir: Path, path: Path, image_shape=None):
         extra: dict = {}
         texts, labels = text.read_text_table(path, data.text, data.label, data.quoting)
+        labels = self.raw_targets(labels, str(path))
         texts, labels = text.clean_texts(texts, labels, data.privacy.pii, str(path), extra)
         return np.array(texts, dtype=object), labels, str(path), extra
 
@@ -77,12 +78,8 @@ model:
 
         data = config.data
         tokenizer, max_length = text.tokenizer_for(config, base_dir)
-        ids, report["truncated"] = text.tokenize(tokenizer, list(examples), max_length)
-        if report["truncated"]:
-            report["warnings"].append(
-                f"{report['truncated']} texts are longer than data.max_length={max_length} "
-                "tokens and were truncated."
-            )
+        ids, truncated = text.tokenize(tokenizer, list(examples), max_length)
+        text.note_truncated(report, truncated, max_length)
         report["tokens"] = text.describe_lengths(torch.tensor([len(t) for t in ids]))
         preprocessing = {
             "kind": "text",
@@ -148,12 +145,14 @@ model:
         return ids
 
     def encode_request(self, predictor, inputs: list, limits, field: str = "inputs"):
+        """Texts as strings; a lone surrogate (JSON can carry one, no tokenizer can read it) becomes
+        U+FFFD."""
         for i, item in enumerate(inputs):
             if not isinstance(item, str):
                 raise InputError(422, at(field, i), f"a text model takes strings; got {json_type(item)}.")
             if not item.strip():
                 raise InputError(422, at(field, i), "the text is empty.")
-        texts = list(inputs)
+        texts = [unicode_text(t) for t in inputs]
         if predictor.spec["preprocessing"].get("pii", "off") != "off":
             from modelfoundry.data.privacy import scrub_texts
 
@@ -178,7 +177,7 @@ model:
             source, pre["text_column"], label or predictor.spec["label_column"], pre.get("quoting", True)
         )
         shown = ["" if t is None else t for t in texts]
-        return shown, labels, shown
+        return shown, self.raw_targets(labels, str(source)), shown
 
     def feedback_records(self, rows, config: dict, folder: Path) -> Path:
         data = config["data"]

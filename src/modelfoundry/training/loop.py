@@ -39,6 +39,8 @@ class FitResult:
     best_epoch: int  # 1-based epoch whose weights the model now holds
     stopped_early: bool
     precision: str
+    # training time of the processes before a resume (the checkpoint carries it); this one's is added
+    earlier_seconds: float = 0.0
 
 
 @torch.inference_mode()
@@ -112,7 +114,7 @@ def fit(
 
     history: list[dict] = []
     best = {"epoch": 0, "value": -math.inf if higher_is_better else math.inf, "state": None}
-    start_epoch = 0
+    start_epoch, earlier_seconds, fit_started = 0, 0.0, time.perf_counter()
     # DDP: rank 0 alone writes checkpoints and TensorBoard events
     writer = (
         CheckpointWriter(checkpoint_dir / CHECKPOINT) if checkpoint_dir and distributed.is_main() else None
@@ -122,6 +124,8 @@ def fit(
             _read_checkpoint(checkpoint_dir, cfg) if distributed.is_main() else None
         )
         start_epoch, history, best = _restore(state, model, optimizer, scheduler, scaler)
+        # a checkpoint from before it carried the time: its epochs' own seconds
+        earlier_seconds = state.get("train_seconds", sum(r["seconds"] for r in history))
     tensorboard = _tensorboard(log_dir if distributed.is_main() else None)
 
     stopped_early = False
@@ -217,6 +221,7 @@ def fit(
                         "epochs": cfg.epochs,
                         "history": history,
                         "best": best,
+                        "train_seconds": earlier_seconds + time.perf_counter() - fit_started,
                     }
                 )
             if tensorboard:
@@ -256,7 +261,11 @@ def fit(
     else:
         best["epoch"] = len(history)
     return FitResult(
-        history, best["epoch"], stopped_early, str(autocast).removeprefix("torch.") if autocast else "fp32"
+        history,
+        best["epoch"],
+        stopped_early,
+        str(autocast).removeprefix("torch.") if autocast else "fp32",
+        earlier_seconds,
     )
 
 
