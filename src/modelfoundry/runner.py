@@ -86,6 +86,7 @@ def train(
     if not distributed.is_main():  # DDP: the other ranks train beside rank 0 and write and print nothing
         path = Path(distributed.broadcast_object())
         _run(cfg, base_dir, None, resume, Console(file=io.StringIO()), device)
+        distributed.finish()  # waits for rank 0 to write the run
         return Run(path.name, path, {})
     if resume and run_dir is None:
         run_dir = _interrupted_run(cfg)
@@ -129,6 +130,7 @@ def train(
         parent_version,
     )
     console.print(f"registered model version {version.name}", highlight=False)
+    distributed.finish()
     return Run(run_id, path, metrics, version.id)
 
 

@@ -77,6 +77,15 @@ def init(device: str = "auto") -> torch.device:
     return resolved
 
 
+def finish() -> None:
+    """DDP: the end of a run. Every rank waits until rank 0 has written the run, then all leave the
+    process group together, rather than a rank tearing its connections down at interpreter exit while
+    rank 0 still works (it aborted now and then: "terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def close() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
