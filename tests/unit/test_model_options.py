@@ -127,6 +127,8 @@ def test_a_new_family_is_one_file_and_one_registry_line(tmp_path, monkeypatch):
         ("resnet", {"width": 8}, {"name": "resnet", "width": 6}),
         ("gru", {"hidden": 1}, {"name": "gru", "hidden": 1}),
         ("pretrained", {"path": "bert"}, {"name": "lstm"}),
+        ("transformer", {}, {"name": "transformer", "width": 180}),  # 0.7 x 256, a multiple of its 4 heads
+        ("transformer", {"width": 96, "heads": 6}, {"name": "transformer", "width": 66}),
     ],
 )
 def test_a_half_size_student_scales_the_family_width(name, options, student):
@@ -148,3 +150,11 @@ def test_every_prunable_family_has_its_prune_function_beside_its_builder():
         if family.prune:
             assert callable(registry.family_function(name, family.prune)), name
     assert registry.prunable().startswith("mlp (hidden units), cnn (channels), resnet (channels)")
+
+
+def test_a_half_size_transformer_student_builds():
+    from modelfoundry.models.registry import build_model
+
+    student = half_student("transformer", {"heads": 8, "width": 128})
+    assert student["width"] % 8 == 0
+    build_model("transformer", (16,), 2, {"vocab_size": 100, "pad_id": 0}, heads=8, width=student["width"])

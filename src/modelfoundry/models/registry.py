@@ -40,6 +40,7 @@ class Family:
             with defaults; `build(**changes)` builds the model's options with `changes` applied.
         prunes: what pruning removes, in the user's words.
         width_option: the option that sets the layer widths; a half-size student scales it by 0.7.
+        width_multiple_of: the option the width must stay a multiple of (a transformer's heads).
         student: the family of a half-size student when this one has no width to scale.
         from_package: the function in the builder's module that gives the options to rebuild the
             architecture from a model package folder (`(folder) -> options`; None: the saved options do).
@@ -56,6 +57,7 @@ class Family:
     width_option: str | None = None
     student: str | None = None
     from_package: str | None = None
+    width_multiple_of: str | None = None
     recipe: dict = field(default_factory=dict)
 
 
@@ -129,6 +131,7 @@ FAMILIES: dict[str, Family] = {
         prune="prune_transformer",
         prunes="feed-forward units",
         width_option="width",
+        width_multiple_of="heads",
         recipe=_SEQUENCE_RECIPE,
     ),
     # A fine-tuned encoder's architecture is fixed by its folder: its student is trained from scratch.
@@ -336,13 +339,14 @@ def half_student(name: str, options: dict) -> dict[str, object]:
             f"--distill: foundry knows no half-size student of a '{name}' model; describe one, "
             "e.g. --student model.name=mlp --student model.hidden=[64]."
         )
-    key = family.width_option
-    width = options.get(key, model_options(name)[key])
-    smaller = (
-        [max(1, round(w * 0.7)) for w in width]
-        if isinstance(width, (list, tuple))
-        else max(1, round(width * 0.7))
-    )
+    key, defaults = family.width_option, model_options(name)
+    width = options.get(key, defaults[key])
+    step = int(options.get(family.width_multiple_of, defaults.get(family.width_multiple_of, 1)) or 1)
+
+    def scaled(w: int) -> int:  # 0.7 of the width, kept a multiple of `step` (256 wide, 4 heads: 180)
+        return max(step, round(w * 0.7 / step) * step)
+
+    smaller = [scaled(w) for w in width] if isinstance(width, (list, tuple)) else scaled(width)
     return {"name": name, key: smaller}
 
 
