@@ -19,7 +19,7 @@ from rich.table import Table
 
 from modelfoundry.errors import UserError
 from modelfoundry.plan.cli import plan_app
-from modelfoundry.training.launch import report_to_launcher, under_launcher
+from modelfoundry.training.launch import leave, report_to_launcher, under_launcher
 from modelfoundry.tune.cli import tune_command
 
 app = typer.Typer(
@@ -686,7 +686,11 @@ def main() -> None:
     if os.environ.get("RANK", "0") != "0":  # DDP (started by torchrun): rank 0 alone talks to the user
         out.quiet = err.quiet = True
     try:
-        app()
+        try:
+            app()
+        except SystemExit as exc:  # how typer ends every command
+            leave(exc.code)  # DDP ranks > 0: exit now, without gloo's teardown
+            raise
     except UserError as exc:
         if not report_to_launcher(
             str(exc)

@@ -78,12 +78,15 @@ def init(device: str = "auto") -> torch.device:
 
 
 def finish() -> None:
-    """DDP: the end of a run. Every rank waits until rank 0 has written the run, then all leave the
-    process group together, rather than a rank tearing its connections down at interpreter exit while
-    rank 0 still works (it aborted now and then: "terminate called without an active exception")."""
+    """DDP: the end of a run. Every rank waits until rank 0 has written the run; rank 0 then leaves the
+    process group. The other ranks keep theirs until they exit: a CLI process leaves through
+    `training.launch.leave`,
+    skipping the teardown of gloo's threads, which now and then aborted a finished rank ("terminate
+    called without an active exception", exit -6) and with it the whole `foundry train --nproc`."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        if is_main():
+            dist.destroy_process_group()
 
 
 def close() -> None:

@@ -122,6 +122,18 @@ def under_launcher() -> bool:
     return ERROR_FILE_ENV in os.environ and "RANK" in os.environ
 
 
+def leave(code: int | str | None) -> None:
+    """End a DDP process of rank > 0 (started by torchrun) with `code` once its command is done,
+    without the interpreter's and libraries' exit handlers: tearing down gloo's threads at exit now
+    and then aborted a finished rank ("terminate called without an active exception", exit -6) and
+    with it the whole `foundry train --nproc` (see distributed.finish). Elsewhere: return."""
+    if "RANK" not in os.environ or os.environ["RANK"] == "0" or "WORLD_SIZE" not in os.environ:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
+
+
 def _run_torchrun(command: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
     """Run torchrun, passing the processes' stderr through as it comes but holding back torch's own
     lines; returns the exit status and the lines held back. stdout passes through untouched."""
