@@ -508,7 +508,7 @@ def _prediction_targets(task, targets: list, labels: list[str]) -> np.ndarray:
 
 
 def _columns(task, scores: dict) -> list[tuple[str, str]]:
-    shown = task.headline + ("rmse", "mae", "r2")
+    shown = dict.fromkeys(task.headline + ("rmse", "mae", "r2"))
     return [
         (split, key)
         for split in ("val", "test")

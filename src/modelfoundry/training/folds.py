@@ -267,7 +267,7 @@ def _line(val: dict) -> str:
 
 
 def _summary_line(summary: dict, task) -> str:
-    shown = [k for k in task.headline + ("rmse", "r2") if k in summary["mean"]]
+    shown = [k for k in dict.fromkeys(task.headline + ("rmse", "r2")) if k in summary["mean"]]
     return "  ".join(f"val {k} {summary['mean'][k]:.4f} ± {summary['std'][k]:.4f}" for k in shown)
 
 
