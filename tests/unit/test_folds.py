@@ -146,3 +146,21 @@ def test_folds_then_an_ensemble_of_a_run_with_other_labels_names_both_runs(tmp_p
     assert other.id in message and folded.id in message and "labels ['x', 'y']" in message
     with pytest.raises(UserError, match=r"member 'no-such-run'.*foundry models list"):
         make_ensemble([folded.id, "no-such-run"], console=quiet())
+
+
+@pytest.mark.parametrize(
+    ("refs", "method", "phrase"),
+    [
+        (
+            ["a", "b"],
+            "median",
+            "--method: 'median' is not a way to combine; use one of mean, weighted, stack",
+        ),
+        (["a"], "mean", "1 run given (a); an ensemble combines two or more"),
+        (["a", "a"], "mean", "a given more than once"),
+    ],
+)
+def test_an_ensemble_of_too_few_members_or_an_unknown_method_says_what_to_give(refs, method, phrase):
+    with pytest.raises(UserError) as info:
+        make_ensemble(refs, method, console=quiet())
+    assert phrase in str(info.value)
