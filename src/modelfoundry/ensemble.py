@@ -7,10 +7,12 @@ members of any family and preprocessing combine (an MLP and gradient-boosted tre
 combiner's numbers live in the package's `model.safetensors`:
 
     mean      weights 1/M: the average of the members' probabilities (or values)
-    weighted  weights >= 0 summing to 1, fitted to the validation split (log loss; squared error for values)
+    weighted  weights >= 0 summing to 1 (log loss; squared error for values)
     stack     a logistic regression on the members' probabilities side by side (a linear regression on
-              their values), fitted on out-of-fold predictions when every member was trained with the
-              same --folds, else on the validation split
+              their values)
+
+Both are fitted on the members' out-of-fold predictions when every member was trained with the same
+--folds and seed, else on the validation split.
 
 Members must share the task, the labels and the input columns. The validation and test splits are
 those of the first member's config; the report shows each member and the ensemble side by side on them.
@@ -369,7 +371,7 @@ def _fit_data(method: str, members: list[Member], heldout: dict, console: Consol
     if method == "mean":
         return None
     oofs = [load_oof(run_folder(m.package)) for m in members]
-    if method == "stack" and all(o is not None for o in oofs):
+    if all(o is not None for o in oofs):
         first = oofs[0]
         same = all(
             np.array_equal(o["index"], first["index"]) and np.array_equal(o["fold"], first["fold"])
@@ -379,17 +381,19 @@ def _fit_data(method: str, members: list[Member], heldout: dict, console: Consol
             what = (
                 f"out-of-fold predictions of {first['k']} folds ({len(first['index']):,} train+val examples)"
             )
-            console.print(f"stack: fitted on {what}", highlight=False)
+            console.print(f"{method}: fitted on {what}", highlight=False)
             return {"what": what, "outputs": [o["predictions"] for o in oofs], "targets": first["targets"]}
         console.print(
-            "stack: the members' folds differ (another seed or --folds); fitted on the validation split"
+            f"{method}: the members' folds differ (another --folds or seed), so not their out-of-fold "
+            "predictions",
+            highlight=False,
         )
     trained_on_val = [m.name for m, o in zip(members, oofs) if o is not None]
     if trained_on_val:
         raise UserError(
             f"--method {method}: {', '.join(trained_on_val)} trained its final model on the validation "
-            "split (--folds), so a combiner fitted there would favour it. Use --method mean, or --method "
-            "stack with members that all used the same --folds (and seed)."
+            "split (--folds), so a combiner fitted there would favour it. Use --method mean, or members "
+            "that all used the same --folds (and seed): then it fits on their out-of-fold predictions."
         )
     if heldout["val"] is None:
         raise UserError(
