@@ -224,13 +224,16 @@ def predict(
 
 @app.command()
 def ensemble(
-    runs: Annotated[list[str], typer.Argument(help="two or more runs: run ids, versions (v3) or aliases")],
+    runs: Annotated[
+        list[str], typer.Argument(help="two or more runs: run ids, versions (v3), aliases or run folders")
+    ],
     method: Annotated[
         str,
         typer.Option(
-            help="mean: average the members' probabilities (or values); weighted: weights fitted on the "
-            "validation split; stack: a logistic (linear) regression on the members' predictions, fitted on "
-            "out-of-fold predictions when all came from the same --folds, else on the validation split"
+            help="mean: average the members' probabilities (or values); weighted: a weighted average; "
+            "stack: a logistic (linear) regression on the members' predictions. weighted and stack fit on "
+            "the members' out-of-fold predictions when all came from the same --folds, else on the "
+            "validation split"
         ),
     ] = "mean",
     name: Annotated[str | None, typer.Option(help="a readable name for the ensemble's run")] = None,

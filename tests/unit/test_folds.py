@@ -164,3 +164,13 @@ def test_an_ensemble_of_too_few_members_or_an_unknown_method_says_what_to_give(r
     with pytest.raises(UserError) as info:
         make_ensemble(refs, method, console=quiet())
     assert phrase in str(info.value)
+
+
+def test_regression_folds_stratify_on_quantile_bins_even_when_a_bin_is_smaller_than_k():
+    strata = np.array(["0"] * 20 + ["1"] * 20 + ["2"] * 2)  # the top bin holds 2 values, k is 5
+    split = {"train": np.arange(42), "val": np.arange(0), "test": np.arange(0)}
+    plan = FoldPlan(5, 0, True, is_classifier=False)
+    plan.cut(split, strata, np.repeat("train", 42))
+    assert np.bincount(plan.fold_of).tolist() == [9, 9, 8, 8, 8]  # every example in one fold, sizes even
+    for i in range(5):  # the big bins spread over every fold
+        assert set(strata[plan.pool[plan.fold_of == i]]) >= {"0", "1"}
