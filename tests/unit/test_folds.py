@@ -146,6 +146,15 @@ def test_folds_then_an_ensemble_of_a_run_with_other_labels_names_both_runs(tmp_p
     assert other.id in message and folded.id in message and "labels ['x', 'y']" in message
     with pytest.raises(UserError, match=r"member 'no-such-run'.*foundry models list"):
         make_ensemble([folded.id, "no-such-run"], console=quiet())
+    regression = {"task": "tabular_regression", "data": {"source": "builtin:diabetes"}}
+    numbers = train(
+        {**regression, "model": {"name": "mlp", "hidden": [4]}, "train": {"epochs": 1}}, console=quiet()
+    )
+    with pytest.raises(UserError) as info:
+        make_ensemble([other.id, numbers.id], console=quiet())
+    assert f"{numbers.id} is a tabular_regression model, {other.id} a tabular_classification model" in str(
+        info.value
+    )
 
 
 @pytest.mark.parametrize(
