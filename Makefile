@@ -40,6 +40,7 @@ bench: install
 	-$(PY) bench/memory.py --write
 	-$(PY) bench/ddp.py --configs "digits cnn" "mnist cnn" --epochs 5 --write
 	-$(PY) bench/tune.py --write
+	-$(PY) bench/folds_ensemble.py --write
 
 clean:
 	rm -rf $(VENV) runs

@@ -40,6 +40,20 @@ SHORT = ["train.epochs=5"]
 NARROW = ["model.hidden=[32]", "train.lr=0.01", "model.dropout=0.3", "train.seed=1"]
 
 
+NOTES = """
+Reading it:
+- Folds: the std of one config's validation accuracy over 5 folds of ~91 examples is 1-1.5 points, so two
+  configs 1.5 points apart are not apart by their means and stds alone (unpaired). Both configs see the
+  same folds, though (same data, same seed), and the per-fold differences cancel each fold's own
+  difficulty: paired, the standard error is a third of a point and the two configs are clearly apart.
+  `metrics.json` keeps `folds.per_fold` for exactly this comparison.
+- Ensemble: two MLPs err alike, so there is little to gain; weighted and stack match the better member,
+  the plain mean is a little below it. A pair that errs differently (gradient-boosted trees and an MLP, once
+  the gbdt family is merged: the ensemble combines any family's Predictor outputs) has more to gain.
+- Seconds are wall-clock on a machine shared with other jobs (load average about 10 on 2 cores).
+"""
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -145,7 +159,7 @@ def main() -> None:
         if args.only in (None, "folds"):
             parts.append(folds_part(args.folds, console))
             print(parts[-1], flush=True)
-    body = "\n".join(parts)
+    body = "\n".join(parts) + NOTES
     if args.write:
         write_section("k-fold cross-validation and ensembles (folds_ensemble.py)", body)
 
