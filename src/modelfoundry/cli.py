@@ -676,6 +676,17 @@ def runs_compare(runs: Annotated[list[str], typer.Argument(help="two or more run
         table.add_row(f"[bold]{key}", *[_fmt((r.metrics or {}).get(key)) for r in records])
     table.add_row("[bold]train seconds", *[_fmt(r.train_seconds, ".1f") for r in records])
     out.print(table)
+    from modelfoundry.training.folds import paired_differences
+
+    folds = [(r.id, _folds_of(Path(r.path))) for r in records]  # runs trained with --folds: fold by fold
+    for other in folds[1:]:
+        for line in paired_differences(folds[0], other):
+            out.print(line, highlight=False)
+
+
+def _folds_of(run: Path) -> dict | None:
+    metrics = run / "metrics.json"
+    return json.loads(metrics.read_text()).get("folds") if metrics.is_file() else None
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -42,6 +42,11 @@ def test_folds_report_mean_and_std_keep_the_test_split_and_stack_on_out_of_fold_
     spec = json.loads((home / "b" / "model" / "model.json").read_text())
     assert [m["run"] for m in spec["ensemble"]["members"]] == ["fold-1", "fold-2", "fold-3"]
 
+    compared = foundry("runs", "compare", "a", "b", cwd=tmp_path, home=home)
+    assert_ok(compared)
+    assert "val accuracy: a - b =" in one_line(compared.stdout)
+    assert "paired standard error" in one_line(compared.stdout) and "over the same 3 folds" in compared.stdout
+
     result = foundry("ensemble", "a", "b", "--method", "stack", cwd=tmp_path, home=home)
     assert_ok(result)
     assert "fitted on out-of-fold predictions of 3 folds (48 train+val examples)" in one_line(result.stderr)

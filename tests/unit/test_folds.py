@@ -16,7 +16,7 @@ from modelfoundry.config import load_config
 from modelfoundry.data.prepare import prepare
 from modelfoundry.ensemble import combine, fit_combiner, make_ensemble
 from modelfoundry.errors import UserError
-from modelfoundry.training.folds import FoldPlan, load_oof, summarise
+from modelfoundry.training.folds import FoldPlan, load_oof, paired_differences, summarise
 
 
 def quiet() -> Console:
@@ -183,3 +183,19 @@ def test_regression_folds_stratify_on_quantile_bins_even_when_a_bin_is_smaller_t
     assert np.bincount(plan.fold_of).tolist() == [9, 9, 8, 8, 8]  # every example in one fold, sizes even
     for i in range(5):  # the big bins spread over every fold
         assert set(strata[plan.pool[plan.fold_of == i]]) >= {"0", "1"}
+
+
+def test_two_configs_on_the_same_folds_are_compared_fold_by_fold():
+    """Fold difficulty moves both configs alike: 0.90 vs 0.88 on every fold is apart, though each config's
+    own std (0.05) is wider than the gap; other folds (another seed) are not compared."""
+
+    def folds(accuracies, seed=0):
+        per_fold = [{"fold": i + 1, "examples": 20, "accuracy": a} for i, a in enumerate(accuracies)]
+        return summarise(per_fold, len(per_fold), 100, seed)
+
+    a = folds([0.85, 0.95, 0.90, 0.83, 0.97])
+    b = folds([0.83, 0.93, 0.88, 0.81, 0.94])
+    (line,) = paired_differences(("A", a), ("B", b))
+    assert "val accuracy: A - B = +0.0220" in line and line.endswith("apart (2 standard errors)")
+    assert not line.endswith("not apart (2 standard errors)")
+    assert paired_differences(("A", a), ("B", folds([0.8] * 5, seed=1))) == []

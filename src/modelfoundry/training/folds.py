@@ -257,6 +257,29 @@ def summarise(per_fold: list[dict], k: int, examples: int, seed: int) -> dict:
     return {"k": k, "examples": examples, "seed": seed, "mean": mean, "std": std, "per_fold": per_fold}
 
 
+def paired_differences(first: tuple[str, dict], other: tuple[str, dict]) -> list[str]:
+    """Two runs' folds compared fold by fold, when they cut the same folds (same k, seed and examples): per
+    validation number, the difference of the means and its paired standard error (the std of the per-fold
+    differences / sqrt(k)), which the folds' own difficulty does not inflate. Empty when the folds differ."""
+    (a, fa), (b, fb) = first, other
+    if not fa or not fb or any(fa[key] != fb[key] for key in ("k", "seed", "examples")):
+        return []
+    lines = []
+    for key in [
+        k
+        for k in ("accuracy", "f1_macro", "loss", "rmse", "mae", "r2")
+        if k in fa["mean"] and k in fb["mean"]
+    ]:
+        differences = [x[key] - y[key] for x, y in zip(fa["per_fold"], fb["per_fold"])]
+        gap, error = statistics.fmean(differences), statistics.stdev(differences) / np.sqrt(fa["k"])
+        verdict = "apart" if abs(gap) > 2 * error else "not apart"
+        lines.append(
+            f"val {key}: {a} - {b} = {gap:+.4f}, paired standard error {error:.4f} over the same "
+            f"{fa['k']} folds: {verdict} (2 standard errors)"
+        )
+    return lines
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
