@@ -88,6 +88,11 @@ def train(
             f"train.folds (--folds {cfg.train.folds}): k-fold cross-validation trains its folds one after "
             "another in one process; train without --nproc/--nnodes, or without --folds."
         )
+    if cfg.train.folds and resume:
+        raise UserError(
+            f"--resume does not continue a run with --folds {cfg.train.folds}: start it again without "
+            "--resume."
+        )
     if not distributed.is_main():  # DDP: the other ranks train beside rank 0 and write and print nothing
         path = Path(distributed.broadcast_object())
         _run(cfg, base_dir, None, resume, Console(file=io.StringIO()), device)
@@ -116,7 +121,7 @@ def train(
         ):  # k-fold cross-validation: a run per fold, then the final model (training/folds.py)
             from modelfoundry.training.folds import train_folds
 
-            metrics, timings = train_folds(cfg, base_dir, path, resume, console, device)
+            metrics, timings = train_folds(cfg, base_dir, path, console, device)
         else:
             metrics, timings = _run(cfg, base_dir, path, resume, console, device)
     except BaseException as exc:

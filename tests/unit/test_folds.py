@@ -99,6 +99,13 @@ def test_a_streamed_table_is_refused_under_folds(tmp_path):
         prepare(cfg, base, FoldPlan(3, 0, True, True).cut)
 
 
+def test_resume_is_refused_under_folds_before_anything_trains(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "runs"))
+    with pytest.raises(UserError, match=r"--resume does not continue a run with --folds 3: start it again"):
+        train(tiny(table(tmp_path / "t.csv"), folds=3), resume=True, console=quiet())
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_summary_is_the_mean_and_sample_std_of_each_validation_number():
     folds = [
         {"fold": i + 1, "examples": 10, "accuracy": a, "best_epoch": 2} for i, a in enumerate([0.8, 0.9, 1.0])

@@ -128,18 +128,14 @@ class FoldPlan:
             raise RuntimeError("the data's split changed between the folds")
 
 
-def train_folds(cfg, base_dir: Path, path: Path, resume: bool, console: Console, device) -> tuple[dict, dict]:
+def train_folds(cfg, base_dir: Path, path: Path, console: Console, device) -> tuple[dict, dict]:
     """Train the K folds of `cfg`, then the final model or the fold ensemble, into the run folder `path`.
     Returns the run's metrics (with `folds`: the mean and std of each validation metric) and timings."""
     from modelfoundry.data.prepare import prepare
     from modelfoundry.predictor import load
     from modelfoundry.runner import _run
 
-    k = cfg.train.folds
-    if resume:
-        raise UserError(
-            f"--resume does not continue a run with --folds {k}: start it again (without --resume)."
-        )
+    k = cfg.train.folds  # the runner refused --resume and DDP before it came here
     task = get_task(cfg.task)
     plan = FoldPlan(k, cfg.data.split.seed, cfg.data.split.stratify, task.is_classifier)
     clock = time.perf_counter()
