@@ -183,9 +183,7 @@ def predict(
     top_k: Annotated[int, typer.Option(min=1, help="probabilities of the k most likely labels")] = 1,
 ) -> None:
     """Predict labels for new inputs."""
-    import pandas as pd
-
-    from modelfoundry.predictor import load
+    from modelfoundry.predictor import load, prediction_table
     from modelfoundry.store.registry import resolve_run
 
     predictor = load(resolve_run(run))
@@ -194,8 +192,7 @@ def predict(
     predictions = predictor.predictions(items)
     names = names or [str(i + 1) for i in range(len(predictions))]
     answers = task.answer(predictions, predictor.spec, top_k)
-    rows = [{"input": name, **task.printed(answer, top_k)} for name, answer in zip(names, answers)]
-    frame = pd.DataFrame(rows)
+    frame = prediction_table(task, answers, names, top_k)
     if output:
         frame.to_csv(output, index=False)
         out.print(f"wrote {len(frame)} predictions to {output}")
@@ -265,6 +262,12 @@ def serve(
     ] = 0.0,
     max_inputs: Annotated[int, typer.Option(min=1, help="most inputs in one request")] = 64,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body")] = 10.0,
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0.001, help="largest file (all files) sent to POST /v1/predict/batch")
+    ] = 100.0,
+    max_batch_rows: Annotated[
+        int, typer.Option(min=1, help="most inputs (rows, texts, images) in a file sent to /v1/predict/batch")
+    ] = 100_000,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(help="allow browser calls from this origin (repeatable); closed by default"),
@@ -301,6 +304,8 @@ def serve(
         max_wait_ms,
         max_inputs,
         int(max_body_mb * 2**20),
+        int(max_upload_mb * 2**20),
+        max_batch_rows,
         cors_origins=cors_origin or [],
         watch_seconds=watch,
         host=host,

@@ -89,6 +89,10 @@ def check_count(count: int, limit: int, field: str = "inputs") -> None:
     if count == 0:
         raise ApiError(422, field, "the list is empty; send at least one input.")
     if count > limit:
+        if field == "file":  # POST /v1/predict/batch
+            raise ApiError(
+                413, field, f"the upload holds {count:,} inputs; the limit is {limit:,}. Split it."
+            )
         raise ApiError(413, field, f"{count} inputs in one request; the limit is {limit}. Split the request.")
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from modelfoundry.data import tabular, validate
 from modelfoundry.errors import InputError, UserError, did_you_mean
-from modelfoundry.tasks.base import Task, at, json_type, unicode_text
+from modelfoundry.tasks.base import Task, at, json_type, one_upload, unicode_text
 from modelfoundry.tasks.text import write_jsonl
 
 # the label column name a built-in table's rows carry in corrections and in `evaluate --data` files
@@ -140,6 +140,27 @@ class TableInputs:
                 "Send a number in the range of the training data.",
             ) from None
         return features, [{"row": row} for row in rows]
+
+    def batch_inputs(self, predictor, files: list[tuple[str, Path]], limits):
+        """One table file: its rows as objects of the model's columns, named by row number (1 = the first data
+        row, as `foundry predict` numbers them). Missing cells become null; other columns (the label, an id)
+        are left out and named in the notes."""
+        name, path = one_upload(files, self.batch_suffixes, "table")
+        frame = tabular.read_table(path)
+        names = [c["name"] for c in predictor.spec["preprocessing"]["columns"]]
+        missing = [n for n in names if n not in frame.columns]
+        if missing:
+            raise InputError(
+                422,
+                "file",
+                f"{name}: missing column(s) {', '.join(map(repr, missing))}."
+                f"{did_you_mean(missing[0], [str(c) for c in frame.columns if c not in names])} "
+                f"The model needs: {', '.join(names)}.",
+            )
+        ignored = [str(c) for c in frame.columns if c not in names]
+        rows = frame[names].astype(object).where(frame[names].notna(), None).to_dict(orient="records")
+        notes = [f"ignored column(s) the model does not read: {', '.join(ignored)}"] if ignored else []
+        return [str(i + 1) for i in range(len(rows))], rows, notes
 
     def cli_inputs(self, predictor, inputs: list[str]):
         if len(inputs) != 1:
