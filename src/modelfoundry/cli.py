@@ -170,6 +170,8 @@ def evaluate(
     if as_json:
         return _print_json({"run": path, "report": where / "report.html", "metrics": metrics})
     _print_metrics(metrics)
+    for warning in metrics.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     out.print(f"report: {where / 'report.html'}", highlight=False)
 
 

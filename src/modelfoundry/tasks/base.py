@@ -105,6 +105,8 @@ class Task:
     headline = ("accuracy", "f1_macro", "roc_auc")
     # retrain/promote: the metric a challenger must beat the champion on, and which way is better
     retrain_metric, retrain_higher_is_better = "accuracy", True
+    # evaluate/review.py: validation and test may differ by this much in this metric before the report says so
+    review_gap = ("accuracy", 0.05)
     data_keys: tuple[str, ...] = ()  # data keys of config.TEXT_DATA_KEYS this task reads
     starter = ""  # the commented config `foundry init --task NAME` writes
 
