@@ -89,6 +89,7 @@ def test_a_bad_cell_is_named_by_its_row_and_column_before_or_after_the_answer_be
         ("rows.csv", "x1,color\n1,red\n", {}, 422, "rows.csv: missing column(s) 'x2'"),
         ("rows.xlsx", "x1,x2,color\n1,2,red\n", {}, 415, "rows.xlsx: a table model reads .csv"),
         ("rows.csv", "", {}, 422, "rows.csv: the file is empty"),
+        ("rows.csv", "x1,x2,color\n", {}, 422, "rows.csv: the table has a header but no data rows"),
         (
             "rows.csv",
             "x1,x2,color\n" + "1,2,red\n" * 11,
@@ -136,3 +137,21 @@ def test_an_image_model_scores_a_zip_and_loose_images_in_name_order(client_for, 
     )
     assert broken.status_code == 422
     assert broken.json()["error"]["field"] == "rows.2"
+
+
+def test_a_text_model_scores_a_txt_file_and_a_table_with_its_text_column(client_for, text_run):
+    client = client_for(text_run)
+    lines = ndjson(
+        client.post("/v1/predict/batch", files={"file": ("reviews.txt", "a great film\n\nawful, dull\n")})
+    )
+    rows = [row for line in lines[1:-1] for row in line["rows"]]
+    assert [r["input"] for r in rows] == [
+        "a great film",
+        "awful, dull",
+    ]  # blank lines skipped, as predict does
+    assert {r["label"] for r in rows} <= {"positive", "negative"}
+
+    table = "review,stars\nloved it,5\n   ,1\n"
+    response = client.post("/v1/predict/batch", files={"file": ("reviews.csv", table)})
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == "row 2: the text is empty."

@@ -35,7 +35,7 @@ def test_evaluate_json_gives_the_runs_metrics_and_with_data_the_new_datas(cli, t
         json.loads((table_run.path / "metrics.json").read_text())["test"]["accuracy"]
     )
     assert stored["report"].endswith("report.html")
-    # 60 rows, 12 of them for testing: the reviewer's note is in metrics.json, the report and training's stderr
+    # 60 rows, 12 of them for testing: the reviewer's note is in metrics.json, the report and train's stderr
     (small,) = [w for w in stored["metrics"]["warnings"] if w.startswith("the test set has only 12 examples")]
     assert small in " ".join(table_run.train_stderr.split())
     assert "Before trusting these numbers" in (table_run.path / "report.html").read_text()

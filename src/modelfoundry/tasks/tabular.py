@@ -158,9 +158,8 @@ class TableInputs:
                 f"The model needs: {', '.join(names)}.",
             )
         ignored = [str(c) for c in frame.columns if c not in names]
-        rows = frame[names].astype(object).where(frame[names].notna(), None).to_dict(orient="records")
         notes = [f"ignored column(s) the model does not read: {', '.join(ignored)}"] if ignored else []
-        return [str(i + 1) for i in range(len(rows))], rows, notes
+        return [str(i + 1) for i in range(len(frame))], FrameRows(frame[names]), notes
 
     def cli_inputs(self, predictor, inputs: list[str]):
         if len(inputs) != 1:
@@ -222,6 +221,21 @@ model:
   hidden: [128, 64]
   dropout: 0.1
 """
+
+
+class FrameRows:
+    """A table's rows as request objects (column -> value, a missing cell None), made a slice at a time: a
+    file of 100,000 rows is held once, as its frame, not again as 100,000 dicts."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, rows: slice) -> list[dict]:
+        part = self.frame.iloc[rows]
+        return part.astype(object).where(part.notna(), None).to_dict(orient="records")
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: the models compute in float32
