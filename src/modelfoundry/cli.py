@@ -277,6 +277,9 @@ def serve(
     max_batch_rows: Annotated[
         int, typer.Option(min=1, help="most inputs (rows, texts, images) in a file sent to /v1/predict/batch")
     ] = 100_000,
+    batch_chunk: Annotated[
+        int, typer.Option(min=1, help="inputs of such a file scored per step (one progress line)")
+    ] = 512,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(help="allow browser calls from this origin (repeatable); closed by default"),
@@ -315,6 +318,7 @@ def serve(
         int(max_body_mb * 2**20),
         int(max_upload_mb * 2**20),
         max_batch_rows,
+        batch_chunk,
         cors_origins=cors_origin or [],
         watch_seconds=watch,
         host=host,

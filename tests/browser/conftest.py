@@ -135,7 +135,7 @@ def serve(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def table_server(serve, table_model):
-    return serve(table_model)
+    return serve(table_model, "--batch-chunk", "64")  # a file of a few hundred rows streams in a few steps
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ def rows_file(tmp_path_factory):
 def test_a_file_of_300_rows_streams_in_chunks_and_equals_foundry_predict(
     client_for, table_run, rows_file, tmp_path
 ):
-    client = client_for(table_run, max_batch_size=64)
+    client = client_for(table_run, batch_chunk=64, max_batch_size=16)  # each step queued as 4 pieces
     with rows_file.open("rb") as handle:
         response = client.post(
             "/v1/predict/batch", files={"file": ("rows.csv", handle, "text/csv")}, params={"top_k": 2}
@@ -67,7 +67,7 @@ def test_a_file_of_300_rows_streams_in_chunks_and_equals_foundry_predict(
 
 
 def test_a_bad_cell_is_named_by_its_row_and_column_before_or_after_the_answer_began(client_for, table_run):
-    client = client_for(table_run, max_batch_size=64)
+    client = client_for(table_run, batch_chunk=64)
     frame = table_frame(per_class=100, seed=3).astype(object)
     frame.loc[9, "x1"] = "ten"  # in the first chunk: a 422 before anything is streamed
     early = client.post("/v1/predict/batch", files={"file": ("rows.csv", frame.to_csv(index=False))})

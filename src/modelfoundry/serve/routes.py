@@ -242,7 +242,7 @@ BATCH_PATH = "/v1/predict/batch"
     tags=["predict"],
     summary="Score a whole file: a CSV/Parquet/JSONL table or texts, or image files and zips of images",
     description="Multipart upload (field `file`, or `files` several times). The answer streams as the rows "
-    "are scored, `max_batch_size` at a time: NDJSON lines, first `{rows, columns, notes, model_version, "
+    "are scored, `--batch-chunk` (512) at a time: NDJSON lines, first `{rows, columns, notes, model_version, "
     "limits}`, then per chunk `{done, rows: [...], csv}` (`rows` as `foundry predict` prints them, `csv` "
     "their lines of its `--output` file, the header in the first), then `{done, finished: true}`. An input "
     "found bad after the answer began ends it with `{error: {field, message}}` (`field` rows.N.COLUMN, N "
@@ -264,7 +264,7 @@ async def predict_batch(
         raise ApiError(422, "file", "upload a file in the multipart field `file` (or several as `files`).")
     names, inputs, notes = await run_in_threadpool(read_uploads, task, current.predictor, uploads, settings)
     check_count(len(inputs), settings.max_batch_rows, field="file")
-    chunk = settings.max_batch_size
+    chunk = settings.batch_chunk
     try:  # the first chunk before the answer starts: most bad files fail here, with a 4xx
         first = await run_in_threadpool(encode_chunk, task, current.predictor, inputs[:chunk], settings)
     except ApiError as exc:
@@ -326,7 +326,7 @@ async def scored_lines(service: Service, current: Served, names: list[str], inpu
     """(rows as printed, their CSV lines) per chunk, the first chunk already encoded; an error as an ApiError
     yielded in their place, which ends the file."""
     settings, task = service.settings, current.predictor.task_module
-    chunk = settings.max_batch_size
+    chunk = settings.batch_chunk
     for start in range(0, len(inputs), chunk):
         size = min(chunk, len(inputs) - start)
         try:
@@ -337,7 +337,7 @@ async def scored_lines(service: Service, current: Served, names: list[str], inpu
                     encode_chunk, task, current.predictor, inputs[start : start + size], settings
                 )
             )
-            answers = await service.answers(current, payload, size, top_k, "rows")
+            answers = await service.answers(current, payload, size, top_k, "rows", settings.max_batch_size)
         except ApiError as exc:
             yield in_file(exc, start)
             return

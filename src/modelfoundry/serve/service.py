@@ -44,6 +44,7 @@ class Settings:
     max_body_bytes: int = 10 * 2**20
     max_upload_bytes: int = 100 * 2**20  # a file sent to POST /v1/predict/batch
     max_batch_rows: int = 100_000  # inputs (rows, texts, images) in one such file
+    batch_chunk: int = 512  # inputs of such a file read, encoded and answered per step (a progress line)
     max_image_pixels: int = 4096 * 4096  # decoded size; larger images are refused before decoding
     max_request_pixels: int = 4 * 4096 * 4096  # all images of one request together, also before decoding
     cors_origins: list[str] = field(default_factory=list)
@@ -124,10 +125,20 @@ class Service:
         return {"request_id": request_id, "model_version": served.version_name, "predictions": predictions}
 
     async def answers(
-        self, served: Served, payload, size: int, top_k: int, field: str = "inputs"
+        self, served: Served, payload, size: int, top_k: int, field: str = "inputs", step: int | None = None
     ) -> list[dict]:
-        """Queue for the model; the task's answer per input (counted for /metrics)."""
-        outputs = await self.batcher.submit(served, payload, size)
+        """Queue for the model, in pieces of `step` inputs when given (a file's chunk: other requests' inputs
+        are batched between its pieces rather than wait behind all of it); the task's answer per input
+        (counted for /metrics)."""
+        step = step or size
+        if step >= size:
+            outputs = await self.batcher.submit(served, payload, size)
+        else:
+            pieces = [
+                self.batcher.submit(served, payload[i : i + step], min(step, size - i))
+                for i in range(0, size, step)
+            ]
+            outputs = np.concatenate(await asyncio.gather(*pieces))
         check_finite(outputs, field)
         predictions = served.predictor.task_module.answer(outputs, served.predictor.spec, top_k)
         for prediction in predictions:
