@@ -9,6 +9,7 @@ import re
 import zipfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -88,6 +89,24 @@ def test_several_images_and_a_zip_are_scored_on_an_image_models_page(page, image
     expect(page.locator("#batch-preview tbody tr td:nth-child(2)").first).to_have_text(
         re.compile(f"^({'|'.join(IMAGE_LABELS)})$")
     )
+
+
+def test_a_regression_models_file_shows_the_predicted_values(page, regression_model, serve, tmp_path):
+    server = serve(regression_model)
+    page.goto(server.url)
+    rows = pd.DataFrame(
+        {"city": ["north", "south", None], "size": [100, 50.5, 80]}
+    )  # a gap, columns reordered
+    rows.to_csv(path := tmp_path / "flats.csv", index=False)
+    page.set_input_files("#batch-input", path)
+    expect(page.locator("#batch-status")).to_have_text("Scored all 3 inputs of flats.csv.")
+    expect(page.locator("#batch-preview th")).to_have_text(["input", "prediction"])
+    shown = [float(v) for v in page.locator("#batch-preview tbody td.num").all_inner_texts()]
+    one_by_one = httpx.post(
+        f"{server.url}/v1/predict",
+        json={"inputs": rows.astype(object).where(rows.notna(), None).to_dict("records")},
+    ).json()["predictions"]
+    assert shown == pytest.approx([p["prediction"] for p in one_by_one], rel=1e-5)
 
 
 def test_a_pasted_csv_row_fills_the_form_and_a_row_that_does_not_fit_says_why(page, table_server):

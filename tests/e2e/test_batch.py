@@ -57,6 +57,17 @@ def test_a_file_of_300_rows_streams_in_chunks_and_equals_foundry_predict(
     assert_ok(cli)
     assert "".join(c["csv"] for c in chunks) == (tmp_path / "cli.csv").read_text()
 
+    counted = client.get("/metrics").text  # the file's predictions count like any request's
+    assert (
+        sum(
+            float(line.split()[-1])
+            for line in counted.splitlines()
+            if line.startswith("foundry_predictions_total")
+        )
+        == 300
+    )
+    assert 'foundry_requests_total{route="/v1/predict/batch",status="200"} 1.0' in counted
+
     as_csv = client.post(
         "/v1/predict/batch",
         files={"file": ("rows.csv", rows_file.read_bytes())},
