@@ -107,6 +107,9 @@ class Task:
     retrain_metric, retrain_higher_is_better = "accuracy", True
     data_keys: tuple[str, ...] = ()  # data keys of config.TEXT_DATA_KEYS this task reads
     starter = ""  # the commented config `foundry init --task NAME` writes
+    # family -> {dotted key: value}: where this task's data wants other defaults than the family's recipe
+    # (applied over it, under the user's keys)
+    family_recipes: ClassVar[dict[str, dict]] = {}
 
     # ---- config ------------------------------------------------------------------------------
 
