@@ -109,6 +109,9 @@ class Task:
     review_gap = ("accuracy", 0.05)
     data_keys: tuple[str, ...] = ()  # data keys of config.TEXT_DATA_KEYS this task reads
     starter = ""  # the commented config `foundry init --task NAME` writes
+    # family -> {dotted key: value}: where this task's data wants other defaults than the family's recipe
+    # (applied over it, under the user's keys)
+    family_recipes: ClassVar[dict[str, dict]] = {}
 
     # ---- config ------------------------------------------------------------------------------
 
