@@ -241,12 +241,12 @@ BATCH_PATH = "/v1/predict/batch"
     BATCH_PATH,
     tags=["predict"],
     summary="Score a whole file: a CSV/Parquet/JSONL table or texts, or image files and zips of images",
-    description="Multipart upload (field `file`, or `files` several times). The answer streams as the rows "
-    "are scored, `--batch-chunk` (512) at a time: NDJSON lines, first `{rows, columns, notes, model_version, "
+    description="Multipart upload (field `file`, or `files` several times). The answer streams as the "
+    "rows are scored, `--batch-chunk` (512) at a time: NDJSON lines, first `{rows, notes, model_version, "
     "limits}`, then per chunk `{done, rows: [...], csv}` (`rows` as `foundry predict` prints them, `csv` "
     "their lines of its `--output` file, the header in the first), then `{done, finished: true}`. An input "
-    "found bad after the answer began ends it with `{error: {field, message}}` (`field` rows.N.COLUMN, N "
-    "counting data rows from 1); one found before, such as in the first chunk, is a 4xx. `?format=csv` "
+    "found bad after the answer began ends it with `{done, error: {field, message}}` (`field` rows.N.COLUMN, "
+    "N counting data rows from 1); one found before, such as in the first chunk, is a 4xx. `?format=csv` "
     "streams the CSV alone (a bad input then ends it with a line `error: FIELD: MESSAGE`).",
 )
 async def predict_batch(

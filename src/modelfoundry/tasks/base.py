@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from modelfoundry.errors import UserError, did_you_mean
+from modelfoundry.errors import InputError, UserError, did_you_mean
 
 
 @dataclass
@@ -401,8 +401,6 @@ def _take(display, indices: list[int]) -> list:
 
 def one_upload(files: list[tuple[str, Path]], suffixes: tuple[str, ...], what: str) -> tuple[str, Path]:
     """The one file of a batch upload whose inputs are rows of a table (or lines of text)."""
-    from modelfoundry.errors import InputError
-
     if len(files) != 1:
         raise InputError(
             422, "file", f"{len(files)} files uploaded; a {what} model scores one file at a time."
