@@ -114,14 +114,17 @@ def text_model(tmp_path_factory) -> Trained:
     return train(work, config, "--set", "train.precision=fp32")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def serve(tmp_path_factory):
-    """`serve(model, *args)`: a running `foundry serve` over the model, ready once /readyz answers 200."""
-    servers = []
+    """`serve(model, *args)`: a running `foundry serve` over the model, ready once /readyz answers 200. The
+    same model and arguments get the same server for the whole session (each start costs a torch import)."""
+    servers = {}
 
     def start(model: Trained, *args: str) -> Server:
+        if (model.path, args) in servers:
+            return servers[model.path, args]
         server = Server(model.path, *args, cwd=tmp_path_factory.mktemp("serve"), home=model.home)
-        servers.append(server)
+        servers[model.path, args] = server
         deadline = time.monotonic() + 60
         while httpx.get(f"{server.url}/readyz", timeout=10).status_code != 200:
             assert time.monotonic() < deadline, f"{server.url}/readyz did not answer 200 within 60 s"
@@ -129,11 +132,11 @@ def serve(tmp_path_factory):
         return server
 
     yield start
-    for server in servers:
+    for server in servers.values():
         server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def table_server(serve, table_model):
     return serve(table_model, "--batch-chunk", "64")  # a file of a few hundred rows streams in a few steps
 
