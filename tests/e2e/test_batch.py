@@ -92,6 +92,11 @@ def test_a_bad_cell_is_named_by_its_row_and_column_before_or_after_the_answer_be
     assert late[-1]["done"] == 192
     assert late[-1]["error"]["field"] == "rows.200.x2"
     assert "row 200, column 'x2'" in late[-1]["error"]["message"]
+    as_csv = client.post(
+        "/v1/predict/batch", files={"file": ("rows.csv", frame.to_csv(index=False))}, params={"format": "csv"}
+    ).text.splitlines()
+    assert len(as_csv) == 1 + 192 + 1  # the header, the rows scored, then what stopped it
+    assert as_csv[-1].startswith("error: rows.200.x2: row 200, column 'x2': 'n/a?' is not a number")
 
 
 @pytest.mark.parametrize(
