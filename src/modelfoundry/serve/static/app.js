@@ -343,7 +343,11 @@ function setUpBatch(model) {
   $("#batch-limits").textContent = `Up to ${batch.max_rows.toLocaleString()} inputs and `
     + `${mb.toLocaleString(undefined, { maximumFractionDigits: 1 })} MB per upload (this server's limits) · `
     + batch.suffixes.join(" ");
-  input.addEventListener("change", () => scoreFiles([...input.files]));
+  input.addEventListener("change", () => {
+    const files = [...input.files];
+    input.value = ""; // choosing the same file again (fixed) scores it again
+    scoreFiles(files);
+  });
   zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
   zone.addEventListener("drop", (event) => {
