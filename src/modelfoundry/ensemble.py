@@ -62,8 +62,22 @@ class Heldout:
 # ---- the Predictor of an ensemble ----------------------------------------------------------------
 
 
+class MembersInputs:
+    """Encoded inputs of an ensemble: each member's own encoding of the same N inputs. Slicing slices the
+    inputs (every member's alike), as the service does to queue a file in pieces."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+
+    def __getitem__(self, index: slice) -> MembersInputs:
+        return MembersInputs(part[index] for part in self.parts)
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+
 class EnsemblePredictor(Predictor):
-    """Combines its members' predictions. An encoded input is a tuple: each member's own encoding."""
+    """Combines its members' predictions. An encoded input is a MembersInputs: each member's own encoding."""
 
     def __init__(self, members: list[Predictor], combiner: dict[str, np.ndarray], spec: dict, path: Path):
         super().__init__(None, spec, path)
@@ -76,16 +90,19 @@ class EnsemblePredictor(Predictor):
         method = self.spec["ensemble"]["method"]
         return f"EnsemblePredictor(task={self.task!r}, method={method!r}, members={names})"
 
-    def encode(self, inputs, origin: str = "input") -> tuple:
-        return tuple(member.encode(inputs, origin) for member in self.members)
+    def encode(self, inputs, origin: str = "input") -> MembersInputs:
+        return MembersInputs(member.encode(inputs, origin) for member in self.members)
 
-    def run(self, x: tuple, batch_size: int = 256) -> np.ndarray:
-        return combine(self.combiner, [member.run(xi, batch_size) for member, xi in zip(self.members, x)])
+    def run(self, x: MembersInputs, batch_size: int = 256) -> np.ndarray:
+        outputs = [member.run(part, batch_size) for member, part in zip(self.members, x.parts)]
+        return combine(self.combiner, outputs)
 
     proba = run
 
-    def join(self, payloads: list) -> tuple:
-        return tuple(member.join([p[i] for p in payloads]) for i, member in enumerate(self.members))
+    def join(self, payloads: list[MembersInputs]) -> MembersInputs:
+        return MembersInputs(
+            member.join([p.parts[i] for p in payloads]) for i, member in enumerate(self.members)
+        )
 
 
 class _MembersEncode:
@@ -100,11 +117,17 @@ class _MembersEncode:
 
     def encode_request(self, predictor, inputs: list, limits, field: str = "inputs"):
         encoded = [m.task_module.encode_request(m, inputs, limits, field) for m in predictor.members]
-        return tuple(x for x, _ in encoded), encoded[0][1]
+        return MembersInputs(x for x, _ in encoded), encoded[0][1]
 
-    def encode_files(self, predictor, contents: list, limits, field: str = "files"):
-        encoded = [m.task_module.encode_files(m, contents, limits, field) for m in predictor.members]
-        return tuple(x for x, _ in encoded), encoded[0][1]
+    def encode_batch(self, predictor, inputs: list, limits, field: str):
+        encoded = [m.task_module.encode_batch(m, inputs, limits, field) for m in predictor.members]
+        return MembersInputs(x for x, _ in encoded), encoded[0][1]
+
+    def encode_files(self, predictor, contents: list, limits, field: str, **options):
+        encoded = [
+            m.task_module.encode_files(m, contents, limits, field, **options) for m in predictor.members
+        ]
+        return MembersInputs(x for x, _ in encoded), encoded[0][1]
 
 
 def load_ensemble(folder: Path, spec: dict, device: str = "cpu", backend: str = "auto") -> EnsemblePredictor:

@@ -19,11 +19,13 @@ import numpy as np
 import torch
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from modelfoundry.builder import build, model_options
 from modelfoundry.config import Config, config_to_dict, load_config
 from modelfoundry.data.prepare import Prepared, prepare
 from modelfoundry.errors import UserError
+from modelfoundry.evaluate.review import review
 from modelfoundry.plan.check import plan_vs_measured
 from modelfoundry.predictor import save_package
 from modelfoundry.runfiles import (
@@ -285,6 +287,9 @@ def _run(
             sum(r["seconds"] for r in result.history),
             math.ceil(len(data.train) / built.train.batch_size),
         )
+    metrics["warnings"] = review(metrics, task)
+    for warning in metrics["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     spec["test_accuracy"] = metrics.get("test", {}).get("accuracy")
     if cfg.train.distill:
         from modelfoundry.data import text
@@ -345,6 +350,7 @@ def write_run_report(
         title=title,
         metrics={k: metrics[k] for k in ("val", "test") if k in metrics},
         history=metrics.get("history", []),
+        warnings=metrics.get("warnings", []),
         data_report=data.report,
         labels=data.labels,
         mistakes=task.mistakes(predictions, targets, spec, data.test_display),
@@ -371,6 +377,7 @@ def evaluate(
     targets = task.encode_targets(raw, spec, f"--data: {source}")
     predictions = predictor.predictions(inputs)
     metrics = {"test": task.metrics(predictions, targets, spec), "data": str(source)}
+    metrics["warnings"] = review(metrics, task)
     folder = run_folder(package_folder(run)) / "evaluations" / f"{source.stem}-{datetime.now():%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "metrics.json", metrics)
@@ -384,6 +391,7 @@ def evaluate(
         title=f"{spec.get('run_id', 'model')} on {source.name}",
         metrics={"test": metrics["test"]},
         history=[],
+        warnings=metrics["warnings"],
         data_report=data_report,
         labels=predictor.labels,
         mistakes=task.mistakes(predictions, targets, spec, display),
