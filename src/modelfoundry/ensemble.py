@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from modelfoundry.errors import UserError
 from modelfoundry.predictor import Predictor
@@ -505,9 +506,14 @@ def write_ensemble(
         ],
     }
     metrics.update(extra_metrics or {})
+    from modelfoundry.evaluate.report import write_report
+    from modelfoundry.evaluate.review import review
+
+    metrics["warnings"] = review(metrics, task)
     atomic_write_json(path / "metrics.json", metrics)
     _print_side_by_side(console, task, names, members, scores)
-    from modelfoundry.evaluate.report import write_report
+    for warning in metrics["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
     test = predictions.get("test")
     write_report(
@@ -515,6 +521,7 @@ def write_ensemble(
         title=path.name,
         metrics={k: metrics[k] for k in ("val", "test") if k in metrics},
         history=[],
+        warnings=metrics["warnings"],
         data_report=data_report
         or {"source": spec.get("config_dir", ""), "ensemble": spec["ensemble"]["fitted_on"]},
         labels=first.labels,
