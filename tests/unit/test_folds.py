@@ -51,9 +51,9 @@ def test_folds_cover_train_and_val_once_each_stratified_and_leave_the_test_split
     held = []
     for i in range(3):
         fold = plan.fold(i)(split, strata, np.repeat("train", 60))
-        assert fold["test"].tolist() == list(range(48, 60))
+        assert len(fold["test"]) == 0  # no fold is tested: the test split waits for the final model
         assert not set(fold["train"]) & set(fold["val"])
-        assert not set(fold["train"]) & set(fold["test"])
+        assert not set(fold["train"]) & set(range(48, 60))
         counts = pd.Series(strata[fold["val"]]).value_counts()
         assert set(counts.index) == {"a", "b", "c"}  # stratified: every class in every fold
         held += fold["val"].tolist()

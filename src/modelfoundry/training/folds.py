@@ -101,7 +101,8 @@ class FoldPlan:
                 )
 
     def fold(self, i: int):
-        """The resplit that trains fold i: the other folds (and any corrections) train, fold i validates."""
+        """The resplit that trains fold i: the other folds (and any corrections) train, fold i validates, and
+        the test split is left out (only the final model, or the fold ensemble, is tested)."""
 
         def resplit(split: dict, strata: np.ndarray, part_of: np.ndarray) -> dict:
             self._same_split(split)
@@ -109,7 +110,7 @@ class FoldPlan:
             return {
                 "train": np.concatenate([self.pool[~held], self.train_only]),
                 "val": self.pool[held],
-                "test": self.test,
+                "test": self.test[:0],
             }
 
         return resplit
