@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from modelfoundry.errors import UserError, did_you_mean
-from modelfoundry.models.registry import check_options, family_of
+from modelfoundry.models.registry import AUTO, check_options, family_of
 from modelfoundry.tasks import MINIMIZED, TASKS as TASK_REGISTRY
 
 TASKS = tuple(TASK_REGISTRY)
@@ -127,13 +127,16 @@ class DataConfig(_Section):
 
 
 class ModelConfig(BaseModel):
-    """`name` picks the family; the other keys are that family's arguments (checked by the registry)."""
+    """`name` picks the family; the other keys are that family's arguments (checked by the registry).
+    Unset: the task's default (`auto` for tables: foundry picks the family when the run starts)."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = "mlp"
+    name: str | None = None
 
     @model_validator(mode="after")
     def _options_fit_the_family(self) -> ModelConfig:
+        if self.name is None:  # the task's default; Config checks the options against it
+            return self
         problems = check_options(self.name, self.model_extra or {})
         if problems:  # one error that `_format_errors` shows as one line per problem
             raise PydanticCustomError(
@@ -262,6 +265,9 @@ class Config(_Section):
 
         task = get_task(self.task)
         problems = task.check_config(self)
+        if self.model.name is None:
+            self.model.name = AUTO if task.auto_models else "mlp"
+            problems += check_options(self.model.name, self.model.model_extra or {})
         # Set and not the default: a run's saved config.yaml spells out every default, and must load again.
         foreign = [
             key
@@ -286,7 +292,8 @@ class Config(_Section):
         if problems:
             raise ValueError("\n".join(problems))
         self._user_keys = self._keys_set() - set(self.recipe)  # keys a saved recipe filled are not the user's
-        for key, value in family_of(self.model.name).recipe.items():
+        family = None if self.model.name == AUTO else family_of(self.model.name)
+        for key, value in family.recipe.items() if family else ():
             if key not in self._user_keys:
                 _assign(self, key, value)
                 self.recipe[key] = f"{self.model.name} recipe"
@@ -295,7 +302,8 @@ class Config(_Section):
             self.recipe["train.monitor"] = (
                 f"task default ({task.default_monitor}; val_loss below {SMALL_VAL} validation examples)"
             )
-        if "train.epochs" not in self._user_keys and "train.epochs" not in self.recipe:
+        trained_by_loop = family is None or family.trains is None  # auto: each candidate decides
+        if "train.epochs" not in self._user_keys and "train.epochs" not in self.recipe and trained_by_loop:
             self.recipe["train.epochs"] = "chosen from the data at run time"
             if "train.early_stopping_patience" not in self._user_keys:
                 self.recipe["train.early_stopping_patience"] = "chosen with the epochs at run time"
@@ -309,7 +317,7 @@ class Config(_Section):
         keys |= {f"data.{k}" for k in self.data.model_fields_set if k != "augment"}
         if "augment" in self.data.model_fields_set:
             keys |= {f"data.augment.{k}" for k in self.data.augment.model_fields_set}
-        return keys
+        return keys | {f"model.{k}" for k in self.model.model_extra or {}}
 
     def user_set(self, key: str) -> bool:
         """Whether the user's config (or --set) gave `key` ("train.monitor"), not a recipe or default."""

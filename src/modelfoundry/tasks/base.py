@@ -107,6 +107,9 @@ class Task:
     retrain_metric, retrain_higher_is_better = "accuracy", True
     data_keys: tuple[str, ...] = ()  # data keys of config.TEXT_DATA_KEYS this task reads
     starter = ""  # the commented config `foundry init --task NAME` writes
+    # model.name auto (the default where there are some): the families a run trains and compares on the
+    # validation split, in order of preference on a tie; none: the default model is mlp
+    auto_models: tuple[str, ...] = ()
 
     # ---- config ------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ class TableInputs:
     """Table rows as inputs; mixed into a task with its target."""
 
     kind = "table"
+    auto_models = ("gbdt", "mlp")
 
     def load(self, data, base_dir: Path, path: Path, image_shape=None):
         origin, extra = str(path), {}
@@ -196,8 +197,8 @@ data:
   # drop: [id]                    # columns to ignore
   missing: impute                 # impute | drop | error
   split: {val: 0.1, test: 0.2, seed: 0}
-model:
-  name: mlp
+model:                            # leave model: out and foundry picks gbdt or mlp (auto)
+  name: mlp                       # or gbdt (gradient-boosted trees: n_estimators, num_leaves, ...)
   hidden: [128, 64]
   dropout: 0.1
 """
