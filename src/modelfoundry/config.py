@@ -107,6 +107,11 @@ class DataConfig(_Section):
         None, description="feature columns (default: every column but the label)"
     )
     drop: list[str] = Field(default_factory=list, description="columns to ignore, e.g. ids")
+    columns: dict[str, Literal["numeric", "category", "datetime", "text", "id", "constant", "leak"]] = Field(
+        default_factory=dict,
+        description="tables: column -> role, where the inferred one is wrong (the data report lists each "
+        "column's role); text, id, constant and leak columns are not used",
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
     image_size: int | None = Field(None, ge=4, le=1024, description="resize images to this square size")
     channels: Literal[1, 3] | None = Field(None, description="1 = grey, 3 = RGB (default: what the data has)")

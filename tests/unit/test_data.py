@@ -234,7 +234,7 @@ def test_encoder_ignores_the_columns_it_was_told_to_and_refuses_others():
 
 def test_prepare_records_the_columns_a_table_model_ignores(tmp_path):
     frame = pd.DataFrame(
-        {"id": range(40), "x": np.arange(40.0), "label": ["a", "b"] * 20, "note": ["n"] * 40}
+        {"id": range(40), "x": np.arange(40.0) / 2, "label": ["a", "b"] * 20, "note": ["n"] * 40}
     )
     frame.to_csv(tmp_path / "t.csv", index=False)
     cfg, base = load_config(

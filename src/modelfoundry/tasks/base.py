@@ -153,7 +153,18 @@ class Task:
     def raw_targets(self, column: pd.Series, origin: str) -> np.ndarray:
         """A label column (a whole file's or a streamed chunk's, without gaps) as the task reads it: class
         names as strings."""
-        if pd.api.types.is_float_dtype(column) and (column == column.round()).all():
+        if pd.api.types.is_float_dtype(column):
+            fractional = (column != column.round()).to_numpy()
+            if fractional.any():
+                from modelfoundry.data.tabular import plain, row_name
+
+                i = int(np.argmax(fractional))
+                raise UserError(
+                    f"{origin}: {row_name(origin, column.index[i])}, label column '{column.name}': "
+                    f"{plain(column.iloc[i])} is a number with a fraction, and a classifier predicts "
+                    "classes. Predict the number with task: tabular_regression, or write the classes as "
+                    "names or whole numbers."
+                )
             column = column.astype(np.int64)  # "1.0" read from a column with gaps is class "1"
         return column.astype(str).to_numpy()
 
@@ -175,6 +186,14 @@ class Task:
 
         total = sum(counts.values(), Counter())
         labels = validate.class_names(total, origin)
+        examples = sum(total.values())
+        if examples >= 20 and len(labels) > examples / 2:
+            raise UserError(
+                f"{origin}: label column '{data.label or 'target'}' has {len(labels):,} different values "
+                f"in {examples:,} rows, such as {labels[0]!r} and {labels[1]!r}: it looks like an ID, not "
+                "classes. Name the column that holds the classes in data.label, or predict a number with "
+                "task: tabular_regression."
+            )
         validate.check_trained(counts, origin, report.get("sources"))
         report["class_counts"], balance = validate.class_balance(total, labels)
         report["warnings"] = report.get("warnings", []) + balance

@@ -75,11 +75,19 @@ class TableInputs:
     def encode(self, examples: pd.DataFrame, targets, split: dict, config, base_dir: Path, report: dict):
         from modelfoundry.data.prepare import ArrayData
 
-        report["warnings"] += tabular.numbers_with_stray_text(examples, report["source"])
         # the training file's other columns (label, data.drop) may come along in inputs; a built-in's: its
         # label column as `evaluate --data` files name it
         ignored = list(dict.fromkeys(report.pop("ignored_columns", None) or [BUILTIN_LABEL]))
-        encoder = tabular.TableEncoder().fit(examples.iloc[split["train"]], ignored)
+        encoder = tabular.TableEncoder().fit(
+            examples.iloc[split["train"]],
+            ignored,
+            targets.values[split["train"]],
+            self.is_classifier,
+            config.data.columns,
+            report["source"],
+        )
+        report["columns"] = column_report(encoder, ignored, config.data)
+        report["warnings"] += encoder.warnings
         features = encoder.transform(examples, report["source"])
         parts = {k: ArrayData(features[v], targets.values[v]) if len(v) else None for k, v in split.items()}
         display = examples.iloc[split["test"]].to_dict(orient="records")
@@ -202,6 +210,21 @@ model:                            # leave model: out and foundry picks gbdt or m
   hidden: [128, 64]
   dropout: 0.1
 """
+
+
+def column_report(encoder, ignored: list[str], data) -> list[dict]:
+    """Every column of the table with its role and why: the features' (data/roles.py), then the others."""
+    labels = (data.label, BUILTIN_LABEL)
+    return encoder.roles + [
+        {
+            "name": name,
+            "role": "label" if name in labels else "dropped",
+            "why": "the label"
+            if name in labels
+            else ("data.drop" if name in data.drop else "not in data.features"),
+        }
+        for name in ignored
+    ]
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: the models compute in float32
