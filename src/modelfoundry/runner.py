@@ -310,6 +310,9 @@ def _train_one(cfg: Config, base_dir: Path, data, splits: dict, path, resume, co
     return built, result, setup
 
 
+AUTO_MINUTES = 2.0  # model.name auto: the most minutes each candidate trains, unless train.max_minutes is set
+
+
 def auto_candidates(cfg: Config, config, overrides: list[str] | None) -> dict[str, Config]:
     """model.name auto: the config of each family the task compares (its recipe applied), by name; {} for
     a config that names its family."""
@@ -317,8 +320,10 @@ def auto_candidates(cfg: Config, config, overrides: list[str] | None) -> dict[st
 
     if cfg.model.name != AUTO:
         return {}
+    # a quick comparison: each candidate trains at most AUTO_MINUTES unless the config says how long
+    budget = [] if cfg.user_set("train.max_minutes") else [f"train.max_minutes={AUTO_MINUTES}"]
     return {
-        name: load_config(config, [*(overrides or []), f"model.name={name}"])[0]
+        name: load_config(config, [*(overrides or []), *budget, f"model.name={name}"])[0]
         for name in get_task(cfg.task).auto_models
     }
 
@@ -348,6 +353,13 @@ def _pick(candidates: dict[str, Config], base_dir: Path, data, splits: dict, pat
         else ("val_loss" if len(val) < SMALL_VAL else task.default_monitor)
     )
     lower = metric in MINIMIZED
+    budget = (
+        f"at most {first.train.max_minutes:g} minutes each" if first.train.max_minutes else "no time limit"
+    )
+    console.print(
+        f"auto: comparing {', '.join(candidates)} by {metric} on {len(val):,} validation examples ({budget})",
+        highlight=False,
+    )
     trained, scores = {}, {}
     for name, cfg in candidates.items():
         console.print(f"auto: candidate {name}", highlight=False)

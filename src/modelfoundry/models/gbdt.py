@@ -24,7 +24,7 @@ from torch import nn
 
 from modelfoundry.errors import UserError
 
-CURVE_POINTS = 20  # history records (learning-curve points, tune's pruning steps) per training
+CURVE_POINTS = 100  # most history records (learning-curve points, tune's pruning steps) per training
 
 
 def build_gbdt(
@@ -189,9 +189,10 @@ def fit_gbdt(
     """Boost trees on `train`, stopping when the validation loss has not improved for
     `cfg.early_stopping_patience` rounds; the model keeps the best round's trees.
 
-    Takes the arguments of `training.loop.fit` and returns its FitResult, with one history record per
-    `CURVE_POINTS`-th of the rounds ("epoch" = boosting rounds so far): train_loss, the task's validation
-    numbers (`objective`) and seconds. A run is seconds long, so `resume` trains anew.
+    Takes the arguments of `training.loop.fit` and returns its FitResult, with a history record every
+    `n_estimators / CURVE_POINTS` rounds and at the best round ("epoch" = boosting rounds so far):
+    train_loss, the task's validation numbers (`objective`) and seconds. A run is seconds long, so
+    `resume` trains anew.
     """
     import lightgbm
 
@@ -207,29 +208,30 @@ def fit_gbdt(
     console = console or Console(stderr=True)
     x, y = _arrays(train)
     started = time.perf_counter()
-    dtrain = lightgbm.Dataset(x, y, free_raw_data=False)
-    sets, names, callbacks, evals = [dtrain], ["train"], [], {}
+    dtrain = lightgbm.Dataset(x, y)
+    sets, callbacks = [], []
     if val is not None:
         vx, vy = _arrays(val)
         sets.append(lightgbm.Dataset(vx, vy, reference=dtrain))
-        names.append("val")
         if cfg.early_stopping_patience:
             callbacks.append(lightgbm.early_stopping(cfg.early_stopping_patience, verbose=False))
-    callbacks.append(lightgbm.record_evaluation(evals))
+    curve = _Curve(max(1, round(model.options["n_estimators"] / CURVE_POINTS)), val is not None)
     booster = lightgbm.train(
         _params(model, cfg),
         dtrain,
         num_boost_round=model.options["n_estimators"],
         valid_sets=sets,
-        valid_names=names,
-        callbacks=callbacks,
+        valid_names=["val"][: len(sets)],
+        callbacks=[*callbacks, curve],
     )
     seconds = time.perf_counter() - started
-    rounds = len(next(iter(evals["train"].values())))
+    rounds = booster.current_iteration()
     best = booster.best_iteration or rounds
     model.set_booster(booster)
-    history = _history(model, evals, rounds, best, val, objective, seconds, model.options["learning_rate"])
     model.load_state_dict(model.state_dict())  # the booster as packaged: the best round's trees
+    history = curve.history(
+        model, best, (vx, vy) if val is not None else None, objective, model.options["learning_rate"]
+    )
     for record in history:
         if on_epoch:
             on_epoch(record)
@@ -242,18 +244,46 @@ def fit_gbdt(
     return FitResult(history, best, stopped, "fp32")
 
 
-def _history(model, evals: dict, rounds: int, best: int, val, objective, seconds: float, lr: float):
-    """Learning-curve records at up to CURVE_POINTS round counts, the best round among them."""
-    points = sorted({*np.linspace(1, rounds, min(rounds, CURVE_POINTS)).round().astype(int).tolist(), best})
-    train_loss = next(iter(evals["train"].values()))
-    vx, vy = _arrays(val) if val is not None else (None, None)
-    history = []
-    for rounds_so_far in points:
-        record = {"epoch": rounds_so_far, "train_loss": float(train_loss[rounds_so_far - 1]), "lr": lr}
-        if val is not None and objective is not None:
-            scores = torch.from_numpy(model.scores(vx, rounds_so_far))
-            record.update(objective.metrics(scores, torch.as_tensor(vy)))
-        # the training time, spread over the records so that their sum is the whole
-        record["seconds"] = seconds / len(points)
-        history.append(record)
-    return history
+class _Curve:
+    """A LightGBM callback that keeps a learning-curve point every `step` rounds: the training loss and the
+    validation split's predictions, which the booster already holds (a copy, not a prediction: the curve
+    costs LightGBM's training little)."""
+
+    def __init__(self, step: int, has_val: bool):
+        self.step, self.has_val, self.points = step, has_val, []
+        self.started = time.perf_counter()
+
+    def __call__(self, env) -> None:
+        done = env.iteration + 1
+        if done % self.step and done != env.end_iteration:
+            return
+        train_loss = env.model.eval_train()[0][2]
+        # probabilities (N, C) or (N,), or values; LightGBM's own buffer, so copied
+        val = env.model._Booster__inner_predict(data_idx=1).copy() if self.has_val else None
+        self.points.append((done, train_loss, val, time.perf_counter() - self.started))
+
+    def history(self, model, best: int, val, objective, lr: float) -> list[dict]:
+        """The records of `fit`'s history: one per point, and the best round's (predicted once)."""
+        records, previous = [], 0.0
+        for done, train_loss, predicted, seconds in self.points:
+            record = {"epoch": done, "train_loss": float(train_loss), "lr": lr}
+            if predicted is not None and objective is not None:
+                record.update(
+                    objective.metrics(_as_scores(predicted, model.outputs), torch.as_tensor(val[1]))
+                )
+            record["seconds"], previous = seconds - previous, seconds
+            records.append(record)
+        if val is not None and objective is not None and best not in {r["epoch"] for r in records}:
+            scores = torch.from_numpy(model.scores(val[0]))
+            records.append({"epoch": best, "lr": lr, **objective.metrics(scores, torch.as_tensor(val[1]))})
+            records.sort(key=lambda r: r["epoch"])
+        return records
+
+
+def _as_scores(predicted: np.ndarray, outputs: int) -> torch.Tensor:
+    """LightGBM's converted predictions as the scores `forward` gives: log-probabilities for classes
+    (their softmax is the probabilities), values for a number."""
+    if outputs == 1:
+        return torch.from_numpy(predicted.reshape(-1, 1).astype(np.float32))
+    p = predicted if outputs > 2 else np.stack([1 - predicted, predicted], 1)
+    return torch.from_numpy(np.log(np.clip(p, 1e-12, 1)).astype(np.float32))
