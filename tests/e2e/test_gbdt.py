@@ -64,20 +64,32 @@ def test_gbdt_trains_with_its_recipe_and_packages_lightgbm_text_that_predicts_al
     assert all(label in predicted.stdout for label in predictor.predict(rows.head(5)))
 
 
-def test_a_served_gbdt_answers_and_takes_feedback(gbdt_run, monkeypatch):
+def test_a_served_gbdt_answers_takes_feedback_and_retrains_into_a_gbdt_challenger(gbdt_run, monkeypatch):
     from modelfoundry.serve.app import Settings, create_app
 
     folder, run, _ = gbdt_run
-    monkeypatch.setenv("FOUNDRY_HOME", str(folder / "runs"))
+    home = folder / "runs"
+    assert_ok(foundry("models", "alias", "trees", "champion", cwd=folder, home=home))
+    monkeypatch.setenv("FOUNDRY_HOME", str(home))
     monkeypatch.delenv("FOUNDRY_DB", raising=False)
-    app = create_app(Settings(str(run), allowed_hosts=["testserver"]))
-    row = table_frame().drop(columns=["label"]).iloc[0].to_dict()
+    app = create_app(Settings("champion", allowed_hosts=["testserver"]))
+    rows = table_frame(per_class=4, seed=2).drop(columns=["label"]).to_dict(orient="records")
     with TestClient(app, client=("127.0.0.1", 50000)) as client:
-        answer = client.post("/v1/predict", json={"inputs": [row]})
+        answer = client.post("/v1/predict", json={"inputs": rows})
         assert answer.status_code == 200, answer.text
-        assert answer.json()["predictions"][0]["label"] in mf.load(run).labels
-        bad = client.post("/v1/predict", json={"inputs": [{**row, "x1": "lots"}]})
+        assert {p["label"] for p in answer.json()["predictions"]} <= set(mf.load(run).labels)
+        bad = client.post("/v1/predict", json={"inputs": [{**rows[0], "x1": "lots"}]})
         assert bad.status_code == 422 and "inputs.0.x1" in bad.text
+        for i in range(len(rows)):
+            stored = client.post(
+                "/v1/feedback", json={"request_id": answer.json()["request_id"], "index": i, "label": "c"}
+            )
+            assert stored.status_code == 201, stored.text
+    retrained = foundry("retrain", "champion", cwd=folder, home=home)
+    assert_ok(retrained)
+    assert "boosted" in retrained.stderr  # the challenger is a gbdt too, trained on the corrections
+    (challenger,) = [p for p in home.glob("*-retrain-*") if (p / "model" / "model.json").is_file()]
+    assert json.loads((challenger / "model" / "model.json").read_text())["model"]["name"] == "gbdt"
 
 
 def test_export_of_a_gbdt_says_why_it_cannot(gbdt_run):
