@@ -86,6 +86,14 @@ def test_dates_are_read_as_their_parts_when_predicting():
     joined = next(c for c in encoder.spec["columns"] if c["name"] == "joined")
     year = later[0, 0] * joined["std"][0] + joined["mean"][0]
     assert round(float(year)) == 2031 and np.isfinite(later).all()  # a missing date takes the median's parts
+    with pytest.raises(UserError, match="row 2, column 'joined': 'soon' is not a date or time"):
+        encoder.transform(pd.DataFrame({"joined": ["2031-06-15", "soon"], "age": [30, 40]}), "new.jsonl")
+    from modelfoundry.errors import InputError
+    from modelfoundry.tasks.tabular import cell
+
+    assert cell(joined, "2031-06-15T10:00", "inputs.0.joined") == "2031-06-15T10:00"
+    with pytest.raises(InputError, match="not a date or time"):
+        cell(joined, 20310615, "inputs.0.joined")
 
 
 def test_data_columns_overrides_and_data_drop_drops(tmp_path):

@@ -353,6 +353,14 @@ class TableEncoder:
                 from modelfoundry.data.roles import date_parts
 
                 parts_of = date_parts(values)
+                bad = values.notna().to_numpy() & np.isnan(parts_of[:, 0])
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    raise UserError(
+                        f"{origin}: {row_name(origin, frame.index[i])}, column '{col['name']}': "
+                        f"{plain(values.iloc[i])} is not a date or time, and the model reads dates in this "
+                        "column (such as 2024-05-31 or 2024-05-31T14:30). Fix or empty the cell."
+                    )
                 filled = np.where(np.isnan(parts_of), np.array(col["fill"]), parts_of)
                 parts.append(((filled - np.array(col["mean"])) / np.array(col["std"])).astype(np.float32))
             else:

@@ -238,6 +238,15 @@ def cell(column: dict, value, field: str):
     a client reading a CSV sends), or null for a missing value."""
     if isinstance(value, str):
         value = unicode_text(value)
+    if column["kind"] == "datetime" and value is not None:
+        if not isinstance(value, str) or pd.isna(pd.to_datetime(value, errors="coerce", format="mixed")):
+            raise InputError(
+                422,
+                field,
+                f'{value!r} is not a date or time; send one as text, such as "2024-05-31" or '
+                '"2024-05-31T14:30" (or null for a missing value).',
+            )
+        return value
     if column["kind"] != "number":
         if isinstance(value, (dict, list)):
             raise InputError(422, field, f"got {json_type(value)}; give a string or number.")
