@@ -615,19 +615,3 @@ def test_prepare_missing_absolute_image_folder_is_named_not_found(tmp_path):
     )
     with pytest.raises(UserError, match="not found"):
         prepare(cfg, base)
-
-
-def test_a_number_column_with_a_stray_text_value_is_warned_about():
-    from modelfoundry.data.tabular import numbers_with_stray_text
-
-    frame = pd.DataFrame(
-        {
-            "age": [str(20 + i) for i in range(30)] + ["unknown"],
-            "city": ["oslo", "lima"] * 15 + ["x"],
-            "size": [1.5] * 31,
-        }
-    )
-    (warning,) = numbers_with_stray_text(frame, "people.csv")
-    assert (
-        "column 'age'" in warning and "'unknown'" in warning and "row 31 (line 32 of people.csv)" in warning
-    )

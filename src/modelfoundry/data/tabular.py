@@ -139,27 +139,6 @@ def feature_columns(frame: pd.DataFrame, data: DataConfig, origin: str) -> list[
     return columns
 
 
-def numbers_with_stray_text(frame: pd.DataFrame, origin: str, share: float = 0.9) -> list[str]:
-    """Warnings for text columns whose values are nearly all numbers: one stray value ("n/a", "12,5")
-    makes pandas read the whole column as text, and the encoder would then one-hot it as categories."""
-    found = []
-    for name in frame.columns:
-        values = frame[name]
-        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-            continue
-        present = values.dropna()
-        numbers = pd.to_numeric(present, errors="coerce")
-        if len(present) and numbers.notna().mean() >= share and numbers.isna().any():
-            bad = numbers.isna().to_numpy()
-            i = int(np.argmax(bad))
-            found.append(
-                f"{origin}: column '{name}' holds numbers except {int(bad.sum())} value(s) such as "
-                f"{present.iloc[i]!r} ({row_name(origin, present.index[i])}), so it is read as categories, "
-                "not numbers. Fix or empty those cells if it is a number column."
-            )
-    return found
-
-
 def check_missing(
     frame: pd.DataFrame, policy: str, max_fraction: float, origin: str
 ) -> tuple[pd.DataFrame, dict]:
