@@ -6,6 +6,7 @@ Mistakes a user can fix (UserError) print one message and exit with status 2; bu
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import warnings
@@ -152,6 +153,7 @@ def evaluate(
     label: Annotated[
         str | None, typer.Option(help="the label column of --data, when it is not named as in training")
     ] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Evaluate a packaged model on new labelled data (without --data: show the run's test metrics)."""
     from modelfoundry.runner import evaluate as run_evaluation
@@ -165,7 +167,11 @@ def evaluate(
         metrics, where = json.loads(metrics_file.read_text()), path
     else:
         metrics, where = run_evaluation(path, data, label=label)
+    if as_json:
+        return _print_json({"run": path, "report": where / "report.html", "metrics": metrics})
     _print_metrics(metrics)
+    for warning in metrics.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     out.print(f"report: {where / 'report.html'}", highlight=False)
 
 
@@ -181,11 +187,10 @@ def predict(
     ],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write predictions as CSV")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="probabilities of the k most likely labels")] = 1,
+    as_json: AsJson = False,
 ) -> None:
     """Predict labels for new inputs."""
-    import pandas as pd
-
-    from modelfoundry.predictor import load
+    from modelfoundry.predictor import load, prediction_table
     from modelfoundry.store.registry import resolve_run
 
     predictor = load(resolve_run(run))
@@ -194,12 +199,13 @@ def predict(
     predictions = predictor.predictions(items)
     names = names or [str(i + 1) for i in range(len(predictions))]
     answers = task.answer(predictions, predictor.spec, top_k)
-    rows = [{"input": name, **task.printed(answer, top_k)} for name, answer in zip(names, answers)]
-    frame = pd.DataFrame(rows)
+    frame = prediction_table(task, answers, names, top_k)
     if output:
         frame.to_csv(output, index=False)
-        out.print(f"wrote {len(frame)} predictions to {output}")
-    else:
+        (err if as_json else out).print(f"wrote {len(frame)} predictions to {output}")
+    if as_json:  # the served answer of each input (the top k as a list), named as in the table
+        _print_json({"predictions": [{"input": name, **a} for name, a in zip(names, answers)]})
+    elif not output:
         out.print(frame.to_string(index=False), highlight=False)
 
 
@@ -265,6 +271,15 @@ def serve(
     ] = 0.0,
     max_inputs: Annotated[int, typer.Option(min=1, help="most inputs in one request")] = 64,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body")] = 10.0,
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0.001, help="largest file (all files) sent to POST /v1/predict/batch")
+    ] = 100.0,
+    max_batch_rows: Annotated[
+        int, typer.Option(min=1, help="most inputs (rows, texts, images) in a file sent to /v1/predict/batch")
+    ] = 100_000,
+    batch_chunk: Annotated[
+        int, typer.Option(min=1, help="inputs of such a file scored per step (one progress line)")
+    ] = 512,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(help="allow browser calls from this origin (repeatable); closed by default"),
@@ -301,6 +316,9 @@ def serve(
         max_wait_ms,
         max_inputs,
         int(max_body_mb * 2**20),
+        int(max_upload_mb * 2**20),
+        max_batch_rows,
+        batch_chunk,
         cors_origins=cors_origin or [],
         watch_seconds=watch,
         host=host,
@@ -348,11 +366,31 @@ def _announce_when_started(server, what: str, notes: list[str]) -> None:
 
 
 @models_app.command("list")
-def models_list(limit: Annotated[int, typer.Option(help="most recent N versions")] = 20) -> None:
+def models_list(
+    limit: Annotated[int, typer.Option(help="most recent N versions")] = 20, as_json: AsJson = False
+) -> None:
     """Model versions, newest first, with their aliases."""
     from modelfoundry.store.models import ModelStore
 
     store = ModelStore()
+    if as_json:
+        return _print_json(
+            [
+                {
+                    "version": v.name,
+                    "aliases": store.aliases(v.id),
+                    "run_id": v.run_id,
+                    "task": v.task,
+                    "variant": v.variant,
+                    "parent": f"v{v.parent}" if v.parent else None,
+                    "labels": v.labels,
+                    "metrics": v.metrics or {},
+                    "path": v.path,
+                    "created": v.created_at.isoformat(),
+                }
+                for v in store.list(limit)
+            ]
+        )
     table = Table("version", "aliases", "run", "task", "variant", "from", "test acc", "created")
     for v in store.list(limit):
         m = v.metrics or {}
@@ -493,6 +531,7 @@ def compress(
         typer.Option("--all", help="int8, --prune 0.5 and a half-size student, then the trade-off report"),
     ] = False,
     report: Annotated[bool, typer.Option(help="measure every variant and write compression.html")] = True,
+    as_json: AsJson = False,
 ) -> None:
     """Smaller, faster variants of a trained model, each a registered version, and their trade-off report."""
     from modelfoundry.compress import make, quantize as int8, tradeoff
@@ -515,16 +554,18 @@ def compress(
 
     parent = parent_run_of(run)
     metric = task_of(json.loads((parent / "model" / "model.json").read_text())).retrain_metric
-    made = []
+    made, results = [], {}
     if quantize or all_:
-        result = int8.quantize_int8(parent, mode, console=err)
+        result = results["int8"] = int8.quantize_int8(parent, mode, console=err)
         made.append(
             f"int8 ({result['mode']}): {result['folder'].name} {result['version']}, "
             f"{result['bytes'] / 1e6:.2f} MB = {result['bytes'] / result['fp32_bytes']:.0%} of fp32 ONNX, "
             f"agrees with the original on {result['agreement']:.1%} of {result['checked_on']}"
         )
     if prune is not None or all_:
-        result = make.prune_and_finetune(parent, prune or 0.5, finetune_epochs, console=err)
+        result = results["pruned"] = make.prune_and_finetune(
+            parent, prune or 0.5, finetune_epochs, console=err
+        )
         made.append(
             f"pruned: {result['folder'].name} {result['version']}, {result['parameters_before']:,} -> "
             f"{result['parameters_after']:,} parameters, test {metric} {_fmt(result['test'].get(metric))}"
@@ -532,14 +573,26 @@ def compress(
     if distill or all_:
         student = student or _half_student(parent)
         trained = make.distill(parent, student, epochs, temperature, alpha, console=err, overrides=set_)
+        results["distilled"] = {
+            "run": trained.id,
+            "version": f"v{trained.version}",
+            "folder": trained.path,
+            "test": trained.metrics.get("test", {}),
+        }
         made.append(
             f"distilled: {trained.id} v{trained.version}, test {metric} "
             f"{_fmt(trained.metrics.get('test', {}).get(metric))}"
         )
     for line in made:
-        out.print(line, highlight=False)
+        (err if as_json else out).print(line, highlight=False)
     if report:
         result = tradeoff.measure_all(parent)
+    if as_json:  # the variants made, and the trade-off table: one row per model, the quality columns named
+        document = {"made": results}
+        if report:
+            document |= {"tradeoff": result, "report": tradeoff.write_report(parent, result)}
+        return _print_json(document)
+    if report:
         table = Table(
             "model",
             "size MB",
@@ -581,10 +634,14 @@ def _half_student(parent: Path) -> list[str]:
 
 
 @runs_app.command("list")
-def runs_list(limit: Annotated[int, typer.Option(help="most recent N runs")] = 20) -> None:
+def runs_list(
+    limit: Annotated[int, typer.Option(help="most recent N runs")] = 20, as_json: AsJson = False
+) -> None:
     """Runs, newest first."""
-    from modelfoundry.store.registry import Registry
+    from modelfoundry.store.registry import Registry, to_json
 
+    if as_json:
+        return _print_json([to_json(r) for r in Registry().list(limit)])
     table = Table("run", "task", "model", "status", "test acc", "test f1", "train s", "created")
     for r in Registry().list(limit):
         m = r.metrics or {}
@@ -602,23 +659,47 @@ def runs_list(limit: Annotated[int, typer.Option(help="most recent N runs")] = 2
 
 
 @runs_app.command("show")
-def runs_show(run: Annotated[str, typer.Argument(help="run id, id prefix or folder")]) -> None:
-    """Everything the registry knows about one run."""
+def runs_show(
+    run: Annotated[str, typer.Argument(help="run id, id prefix or folder")], as_json: AsJson = False
+) -> None:
+    """Everything the registry knows about one run (JSON; --json: without colours, whatever the terminal)."""
     from modelfoundry.store.registry import Registry, to_json
 
-    out.print_json(json.dumps(to_json(Registry().get(run))))
+    record = to_json(Registry().get(run))
+    if as_json:
+        return _print_json(record)
+    out.print_json(json.dumps(record))
 
 
 @runs_app.command("compare")
-def runs_compare(runs: Annotated[list[str], typer.Argument(help="two or more run ids")]) -> None:
+def runs_compare(
+    runs: Annotated[list[str], typer.Argument(help="two or more run ids")], as_json: AsJson = False
+) -> None:
     """Config differences and metrics side by side."""
     from modelfoundry.store.registry import Registry
 
     if len(runs) < 2:
         raise UserError("runs compare: give at least two runs.")
     records = [Registry().get(r) for r in runs]
-    table = Table("", *[r.id for r in records])
     flat = [_flatten(r.config) for r in records]
+    if as_json:  # each key -> its value per run, in the order of `runs`; config keys only where they differ
+        differ = [
+            k
+            for k in sorted(set().union(*flat))
+            if len({json.dumps(f.get(k), default=str) for f in flat}) > 1
+        ]
+        return _print_json(
+            {
+                "runs": [r.id for r in records],
+                "config": {k: [f.get(k) for f in flat] for k in differ},
+                "metrics": {
+                    k: [(r.metrics or {}).get(k) for r in records]
+                    for k in sorted(set().union(*[(r.metrics or {}) for r in records]))
+                },
+                "train_seconds": [r.train_seconds for r in records],
+            }
+        )
+    table = Table("", *[r.id for r in records])
     for key in sorted(set().union(*flat)):
         values = [str(f.get(key, "")) for f in flat]
         if len(set(values)) > 1:
@@ -627,6 +708,30 @@ def runs_compare(runs: Annotated[list[str], typer.Argument(help="two or more run
         table.add_row(f"[bold]{key}", *[_fmt((r.metrics or {}).get(key)) for r in records])
     table.add_row("[bold]train seconds", *[_fmt(r.train_seconds, ".1f") for r in records])
     out.print(table)
+
+
+AsJson = Annotated[
+    bool,
+    typer.Option("--json", help="print one JSON document to stdout (progress and warnings go to stderr)"),
+]
+
+
+def _print_json(document) -> None:
+    """One JSON document on stdout, and nothing else there: NaN and infinity (which JSON has no word for)
+    become null, paths and times strings."""
+    typer.echo(json.dumps(_finite(document), indent=2, default=str, allow_nan=False))
+
+
+def _finite(value):
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # a numpy number or array
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

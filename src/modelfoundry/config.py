@@ -302,6 +302,10 @@ class Config(_Section):
             if key not in self._user_keys:
                 _assign(self, key, value)
                 self.recipe[key] = f"{self.model.name} recipe"
+        for key, value in task.family_recipes.get(self.model.name, {}).items():
+            if key not in self._user_keys:
+                _assign(self, key, value)
+                self.recipe[key] = f"{self.model.name} recipe for {task.name}"
         if self.train.monitor is None:
             self.train.monitor = task.default_monitor
             self.recipe["train.monitor"] = (
@@ -320,9 +324,10 @@ class Config(_Section):
         """Dotted keys the config gives a value, in the sections a recipe fills."""
         keys = {f"train.{k}" for k in self.train.model_fields_set}
         keys |= {f"data.{k}" for k in self.data.model_fields_set if k != "augment"}
+        keys |= {f"model.{k}" for k in self.model.model_extra or {}}
         if "augment" in self.data.model_fields_set:
             keys |= {f"data.augment.{k}" for k in self.data.augment.model_fields_set}
-        return keys | {f"model.{k}" for k in self.model.model_extra or {}}
+        return keys
 
     def user_set(self, key: str) -> bool:
         """Whether the user's config (or --set) gave `key` ("train.monitor"), not a recipe or default."""

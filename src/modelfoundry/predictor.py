@@ -162,3 +162,13 @@ class Predictor:
         if self.task_module.is_classifier:
             return [self.labels[i] for i in predictions.argmax(1)]
         return [float(v) for v in predictions]
+
+
+def prediction_table(task, answers: list[dict], names: list[str], top_k: int):
+    """The rows of `foundry predict`'s table and CSV (and of a file scored by `POST /v1/predict/batch`):
+    the input's name, then what the task prints of its answer."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [{"input": name, **task.printed(answer, top_k)} for name, answer in zip(names, answers)]
+    )

@@ -19,11 +19,13 @@ import numpy as np
 import torch
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from modelfoundry.builder import build, model_options
 from modelfoundry.config import Config, config_to_dict, load_config
 from modelfoundry.data.prepare import Prepared, prepare
 from modelfoundry.errors import UserError
+from modelfoundry.evaluate.review import review
 from modelfoundry.plan.check import plan_vs_measured
 from modelfoundry.predictor import save_package
 from modelfoundry.runfiles import (
@@ -248,6 +250,9 @@ def _run(
             sum(r["seconds"] for r in result.history),
             math.ceil(len(data.train) / built.train.batch_size),
         )
+    metrics["warnings"] = review(metrics, task)
+    for warning in metrics["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     spec["test_accuracy"] = metrics.get("test", {}).get("accuracy")
     if cfg.train.distill:
         from modelfoundry.data import text
@@ -275,7 +280,7 @@ def _train_one(cfg: Config, base_dir: Path, data, splits: dict, path, resume, co
     """Build the config's model, say what it is and which defaults it took, and train it."""
     built = build(cfg, base_dir, data, device, console)
     model = built.model
-    from_recipe = {k: v for k, v in cfg.recipe.items() if v.endswith(" recipe")}
+    from_recipe = {k: v for k, v in cfg.recipe.items() if " recipe" in v}
     if from_recipe:
         values = ", ".join(f"{k.removeprefix('train.')}={_shown(cfg, k)}" for k in from_recipe)
         console.print(
@@ -372,7 +377,7 @@ def _pick(candidates: dict[str, Config], base_dir: Path, data, splits: dict, pat
         scores[name] = {
             metric: score,
             "seconds": round(time.perf_counter() - clock, 2),
-            "recipe": {k: str(_shown(cfg, k)) for k, v in cfg.recipe.items() if v.endswith(" recipe")},
+            "recipe": {k: str(_shown(cfg, k)) for k, v in cfg.recipe.items() if " recipe" in v},
         }
     name = (
         min(scores, key=lambda n: scores[n][metric])
@@ -406,6 +411,7 @@ def write_run_report(
         title=title,
         metrics={k: metrics[k] for k in ("val", "test") if k in metrics},
         history=metrics.get("history", []),
+        warnings=metrics.get("warnings", []),
         data_report=data.report,
         labels=data.labels,
         mistakes=task.mistakes(predictions, targets, spec, data.test_display),
@@ -456,6 +462,7 @@ def evaluate(
     targets = task.encode_targets(raw, spec, f"--data: {source}")
     predictions = predictor.predictions(inputs)
     metrics = {"test": task.metrics(predictions, targets, spec), "data": str(source)}
+    metrics["warnings"] = review(metrics, task)
     folder = run_folder(package_folder(run)) / "evaluations" / f"{source.stem}-{datetime.now():%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "metrics.json", metrics)
@@ -469,6 +476,7 @@ def evaluate(
         title=f"{spec.get('run_id', 'model')} on {source.name}",
         metrics={"test": metrics["test"]},
         history=[],
+        warnings=metrics["warnings"],
         data_report=data_report,
         labels=predictor.labels,
         mistakes=task.mistakes(predictions, targets, spec, display),

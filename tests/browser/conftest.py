@@ -1,12 +1,13 @@
-"""Fixtures for the browser tests: tiny models trained with the real CLI and `foundry serve`
-processes over them (the browser and its pages are fixtures of test_page.py).
+"""Fixtures for the browser tests: headless Chromium and a fresh page per test, tiny models trained with
+the real CLI, and `foundry serve` processes over them.
 
-Each model is trained once per module into its own FOUNDRY_HOME; servers start on any free
-loopback port (`--port 0`) and are stopped at teardown.
+Each model is trained once per session (both test modules use them) into its own FOUNDRY_HOME;
+servers start on any free loopback port (`--port 0`) and are stopped at teardown.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -21,6 +22,53 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))  # the e2e helpers: r
 from e2e_helpers import TINY_MLP, Server, assert_ok, foundry, write_config, write_image_folder, write_table
 
 REVIEWS = Path(__file__).parents[2] / "examples" / "tiny" / "reviews.csv"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def require_chromium() -> None:
+    """Called atop each browser test module: skips it when Debian's chromium is missing (fails in CI)."""
+    if not CHROMIUM.exists() and os.environ.get("FOUNDRY_REQUIRE_BROWSER"):  # CI: a missing browser fails
+        raise RuntimeError(
+            f"{CHROMIUM} is missing but FOUNDRY_REQUIRE_BROWSER is set; .ci/chromium.sh should install it"
+        )
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"{CHROMIUM} is missing; install Debian's chromium (apt-get install chromium) to run browser "
+            "tests",
+            allow_module_level=True,
+        )
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the whole session (playwright allows one sync instance at a time)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=20_000)  # the first prediction of a fresh server on two busy cores
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page (own storage); the test fails if the page's script throws."""
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    script_errors = []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
+    yield page
+    context.close()
+    assert not script_errors, f"the page's script threw: {script_errors}"
 
 
 @dataclass
@@ -35,7 +83,7 @@ def train(work: Path, config: Path, *overrides: str) -> Trained:
     return Trained(home, home / "run")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def table_model(tmp_path_factory) -> Trained:
     """An MLP on x1, x2 (numbers) and color (a category) -> a, b, c."""
     work = tmp_path_factory.mktemp("table")
@@ -43,7 +91,7 @@ def table_model(tmp_path_factory) -> Trained:
     return train(work, write_config(work / "table.yaml", "tabular_classification", "train.csv"), *TINY_MLP)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def image_model(tmp_path_factory) -> Trained:
     """A 4-wide CNN on 8x8 grey PNGs -> cat, dog."""
     work = tmp_path_factory.mktemp("image")
@@ -51,7 +99,7 @@ def image_model(tmp_path_factory) -> Trained:
     return train(work, write_config(work / "image.yaml", "image_classification", "images"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def text_model(tmp_path_factory) -> Trained:
     """A 16-wide LSTM trained from scratch on the shipped reviews -> positive, negative."""
     work = tmp_path_factory.mktemp("text")
@@ -66,14 +114,17 @@ def text_model(tmp_path_factory) -> Trained:
     return train(work, config, "--set", "train.precision=fp32")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def serve(tmp_path_factory):
-    """`serve(model, *args)`: a running `foundry serve` over the model, ready once /readyz answers 200."""
-    servers = []
+    """`serve(model, *args)`: a running `foundry serve` over the model, ready once /readyz answers 200. The
+    same model and arguments get the same server for the whole session (each start costs a torch import)."""
+    servers = {}
 
     def start(model: Trained, *args: str) -> Server:
+        if (model.path, args) in servers:
+            return servers[model.path, args]
         server = Server(model.path, *args, cwd=tmp_path_factory.mktemp("serve"), home=model.home)
-        servers.append(server)
+        servers[model.path, args] = server
         deadline = time.monotonic() + 60
         while httpx.get(f"{server.url}/readyz", timeout=10).status_code != 200:
             assert time.monotonic() < deadline, f"{server.url}/readyz did not answer 200 within 60 s"
@@ -81,11 +132,16 @@ def serve(tmp_path_factory):
         return server
 
     yield start
-    for server in servers:
+    for server in servers.values():
         server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def table_server(serve, table_model):
+    return serve(table_model, "--batch-chunk", "64")  # a file of a few hundred rows streams in a few steps
+
+
+@pytest.fixture(scope="session")
 def regression_model(tmp_path_factory) -> Trained:
     """An MLP predicting a price from size (a number) and city (a category)."""
     import numpy as np

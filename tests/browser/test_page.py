@@ -6,65 +6,21 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from conftest import require_chromium
 
 from e2e_helpers import IMAGE_LABELS, TABLE_LABELS, write_png
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-if not CHROMIUM.exists() and os.environ.get("FOUNDRY_REQUIRE_BROWSER"):  # CI: a missing browser is a failure
-    raise RuntimeError(
-        f"{CHROMIUM} is missing but FOUNDRY_REQUIRE_BROWSER is set; .ci/chromium.sh should install it"
-    )
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is missing; install Debian's chromium (apt-get install chromium) to run browser tests",
-        allow_module_level=True,
-    )
+require_chromium()  # skips this module when Debian's chromium is missing
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402  only once the browser is known to be there
+from playwright.sync_api import expect  # noqa: E402  only once the browser is known to be there
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 BARS = "#probabilities [data-label]"
-
-
-@pytest.fixture(scope="session")
-def browser():
-    expect.set_options(timeout=20_000)  # the first prediction of a fresh server on two busy cores
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A fresh page (own storage); the test fails if the page's script throws."""
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-    page = context.new_page()
-    script_errors = []
-    page.on("pageerror", lambda error: script_errors.append(str(error)))
-    yield page
-    context.close()
-    assert not script_errors, f"the page's script threw: {script_errors}"
-
-
-@pytest.fixture(scope="module")
-def table_server(serve, table_model):
-    return serve(table_model)
 
 
 def shown_probabilities(page) -> dict[str, float]:

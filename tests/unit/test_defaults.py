@@ -57,3 +57,16 @@ def test_a_recipe_with_its_own_epochs_is_not_given_a_budget():
     )
     assert cfg.train.epochs == 3 and cfg.recipe["train.epochs"] == "pretrained recipe"
     assert (cfg.train.lr, cfg.train.lr_head, cfg.train.schedule) == (5e-5, 1e-3, "linear")
+
+
+def test_a_table_mlp_takes_one_hidden_layer_of_64_unless_the_config_says_otherwise():
+    from modelfoundry.config import config_to_dict
+
+    cfg, _ = load_config(TABLE)
+    assert cfg.model.hidden == [64] and cfg.recipe["model.hidden"] == "mlp recipe for tabular_classification"
+    again, _ = load_config(config_to_dict(cfg))  # a run's saved config: the key stays the recipe's
+    assert not again.user_set("model.hidden")
+    own, _ = load_config({**TABLE, "model": {"name": "mlp", "hidden": [32, 16]}})
+    assert own.model.hidden == [32, 16] and "model.hidden" not in own.recipe
+    images, _ = load_config({"task": "image_classification", "data": {"source": "builtin:digits"}})
+    assert "model.hidden" not in images.recipe  # images keep the MLP's own (128, 64)

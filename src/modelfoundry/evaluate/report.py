@@ -111,6 +111,7 @@ def write_report(
     mistakes: list[dict],
     config: dict,
     sections: list[tuple[str, str, str]] | None = None,
+    warnings: list[str] | None = None,
 ) -> Path:
     """Write a self-contained report.html: plots embedded as base64 PNG, nothing external, no network.
 
@@ -130,6 +131,7 @@ def write_report(
             [0, 1], shape (H, W) or (C, H, W)), row (column -> value) or text.
         config: The resolved config, shown as YAML.
         sections: The task's own sections (anchor, heading, HTML), shown after the learning curves.
+        warnings: What to know before trusting the numbers (evaluate/review.py), shown above them.
 
     Returns:
         The path of the written file.
@@ -155,7 +157,8 @@ def write_report(
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
         f"<style>{_CSS}</style></head><body><main>"
-        f"<section><h1>{_esc(title)}</h1>{_headline(metrics)}<nav>{nav}</nav></section>"
+        f"<section><h1>{_esc(title)}</h1>{_review_notes(warnings or [])}{_headline(metrics)}<nav>{nav}</nav>"
+        "</section>"
         + "".join(
             f'<section id="{anchor}"><h2>{heading}</h2>{body}</section>' for anchor, heading, body in sections
         )
@@ -229,6 +232,14 @@ def _to_yaml(config: Any) -> str:
 
 
 # ---- sections ----------------------------------------------------------------------------------
+
+
+def _review_notes(warnings: list[str]) -> str:
+    """The reviewer's notes, above the numbers they qualify."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_esc(w)}</li>" for w in warnings)
+    return f'<div class="warn" id="warnings"><b>Before trusting these numbers</b><ul>{items}</ul></div>'
 
 
 def _headline(metrics: dict) -> str:

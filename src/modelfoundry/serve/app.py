@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 
 from modelfoundry.serve.errors import BodyTooLarge, error_body, http_answer, install_error_handlers
 from modelfoundry.serve.metrics import ServeMetrics
-from modelfoundry.serve.routes import STATIC, router
+from modelfoundry.serve.routes import BATCH_PATH, STATIC, router
 from modelfoundry.serve.service import Served, Service, Settings, load_served
 
 log = logging.getLogger("modelfoundry.serve")
@@ -54,6 +54,7 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
         LimitsAndMetrics,
         metrics=service.metrics,
         max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
         allowed_hosts=host_names(settings),
     )
     install_error_handlers(app)
@@ -110,8 +111,16 @@ class LimitsAndMetrics:
     `*.example.com` wildcards), but answered in our JSON shape, counted here, with `::1` matching an
     IPv6 Host `[::1]:8000`, and without a second pass over the headers."""
 
-    def __init__(self, app, metrics: ServeMetrics, max_body_bytes: int, allowed_hosts: frozenset[str]):
+    def __init__(
+        self,
+        app,
+        metrics: ServeMetrics,
+        max_body_bytes: int,
+        max_upload_bytes: int,
+        allowed_hosts: frozenset[str],
+    ):
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+        self.max_upload_bytes = max_upload_bytes  # the file upload of POST /v1/predict/batch
         self.allowed_hosts = allowed_hosts
         self.any_host = "*" in allowed_hosts
         self.host_suffixes = tuple(name[1:] for name in allowed_hosts if name.startswith("*."))
@@ -126,9 +135,10 @@ class LimitsAndMetrics:
             await send_error(send, 400, "Host", foreign_host(host))
             self.metrics.observe("bad_host", 400, time.perf_counter() - start)
             return
+        limit = self.max_upload_bytes if scope["path"] == BATCH_PATH else self.max_body_bytes
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await send_error(send, 413, "body", BodyTooLarge(self.max_body_bytes).detail)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await send_error(send, 413, "body", BodyTooLarge(limit).detail)
             self.metrics.observe("oversized", 413, time.perf_counter() - start)
             return
         received = 0
@@ -138,8 +148,8 @@ class LimitsAndMetrics:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLarge(self.max_body_bytes)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         async def recording_send(message):

@@ -86,9 +86,15 @@ class BodyTooLarge(HTTPException):
 
 def check_count(count: int, limit: int, field: str = "inputs") -> None:
     """At least one input, and no more than `limit` (Settings.max_inputs) in one request."""
+    if count == 0 and field == "file":
+        raise ApiError(422, field, "the upload holds no inputs (a header without rows?); send at least one.")
     if count == 0:
         raise ApiError(422, field, "the list is empty; send at least one input.")
     if count > limit:
+        if field == "file":  # POST /v1/predict/batch
+            raise ApiError(
+                413, field, f"the upload holds {count:,} inputs; the limit is {limit:,}. Split it."
+            )
         raise ApiError(413, field, f"{count} inputs in one request; the limit is {limit}. Split the request.")
 
 

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException
 
-from modelfoundry.serve.errors import ApiError, check_count
+from modelfoundry.errors import UserError
+from modelfoundry.predictor import prediction_table
+from modelfoundry.serve.errors import ApiError, check_count, error_json
 from modelfoundry.serve.service import Served, Service, store_feedback
 
 STATIC = Path(__file__).parent / "static"
@@ -228,6 +232,138 @@ async def predict_file(
         task.encode_files, current.predictor, contents, service.settings, "files"
     )
     return FastJSONResponse(await service.predict(current, payload, stored, len(uploads), top_k, "files"))
+
+
+BATCH_PATH = "/v1/predict/batch"
+
+
+@router.post(
+    BATCH_PATH,
+    tags=["predict"],
+    summary="Score a whole file: a CSV/Parquet/JSONL table or texts, or image files and zips of images",
+    description="Multipart upload (field `file`, or `files` several times). The answer streams as the "
+    "rows are scored, `--batch-chunk` (512) at a time: NDJSON lines, first `{rows, notes, model_version, "
+    "limits}`, then per chunk `{done, rows: [...], csv}` (`rows` as `foundry predict` prints them, `csv` "
+    "their lines of its `--output` file, the header in the first), then `{done, finished: true}`. An input "
+    "found bad after the answer began ends it with `{done, error: {field, message}}` (`field` rows.N.COLUMN, "
+    "N counting data rows from 1); one found before, such as in the first chunk, is a 4xx. `?format=csv` "
+    "streams the CSV alone (a bad input then ends it with a line `error: FIELD: MESSAGE`).",
+)
+async def predict_batch(
+    request: Request,
+    files: Annotated[list[UploadFile] | None, File()] = None,
+    file: Annotated[UploadFile | None, File()] = None,
+    top_k: Annotated[int, Query(ge=1, le=100)] = 1,
+    format: Annotated[Literal["ndjson", "csv"], Query()] = "ndjson",
+) -> StreamingResponse:
+    service = service_of(request)
+    current, settings = service.served, service.settings
+    task = current.predictor.task_module
+    uploads = (files or []) + ([file] if file else [])
+    if not uploads:
+        raise ApiError(422, "file", "upload a file in the multipart field `file` (or several as `files`).")
+    names, inputs, notes = await run_in_threadpool(read_uploads, task, current.predictor, uploads, settings)
+    check_count(len(inputs), settings.max_batch_rows, field="file")
+    chunk = settings.batch_chunk
+    try:  # the first chunk before the answer starts: most bad files fail here, with a 4xx
+        first = await run_in_threadpool(encode_chunk, task, current.predictor, inputs[:chunk], settings)
+    except ApiError as exc:
+        raise in_file(exc, 0) from None
+    start = {
+        "rows": len(inputs),
+        "notes": notes,
+        "model_version": current.version_name,
+        "limits": {"max_rows": settings.max_batch_rows, "max_bytes": settings.max_upload_bytes},
+    }
+    lines = scored_lines(service, current, names, inputs, top_k, first)
+    if format == "csv":
+        return StreamingResponse(csv_only(lines), media_type="text/csv")
+    return StreamingResponse(ndjson(start, lines), media_type="application/x-ndjson")
+
+
+def read_uploads(task, predictor, uploads: list[UploadFile], settings) -> tuple[list[str], list, list[str]]:
+    """The uploads saved under their own suffix (the readers go by it), read by the task, then deleted:
+    (names, inputs, notes). An error names the file as uploaded, not where it was saved."""
+    folder = Path(tempfile.mkdtemp(prefix="foundry-batch-"))
+    saved = []
+    try:
+        for i, upload in enumerate(uploads):
+            name = Path(upload.filename or f"upload-{i + 1}").name
+            path = folder / f"{i}{Path(name).suffix.lower()}"
+            with path.open("wb") as target:
+                shutil.copyfileobj(upload.file, target)
+            saved.append((name, path))
+        try:
+            return task.batch_inputs(predictor, saved, settings)
+        except ApiError:
+            raise
+        except UserError as exc:
+            message = str(exc)
+            for name, path in saved:
+                message = message.replace(str(path), name)
+            raise ApiError(422, "file", message) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def encode_chunk(task, predictor, inputs: list, settings):
+    """One chunk of a file's inputs encoded (an error names the input in the chunk: `in_file` renames it)."""
+    return task.encode_batch(predictor, inputs, settings, "rows")[0]  # feedback keeps nothing of a file
+
+
+def in_file(exc: ApiError, start: int) -> ApiError:
+    """An error of a chunk's input i (`rows.i...`) named by its row in the file, counting from 1."""
+    head, _, index = exc.field.partition(".")
+    number, _, rest = index.partition(".")
+    if head != "rows" or not number.isdigit():
+        return exc
+    row = start + int(number) + 1
+    where = f"row {row}" + (f", column {rest!r}" if rest else "")
+    return ApiError(exc.status, f"rows.{row}" + (f".{rest}" if rest else ""), f"{where}: {exc.message}")
+
+
+async def scored_lines(service: Service, current: Served, names: list[str], inputs: list, top_k: int, first):
+    """(rows as printed, their CSV lines) per chunk, the first chunk already encoded; an error as an ApiError
+    yielded in their place, which ends the file."""
+    settings, task = service.settings, current.predictor.task_module
+    chunk = settings.batch_chunk
+    for start in range(0, len(inputs), chunk):
+        size = min(chunk, len(inputs) - start)
+        try:
+            payload = (
+                first
+                if start == 0
+                else await run_in_threadpool(
+                    encode_chunk, task, current.predictor, inputs[start : start + size], settings
+                )
+            )
+            answers = await service.answers(current, payload, size, top_k, "rows", settings.max_batch_size)
+        except ApiError as exc:
+            yield in_file(exc, start)
+            return
+        table = prediction_table(task, answers, names[start : start + size], top_k)
+        yield table.to_dict(orient="records"), table.to_csv(index=False, header=start == 0)
+
+
+async def ndjson(start: dict, lines):
+    yield to_json(start) + b"\n"
+    done = 0
+    async for item in lines:
+        if isinstance(item, ApiError):
+            yield to_json({"done": done, **error_json(item.field, item.message)}) + b"\n"
+            return
+        rows, csv = item
+        done += len(rows)
+        yield to_json({"done": done, "rows": rows, "csv": csv}) + b"\n"
+    yield to_json({"done": done, "finished": True}) + b"\n"
+
+
+async def csv_only(lines):
+    async for item in lines:
+        if isinstance(item, ApiError):
+            yield f"error: {item.field}: {item.message}\n"
+            return
+        yield item[1]
 
 
 async def encode(service: Service, current: Served, inputs: list, field: str = "inputs"):

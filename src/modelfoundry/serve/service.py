@@ -42,6 +42,9 @@ class Settings:
     max_wait_ms: float = 0.0
     max_inputs: int = 64  # per request
     max_body_bytes: int = 10 * 2**20
+    max_upload_bytes: int = 100 * 2**20  # a file sent to POST /v1/predict/batch
+    max_batch_rows: int = 100_000  # inputs (rows, texts, images) in one such file
+    batch_chunk: int = 512  # inputs of such a file read, encoded and answered per step (a progress line)
     max_image_pixels: int = 4096 * 4096  # decoded size; larger images are refused before decoding
     max_request_pixels: int = 4 * 4096 * 4096  # all images of one request together, also before decoding
     cors_origins: list[str] = field(default_factory=list)
@@ -115,16 +118,33 @@ class Service:
     ) -> dict:
         """Queue for the model, then answer. The answer is built here, not by a response model: with
         a small model, per-request overhead is what limits throughput (bench/serve_load.py)."""
-        outputs = await self.batcher.submit(served, payload, size)
-        check_finite(outputs, field)
+        predictions = await self.answers(served, payload, size, top_k, field)
         task = served.predictor.task_module
-        predictions = task.answer(outputs, served.predictor.spec, top_k)
-        for prediction in predictions:
-            if "label" in prediction:  # a regression model's numbers are not counted by label
-                self.metrics.predicted(prediction["label"])
         request_id = secrets.token_hex(8)
         self._remember(request_id, stored, [task.predicted(p) for p in predictions], served)
         return {"request_id": request_id, "model_version": served.version_name, "predictions": predictions}
+
+    async def answers(
+        self, served: Served, payload, size: int, top_k: int, field: str = "inputs", step: int | None = None
+    ) -> list[dict]:
+        """Queue for the model, in pieces of `step` inputs when given (a file's chunk: other requests' inputs
+        are batched between its pieces rather than wait behind all of it); the task's answer per input
+        (counted for /metrics)."""
+        step = step or size
+        if step >= size:
+            outputs = await self.batcher.submit(served, payload, size)
+        else:
+            pieces = [
+                self.batcher.submit(served, payload[i : i + step], min(step, size - i))
+                for i in range(0, size, step)
+            ]
+            outputs = np.concatenate(await asyncio.gather(*pieces))
+        check_finite(outputs, field)
+        predictions = served.predictor.task_module.answer(outputs, served.predictor.spec, top_k)
+        for prediction in predictions:
+            if "label" in prediction:  # a regression model's numbers are not counted by label
+                self.metrics.predicted(prediction["label"])
+        return predictions
 
     def _remember(self, request_id: str, stored: list[dict], predicted: list[str], served: Served) -> None:
         self.recent[request_id] = Remembered(stored, predicted, served)
@@ -205,6 +225,12 @@ class Service:
             or {"test_accuracy": spec.get("test_accuracy")},
             "feedback_requires_key": settings.api_key is not None,
             "max_inputs": settings.max_inputs,
+            "batch": {
+                "suffixes": list(task.batch_suffixes),
+                "multiple": task.batch_multiple,
+                "max_rows": settings.max_batch_rows,
+                "max_bytes": settings.max_upload_bytes,
+            },
         }
         return {**card, **task.card(spec)}
 

@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from modelfoundry.errors import UserError, did_you_mean
+from modelfoundry.errors import InputError, UserError, did_you_mean
 
 
 @dataclass
@@ -105,11 +105,16 @@ class Task:
     headline = ("accuracy", "f1_macro", "roc_auc")
     # retrain/promote: the metric a challenger must beat the champion on, and which way is better
     retrain_metric, retrain_higher_is_better = "accuracy", True
+    # evaluate/review.py: validation and test may differ by this much in this metric before the report says so
+    review_gap = ("accuracy", 0.05)
     data_keys: tuple[str, ...] = ()  # data keys of config.TEXT_DATA_KEYS this task reads
     starter = ""  # the commented config `foundry init --task NAME` writes
     # model.name auto (the default where there are some): the families a run trains and compares on the
     # validation split, in order of preference on a tie; none: the default model is mlp
     auto_models: tuple[str, ...] = ()
+    # family -> {dotted key: value}: where this task's data wants other defaults than the family's recipe
+    # (applied over it, under the user's keys)
+    family_recipes: ClassVar[dict[str, dict]] = {}
 
     # ---- config ------------------------------------------------------------------------------
 
@@ -281,6 +286,19 @@ class Task:
         raise NotImplementedError
 
     accepts_files = False  # `POST /v1/predict/file` takes uploads (images)
+    # what `POST /v1/predict/batch` (and the page's file picker) takes: file suffixes, and several files?
+    batch_suffixes: tuple[str, ...] = (".csv", ".tsv", ".parquet", ".jsonl", ".json")
+    batch_multiple = False
+
+    def batch_inputs(self, predictor, files: list[tuple[str, Path]], limits) -> tuple[list[str], list, list]:
+        """Uploaded files (name as sent, where it lies on disk) -> (each input's name in the `input` column,
+        the inputs as `encode_batch` takes them, notes such as ignored columns). Raises InputError naming
+        the file. Per kind of input."""
+        raise NotImplementedError
+
+    def encode_batch(self, predictor, inputs: list, limits, field: str):
+        """A chunk of `batch_inputs`' inputs -> (model input, what feedback keeps), as `encode_request`."""
+        return self.encode_request(predictor, inputs, limits, field)
 
     def answer(self, predictions: np.ndarray, spec: dict, top_k: int = 1) -> list[dict]:
         """Served / printed answer per input: the label, its probability and the top k."""
@@ -401,6 +419,22 @@ class Task:
 def _take(display, indices: list[int]) -> list:
     """The shown inputs of some examples; streamed tables read only those rows, in one pass."""
     return display.take(indices) if hasattr(display, "take") else [display[i] for i in indices]
+
+
+def one_upload(files: list[tuple[str, Path]], suffixes: tuple[str, ...], what: str) -> tuple[str, Path]:
+    """The one file of a batch upload whose inputs are rows of a table (or lines of text)."""
+    if len(files) != 1:
+        raise InputError(
+            422, "file", f"{len(files)} files uploaded; a {what} model scores one file at a time."
+        )
+    name, path = files[0]
+    if Path(name).suffix.lower() not in suffixes:
+        raise InputError(
+            415,
+            "file",
+            f"{name}: a {what} model reads {', '.join(suffixes)} files; convert it to one of those.",
+        )
+    return name, path
 
 
 def at(field: str, i: int) -> str:

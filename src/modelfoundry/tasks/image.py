@@ -13,6 +13,7 @@ import binascii
 import io
 import shutil
 import struct
+import zipfile
 from functools import partial
 from pathlib import Path
 
@@ -178,6 +179,53 @@ model:
                 raise InputError(422, where, str(exc)) from None
         return torch.from_numpy(np.stack(arrays)), [{"image_bytes": data} for data in contents]
 
+    batch_suffixes = (*sorted(images.IMAGE_SUFFIXES), ".zip")
+    batch_multiple = True
+
+    def batch_inputs(self, predictor, files: list[tuple[str, Path]], limits):
+        """Image files and zips of them (read in name order; other members, such as __MACOSX/, are
+        skipped). A zip may unpack to no more than the upload limit: a zip bomb is refused unread."""
+        names, contents = [], []
+        for name, path in files:
+            suffix = Path(name).suffix.lower()
+            if suffix != ".zip":
+                if suffix not in images.IMAGE_SUFFIXES:
+                    raise InputError(
+                        415,
+                        "file",
+                        f"{name}: not an image or a .zip of images ({', '.join(self.batch_suffixes)}).",
+                    )
+                names.append(name)
+                contents.append(path.read_bytes())
+                continue
+            try:
+                archive = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError):
+                raise InputError(422, "file", f"{name}: not a zip file Python can read.") from None
+            with archive:
+                members = sorted(
+                    (m for m in archive.infolist() if _image_member(m.filename)), key=lambda m: m.filename
+                )
+                unpacked = sum(m.file_size for m in members)
+                if unpacked > limits.max_upload_bytes:
+                    raise InputError(
+                        413,
+                        "file",
+                        f"{name} unpacks to {unpacked:,} bytes of images; the limit is "
+                        f"{limits.max_upload_bytes:,}. Split it into smaller zips.",
+                    )
+                if not members:
+                    raise InputError(
+                        422, "file", f"{name}: no images in this zip ({', '.join(images.IMAGE_SUFFIXES)})."
+                    )
+                for member in members:
+                    names.append(f"{name}/{member.filename}")
+                    contents.append(archive.read(member))
+        return names, contents, []
+
+    def encode_batch(self, predictor, inputs: list, limits, field: str):
+        return self.encode_files(predictor, inputs, limits, field)
+
     def cli_inputs(self, predictor, inputs: list[str]):
         items = expand_images(inputs)
         return items, [str(p) for p in items]
@@ -258,6 +306,16 @@ def _base64(item: str, field: str) -> bytes:
         raise InputError(
             422, field, "not valid base64; send the image file's bytes base64-encoded (or a data URL)."
         ) from None
+
+
+def _image_member(filename: str) -> bool:
+    """A zip member that is an image of its own, not a folder or macOS's resource fork copy."""
+    path = Path(filename)
+    return (
+        path.suffix.lower() in images.IMAGE_SUFFIXES
+        and "__MACOSX" not in path.parts
+        and not path.name.startswith("._")
+    )
 
 
 def expand_images(inputs) -> list:

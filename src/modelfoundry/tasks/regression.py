@@ -92,6 +92,7 @@ class TabularRegression(TableInputs, Task):
     default_monitor = "val_rmse"
     headline = ("rmse", "mae", "r2")
     retrain_metric, retrain_higher_is_better = "rmse", False
+    review_gap = ("r2", 0.1)  # R2 is on one scale for every target; RMSE is in the target's units
     starter = STARTER
 
     def check_config(self, cfg) -> list[str]:

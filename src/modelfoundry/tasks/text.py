@@ -15,7 +15,7 @@ import pandas as pd
 
 from modelfoundry.data import text
 from modelfoundry.errors import InputError, UserError
-from modelfoundry.tasks.base import Task, at, json_type, unicode_text
+from modelfoundry.tasks.base import Task, at, json_type, one_upload, unicode_text
 
 
 class TextClassification(Task):
@@ -160,6 +160,14 @@ model:
         else:
             stored = texts
         return predictor.encode(texts), [{"text": t} for t in stored]
+
+    batch_suffixes = (*Task.batch_suffixes, ".txt")
+
+    def batch_inputs(self, predictor, files: list[tuple[str, Path]], limits):
+        """One file of texts: a .txt file (a text per line) or a table with the training text column."""
+        _, path = one_upload(files, self.batch_suffixes, "text")
+        texts, names = self.cli_inputs(predictor, [str(path)])
+        return names, texts, []
 
     def cli_inputs(self, predictor, inputs: list[str]):
         texts = text.texts_to_predict(inputs, predictor.spec["preprocessing"]["text_column"])

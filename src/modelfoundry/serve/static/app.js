@@ -1,5 +1,6 @@
-// The model page: model card from GET /v1/model, one input form for the model's kind,
-// POST /v1/predict for one input, and corrections to POST /v1/feedback. No framework, no build step.
+// The model page: model card from GET /v1/model, one input form for the model's kind (a table's also
+// filled from a pasted CSV row), POST /v1/predict for one input, a whole file scored through
+// POST /v1/predict/batch, and corrections to POST /v1/feedback. No framework, no build step.
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
@@ -74,27 +75,119 @@ function renderCard(model) {
 
 // ---------- inputs ----------
 
+const GROUP_ABOVE = 12; // a form with more columns than this groups them by role (or kind)
+const GROUP_NAMES = { number: "Numbers", category: "Categories" };
+
 function renderTableForm(columns) {
   const form = $("#table-form");
-  columns.forEach((column, i) => {
-    const id = `column-${i}`;
-    const field = element("div", { class: "field" });
-    field.append(element("label", { for: id }, column.name));
-    let input;
-    if (column.kind === "category") {
-      input = element("select", { id });
-      for (const category of column.categories) {
-        input.append(element("option", { value: category }, category));
-      }
-    } else {
-      input = element("input", { id, type: "number", step: "any", inputmode: "decimal",
-        placeholder: "number" });
+  const fields = columns.map((column, i) => [column.role || column.kind, tableField(column, i)]);
+  if (columns.length <= GROUP_ABOVE) {
+    form.append(...fields.map(([, field]) => field));
+    return;
+  }
+  const groups = new Map();
+  for (const [role, field] of fields) {
+    if (!groups.has(role)) groups.set(role, []);
+    groups.get(role).push(field);
+  }
+  for (const [role, members] of groups) {
+    const group = element("fieldset", { class: "group", "data-role": role });
+    group.append(element("legend", {}, `${GROUP_NAMES[role] || role} (${members.length})`), ...members);
+    form.append(group);
+  }
+}
+
+// One column's label and input; a long name is cut short with an ellipsis and shown whole as a tooltip.
+function tableField(column, i) {
+  const id = `column-${i}`;
+  const field = element("div", { class: "field" });
+  const label = element("label", { for: id, title: column.name });
+  // a long name breaks after its underscores, dots and dashes rather than anywhere
+  for (const part of column.name.split(/(?<=[_.\-])/)) label.append(part, element("wbr"));
+  field.append(label);
+  let input;
+  if (column.kind === "category") {
+    input = element("select", { id });
+    for (const category of column.categories) {
+      input.append(element("option", { value: category }, category));
     }
-    input.dataset.column = column.name;
-    input.dataset.kind = column.kind;
-    field.append(input);
-    form.append(field);
-  });
+  } else {
+    input = element("input", { id, type: "number", step: "any", inputmode: "decimal",
+      placeholder: "number" });
+  }
+  input.dataset.column = column.name;
+  input.dataset.kind = column.kind;
+  field.append(input);
+  return field;
+}
+
+// ---------- paste a row ----------
+
+// One line of CSV (quotes as in RFC 4180), or of tab-separated values when it has tabs and no commas.
+function splitLine(line) {
+  if (line.includes("\t") && !line.includes(",")) return line.split("\t");
+  const values = [];
+  let value = "";
+  let quoted = false;
+  for (let i = 0; i < line.length; i += 1) {
+    const c = line[i];
+    if (quoted && c === '"' && line[i + 1] === '"') { value += '"'; i += 1; }
+    else if (c === '"') quoted = !quoted;
+    else if (c === "," && !quoted) { values.push(value); value = ""; }
+    else value += c;
+  }
+  values.push(value);
+  return values.map((v) => v.trim());
+}
+
+// The pasted row as column -> value, or throws a message naming what does not fit.
+function pastedRow(text, columns) {
+  const lines = text.split(/\r?\n/).filter((line) => line.trim());
+  const names = columns.map((column) => column.name);
+  if (!lines.length) throw new Error("paste a row first.");
+  if (lines.length > 2) throw new Error(`${lines.length} lines pasted; paste one row (or a header line and one row).`);
+  const values = splitLine(lines[lines.length - 1]);
+  if (lines.length === 2) {
+    const header = splitLine(lines[0]);
+    if (header.length !== values.length) {
+      throw new Error(`the header has ${header.length} names but the row ${values.length} values.`);
+    }
+    const missing = names.filter((name) => !header.includes(name));
+    if (missing.length) throw new Error(`the header lacks the column(s) ${missing.join(", ")}.`);
+    return Object.fromEntries(names.map((name) => [name, values[header.indexOf(name)]]));
+  }
+  if (values.length !== names.length) {
+    const order = names.length <= 6 ? names.join(", ")
+      : `${names.slice(0, 4).join(", ")}, … (${names.length - 4} more, as in the form below)`;
+    throw new Error(`the row has ${values.length} values; the model takes ${names.length} columns, in this `
+      + `order: ${order}. Or paste a header line above the row.`);
+  }
+  return Object.fromEntries(names.map((name, i) => [name, values[i]]));
+}
+
+function fillFromPaste() {
+  const status = $("#paste-status");
+  try {
+    const row = pastedRow($("#paste-row").value, state.model.columns);
+    const inputs = [...$("#table-form").querySelectorAll("[data-column]")];
+    for (const input of inputs) {
+      const value = row[input.dataset.column];
+      if (input.dataset.kind === "number" && value !== "" && !Number.isFinite(Number(value))) {
+        throw new Error(`column ${input.dataset.column}: ${JSON.stringify(value)} is not a number.`);
+      }
+      if (input.tagName === "SELECT" && ![...input.options].some((option) => option.value === value)) {
+        const known = [...input.options].map((option) => option.value).join(", ");
+        throw new Error(`column ${input.dataset.column}: ${JSON.stringify(value)} is not a category the `
+          + `model knows (${known}).`);
+      }
+    }
+    for (const input of inputs) input.value = row[input.dataset.column];
+    status.className = "small ok";
+    status.textContent = `Filled ${inputs.length} columns.`;
+  } catch (err) {
+    status.className = "small failed";
+    status.textContent = `Not filled: ${err.message}`;
+  }
 }
 
 function chooseImage(file) {
@@ -234,6 +327,151 @@ async function sendFeedback() {
   }
 }
 
+// ---------- score a file ----------
+
+const PREVIEW_ROWS = 10;
+
+function setUpBatch(model) {
+  const batch = model.batch;
+  const input = $("#batch-input");
+  const zone = $("#batch-drop");
+  input.accept = batch.suffixes.join(",");
+  input.multiple = batch.multiple;
+  const what = batch.multiple ? "images, or zips of images" : "a file";
+  $("#batch-label").textContent = `Drop ${what} here, or choose`;
+  const mb = batch.max_bytes / 2 ** 20;
+  $("#batch-limits").textContent = `Up to ${batch.max_rows.toLocaleString()} inputs and `
+    + `${mb.toLocaleString(undefined, { maximumFractionDigits: 1 })} MB per upload (this server's limits) · `
+    + batch.suffixes.join(" ");
+  input.addEventListener("change", () => {
+    const files = [...input.files];
+    input.value = ""; // choosing the same file again (fixed) scores it again
+    scoreFiles(files);
+  });
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    scoreFiles([...event.dataTransfer.files]);
+  });
+  $("#batch").hidden = false;
+}
+
+function batchError(message) {
+  const area = $("#batch-error");
+  area.textContent = message ? `Error: ${message}` : "";
+  area.hidden = !message;
+}
+
+// Upload the files to POST /v1/predict/batch and follow its NDJSON answer: progress, the first rows,
+// then the whole CSV (as the server wrote it: the same file `foundry predict --output` writes).
+async function scoreFiles(files) {
+  if (!files.length) return;
+  const batch = state.model.batch;
+  const bytes = files.reduce((sum, file) => sum + file.size, 0);
+  const download = $("#batch-download");
+  if (download.href) URL.revokeObjectURL(download.href);
+  download.hidden = true;
+  download.removeAttribute("href");
+  $("#batch-run").hidden = false;
+  $("#batch-preview").replaceChildren();
+  $("#batch-notes").replaceChildren();
+  batchError("");
+  const progress = $("#batch-progress");
+  const status = $("#batch-status");
+  progress.removeAttribute("value"); // indeterminate while uploading
+  if (bytes > batch.max_bytes) {
+    status.textContent = "Not scored.";
+    progress.value = 0;
+    return batchError(`the upload is ${bytes.toLocaleString()} bytes; this server takes at most `
+      + `${batch.max_bytes.toLocaleString()} bytes per upload. Split the file.`);
+  }
+  const name = files.length === 1 ? files[0].name : `${files.length} files`;
+  status.textContent = `Uploading ${name}…`;
+  const form = new FormData();
+  for (const file of files) form.append("files", file, file.name);
+  const csv = [];
+  let total = 0;
+  let done = 0;
+  try {
+    const response = await fetch("/v1/predict/batch", { method: "POST", body: form });
+    if (!response.ok) {
+      const body = await response.json().catch(() => null);
+      const error = body && body.error;
+      throw new Error(error ? error.message : `the server answered ${response.status} ${response.statusText}.`);
+    }
+    let finished = false;
+    for await (const message of ndjsonLines(response)) {
+      if (message.error) throw new Error(message.error.message);
+      if (message.finished) { finished = true; break; }
+      if (message.csv === undefined) { // the first line: how many inputs, and notes on the file
+        total = message.rows;
+        progress.max = total;
+        progress.value = 0;
+        for (const note of message.notes) $("#batch-notes").append(element("li", {}, note));
+        continue;
+      }
+      csv.push(message.csv);
+      showPreview(message.rows, done);
+      done = message.done;
+      progress.value = done;
+      status.textContent = `Scored ${done.toLocaleString()} of ${total.toLocaleString()} from ${name}…`;
+    }
+    if (!finished) throw new Error("the answer ended early; the server may have stopped. Try again.");
+    status.textContent = `Scored all ${total.toLocaleString()} inputs of ${name}.`;
+    download.href = URL.createObjectURL(new Blob(csv, { type: "text/csv" }));
+    const stem = files.length === 1 ? files[0].name.replace(/\.[^.]*$/, "") : "files";
+    download.download = `${stem}-predictions.csv`;
+    download.hidden = false;
+  } catch (err) {
+    status.textContent = done ? `Stopped after ${done.toLocaleString()} of ${total.toLocaleString()}.`
+      : "Not scored.";
+    batchError(err.message);
+  }
+}
+
+// The JSON objects of a streamed NDJSON answer, as their lines arrive.
+async function* ndjsonLines(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+    let end;
+    while ((end = buffer.indexOf("\n")) >= 0) {
+      const line = buffer.slice(0, end);
+      buffer = buffer.slice(end + 1);
+      if (line.trim()) yield JSON.parse(line);
+    }
+    if (done) return;
+  }
+}
+
+// The first PREVIEW_ROWS rows, with the columns of the CSV (input, label, probability / prediction).
+function showPreview(rows, shown) {
+  const table = $("#batch-preview");
+  if (shown >= PREVIEW_ROWS || !rows.length) return;
+  const columns = Object.keys(rows[0]);
+  if (!table.rows.length) {
+    const head = element("tr");
+    for (const column of columns) head.append(element("th", { scope: "col" }, column));
+    table.append(element("thead"));
+    table.tHead.append(head);
+    table.append(element("tbody"));
+  }
+  for (const row of rows.slice(0, PREVIEW_ROWS - shown)) {
+    const line = element("tr");
+    for (const column of columns) {
+      const value = row[column];
+      const cell = element("td", typeof value === "number" ? { class: "num" } : {}, String(value ?? ""));
+      line.append(cell);
+    }
+    table.tBodies[0].append(line);
+  }
+}
+
 // ---------- start ----------
 
 async function start() {
@@ -258,7 +496,12 @@ async function start() {
     return showError(`this page does not know inputs of kind ${model.kind}; use the API at /docs.`);
   }
   $(areas[model.kind]).hidden = false;
-  if (model.kind === "table") renderTableForm(model.columns);
+  if (model.kind === "table") {
+    renderTableForm(model.columns);
+    $("#paste-area").hidden = false;
+    $("#paste-fill").addEventListener("click", fillFromPaste);
+  }
+  if (model.batch) setUpBatch(model);
   if (model.kind === "image") setUpImageInput();
   for (const label of model.labels) $("#correct-label").append(element("option", { value: label }, label));
   if (model.target) { // regression: the correction is a number
