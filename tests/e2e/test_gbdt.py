@@ -143,7 +143,9 @@ def test_auto_is_the_default_for_tables_and_says_what_it_picked_and_why(tmp_path
         == picked
         == json.loads(Path(tmp_path / "run/model/model.json").read_text())["model"]["name"]
     )
-    assert "Model choice (auto)" in (tmp_path / "run" / "report.html").read_text()
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "Model choice (auto)" in report
+    assert "<h3>Columns</h3>" in report and "<td>color</td><td>category</td>" in report  # each column's role
 
 
 def test_bad_gbdt_options_and_auto_with_options_exit_2_naming_the_key(tmp_path):
