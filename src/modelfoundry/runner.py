@@ -247,6 +247,11 @@ def _run(
         if splits[name] is not None:
             predictions[name] = task.predictions(predict_logits(model, splits[name]), spec)
             metrics[name] = task.metrics(predictions[name], getattr(data, name).targets.numpy(), spec)
+    if data.groups and "test" in predictions:  # evaluate.sensitive: the audit of the test split's groups
+        spec["fairness"] = fairness_settings(cfg)
+        metrics["fairness"] = task.fairness(
+            predictions["test"], data.test.targets.numpy(), data.groups["test"], spec, spec["fairness"]
+        )
     metrics["history"] = result.history
     # calibration measures this CPU; a GPU plan would need that GPU's rates, DDP a model of the all-reduce
     if device.type == "cpu" and distributed.world_size() == 1:
@@ -259,7 +264,7 @@ def _run(
             sum(r["seconds"] for r in result.history),
             math.ceil(len(data.train) / built.train.batch_size),
         )
-    metrics["warnings"] = review(metrics, task)
+    metrics["warnings"] = review(metrics, task) + metrics.get("fairness", {}).get("warnings", [])
     for warning in metrics["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     spec["test_accuracy"] = metrics.get("test", {}).get("accuracy")
@@ -283,6 +288,12 @@ def _run(
         path, cfg.name or path.name, metrics, data, spec, predictions.get("test"), test, config_to_dict(cfg)
     )
     return metrics, timings
+
+
+def fairness_settings(cfg: Config) -> dict:
+    """What the package keeps of evaluate.*, so that `foundry evaluate --data` audits new data alike."""
+    ev = cfg.evaluate
+    return {"sensitive": ev.sensitive, "threshold": ev.fairness_threshold, "intersections": ev.intersections}
 
 
 def _shown(cfg: Config, dotted: str):
@@ -309,8 +320,14 @@ def write_run_report(
         labels=data.labels,
         mistakes=task.mistakes(predictions, targets, spec, data.test_display),
         config=config,
-        sections=task.report_sections(predictions, targets, spec),
+        sections=task.report_sections(predictions, targets, spec) + fairness_sections(metrics),
     )
+
+
+def fairness_sections(metrics: dict) -> list[tuple[str, str, str]]:
+    from modelfoundry.evaluate.fairness import report_section
+
+    return [report_section(metrics["fairness"])] if metrics.get("fairness") else []
 
 
 def evaluate(
@@ -329,9 +346,16 @@ def evaluate(
         raise UserError(f"--data: {source} not found.")
     inputs, raw, display = task.read_labelled(predictor, source, label)
     targets = task.encode_targets(raw, spec, f"--data: {source}")
+    groups = None
+    if spec.get("fairness"):  # the run audited groups: audit the new data's too
+        from modelfoundry.evaluate.fairness import new_data_groups
+
+        groups = new_data_groups(source, display, spec["fairness"]["sensitive"])
     predictions = predictor.predictions(inputs)
     metrics = {"test": task.metrics(predictions, targets, spec), "data": str(source)}
-    metrics["warnings"] = review(metrics, task)
+    if groups is not None:
+        metrics["fairness"] = task.fairness(predictions, targets, groups, spec, spec["fairness"])
+    metrics["warnings"] = review(metrics, task) + metrics.get("fairness", {}).get("warnings", [])
     folder = run_folder(package_folder(run)) / "evaluations" / f"{source.stem}-{datetime.now():%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "metrics.json", metrics)
@@ -350,6 +374,6 @@ def evaluate(
         labels=predictor.labels,
         mistakes=task.mistakes(predictions, targets, spec, display),
         config={"run": str(run), "data": str(source)},
-        sections=task.report_sections(predictions, targets, spec),
+        sections=task.report_sections(predictions, targets, spec) + fairness_sections(metrics),
     )
     return metrics, folder

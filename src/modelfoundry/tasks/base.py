@@ -250,6 +250,20 @@ class Task:
     def describe_targets(self, labels: list[str]) -> str:
         return f"{len(labels)} classes"
 
+    def fairness(self, predictions, targets, groups: pd.DataFrame, spec: dict, settings: dict) -> dict:
+        """The fairness audit of a split (evaluate/fairness.py): per group of each sensitive column, and the
+        gaps. Classes: accuracy, precision, recall, F1; with two classes the second is the positive one."""
+        from modelfoundry.evaluate import fairness
+
+        labels = spec["labels"]
+        per_group = fairness.classification_groups(predictions.argmax(1), np.asarray(targets), len(labels))
+        out = fairness.audit(per_group, groups, settings)
+        return {"positive_label": labels[1], **out} if len(labels) == 2 else out
+
+    def balance_cells(self, targets: np.ndarray) -> np.ndarray:
+        """What train.balance_groups balances within each group: the classes (a regression target: none)."""
+        return np.asarray(targets)
+
     # ---- the Predictor and the HTTP service --------------------------------------------------
 
     def encode_inputs(self, predictor, inputs, origin: str = "input"):

@@ -218,6 +218,16 @@ class TabularRegression(TableInputs, Task):
             for i, shown in zip(worst, _take(display, worst))
         ]
 
+    def fairness(self, predictions, targets, groups, spec: dict, settings: dict) -> dict:
+        """Per group: RMSE, MAE and the mean residual (predicted - true), in the target's units."""
+        from modelfoundry.evaluate import fairness
+
+        per_group = fairness.regression_groups(predictions, self.true_values(targets, spec))
+        return fairness.audit(per_group, groups, settings)
+
+    def balance_cells(self, targets: np.ndarray) -> np.ndarray:
+        return np.zeros(len(targets), dtype=np.int64)  # a number has no classes: each group counts equally
+
     def report_sections(self, predictions, targets, spec: dict) -> list[tuple[str, str, str]]:
         from modelfoundry.evaluate.report import regression_plots
 

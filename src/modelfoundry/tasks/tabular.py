@@ -47,6 +47,7 @@ class TableInputs:
             extra["dropped_unlabeled_rows"] = unlabeled
         features = tabular.feature_columns(frame, data, origin)
         extra["ignored_columns"] = [c for c in frame.columns if c not in features]
+        extra["columns"] = frame  # evaluate.sensitive may name any column; prepare keeps those aside
         return (
             frame[features],
             self.raw_targets(frame[data.label], origin),

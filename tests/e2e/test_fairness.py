@@ -1,0 +1,89 @@
+"""The fairness audit through the real CLI: a run audits its test split per group of columns the model
+may not even see, `foundry evaluate --data` audits new data alike, and a bad column is one message."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from e2e_helpers import TINY_MLP, assert_ok, assert_user_error, foundry, write_config
+
+
+def people_frame(rows: int = 300, seed: int = 0) -> pd.DataFrame:
+    """A label that x1 and sex decide; race is left out of the model (data.drop) and still audited."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "x1": rng.normal(size=rows).round(3),
+            "x2": rng.normal(size=rows).round(3),
+            "sex": rng.choice(["F", "M"], rows, p=[0.4, 0.6]),
+            "race": rng.choice(["A", "B", "C"], rows, p=[0.55, 0.35, 0.1]),
+            "id": range(rows),
+        }
+    )
+    frame["label"] = np.where(frame["x1"] + (frame["sex"] == "M") > 0.5, "yes", "no")
+    return frame
+
+
+@pytest.fixture(scope="module")
+def audited_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fairness")
+    home = folder / "runs"
+    people_frame().to_csv(folder / "people.csv", index=False)
+    config = write_config(
+        folder / "people.yaml",
+        "tabular_classification",
+        "people.csv",
+        data={"drop": ["id", "race"]},
+        evaluate={"sensitive": ["sex", "race"], "intersections": True},
+    )
+    result = foundry("train", config, *TINY_MLP, "--run-dir", home / "people", cwd=folder, home=home)
+    assert_ok(result)
+    return folder, home, home / "people", result
+
+
+def test_a_run_audits_its_test_split_per_group_in_metrics_and_report(audited_run):
+    _folder, _home, run, result = audited_run
+    fairness = json.loads((run / "metrics.json").read_text())["fairness"]
+    assert set(fairness["attributes"]) == {"sex", "race", "sex & race"}
+    sex = fairness["attributes"]["sex"]
+    assert set(sex["groups"]) == {"F", "M"} and sum(g["n"] for g in sex["groups"].values()) == 60  # 20% test
+    assert {"demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference"} <= set(
+        sex["gaps"]
+    )
+    race = fairness["attributes"]["race"]
+    assert race["unreliable_groups"]  # ~6 test rows of race C: reported, flagged, no error
+    columns = [
+        c["name"] for c in json.loads((run / "model" / "model.json").read_text())["preprocessing"]["columns"]
+    ]
+    assert "race" not in columns and "sex" in columns  # audited without being fed to the model
+    assert "fewer than 30 test examples" in result.stderr  # said as a warning, not an error
+    report = (run / "report.html").read_text()
+    assert 'id="fairness"' in report and "demographic parity difference" in report
+    assert report.count("numbers per group") == 3  # a bar chart of every number for each column
+
+
+def test_evaluate_on_new_data_audits_its_groups_and_names_a_missing_column(audited_run):
+    folder, home, run, _ = audited_run
+    people_frame(120, seed=1).to_csv(folder / "new.csv", index=False)
+    result = foundry("evaluate", run, "--data", "new.csv", "--json", cwd=folder, home=home)
+    assert_ok(result)
+    fairness = json.loads(result.stdout)["metrics"]["fairness"]
+    assert sum(g["n"] for g in fairness["attributes"]["race"]["groups"].values()) == 120
+    people_frame(50, seed=2).drop(columns=["race"]).rename(columns={"sex": "gender"}).to_csv(
+        folder / "no_sex.csv", index=False
+    )
+    bad = foundry("evaluate", run, "--data", "no_sex.csv", cwd=folder, home=home)
+    assert_user_error(bad, "no_sex.csv has no column 'sex'", "Its columns: x1, x2, gender, id, label")
+
+
+def test_a_sensitive_column_that_is_not_there_stops_training_with_the_close_name(tmp_path):
+    people_frame(60).to_csv(tmp_path / "people.csv", index=False)
+    config = write_config(
+        tmp_path / "c.yaml", "tabular_classification", "people.csv", evaluate={"sensitive": ["sexe"]}
+    )
+    result = foundry("train", config, cwd=tmp_path, home=tmp_path / "runs")
+    assert_user_error(result, "evaluate.sensitive:", "has no column 'sexe'. Did you mean 'sex'?")
