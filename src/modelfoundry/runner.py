@@ -201,6 +201,7 @@ def _run(
     splits = {
         name: getattr(data, name) and getattr(data, name).to(device) for name in ("train", "val", "test")
     }
+    balance = _balance_groups(cfg, task, data, splits, device, console)
     result = fit(
         model,
         splits["train"],
@@ -229,6 +230,8 @@ def _run(
     }
     if setup:
         metrics["distributed"] = setup
+    if balance:
+        metrics["balance_groups"] = balance
     spec = {
         "task": cfg.task,
         "model": {"name": cfg.model.name, "options": model_options(cfg, base_dir)},
@@ -288,6 +291,26 @@ def _run(
         path, cfg.name or path.name, metrics, data, spec, predictions.get("test"), test, config_to_dict(cfg)
     )
     return metrics, timings
+
+
+def _balance_groups(cfg: Config, task, data: Prepared, splits: dict, device, console: Console) -> dict:
+    """train.balance_groups: the training split's batches carry weights that make each (group, label) cell
+    count equally in the loss. Returns what metrics.json records of it (nothing when off)."""
+    column = cfg.train.balance_groups
+    if not column:
+        return {}
+    from modelfoundry.training.weights import WeightedData, balance_weights
+
+    weights, cells = balance_weights(
+        data.groups["train"][column], task.balance_cells(data.train.targets.numpy(), data.labels)
+    )
+    splits["train"] = WeightedData(data.train, weights).to(device)
+    console.print(
+        f"balance_groups: {column}: {len(cells)} (group / label) cells weighted equally; example weights "
+        f"{weights.min():.3g} to {weights.max():.3g}",
+        highlight=False,
+    )
+    return {"column": column, "cells": cells, "weight_range": [float(weights.min()), float(weights.max())]}
 
 
 def fairness_settings(cfg: Config) -> dict:

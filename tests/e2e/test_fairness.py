@@ -12,7 +12,7 @@ import pytest
 from e2e_helpers import TINY_MLP, assert_ok, assert_user_error, foundry, write_config
 
 
-def people_frame(rows: int = 300, seed: int = 0) -> pd.DataFrame:
+def people_frame(rows: int = 400, seed: int = 0) -> pd.DataFrame:
     """A label that x1 and sex decide; race is left out of the model (data.drop) and still audited."""
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame(
@@ -24,7 +24,8 @@ def people_frame(rows: int = 300, seed: int = 0) -> pd.DataFrame:
             "id": range(rows),
         }
     )
-    frame["label"] = np.where(frame["x1"] + (frame["sex"] == "M") > 0.5, "yes", "no")
+    noise = rng.normal(0, 0.7, rows)
+    frame["label"] = np.where(frame["x1"] + (frame["sex"] == "M") + noise > 0.5, "yes", "no")
     return frame
 
 
@@ -40,9 +41,12 @@ def audited_run(tmp_path_factory):
         data={"drop": ["id", "race"]},
         evaluate={"sensitive": ["sex", "race"], "intersections": True},
     )
-    result = foundry("train", config, *TINY_MLP, "--run-dir", home / "people", cwd=folder, home=home)
+    result = foundry("train", config, *TINY_MLP, *EPOCHS, "--run-dir", home / "people", cwd=folder, home=home)
     assert_ok(result)
     return folder, home, home / "people", result
+
+
+EPOCHS = ["--set", "train.epochs=20"]  # enough for the model to lean on sex; a second on a tiny table
 
 
 def test_a_run_audits_its_test_split_per_group_in_metrics_and_report(audited_run):
@@ -50,7 +54,7 @@ def test_a_run_audits_its_test_split_per_group_in_metrics_and_report(audited_run
     fairness = json.loads((run / "metrics.json").read_text())["fairness"]
     assert set(fairness["attributes"]) == {"sex", "race", "sex & race"}
     sex = fairness["attributes"]["sex"]
-    assert set(sex["groups"]) == {"F", "M"} and sum(g["n"] for g in sex["groups"].values()) == 60  # 20% test
+    assert set(sex["groups"]) == {"F", "M"} and sum(g["n"] for g in sex["groups"].values()) == 80  # 20% test
     assert {"demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference"} <= set(
         sex["gaps"]
     )
@@ -87,3 +91,27 @@ def test_a_sensitive_column_that_is_not_there_stops_training_with_the_close_name
     )
     result = foundry("train", config, cwd=tmp_path, home=tmp_path / "runs")
     assert_user_error(result, "evaluate.sensitive:", "has no column 'sexe'. Did you mean 'sex'?")
+
+
+def test_balance_groups_narrows_the_gap_it_was_asked_to(audited_run):
+    folder, home, run, _ = audited_run
+    balanced = foundry(
+        "train",
+        folder / "people.yaml",
+        *TINY_MLP,
+        *EPOCHS,
+        "--set",
+        "train.balance_groups=sex",
+        "--run-dir",
+        home / "balanced",
+        cwd=folder,
+        home=home,
+    )
+    assert_ok(balanced)
+    assert "balance_groups: sex: 4 (group / label) cells weighted equally" in balanced.stderr
+    before = json.loads((run / "metrics.json").read_text())
+    after = json.loads((home / "balanced" / "metrics.json").read_text())
+    assert after["balance_groups"]["cells"].keys() == {"F / no", "F / yes", "M / no", "M / yes"}
+    gap = "demographic_parity_difference"
+    sex_before, sex_after = before["fairness"]["attributes"]["sex"], after["fairness"]["attributes"]["sex"]
+    assert sex_after["gaps"][gap] < sex_before["gaps"][gap] - 0.1, (sex_before["gaps"], sex_after["gaps"])

@@ -174,3 +174,42 @@ def test_a_sensitive_column_of_one_group_is_an_error_naming_it():
     frame = pd.DataFrame({"sex": ["F", "F", "F"]})
     with pytest.raises(UserError, match=r"column 'sex' of people.csv holds one group only \('F'\)"):
         check_sensitive(frame, ["sex"], "people.csv")
+
+
+def test_balance_weights_make_every_group_and_label_cell_weigh_the_same():
+    import torch
+
+    from modelfoundry.data.prepare import ArrayData
+    from modelfoundry.training.weights import WeightedData, balance_weights
+
+    groups = people()
+    targets = np.random.default_rng(3).integers(0, 2, len(groups))
+    cells = CLASSIFIER.balance_cells(targets, ["no", "yes"])
+    weights, counts = balance_weights(groups["sex"], cells)
+    assert set(counts) == {"F / no", "F / yes", "M / no", "M / yes"} and sum(counts.values()) == len(groups)
+    totals = pd.Series(weights).groupby([groups["sex"].to_numpy(), cells]).sum()
+    assert totals.to_numpy() == pytest.approx(np.full(4, len(groups) / 4))
+    # the weighted loss is the weighted mean of each example's loss; batches keep the split's shuffle
+    data = WeightedData(ArrayData(np.random.default_rng(4).normal(size=(len(groups), 3)), targets), weights)
+    inputs, batch_targets, batch_weights = next(data.batches(400, shuffle=True, generator=torch.Generator()))
+    logits = torch.nn.Linear(3, 2)(inputs)
+    each = torch.nn.functional.cross_entropy(logits, batch_targets, reduction="none")
+    expected = (each * batch_weights).sum() / batch_weights.sum()
+    objective = CLASSIFIER.objective_class()
+    assert objective.loss(logits, batch_targets, batch_weights).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
+    assert objective.loss(logits, batch_targets).item() == pytest.approx(each.mean().item(), rel=1e-6)
+
+
+def test_balance_groups_must_name_an_audited_column():
+    from modelfoundry.config import load_config
+
+    config = {
+        "task": "tabular_classification",
+        "data": {"source": "people.csv", "label": "y"},
+        "train": {"balance_groups": "sex"},
+        "evaluate": {"sensitive": ["race"]},
+    }
+    with pytest.raises(UserError, match=r"train.balance_groups: 'sex' is not a column of evaluate.sensitive"):
+        load_config(config)

@@ -50,8 +50,11 @@ class Objective:
         self._loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self._eval_loss = nn.CrossEntropyLoss()
 
-    def loss(self, outputs, targets):
-        return self._loss(outputs, targets)
+    def loss(self, outputs, targets, weights=None):
+        """`weights` (B,): per-example weights (train.balance_groups); the loss is their weighted mean."""
+        if weights is None:
+            return self._loss(outputs, targets)
+        return weighted_mean(self._loss, outputs, targets, weights)
 
     def distill(self, outputs, teacher_outputs, temperature: float):
         """Hinton et al. 2015: match the softened teacher, scaled by T^2."""
@@ -260,9 +263,10 @@ class Task:
         out = fairness.audit(per_group, groups, settings)
         return {"positive_label": labels[1], **out} if len(labels) == 2 else out
 
-    def balance_cells(self, targets: np.ndarray) -> np.ndarray:
-        """What train.balance_groups balances within each group: the classes (a regression target: none)."""
-        return np.asarray(targets)
+    def balance_cells(self, targets: np.ndarray, labels: list[str]) -> np.ndarray:
+        """What train.balance_groups balances within each group, per example: its class name (regression:
+        one cell per group)."""
+        return np.asarray(labels, dtype=object)[np.asarray(targets)]
 
     # ---- the Predictor and the HTTP service --------------------------------------------------
 
@@ -406,6 +410,16 @@ class Task:
 
 
 # ---- helpers shared by the tasks -----------------------------------------------------------------
+
+
+def weighted_mean(loss, outputs, targets, weights):
+    """A torch loss module's per-example values (B,), averaged with weights (B,)."""
+    reduction, loss.reduction = loss.reduction, "none"
+    try:
+        values = loss(outputs, targets)
+    finally:
+        loss.reduction = reduction
+    return (values * weights).sum() / weights.sum()
 
 
 def _take(display, indices: list[int]) -> list:
