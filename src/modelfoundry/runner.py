@@ -250,11 +250,18 @@ def _run(
         if splits[name] is not None:
             predictions[name] = task.predictions(predict_logits(model, splits[name]), spec)
             metrics[name] = task.metrics(predictions[name], getattr(data, name).targets.numpy(), spec)
+    test_targets = data.test.targets.numpy() if data.test is not None else None
     if data.groups and "test" in predictions:  # evaluate.sensitive: the audit of the test split's groups
         spec["fairness"] = fairness_settings(cfg)
         metrics["fairness"] = task.fairness(
-            predictions["test"], data.test.targets.numpy(), data.groups["test"], spec, spec["fairness"]
+            predictions["test"], test_targets, data.groups["test"], spec, spec["fairness"]
         )
+    if "test" in predictions:  # global explanations (tables: which columns the model relies on)
+        from modelfoundry.predictor import Predictor
+
+        importance = task.importance(Predictor(model.eval(), spec), data.test_display, test_targets, spec)
+        if importance:
+            metrics["importance"] = importance
     metrics["history"] = result.history
     # calibration measures this CPU; a GPU plan would need that GPU's rates, DDP a model of the all-reduce
     if device.type == "cpu" and distributed.world_size() == 1:
@@ -343,14 +350,16 @@ def write_run_report(
         labels=data.labels,
         mistakes=task.mistakes(predictions, targets, spec, data.test_display),
         config=config,
-        sections=task.report_sections(predictions, targets, spec) + fairness_sections(metrics),
+        sections=task.report_sections(predictions, targets, spec) + audit_sections(metrics),
     )
 
 
-def fairness_sections(metrics: dict) -> list[tuple[str, str, str]]:
+def audit_sections(metrics: dict) -> list[tuple[str, str, str]]:
     from modelfoundry.evaluate.fairness import report_section
+    from modelfoundry.evaluate.importance import report_section as importance_section
 
-    return [report_section(metrics["fairness"])] if metrics.get("fairness") else []
+    sections = [importance_section(metrics["importance"])] if metrics.get("importance") else []
+    return sections + ([report_section(metrics["fairness"])] if metrics.get("fairness") else [])
 
 
 def evaluate(
@@ -397,6 +406,6 @@ def evaluate(
         labels=predictor.labels,
         mistakes=task.mistakes(predictions, targets, spec, display),
         config={"run": str(run), "data": str(source)},
-        sections=task.report_sections(predictions, targets, spec) + fairness_sections(metrics),
+        sections=task.report_sections(predictions, targets, spec) + audit_sections(metrics),
     )
     return metrics, folder

@@ -67,6 +67,11 @@ def test_a_run_audits_its_test_split_per_group_in_metrics_and_report(audited_run
     assert "fewer than 30 test examples" in result.stderr  # said as a warning, not an error
     report = (run / "report.html").read_text()
     assert 'id="fairness"' in report and "demographic parity difference" in report
+    # global explanation: each column the model reads, by name, x1 and sex (which decide the label) first
+    importance = json.loads((run / "metrics.json").read_text())["importance"]
+    assert importance["metric"] == "accuracy" and importance["rows"] == 80
+    assert list(importance["columns"])[-1] == "x2" and set(importance["columns"]) == {"x1", "x2", "sex"}
+    assert 'id="importance"' in report
     assert report.count("numbers per group") == 3  # a bar chart of every number for each column
 
 

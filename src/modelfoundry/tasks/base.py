@@ -263,6 +263,15 @@ class Task:
         out = fairness.audit(per_group, groups, settings)
         return {"positive_label": labels[1], **out} if len(labels) == 2 else out
 
+    def score(self, predictions: np.ndarray, targets: np.ndarray, spec: dict) -> float:
+        """`retrain_metric` alone, cheaply (permutation importance computes it columns x repeats times)."""
+        return float((predictions.argmax(1) == targets).mean())
+
+    def importance(self, predictor, display, targets: np.ndarray, spec: dict) -> dict | None:
+        """Global explanations of the test split (evaluate/importance.py), or None where the inputs have none
+        yet. Per kind of input: tables rank their columns."""
+        return None
+
     def balance_cells(self, targets: np.ndarray, labels: list[str]) -> np.ndarray:
         """What train.balance_groups balances within each group, per example: its class name (regression:
         one cell per group)."""

@@ -227,6 +227,9 @@ class TabularRegression(TableInputs, Task):
         per_group = fairness.regression_groups(predictions, self.true_values(targets, spec))
         return fairness.audit(per_group, groups, settings)
 
+    def score(self, predictions: np.ndarray, targets: np.ndarray, spec: dict) -> float:
+        return float(np.sqrt(np.mean((predictions - self.true_values(targets, spec)) ** 2)))  # rmse
+
     def balance_cells(self, targets: np.ndarray, labels: list[str]) -> np.ndarray:
         return np.full(
             len(targets), "all", dtype=object

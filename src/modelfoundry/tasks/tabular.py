@@ -18,7 +18,7 @@ import pandas as pd
 
 from modelfoundry.data import tabular, validate
 from modelfoundry.errors import InputError, UserError, did_you_mean
-from modelfoundry.tasks.base import Task, at, json_type, one_upload, unicode_text
+from modelfoundry.tasks.base import Task, _take, at, json_type, one_upload, unicode_text
 from modelfoundry.tasks.text import write_jsonl
 
 # the label column name a built-in table's rows carry in corrections and in `evaluate --data` files
@@ -92,6 +92,21 @@ class TableInputs:
 
     def shown(self, item) -> dict:
         return {"row": item}
+
+    def importance(self, predictor, display, targets: np.ndarray, spec: dict) -> dict | None:
+        """Permutation importance of each column the model reads, in the metric retraining compares."""
+        from modelfoundry.evaluate.importance import permutation_importance, sample_rows
+
+        rows = sample_rows(len(targets))
+        frame = pd.DataFrame(_take(display, rows.tolist()))
+        names = [c["name"] for c in spec["preprocessing"]["columns"]]
+        return permutation_importance(
+            predictor.predictions,
+            frame[names],
+            lambda p: self.score(p, targets[rows], spec),
+            self.retrain_metric,
+            self.retrain_higher_is_better,
+        )
 
     # ---- Predictor and service -------------------------------------------------------------------
 
