@@ -206,6 +206,12 @@ class TrainConfig(_Section):
         description="a column of evaluate.sensitive: training examples are re-weighted so that each (group, "
         "label) cell counts equally in the loss (fairness mitigation; the report shows the gaps it leaves)",
     )
+    balance_method: Literal["equal_cells", "reweighing"] = Field(
+        "equal_cells",
+        description="balance_groups: equal_cells = every (group, label) cell weighs the same (this also "
+        "balances the labels); reweighing = Kamiran & Calders 2012, weight P(group) P(label) / "
+        "P(group, label): labels independent of the group, the label mix of the data kept",
+    )
 
 
 class EvaluateConfig(_Section):

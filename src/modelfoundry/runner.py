@@ -201,7 +201,7 @@ def _run(
     splits = {
         name: getattr(data, name) and getattr(data, name).to(device) for name in ("train", "val", "test")
     }
-    balance = _balance_groups(cfg, task, data, splits, device, console)
+    balance = balance_groups(cfg, task, data, splits, device, console)
     result = fit(
         model,
         splits["train"],
@@ -300,24 +300,25 @@ def _run(
     return metrics, timings
 
 
-def _balance_groups(cfg: Config, task, data: Prepared, splits: dict, device, console: Console) -> dict:
-    """train.balance_groups: the training split's batches carry weights that make each (group, label) cell
-    count equally in the loss. Returns what metrics.json records of it (nothing when off)."""
-    column = cfg.train.balance_groups
+def balance_groups(cfg: Config, task, data: Prepared, splits: dict, device, console: Console) -> dict:
+    """train.balance_groups: the training split's batches carry weights that balance each (group, label)
+    cell in the loss (train.balance_method). Returns what metrics.json records of it (nothing when off)."""
+    column, method = cfg.train.balance_groups, cfg.train.balance_method
     if not column:
         return {}
     from modelfoundry.training.weights import WeightedData, balance_weights
 
     weights, cells = balance_weights(
-        data.groups["train"][column], task.balance_cells(data.train.targets.numpy(), data.labels)
+        data.groups["train"][column], task.balance_cells(data.train.targets.numpy(), data.labels), method
     )
     splits["train"] = WeightedData(data.train, weights).to(device)
     console.print(
-        f"balance_groups: {column}: {len(cells)} (group / label) cells weighted equally; example weights "
+        f"balance_groups: {column}: {len(cells)} (group / label) cells, {method}; example weights "
         f"{weights.min():.3g} to {weights.max():.3g}",
         highlight=False,
     )
-    return {"column": column, "cells": cells, "weight_range": [float(weights.min()), float(weights.max())]}
+    weight_range = [float(weights.min()), float(weights.max())]
+    return {"column": column, "method": method, "cells": cells, "weight_range": weight_range}
 
 
 def fairness_settings(cfg: Config) -> dict:

@@ -113,7 +113,7 @@ def test_balance_groups_narrows_the_gap_it_was_asked_to(audited_run):
         home=home,
     )
     assert_ok(balanced)
-    assert "balance_groups: sex: 4 (group / label) cells weighted equally" in balanced.stderr
+    assert "balance_groups: sex: 4 (group / label) cells, equal_cells" in balanced.stderr
     before = json.loads((run / "metrics.json").read_text())
     after = json.loads((home / "balanced" / "metrics.json").read_text())
     assert after["balance_groups"]["cells"].keys() == {"F / no", "F / yes", "M / no", "M / yes"}

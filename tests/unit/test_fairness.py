@@ -189,6 +189,12 @@ def test_balance_weights_make_every_group_and_label_cell_weigh_the_same():
     assert set(counts) == {"F / no", "F / yes", "M / no", "M / yes"} and sum(counts.values()) == len(groups)
     totals = pd.Series(weights).groupby([groups["sex"].to_numpy(), cells]).sum()
     assert totals.to_numpy() == pytest.approx(np.full(4, len(groups) / 4))
+    # reweighing: the labels become independent of sex, their overall mix kept (Kamiran & Calders 2012)
+    weights, _ = balance_weights(groups["sex"], cells, "reweighing")
+    assert weights.sum() == pytest.approx(len(groups), rel=1e-6)
+    positive = pd.Series(weights * (cells == "yes")).groupby(groups["sex"].to_numpy()).sum()
+    share = positive / pd.Series(weights).groupby(groups["sex"].to_numpy()).sum()
+    assert share.to_numpy() == pytest.approx(np.full(2, (cells == "yes").mean()))
     # the weighted loss is the weighted mean of each example's loss; batches keep the split's shuffle
     data = WeightedData(ArrayData(np.random.default_rng(4).normal(size=(len(groups), 3)), targets), weights)
     inputs, batch_targets, batch_weights = next(data.batches(400, shuffle=True, generator=torch.Generator()))

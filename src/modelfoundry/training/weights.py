@@ -13,12 +13,24 @@ import torch
 from modelfoundry.errors import UserError
 
 
-def balance_weights(groups: pd.Series, cells: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Per-example weights (N,) whose sum is N, equal in total for every (group, cell) pair present, and
-    the count of each pair ("F / yes": 12). `cells`: the task's `balance_cells` (the classes, or zeros)."""
-    keys = pd.Series(groups.to_numpy().astype(str)) + "\x00" + pd.Series(np.asarray(cells).astype(str))
+def balance_weights(
+    groups: pd.Series, cells: np.ndarray, method: str = "equal_cells"
+) -> tuple[np.ndarray, dict]:
+    """Per-example weights (N,) whose sum is N, and the count of each (group, cell) pair ("F / yes": 12).
+    `cells`: the task's `balance_cells` (the class names, or one cell). equal_cells: every pair present
+    weighs the same in total; reweighing: a pair weighs what it would if cells were independent of groups,
+    n_group * n_cell / N (Kamiran & Calders 2012)."""
+    group, cell = pd.Series(groups.to_numpy().astype(str)), pd.Series(np.asarray(cells).astype(str))
+    keys = group + "\x00" + cell
     counts = keys.value_counts()
-    weights = len(keys) / (len(counts) * keys.map(counts).to_numpy(dtype=np.float64))
+    in_pair = keys.map(counts).to_numpy(dtype=np.float64)
+    if method == "reweighing":
+        expected = group.map(group.value_counts()).to_numpy(np.float64) * cell.map(
+            cell.value_counts()
+        ).to_numpy(np.float64)
+        weights = expected / (len(keys) * in_pair)
+    else:
+        weights = len(keys) / (len(counts) * in_pair)
     shown = {k.replace("\x00", " / "): int(v) for k, v in counts.sort_index().items()}
     return weights.astype(np.float32), shown
 
