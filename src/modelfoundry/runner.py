@@ -383,7 +383,8 @@ def evaluate(
     if spec.get("fairness"):  # the run audited groups: audit the new data's too
         from modelfoundry.evaluate.fairness import new_data_groups
 
-        groups = new_data_groups(source, display, spec["fairness"]["sensitive"])
+        frame = task.labelled_columns(predictor, source, display)
+        groups = new_data_groups(source, frame, spec["fairness"]["sensitive"])
     predictions = predictor.predictions(inputs)
     metrics = {"test": task.metrics(predictions, targets, spec), "data": str(source)}
     if groups is not None:

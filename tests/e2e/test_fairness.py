@@ -4,12 +4,15 @@ may not even see, `foundry evaluate --data` audits new data alike, and a bad col
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from e2e_helpers import TINY_MLP, assert_ok, assert_user_error, foundry, write_config
+
+REVIEWS = Path(__file__).parents[2] / "examples" / "tiny" / "reviews.csv"
 
 
 def people_frame(rows: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -120,3 +123,37 @@ def test_balance_groups_narrows_the_gap_it_was_asked_to(audited_run):
     gap = "demographic_parity_difference"
     sex_before, sex_after = before["fairness"]["attributes"]["sex"], after["fairness"]["attributes"]["sex"]
     assert sex_after["gaps"][gap] < sex_before["gaps"][gap] - 0.1, (sex_before["gaps"], sex_after["gaps"])
+
+
+def test_a_text_model_is_audited_on_a_column_it_never_reads(tmp_path):
+    """Each review's region is its label's twin, so each region's accuracy must equal its class's recall:
+    it does only if the groups follow the test texts through the split and the length sorting (an
+    imperfect model, so that mixed-up groups would score otherwise)."""
+    reviews = pd.read_csv(REVIEWS)
+    reviews["region"] = np.where(reviews["sentiment"] == "positive", "north", "south")
+    reviews.to_csv(tmp_path / "reviews.csv", index=False)
+    config = write_config(
+        tmp_path / "text.yaml",
+        "text_classification",
+        "reviews.csv",
+        data={"text": "review", "label": "sentiment", "split": {"val": 0.2, "test": 0.3, "seed": 0}},
+        model={"name": "lstm", "embed_dim": 16, "hidden": 16},
+        train={
+            "epochs": 1,
+            "batch_size": 16,
+            "precision": "fp32",
+        },  # far from perfect: wrong groups would show
+        evaluate={"sensitive": ["region"]},
+    )
+    home = tmp_path / "runs"
+    assert_ok(foundry("train", config, "--run-dir", home / "text", cwd=tmp_path, home=home))
+    metrics = json.loads((home / "text" / "metrics.json").read_text())
+    groups = metrics["fairness"]["attributes"]["region"]["groups"]
+    per_class = metrics["test"]["per_class"]
+    assert groups["north"]["accuracy"] == pytest.approx(per_class["positive"]["recall"])
+    assert groups["south"]["accuracy"] == pytest.approx(per_class["negative"]["recall"])
+    assert groups["north"]["n"] == per_class["positive"]["support"]
+    result = foundry("evaluate", home / "text", "--data", "reviews.csv", "--json", cwd=tmp_path, home=home)
+    assert_ok(result)
+    new = json.loads(result.stdout)["metrics"]["fairness"]["attributes"]["region"]["groups"]
+    assert new["north"]["n"] == int((reviews["region"] == "north").sum())

@@ -188,8 +188,20 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
         display,
         files,
         targets.spec,
-        {k: groups.iloc[v].reset_index(drop=True) for k, v in split.items()} if groups is not None else {},
+        split_groups(groups, split, parts),
     )
+
+
+def split_groups(groups: pd.DataFrame | None, split: dict, parts: dict) -> dict:
+    """Each split's rows of the sensitive columns, in the order of its examples: a split the task reordered
+    (texts, shortest first) says how in `split_order`."""
+    if groups is None:
+        return {}
+    out = {}
+    for name, index in split.items():
+        order = getattr(parts[name], "split_order", None)
+        out[name] = groups.iloc[index if order is None else index[order]].reset_index(drop=True)
+    return out
 
 
 def sensitive_columns(columns: list[str], loaded: dict, task) -> pd.DataFrame | None:
@@ -209,7 +221,8 @@ def sensitive_columns(columns: list[str], loaded: dict, task) -> pd.DataFrame | 
         if frame is None:
             raise UserError(
                 f"evaluate.sensitive: {task.name} does not keep the columns of {origin} aside, so the "
-                "fairness audit has no groups to read; it audits tabular tasks. Remove evaluate.sensitive."
+                "fairness audit has no groups to read; it audits tables and text tables. Remove "
+                "evaluate.sensitive."
             )
         check_sensitive(frame, columns, origin, two_groups=len(frames) == 1)
     groups = pd.concat([group_labels(f[columns]) for f in frames], ignore_index=True)

@@ -179,14 +179,14 @@ def group_labels(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).reset_index(drop=True)
 
 
-def new_data_groups(source, rows: list, columns: list[str]) -> pd.DataFrame:
-    """The sensitive columns of `foundry evaluate --data` rows (dicts of every column of the file)."""
-    if not rows or not isinstance(rows[0], dict):
+def new_data_groups(source, frame: pd.DataFrame | None, columns: list[str]) -> pd.DataFrame:
+    """The sensitive columns of `foundry evaluate --data` rows (`frame`: every column of the file, row for
+    row as the task read them; None where the inputs are no table)."""
+    if frame is None:
         raise UserError(
             f"--data: {source}: this model's run audited groups of {', '.join(columns)}, but its inputs are "
-            "not table rows, so the groups cannot be read."
+            "not rows of a table, so the groups cannot be read."
         )
-    frame = pd.DataFrame(rows)
     check_sensitive(frame, columns, f"--data {source}")
     return group_labels(frame[columns])
 

@@ -350,6 +350,11 @@ class Task:
         """New labelled data for `foundry evaluate --data`: (inputs for predict, raw targets, display)."""
         raise NotImplementedError
 
+    def labelled_columns(self, predictor, source: Path, display) -> pd.DataFrame | None:
+        """Every column of the rows `read_labelled` returned, in its order (the fairness audit of new data
+        reads its groups there); None where the inputs are not rows of a table."""
+        return None
+
     def encode_targets(self, raw, spec: dict, origin: str) -> np.ndarray:
         """Raw targets (of new data, or of a streamed chunk) -> the encoded targets: class indices (N,)."""
         labels = spec["labels"]

@@ -213,6 +213,9 @@ class TableInputs:
         raw = self.raw_targets(frame[column], str(source))
         return frame.drop(columns=[column]), raw, frame.to_dict(orient="records")
 
+    def labelled_columns(self, predictor, source: Path, display) -> pd.DataFrame:
+        return pd.DataFrame(list(display))
+
     def feedback_records(self, rows, config: dict, folder: Path) -> Path:
         data = config["data"]
         records = [

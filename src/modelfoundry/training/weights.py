@@ -42,8 +42,9 @@ class WeightedData:
     def __init__(self, data, weights: np.ndarray | torch.Tensor):
         if not hasattr(data, "inputs"):
             raise UserError(
-                "train.balance_groups: re-weighting needs the training rows in memory; set "
-                "data.streaming: false."
+                "train.balance_groups: re-weighting works on a training split of table rows held in memory; "
+                f"this run's is {type(data).__name__}. Remove train.balance_groups (the audit still runs), "
+                "or train a table model with data.streaming: false."
             )
         self.data, self.weights = data, torch.as_tensor(weights, dtype=torch.float32)
         self.inputs, self.targets = data.inputs, data.targets
