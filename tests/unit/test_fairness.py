@@ -219,3 +219,22 @@ def test_balance_groups_must_name_an_audited_column():
     }
     with pytest.raises(UserError, match=r"train.balance_groups: 'sex' is not a column of evaluate.sensitive"):
         load_config(config)
+
+
+def test_sensitive_columns_of_streamed_rows_are_refused_before_reading(tmp_path):
+    from modelfoundry.config import load_config
+    from modelfoundry.data.prepare import prepare
+
+    pd.DataFrame({"x": [1.0, 2.0], "sex": ["F", "M"], "y": ["a", "b"]}).to_csv(
+        tmp_path / "p.csv", index=False
+    )
+    config = {
+        "task": "tabular_classification",
+        "data": {"source": str(tmp_path / "p.csv"), "label": "y", "streaming": True},
+        "evaluate": {"sensitive": ["sex"]},
+    }
+    cfg, base = load_config(config)
+    with pytest.raises(
+        UserError, match=r"evaluate.sensitive: .*p.csv would be streamed. Set data.streaming: false"
+    ):
+        prepare(cfg, base)
