@@ -103,10 +103,22 @@ def train(
             "(each attempt to reach the endpoint: at most 30)",
         ),
     ] = 300,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            help="k-fold cross-validation over train+val: one model per fold, the mean and std of each "
+            "validation metric, then the final model on all of train+val (train.folds)"
+        ),
+    ] = None,
+    folds_ensemble: Annotated[
+        bool, typer.Option(help="with --folds: keep the fold models as an ensemble instead of a final model")
+    ] = False,
 ) -> None:
     """Train, evaluate and package a model."""
     from modelfoundry.config import load_config
 
+    set_ = [*(set_ or []), *([f"train.folds={folds}"] if folds is not None else [])]
+    set_ += ["train.folds_ensemble=true"] if folds_ensemble else []
     cfg, _ = load_config(config, set_ or [])  # config mistakes surface in a blink, before torch is imported
     if nproc > 1 or nnodes > 1 or rdzv_endpoint:  # DDP: run this command again as torchrun's processes
         from modelfoundry.training.launch import launch
@@ -139,7 +151,14 @@ def train(
             table.add_row(f"{split} {key}", f"{test[key]:.4f}")
     if "baseline" in test:  # regression: what always predicting the training mean scores
         table.add_row(f"{split} rmse of the mean", f"{test['baseline']['rmse']:.4f}")
-    table.add_row("best epoch", f"{run.metrics['best_epoch']} of {run.metrics['epochs_run']}")
+    if "best_epoch" in run.metrics:
+        table.add_row("best epoch", f"{run.metrics['best_epoch']} of {run.metrics['epochs_run']}")
+    if folds := run.metrics.get("folds"):  # k-fold cross-validation: each validation number, mean ± std
+        for key in ("accuracy", "f1_macro", "roc_auc", "rmse", "mae", "r2"):
+            if key in folds["mean"]:
+                table.add_row(
+                    f"val {key} ({folds['k']} folds)", f"{folds['mean'][key]:.4f} ± {folds['std'][key]:.4f}"
+                )
     out.print(table)
     out.print(f"model:  {run.path / 'model'}\nreport: {run.path / 'report.html'}", highlight=False)
 
@@ -210,6 +229,30 @@ def predict(
 
 
 @app.command()
+def ensemble(
+    runs: Annotated[
+        list[str], typer.Argument(help="two or more runs: run ids, versions (v3), aliases or run folders")
+    ],
+    method: Annotated[
+        str,
+        typer.Option(
+            help="mean: average the members' probabilities (or values); weighted: a weighted average; "
+            "stack: a logistic (linear) regression on the members' predictions. weighted and stack fit on "
+            "the members' out-of-fold predictions when all came from the same --folds, else on the "
+            "validation split"
+        ),
+    ] = "mean",
+    name: Annotated[str | None, typer.Option(help="a readable name for the ensemble's run")] = None,
+) -> None:
+    """Combine trained models into one (a new run and model version)."""
+    from modelfoundry.ensemble import make_ensemble
+
+    run = make_ensemble(runs, method, name, console=err)
+    out.print(f"run {run.id}", highlight=False)
+    out.print(f"model:  {run.path / 'model'}\nreport: {run.path / 'report.html'}", highlight=False)
+
+
+@app.command()
 def export(
     run: Annotated[str, typer.Argument(help="run id or folder")],
     format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
@@ -226,6 +269,9 @@ def export(
 
     if format != "onnx":
         raise UserError(f"--format: {format!r} is not supported; use --format onnx.")
+    from modelfoundry.ensemble import refuse_ensemble
+
+    refuse_ensemble(resolve_run(run), "export")
     record = export_onnx(resolve_run(run), tolerance)
     parity = record["parity"]
     size = f"{record['bytes'] / 1e6:.1f} MB" if record["bytes"] >= 1e5 else f"{record['bytes'] / 1e3:.0f} kB"
@@ -553,6 +599,9 @@ def compress(
     from modelfoundry.tasks import task_of
 
     parent = parent_run_of(run)
+    from modelfoundry.ensemble import refuse_ensemble
+
+    refuse_ensemble(parent, "compress")
     metric = task_of(json.loads((parent / "model" / "model.json").read_text())).retrain_metric
     made, results = [], {}
     if quantize or all_:
@@ -708,6 +757,17 @@ def runs_compare(
         table.add_row(f"[bold]{key}", *[_fmt((r.metrics or {}).get(key)) for r in records])
     table.add_row("[bold]train seconds", *[_fmt(r.train_seconds, ".1f") for r in records])
     out.print(table)
+    from modelfoundry.training.folds import paired_differences
+
+    folds = [(r.id, _folds_of(Path(r.path))) for r in records]  # runs trained with --folds: fold by fold
+    for other in folds[1:]:
+        for line in paired_differences(folds[0], other):
+            out.print(line, highlight=False)
+
+
+def _folds_of(run: Path) -> dict | None:
+    metrics = run / "metrics.json"
+    return json.loads(metrics.read_text()).get("folds") if metrics.is_file() else None
 
 
 AsJson = Annotated[

@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -201,6 +202,15 @@ class TrainConfig(_Section):
         f"{AUTO_EPOCH_MINUTES:g} when epochs is chosen from the data)",
     )
     distill: DistillConfig | None = Field(None, description="knowledge distillation from a trained teacher")
+    folds: int | None = Field(
+        None,
+        description="k-fold cross-validation over train+val (`--folds K`): one model per fold, the mean and "
+        "std of each validation metric, then the final model trained on all of train+val",
+    )
+    folds_ensemble: bool = Field(
+        False, description="with folds: keep the fold models as an ensemble instead of a final model"
+    )
+
     balance_groups: str | None = Field(
         None,
         description="a column of evaluate.sensitive: training examples are re-weighted so that each (group, "
@@ -212,6 +222,25 @@ class TrainConfig(_Section):
         "balances the labels); reweighing = Kamiran & Calders 2012, weight P(group) P(label) / "
         "P(group, label): labels independent of the group, the label mix of the data kept",
     )
+
+    @field_validator("folds")
+    @classmethod
+    def _enough_folds(cls, folds: int | None) -> int | None:
+        if folds is not None and folds < 2:
+            raise ValueError(
+                f"{folds} fold(s) is no cross-validation (--folds {folds}): use 2 or more (5 is usual), "
+                "or leave --folds out to train once"
+            )
+        return folds
+
+    @model_validator(mode="after")
+    def _ensemble_needs_folds(self) -> TrainConfig:
+        if self.folds_ensemble and self.folds is None:
+            raise ValueError(
+                "train.folds_ensemble (--folds-ensemble) keeps the models of the folds, and train.folds is "
+                "not set: add --folds 5 (or train.folds: 5)"
+            )
+        return self
 
 
 class EvaluateConfig(_Section):

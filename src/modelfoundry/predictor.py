@@ -58,6 +58,10 @@ def load(path: str | Path, device: str = "cpu", backend: str = "auto") -> Predic
         )
     if backend not in ("auto", "torch", "onnx"):
         raise UserError(f"backend {backend!r} is not one of auto, torch, onnx.")
+    if "ensemble" in spec:  # a package of packages (ensemble.py): each member loads itself
+        from modelfoundry.ensemble import load_ensemble
+
+        return load_ensemble(folder, spec, device, backend)
     has_torch = (folder / "model.safetensors").is_file()
     backend = ("torch" if has_torch else "onnx") if backend == "auto" else backend
     if backend == "torch" and not has_torch:
@@ -155,6 +159,11 @@ class Predictor:
         return self.task_module.predictions(torch.cat(outputs), self.spec)
 
     proba = run  # the name the service and compress/ used when every model was a classifier
+
+    def join(self, payloads: list):
+        """Several requests' encoded inputs as one batch for `run`: token-id lists joined, tensors
+        concatenated (an ensemble joins each member's)."""
+        return [ids for p in payloads for ids in p] if isinstance(payloads[0], list) else torch.cat(payloads)
 
     def predict(self, inputs) -> list:
         """The most likely label of each input (classification), or the predicted value (regression)."""

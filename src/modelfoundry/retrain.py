@@ -26,6 +26,7 @@ import yaml
 from rich.console import Console
 
 from modelfoundry.config import absolute_paths
+from modelfoundry.ensemble import refuse_ensemble
 from modelfoundry.errors import UserError
 from modelfoundry.predictor import Predictor, load
 from modelfoundry.runfiles import atomic_write, atomic_write_json, run_folder
@@ -55,6 +56,7 @@ def retrain(
     alias = ref if ref in store.aliases(champion.id) else "champion"
     package = Path(champion.path)
     spec = json.loads((package / "model.json").read_text())
+    refuse_ensemble(package, "retrain")
     rows = FeedbackStore().list(limit=None, versions=store.lineage_versions(champion.lineage))
     if not rows:
         raise UserError(

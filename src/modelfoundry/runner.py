@@ -85,6 +85,16 @@ def train(
     console = console or Console(stderr=True)
     cfg, base_dir = load_config(config, overrides)
     device = distributed.init(cfg.train.device)  # DDP: under torchrun, join the process group (gloo or nccl)
+    if cfg.train.folds and distributed.world_size() > 1:
+        raise UserError(
+            f"train.folds (--folds {cfg.train.folds}): k-fold cross-validation trains its folds one after "
+            "another in one process; train without --nproc/--nnodes, or without --folds."
+        )
+    if cfg.train.folds and resume:
+        raise UserError(
+            f"--resume does not continue a run with --folds {cfg.train.folds}: start it again without "
+            "--resume."
+        )
     if not distributed.is_main():  # DDP: the other ranks train beside rank 0 and write and print nothing
         path = Path(distributed.broadcast_object())
         _run(cfg, base_dir, None, resume, Console(file=io.StringIO()), device)
@@ -108,7 +118,14 @@ def train(
     registry = Registry()
     registry.start(run_id, cfg.name, cfg.task, cfg.model.name, path, resolved)
     try:
-        metrics, timings = _run(cfg, base_dir, path, resume, console, device)
+        if (
+            cfg.train.folds
+        ):  # k-fold cross-validation: a run per fold, then the final model (training/folds.py)
+            from modelfoundry.training.folds import train_folds
+
+            metrics, timings = train_folds(cfg, base_dir, path, console, device)
+        else:
+            metrics, timings = _run(cfg, base_dir, path, resume, console, device)
     except BaseException as exc:
         registry.finish(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -161,15 +178,26 @@ def _interrupted_run(cfg: Config) -> Path:
 
 
 def _run(
-    cfg: Config, base_dir: Path, path: Path | None, resume: bool, console: Console, device: torch.device
+    cfg: Config,
+    base_dir: Path,
+    path: Path | None,
+    resume: bool,
+    console: Console,
+    device: torch.device,
+    resplit=None,
+    extra_metrics: dict | None = None,
+    extra_sections: list | None = None,
 ) -> tuple[dict, dict]:
-    """`path` None: a DDP rank other than 0, which trains beside rank 0 and writes nothing."""
+    """`path` None: a DDP rank other than 0, which trains beside rank 0 and writes nothing.
+
+    `resplit`: replaces the data's split (see `prepare`; k-fold cross-validation trains each fold so);
+    `extra_metrics` and `extra_sections` go into metrics.json and report.html besides the run's own."""
     task = get_task(cfg.task)
     timings = {}
     clock = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
-    data = prepare(cfg, base_dir)
+    data = prepare(cfg, base_dir, resplit)
     if path:
         atomic_write_json(path / "data_report.json", data.report)
     timings["data"] = time.perf_counter() - clock
@@ -291,11 +319,20 @@ def _run(
     save_package(path / "model", model, spec, {**data.files, **getattr(model, "package_files", dict)()})
     save_sample(path, HELDOUT, data.test if data.test is not None else data.val)
     save_sample(path, CALIBRATION, data.train)
+    metrics.update(extra_metrics or {})
     atomic_write_json(path / "metrics.json", metrics)
     timings["evaluate"] = time.perf_counter() - clock
     test = data.test.targets.numpy() if data.test is not None else None
     write_run_report(
-        path, cfg.name or path.name, metrics, data, spec, predictions.get("test"), test, config_to_dict(cfg)
+        path,
+        cfg.name or path.name,
+        metrics,
+        data,
+        spec,
+        predictions.get("test"),
+        test,
+        config_to_dict(cfg),
+        extra_sections,
     )
     return metrics, timings
 
@@ -335,9 +372,18 @@ def _shown(cfg: Config, dotted: str):
 
 
 def write_run_report(
-    path: Path, title: str, metrics: dict, data: Prepared, spec: dict, predictions, targets, config: dict
+    path: Path,
+    title: str,
+    metrics: dict,
+    data: Prepared,
+    spec: dict,
+    predictions,
+    targets,
+    config: dict,
+    extra_sections: list | None = None,
 ) -> Path:
-    """report.html of a run: the task's metrics, sections and worst mistakes of the test split."""
+    """report.html of a run: the task's metrics, sections and worst mistakes of the test split, and any
+    `extra_sections` (anchor, heading, HTML) after them."""
     from modelfoundry.evaluate.report import write_report
 
     task = task_of(spec)
@@ -351,7 +397,9 @@ def write_run_report(
         labels=data.labels,
         mistakes=task.mistakes(predictions, targets, spec, data.test_display),
         config=config,
-        sections=task.report_sections(predictions, targets, spec) + audit_sections(metrics),
+        sections=task.report_sections(predictions, targets, spec)
+        + audit_sections(metrics)
+        + list(extra_sections or []),
     )
 
 

@@ -481,3 +481,12 @@ def test_the_time_budget_stops_training_after_the_epoch_that_passes_it(monkeypat
     _, result = run(train_cfg(epochs=50, max_minutes=1.0))
     assert result.stopped_early and len(result.history) < 50
     assert sum(r["seconds"] for r in result.history) >= 60
+
+
+def test_a_lone_last_example_does_not_break_batch_norm():
+    """33 examples in batches of 32 leave one: BatchNorm cannot train on it, so it waits for the next
+    epoch's shuffle instead of failing the run (k-fold cross-validation hits such sizes often)."""
+    model = tiny_mlp()  # Linear -> BatchNorm -> ...
+    odd = blobs(33, seed=2)
+    result = fit(model, odd, VAL, train_cfg(batch_size=32, epochs=2), device=CPU, console=quiet())
+    assert len(result.history) == 2 and math.isfinite(result.history[-1]["train_loss"])

@@ -124,11 +124,15 @@ def _load_builtin(name: str, task):
     return task.load_builtin(name, bunch)
 
 
-def prepare(config: Config, base_dir: Path) -> Prepared:
-    """Load, validate, split and encode the data of a config."""
+def prepare(config: Config, base_dir: Path, resplit=None) -> Prepared:
+    """Load, validate, split and encode the data of a config.
+
+    `resplit(split, strata, part_of)`, when given, replaces the seeded split (a dict of index arrays
+    train/val/test) before anything is fitted on its training part: k-fold cross-validation
+    (training/folds.py) trains each fold this way. Data read in chunks (streamed) is refused with it."""
     data = config.data
     task = get_task(config.task)
-    streamed = _streamed(config, base_dir, task)
+    streamed = _streamed(config, base_dir, task, refuse=resplit is not None)
     if streamed is not None:
         return streamed
     loaded = {}
@@ -165,7 +169,7 @@ def prepare(config: Config, base_dir: Path) -> Prepared:
                 f"empty cells per column: {report['missing']}. Use data.missing: impute."
             )
     keep, targets, split = targets_and_split(
-        task, labels, validate.example_hashes(examples), part_of, data, report, origin
+        task, labels, validate.example_hashes(examples), part_of, data, report, origin, resplit
     )
     if not keep.all():
         examples = examples[keep] if not is_table else examples.iloc[np.flatnonzero(keep)]
@@ -231,9 +235,9 @@ def sensitive_columns(columns: list[str], loaded: dict, task) -> pd.DataFrame | 
     return groups
 
 
-def _streamed(config: Config, base_dir: Path, task) -> Prepared | None:
+def _streamed(config: Config, base_dir: Path, task, refuse: bool = False) -> Prepared | None:
     """A table file read in chunks, or an image folder decoded per batch (data.streaming); None: load it
-    whole."""
+    whole. `refuse`: the caller needs the data in memory (k-fold cross-validation)."""
     data = config.data
     if data.streaming is False or data.source.startswith("builtin:"):
         return None
@@ -245,6 +249,12 @@ def _streamed(config: Config, base_dir: Path, task) -> Prepared | None:
         raise UserError(
             "evaluate.sensitive: the fairness audit keeps the sensitive columns beside rows held in memory; "
             f"{path} would be streamed. Set data.streaming: false."
+        )
+    if refuse:
+        raise UserError(
+            f"train.folds (--folds): k-fold cross-validation holds every example in memory, and "
+            f"{data.source} is streamed (data.streaming: {data.streaming}). Set data.streaming: false if "
+            "it fits in memory, or train without --folds."
         )
     others = [
         k
@@ -355,15 +365,18 @@ def streamed_images(path: Path, config: Config, base_dir: Path) -> Prepared:
 
 
 def targets_and_split(
-    task, labels: np.ndarray, hashes: np.ndarray, part_of: np.ndarray, data, report, origin
+    task, labels: np.ndarray, hashes: np.ndarray, part_of: np.ndarray, data, report, origin, resplit=None
 ):
     """The rules of every reader that holds its examples' labels: duplicates counted (and dropped with
-    data.dedupe), targets checked, the seeded stratified split, the targets fitted on its training part, and
-    the split's leakage. Returns (which examples are kept, their Targets, the split's indices into them)."""
+    data.dedupe), targets checked, the seeded stratified split (or `resplit`'s, see `prepare`), the targets
+    fitted on its training part, and the split's leakage. Returns (which examples are kept, their Targets,
+    the split's indices into them)."""
     keep = validate.drop_duplicates(hashes, data.dedupe, report)
     labels, hashes, part_of = labels[keep], hashes[keep], part_of[keep]
     targets = task.make_targets(labels, part_of, report, origin, data)
     split = split_parts(targets.strata, part_of, data)
+    if resplit is not None:
+        split = resplit(split, targets.strata, part_of)
     task.fit_targets(targets, split["train"])
     report["n_examples"] = len(labels)
     validate.report_split(report, hashes, split)

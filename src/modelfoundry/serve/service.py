@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 
@@ -282,9 +281,8 @@ def relabel_feedback(feedback_id: int, label: str) -> bool:
 
 
 def _run_batch(served: Served, payloads: list) -> np.ndarray:
-    """The batcher's model call: token id lists are joined, tensors concatenated."""
-    x = [ids for p in payloads for ids in p] if isinstance(payloads[0], list) else torch.cat(payloads)
-    return served.predictor.proba(x)
+    """The batcher's model call: the requests' inputs joined into one batch by the predictor."""
+    return served.predictor.proba(served.predictor.join(payloads))
 
 
 def _image_bytes(stored: list[dict]) -> int:

@@ -110,6 +110,7 @@ def fit(
     autocast = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)  # fp16 needs loss scaling
     monitor = cfg.monitor or "val_accuracy"
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     higher_is_better = monitor not in MINIMIZED
 
     history: list[dict] = []
@@ -154,6 +155,9 @@ def fit(
             for i, (inputs, targets, *weights) in enumerate(  # weights (B,): train.balance_groups
                 distributed.shard(train.batches(cfg.batch_size * world, shuffle=True, generator=generator))
             ):
+                if len(targets) == 1 and batch_norm and len(train) > 1:
+                    progress.advance(task)  # BatchNorm cannot train on one example: a lone last one waits
+                    continue  # for the next epoch's shuffle (else a split of 32k+1 rows crashed)
                 if augment is not None:
                     inputs = augment(inputs, augment_generator)
                 stepping = (i + 1) % cfg.accumulate == 0 or i + 1 == batches_per_epoch
