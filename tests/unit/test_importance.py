@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from modelfoundry.evaluate.importance import permutation_importance, report_section, sample_rows
+from modelfoundry.data.tabular import TableEncoder
+from modelfoundry.evaluate.importance import (
+    permutation_importance,
+    report_section,
+    sample_rows,
+    shuffled_block,
+    shuffled_frame,
+)
+from modelfoundry.tasks.tabular import feature_blocks
 
 
 def test_a_column_the_model_ignores_scores_zero_and_the_one_it_follows_ranks_first():
@@ -18,7 +26,14 @@ def test_a_column_the_model_ignores_scores_zero_and_the_one_it_follows_ranks_fir
         return (rows["colour"] == "red").to_numpy().astype(int)
 
     result = permutation_importance(
-        predict, frame, lambda p: float((p == truth).mean()), "accuracy", higher_is_better=True, repeats=4
+        predict,
+        frame,
+        list(frame.columns),
+        shuffled_frame,
+        lambda p: float((p == truth).mean()),
+        "accuracy",
+        higher_is_better=True,
+        repeats=4,
     )
     assert list(result["columns"]) == ["colour", "noise"] and result["baseline"] == 1.0
     assert result["columns"]["noise"] == {"mean": 0.0, "std": 0.0, "drops": [0.0] * 4}
@@ -28,6 +43,8 @@ def test_a_column_the_model_ignores_scores_zero_and_the_one_it_follows_ranks_fir
     rmse = permutation_importance(
         lambda rows: rows["noise"].to_numpy(),
         frame,
+        list(frame.columns),
+        shuffled_frame,
         lambda p: float(np.sqrt(np.mean((p - values) ** 2))),
         "rmse",
         higher_is_better=False,
@@ -41,3 +58,22 @@ def test_a_large_test_split_is_sampled_the_same_way_every_time():
     assert len(sample_rows(100)) == 100
     rows = sample_rows(20_000)
     assert len(rows) == 5000 and (np.diff(rows) > 0).all() and (rows == sample_rows(20_000)).all()
+
+
+def test_shuffling_a_columns_encoded_features_equals_encoding_the_shuffled_column():
+    """Why the table task may encode once: a category's one-hot block moves as its column would."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(
+        {
+            "age": rng.normal(40, 10, 50),
+            "colour": rng.choice(["red", "blue", "green"], 50),
+            "n": rng.integers(0, 9, 50),
+        }
+    )
+    encoder = TableEncoder().fit(frame)
+    blocks = feature_blocks(encoder.spec)
+    assert [len(blocks[c]) for c in frame.columns] == [1, 3, 1]
+    for name in frame.columns:
+        order = rng.permutation(50)
+        expected = encoder.transform(shuffled_frame(frame, name, order))
+        assert (shuffled_block(encoder.transform(frame), blocks[name], order) == expected).all()

@@ -17,8 +17,10 @@ MAX_ROWS = 5000  # a sample of a larger test split: each column costs `repeats` 
 
 
 def permutation_importance(
-    predict: Callable[[pd.DataFrame], np.ndarray],
-    frame: pd.DataFrame,
+    predict: Callable,
+    inputs,
+    names: list[str],
+    shuffled: Callable,
     score: Callable[[np.ndarray], float],
     metric: str,
     higher_is_better: bool,
@@ -26,21 +28,35 @@ def permutation_importance(
     seed: int = 0,
 ) -> dict:
     """{"metric", "baseline", "repeats", "rows", "columns": {name: {"mean", "std", "drops"}}}, columns
-    most important first. `predict`: rows -> predictions; `score`: predictions -> the metric on the rows'
+    most important first. `predict`: inputs -> predictions; `shuffled(inputs, name, order)`: the inputs
+    with column `name`'s values taken in row order `order`; `score`: predictions -> the metric on the rows'
     targets. A drop is how much worse the metric gets with the column shuffled (negative: better)."""
     rng = np.random.default_rng(seed)
-    baseline = score(predict(frame))
+    baseline = score(predict(inputs))
+    rows = len(inputs)
     sign = 1.0 if higher_is_better else -1.0
     columns = {}
-    for name in frame.columns:
-        drops = []
-        for _ in range(repeats):
-            shuffled = frame.copy()
-            shuffled[name] = frame[name].to_numpy()[rng.permutation(len(frame))]
-            drops.append(sign * (baseline - score(predict(shuffled))))
+    for name in names:
+        drops = [
+            sign * (baseline - score(predict(shuffled(inputs, name, rng.permutation(rows)))))
+            for _ in range(repeats)
+        ]
         columns[str(name)] = {"mean": float(np.mean(drops)), "std": float(np.std(drops)), "drops": drops}
     ranked = dict(sorted(columns.items(), key=lambda kv: -kv[1]["mean"]))
-    return {"metric": metric, "baseline": baseline, "repeats": repeats, "rows": len(frame), "columns": ranked}
+    return {"metric": metric, "baseline": baseline, "repeats": repeats, "rows": rows, "columns": ranked}
+
+
+def shuffled_frame(frame: pd.DataFrame, name: str, order: np.ndarray) -> pd.DataFrame:
+    """A table with one column's values in another row order."""
+    return frame.assign(**{name: frame[name].to_numpy()[order]})
+
+
+def shuffled_block(features: np.ndarray, block: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Encoded rows (N, F) with one column's features `block` in another row order: the same as encoding
+    the table with that column shuffled, for an encoder that encodes each column by itself, row by row."""
+    out = features.copy()
+    out[:, block] = features[order][:, block]
+    return out
 
 
 def sample_rows(count: int, seed: int = 0) -> np.ndarray:

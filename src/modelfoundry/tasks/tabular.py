@@ -94,15 +94,20 @@ class TableInputs:
         return {"row": item}
 
     def importance(self, predictor, display, targets: np.ndarray, spec: dict) -> dict | None:
-        """Permutation importance of each column the model reads, in the metric retraining compares."""
-        from modelfoundry.evaluate.importance import permutation_importance, sample_rows
+        """Permutation importance of each column the model reads, in the metric retraining compares. The rows
+        are encoded once and a column's features (one, or a category's one-hot block) shuffled together."""
+        import torch
+
+        from modelfoundry.evaluate.importance import permutation_importance, sample_rows, shuffled_block
 
         rows = sample_rows(len(targets))
-        frame = pd.DataFrame(_take(display, rows.tolist()))
-        names = [c["name"] for c in spec["preprocessing"]["columns"]]
+        features = self.encode_inputs(predictor, pd.DataFrame(_take(display, rows.tolist()))).numpy()
+        blocks = feature_blocks(spec["preprocessing"])
         return permutation_importance(
-            predictor.predictions,
-            frame[names],
+            lambda x: predictor.run(torch.from_numpy(x)),
+            features,
+            list(blocks),
+            lambda x, name, order: shuffled_block(x, blocks[name], order),
             lambda p: self.score(p, targets[rows], spec),
             self.retrain_metric,
             self.retrain_higher_is_better,
@@ -245,6 +250,17 @@ model:
   hidden: [64]
   dropout: 0.1
 """
+
+
+def feature_blocks(preprocessing: dict) -> dict[str, np.ndarray]:
+    """Each column's encoded features (indices into `TableEncoder.transform`'s output): a number's one,
+    a category's one-hot block."""
+    blocks, start = {}, 0
+    for column in preprocessing["columns"]:
+        width = 1 if column["kind"] == "number" else len(column["categories"])
+        blocks[column["name"]] = np.arange(start, start + width)
+        start += width
+    return blocks
 
 
 class FrameRows:
