@@ -80,7 +80,7 @@ def audit(per_group, groups: pd.DataFrame, settings: dict) -> dict:
         if few:
             entry["unreliable_groups"] = few
             out["warnings"].append(
-                f"fairness: group(s) {', '.join(few)} of {name} have fewer than {FEW} test examples; "
+                f"fairness: group(s) {', '.join(few)} of {name} have fewer than {FEW} examples here; "
                 "their numbers are unreliable."
             )
         if entry["largest_gap"]["flagged"]:
