@@ -33,6 +33,7 @@ bench: install
 	$(PY) bench/train_overhead.py --write
 	$(PY) bench/accuracy.py --write
 	$(PY) bench/regression.py --write
+	-$(PY) bench/tables.py --tuned breast_cancer wine diabetes --write
 	$(PY) bench/text_sst2.py --write
 	-$(PY) bench/serve_load.py --write
 	-$(PY) bench/compress.py --models digits mnist --write

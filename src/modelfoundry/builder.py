@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 
 from modelfoundry.errors import UserError
-from modelfoundry.models.registry import build_model
+from modelfoundry.models.registry import build_model, family_function, family_of
 from modelfoundry.tasks import get_task, task_of
 
 STEP_BUDGET = 1000  # optimizer steps a run gets when foundry chooses its epochs from the data size
@@ -28,6 +28,7 @@ class Built:
     objective: object  # tasks.base.Objective
     train: object  # config.TrainConfig with the choices made at run time (epochs, monitor)
     choices: list[str]  # those choices, in words
+    fit: object  # the function that trains it: training.loop.fit, or the family's own (Family.trains)
 
 
 def run_time_choices(cfg, data) -> tuple[object, list[str]]:
@@ -36,6 +37,8 @@ def run_time_choices(cfg, data) -> tuple[object, list[str]]:
     from modelfoundry.config import AUTO_EPOCH_MINUTES, SMALL_VAL
 
     train, updates, choices = cfg.train, {}, []
+    if family_of(cfg.model.name).trains:  # no epochs, no monitor: the family's own training decides
+        return train, choices
     val = len(data.val) if data.val is not None else 0
     if not cfg.user_set("train.monitor") and 0 < val < SMALL_VAL and train.monitor != "val_loss":
         updates["monitor"] = "val_loss"
@@ -96,7 +99,18 @@ def build(cfg, base_dir: Path, data, device: torch.device, console: Console | No
     )
     teacher = _teacher(cfg, base_dir, data, device, console) if cfg.train.distill else None
     train, choices = run_time_choices(cfg, data)
-    return Built(model, task.augmentation(cfg), teacher, task.objective(train, data.target), train, choices)
+    objective = task.objective(train, data.target)
+    return Built(model, task.augmentation(cfg), teacher, objective, train, choices, trainer(cfg.model.name))
+
+
+def trainer(name: str):
+    """What trains a model of family `name`: the gradient loop, or the family's own (gbdt: boosting)."""
+    family = family_of(name)
+    if family.trains:
+        return family_function(name, family.trains)
+    from modelfoundry.training.loop import fit
+
+    return fit
 
 
 def _teacher(cfg, base_dir: Path, data, device: torch.device, console: Console) -> torch.nn.Module:

@@ -23,7 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from modelfoundry.errors import UserError, did_you_mean
-from modelfoundry.models.registry import check_options, family_of
+from modelfoundry.models.registry import AUTO, check_options, family_of
 from modelfoundry.tasks import MINIMIZED, TASKS as TASK_REGISTRY
 
 TASKS = tuple(TASK_REGISTRY)
@@ -108,6 +108,11 @@ class DataConfig(_Section):
         None, description="feature columns (default: every column but the label)"
     )
     drop: list[str] = Field(default_factory=list, description="columns to ignore, e.g. ids")
+    columns: dict[str, Literal["numeric", "category", "datetime", "text", "id", "constant", "leak"]] = Field(
+        default_factory=dict,
+        description="tables: column -> role, where the inferred one is wrong (the data report lists each "
+        "column's role); text, id, constant and leak columns are not used",
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
     image_size: int | None = Field(None, ge=4, le=1024, description="resize images to this square size")
     channels: Literal[1, 3] | None = Field(None, description="1 = grey, 3 = RGB (default: what the data has)")
@@ -128,13 +133,16 @@ class DataConfig(_Section):
 
 
 class ModelConfig(BaseModel):
-    """`name` picks the family; the other keys are that family's arguments (checked by the registry)."""
+    """`name` picks the family; the other keys are that family's arguments (checked by the registry).
+    Unset: the task's default (`auto` for tables: foundry picks the family when the run starts)."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = "mlp"
+    name: str | None = None
 
     @model_validator(mode="after")
     def _options_fit_the_family(self) -> ModelConfig:
+        if self.name is None:  # the task's default; Config checks the options against it
+            return self
         problems = check_options(self.name, self.model_extra or {})
         if problems:  # one error that `_format_errors` shows as one line per problem
             raise PydanticCustomError(
@@ -317,6 +325,9 @@ class Config(_Section):
 
         task = get_task(self.task)
         problems = task.check_config(self)
+        if self.model.name is None:
+            self.model.name = AUTO if task.auto_models else "mlp"
+            problems += check_options(self.model.name, self.model.model_extra or {})
         # Set and not the default: a run's saved config.yaml spells out every default, and must load again.
         foreign = [
             key
@@ -342,7 +353,8 @@ class Config(_Section):
         if problems:
             raise ValueError("\n".join(problems))
         self._user_keys = self._keys_set() - set(self.recipe)  # keys a saved recipe filled are not the user's
-        for key, value in family_of(self.model.name).recipe.items():
+        family = None if self.model.name == AUTO else family_of(self.model.name)
+        for key, value in family.recipe.items() if family else ():
             if key not in self._user_keys:
                 _assign(self, key, value)
                 self.recipe[key] = f"{self.model.name} recipe"
@@ -355,7 +367,8 @@ class Config(_Section):
             self.recipe["train.monitor"] = (
                 f"task default ({task.default_monitor}; val_loss below {SMALL_VAL} validation examples)"
             )
-        if "train.epochs" not in self._user_keys and "train.epochs" not in self.recipe:
+        trained_by_loop = family is None or family.trains is None  # auto: each candidate decides
+        if "train.epochs" not in self._user_keys and "train.epochs" not in self.recipe and trained_by_loop:
             self.recipe["train.epochs"] = "chosen from the data at run time"
             if "train.early_stopping_patience" not in self._user_keys:
                 self.recipe["train.early_stopping_patience"] = "chosen with the epochs at run time"

@@ -43,7 +43,7 @@ from modelfoundry.store.registry import Registry
 from modelfoundry.tasks import get_task, task_of
 from modelfoundry.tasks.tabular import BUILTIN_LABEL
 from modelfoundry.training import distributed
-from modelfoundry.training.loop import fit, predict_logits
+from modelfoundry.training.loop import predict_logits
 
 
 @dataclass
@@ -84,11 +84,18 @@ def train(
     """
     console = console or Console(stderr=True)
     cfg, base_dir = load_config(config, overrides)
+    candidates = auto_candidates(cfg, config, overrides)
     device = distributed.init(cfg.train.device)  # DDP: under torchrun, join the process group (gloo or nccl)
     if cfg.train.folds and distributed.world_size() > 1:
         raise UserError(
             f"train.folds (--folds {cfg.train.folds}): k-fold cross-validation trains its folds one after "
             "another in one process; train without --nproc/--nnodes, or without --folds."
+        )
+    if cfg.train.folds and candidates:
+        raise UserError(
+            f"train.folds (--folds {cfg.train.folds}) needs one model family: model.name auto picks one "
+            f"of {', '.join(candidates)} on a single validation split. Set model.name to one of them "
+            f"(--set model.name={next(iter(candidates))}), or train without --folds to let auto pick."
         )
     if cfg.train.folds and resume:
         raise UserError(
@@ -97,7 +104,7 @@ def train(
         )
     if not distributed.is_main():  # DDP: the other ranks train beside rank 0 and write and print nothing
         path = Path(distributed.broadcast_object())
-        _run(cfg, base_dir, None, resume, Console(file=io.StringIO()), device)
+        _run(cfg, base_dir, None, resume, Console(file=io.StringIO()), device, candidates=candidates)
         distributed.finish()  # waits for rank 0 to write the run
         return Run(path.name, path, {})
     if resume and run_dir is None:
@@ -124,11 +131,18 @@ def train(
             from modelfoundry.training.folds import train_folds
 
             metrics, timings = train_folds(cfg, base_dir, path, console, device)
+            trained = cfg
         else:
-            metrics, timings = _run(cfg, base_dir, path, resume, console, device)
+            metrics, timings, trained = _run(
+                cfg, base_dir, path, resume, console, device, candidates=candidates
+            )
     except BaseException as exc:
         registry.finish(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    if trained is not cfg:  # auto: the run is the picked family's, and its config says so
+        cfg, resolved = trained, config_to_dict(trained)
+        atomic_write(path / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        registry.start(run_id, cfg.name, cfg.task, cfg.model.name, path, resolved)
     headline = {
         f"{split}_{k}": v[k]
         for split, v in metrics.items()
@@ -187,11 +201,14 @@ def _run(
     resplit=None,
     extra_metrics: dict | None = None,
     extra_sections: list | None = None,
-) -> tuple[dict, dict]:
-    """`path` None: a DDP rank other than 0, which trains beside rank 0 and writes nothing.
+    candidates: dict[str, Config] | None = None,
+) -> tuple[dict, dict, Config]:
+    """`path` None: a DDP rank other than 0, which trains beside rank 0 and writes nothing. Returns the
+    metrics, the timings and the config of the model trained (auto: the picked candidate's).
 
     `resplit`: replaces the data's split (see `prepare`; k-fold cross-validation trains each fold so);
-    `extra_metrics` and `extra_sections` go into metrics.json and report.html besides the run's own."""
+    `extra_metrics` and `extra_sections` go into metrics.json and report.html besides the run's own;
+    `candidates`: model.name auto's config of each family to compare."""
     task = get_task(cfg.task)
     timings = {}
     clock = time.perf_counter()
@@ -207,52 +224,28 @@ def _run(
         + (f"up to {shape[0]} tokens per text" if "max_length" in data.preprocessing else f"input {shape}"),
         highlight=False,
     )
-    built = build(cfg, base_dir, data, device, console)
-    model = built.model
-    from_recipe = {k: v for k, v in cfg.recipe.items() if v.endswith(" recipe")}
-    if from_recipe:
-        values = ", ".join(f"{k.removeprefix('train.')}={_shown(cfg, k)}" for k in from_recipe)
-        console.print(
-            f"recipe: {cfg.model.name} defaults for keys the config leaves unset: {values}", highlight=False
-        )
-    for choice in built.choices:
-        console.print(f"chosen: {choice}", highlight=False)
-    console.print(
-        f"model: {cfg.model.name} with {sum(p.numel() for p in model.parameters()):,} parameters on {device}",
-        highlight=False,
-    )
-    setup = None
-    if distributed.world_size() > 1:  # DDP: how each batch is split, and the effective batch
-        line, setup = distributed.describe(cfg.train, len(data.train))
-        console.print(line, highlight=False)
     clock = time.perf_counter()
     splits = {
         name: getattr(data, name) and getattr(data, name).to(device) for name in ("train", "val", "test")
     }
     balance = balance_groups(cfg, task, data, splits, device, console)
-    result = fit(
-        model,
-        splits["train"],
-        splits["val"],
-        built.train,
-        device=device,
-        checkpoint_dir=path and path / "checkpoints",
-        resume=resume,
-        log_dir=path and path / "tensorboard",
-        augment=built.augment,
-        console=console,
-        teacher=built.teacher,
-        objective=built.objective,
-    )
+    picked = None
+    if candidates:  # model.name auto: train each candidate family, keep the best on the validation split
+        cfg, built, result, setup, picked = _pick(
+            candidates, base_dir, data, splits, path, resume, console, device
+        )
+    else:
+        built, result, setup = _train_one(cfg, base_dir, data, splits, path, resume, console, device)
+    model = built.model
     timings["train"] = result.earlier_seconds + time.perf_counter() - clock  # every process of a resumed run
     if path is None:
-        return {}, timings
+        return {}, timings, cfg
 
     clock = time.perf_counter()
     metrics: dict = {
         "recipe": {"from": cfg.recipe, "chosen": built.choices},
         "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
+        "epochs_run": result.history[-1].get("epoch", len(result.history)) if result.history else 0,
         "stopped_early": result.stopped_early,
         "precision": result.precision,
     }
@@ -260,6 +253,8 @@ def _run(
         metrics["distributed"] = setup
     if balance:
         metrics["balance_groups"] = balance
+    if picked:
+        metrics["auto"] = picked
     spec = {
         "task": cfg.task,
         "model": {"name": cfg.model.name, "options": model_options(cfg, base_dir)},
@@ -292,7 +287,7 @@ def _run(
             metrics["importance"] = importance
     metrics["history"] = result.history
     # calibration measures this CPU; a GPU plan would need that GPU's rates, DDP a model of the all-reduce
-    if device.type == "cpu" and distributed.world_size() == 1:
+    if device.type == "cpu" and distributed.world_size() == 1 and any(p.numel() for p in model.parameters()):
         metrics["plan"] = plan_vs_measured(
             model,
             _typical_example(data.train),
@@ -334,7 +329,123 @@ def _run(
         config_to_dict(cfg),
         extra_sections,
     )
-    return metrics, timings
+    return metrics, timings, cfg
+
+
+def _train_one(cfg: Config, base_dir: Path, data, splits: dict, path, resume, console, device):
+    """Build the config's model, say what it is and which defaults it took, and train it."""
+    built = build(cfg, base_dir, data, device, console)
+    model = built.model
+    from_recipe = {k: v for k, v in cfg.recipe.items() if " recipe" in v}
+    if from_recipe:
+        values = ", ".join(f"{k.removeprefix('train.')}={_shown(cfg, k)}" for k in from_recipe)
+        console.print(
+            f"recipe: {cfg.model.name} defaults for keys the config leaves unset: {values}", highlight=False
+        )
+    for choice in built.choices:
+        console.print(f"chosen: {choice}", highlight=False)
+    size = (
+        model.describe()
+        if hasattr(model, "describe")
+        else f"{sum(p.numel() for p in model.parameters()):,} parameters"
+    )
+    console.print(f"model: {cfg.model.name} with {size} on {device}", highlight=False)
+    setup = None
+    if distributed.world_size() > 1:  # DDP: how each batch is split, and the effective batch
+        line, setup = distributed.describe(cfg.train, len(data.train))
+        console.print(line, highlight=False)
+    result = built.fit(
+        model,
+        splits["train"],
+        splits["val"],
+        built.train,
+        device=device,
+        checkpoint_dir=path and path / "checkpoints",
+        resume=resume,
+        log_dir=path and path / "tensorboard",
+        augment=built.augment,
+        console=console,
+        teacher=built.teacher,
+        objective=built.objective,
+    )
+    return built, result, setup
+
+
+AUTO_MINUTES = 2.0  # model.name auto: the most minutes each candidate trains, unless train.max_minutes is set
+
+
+def auto_candidates(cfg: Config, config, overrides: list[str] | None) -> dict[str, Config]:
+    """model.name auto: the config of each family the task compares (its recipe applied), by name; {} for
+    a config that names its family."""
+    from modelfoundry.models.registry import AUTO
+
+    if cfg.model.name != AUTO:
+        return {}
+    # a quick comparison: each candidate trains at most AUTO_MINUTES unless the config says how long
+    budget = [] if cfg.user_set("train.max_minutes") else [f"train.max_minutes={AUTO_MINUTES}"]
+    return {
+        name: load_config(config, [*(overrides or []), *budget, f"model.name={name}"])[0]
+        for name in get_task(cfg.task).auto_models
+    }
+
+
+def _pick(candidates: dict[str, Config], base_dir: Path, data, splits: dict, path, resume, console, device):
+    """Train every candidate and keep the one with the best validation score (the first on a tie): the
+    metric the run monitors (the loss below SMALL_VAL validation examples, where accuracy moves in steps).
+    Without a validation split the first candidate is trained alone. Returns the picked candidate's
+    config, Built, FitResult and DDP setup, and what the choice was (for metrics.json and the report)."""
+    from modelfoundry.config import SMALL_VAL
+    from modelfoundry.tasks import MINIMIZED
+
+    first = next(iter(candidates.values()))
+    task = get_task(first.task)
+    val = splits["val"]
+    if val is None:
+        name = next(iter(candidates))
+        console.print(f"auto: {name}, the first choice for this data (no validation split to compare on)")
+        built, result, setup = _train_one(
+            candidates[name], base_dir, data, splits, path, resume, console, device
+        )
+        why = "no validation split to compare on; the first choice for this data"
+        return candidates[name], built, result, setup, {"picked": name, "why": why, "candidates": {}}
+    metric = (
+        first.train.monitor
+        if first.user_set("train.monitor")
+        else ("val_loss" if len(val) < SMALL_VAL else task.default_monitor)
+    )
+    lower = metric in MINIMIZED
+    budget = (
+        f"at most {first.train.max_minutes:g} minutes each" if first.train.max_minutes else "no time limit"
+    )
+    console.print(
+        f"auto: comparing {', '.join(candidates)} by {metric} on {len(val):,} validation examples ({budget})",
+        highlight=False,
+    )
+    trained, scores = {}, {}
+    for name, cfg in candidates.items():
+        console.print(f"auto: candidate {name}", highlight=False)
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        clock = time.perf_counter()
+        built, result, setup = _train_one(cfg, base_dir, data, splits, path, resume, console, device)
+        score = built.objective.metrics(predict_logits(built.model, val), val.targets)[metric]
+        trained[name] = (cfg, built, result, setup)
+        scores[name] = {
+            metric: score,
+            "seconds": round(time.perf_counter() - clock, 2),
+            "recipe": {k: str(_shown(cfg, k)) for k, v in cfg.recipe.items() if " recipe" in v},
+        }
+    name = (
+        min(scores, key=lambda n: scores[n][metric])
+        if lower
+        else max(scores, key=lambda n: scores[n][metric])
+    )
+    if scores[name][metric] == scores[next(iter(scores))][metric]:
+        name = next(iter(scores))  # a tie goes to the first choice
+    shown = ", ".join(f"{n} {s[metric]:.4f}" for n, s in scores.items())
+    why = f"the {'lowest' if lower else 'highest'} {metric} on {len(val):,} validation examples ({shown})"
+    console.print(f"auto: picked {name}: {why}", highlight=False)
+    return *trained[name], {"picked": name, "why": why, "metric": metric, "candidates": scores}
 
 
 def balance_groups(cfg: Config, task, data: Prepared, splits: dict, device, console: Console) -> dict:
@@ -398,6 +509,7 @@ def write_run_report(
         mistakes=task.mistakes(predictions, targets, spec, data.test_display),
         config=config,
         sections=task.report_sections(predictions, targets, spec)
+        + _auto_section(metrics.get("auto"))
         + audit_sections(metrics)
         + list(extra_sections or []),
     )
@@ -409,6 +521,30 @@ def audit_sections(metrics: dict) -> list[tuple[str, str, str]]:
 
     sections = [importance_section(metrics["importance"])] if metrics.get("importance") else []
     return sections + ([report_section(metrics["fairness"])] if metrics.get("fairness") else [])
+
+
+def _auto_section(picked: dict | None) -> list[tuple[str, str, str]]:
+    """model.name auto's choice as a report section: each candidate's validation score, time and recipe."""
+    if not picked:
+        return []
+    import html
+
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}{' (picked)' if name == picked['picked'] else ''}</td>"
+        f"<td>{score[picked['metric']]:.4f}</td><td>{score['seconds']:.1f} s</td>"
+        f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in score['recipe'].items()) or 'none')}</td></tr>"
+        for name, score in picked["candidates"].items()
+    )
+    table = (
+        f"<table><tr><th>model</th><th>{html.escape(picked['metric'])}</th><th>time</th><th>recipe</th></tr>"
+        f"{rows}</table>"
+        if rows
+        else ""
+    )
+    body = (
+        f"<p>model.name auto picked <b>{html.escape(picked['picked'])}</b>: {html.escape(picked['why'])}.</p>"
+    )
+    return [("auto", "Model choice (auto)", body + table)]
 
 
 def evaluate(

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from modelfoundry.config import apply_overrides, load_config
+from modelfoundry.config import apply_overrides, config_to_dict, load_config
 from modelfoundry.errors import UserError
 
 IMAGE = {"task": "image_classification", "data": {"source": "builtin:digits"}}
@@ -60,8 +60,8 @@ def test_the_family_recipes_only_set_keys_the_config_has():
     for name, family in FAMILIES.items():
         for key, value in family.recipe.items():
             section = key.split(".")[0]
-            assert section in ("train", "data"), (name, key)
-            raw = {**IMAGE, "model": {"name": name}}
+            assert section in ("train", "data", "model"), (name, key)
+            raw = {**(TABLE if family.takes == "tables" else IMAGE), "model": {"name": name}}
             _, field = key.rsplit(".", 1)
             load_config(raw, [f"{key}={value}"])  # a recipe value is a valid config value
             assert field
@@ -217,3 +217,14 @@ def test_did_you_mean_suggests_only_close_names():
     assert did_you_mean("lable", ["label", "x1"]) == " Did you mean 'label'?"
     assert did_you_mean("A", ["a", "b", "c"]) == " Did you mean 'a'?"  # case alone differs
     assert did_you_mean("Worst Area", breast_cancer).startswith(" Did you mean 'worst area'")
+
+
+def test_tables_default_to_auto_and_gbdt_fills_unset_options_from_its_recipe():
+    assert load_config(TABLE)[0].model.name == "auto"
+    assert load_config(IMAGE)[0].model.name == "mlp"
+    cfg, _ = load_config({**TABLE, "model": {"name": "gbdt", "learning_rate": 0.2}})
+    assert cfg.model.model_extra == {"learning_rate": 0.2, "n_estimators": 2000}  # the user's value wins
+    assert cfg.recipe["model.n_estimators"] == "gbdt recipe" and "model.learning_rate" not in cfg.recipe
+    assert "train.epochs" not in cfg.recipe  # boosting rounds are not epochs: nothing chosen at run time
+    again, _ = load_config(config_to_dict(cfg))  # a run's saved config keeps the recipe's keys "unset"
+    assert again.model.model_extra == cfg.model.model_extra and again.recipe == cfg.recipe

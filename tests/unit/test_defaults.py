@@ -11,7 +11,11 @@ from modelfoundry.builder import build
 from modelfoundry.config import load_config
 from modelfoundry.data.prepare import prepare
 
-TABLE = {"task": "tabular_classification", "data": {"source": "builtin:breast_cancer"}}
+TABLE = {
+    "task": "tabular_classification",
+    "data": {"source": "builtin:breast_cancer"},
+    "model": {"name": "mlp"},
+}
 
 
 def built(raw: dict, *overrides: str):

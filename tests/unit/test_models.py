@@ -19,11 +19,12 @@ TINY_TEXT = {
     "transformer": {"width": 8, "depth": 1, "heads": 2},
     "pretrained": {},
 }
+TINY_TABLE = {"gbdt": {"n_estimators": 5}}  # trained by its own fit: tests/e2e/test_gbdt.py
 TOKENIZER = {"vocab_size": 30522, "pad_id": 0}
 
 
 def test_every_family_has_tiny_options_here():
-    assert set(TINY) | set(TINY_TEXT) == set(FAMILIES)
+    assert set(TINY) | set(TINY_TEXT) | set(TINY_TABLE) == set(FAMILIES)
     assert set(TINY_TEXT) == TEXT_ONLY
 
 
@@ -100,6 +101,11 @@ def test_every_family_gives_one_logit_per_class(name, shape):
 def test_mlp_takes_tables():
     model = build_model("mlp", (7,), 3, hidden=[8, 4])
     assert model(torch.randn(4, 7)).shape == (4, 3)
+
+
+def test_gbdt_takes_tables_only_and_says_what_images_take():
+    with pytest.raises(UserError, match="'gbdt' takes tables .* Use cnn, resnet or mlp for images"):
+        build_model("gbdt", (1, 8, 8), 3, **TINY_TABLE["gbdt"])
 
 
 def test_mlp_without_batch_norm_has_no_norm_layers():

@@ -30,6 +30,8 @@ def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
     """Write `model/model.onnx` for a run and record the export in model.json; returns that record."""
     predictor = load(run)
     folder = predictor.path
+    if getattr(predictor.model, "onnx_refusal", None):  # a family with no ONNX converter here says why
+        raise UserError(f"{folder}: {predictor.model.onnx_refusal}")
     inputs, source = heldout_inputs(run_folder(folder), predictor.spec)
     with atomic_path(folder / "model.onnx") as tmp:  # an error leaves no model.onnx, or the old one
         started = time.perf_counter()

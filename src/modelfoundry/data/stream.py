@@ -357,13 +357,19 @@ def part_names(codes: np.ndarray) -> np.ndarray:
 
 
 def prepare_streamed(path: Path, data, origin: str, task) -> dict:
+    from modelfoundry.tasks.tabular import column_report
+
     """The passes over a table (a first one that finds duplicates with data.dedupe, then two); returns the
     pieces `prepare` builds a Prepared from. `task` reads, counts, checks and encodes the target column."""
     report: dict = {"source": origin}
     repeated = _repeated_rows(path, data, origin, task, report) if data.dedupe else None
     codes, counts, sample, features, ignored = _first_pass(path, data, origin, task, report, repeated)
     labels, target = task.check_targets(counts, origin, data, report, sample["_target"].to_numpy())
-    encoder = tabular.TableEncoder().fit(sample[features], ignored)
+    encoder = tabular.TableEncoder().fit(
+        sample[features], ignored, sample["_target"].to_numpy(), task.is_classifier, data.columns, origin
+    )
+    report["columns"] = column_report(encoder, ignored, data)
+    report.setdefault("warnings", []).extend(encoder.warnings)
     fitted_rows = len(sample)
     del sample
     give_back_memory()

@@ -131,31 +131,12 @@ def feature_columns(frame: pd.DataFrame, data: DataConfig, origin: str) -> list[
     """The columns a model reads: data.features, else every column but the label and data.drop."""
     for column in data.drop + (data.features or []):
         check_column(frame, column, "feature" if column in (data.features or []) else "dropped", origin)
+    for column in data.columns:
+        check_column(frame, column, "data.columns", origin)
     columns = data.features or [c for c in frame.columns if c != data.label and c not in data.drop]
     if not columns:
         raise UserError(f"{origin}: no feature columns left besides the label '{data.label}'.")
     return columns
-
-
-def numbers_with_stray_text(frame: pd.DataFrame, origin: str, share: float = 0.9) -> list[str]:
-    """Warnings for text columns whose values are nearly all numbers: one stray value ("n/a", "12,5")
-    makes pandas read the whole column as text, and the encoder would then one-hot it as categories."""
-    found = []
-    for name in frame.columns:
-        values = frame[name]
-        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-            continue
-        present = values.dropna()
-        numbers = pd.to_numeric(present, errors="coerce")
-        if len(present) and numbers.notna().mean() >= share and numbers.isna().any():
-            bad = numbers.isna().to_numpy()
-            i = int(np.argmax(bad))
-            found.append(
-                f"{origin}: column '{name}' holds numbers except {int(bad.sum())} value(s) such as "
-                f"{present.iloc[i]!r} ({row_name(origin, present.index[i])}), so it is read as categories, "
-                "not numbers. Fix or empty those cells if it is a number column."
-            )
-    return found
 
 
 def check_missing(
@@ -194,6 +175,14 @@ def check_missing(
     return frame, counts
 
 
+def _moments(numbers: pd.Series) -> dict:
+    """What standardising a number column needs: the median that fills gaps, then mean and spread."""
+    numbers = numbers.astype(float)
+    median = float(numbers.median()) if numbers.notna().any() else 0.0
+    filled = numbers.fillna(median)
+    return {"fill": median, "mean": float(filled.mean()), "std": float(filled.std(ddof=0)) or 1.0}
+
+
 class CellError(UserError):
     """A cell the encoder refuses, with its position (row `i` of the frame, `column` its spec), so the
     HTTP service can name the request field (`inputs.3.x2`)."""
@@ -209,38 +198,70 @@ class TableEncoder:
     def __init__(self, spec: dict | None = None):
         self.spec = spec
 
-    def fit(self, frame: pd.DataFrame, ignored: list[str] | None = None) -> TableEncoder:
-        """Fit on the training rows' feature columns. `ignored`: the other columns of the training file
-        (the label, data.drop), which inputs may carry and are ignored; any other column is refused.
+    def fit(
+        self,
+        frame: pd.DataFrame,
+        ignored: list[str] | None = None,
+        targets: np.ndarray | None = None,
+        classifier: bool = True,
+        chosen: dict[str, str] | None = None,
+        origin: str = "data",
+    ) -> TableEncoder:
+        """Fit on the training rows' feature columns, each by its role (data/roles.py: inferred from the
+        rows and their `targets`, or `chosen` by data.columns); `roles` lists them, `warnings` says which
+        were dropped and why. `ignored`: the other columns of the training file (the label, data.drop),
+        which inputs may carry and are ignored, as are dropped roles; any other column is refused.
         None (packages before this rule): every column is ignored."""
+        from modelfoundry.data.roles import DROPPED, date_parts, infer_roles
+
+        self.roles = infer_roles(frame, targets, classifier, chosen or {}, origin)
+        self.warnings = [
+            f"{origin}: column '{r['name']}' is not used: role {r['role']}, {r['why']}. If the model should "
+            f"read it, set its role with data.columns: {{{r['name']}: numeric}} (or category)."
+            for r in self.roles
+            if r["role"] in DROPPED and r["why"] != "set by data.columns"
+        ]
         columns = []
-        for name in frame.columns:
-            values = frame[name]
-            if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-                numbers = values.astype(float)
-                median = float(numbers.median()) if numbers.notna().any() else 0.0
-                filled = numbers.fillna(median)
-                std = float(filled.std(ddof=0)) or 1.0
+        for role in self.roles:
+            name, values = role["name"], frame[role["name"]]
+            if role["role"] == "numeric":
                 columns.append(
-                    {"name": name, "kind": "number", "fill": median, "mean": float(filled.mean()), "std": std}
+                    {"name": name, "kind": "number", **_moments(pd.to_numeric(values, errors="coerce"))}
                 )
-            else:
+            elif role["role"] == "datetime":
+                moments = [_moments(pd.Series(part)) for part in date_parts(values).T]
+                columns.append(
+                    {"name": name, "kind": "datetime", **{k: [m[k] for m in moments] for k in moments[0]}}
+                )
+            elif role["role"] == "category":
                 top = values.fillna(MISSING).astype(str).value_counts().index[:MAX_CATEGORIES]
                 columns.append({"name": name, "kind": "category", "categories": sorted(top)})
+        if not columns:
+            raise UserError(
+                f"{origin}: no feature column is left to learn from: "
+                + "; ".join(f"'{r['name']}' is {r['role']} ({r['why']})" for r in self.roles)
+                + ". Set a column's role with data.columns: {NAME: numeric} (or category)."
+            )
         self.spec = {"columns": columns}
         if ignored is not None:
-            self.spec["ignored_columns"] = list(ignored)
+            dropped = [r["name"] for r in self.roles if r["role"] in DROPPED]
+            self.spec["ignored_columns"] = list(dict.fromkeys([*ignored, *dropped]))
         return self
 
     @property
     def feature_names(self) -> list[str]:
         names = []
         for col in self.spec["columns"]:
-            names += (
-                [col["name"]]
-                if col["kind"] == "number"
-                else [f"{col['name']}={c}" for c in col["categories"]]
-            )
+            if col["kind"] == "datetime":
+                from modelfoundry.data.roles import DATE_PARTS
+
+                names += [f"{col['name']}.{part}" for part in DATE_PARTS]
+            else:
+                names += (
+                    [col["name"]]
+                    if col["kind"] == "number"
+                    else [f"{col['name']}={c}" for c in col["categories"]]
+                )
         return names
 
     def unknown_columns(self, columns) -> list[str]:
@@ -285,8 +306,9 @@ class TableEncoder:
                     i = int(np.argmax(bad.to_numpy()))
                     raise UserError(
                         f"{origin}: {row_name(origin, frame.index[i])}, column '{col['name']}': "
-                        f"{values.iloc[i]!r} is not a number, and the model was trained on numbers in this "
-                        "column."
+                        f"{values.iloc[i]!r} is not a number, and the model reads numbers in this column. "
+                        "Fix or empty the cell (or, training, make it a category column with data.columns: "
+                        f"{{{col['name']}: category}})."
                     )
                 with np.errstate(over="ignore"):  # 1e308 becomes inf in float32: refused just below
                     filled = numbers.fillna(col["fill"]).to_numpy(dtype=np.float64).astype(np.float32)
@@ -306,6 +328,20 @@ class TableEncoder:
                         "imputed.",
                     )
                 parts.append(scaled[:, None])
+            elif col["kind"] == "datetime":
+                from modelfoundry.data.roles import date_parts
+
+                parts_of = date_parts(values)
+                bad = values.notna().to_numpy() & np.isnan(parts_of[:, 0])
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    raise UserError(
+                        f"{origin}: {row_name(origin, frame.index[i])}, column '{col['name']}': "
+                        f"{plain(values.iloc[i])} is not a date or time, and the model reads dates in this "
+                        "column (such as 2024-05-31 or 2024-05-31T14:30). Fix or empty the cell."
+                    )
+                filled = np.where(np.isnan(parts_of), np.array(col["fill"]), parts_of)
+                parts.append(((filled - np.array(col["mean"])) / np.array(col["std"])).astype(np.float32))
             else:
                 strings = values.fillna(MISSING).astype(str).to_numpy()
                 parts.append((strings[:, None] == np.array(col["categories"])[None, :]).astype(np.float32))

@@ -54,6 +54,7 @@ _OVERALL_METRICS = (
     ("loss", "Loss"),
 )
 _DATA_KEYS = (
+    "columns",
     "n_examples",
     "splits",
     "class_counts",
@@ -514,6 +515,14 @@ def _data_report(report: dict) -> str:
     if overview:
         is_bad = lambda key, value: key == "duplicates" and _positive(value)  # noqa: E731
         parts.append("<h3>Overview</h3>" + _kv_table(overview, is_bad))
+    if report.get("columns"):  # tables: each column's role (data/roles.py) and why
+        rows = "".join(
+            f"<tr><td>{_esc(c['name'])}</td><td>{_esc(c['role'])}</td><td>{_esc(c['why'])}</td></tr>"
+            for c in report["columns"]
+        )
+        parts.append(
+            f"<h3>Columns</h3><table><tr><th>column</th><th>role</th><th>why</th></tr>{rows}</table>"
+        )
     if report.get("class_counts"):
         parts.append("<h3>Class balance</h3>" + _class_balance(report["class_counts"]))
     if "missing" in report:

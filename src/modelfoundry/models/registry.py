@@ -32,7 +32,7 @@ class Family:
     Attributes:
         builder: "module:function" of `build(input_shape, num_classes, [vocab_size, pad_id,] **options)`;
             its keyword arguments with defaults are the family's `model:` options.
-        takes: "tables or images" (flattened), "images" (C, H, W) or "text" (token ids, B x T).
+        takes: "tables or images" (flattened), "tables" (F,), "images" (C, H, W) or "text" (token ids, B x T).
         int8: "static" quantization (activations scaled from a calibration sample: what convolutions need
             to run faster) or "dynamic" (activations scaled per batch: enough where MatMul/Gemm cost most).
         prune: the function in the builder's module that prunes a model of this family (None: it can't be),
@@ -46,11 +46,14 @@ class Family:
             architecture from a model package folder (`(folder) -> options`; None: the saved options do).
         recipe: the family's default training recipe, dotted config key -> value, applied where the
             user's config leaves the key unset (user config > recipe > task default > global default).
-            Chosen by measurement: bench/defaults.py, results in bench/RESULTS.md.
+            Chosen by measurement: bench/defaults.py, results in bench/RESULTS.md. `model.` keys set the
+            family's options.
+        trains: the function in the builder's module that trains a model of this family in place of the
+            gradient loop, with `training.loop.fit`'s arguments and result (None: the loop trains it).
     """
 
     builder: str
-    takes: Literal["tables or images", "images", "text"]
+    takes: Literal["tables or images", "tables", "images", "text"]
     int8: Literal["static", "dynamic"] = "dynamic"
     prune: str | None = None
     prunes: str = ""
@@ -59,8 +62,10 @@ class Family:
     from_package: str | None = None
     width_multiple_of: str | None = None
     recipe: dict = field(default_factory=dict)
+    trains: str | None = None
 
 
+AUTO = "auto"  # model.name: foundry picks the family when `foundry train` runs (tasks: `auto_models`)
 # Recipes (bench/defaults.py measures each against a tuned configuration). Trained from scratch:
 # AdamW with decoupled weight decay and a decaying schedule; epochs are left to the data size and the
 # time budget (runner: chosen at run time), with early stopping on the validation loss.
@@ -134,6 +139,18 @@ FAMILIES: dict[str, Family] = {
         width_multiple_of="heads",
         recipe=_SEQUENCE_RECIPE,
     ),
+    # Gradient-boosted trees (LightGBM): more rounds at half LightGBM's learning rate, stopped by the
+    # validation loss (bench/tables.py)
+    "gbdt": Family(
+        "modelfoundry.models.gbdt:build_gbdt",
+        "tables",
+        trains="fit_gbdt",
+        recipe={
+            "model.n_estimators": 2000,
+            "model.learning_rate": 0.05,
+            "train.early_stopping_patience": 50,
+        },
+    ),
     # A fine-tuned encoder's architecture is fixed by its folder: its student is trained from scratch.
     "pretrained": Family(
         "modelfoundry.models.pretrained:build_pretrained",
@@ -170,11 +187,23 @@ LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     ),
     "freeze_layers": (lambda v: v >= 0, "a whole number of layers, 0 or more"),
     "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    **dict.fromkeys(("n_estimators", "min_child_samples"), (lambda v: v >= 1, "a positive whole number")),
+    "num_leaves": (lambda v: v >= 2, "a whole number, 2 or more"),
+    "max_depth": (lambda v: v == -1 or v >= 1, "a positive whole number, or -1 for no limit"),
+    "max_bin": (lambda v: v >= 2, "a whole number, 2 or more"),
+    "learning_rate": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    **dict.fromkeys(("subsample", "colsample_bytree"), (lambda v: 0 < v <= 1, "a number in (0, 1]")),
+    **dict.fromkeys(("reg_lambda", "reg_alpha"), (lambda v: v >= 0, "a number, 0 or more")),
 }
 
 
 def family_of(name: str) -> Family:
     """The family called `name`; an unknown name is a UserError that suggests the nearest."""
+    if name == AUTO:
+        raise UserError(
+            "model.name: auto picks a family when `foundry train` runs; here name one: "
+            f"{', '.join(FAMILIES)}."
+        )
     if name not in FAMILIES:
         raise UserError(_unknown(name))
     return FAMILIES[name]
@@ -182,7 +211,8 @@ def family_of(name: str) -> Family:
 
 def _unknown(name: str) -> str:
     return (
-        f"model.name: unknown model '{name}'.{did_you_mean(name, FAMILIES)} Available: {', '.join(FAMILIES)}."
+        f"model.name: unknown model '{name}'.{did_you_mean(name, FAMILIES)} Available: "
+        f"{', '.join(FAMILIES)}; for tables also auto (foundry picks gbdt or mlp)."
     )
 
 
@@ -254,6 +284,12 @@ def check_options(name: str, options: dict) -> list[str]:
     (int, float, bool, str, None, list[...], Literal[...] and unions of them) or outside LIMITS.
     Returns [] when they all fit; reads no data and imports no torch.
     """
+    if name == AUTO:
+        return [
+            f"model.{key}: model.name auto takes no options; name the family they belong to (model.name: "
+            f"gbdt or mlp)." + did_you_mean(key, [k for f in FAMILIES for k in model_options(f)])
+            for key in options
+        ]
     if name not in FAMILIES:
         return [_unknown(name)]
     parameters = signature(name).parameters

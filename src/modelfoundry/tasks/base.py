@@ -112,6 +112,9 @@ class Task:
     review_gap = ("accuracy", 0.05)
     data_keys: tuple[str, ...] = ()  # data keys of config.TEXT_DATA_KEYS this task reads
     starter = ""  # the commented config `foundry init --task NAME` writes
+    # model.name auto (the default where there are some): the families a run trains and compares on the
+    # validation split, in order of preference on a tie; none: the default model is mlp
+    auto_models: tuple[str, ...] = ()
     # family -> {dotted key: value}: where this task's data wants other defaults than the family's recipe
     # (applied over it, under the user's keys)
     family_recipes: ClassVar[dict[str, dict]] = {}
@@ -158,7 +161,18 @@ class Task:
     def raw_targets(self, column: pd.Series, origin: str) -> np.ndarray:
         """A label column (a whole file's or a streamed chunk's, without gaps) as the task reads it: class
         names as strings."""
-        if pd.api.types.is_float_dtype(column) and (column == column.round()).all():
+        if pd.api.types.is_float_dtype(column):
+            fractional = (column != column.round()).to_numpy()
+            if fractional.any():
+                from modelfoundry.data.tabular import plain, row_name
+
+                i = int(np.argmax(fractional))
+                raise UserError(
+                    f"{origin}: {row_name(origin, column.index[i])}, label column '{column.name}': "
+                    f"{plain(column.iloc[i])} is a number with a fraction, and a classifier predicts "
+                    "classes. Predict the number with task: tabular_regression, or write the classes as "
+                    "names or whole numbers."
+                )
             column = column.astype(np.int64)  # "1.0" read from a column with gaps is class "1"
         return column.astype(str).to_numpy()
 
@@ -180,6 +194,14 @@ class Task:
 
         total = sum(counts.values(), Counter())
         labels = validate.class_names(total, origin)
+        examples = sum(total.values())
+        if examples >= 20 and len(labels) > examples / 2:
+            raise UserError(
+                f"{origin}: label column '{data.label or 'target'}' has {len(labels):,} different values "
+                f"in {examples:,} rows, such as {labels[0]!r} and {labels[1]!r}: it looks like an ID, not "
+                "classes. Name the column that holds the classes in data.label, or predict a number with "
+                "task: tabular_regression."
+            )
         validate.check_trained(counts, origin, report.get("sources"))
         report["class_counts"], balance = validate.class_balance(total, labels)
         report["warnings"] = report.get("warnings", []) + balance

@@ -29,6 +29,7 @@ class TableInputs:
     """Table rows as inputs; mixed into a task with its target."""
 
     kind = "table"
+    auto_models = ("gbdt", "mlp")
     # One hidden layer of 64 rather than the MLP's (128, 64): over 8-10 seeds of the defaults, test R2 0.493
     # against 0.464 on diabetes, accuracy 0.968 against 0.965 on breast_cancer and 0.990 against 0.986 on
     # wine (on digits images the wider MLP stays better: 0.976 against 0.972). bench/RESULTS.md, defaults.
@@ -80,11 +81,19 @@ class TableInputs:
     def encode(self, examples: pd.DataFrame, targets, split: dict, config, base_dir: Path, report: dict):
         from modelfoundry.data.prepare import ArrayData
 
-        report["warnings"] += tabular.numbers_with_stray_text(examples, report["source"])
         # the training file's other columns (label, data.drop) may come along in inputs; a built-in's: its
         # label column as `evaluate --data` files name it
         ignored = list(dict.fromkeys(report.pop("ignored_columns", None) or [BUILTIN_LABEL]))
-        encoder = tabular.TableEncoder().fit(examples.iloc[split["train"]], ignored)
+        encoder = tabular.TableEncoder().fit(
+            examples.iloc[split["train"]],
+            ignored,
+            targets.values[split["train"]],
+            self.is_classifier,
+            config.data.columns,
+            report["source"],
+        )
+        report["columns"] = column_report(encoder, ignored, config.data)
+        report["warnings"] += encoder.warnings
         features = encoder.transform(examples, report["source"])
         parts = {k: ArrayData(features[v], targets.values[v]) if len(v) else None for k, v in split.items()}
         display = examples.iloc[split["test"]].to_dict(orient="records")
@@ -245,22 +254,37 @@ data:
   # drop: [id]                    # columns to ignore
   missing: impute                 # impute | drop | error
   split: {val: 0.1, test: 0.2, seed: 0}
-model:
-  name: mlp
+model:                            # leave model: out and foundry picks gbdt or mlp (auto)
+  name: mlp                       # or gbdt (gradient-boosted trees: n_estimators, num_leaves, ...)
   hidden: [64]
   dropout: 0.1
 """
 
 
 def feature_blocks(preprocessing: dict) -> dict[str, np.ndarray]:
-    """Each column's encoded features (indices into `TableEncoder.transform`'s output): a number's one,
-    a category's one-hot block."""
+    """Each column's encoded features (indices into `TableEncoder.transform`'s output, which encodes the
+    columns one after another): a number's one, a category's one-hot block, a date's parts."""
     blocks, start = {}, 0
     for column in preprocessing["columns"]:
-        width = 1 if column["kind"] == "number" else len(column["categories"])
+        width = len(tabular.TableEncoder({"columns": [column]}).feature_names)
         blocks[column["name"]] = np.arange(start, start + width)
         start += width
     return blocks
+
+
+def column_report(encoder, ignored: list[str], data) -> list[dict]:
+    """Every column of the table with its role and why: the features' (data/roles.py), then the others."""
+    labels = (data.label, BUILTIN_LABEL)
+    return encoder.roles + [
+        {
+            "name": name,
+            "role": "label" if name in labels else "dropped",
+            "why": "the label"
+            if name in labels
+            else ("data.drop" if name in data.drop else "not in data.features"),
+        }
+        for name in ignored
+    ]
 
 
 class FrameRows:
@@ -289,6 +313,15 @@ def cell(column: dict, value, field: str):
     a client reading a CSV sends), or null for a missing value."""
     if isinstance(value, str):
         value = unicode_text(value)
+    if column["kind"] == "datetime" and value is not None:
+        if not isinstance(value, str) or pd.isna(pd.to_datetime(value, errors="coerce", format="mixed")):
+            raise InputError(
+                422,
+                field,
+                f'{value!r} is not a date or time; send one as text, such as "2024-05-31" or '
+                '"2024-05-31T14:30" (or null for a missing value).',
+            )
+        return value
     if column["kind"] != "number":
         if isinstance(value, (dict, list)):
             raise InputError(422, field, f"got {json_type(value)}; give a string or number.")

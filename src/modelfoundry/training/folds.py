@@ -162,7 +162,7 @@ def train_folds(cfg, base_dir: Path, path: Path, console: Console, device) -> tu
         with warnings.catch_warnings():
             if i:  # the data's warnings once, with the first fold
                 warnings.simplefilter("ignore")
-            metrics, fold_timings = _run(
+            metrics, fold_timings, _ = _run(
                 cfg, base_dir, folds_dir / f"fold-{i + 1}", False, console, device, resplit=plan.fold(i)
             )
         for key, seconds in fold_timings.items():
@@ -203,7 +203,7 @@ def train_folds(cfg, base_dir: Path, path: Path, console: Console, device) -> tu
     console.print(f"final model: {how}", highlight=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        metrics, final_timings = _run(
+        metrics, final_timings, _ = _run(
             final,
             base_dir,
             path,

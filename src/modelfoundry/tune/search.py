@@ -174,7 +174,6 @@ class TrialRunner:
         import torch
 
         from modelfoundry.builder import build
-        from modelfoundry.training.loop import fit
 
         values = sample(trial, self.spec.dims)
         cfg, _ = load_config(apply_values(self.spec.raw, values))
@@ -197,7 +196,7 @@ class TrialRunner:
                 raise optuna.TrialPruned(f"pruned at epoch {record['epoch']}")
 
         try:
-            fit(
+            built.fit(  # the training loop, or the family's own (gbdt)
                 built.model,
                 splits["train"],
                 splits["val"],

@@ -1,0 +1,290 @@
+"""Gradient-boosted decision trees (LightGBM) for tables: what the field reaches for first on tabular data.
+
+The model is a `torch.nn.Module` around a LightGBM booster, so the runner, the Predictor, the HTTP
+service, `foundry tune` and retraining treat it as any other family: it takes the encoded table
+(N, F) and returns raw scores shaped like a network's logits, (N, C) for C classes (a binary booster's
+one score s becomes [0, s], so the softmax is its sigmoid) and (N, 1) for a number.
+
+It is trained by `fit_gbdt`, not the gradient loop: boosting rounds with early stopping on the
+validation split's loss. The booster is kept in LightGBM's text model format, as the uint8 buffer
+`booster` (saved in model.safetensors like any weights) and as `lightgbm.txt` beside it for LightGBM
+itself; a package is never pickled. LightGBM is imported only to build or train, so `foundry --help`
+stays fast.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from modelfoundry.errors import UserError
+
+CURVE_POINTS = 100  # most history records (learning-curve points, tune's pruning steps) per training
+
+
+def build_gbdt(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    n_estimators: int = 100,
+    learning_rate: float = 0.1,
+    num_leaves: int = 31,
+    max_depth: int = -1,
+    min_child_samples: int = 20,
+    subsample: float = 1.0,
+    colsample_bytree: float = 1.0,
+    reg_lambda: float = 0.0,
+    reg_alpha: float = 0.0,
+    max_bin: int = 255,
+) -> GradientBoostedTrees:
+    """An untrained booster; the defaults are LightGBM's own (the gbdt recipe in models/registry.py
+    changes some).
+
+    Args:
+        input_shape: (F,) encoded table features.
+        num_classes: classes (2 or more), or 1 for a number.
+        n_estimators: most boosting rounds (trees per class); early stopping usually ends sooner.
+        learning_rate: shrinkage of each tree's contribution.
+        num_leaves: most leaves per tree.
+        max_depth: most levels per tree; -1 for no limit.
+        min_child_samples: fewest training rows in a leaf.
+        subsample: fraction of rows each tree sees (bagging); 1.0 for all.
+        colsample_bytree: fraction of features each tree sees.
+        reg_lambda, reg_alpha: L2 and L1 penalties on leaf values.
+        max_bin: most histogram bins per feature.
+    """
+    if len(input_shape) != 1:
+        raise UserError(
+            f"model.name: 'gbdt' takes tables (F,); this data has shape {tuple(input_shape)}. "
+            "Use cnn, resnet or mlp for images."
+        )
+    options = {
+        "n_estimators": n_estimators,
+        "learning_rate": learning_rate,
+        "num_leaves": num_leaves,
+        "max_depth": max_depth,
+        "min_child_samples": min_child_samples,
+        "subsample": subsample,
+        "colsample_bytree": colsample_bytree,
+        "reg_lambda": reg_lambda,
+        "reg_alpha": reg_alpha,
+        "max_bin": max_bin,
+    }
+    return GradientBoostedTrees(input_shape[0], num_classes, options)
+
+
+class GradientBoostedTrees(nn.Module):
+    """A LightGBM booster behind the interface of a network: features (N, F) in, scores (N, C) out."""
+
+    onnx_refusal = (
+        "a gbdt model has no ONNX export (nor int8 variant) here: torch.onnx cannot trace a LightGBM booster "
+        "and no LightGBM-to-ONNX converter (onnxmltools) is installed. Serve and predict it as it is (the "
+        "default backend): the booster already predicts on the CPU without PyTorch's weights."
+    )
+
+    def __init__(self, features: int, outputs: int, options: dict):
+        super().__init__()
+        self.features, self.outputs, self.options = features, outputs, options
+        # LightGBM's text model format as bytes: saved and loaded with the other weights (safetensors)
+        self.register_buffer("booster", torch.zeros(0, dtype=torch.uint8))
+        # holds no weights; tells callers that ask a model's parameters which device it is on
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+        self._booster = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._booster is None:
+            raise RuntimeError("the booster is not trained or loaded yet")
+        scores = self.scores(x.detach().float().cpu().numpy())
+        return torch.from_numpy(scores).to(x.device)
+
+    def scores(self, x: np.ndarray, iteration: int | None = None) -> np.ndarray:
+        """Raw scores (N, C) of features (N, F), with the first `iteration` rounds (None: the best)."""
+        raw = np.asarray(self._booster.predict(x, raw_score=True, num_iteration=iteration), np.float32)
+        if self.outputs == 2:  # binary: one logit s; softmax([0, s]) = [1 - sigmoid(s), sigmoid(s)]
+            return np.stack([np.zeros_like(raw), raw], 1)
+        return raw.reshape(len(x), self.outputs)
+
+    def set_booster(self, booster) -> None:
+        self._booster = booster
+        text = booster.model_to_string()  # the trees up to the best round (early stopping), or all
+        self.booster = torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        import lightgbm
+
+        text = bytes(state_dict["booster"].cpu().numpy()).decode()
+        self.set_booster(lightgbm.Booster(model_str=text))
+        return nn.modules.module._IncompatibleKeys([], [])
+
+    def package_files(self) -> dict[str, str]:
+        """The booster as LightGBM's own text file, which `lightgbm.Booster(model_file=...)` reads."""
+        return {"lightgbm.txt": bytes(self.booster.numpy()).decode()}
+
+    def describe(self) -> str:
+        leaves = f"of up to {self.options['num_leaves']} leaves"
+        if self._booster is None:
+            return f"up to {self.options['n_estimators']:,} boosting rounds of trees {leaves}"
+        return f"{self._booster.num_trees():,} trees {leaves}"
+
+
+def _params(model: GradientBoostedTrees, cfg) -> dict:
+    """LightGBM's parameters for the model's options and the run's objective."""
+    o = model.options
+    if model.outputs == 1:  # a number, standardised: the run's loss
+        objective = {"mse": "regression", "mae": "regression_l1", "huber": "huber"}[cfg.loss or "mse"]
+        extra = {"objective": objective, "metric": "l2"}
+    elif model.outputs == 2:
+        extra = {"objective": "binary", "metric": "binary_logloss"}
+    else:
+        extra = {"objective": "multiclass", "num_class": model.outputs, "metric": "multi_logloss"}
+    return {
+        **extra,
+        "learning_rate": o["learning_rate"],
+        "num_leaves": o["num_leaves"],
+        "max_depth": o["max_depth"],
+        "min_child_samples": o["min_child_samples"],
+        "bagging_fraction": o["subsample"],
+        "bagging_freq": 1 if o["subsample"] < 1 else 0,
+        "feature_fraction": o["colsample_bytree"],
+        "lambda_l2": o["reg_lambda"],
+        "lambda_l1": o["reg_alpha"],
+        "max_bin": o["max_bin"],
+        "seed": cfg.seed,
+        "deterministic": True,
+        "verbosity": -1,
+    }
+
+
+def _arrays(data) -> tuple[np.ndarray, np.ndarray]:
+    """A split's encoded inputs (N, F) and targets (N,) as numpy, from memory or streamed batches."""
+    if hasattr(data, "inputs"):
+        return data.inputs.cpu().numpy(), data.targets.cpu().numpy()
+    parts = list(data.batches(65536))
+    return (
+        torch.cat([p[0] for p in parts]).cpu().numpy(),
+        torch.cat([p[1] for p in parts]).cpu().numpy(),
+    )
+
+
+def fit_gbdt(
+    model: GradientBoostedTrees,
+    train,
+    val,
+    cfg,
+    *,
+    device: torch.device,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    log_dir: Path | None = None,
+    augment=None,
+    console: Console | None = None,
+    teacher=None,
+    on_epoch=None,
+    objective=None,
+):
+    """Boost trees on `train`, stopping when the validation loss has not improved for
+    `cfg.early_stopping_patience` rounds; the model keeps the best round's trees.
+
+    Takes the arguments of `training.loop.fit` and returns its FitResult, with a history record every
+    `n_estimators / CURVE_POINTS` rounds and at the best round ("epoch" = boosting rounds so far):
+    train_loss, the task's validation numbers (`objective`) and seconds. A run is seconds long, so
+    `resume` trains anew.
+    """
+    import lightgbm
+
+    from modelfoundry.training import distributed
+    from modelfoundry.training.loop import FitResult
+
+    if distributed.world_size() > 1:
+        raise UserError("model.name: gbdt trains on one machine; run it without torchrun (--nproc).")
+    if teacher is not None:
+        raise UserError("train.distill: a gbdt model cannot learn from a teacher; use a student mlp.")
+    if val is None and cfg.early_stopping_patience:
+        raise UserError("train.early_stopping_patience needs a validation split: set data.split.val above 0.")
+    console = console or Console(stderr=True)
+    x, y = _arrays(train)
+    started = time.perf_counter()
+    weights = getattr(train, "weights", None)  # train.balance_groups (training/weights.py)
+    dtrain = lightgbm.Dataset(x, y, weight=None if weights is None else weights.cpu().numpy())
+    sets, callbacks = [], []
+    if val is not None:
+        vx, vy = _arrays(val)
+        sets.append(lightgbm.Dataset(vx, vy, reference=dtrain))
+        if cfg.early_stopping_patience:
+            callbacks.append(lightgbm.early_stopping(cfg.early_stopping_patience, verbose=False))
+    curve = _Curve(max(1, round(model.options["n_estimators"] / CURVE_POINTS)), val is not None)
+    booster = lightgbm.train(
+        _params(model, cfg),
+        dtrain,
+        num_boost_round=model.options["n_estimators"],
+        valid_sets=sets,
+        valid_names=["val"][: len(sets)],
+        callbacks=[*callbacks, curve],
+    )
+    seconds = time.perf_counter() - started
+    rounds = booster.current_iteration()
+    best = booster.best_iteration or rounds
+    model.set_booster(booster)
+    model.load_state_dict(model.state_dict())  # the booster as packaged: the best round's trees
+    history = curve.history(
+        model, best, (vx, vy) if val is not None else None, objective, model.options["learning_rate"]
+    )
+    for record in history:
+        if on_epoch:
+            on_epoch(record)
+    stopped = rounds < model.options["n_estimators"]
+    console.print(
+        f"boosted {rounds} rounds in {seconds:.1f} s; kept the best {best}"
+        + (" (the validation loss stopped improving)" if stopped else ""),
+        highlight=False,
+    )
+    return FitResult(history, best, stopped, "fp32")
+
+
+class _Curve:
+    """A LightGBM callback that keeps a learning-curve point every `step` rounds: the training loss and the
+    validation split's predictions, which the booster already holds (a copy, not a prediction: the curve
+    costs LightGBM's training little)."""
+
+    def __init__(self, step: int, has_val: bool):
+        self.step, self.has_val, self.points = step, has_val, []
+        self.started = time.perf_counter()
+
+    def __call__(self, env) -> None:
+        done = env.iteration + 1
+        if done % self.step and done != env.end_iteration:
+            return
+        train_loss = env.model.eval_train()[0][2]
+        # probabilities (N, C) or (N,), or values; LightGBM's own buffer, so copied
+        val = env.model._Booster__inner_predict(data_idx=1).copy() if self.has_val else None
+        self.points.append((done, train_loss, val, time.perf_counter() - self.started))
+
+    def history(self, model, best: int, val, objective, lr: float) -> list[dict]:
+        """The records of `fit`'s history: one per point, and the best round's (predicted once)."""
+        records, previous = [], 0.0
+        for done, train_loss, predicted, seconds in self.points:
+            record = {"epoch": done, "train_loss": float(train_loss), "lr": lr}
+            if predicted is not None and objective is not None:
+                record.update(
+                    objective.metrics(_as_scores(predicted, model.outputs), torch.as_tensor(val[1]))
+                )
+            record["seconds"], previous = seconds - previous, seconds
+            records.append(record)
+        if val is not None and objective is not None and best not in {r["epoch"] for r in records}:
+            scores = torch.from_numpy(model.scores(val[0]))
+            records.append({"epoch": best, "lr": lr, **objective.metrics(scores, torch.as_tensor(val[1]))})
+            records.sort(key=lambda r: r["epoch"])
+        return records
+
+
+def _as_scores(predicted: np.ndarray, outputs: int) -> torch.Tensor:
+    """LightGBM's converted predictions as the scores `forward` gives: log-probabilities for classes
+    (their softmax is the probabilities), values for a number."""
+    if outputs == 1:
+        return torch.from_numpy(predicted.reshape(-1, 1).astype(np.float32))
+    p = predicted if outputs > 2 else np.stack([1 - predicted, predicted], 1)
+    return torch.from_numpy(np.log(np.clip(p, 1e-12, 1)).astype(np.float32))
