@@ -157,3 +157,26 @@ def test_a_text_model_is_audited_on_a_column_it_never_reads(tmp_path):
     assert_ok(result)
     new = json.loads(result.stdout)["metrics"]["fairness"]["attributes"]["region"]["groups"]
     assert new["north"]["n"] == int((reviews["region"] == "north").sum())
+
+
+def test_gbdt_trees_take_the_balance_weights(tmp_path, monkeypatch):
+    """In process (no CLI): LightGBM boosts on the weighted rows, and the parity gap narrows."""
+    from rich.console import Console
+
+    import modelfoundry as mf
+
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "runs"))
+    people_frame().to_csv(tmp_path / "people.csv", index=False)
+    config = {
+        "task": "tabular_classification",
+        "data": {"source": str(tmp_path / "people.csv"), "label": "label", "drop": ["id", "race"]},
+        "model": {"name": "gbdt", "n_estimators": 30},
+        "evaluate": {"sensitive": ["sex"]},
+    }
+    gaps = {}
+    for method in (None, "reweighing"):
+        extra = ["train.balance_groups=sex", f"train.balance_method={method}"] if method else []
+        run = mf.train(config, extra, run_dir=tmp_path / str(method), console=Console(quiet=True))
+        gaps[method] = run.metrics["fairness"]["attributes"]["sex"]["gaps"]["demographic_parity_difference"]
+    assert run.metrics["balance_groups"]["method"] == "reweighing"
+    assert gaps["reweighing"] < gaps[None] - 0.05, gaps
