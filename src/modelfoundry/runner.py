@@ -228,6 +228,7 @@ def _run(
     splits = {
         name: getattr(data, name) and getattr(data, name).to(device) for name in ("train", "val", "test")
     }
+    balance = balance_groups(cfg, task, data, splits, device, console)
     picked = None
     if candidates:  # model.name auto: train each candidate family, keep the best on the validation split
         cfg, built, result, setup, picked = _pick(
@@ -250,6 +251,8 @@ def _run(
     }
     if setup:
         metrics["distributed"] = setup
+    if balance:
+        metrics["balance_groups"] = balance
     if picked:
         metrics["auto"] = picked
     spec = {
@@ -270,6 +273,18 @@ def _run(
         if splits[name] is not None:
             predictions[name] = task.predictions(predict_logits(model, splits[name]), spec)
             metrics[name] = task.metrics(predictions[name], getattr(data, name).targets.numpy(), spec)
+    test_targets = data.test.targets.numpy() if data.test is not None else None
+    if data.groups and "test" in predictions:  # evaluate.sensitive: the audit of the test split's groups
+        spec["fairness"] = fairness_settings(cfg)
+        metrics["fairness"] = task.fairness(
+            predictions["test"], test_targets, data.groups["test"], spec, spec["fairness"]
+        )
+    if "test" in predictions:  # global explanations (tables: which columns the model relies on)
+        from modelfoundry.predictor import Predictor
+
+        importance = task.importance(Predictor(model.eval(), spec), data.test_display, test_targets, spec)
+        if importance:
+            metrics["importance"] = importance
     metrics["history"] = result.history
     # calibration measures this CPU; a GPU plan would need that GPU's rates, DDP a model of the all-reduce
     if device.type == "cpu" and distributed.world_size() == 1 and any(p.numel() for p in model.parameters()):
@@ -282,7 +297,7 @@ def _run(
             sum(r["seconds"] for r in result.history),
             math.ceil(len(data.train) / built.train.batch_size),
         )
-    metrics["warnings"] = review(metrics, task)
+    metrics["warnings"] = review(metrics, task) + metrics.get("fairness", {}).get("warnings", [])
     for warning in metrics["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     spec["test_accuracy"] = metrics.get("test", {}).get("accuracy")
@@ -433,6 +448,33 @@ def _pick(candidates: dict[str, Config], base_dir: Path, data, splits: dict, pat
     return *trained[name], {"picked": name, "why": why, "metric": metric, "candidates": scores}
 
 
+def balance_groups(cfg: Config, task, data: Prepared, splits: dict, device, console: Console) -> dict:
+    """train.balance_groups: the training split's batches carry weights that balance each (group, label)
+    cell in the loss (train.balance_method). Returns what metrics.json records of it (nothing when off)."""
+    column, method = cfg.train.balance_groups, cfg.train.balance_method
+    if not column:
+        return {}
+    from modelfoundry.training.weights import WeightedData, balance_weights
+
+    weights, cells = balance_weights(
+        data.groups["train"][column], task.balance_cells(data.train.targets.numpy(), data.labels), method
+    )
+    splits["train"] = WeightedData(data.train, weights).to(device)
+    console.print(
+        f"balance_groups: {column}: {len(cells)} (group / label) cells, {method}; example weights "
+        f"{weights.min():.3g} to {weights.max():.3g}",
+        highlight=False,
+    )
+    weight_range = [float(weights.min()), float(weights.max())]
+    return {"column": column, "method": method, "cells": cells, "weight_range": weight_range}
+
+
+def fairness_settings(cfg: Config) -> dict:
+    """What the package keeps of evaluate.*, so that `foundry evaluate --data` audits new data alike."""
+    ev = cfg.evaluate
+    return {"sensitive": ev.sensitive, "threshold": ev.fairness_threshold, "intersections": ev.intersections}
+
+
 def _shown(cfg: Config, dotted: str):
     node = cfg
     for part in dotted.split("."):
@@ -468,8 +510,17 @@ def write_run_report(
         config=config,
         sections=task.report_sections(predictions, targets, spec)
         + _auto_section(metrics.get("auto"))
+        + audit_sections(metrics)
         + list(extra_sections or []),
     )
+
+
+def audit_sections(metrics: dict) -> list[tuple[str, str, str]]:
+    from modelfoundry.evaluate.fairness import report_section
+    from modelfoundry.evaluate.importance import report_section as importance_section
+
+    sections = [importance_section(metrics["importance"])] if metrics.get("importance") else []
+    return sections + ([report_section(metrics["fairness"])] if metrics.get("fairness") else [])
 
 
 def _auto_section(picked: dict | None) -> list[tuple[str, str, str]]:
@@ -512,9 +563,17 @@ def evaluate(
         raise UserError(f"--data: {source} not found.")
     inputs, raw, display = task.read_labelled(predictor, source, label)
     targets = task.encode_targets(raw, spec, f"--data: {source}")
+    groups = None
+    if spec.get("fairness"):  # the run audited groups: audit the new data's too
+        from modelfoundry.evaluate.fairness import new_data_groups
+
+        frame = task.labelled_columns(predictor, source, display)
+        groups = new_data_groups(source, frame, spec["fairness"]["sensitive"])
     predictions = predictor.predictions(inputs)
     metrics = {"test": task.metrics(predictions, targets, spec), "data": str(source)}
-    metrics["warnings"] = review(metrics, task)
+    if groups is not None:
+        metrics["fairness"] = task.fairness(predictions, targets, groups, spec, spec["fairness"])
+    metrics["warnings"] = review(metrics, task) + metrics.get("fairness", {}).get("warnings", [])
     folder = run_folder(package_folder(run)) / "evaluations" / f"{source.stem}-{datetime.now():%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "metrics.json", metrics)
@@ -533,6 +592,6 @@ def evaluate(
         labels=predictor.labels,
         mistakes=task.mistakes(predictions, targets, spec, display),
         config={"run": str(run), "data": str(source)},
-        sections=task.report_sections(predictions, targets, spec),
+        sections=task.report_sections(predictions, targets, spec) + audit_sections(metrics),
     )
     return metrics, folder

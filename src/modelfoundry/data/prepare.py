@@ -70,6 +70,8 @@ class Prepared:
     files: dict[str, str] = field(default_factory=dict)  # extra files for the model package (tokenizer.json)
     # what the package keeps about the target (regression: mean, std)
     target: dict = field(default_factory=dict)
+    # evaluate.sensitive: split name -> the sensitive columns of its rows (strings), never fed to the model
+    groups: dict = field(default_factory=dict)
 
 
 def resolve_source(source: str, base_dir: Path, key: str = "data.source") -> Path:
@@ -140,6 +142,7 @@ def prepare(config: Config, base_dir: Path, resplit=None) -> Prepared:
         key = {"train": "data.source", "feedback": "data.feedback.source"}.get(part, f"data.{part}_source")
         loaded[part] = load_raw(data, task, base_dir, source, shape, key)
     examples, labels, origin, _ = loaded["train"]
+    groups = sensitive_columns(config.evaluate.sensitive, loaded, task)
     report = merge_counts([v[3] for v in loaded.values()])
     if len(loaded) > 1:
         examples = (
@@ -159,6 +162,7 @@ def prepare(config: Config, base_dir: Path, resplit=None) -> Prepared:
         )
         kept_mask = examples.index.isin(kept.index)
         labels, examples, part_of = labels[kept_mask], kept, part_of[kept_mask]
+        groups = groups[kept_mask] if groups is not None else None
         if examples.empty:
             raise UserError(
                 f"{origin}: no rows left after dropping rows with empty cells (data.missing: drop); "
@@ -169,6 +173,7 @@ def prepare(config: Config, base_dir: Path, resplit=None) -> Prepared:
     )
     if not keep.all():
         examples = examples[keep] if not is_table else examples.iloc[np.flatnonzero(keep)]
+        groups = groups[keep] if groups is not None else None
     if "feedback" in sizes:
         feedback = int((part_of[keep] == "feedback").sum())
         report["feedback"] = {"examples": feedback, "weight": data.feedback.weight}
@@ -187,7 +192,47 @@ def prepare(config: Config, base_dir: Path, resplit=None) -> Prepared:
         display,
         files,
         targets.spec,
+        split_groups(groups, split, parts),
     )
+
+
+def split_groups(groups: pd.DataFrame | None, split: dict, parts: dict) -> dict:
+    """Each split's rows of the sensitive columns, in the order of its examples: a split the task reordered
+    (texts, shortest first) says how in `split_order`."""
+    if groups is None:
+        return {}
+    out = {}
+    for name, index in split.items():
+        order = getattr(parts[name], "split_order", None)
+        out[name] = groups.iloc[index if order is None else index[order]].reset_index(drop=True)
+    return out
+
+
+def sensitive_columns(columns: list[str], loaded: dict, task) -> pd.DataFrame | None:
+    """The evaluate.sensitive columns of every source's rows, in the order of their examples, as strings
+    (an empty cell is the group "(missing)"); None when none are asked for. Each source's reader keeps its
+    whole table under "columns" of its report fields (popped here: the report is JSON)."""
+    frames = [v[3].pop("columns", None) for v in loaded.values()]
+    if not columns:
+        return None
+    from modelfoundry.evaluate.fairness import check_sensitive, group_labels
+
+    frames = [
+        f if f is not None or not isinstance(v[0], pd.DataFrame) else v[0]
+        for f, v in zip(frames, loaded.values())
+    ]
+    for (_, _, origin, _), frame in zip(loaded.values(), frames):
+        if frame is None:
+            raise UserError(
+                f"evaluate.sensitive: {task.name} does not keep the columns of {origin} aside, so the "
+                "fairness audit has no groups to read; it audits tables and text tables. Remove "
+                "evaluate.sensitive."
+            )
+        check_sensitive(frame, columns, origin, two_groups=len(frames) == 1)
+    groups = pd.concat([group_labels(f[columns]) for f in frames], ignore_index=True)
+    if len(frames) > 1:
+        check_sensitive(groups, columns, "the data's sources together")
+    return groups
 
 
 def _streamed(config: Config, base_dir: Path, task, refuse: bool = False) -> Prepared | None:
@@ -200,6 +245,11 @@ def _streamed(config: Config, base_dir: Path, task, refuse: bool = False) -> Pre
     if not task.streams(path, data):
         # small, or not a source it streams: load_raw reads it (and says what is wrong, if anything)
         return None
+    if config.evaluate.sensitive:
+        raise UserError(
+            "evaluate.sensitive: the fairness audit keeps the sensitive columns beside rows held in memory; "
+            f"{path} would be streamed. Set data.streaming: false."
+        )
     if refuse:
         raise UserError(
             f"train.folds (--folds): k-fold cross-validation holds every example in memory, and "

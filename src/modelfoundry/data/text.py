@@ -149,10 +149,11 @@ class TextData:
 
 
 def read_text_table(
-    path: Path, text_column: str, label_column: str | None, quoting: bool
+    path: Path, text_column: str, label_column: str | None, quoting: bool, others: dict | None = None
 ) -> tuple[list, pd.Series | None]:
     """The texts (None where empty) and the label column (every row labelled: validate.require_labels) of
-    a CSV/TSV/JSONL/Parquet file; the task reads the labels (`Task.raw_targets`)."""
+    a CSV/TSV/JSONL/Parquet file; the task reads the labels (`Task.raw_targets`). `others`: given, its
+    "columns" becomes the file's other columns, row for row (evaluate.sensitive reads groups there)."""
     if path.is_dir():
         raise UserError(
             f"data.source: {path} is a folder; text_classification needs a .csv, .tsv, .jsonl or "
@@ -165,6 +166,8 @@ def read_text_table(
         tabular.check_column(frame, label_column, "label", str(path))
         labels = frame[label_column]
         validate.require_labels(labels, str(path))
+    if others is not None:
+        others["columns"] = frame.drop(columns=[text_column])
     return as_texts(frame[text_column].tolist()), labels
 
 

@@ -208,7 +208,8 @@ def fit_gbdt(
     console = console or Console(stderr=True)
     x, y = _arrays(train)
     started = time.perf_counter()
-    dtrain = lightgbm.Dataset(x, y)
+    weights = getattr(train, "weights", None)  # train.balance_groups (training/weights.py)
+    dtrain = lightgbm.Dataset(x, y, weight=None if weights is None else weights.cpu().numpy())
     sets, callbacks = [], []
     if val is not None:
         vx, vy = _arrays(val)

@@ -50,8 +50,11 @@ class Objective:
         self._loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self._eval_loss = nn.CrossEntropyLoss()
 
-    def loss(self, outputs, targets):
-        return self._loss(outputs, targets)
+    def loss(self, outputs, targets, weights=None):
+        """`weights` (B,): per-example weights (train.balance_groups); the loss is their weighted mean."""
+        if weights is None:
+            return self._loss(outputs, targets)
+        return weighted_mean(self._loss, outputs, targets, weights)
 
     def distill(self, outputs, teacher_outputs, temperature: float):
         """Hinton et al. 2015: match the softened teacher, scaled by T^2."""
@@ -272,6 +275,30 @@ class Task:
     def describe_targets(self, labels: list[str]) -> str:
         return f"{len(labels)} classes"
 
+    def fairness(self, predictions, targets, groups: pd.DataFrame, spec: dict, settings: dict) -> dict:
+        """The fairness audit of a split (evaluate/fairness.py): per group of each sensitive column, and the
+        gaps. Classes: accuracy, precision, recall, F1; with two classes the second is the positive one."""
+        from modelfoundry.evaluate import fairness
+
+        labels = spec["labels"]
+        per_group = fairness.classification_groups(predictions.argmax(1), np.asarray(targets), len(labels))
+        out = fairness.audit(per_group, groups, settings)
+        return {"positive_label": labels[1], **out} if len(labels) == 2 else out
+
+    def score(self, predictions: np.ndarray, targets: np.ndarray, spec: dict) -> float:
+        """`retrain_metric` alone, cheaply (permutation importance computes it columns x repeats times)."""
+        return float((predictions.argmax(1) == targets).mean())
+
+    def importance(self, predictor, display, targets: np.ndarray, spec: dict) -> dict | None:
+        """Global explanations of the test split (evaluate/importance.py), or None where the inputs have none
+        yet. Per kind of input: tables rank their columns."""
+        return None
+
+    def balance_cells(self, targets: np.ndarray, labels: list[str]) -> np.ndarray:
+        """What train.balance_groups balances within each group, per example: its class name (regression:
+        one cell per group)."""
+        return np.asarray(labels, dtype=object)[np.asarray(targets)]
+
     # ---- the Predictor and the HTTP service --------------------------------------------------
 
     def encode_inputs(self, predictor, inputs, origin: str = "input"):
@@ -345,6 +372,11 @@ class Task:
         """New labelled data for `foundry evaluate --data`: (inputs for predict, raw targets, display)."""
         raise NotImplementedError
 
+    def labelled_columns(self, predictor, source: Path, display) -> pd.DataFrame | None:
+        """Every column of the rows `read_labelled` returned, in its order (the fairness audit of new data
+        reads its groups there); None where the inputs are not rows of a table."""
+        return None
+
     def encode_targets(self, raw, spec: dict, origin: str) -> np.ndarray:
         """Raw targets (of new data, or of a streamed chunk) -> the encoded targets: class indices (N,)."""
         labels = spec["labels"]
@@ -414,6 +446,16 @@ class Task:
 
 
 # ---- helpers shared by the tasks -----------------------------------------------------------------
+
+
+def weighted_mean(loss, outputs, targets, weights):
+    """A torch loss module's per-example values (B,), averaged with weights (B,)."""
+    reduction, loss.reduction = loss.reduction, "none"
+    try:
+        values = loss(outputs, targets)
+    finally:
+        loss.reduction = reduction
+    return (values * weights).sum() / weights.sum()
 
 
 def _take(display, indices: list[int]) -> list:

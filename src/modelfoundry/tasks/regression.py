@@ -21,7 +21,7 @@ import pandas as pd
 
 from modelfoundry.data import tabular
 from modelfoundry.errors import UserError
-from modelfoundry.tasks.base import Objective, Targets, Task, finite
+from modelfoundry.tasks.base import Objective, Targets, Task, finite, weighted_mean
 from modelfoundry.tasks.tabular import TableInputs
 
 STRATA = 10  # quantile bins of the target that the split stratifies on
@@ -61,8 +61,10 @@ class RegressionObjective(Objective):
         self._loss = {"mse": nn.MSELoss(), "mae": nn.L1Loss(), "huber": nn.HuberLoss()}[loss]
         self.std = std
 
-    def loss(self, outputs, targets):
-        return self._loss(outputs[:, 0].float(), targets)
+    def loss(self, outputs, targets, weights=None):
+        if weights is None:
+            return self._loss(outputs[:, 0].float(), targets)
+        return weighted_mean(self._loss, outputs[:, 0].float(), targets, weights)
 
     def distill(self, outputs, teacher_outputs, temperature: float):
         """A regression student matches the teacher's value (temperature does not apply)."""
@@ -217,6 +219,21 @@ class TabularRegression(TableInputs, Task):
             }
             for i, shown in zip(worst, _take(display, worst))
         ]
+
+    def fairness(self, predictions, targets, groups, spec: dict, settings: dict) -> dict:
+        """Per group: RMSE, MAE and the mean residual (predicted - true), in the target's units."""
+        from modelfoundry.evaluate import fairness
+
+        per_group = fairness.regression_groups(predictions, self.true_values(targets, spec))
+        return fairness.audit(per_group, groups, settings)
+
+    def score(self, predictions: np.ndarray, targets: np.ndarray, spec: dict) -> float:
+        return float(np.sqrt(np.mean((predictions - self.true_values(targets, spec)) ** 2)))  # rmse
+
+    def balance_cells(self, targets: np.ndarray, labels: list[str]) -> np.ndarray:
+        return np.full(
+            len(targets), "all", dtype=object
+        )  # a number has no classes: each group counts equally
 
     def report_sections(self, predictions, targets, spec: dict) -> list[tuple[str, str, str]]:
         from modelfoundry.evaluate.report import regression_plots

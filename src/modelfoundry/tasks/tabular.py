@@ -18,7 +18,7 @@ import pandas as pd
 
 from modelfoundry.data import tabular, validate
 from modelfoundry.errors import InputError, UserError, did_you_mean
-from modelfoundry.tasks.base import Task, at, json_type, one_upload, unicode_text
+from modelfoundry.tasks.base import Task, _take, at, json_type, one_upload, unicode_text
 from modelfoundry.tasks.text import write_jsonl
 
 # the label column name a built-in table's rows carry in corrections and in `evaluate --data` files
@@ -48,6 +48,7 @@ class TableInputs:
             extra["dropped_unlabeled_rows"] = unlabeled
         features = tabular.feature_columns(frame, data, origin)
         extra["ignored_columns"] = [c for c in frame.columns if c not in features]
+        extra["columns"] = frame  # evaluate.sensitive may name any column; prepare keeps those aside
         return (
             frame[features],
             self.raw_targets(frame[data.label], origin),
@@ -100,6 +101,26 @@ class TableInputs:
 
     def shown(self, item) -> dict:
         return {"row": item}
+
+    def importance(self, predictor, display, targets: np.ndarray, spec: dict) -> dict | None:
+        """Permutation importance of each column the model reads, in the metric retraining compares. The rows
+        are encoded once and a column's features (one, or a category's one-hot block) shuffled together."""
+        import torch
+
+        from modelfoundry.evaluate.importance import permutation_importance, sample_rows, shuffled_block
+
+        rows = sample_rows(len(targets))
+        features = self.encode_inputs(predictor, pd.DataFrame(_take(display, rows.tolist()))).numpy()
+        blocks = feature_blocks(spec["preprocessing"])
+        return permutation_importance(
+            lambda x: predictor.run(torch.from_numpy(x)),
+            features,
+            list(blocks),
+            lambda x, name, order: shuffled_block(x, blocks[name], order),
+            lambda p: self.score(p, targets[rows], spec),
+            self.retrain_metric,
+            self.retrain_higher_is_better,
+        )
 
     # ---- Predictor and service -------------------------------------------------------------------
 
@@ -206,6 +227,9 @@ class TableInputs:
         raw = self.raw_targets(frame[column], str(source))
         return frame.drop(columns=[column]), raw, frame.to_dict(orient="records")
 
+    def labelled_columns(self, predictor, source: Path, display) -> pd.DataFrame:
+        return pd.DataFrame(list(display))
+
     def feedback_records(self, rows, config: dict, folder: Path) -> Path:
         data = config["data"]
         records = [
@@ -235,6 +259,17 @@ model:                            # leave model: out and foundry picks gbdt or m
   hidden: [64]
   dropout: 0.1
 """
+
+
+def feature_blocks(preprocessing: dict) -> dict[str, np.ndarray]:
+    """Each column's encoded features (indices into `TableEncoder.transform`'s output, which encodes the
+    columns one after another): a number's one, a category's one-hot block, a date's parts."""
+    blocks, start = {}, 0
+    for column in preprocessing["columns"]:
+        width = len(tabular.TableEncoder({"columns": [column]}).feature_names)
+        blocks[column["name"]] = np.arange(start, start + width)
+        start += width
+    return blocks
 
 
 def column_report(encoder, ignored: list[str], data) -> list[dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from modelfoundry.data import text
+from modelfoundry.data import tabular, text
 from modelfoundry.errors import InputError, UserError
 from modelfoundry.tasks.base import Task, at, json_type, one_upload, unicode_text
 
@@ -53,9 +53,12 @@ model:
 
     def load(self, data, base_dir: Path, path: Path, image_shape=None):
         extra: dict = {}
-        texts, labels = text.read_text_table(path, data.text, data.label, data.quoting)
+        texts, labels = text.read_text_table(path, data.text, data.label, data.quoting, extra)
         labels = self.raw_targets(labels, str(path))
-        texts, labels = text.clean_texts(texts, labels, data.privacy.pii, str(path), extra)
+        rules = text.TextRules(data.privacy.pii, str(path))  # text.clean_texts, keeping the rows it keeps
+        texts, labels, rows = rules(texts, labels)
+        rules.finish(extra)
+        extra["columns"] = extra["columns"].iloc[rows]  # evaluate.sensitive: columns the model does not see
         return np.array(texts, dtype=object), labels, str(path), extra
 
     def load_builtin(self, name: str, bunch):
@@ -98,6 +101,7 @@ model:
         for name in ("val", "test"):  # shortest first: evaluation batches carry the least padding
             if parts[name] is not None:
                 parts[name], order = parts[name].sorted_by_length()
+                parts[name].split_order = order  # prepare puts the split's sensitive columns in this order
                 display = [display[i] for i in order] if name == "test" else display
         return parts, (max_length,), preprocessing, {"tokenizer.json": tokenizer.to_str()}, display
 
@@ -186,6 +190,12 @@ model:
         )
         shown = ["" if t is None else t for t in texts]
         return shown, self.raw_targets(labels, str(source)), shown
+
+    def labelled_columns(self, predictor, source: Path, display) -> pd.DataFrame:
+        """The file's columns, row for row as `read_labelled` read it (it keeps every row)."""
+        return tabular.read_table(
+            source, quoting=predictor.spec["preprocessing"].get("quoting", True), text=True
+        )
 
     def feedback_records(self, rows, config: dict, folder: Path) -> Path:
         data = config["data"]

@@ -106,10 +106,10 @@ def shard(
     if world == 1:
         yield from batches
         return
-    for inputs, targets in batches:
-        keep = len(targets) - len(targets) % world
+    for batch in batches:  # (inputs, targets), or with per-example weights
+        keep = len(batch[1]) - len(batch[1]) % world
         if keep:
-            yield inputs[me:keep:world], targets[me:keep:world]
+            yield tuple(part[me:keep:world] for part in batch)
 
 
 def batches_per_epoch(examples: int, batch_size: int) -> int:

@@ -152,7 +152,7 @@ def fit(
             loss_sum, seen = torch.zeros((), device=device), 0
             # DDP: every rank walks the same global batches of batch_size x world examples and trains on its
             # share
-            for i, (inputs, targets) in enumerate(
+            for i, (inputs, targets, *weights) in enumerate(  # weights (B,): train.balance_groups
                 distributed.shard(train.batches(cfg.batch_size * world, shuffle=True, generator=generator))
             ):
                 if len(targets) == 1 and batch_norm and len(train) > 1:
@@ -169,7 +169,7 @@ def fit(
                     ),
                 ):
                     logits = net(inputs)
-                    loss = objective.loss(logits, targets)
+                    loss = objective.loss(logits, targets, *weights)
                     if teacher is not None:  # the task's matching term (classes: Hinton et al. 2015)
                         with torch.no_grad():
                             soft = teacher(inputs).float()

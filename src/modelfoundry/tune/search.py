@@ -178,6 +178,12 @@ class TrialRunner:
         values = sample(trial, self.spec.dims)
         cfg, _ = load_config(apply_values(self.spec.raw, values))
         data, splits, device = self._prepared(cfg)
+        if cfg.train.balance_groups:  # each trial trains as the run will: re-weighted
+            from modelfoundry.runner import balance_groups
+            from modelfoundry.tasks import get_task
+
+            splits = dict(splits)
+            balance_groups(cfg, get_task(cfg.task), data, splits, device, Console(quiet=True))
         torch.manual_seed(cfg.train.seed)
         built = build(cfg, self.spec.base_dir, data, device)
         history: list[dict] = []
