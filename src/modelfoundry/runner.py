@@ -41,6 +41,7 @@ from modelfoundry.store.registry import Registry
 from modelfoundry.tasks import get_task, task_of
 from modelfoundry.tasks.tabular import BUILTIN_LABEL
 from modelfoundry.training import distributed
+from modelfoundry.training.features import cached_features
 from modelfoundry.training.loop import fit, predict_logits
 
 
@@ -199,16 +200,25 @@ def _run(
     splits = {
         name: getattr(data, name) and getattr(data, name).to(device) for name in ("train", "val", "test")
     }
+    trained, fitted, augment, train_cfg = model, splits, built.augment, built.train
+    if train_cfg.features_only:  # a linear probe: the frozen backbone's features, computed once
+        trained, fitted = cached_features(model.to(device), {k: splits[k] for k in ("train", "val")})
+        augment, train_cfg = None, train_cfg.model_copy(update={"freeze_epochs": 0, "lr_backbone": None})
+        console.print(
+            f"features: {fitted['train'].inputs.shape[1]} per example computed once in "
+            f"{time.perf_counter() - clock:.1f}s; training the head on them (no augmentation)",
+            highlight=False,
+        )
     result = fit(
-        model,
-        splits["train"],
-        splits["val"],
-        built.train,
+        trained,
+        fitted["train"],
+        fitted["val"],
+        train_cfg,
         device=device,
         checkpoint_dir=path and path / "checkpoints",
         resume=resume,
         log_dir=path and path / "tensorboard",
-        augment=built.augment,
+        augment=augment,
         console=console,
         teacher=built.teacher,
         objective=built.objective,
@@ -229,7 +239,10 @@ def _run(
         metrics["distributed"] = setup
     spec = {
         "task": cfg.task,
-        "model": {"name": cfg.model.name, "options": model_options(cfg, base_dir)},
+        "model": {
+            "name": cfg.model.name,
+            "options": {**model_options(cfg, base_dir), **getattr(model, "resolved_options", {})},
+        },
         "input_shape": list(data.input_shape),
         "labels": data.labels,
         "preprocessing": data.preprocessing,

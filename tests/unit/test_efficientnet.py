@@ -40,7 +40,9 @@ def test_a_grey_image_gives_what_the_same_image_repeated_in_three_channels_gives
     grey = photo("china.jpg").mean(0, keepdim=True)  # (1, 224, 224)
     one_channel = efficientnet.build_pretrained_image((1, 224, 224), 1000, image_size=224).eval()
     with torch.inference_mode():
-        assert torch.allclose(one_channel(grey[None]), imagenet_model(grey.expand(3, -1, -1)[None]), atol=1e-4)
+        assert torch.allclose(
+            one_channel(grey[None]), imagenet_model(grey.expand(3, -1, -1)[None]), atol=1e-4
+        )
 
 
 def test_small_images_are_upscaled_inside_the_model_and_the_new_head_fits_the_labels():

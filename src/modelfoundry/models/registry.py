@@ -47,6 +47,8 @@ class Family:
         recipe: the family's default training recipe, dotted config key -> value, applied where the
             user's config leaves the key unset (user config > recipe > task default > global default).
             Chosen by measurement: bench/defaults.py, results in bench/RESULTS.md.
+        for_inputs: the family this name stands for on another kind of input (a task's `kind`): `pretrained`
+            is a Hugging Face encoder for text and an ImageNet backbone for images.
     """
 
     builder: str
@@ -59,6 +61,7 @@ class Family:
     from_package: str | None = None
     width_multiple_of: str | None = None
     recipe: dict = field(default_factory=dict)
+    for_inputs: dict[str, str] = field(default_factory=dict)
 
 
 # Recipes (bench/defaults.py measures each against a tuned configuration). Trained from scratch:
@@ -81,6 +84,21 @@ _SEQUENCE_RECIPE = {
     "train.weight_decay": 0.01,
     "train.warmup": 0.05,
     "train.grad_clip": 1.0,
+}
+# Fine-tuning a pretrained image backbone, fastai's `fine_tune` (Howard & Gugger 2020): the new head
+# alone first, then everything, the backbone at a tenth of the head's rate; few epochs. Measured in
+# bench/vision.py.
+_PRETRAINED_IMAGE_RECIPE = {
+    "train.optimizer": "adamw",
+    "train.lr": 0.002,
+    "train.lr_backbone": 0.0002,
+    "train.weight_decay": 0.01,
+    "train.schedule": "cosine",
+    "train.warmup": 0.1,
+    "train.batch_size": 32,
+    "train.epochs": 3,
+    "train.freeze_epochs": 1,
+    "data.augment.crop_padding": 1,
 }
 FAMILIES: dict[str, Family] = {
     "mlp": Family(
@@ -142,6 +160,7 @@ FAMILIES: dict[str, Family] = {
         prunes="feed-forward units of BERT-style encoders",
         student="lstm",
         from_package="package_options",
+        for_inputs={"image": "pretrained_image"},
         # the fine-tuning recipe of BERT (Devlin et al. 2019): a small lr, warm-up, linear decay, few epochs;
         # the new head learns faster than the encoder
         recipe={
@@ -154,6 +173,16 @@ FAMILIES: dict[str, Family] = {
             "train.batch_size": 32,
             "train.epochs": 3,
         },
+    ),
+    # An ImageNet-pretrained EfficientNet-Lite: what `pretrained` means for images (`for_inputs` above).
+    "pretrained_image": Family(
+        "modelfoundry.models.efficientnet:build_pretrained_image",
+        "images",
+        int8="static",
+        prunes="",
+        student="cnn",
+        from_package="package_options",
+        recipe=_PRETRAINED_IMAGE_RECIPE,
     ),
 }
 IMAGE_ONLY = {name for name, family in FAMILIES.items() if family.takes == "images"}
@@ -184,6 +213,12 @@ def _unknown(name: str) -> str:
     return (
         f"model.name: unknown model '{name}'.{did_you_mean(name, FAMILIES)} Available: {', '.join(FAMILIES)}."
     )
+
+
+def family_for(name: str, kind: str) -> str:
+    """The family that model name `name` means for inputs of `kind` (a task's kind: image, text, table)."""
+    family = FAMILIES.get(name)
+    return family.for_inputs.get(kind, name) if family else name
 
 
 def family_function(name: str, function: str | None = None) -> Callable:
