@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -177,6 +178,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
+        os.environ["FOUNDRY_HOME"] = str(scratch / "runs")  # runs, variants and their registry: all scratch
         source = subsample_mnist(MNIST, args.examples, 0, scratch / "mnist")
         home = scratch / "runs"
         results = []
@@ -196,6 +198,9 @@ def main() -> None:
             results.append(run(source, home, "cnn, default recipe", {"name": "cnn"}))
             print(results[-1], flush=True)
             results.append(run(source, home, "pretrained, default recipe", {"name": "pretrained"}))
+            print(results[-1], flush=True)
+            bigger = {"name": "pretrained", "image_size": 112}
+            results.append(run(source, home, "pretrained, default recipe, 112 px", bigger))
             print(results[-1], flush=True)
         if results:
             body += [
