@@ -129,3 +129,11 @@ def test_init_from_a_run_of_another_family_or_architecture_is_one_message(tmp_pa
     wider = config({"name": "cnn", "width": 8, "init_from": str(tmp_path / "cnn-run")})
     with pytest.raises(UserError, match="another architecture.*the options of that run \\({'width': 4}\\)"):
         warm_start(build_model("cnn", (1, 8, 8), 2, width=8), wider, tmp_path, ["0", "1"])
+
+
+def test_pruning_a_pretrained_image_model_is_refused_with_the_families_that_can_be():
+    from modelfoundry.compress.prune import prune
+
+    model = build_model("pretrained_image", (1, 8, 8), 2, image_size=32, pretrained_weights=False)
+    with pytest.raises(UserError, match="'pretrained_image' can't be pruned. Prunable families: mlp"):
+        prune(model, "pretrained_image", {}, 0.5, input_shape=(1, 8, 8), num_classes=2, text=None)

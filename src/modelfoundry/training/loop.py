@@ -96,6 +96,11 @@ def fit(
             f"train.freeze_epochs: {type(model).__name__} has no pretrained backbone to freeze; only "
             "pretrained image models do. Remove train.freeze_epochs."
         )
+    if cfg.freeze_epochs and distributed.world_size() > 1:  # DDP: every parameter must get a gradient
+        raise UserError(
+            "train.freeze_epochs: not supported under torchrun (DDP), whose gradient all-reduce expects "
+            "every weight to learn each step. Set train.freeze_epochs: 0, or use train.features_only."
+        )
     model.to(device)
     world, rank = distributed.world_size(), distributed.rank()
     # DDP: the wrapper starts every rank from rank 0's weights and averages the gradients across ranks
