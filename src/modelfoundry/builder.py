@@ -97,10 +97,15 @@ def build(cfg, base_dir: Path, data, device: torch.device, console: Console | No
     model = model_for(
         task, cfg.model.name, model_options(cfg, base_dir), data.input_shape, data.labels, data.preprocessing
     )
+    choices = list(getattr(model, "choices", []))  # what the family chose from the data (image_size)
+    if cfg.model.init_from:
+        choices.append(warm_start(model, cfg, base_dir, data.labels))
     teacher = _teacher(cfg, base_dir, data, device, console) if cfg.train.distill else None
-    train, choices = run_time_choices(cfg, data)
+    train, more = run_time_choices(cfg, data)
     objective = task.objective(train, data.target)
-    return Built(model, task.augmentation(cfg), teacher, objective, train, choices, trainer(cfg.model.name))
+    return Built(
+        model, task.augmentation(cfg), teacher, objective, train, choices + more, trainer(cfg.model.name)
+    )
 
 
 def trainer(name: str):
@@ -111,6 +116,53 @@ def trainer(name: str):
     from modelfoundry.training.loop import fit
 
     return fit
+
+
+def warm_start(model: torch.nn.Module, cfg, base_dir: Path, labels: list[str]) -> str:
+    """`model.init_from`: copy an earlier run's weights into `model` (same task and family). When the
+    labels changed, the output layer (the model's `head`, else its last Linear) starts fresh.
+    Returns what was done, in words."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from modelfoundry.data import text
+    from modelfoundry.runfiles import package_folder
+
+    where = text.resolve_path(cfg.model.init_from, base_dir)
+    folder = package_folder(where)
+    spec = json.loads((folder / "model.json").read_text())
+    theirs = (spec["task"], spec["model"]["name"])
+    if theirs != (cfg.task, cfg.model.name):
+        raise UserError(
+            f"model.init_from: {where} holds a '{theirs[1]}' model for {theirs[0]}; this config trains a "
+            f"'{cfg.model.name}' for {cfg.task}. Start from a run of the same task and model family, or "
+            "remove init_from."
+        )
+    if not (folder / "model.safetensors").is_file():
+        raise UserError(f"model.init_from: {folder} has no model.safetensors (an ONNX-only variant).")
+    state, ours = load_file(str(folder / "model.safetensors")), model.state_dict()
+    new_head = ""
+    if spec["labels"] != labels:
+        head = getattr(model, "head", None)
+        linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        new_head = next((n for n, m in model.named_modules() if m is head), None) or linears[-1]
+        state = {k: v for k, v in state.items() if not k.startswith(f"{new_head}.")}
+    wrong = [k for k, v in state.items() if k not in ours or ours[k].shape != v.shape]
+    missing = sorted(set(ours) - set(state) - {k for k in ours if new_head and k.startswith(f"{new_head}.")})
+    if wrong or missing:
+        raise UserError(
+            f"model.init_from: {where} has another architecture (e.g. {(wrong or missing)[0]}); give "
+            f"model: the options of that run ({spec['model']['options']}) or remove init_from."
+        )
+    model.load_state_dict(state, strict=not new_head)
+    line = f"init_from {spec.get('run_id', where)}: {len(state)} tensors of its weights"
+    if new_head:
+        return line + (
+            f"; its labels {spec['labels']} are not this data's {labels}: a new head `{new_head}` "
+            f"({ours[f'{new_head}.weight'].shape[0]} outputs) starts fresh"
+        )
+    return line
 
 
 def _teacher(cfg, base_dir: Path, data, device: torch.device, console: Console) -> torch.nn.Module:

@@ -515,6 +515,9 @@ def retrain(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override a key of the champion's config")
     ] = None,
+    warm_start: Annotated[
+        bool, typer.Option(help="start the challenger from the champion's weights (model.init_from)")
+    ] = False,
 ) -> None:
     """Champion + stored feedback -> challenger -> compare on the frozen holdout -> promote if better."""
     from modelfoundry.retrain import retrain as run_retrain
@@ -526,6 +529,7 @@ def retrain(
         margin=margin,
         overrides=set_ or [],
         console=err,
+        warm_start=warm_start,
     )
     table = Table(
         "", "champion " + result["champion"]["version"], "challenger " + result["challenger"]["version"]

@@ -23,7 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from modelfoundry.errors import UserError, did_you_mean
-from modelfoundry.models.registry import AUTO, check_options, family_of
+from modelfoundry.models.registry import AUTO, FAMILIES, check_options, family_for, family_of
 from modelfoundry.tasks import MINIMIZED, TASKS as TASK_REGISTRY
 
 TASKS = tuple(TASK_REGISTRY)
@@ -138,11 +138,18 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str | None = None
+    init_from: str | None = Field(
+        None,
+        description="start from the weights of an earlier run (its folder or model/ package) of the same "
+        "task and family; a changed label set gets a new head",
+    )
 
     @model_validator(mode="after")
     def _options_fit_the_family(self) -> ModelConfig:
         if self.name is None:  # the task's default; Config checks the options against it
             return self
+        if self.name in FAMILIES and FAMILIES[self.name].for_inputs:
+            return self  # a name whose family depends on the inputs: Config checks it with the task
         problems = check_options(self.name, self.model_extra or {})
         if problems:  # one error that `_format_errors` shows as one line per problem
             raise PydanticCustomError(
@@ -173,6 +180,23 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights, added to the loss")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    lr_backbone: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="learning rate of a pretrained image backbone (default: lr); discriminative fine-tuning "
+        "gives it a fraction of the new head's",
+    )
+    freeze_epochs: int = Field(
+        0,
+        ge=0,
+        description="pretrained image models: epochs that train the new head with the backbone frozen",
+    )
+    features_only: bool = Field(
+        False,
+        description="pretrained image models: compute the frozen backbone's features once and train only "
+        "the head on them (a linear probe: a first result in seconds on a CPU)",
+    )
     lr_head: float | None = Field(
         None,
         gt=0,
@@ -328,6 +352,10 @@ class Config(_Section):
         if self.model.name is None:
             self.model.name = AUTO if task.auto_models else "mlp"
             problems += check_options(self.model.name, self.model.model_extra or {})
+        elif FAMILIES.get(self.model.name) and FAMILIES[self.model.name].for_inputs:
+            family = family_for(self.model.name, task.kind)  # `pretrained`: an ImageNet backbone for images
+            problems += check_options(family, self.model.model_extra or {})
+            self.model.name = family
         # Set and not the default: a run's saved config.yaml spells out every default, and must load again.
         foreign = [
             key
@@ -367,6 +395,9 @@ class Config(_Section):
             self.recipe["train.monitor"] = (
                 f"task default ({task.default_monitor}; val_loss below {SMALL_VAL} validation examples)"
             )
+        problems = freeze_problems(self.train, self.model.name)
+        if problems:
+            raise ValueError("\n".join(problems))
         trained_by_loop = family is None or family.trains is None  # auto: each candidate decides
         if "train.epochs" not in self._user_keys and "train.epochs" not in self.recipe and trained_by_loop:
             self.recipe["train.epochs"] = "chosen from the data at run time"
@@ -401,6 +432,19 @@ def _fairness_problems(cfg: Config) -> list[str]:
             f"({sensitive or 'empty'}); add it there, so the report shows the gaps the re-weighting leaves"
         )
     return problems
+
+
+def freeze_problems(train: TrainConfig, family: str) -> list[str]:
+    """freeze_epochs must leave epochs that train the whole model."""
+    if train.freeze_epochs and train.freeze_epochs >= train.epochs and not train.features_only:
+        return [
+            (
+                f"train.freeze_epochs: {train.freeze_epochs} is not below train.epochs ({train.epochs}), so "
+                "the backbone would never be fine-tuned. Lower freeze_epochs, raise epochs, or set "
+                "train.features_only: true to train the head alone."
+            )
+        ]
+    return []
 
 
 def _assign(config: BaseModel, dotted: str, value: Any) -> None:

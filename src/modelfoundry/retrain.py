@@ -45,8 +45,10 @@ def retrain(
     margin: float = 0.005,
     overrides: list[str] | None = None,
     console: Console | None = None,
+    warm_start: bool = False,
 ) -> dict:
-    """Returns the comparison (also written as comparison.json and comparison.html in the challenger's
+    """`warm_start`: the challenger starts from the champion's weights (`model.init_from`), not afresh.
+    Returns the comparison (also written as comparison.json and comparison.html in the challenger's
     run)."""
     from modelfoundry.runner import train
 
@@ -80,6 +82,8 @@ def retrain(
         "weight": feedback_weight,
     }
     config["name"] = f"{config.get('name') or spec['model']['name']}-retrain"[:200]
+    if warm_start:
+        config["model"]["init_from"] = str(package)
     run = train(config, overrides, console=console, parent_version=champion.id)
     challenger = store.get(f"v{run.version}")
     store.set_alias("challenger", challenger.id)

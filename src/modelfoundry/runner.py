@@ -43,6 +43,7 @@ from modelfoundry.store.registry import Registry
 from modelfoundry.tasks import get_task, task_of
 from modelfoundry.tasks.tabular import BUILTIN_LABEL
 from modelfoundry.training import distributed
+from modelfoundry.training.features import cached_features
 from modelfoundry.training.loop import predict_logits
 
 
@@ -257,7 +258,10 @@ def _run(
         metrics["auto"] = picked
     spec = {
         "task": cfg.task,
-        "model": {"name": cfg.model.name, "options": model_options(cfg, base_dir)},
+        "model": {
+            "name": cfg.model.name,
+            "options": {**model_options(cfg, base_dir), **getattr(model, "resolved_options", {})},
+        },
         "input_shape": list(data.input_shape),
         "labels": data.labels,
         "preprocessing": data.preprocessing,
@@ -354,16 +358,26 @@ def _train_one(cfg: Config, base_dir: Path, data, splits: dict, path, resume, co
     if distributed.world_size() > 1:  # DDP: how each batch is split, and the effective batch
         line, setup = distributed.describe(cfg.train, len(data.train))
         console.print(line, highlight=False)
+    trained, fitted, augment, train_cfg = model, splits, built.augment, built.train
+    if train_cfg.features_only:  # a linear probe: the frozen backbone's features, computed once
+        clock = time.perf_counter()
+        trained, fitted = cached_features(model.to(device), {k: splits[k] for k in ("train", "val")})
+        augment, train_cfg = None, train_cfg.model_copy(update={"freeze_epochs": 0, "lr_backbone": None})
+        console.print(
+            f"features: {fitted['train'].inputs.shape[1]} per example computed once in "
+            f"{time.perf_counter() - clock:.1f}s; training the head on them (no augmentation)",
+            highlight=False,
+        )
     result = built.fit(
-        model,
-        splits["train"],
-        splits["val"],
-        built.train,
+        trained,
+        fitted["train"],
+        fitted["val"],
+        train_cfg,
         device=device,
         checkpoint_dir=path and path / "checkpoints",
         resume=resume,
         log_dir=path and path / "tensorboard",
-        augment=built.augment,
+        augment=augment,
         console=console,
         teacher=built.teacher,
         objective=built.objective,

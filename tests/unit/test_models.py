@@ -12,6 +12,7 @@ TINY = {
     "mlp": {"hidden": [8]},
     "cnn": {"width": 4, "depth": 2},
     "resnet": {"width": 4, "depth": 2, "blocks_per_stage": 1},
+    "pretrained_image": {"image_size": 32},
 }
 TINY_TEXT = {
     "lstm": {"embed_dim": 8, "hidden": 8},

@@ -50,6 +50,8 @@ class Family:
             family's options.
         trains: the function in the builder's module that trains a model of this family in place of the
             gradient loop, with `training.loop.fit`'s arguments and result (None: the loop trains it).
+        for_inputs: the family this name stands for on another kind of input (a task's `kind`): `pretrained`
+            is a Hugging Face encoder for text and an ImageNet backbone for images.
     """
 
     builder: str
@@ -63,6 +65,7 @@ class Family:
     width_multiple_of: str | None = None
     recipe: dict = field(default_factory=dict)
     trains: str | None = None
+    for_inputs: dict[str, str] = field(default_factory=dict)
 
 
 AUTO = "auto"  # model.name: foundry picks the family when `foundry train` runs (tasks: `auto_models`)
@@ -86,6 +89,21 @@ _SEQUENCE_RECIPE = {
     "train.weight_decay": 0.01,
     "train.warmup": 0.05,
     "train.grad_clip": 1.0,
+}
+# Fine-tuning a pretrained image backbone, fastai's `fine_tune` (Howard & Gugger 2020): the new head
+# alone first, then everything, the backbone at a tenth of the head's rate; few epochs. Measured in
+# bench/vision.py.
+_PRETRAINED_IMAGE_RECIPE = {
+    "train.optimizer": "adamw",
+    "train.lr": 0.002,
+    "train.lr_backbone": 0.0002,
+    "train.weight_decay": 0.01,
+    "train.schedule": "cosine",
+    "train.warmup": 0.1,
+    "train.batch_size": 32,
+    "train.epochs": 3,
+    "train.freeze_epochs": 1,
+    "data.augment.crop_padding": 1,
 }
 FAMILIES: dict[str, Family] = {
     "mlp": Family(
@@ -159,6 +177,7 @@ FAMILIES: dict[str, Family] = {
         prunes="feed-forward units of BERT-style encoders",
         student="lstm",
         from_package="package_options",
+        for_inputs={"image": "pretrained_image"},
         # the fine-tuning recipe of BERT (Devlin et al. 2019): a small lr, warm-up, linear decay, few epochs;
         # the new head learns faster than the encoder
         recipe={
@@ -171,6 +190,16 @@ FAMILIES: dict[str, Family] = {
             "train.batch_size": 32,
             "train.epochs": 3,
         },
+    ),
+    # An ImageNet-pretrained EfficientNet-Lite: what `pretrained` means for images (`for_inputs` above).
+    "pretrained_image": Family(
+        "modelfoundry.models.efficientnet:build_pretrained_image",
+        "images",
+        int8="static",
+        prunes="",
+        student="cnn",
+        from_package="package_options",
+        recipe=_PRETRAINED_IMAGE_RECIPE,
     ),
 }
 IMAGE_ONLY = {name for name, family in FAMILIES.items() if family.takes == "images"}
@@ -214,6 +243,12 @@ def _unknown(name: str) -> str:
         f"model.name: unknown model '{name}'.{did_you_mean(name, FAMILIES)} Available: "
         f"{', '.join(FAMILIES)}; for tables also auto (foundry picks gbdt or mlp)."
     )
+
+
+def family_for(name: str, kind: str) -> str:
+    """The family that model name `name` means for inputs of `kind` (a task's kind: image, text, table)."""
+    family = FAMILIES.get(name)
+    return family.for_inputs.get(kind, name) if family else name
 
 
 def family_function(name: str, function: str | None = None) -> Callable:

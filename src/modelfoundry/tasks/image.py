@@ -38,7 +38,7 @@ data:
   split: {val: 0.1, test: 0.2, seed: 0}
   augment: {crop_padding: 1, flip: false, rotation: 10}   # training only
 model:
-  name: cnn                  # cnn | resnet | mlp
+  name: cnn                  # cnn | resnet | mlp | pretrained (ImageNet EfficientNet-Lite0, fine-tuned)
   width: 32
   depth: 2
   dropout: 0.2

@@ -91,6 +91,16 @@ def fit(
     console = console or Console(stderr=True)
     if val is None and cfg.early_stopping_patience:
         raise UserError("train.early_stopping_patience needs a validation split: set data.split.val above 0.")
+    if cfg.freeze_epochs and not hasattr(model, "freeze"):
+        raise UserError(
+            f"train.freeze_epochs: {type(model).__name__} has no pretrained backbone to freeze; only "
+            "pretrained image models do. Remove train.freeze_epochs."
+        )
+    if cfg.freeze_epochs and distributed.world_size() > 1:  # DDP: every parameter must get a gradient
+        raise UserError(
+            "train.freeze_epochs: not supported under torchrun (DDP), whose gradient all-reduce expects "
+            "every weight to learn each step. Set train.freeze_epochs: 0, or use train.features_only."
+        )
     model.to(device)
     world, rank = distributed.world_size(), distributed.rank()
     # DDP: the wrapper starts every rank from rank 0's weights and averages the gradients across ranks
@@ -100,6 +110,8 @@ def fit(
         if world > 1
         else model
     )
+    if cfg.freeze_epochs:  # the optimizer holds the backbone's weights too, for the epochs after
+        model.freeze(False)
     optimizer = build_optimizer(model, cfg)
     batches_per_epoch = distributed.batches_per_epoch(len(train), cfg.batch_size)  # per rank under DDP
     scheduler = build_scheduler(optimizer, cfg, math.ceil(batches_per_epoch / cfg.accumulate))
@@ -147,6 +159,8 @@ def fit(
                 if world == 1
                 else torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * world + rank)
             )
+            if cfg.freeze_epochs:  # fastai's fine_tune: the new head alone first, then the whole model
+                model.freeze(epoch < cfg.freeze_epochs)
             net.train()
             epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
             loss_sum, seen = torch.zeros((), device=device), 0

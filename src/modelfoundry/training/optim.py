@@ -28,9 +28,20 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
             "text models (pretrained, lstm, gru, transformer) do. Remove train.lr_head."
         )
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    # With `lr_backbone`, a pretrained image model's `backbone` learns at that rate (discriminative rates)
+    backbone = getattr(model, "backbone", None) if cfg.lr_backbone else None
+    if cfg.lr_backbone and not isinstance(backbone, nn.Module):
+        from modelfoundry.errors import UserError
+
+        raise UserError(
+            f"train.lr_backbone: {type(model).__name__} has no pretrained backbone; only pretrained image "
+            "models do. Remove train.lr_backbone."
+        )
+    backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
     groups = []
     for params, lr in (
-        ([p for p in model.parameters() if id(p) not in head_ids], cfg.lr),
+        ([p for p in model.parameters() if id(p) not in head_ids | backbone_ids], cfg.lr),
+        ([p for p in model.parameters() if id(p) in backbone_ids], cfg.lr_backbone),
         ([p for p in model.parameters() if id(p) in head_ids], cfg.lr_head),
     ):
         trainable = [p for p in params if p.requires_grad]
