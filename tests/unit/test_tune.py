@@ -315,10 +315,19 @@ def test_data_is_prepared_once_unless_trials_change_data_keys(
     assert len(calls) == prepared
 
 
-def test_a_trial_that_breaks_fails_alone_and_says_why(open_study):
+def test_a_trial_that_breaks_fails_alone_and_says_why(open_study, monkeypatch):
+    from modelfoundry.training import loop
+
+    real = loop.fit
+
+    def breaks_on_batch_104(model, train, val, cfg, **kwargs):  # a training error inside one trial
+        if cfg.batch_size == 104:
+            raise ValueError("Expected more than 1 value per channel when training")
+        return real(model, train, val, cfg, **kwargs)
+
+    monkeypatch.setattr(loop, "fit", breaks_on_batch_104)
     raw = with_space({"train.batch_size": {"int": [16, 104], "step": 8}})
     spec = open_study(raw)
-    # 105 training examples in batches of 104 leave a last batch of one, which batch norm cannot train on.
     for batch_size in (104, 16):
         spec.study.enqueue_trial({"train.batch_size": batch_size})
     console = Console(file=io.StringIO(), width=300)
