@@ -92,15 +92,14 @@ def _counter(numbers: pd.Series) -> bool:
 
 def _check_numbers(values: pd.Series, name: str, origin: str, because: str) -> None:
     """A number column holds numbers: the first value that is not one is an error naming row and fix."""
-    from modelfoundry.data.tabular import row_name
+    from modelfoundry.data.tabular import as_numbers, row_name
 
-    present = values.dropna()
-    bad = pd.to_numeric(present, errors="coerce").isna().to_numpy()
-    if bad.any():
-        i = int(np.argmax(bad))
+    numbers, i = as_numbers(values)
+    if i is not None:
+        count = int((numbers.isna() & values.notna()).sum())
         raise UserError(
-            f"{origin}: {row_name(origin, present.index[i])}, column '{name}': {present.iloc[i]!r} is not a "
-            f"number, and the column is a number column ({because}; {int(bad.sum())} such value(s)). Fix or "
+            f"{origin}: {row_name(origin, values.index[i])}, column '{name}': {values.iloc[i]!r} is not a "
+            f"number, and the column is a number column ({because}; {count} such value(s)). Fix or "
             f"empty those cells, or make it a category column with data.columns: {{{name}: category}}."
         )
 

@@ -112,6 +112,14 @@ def plain(value) -> str:
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
+def as_numbers(values: pd.Series) -> tuple[pd.Series, int | None]:
+    """The cells as numbers (empty cells NaN), and the position of the first cell that holds something
+    other than a number, or None: the one test behind every "is not a number" message naming a row."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = (numbers.isna() & values.notna()).to_numpy()
+    return numbers, int(np.argmax(bad)) if bad.any() else None
+
+
 def row_name(path: str, index: int) -> str:
     """How a user finds row `index` (0-based data row) in the file: CSV counts the header line."""
     if path.endswith((".csv", ".tsv")):
@@ -300,10 +308,8 @@ class TableEncoder:
         for col in self.spec["columns"]:
             values = frame[col["name"]]
             if col["kind"] == "number":
-                numbers = pd.to_numeric(values, errors="coerce")
-                bad = numbers.isna() & values.notna()
-                if bad.any():
-                    i = int(np.argmax(bad.to_numpy()))
+                numbers, i = as_numbers(values)
+                if i is not None:
                     raise UserError(
                         f"{origin}: {row_name(origin, frame.index[i])}, column '{col['name']}': "
                         f"{values.iloc[i]!r} is not a number, and the model reads numbers in this column. "

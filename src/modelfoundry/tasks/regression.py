@@ -120,10 +120,8 @@ class TabularRegression(TableInputs, Task):
     # ---- data --------------------------------------------------------------------------------
 
     def raw_targets(self, column: pd.Series, origin: str) -> np.ndarray:
-        numbers = pd.to_numeric(column, errors="coerce")
-        bad = numbers.isna() & column.notna()
-        if bad.any():
-            i = int(np.argmax(bad.to_numpy()))
+        numbers, i = tabular.as_numbers(column)
+        if i is not None:
             raise UserError(
                 f"{origin}: {tabular.row_name(origin, column.index[i])}, column '{column.name}': "
                 f"{column.iloc[i]!r} is not a number, and tabular_regression predicts a number. "
