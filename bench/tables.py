@@ -221,16 +221,19 @@ def overhead(task: str, data: dict, rounds: int) -> dict[str, dict[str, list[flo
     once = build(cfg, base, prepared, torch.device("cpu"))
     params, rounds_at_most = _params(once.model, once.train), once.model.options["n_estimators"]
 
-    def direct():
-        train = lightgbm.Dataset(x, y)
+    def direct():  # the same features as foundry's trees read them (category codes, model.categorical)
+        train = lightgbm.Dataset(
+            once.model.booster_inputs(x), y, categorical_feature=once.model.categorical_features or "auto"
+        )
+        folded = once.model.booster_inputs(vx)
         booster = lightgbm.train(
             params,
             train,
             num_boost_round=rounds_at_most,
-            valid_sets=[lightgbm.Dataset(vx, vy, reference=train)],
+            valid_sets=[lightgbm.Dataset(folded, vy, reference=train)],
             callbacks=[lightgbm.early_stopping(once.train.early_stopping_patience, verbose=False)],
         )
-        booster.predict(vx)  # the validation scores foundry reports
+        booster.predict(folded)  # the validation scores foundry reports
 
     for _ in range(rounds):
         for name, function in zip(names, (ours, direct)):

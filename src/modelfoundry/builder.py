@@ -75,8 +75,8 @@ def model_options(cfg, base_dir: Path) -> dict:
 
 def model_for(task, name: str, options: dict, input_shape, labels: list[str], preprocessing: dict):
     """A fresh model of family `name` sized for the task's inputs and outputs."""
-    text_spec = task.model_text_spec(preprocessing)
-    return build_model(name, tuple(input_shape), task.output_size(labels), text_spec, **options)
+    text_spec, table_spec = task.model_text_spec(preprocessing), task.model_table_spec(preprocessing)
+    return build_model(name, tuple(input_shape), task.output_size(labels), text_spec, table_spec, **options)
 
 
 def model_from_spec(spec: dict, **options) -> torch.nn.Module:

@@ -206,7 +206,7 @@ IMAGE_ONLY = {name for name, family in FAMILIES.items() if family.takes == "imag
 # Text families take token ids (B, T); the data adds the tokenizer's vocab_size and pad_id.
 TEXT_ONLY = {name for name, family in FAMILIES.items() if family.takes == "text"}
 # Builder arguments that come from the data, not from `model:`.
-DATA_ARGUMENTS = ("input_shape", "num_classes", "vocab_size", "pad_id")
+DATA_ARGUMENTS = ("input_shape", "num_classes", "vocab_size", "pad_id", "category_blocks")
 # What annotations can't say, by option name (a name means the same thing in every family):
 # the test a value must pass and the words for what it must be.
 LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
@@ -422,12 +422,19 @@ def half_student(name: str, options: dict) -> dict[str, object]:
 
 
 def build_model(
-    name: str, input_shape: tuple[int, ...], num_classes: int, text: dict | None = None, **options
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    text: dict | None = None,
+    table: dict | None = None,
+    **options,
 ) -> nn.Module:
     """Build family `name` for examples of `input_shape`; unknown names and options are UserErrors.
 
     Args:
         text: for text data, {"vocab_size", "pad_id"} of the tokenizer; None for images and tables.
+        table: for tables, {"category_blocks"}: [start, width] of each category's one-hot block, passed to
+            the families whose builder takes it (gbdt); None for images and texts.
     """
     problems = check_options(name, options)
     if problems:
@@ -448,6 +455,8 @@ def build_model(
             "Use model.name: mlp for tables."
         )
     data_args = {"vocab_size": text["vocab_size"], "pad_id": text["pad_id"]} if text is not None else {}
+    if table is not None and "category_blocks" in signature(name).parameters:
+        data_args["category_blocks"] = table["category_blocks"]
     try:
         return family_function(name)(tuple(input_shape), num_classes, **data_args, **options)
     except (TypeError, ValueError, RuntimeError) as exc:

@@ -229,6 +229,11 @@ class Task:
         """What a text model's builder needs to know about the tokens; None for other inputs."""
         return None
 
+    def model_table_spec(self, preprocessing: dict) -> dict | None:
+        """What a table model's builder may want to know about the encoded columns (gbdt: which encoded
+        features are one category's one-hot block); None for other inputs."""
+        return None
+
     def augmentation(self, cfg):
         """The training-time augmentation of the config, or None."""
         return

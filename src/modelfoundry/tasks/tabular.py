@@ -35,6 +35,9 @@ class TableInputs:
     # wine (on digits images the wider MLP stays better: 0.976 against 0.972). bench/RESULTS.md, defaults.
     family_recipes: ClassVar[dict[str, dict]] = {"mlp": {"model.hidden": [64]}}
 
+    def model_table_spec(self, preprocessing: dict) -> dict | None:
+        return {"category_blocks": category_blocks(preprocessing)}
+
     def load(self, data, base_dir: Path, path: Path, image_shape=None):
         origin, extra = str(path), {}
         if path.is_dir():
@@ -259,6 +262,16 @@ model:                            # leave model: out and foundry picks gbdt or m
   hidden: [64]
   dropout: 0.1
 """
+
+
+def category_blocks(preprocessing: dict) -> list[list[int]]:
+    """[start, width] of each category column's one-hot block in the encoded features."""
+    blocks = feature_blocks(preprocessing)
+    return [
+        [int(blocks[c["name"]][0]), len(blocks[c["name"]])]
+        for c in preprocessing["columns"]
+        if c["kind"] == "category" and len(blocks[c["name"]])
+    ]
 
 
 def feature_blocks(preprocessing: dict) -> dict[str, np.ndarray]:
