@@ -236,12 +236,12 @@ def ensemble(
     method: Annotated[
         str,
         typer.Option(
-            help="mean: average the members' probabilities (or values); weighted: a weighted average; "
+            help="weighted (default): a weighted average; mean: the members' average probabilities (values); "
             "stack: a logistic (linear) regression on the members' predictions. weighted and stack fit on "
             "the members' out-of-fold predictions when all came from the same --folds, else on the "
             "validation split"
         ),
-    ] = "mean",
+    ] = "weighted",
     name: Annotated[str | None, typer.Option(help="a readable name for the ensemble's run")] = None,
 ) -> None:
     """Combine trained models into one (a new run and model version)."""

@@ -55,14 +55,12 @@ def test_folds_report_mean_and_std_keep_the_test_split_and_stack_on_out_of_fold_
     assert "Members and the ensemble" in report and "a (mlp)" in report and "b (ensemble)" in report
 
 
-def test_an_ensemble_of_two_runs_fits_weights_on_validation_and_serves(
+def test_an_ensemble_of_two_runs_fits_weights_on_validation_by_default_and_serves(
     table_run, table_run_lr, tmp_path, client_for
 ):
     home = tmp_path / "runs"
     shutil.copytree(table_run.home, home)  # our own registry: the shared one stays as other tests expect
-    result = foundry(
-        "ensemble", table_run.id, table_run_lr.id, "--method", "weighted", cwd=tmp_path, home=home
-    )
+    result = foundry("ensemble", table_run.id, table_run_lr.id, cwd=tmp_path, home=home)
     assert_ok(result)
     assert "weighted: fitted on the validation split" in one_line(result.stderr)
     ensemble = home / result.stdout.split()[1]
