@@ -161,7 +161,7 @@ def healthz() -> dict:
 @router.get("/readyz", tags=["health"], summary="A model is loaded and the batcher runs")
 def readyz(request: Request) -> JSONResponse:
     service = service_of(request)
-    ready = service.batcher.running
+    ready = service.ready
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "model_version": service.served.version_name},
         status_code=200 if ready else 503,
