@@ -256,6 +256,12 @@ class Service:
                 "max_bytes": settings.max_upload_bytes,
             },
         }
+        if self.engine is not None:  # a text generation model: the page shows a prompt box
+            card |= {
+                "generates": True,
+                "context": self.engine.max_len,
+                "max_new_tokens_limit": settings.max_new_tokens_limit,
+            }
         return {**card, **task.card(spec)}
 
 
