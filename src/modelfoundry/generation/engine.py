@@ -122,8 +122,9 @@ class Engine:
         decode: token ids -> text (the tokenizer's `decode`).
         eos_id: the end-of-text token, or None.
         slots: most sequences decoded together; more wait (`waiting`).
-        on_first_token / on_tokens: metrics hooks, called in the decode thread with the seconds from submit
-            to the first token, and the number of tokens of each step.
+        on_first_token / on_tokens / on_cancel: metrics hooks, called in the decode thread with the seconds
+            from submit to the first token, the number of tokens of each step, and for each sequence dropped
+            unfinished because its client went away.
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class Engine:
         slots: int = 8,
         on_first_token: Callable[[float], None] = lambda seconds: None,
         on_tokens: Callable[[int], None] = lambda n: None,
+        on_cancel: Callable[[], None] = lambda: None,
     ):
         self.model, self.decode, self.eos_id = model, decode, eos_id
         parameter = next(model.parameters())
@@ -141,7 +143,7 @@ class Engine:
             model.config, slots, model.config.block_size, parameter.dtype, parameter.device
         )
         self.device = parameter.device
-        self.on_first_token, self.on_tokens = on_first_token, on_tokens
+        self.on_first_token, self.on_tokens, self.on_cancel = on_first_token, on_tokens, on_cancel
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._active: list[Sequence] = []
         self._free = list(range(slots))[::-1]
@@ -288,6 +290,7 @@ class Engine:
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._active if s.cancelled]:
             self._release(sequence)
+            self.on_cancel()
 
     def _end(self, sequence: Sequence, how: str | Exception, flush: bool = False) -> None:
         """`flush`: give out the text held back (it began no stop sequence after all)."""

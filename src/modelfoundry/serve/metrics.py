@@ -60,6 +60,11 @@ class ServeMetrics:
             buckets=FIRST_TOKEN_BUCKETS,
             registry=self.registry,
         )
+        self.cancelled = Counter(
+            "foundry_generation_cancelled",
+            "Sequences stopped unfinished because their client went away",
+            registry=self.registry,
+        )
         self.tokens_per_second = TokenRate()
 
         # the labelled children, kept: `labels()` takes a lock and builds a key on every call

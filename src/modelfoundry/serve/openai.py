@@ -53,6 +53,7 @@ def make_engine(served, settings, metrics) -> Engine | None:
         settings.max_sequences,
         on_first_token=metrics.first_token.observe,
         on_tokens=metrics.tokens,
+        on_cancel=metrics.cancelled.inc,
     )
 
 
