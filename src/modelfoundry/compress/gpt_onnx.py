@@ -27,6 +27,7 @@ from modelfoundry.errors import UserError
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| of any next-token probability
+PARITY_STEPS = 8  # tokens fed one at a time through the pasts after the prompt, in the parity check
 INPUTS = ["input_ids", "past_keys", "past_values"]
 OUTPUTS = ["logits", "present_keys", "present_values"]
 
@@ -131,7 +132,7 @@ def run(sess, ids: np.ndarray, past_keys: np.ndarray, past_values: np.ndarray):
 
 
 @torch.inference_mode()
-def parity(gpt, sess, prompts: torch.Tensor, steps: int = 8) -> float:
+def parity(gpt, sess, prompts: torch.Tensor, steps: int = PARITY_STEPS) -> float:
     """Largest difference of any next-token probability between the graph and GPT.forward (no cache) over
     a prompt prefilled at once and then `steps` tokens fed one at a time through the pasts.
 
