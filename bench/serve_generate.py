@@ -123,6 +123,7 @@ async def one_stream(client: httpx.AsyncClient, url: str, tokens: int, seed: int
         "max_tokens": tokens,
         "temperature": 0.8,
         "seed": seed,
+        "ignore_eos": True,  # every stream generates its max_tokens
         "stream": True,
         "stream_options": {"include_usage": True},
     }

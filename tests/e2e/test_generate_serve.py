@@ -5,6 +5,7 @@ client raises; a client that goes away mid-stream while the server keeps serving
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -60,29 +61,36 @@ def client(served):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def test_the_openai_client_completes_and_chats_as_the_package_generates(served, client):
-    _, run = served
-    package = mf.load(run)
-    [model] = client.models.list().data
-    assert model.object == "model" and model.owned_by == "modelfoundry"
+@pytest.fixture(scope="module")
+def model(client) -> str:
+    return client.models.list().data[0].id
 
-    answer = client.completions.create(model=model.id, prompt="the cat", max_tokens=12, temperature=0)
+
+def test_the_openai_client_completes_and_chats_as_the_package_generates(served, client):
+    server, run = served
+    package = mf.load(run)
+    [listed] = client.models.list().data
+    version = httpx.get(f"{server.url}/v1/model", timeout=10).json()["version"]
+    assert listed.object == "model" and listed.owned_by == "modelfoundry" and listed.id == version == "v1"
+    model = listed.id
+
+    answer = client.completions.create(model=model, prompt="the cat", max_tokens=12, temperature=0)
     expected = package.generate("the cat", max_new_tokens=12, temperature=0)
-    assert answer.choices[0].text == expected and answer.model == model.id
+    assert answer.choices[0].text == expected and answer.model == model
     assert answer.usage.prompt_tokens == len("the cat")  # characters: a char tokenizer
     assert answer.usage.completion_tokens <= 12 and answer.choices[0].finish_reason in ("stop", "length")
 
     streamed = client.completions.create(
-        model=model.id, prompt="the cat", max_tokens=12, temperature=0, stream=True
+        model=model, prompt="the cat", max_tokens=12, temperature=0, stream=True
     )
     assert "".join(chunk.choices[0].text for chunk in streamed) == expected
 
-    chat = client.chat.completions.create(model=model.id, messages=CHAT, max_tokens=8, temperature=0)
+    chat = client.chat.completions.create(model=model, messages=CHAT, max_tokens=8, temperature=0)
     expected_chat = package.chat(CHAT, max_new_tokens=8, temperature=0)
     assert chat.choices[0].message.content == expected_chat and chat.choices[0].message.role == "assistant"
     chunks = list(
         client.chat.completions.create(
-            model=model.id,
+            model=model,
             messages=CHAT,
             max_tokens=8,
             temperature=0,
@@ -95,15 +103,17 @@ def test_the_openai_client_completes_and_chats_as_the_package_generates(served, 
     assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens  # the last chunk: usage alone
 
 
-def test_n_choices_seed_and_stop(client):
-    first = client.completions.create(prompt="a dog", max_tokens=10, n=3, seed=5, temperature=1.0)
-    again = client.completions.create(prompt="a dog", max_tokens=10, n=3, seed=5, temperature=1.0)
+def test_n_choices_seed_and_stop(client, model):
+    first = client.completions.create(model=model, prompt="a dog", max_tokens=10, n=3, seed=5, temperature=1)
+    again = client.completions.create(model=model, prompt="a dog", max_tokens=10, n=3, seed=5, temperature=1)
     assert [c.index for c in first.choices] == [0, 1, 2]
     assert [c.text for c in first.choices] == [c.text for c in again.choices]  # seeded: repeatable
-    whole = client.completions.create(prompt="the bird", max_tokens=20, temperature=0).choices[0].text
-    stop = whole[3:5]  # two characters from inside the greedy answer
-    cut = client.completions.create(prompt="the bird", max_tokens=20, temperature=0, stop=[stop]).choices[0]
-    assert cut.text == whole[: whole.index(stop)] and cut.finish_reason == "stop"
+    whole = client.completions.create(model=model, prompt="the bird", max_tokens=20, temperature=0).choices[0]
+    stop = whole.text[3:5]  # two characters from inside the greedy answer
+    cut = client.completions.create(
+        model=model, prompt="the bird", max_tokens=20, temperature=0, stop=[stop]
+    ).choices[0]
+    assert cut.text == whole.text[: whole.text.index(stop)] and cut.finish_reason == "stop"
 
 
 @pytest.mark.parametrize(
@@ -117,9 +127,9 @@ def test_n_choices_seed_and_stop(client):
         ({"prompt": "the cat " * 20, "extra_body": {"truncate": False}}, "prompt", "context holds 128"),
     ],
 )
-def test_bad_requests_are_400s_the_client_raises_with_our_message(client, options, param, phrase):
+def test_bad_requests_are_400s_the_client_raises_with_our_message(client, model, options, param, phrase):
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(**{"prompt": "the cat", "max_tokens": 5, **options})
+        client.completions.create(**{"model": model, "prompt": "the cat", "max_tokens": 5, **options})
     assert info.value.status_code == 400 and info.value.param == param
     assert phrase in info.value.message
 
@@ -132,10 +142,12 @@ def test_a_long_prompt_is_cut_from_the_left_with_a_warning(served):
     assert "first 112 tokens were dropped" in answer["warnings"][0]
 
 
-def test_a_client_that_goes_away_mid_stream_frees_its_sequence_and_the_server_serves_on(served, client):
+def test_a_client_that_goes_away_mid_stream_frees_its_sequence_and_the_server_serves_on(
+    served, client, model
+):
     server, _ = served
     assert metric(server, "foundry_generation_cancelled_total") == 0
-    body = {"prompt": "the", "max_tokens": LIMIT, "temperature": 1.0, "stream": True}
+    body = {"prompt": "the", "max_tokens": LIMIT, "temperature": 1.0, "stream": True, "ignore_eos": True}
     with (
         httpx.Client(timeout=60) as http,
         http.stream("POST", f"{server.url}/v1/completions", json=body) as response,
@@ -147,10 +159,23 @@ def test_a_client_that_goes_away_mid_stream_frees_its_sequence_and_the_server_se
         time.sleep(0.1)  # the server notices and frees the slot
     assert metric(server, "foundry_generation_active") == 0
     assert metric(server, "foundry_generation_cancelled_total") == 1  # stopped before its 120 tokens
-    after = client.completions.create(prompt="the cat", max_tokens=5, temperature=0)
+    after = client.completions.create(model=model, prompt="the cat", max_tokens=5, temperature=0)
     assert after.choices[0].finish_reason in ("stop", "length") and server.process.poll() is None
 
 
 def metric(server, name: str) -> float:
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
     return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith(f"{name} "))
+
+
+def test_plan_reads_the_gpt_runs_shape_for_flops_per_token_and_kv_cache_bytes(served):
+    _, run = served
+    result = foundry("plan", "serve", "--run", run, "--json", cwd=run.parent, home=run.parent)
+    assert_ok(result)
+    plan = json.loads(result.stdout)
+    estimates, parameters = plan["estimates"], plan["model"]["params"]
+    assert plan["context"] == CONTEXT and plan["model"]["layers"] == 1 and plan["model"]["kv_heads"] == 2
+    assert (
+        estimates["kv_bytes_per_token"]["value"] == 2 * 1 * 2 * 16 * 2
+    )  # K and V, 1 layer, 2 heads of 16, fp16
+    assert estimates["inference_flops_per_token"]["value"] == 2 * parameters + 2 * 1 * CONTEXT * 32

@@ -42,6 +42,7 @@ class Request:
     top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # decode past the end-of-text token (fixed-length benchmarks)
 
 
 @dataclass
@@ -274,7 +275,7 @@ class Engine:
         sequence.generated += 1
         if sequence.generated == 1:
             self.on_first_token(time.perf_counter() - sequence.submitted)
-        if token == self.eos_id:
+        if token == self.eos_id and not sequence.request.ignore_eos:
             return self._end(sequence, "stop", flush=True)
         piece, stopped = sequence.pieces.add(token)
         if piece:

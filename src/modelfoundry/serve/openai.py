@@ -77,6 +77,9 @@ class Sampling(BaseModel):
     )
     stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOP} sequences that end the text")
     seed: int | None = Field(None, description="the same seed and request give the same text")
+    ignore_eos: bool = Field(
+        False, description="(extension, as vLLM's) go on past the end-of-text token: fixed-length answers"
+    )
     truncate: bool = Field(
         True,
         description="(extension) a prompt too long for the context loses tokens from its start (with a "
@@ -192,7 +195,9 @@ async def answer(
         for j in range(body.n):
             index = i * body.n + j
             seed = None if body.seed is None else body.seed + index  # the choices differ, each repeatable
-            wanted = SequenceRequest(ids, max_tokens, body.temperature, body.top_k, body.top_p, seed, stop)
+            wanted = SequenceRequest(
+                ids, max_tokens, body.temperature, body.top_k, body.top_p, seed, stop, body.ignore_eos
+            )
             try:
                 sequences.append(engine.submit(wanted, queue, index))
             except RuntimeError:
