@@ -179,3 +179,19 @@ def test_plan_reads_the_gpt_runs_shape_for_flops_per_token_and_kv_cache_bytes(se
         estimates["kv_bytes_per_token"]["value"] == 2 * 1 * 2 * 16 * 2
     )  # K and V, 1 layer, 2 heads of 16, fp16
     assert estimates["inference_flops_per_token"]["value"] == 2 * parameters + 2 * 1 * CONTEXT * 32
+
+
+def test_export_writes_a_decoder_graph_with_pasts_that_decodes_as_the_package(served):
+    _, run = served
+    result = foundry("export", run, "--format", "onnx", cwd=run.parent, home=run.parent)
+    assert_ok(result)
+    from modelfoundry.compress import gpt_onnx
+
+    record = json.loads((run / "model" / "model.json").read_text())["onnx"]
+    assert record["parity"]["max_abs_probability_difference"] <= 1e-4 and "past_keys" in record["graph"]
+    package = mf.load(run)
+    session = gpt_onnx.session(run / "model" / "model.onnx")
+    ids = gpt_onnx.greedy(session, package.model.config, package.tokenizer.encode("the cat"), 12)
+    expected = package.generate("the cat", max_new_tokens=12, temperature=0)
+    eos = package.tokenizer.eos_id
+    assert package.tokenizer.decode(ids[: ids.index(eos)] if eos in ids else ids) == expected
