@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import modelfoundry as mf
-from e2e_helpers import Server, assert_ok, foundry
+from e2e_helpers import Server, assert_ok, foundry, tiny_gpt_config, write_sentences
 
 openai = pytest.importorskip("openai")  # the test extra installs it
 
@@ -23,29 +23,12 @@ CONTEXT = 128
 CHAT = [{"role": "user", "content": "the cat"}]
 
 
-def corpus() -> str:
-    """About 6 KB of plain, repetitive English: a tiny model learns its letters in a few steps."""
-    subjects = ["the cat", "a dog", "the bird", "my friend", "the old man", "a child"]
-    verbs = ["sees", "likes", "finds", "calls", "follows", "watches"]
-    objects = ["the sun", "a red ball", "the river", "a green tree", "the moon", "an open door"]
-    lines = [
-        f"{s} {v} {o}." for i, s in enumerate(subjects) for j, v in enumerate(verbs) for o in objects[i % 3 :]
-    ]
-    return "\n".join(lines * 2) + "\n"
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(server, run folder): a 1-layer GPT of 128 characters of context, trained for 40 steps."""
     work = tmp_path_factory.mktemp("gen")
-    (work / "corpus.txt").write_text(corpus())
-    config = {
-        "task": "text_generation",
-        "data": {"source": "corpus.txt", "tokenizer": {"type": "char"}},
-        "model": {"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": CONTEXT},
-        "train": {"max_steps": 40, "precision": "fp32", "batch_size": 16},
-    }
-    (work / "gen.yaml").write_text(yaml.safe_dump(config))
+    write_sentences(work / "corpus.txt")
+    (work / "gen.yaml").write_text(yaml.safe_dump(tiny_gpt_config("corpus.txt", CONTEXT)))
     home = work / "runs"
     assert_ok(foundry("train", "gen.yaml", "--run-dir", home / "run", cwd=work, home=home))
     server = Server(

@@ -565,7 +565,8 @@ async function* serverEvents(response) {
 async function sendVote(vote) {
   const status = $("#vote-status");
   const generation = state.generation;
-  const better = $("#better-answer").value.trim();
+  const typed = $("#better-answer").value;
+  const better = typed.trim() ? typed : ""; // as typed: a continuation's leading space is part of it
   if (!vote && !better) {
     status.className = "failed";
     status.textContent = "Not saved: type a better answer first.";
