@@ -17,7 +17,7 @@ Export: greedy decoding of 128 new tokens from a 64-character prompt, batch 1: P
 (generation.decode.stream), ONNX Runtime fp32 with pasts, ONNX Runtime int8 (dynamic quantization) with pasts;
 tokens/s and bits per byte of the held-out play (windows of the context), side by side in one run.
 
-    .venv/bin/python bench/serve_generate.py [--steps 300] [--write] [--quick]
+    .venv/bin/python bench/serve_generate.py [--steps 150] [--threads 1] [--write] [--quick]
 """
 
 from __future__ import annotations
@@ -219,10 +219,16 @@ def torch_bpb(model, ids: list[int], text_bytes: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps of the GPT")
+    parser.add_argument("--steps", type=int, default=150, help="training steps of the GPT")
     parser.add_argument("--tokens", type=int, default=200, help="max_tokens per stream")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of C streams per level")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of every process; 1 by default: on a machine shared with other work, two OpenMP "
+        "threads wait on each other at every op (a T=1 attention call took 16 ms with 2, 0.03 ms with 1)",
+    )
     parser.add_argument("--write", action="store_true", help="record the results in bench/RESULTS.md")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, not the numbers")
     args = parser.parse_args()

@@ -11,6 +11,10 @@ times one, because a small model's step costs about the same for 1 row as for 8.
 The event loop side (serve/openai.py) calls `submit` and reads text pieces from the sequence's asyncio
 queue; the decode thread puts them there with `call_soon_threadsafe`. `cancel` (a client that went away)
 is a flag the thread reads before the next step; the slot is freed there.
+
+The active sequences always hold slots 0..B-1 (`_active[i].slot == i`): when one leaves, the sequence in
+the highest slot moves into its place (its keys and values copied, a few KB). The step then reads each
+layer's cache as a view of its first B slots instead of gathering them, about a third faster at B = 8.
 """
 
 from __future__ import annotations
@@ -147,7 +151,6 @@ class Engine:
         self.on_first_token, self.on_tokens, self.on_cancel = on_first_token, on_tokens, on_cancel
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._active: list[Sequence] = []
-        self._free = list(range(slots))[::-1]
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
@@ -240,15 +243,16 @@ class Engine:
             sequence.put(RuntimeError("the server is shutting down"))
 
     def _admit(self) -> None:
-        """Prefill waiting sequences into free slots, one prompt per forward pass."""
-        while self._free:
+        """Prefill waiting sequences into free slots (the next after the active ones), one prompt per
+        forward pass."""
+        while len(self._active) < self.cache.slots:
             with self._lock:
                 if not self._waiting:
                     return
                 sequence = self._waiting.popleft()
             if sequence.cancelled:
                 continue
-            sequence.slot = slot = self._free.pop()
+            sequence.slot = slot = len(self._active)
             self._active.append(sequence)
             self.cache.reset(slot)
             ids = torch.tensor([sequence.request.prompt_ids], device=self.device)  # (1, T)
@@ -257,11 +261,10 @@ class Engine:
             self.on_tokens(1)
 
     def _step(self) -> None:
-        """One new token for every active sequence: B rows of T=1, each continuing its own slot."""
+        """One new token for every active sequence: B rows of T=1, row i continuing slot i."""
         batch = list(self._active)
         idx = torch.tensor([[s.last] for s in batch], device=self.device)  # (B, 1)
-        slots = torch.tensor([s.slot for s in batch], device=self.device)  # (B,)
-        logits = self.model(idx, self.cache, slots)[:, -1]  # (B, V)
+        logits = self.model(idx, self.cache)[:, -1]  # (B, V); slots 0..B-1
         for row, sequence in enumerate(batch):
             self._accept(sequence, self._pick(sequence, logits[row : row + 1]))
         self.on_tokens(len(batch))
@@ -305,7 +308,20 @@ class Engine:
         self._release(sequence)
 
     def _release(self, sequence: Sequence) -> None:
-        if sequence in self._active:
-            self._active.remove(sequence)
-            self._free.append(sequence.slot)
-            self.cache.reset(sequence.slot)
+        """Free its slot; the sequence in the highest slot moves into it, so slots 0..B-1 stay in use."""
+        if sequence not in self._active:
+            return
+        last = self._active.pop()
+        if last is not sequence:
+            self._move(last.slot, sequence.slot)
+            last.slot = sequence.slot
+            self._active[last.slot] = last
+        self.cache.reset(len(self._active))
+
+    def _move(self, source: int, target: int) -> None:
+        """Copy one slot's keys, values and length into another."""
+        length = int(self.cache.lengths[source])
+        for k, v in zip(self.cache.k, self.cache.v):
+            k[target, :, :length] = k[source, :, :length]
+            v[target, :, :length] = v[source, :, :length]
+        self.cache.lengths[target] = length
