@@ -67,7 +67,8 @@ def shakespeare() -> tuple[list[tuple[str, str]], str]:
     return texts[:-1], texts[-1][1]
 
 
-def train(work: Path, texts: list[tuple[str, str]], steps: int, threads: int) -> Path:
+def train(work: Path, texts: list[tuple[str, str]], steps: int, threads: int, run: Path) -> Path:
+    """`foundry train` into `run` (kept there: `--run` serves it again without training)."""
     corpus = work / "corpus"
     corpus.mkdir()
     for name, text in texts:
@@ -79,10 +80,9 @@ def train(work: Path, texts: list[tuple[str, str]], steps: int, threads: int) ->
         "train": {"max_steps": steps, "batch_size": 12, "precision": "fp32"},
     }
     (work / "gpt.yaml").write_text(json.dumps(config))  # JSON is YAML
-    run = work / "runs" / "gpt"
     log(f"training the GPT for {steps} steps ...")
     subprocess.run(
-        [sys.executable, "-m", "modelfoundry", "train", "gpt.yaml", "--run-dir", str(run)],
+        [sys.executable, "-m", "modelfoundry", "train", "gpt.yaml", "--run-dir", str(run.resolve())],
         cwd=work,
         env=env(work, threads),
         check=True,
@@ -229,6 +229,9 @@ def main() -> int:
         help="torch threads of every process; 1 by default: on a machine shared with other work, two OpenMP "
         "threads wait on each other at every op (a T=1 attention call took 16 ms with 2, 0.03 ms with 1)",
     )
+    parser.add_argument(
+        "--run", type=Path, help="a run folder: served if it holds a model, else trained into"
+    )
     parser.add_argument("--write", action="store_true", help="record the results in bench/RESULTS.md")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, not the numbers")
     args = parser.parse_args()
@@ -239,7 +242,9 @@ def main() -> int:
     heldout = heldout[: 20_000 if args.quick else 200_000]
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        run = train(work, texts, args.steps, args.threads)
+        run = args.run or work / "runs" / "gpt"
+        if not (run / "model" / "model.json").is_file():
+            train(work, texts, args.steps, args.threads, run)
         server = Server(run, work, args.threads)
         try:
             levels = [asyncio.run(level(server.url, c, args.rounds, args.tokens)) for c in (1, 8)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -114,9 +115,16 @@ class Sequence:
     last: int = 0  # the token to feed next
     submitted: float = field(default_factory=time.perf_counter)
     generator: torch.Generator | None = None
+    outbox: list | None = None  # the engine's: items wait there until the step ends
 
     def put(self, item) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.index, item))
+        self.outbox.append((self, (self.index, item)))
+
+
+def _deliver(items: list) -> None:
+    """On the event loop: a step's items into their queues (one wake-up per step, not one per token)."""
+    for sequence, item in items:
+        sequence.queue.put_nowait(item)
 
 
 class Engine:
@@ -153,6 +161,7 @@ class Engine:
         self._active: list[Sequence] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._outbox: list = []  # (sequence, item) of this step, delivered together by _flush
         self._closing = False
         self._retiring = False  # another engine took over: end once the last sequence here is done
         self._thread: threading.Thread | None = None
@@ -201,6 +210,7 @@ class Engine:
             asyncio.Queue() if queue is None else queue,
             index,
             generator=generator,
+            outbox=self._outbox,
         )
         with self._lock:
             self._waiting.append(sequence)
@@ -235,12 +245,27 @@ class Engine:
                     self._step()
                 except Exception as exc:
                     log.exception("the decode step failed")
-                    for sequence in self._active:
+                    for sequence in list(self._active):
                         self._end(sequence, exc)
+                finally:
+                    self._flush()
         with self._lock:
             left, self._waiting = [*self._active, *self._waiting], collections.deque()
         for sequence in left:
             sequence.put(RuntimeError("the server is shutting down"))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand this step's items to the event loop(s) of their sequences, one call per loop."""
+        if not self._outbox:
+            return
+        items, self._outbox[:] = list(self._outbox), []
+        loops: dict = {}
+        for sequence, item in items:
+            loops.setdefault(sequence.loop, []).append((sequence, item))
+        for loop, batch in loops.items():
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody is listening
+                loop.call_soon_threadsafe(_deliver, batch)
 
     def _admit(self) -> None:
         """Prefill waiting sequences into free slots (the next after the active ones), one prompt per
@@ -258,6 +283,7 @@ class Engine:
             ids = torch.tensor([sequence.request.prompt_ids], device=self.device)  # (1, T)
             logits = self.model(ids, self.cache, torch.tensor([slot], device=self.device))[:, -1]  # (1, V)
             self._accept(sequence, self._pick(sequence, logits))
+            self._flush()  # its first token goes out now, not after the other prefills
             self.on_tokens(1)
 
     def _step(self) -> None:

@@ -312,28 +312,30 @@ async def collect(request: Request, engine: Engine, sequences, queue: asyncio.Qu
 async def stream(
     engine: Engine, sequences, queue: asyncio.Queue, reply: Reply, include_usage: bool, remember
 ):
-    """Server-sent events: a chunk per text piece, one with each choice's finish_reason, a usage chunk
-    when asked, then `data: [DONE]`. The client going away stops the generator (Starlette cancels it)
-    and its sequences with it. The first chunk carries the warnings, if any (a truncated prompt)."""
+    """Server-sent events: chunks of text as they come, one with each choice's finish_reason, a usage chunk
+    when asked, then `data: [DONE]`. What arrived together goes out together: a choice's pieces queued
+    while the last write went out become one chunk (fewer events when many streams share the server). The
+    client going away stops the generator (Starlette cancels it) and its sequences with it. The first event
+    carries the warnings, if any (a truncated prompt)."""
     texts, finished = [""] * len(sequences), [None] * len(sequences)
     left, warnings = len(sequences), reply.warnings
     try:
         if reply.chat:  # OpenAI's first chat chunk of each choice names the role
-            for index in range(len(sequences)):
-                yield event(reply.chunk(index, {"role": "assistant", "content": ""}), warnings)
-                warnings = None
-        while left:
-            index, item = await queue.get()
-            if isinstance(item, Exception):
-                yield event({"error": {"message": f"generation stopped: {item}", "type": "server_error"}})
-                return
-            if isinstance(item, Finished):
-                finished[index], left = item, left - 1
-                yield event(reply.chunk(index, {} if reply.chat else "", finish=item.reason), warnings)
-            else:
-                texts[index] += item
-                yield event(reply.chunk(index, {"content": item} if reply.chat else item), warnings)
+            yield b"".join(
+                event(reply.chunk(i, {"role": "assistant", "content": ""}), warnings if i == 0 else None)
+                for i in range(len(sequences))
+            )
             warnings = None
+        while left:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            out = chunks(reply, items, texts, finished)
+            left -= sum(isinstance(item, Finished) for _, item in items)
+            yield b"".join(event(chunk, warnings if k == 0 else None) for k, chunk in enumerate(out))
+            warnings = None
+            if "error" in out[-1]:
+                return
         remember(texts)
         if include_usage:
             yield event({**reply.head("chunk"), "choices": [], "usage": reply.usage(finished)})
@@ -341,6 +343,34 @@ async def stream(
     finally:
         for sequence in sequences:
             engine.cancel(sequence)
+
+
+def chunks(reply: Reply, items: list, texts: list[str], finished: list) -> list[dict]:
+    """The chunks of items that arrived together: each choice's pieces joined into one chunk, sent before
+    its finish chunk; an error ends the list. Records the texts and Finished of each choice."""
+    out, pending = [], {}  # choice -> text not yet in a chunk
+
+    def send(index: int) -> None:
+        text = pending.pop(index, "")
+        if text:
+            out.append(reply.chunk(index, {"content": text} if reply.chat else text))
+
+    for index, item in items:
+        if isinstance(item, Exception):
+            for i in list(pending):
+                send(i)
+            out.append({"error": {"message": f"generation stopped: {item}", "type": "server_error"}})
+            return out
+        if isinstance(item, Finished):
+            send(index)
+            finished[index] = item
+            out.append(reply.chunk(index, {} if reply.chat else "", finish=item.reason))
+        else:
+            texts[index] += item
+            pending[index] = pending.get(index, "") + item
+    for i in list(pending):
+        send(i)
+    return out
 
 
 def event(data: dict, warnings: list[str] | None = None) -> bytes:
