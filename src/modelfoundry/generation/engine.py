@@ -62,35 +62,46 @@ class Finished:
 class TextPieces:
     """New tokens -> the text to send so far: never half a UTF-8 character (byte-level tokens can split
     one; an unfinished one decodes to U+FFFD and is held back), never part of a stop sequence (text that
-    could be the start of one is held until it is clearly not), nothing from a stop sequence on."""
+    could be the start of one is held until it is clearly not), nothing from a stop sequence on.
+
+    Decoding is incremental, as vLLM's detokenizer does it: each token decodes a short window (the tokens
+    since the last complete text, after one token of context so tokenizers that drop a leading space on
+    a first token decode the same), not the whole sequence again."""
 
     def __init__(self, decode: Callable[[list[int]], str], stop: tuple[str, ...] = ()):
         self.decode, self.stop = decode, tuple(s for s in stop if s)
         self.ids: list[int] = []
-        self.sent = 0  # characters of the decoded text already given out
-        self.text = ""
+        self.prefix = self.read = 0  # the window is ids[prefix:]; ids[prefix:read] are already text
+        self.text = ""  # every complete character decoded so far
+        self.sent = 0  # characters of it already given out
 
     def add(self, token: int) -> tuple[str, bool]:
         """(text to send now, whether a stop sequence ended the text)."""
         self.ids.append(token)
-        self.text = text = self.decode(self.ids)
+        known = self.decode(self.ids[self.prefix : self.read])
+        window = self.decode(self.ids[self.prefix :])
+        if len(window) > len(known) and not window.endswith("\ufffd"):  # else: a character is unfinished
+            self.text += window[len(known) :]
+            self.prefix, self.read = self.read, len(self.ids)
+        text = self.text
         for stop in self.stop:
             at = text.find(stop, self.sent)
             if at >= 0:
                 return self._take(at), True
-        end = len(text)
-        while end > self.sent and text[end - 1] == "\ufffd":  # maybe the first bytes of a character
-            end -= 1
-        safe = end
+        end = safe = len(text)
         for stop in self.stop:  # the longest tail that could begin a stop sequence waits
             for k in range(min(len(stop) - 1, end - self.sent), 0, -1):
-                if text.endswith(stop[:k], 0, end):
+                if text.endswith(stop[:k]):
                     safe = min(safe, end - k)
                     break
         return self._take(safe), False
 
     def rest(self) -> str:
-        """What is held back, given out when the sequence ends for another reason than a stop."""
+        """What is held back, given out when the sequence ends for another reason than a stop (an
+        unfinished character as U+FFFD)."""
+        known = self.decode(self.ids[self.prefix : self.read])
+        self.text += self.decode(self.ids[self.prefix :])[len(known) :]
+        self.prefix = self.read = len(self.ids)
         return self._take(len(self.text))
 
     def _take(self, end: int) -> str:
