@@ -256,6 +256,11 @@ def test_api_key_guards_feedback_and_admin_but_not_predictions(client_for, table
     assert client.post("/v1/admin/reload").status_code == 401
     assert client.get("/v1/feedback").status_code == 401
     assert client.post("/v1/feedback", json=body, headers={"X-API-Key": "s3cret"}).status_code == 201
+    bearer = client.post("/v1/feedback", json=body, headers={"Authorization": "Bearer s3cret"})
+    assert bearer.status_code == 200 and bearer.json()["replaced"]  # as OpenAI's clients send a key
+    assert (
+        client.post("/v1/feedback", json=body, headers={"Authorization": "Bearer guess"}).status_code == 401
+    )
     assert client.post("/v1/admin/reload", headers={"X-API-Key": "s3cret"}).json()["reloaded"] is True
 
 

@@ -250,6 +250,14 @@ def check_sampling(body: Sampling, settings, chat: bool) -> int:
         raise ApiError(400, "top_k", f"top_k is {body.top_k}; use 1 or more, or leave it out.")
     if not 1 <= body.n <= settings.max_inputs:
         raise ApiError(400, "n", f"n is {body.n}; ask for 1 to {settings.max_inputs} choices.")
+    prompts = len(body.prompt) if isinstance(getattr(body, "prompt", None), list) else 1
+    if prompts * body.n > settings.max_inputs:
+        raise ApiError(
+            400,
+            "n",
+            f"{prompts} prompts x n={body.n} is {prompts * body.n} sequences; this server takes at most "
+            f"{settings.max_inputs} per request (`--max-inputs`). Split the request.",
+        )
     stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
     if len(stops) > MAX_STOP or not all(stops):
         raise ApiError(400, "stop", f"stop takes up to {MAX_STOP} non-empty strings; got {len(stops)}.")

@@ -495,6 +495,9 @@ def require_key(request: Request, service: Service, local_only: bool = False) ->
             )
         return
     given = request.headers.get("x-api-key")
+    authorization = request.headers.get("authorization", "")
+    if given is None and authorization[:7].lower() == "bearer ":  # how OpenAI's clients send their key
+        given = authorization[7:].strip()
     if given is None:
         raise ApiError(401, "X-API-Key", "this route needs an API key: send it in the X-API-Key header.")
     if not secrets.compare_digest(given.encode(), api_key.encode()):
