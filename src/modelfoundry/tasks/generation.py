@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -474,7 +475,8 @@ train:
             choices.append(f"tokenizer {why}")
             console.print(f"chosen: tokenizer {why}", highlight=False)
         tokenizer = train_tokenizer(kind, parts["train"], vocab)
-        folder = (path or Path(cfg_scratch())) / "tokens"
+        # DDP: the other ranks write their own copy in the scratch folder (rank 0 writes the run's)
+        folder = path / "tokens" if path else cfg_scratch() / f"tokens-{distributed.rank()}-{os.getpid()}"
         folder.mkdir(parents=True, exist_ok=True)
         tokens, per_token = {}, {}
         for name, pieces in parts.items():
