@@ -179,3 +179,9 @@ def test_export_writes_a_decoder_graph_with_pasts_that_decodes_as_the_package(se
     expected = package.generate("the cat", max_new_tokens=12, temperature=0)
     eos = package.tokenizer.eos_id
     assert package.tokenizer.decode(ids[: ids.index(eos)] if eos in ids else ids) == expected
+
+
+def test_the_predict_routes_point_a_generation_model_to_the_openai_ones(served):
+    server, _ = served
+    answer = httpx.post(f"{server.url}/v1/predict", json={"inputs": ["the cat"]}, timeout=30)
+    assert answer.status_code == 404 and "/v1/completions" in answer.json()["error"]["message"]

@@ -200,8 +200,9 @@ def model_card(request: Request) -> dict:
     },
 )
 async def predict(request: Request) -> FastJSONResponse:
-    body = await read_body(request, PredictRequest)
     service = service_of(request)
+    refuse_generator(service)
+    body = await read_body(request, PredictRequest)
     current = service.served
     check_count(len(body.inputs), service.settings.max_inputs)
     payload, stored = await encode(service, current, body.inputs)
@@ -221,6 +222,7 @@ async def predict_file(
     top_k: Annotated[int, Query(ge=1, le=100)] = 1,
 ) -> JSONResponse:
     service = service_of(request)
+    refuse_generator(service)
     current = service.served
     uploads = (files or []) + ([file] if file else [])
     task = current.predictor.task_module
@@ -262,6 +264,7 @@ async def predict_batch(
     format: Annotated[Literal["ndjson", "csv"], Query()] = "ndjson",
 ) -> StreamingResponse:
     service = service_of(request)
+    refuse_generator(service)
     current, settings = service.served, service.settings
     task = current.predictor.task_module
     uploads = (files or []) + ([file] if file else [])
@@ -284,6 +287,17 @@ async def predict_batch(
     if format == "csv":
         return StreamingResponse(csv_only(lines), media_type="text/csv")
     return StreamingResponse(ndjson(start, lines), media_type="application/x-ndjson")
+
+
+def refuse_generator(service: Service) -> None:
+    """A text generation model answers on the OpenAI-compatible routes, not the predict ones."""
+    if service.engine is not None:
+        raise ApiError(
+            404,
+            "model",
+            "this model generates text: POST /v1/completions or /v1/chat/completions (OpenAI-compatible), "
+            "or try it on the page at /.",
+        )
 
 
 def read_uploads(task, predictor, uploads: list[UploadFile], settings) -> tuple[list[str], list, list[str]]:
