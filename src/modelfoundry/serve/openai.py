@@ -63,10 +63,28 @@ def make_engine(served, settings, metrics) -> Engine | None:
 # ---------- request bodies ----------
 
 
-class Sampling(BaseModel):
-    """What both endpoints take. Unknown fields (user, logit_bias, ...) are accepted and ignored."""
+# OpenAI options this server does not implement, with the values that ask nothing of it: any other value is
+# refused (400), never silently ignored. Other unknown fields (user, metadata, store, ...) are ignored.
+UNSUPPORTED = {
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "response_format": (None, {"type": "text"}),
+}
 
-    model_config = ConfigDict(extra="ignore")
+
+class Sampling(BaseModel):
+    """What both endpoints take; see UNSUPPORTED for the OpenAI options they refuse."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = Field(None, description="ignored: this server serves one model (GET /v1/models)")
     max_tokens: int | None = Field(None, description="most new tokens per choice")
@@ -228,7 +246,13 @@ async def answer(
 
 
 def check_sampling(body: Sampling, settings, chat: bool) -> int:
-    """Refuses settings out of range with a 400 naming the field; returns max_tokens."""
+    """Refuses settings out of range, and OpenAI options this server lacks, with a 400 naming the field;
+    returns max_tokens."""
+    for name, value in (body.model_extra or {}).items():
+        if name in UNSUPPORTED and value not in UNSUPPORTED[name]:
+            raise ApiError(
+                400, name, f"{name} is not supported by this server; leave it out (got {value!r})."
+            )
     limit = settings.max_new_tokens_limit
     max_tokens = body.max_tokens
     if max_tokens is None:
