@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import modelfoundry as mf
-from e2e_helpers import Server, assert_ok, foundry, tiny_gpt_config, write_sentences
+from e2e_helpers import Server, assert_ok, assert_user_error, foundry, tiny_gpt_config, write_sentences
 
 openai = pytest.importorskip("openai")  # the test extra installs it
 
@@ -186,3 +186,9 @@ def test_the_predict_routes_point_a_generation_model_to_the_openai_ones(served):
     server, _ = served
     answer = httpx.post(f"{server.url}/v1/predict", json={"inputs": ["the cat"]}, timeout=30)
     assert answer.status_code == 404 and "/v1/completions" in answer.json()["error"]["message"]
+
+
+def test_compress_says_how_to_get_a_generation_models_onnx_and_int8_instead_of_failing(served):
+    _, run = served
+    result = foundry("compress", run, "--quantize", "int8", cwd=run.parent, home=run.parent)
+    assert_user_error(result, "text generation model", "foundry export RUN --format onnx", "quantize_int8")
