@@ -110,6 +110,7 @@ def test_n_choices_seed_and_stop(client, model):
         ({"prompt": "the cat " * 20, "extra_body": {"truncate": False}}, "prompt", "context holds 128"),
         ({"prompt": ["the cat"] * 3, "n": 30}, "n", "90 sequences"),
         ({"logprobs": 2}, "logprobs", "not supported by this server"),
+        ({"seed": 2**64}, "seed", "between -2**62 and 2**62"),
     ],
 )
 def test_bad_requests_are_400s_the_client_raises_with_our_message(client, model, options, param, phrase):

@@ -14,6 +14,7 @@ Errors are `{"error": {"message", "type", "param", "code", "field"}}`: OpenAI's 
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from typing import Any, Literal
@@ -266,8 +267,10 @@ def check_sampling(body: Sampling, settings, chat: bool) -> int:
             f"max_tokens is {max_tokens:,}; this server answers at most {limit:,} new tokens per choice "
             "(`foundry serve --max-new-tokens-limit`). Ask for fewer.",
         )
-    if not body.temperature >= 0:  # NaN too
+    if not 0 <= body.temperature < math.inf:  # NaN too
         raise ApiError(400, "temperature", f"temperature is {body.temperature}; use 0 (greedy) or more.")
+    if body.seed is not None and not -(2**62) < body.seed < 2**62:
+        raise ApiError(400, "seed", f"seed is {body.seed}; use a whole number between -2**62 and 2**62.")
     if not 0 < body.top_p <= 1:
         raise ApiError(400, "top_p", f"top_p is {body.top_p}; it must be in (0, 1] (1 keeps every token).")
     if body.top_k is not None and body.top_k < 1:
