@@ -223,6 +223,8 @@ async def answer(
             try:
                 sequences.append(engine.submit(wanted, queue, index))
             except RuntimeError:
+                for sequence in sequences:  # the choices already queued have nobody to read them
+                    engine.cancel(sequence)
                 raise ApiError(503, "model", "the server is shutting down or reloading; retry.") from None
     reply = Reply(
         id=("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12),
