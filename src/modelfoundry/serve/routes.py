@@ -416,7 +416,7 @@ async def feedback(body: FeedbackRequest, request: Request) -> JSONResponse:
     service = service_of(request)
     require_key(request, service)
     if service.engine is not None:  # a text generation model: a vote and a better answer, not a label
-        from modelfoundry.serve.openai import generation_feedback
+        from modelfoundry.serve.generation_feedback import generation_feedback
 
         return FastJSONResponse(*await generation_feedback(service, body))
     if body.label is None:
