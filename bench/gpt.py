@@ -256,10 +256,13 @@ def generation_speed(run_path: Path, val_text: str) -> dict:
     prompt_ids = tokenizer.encode(val_text[:400])[:16]
     prompt = tokenizer.decode(prompt_ids)
     out = {}
+    for use_cache in (True, False):  # warm-up: the first calls allocate and start threads
+        timed_stream(model, tokenizer, prompt, 8, use_cache)
     cached, _ = timed_stream(model, tokenizer, prompt, 256, True)
     uncached, _ = timed_stream(model, tokenizer, prompt, 256, False)
     out["stream cached s"], out["stream uncached s"] = cached, uncached
     new = model.config.block_size - len(prompt_ids)
+    greedy_ids(model, prompt_ids, 8)
     start = time.perf_counter()
     ours = greedy_ids(model, prompt_ids, new)
     out["ours s"] = time.perf_counter() - start

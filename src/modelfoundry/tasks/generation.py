@@ -560,7 +560,11 @@ train:
             on_epoch=sample,
         )
         timings["train"] = result.earlier_seconds + time.perf_counter() - clock
-        if path is None:
+        if path is None:  # DDP: a rank other than 0 drops its copy of the tokens
+            import shutil
+
+            del windows, held, tokens
+            shutil.rmtree(folder, ignore_errors=True)
             return {}, timings
         clock = time.perf_counter()
         metrics: dict = {
