@@ -302,9 +302,22 @@ class Engine:
         batch = list(self._active)
         idx = torch.tensor([[s.last] for s in batch], device=self.device)  # (B, 1)
         logits = self.model(idx, self.cache)[:, -1]  # (B, V); slots 0..B-1
-        for row, sequence in enumerate(batch):
-            self._accept(sequence, self._pick(sequence, logits[row : row + 1]))
+        for sequence, token in zip(batch, self._pick_rows(batch, logits)):
+            self._accept(sequence, token)
         self.on_tokens(len(batch))
+
+    def _pick_rows(self, batch: list[Sequence], logits: torch.Tensor) -> list[int]:
+        """The next token of every row: the greedy rows in one argmax, the sampled ones each with its own
+        settings and generator (a seed gives the same text whoever else is being decoded)."""
+        tokens: list[int | None] = [None] * len(batch)
+        greedy = [i for i, s in enumerate(batch) if s.request.temperature == 0]
+        if greedy:
+            for i, token in zip(greedy, logits[greedy].argmax(-1).tolist()):
+                tokens[i] = token
+        for i, sequence in enumerate(batch):
+            if tokens[i] is None:
+                tokens[i] = self._pick(sequence, logits[i : i + 1])
+        return tokens
 
     def _pick(self, sequence: Sequence, logits: torch.Tensor) -> int:
         r = sequence.request
