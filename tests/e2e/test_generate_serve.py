@@ -193,3 +193,23 @@ def test_compress_says_how_to_get_a_generation_models_onnx_and_int8_instead_of_f
     _, run = served
     result = foundry("compress", run, "--quantize", "int8", cwd=run.parent, home=run.parent)
     assert_user_error(result, "text generation model", "foundry export RUN --format onnx", "quantize_int8")
+
+
+def test_a_reload_hands_new_requests_to_a_new_engine_and_retires_the_old(served):
+    from fastapi.testclient import TestClient
+
+    from modelfoundry.serve.app import create_app
+    from modelfoundry.serve.service import Settings
+
+    _, run = served
+    app = create_app(Settings(str(run)))
+    with TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 50000)) as client:
+        before = app.state.service.engine
+        body = {"prompt": "the cat", "max_tokens": 6, "temperature": 0}
+        first = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+        assert client.post("/v1/admin/reload").json()["reloaded"] is True
+        after = app.state.service.engine
+        assert after is not before and after.running
+        assert client.post("/v1/completions", json=body).json()["choices"][0]["text"] == first
+        before._thread.join(5)
+        assert not before.running  # it had nothing left to finish
