@@ -94,9 +94,10 @@ def parent_run_of(run: str | Path) -> Path:
 def refuse_generator(parent: Path) -> None:
     """`foundry compress` makes variants scored like classifiers and regressors; a text generation model's
     ONNX graph (with pasts) and its int8 copy come from `foundry export` and compress/gpt_onnx.py."""
-    from modelfoundry.predictor import load
-
-    if callable(getattr(load(parent), "generate", None)):  # asks the package, as the server does
+    folder = package_folder(parent)
+    spec = json.loads((folder / "model.json").read_text())
+    package = task_of(spec).predictor(None, spec, folder)  # what load() returns, without the weights
+    if callable(getattr(package, "generate", None)):  # asks the package, as the server does
         raise UserError(
             f"compress: {parent.name} is a text generation model, which compress does not make variants of "
             "yet. `foundry export RUN --format onnx` writes its ONNX decoder graph (parity-checked); "
