@@ -149,6 +149,22 @@ def test_a_client_that_goes_away_mid_stream_frees_its_sequence_and_the_server_se
     assert after.choices[0].finish_reason in ("stop", "length") and server.process.poll() is None
 
 
+def test_a_client_that_gives_up_on_a_whole_answer_cancels_its_choices(served):
+    server, _ = served
+    cancelled, tokens = (
+        metric(server, "foundry_generation_cancelled_total"),
+        metric(server, "foundry_generated_tokens_total"),
+    )
+    body = {"prompt": "the", "max_tokens": LIMIT, "n": 64, "ignore_eos": True}  # 64 x 120 tokens, 4 at a time
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.url}/v1/completions", json=body, timeout=0.2)
+    deadline = time.monotonic() + 20
+    while metric(server, "foundry_generation_active") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric(server, "foundry_generation_cancelled_total") > cancelled
+    assert metric(server, "foundry_generated_tokens_total") - tokens < 64 * LIMIT
+
+
 def metric(server, name: str) -> float:
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
     return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith(f"{name} "))

@@ -328,14 +328,16 @@ def at(field: str, i: int, prompts: list) -> str:
 async def collect(request: Request, engine: Engine, sequences, queue: asyncio.Queue):
     """Every choice's text and Finished; a client that goes away cancels them."""
     texts, finished = [""] * len(sequences), [None] * len(sequences)
-    left = len(sequences)
+    left, checked = len(sequences), time.monotonic()
     try:
         while left:
+            if time.monotonic() - checked > DISCONNECT_POLL_S:  # however busy the queue is
+                if await request.is_disconnected():
+                    raise ApiError(499, "client", "the client went away")
+                checked = time.monotonic()
             try:
                 index, item = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
             except TimeoutError:
-                if await request.is_disconnected():
-                    raise ApiError(499, "client", "the client went away") from None
                 continue
             if isinstance(item, Exception):
                 raise ApiError(503, "model", f"generation stopped: {item}") from None
