@@ -286,7 +286,8 @@ class Engine:
                 if not self._waiting:
                     return
                 sequence = self._waiting.popleft()
-            if sequence.cancelled:
+            if sequence.cancelled:  # its client went away while it waited
+                self.on_cancel()
                 continue
             sequence.slot = slot = len(self._active)
             self._active.append(sequence)
