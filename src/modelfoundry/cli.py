@@ -146,7 +146,7 @@ def train(
     out.print(f"run {run.id}", highlight=False)
     table = Table(show_header=False)
     split = "test" if "test" in run.metrics else "val"
-    for key in ("accuracy", "f1_macro", "roc_auc", "ece", "rmse", "mae", "r2"):
+    for key in ("accuracy", "f1_macro", "roc_auc", "ece", "rmse", "mae", "r2", "bits_per_byte", "perplexity"):
         if test.get(key) is not None:
             table.add_row(f"{split} {key}", f"{test[key]:.4f}")
     if "baseline" in test:  # regression: what always predicting the training mean scores
@@ -226,6 +226,47 @@ def predict(
         _print_json({"predictions": [{"input": name, **a} for name, a in zip(names, answers)]})
     elif not output:
         out.print(frame.to_string(index=False), highlight=False)
+
+
+@app.command()
+def generate(
+    run: Annotated[str, typer.Argument(help="run id or folder of a text_generation model")],
+    prompt: Annotated[str, typer.Argument(help="the text to continue")],
+    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate at most")] = 200,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; 1 = the model's own distribution")] = 0.8,
+    top_k: Annotated[int | None, typer.Option(help="sample among the k most likely tokens only")] = None,
+    top_p: Annotated[float | None, typer.Option(help="sample within this much probability (nucleus)")] = None,
+    seed: Annotated[int | None, typer.Option(help="the same seed gives the same text")] = None,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="end before this text (repeat for several); it is not printed")
+    ] = None,
+    no_truncate: Annotated[
+        bool,
+        typer.Option("--no-truncate", help="refuse a prompt longer than the context instead of cutting it"),
+    ] = False,
+) -> None:
+    """Generate text from a prompt, streamed to the terminal as it is decoded."""
+    from modelfoundry.predictor import load
+    from modelfoundry.store.registry import resolve_run
+
+    generator = load(resolve_run(run))
+    if not hasattr(generator, "generate"):
+        raise UserError(f"{run}: a {generator.task} model does not generate text; use `foundry predict`.")
+    pieces = generator.generate(
+        prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop=stop or (),
+        stream=True,
+        truncate=not no_truncate,
+    )
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
 
 
 @app.command()
@@ -350,6 +391,15 @@ def serve(
             min=1, help="threads the model may use (default: one per core); 1 often serves small models best"
         ),
     ] = None,
+    max_new_tokens_limit: Annotated[
+        int, typer.Option(min=1, help="text generation: most new tokens a request may ask for (max_tokens)")
+    ] = 512,
+    max_sequences: Annotated[
+        int,
+        typer.Option(
+            min=1, help="text generation: sequences decoded together (KV-cache slots); more wait for a slot"
+        ),
+    ] = 16,
 ) -> None:
     """Serve a model over HTTP: JSON API (docs at /docs), web page at /, Prometheus metrics at /metrics."""
     from modelfoundry.serve.app import Settings, access_notes, create_app, load_served
@@ -369,6 +419,8 @@ def serve(
         watch_seconds=watch,
         host=host,
         allowed_hosts=allowed_host or [],
+        max_new_tokens_limit=max_new_tokens_limit,
+        max_sequences=max_sequences,
     )
     if threads:
         import torch
@@ -606,6 +658,9 @@ def compress(
     from modelfoundry.ensemble import refuse_ensemble
 
     refuse_ensemble(parent, "compress")
+    from modelfoundry.compress.variants import refuse_generator
+
+    refuse_generator(parent)
     metric = task_of(json.loads((parent / "model" / "model.json").read_text())).retrain_metric
     made, results = [], {}
     if quantize or all_:
@@ -819,6 +874,7 @@ _METRIC_COLUMNS = {  # (key, column heading); a table shows the set whose first 
         ("roc_auc", "roc auc"),
         ("ece", "ece"),
     ],
+    "bits_per_byte": [("bits_per_byte", "bits per byte"), ("loss", "loss"), ("perplexity", "perplexity")],
     "rmse": [
         ("rmse", "rmse"),
         ("mae", "mae"),

@@ -83,7 +83,7 @@ def load(path: str | Path, device: str = "cpu", backend: str = "auto") -> Predic
     )
     model = model_from_spec(spec, **options)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return Predictor(model.to(device).eval(), spec, folder)
+    return task_of(spec).predictor(model.to(device).eval(), spec, folder)
 
 
 class Predictor:
