@@ -146,11 +146,16 @@ def train(
     out.print(f"run {run.id}", highlight=False)
     table = Table(show_header=False)
     split = "test" if "test" in run.metrics else "val"
-    for key in ("accuracy", "f1_macro", "roc_auc", "ece", "rmse", "mae", "r2"):
+    from modelfoundry.tasks import get_task
+
+    headline = get_task(cfg.task).headline
+    for key in dict.fromkeys(("accuracy", "f1_macro", "roc_auc", "ece", "rmse", "mae", "r2", *headline)):
         if test.get(key) is not None:
             table.add_row(f"{split} {key}", f"{test[key]:.4f}")
     if "baseline" in test:  # regression: what always predicting the training mean scores
         table.add_row(f"{split} rmse of the mean", f"{test['baseline']['rmse']:.4f}")
+    for key in headline if "popularity" in test else ():  # recommendation: the popularity baseline's
+        table.add_row(f"{split} {key} of popularity", f"{test['popularity'][key]:.4f}")
     if "best_epoch" in run.metrics:
         table.add_row("best epoch", f"{run.metrics['best_epoch']} of {run.metrics['epochs_run']}")
     if folds := run.metrics.get("folds"):  # k-fold cross-validation: each validation number, mean ± std

@@ -55,7 +55,7 @@ class Family:
     """
 
     builder: str
-    takes: Literal["tables or images", "tables", "images", "text"]
+    takes: Literal["tables or images", "tables", "images", "text", "interactions"]
     int8: Literal["static", "dynamic"] = "dynamic"
     prune: str | None = None
     prunes: str = ""
@@ -201,6 +201,22 @@ FAMILIES: dict[str, Family] = {
         from_package="package_options",
         recipe=_PRETRAINED_IMAGE_RECIPE,
     ),
+    # Recommendation (user-item interactions): input_shape is (number of users,), num_classes the items.
+    "popularity": Family(
+        "modelfoundry.models.popularity:build_popularity", "interactions", trains="fit_popularity"
+    ),
+    "mf": Family(
+        "modelfoundry.models.mf:build_mf",
+        "interactions",
+        width_option="dim",
+        recipe={
+            "train.optimizer": "adam",
+            "train.lr": 0.005,
+            "train.batch_size": 1024,
+            "train.epochs": 40,
+            "train.early_stopping_patience": 5,
+        },
+    ),
 }
 IMAGE_ONLY = {name for name, family in FAMILIES.items() if family.takes == "images"}
 # Text families take token ids (B, T); the data adds the tokenizer's vocab_size and pad_id.
@@ -211,7 +227,8 @@ DATA_ARGUMENTS = ("input_shape", "num_classes", "vocab_size", "pad_id")
 # the test a value must pass and the words for what it must be.
 LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     **dict.fromkeys(
-        ("width", "depth", "hidden", "blocks_per_stage", "heads", "layers", "embed_dim", "ffn_multiplier"),
+        ("width", "depth", "hidden", "blocks_per_stage", "heads", "layers", "embed_dim", "ffn_multiplier")
+        + ("dim", "negatives"),
         (lambda v: v >= 1, "a positive whole number"),
     ),
     "freeze_layers": (lambda v: v >= 0, "a whole number of layers, 0 or more"),

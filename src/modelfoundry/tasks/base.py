@@ -104,6 +104,8 @@ class Task:
     is_classifier = True
     objective_class = Objective
     default_monitor = "val_accuracy"
+    # what early stopping reads below config.SMALL_VAL validation examples, where the default moves in steps
+    small_val_monitor = "val_loss"
     # the numbers of a split that the registry, `runs list` and the CLI table show, best first
     headline = ("accuracy", "f1_macro", "roc_auc")
     # retrain/promote: the metric a challenger must beat the champion on, and which way is better
@@ -115,6 +117,7 @@ class Task:
     # model.name auto (the default where there are some): the families a run trains and compares on the
     # validation split, in order of preference on a tie; none: the default model is mlp
     auto_models: tuple[str, ...] = ()
+    default_model = "mlp"  # the family of a config that names none, where there are no auto_models
     # family -> {dotted key: value}: where this task's data wants other defaults than the family's recipe
     # (applied over it, under the user's keys)
     family_recipes: ClassVar[dict[str, dict]] = {}
@@ -153,6 +156,11 @@ class Task:
         return Objective(train_cfg.label_smoothing)
 
     # ---- data --------------------------------------------------------------------------------
+
+    def prepare_data(self, config, base_dir: Path, resplit=None):
+        """The whole of `data.prepare.prepare` for a task whose data are not labelled examples (a
+        `Prepared`), or None: the shared reading, checks and split of examples and their targets."""
+        return
 
     def load(self, data, base_dir: Path, path: Path, image_shape=None):
         """Read one source: (examples, raw targets, origin, extra report fields). Per kind of input."""

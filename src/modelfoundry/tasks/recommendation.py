@@ -1,0 +1,405 @@
+"""Recommendation: learn from user-item interactions, rank every item for each user.
+
+Data: a table of interactions, `data: {source, user, item, rating?, timestamp?}` (CSV, Parquet,
+JSONL). Without `rating` every row is a positive; `data.implicit_threshold` keeps the ratings at or
+above it as positives. Checks: the user and item columns exist (the closest names suggested), a
+rating is a number (row and column named), no id is empty; duplicate (user, item) pairs keep their
+latest row, and users and items with fewer than `data.min_interactions` rows are dropped: both
+counted in the data report.
+
+Split (never the future into training): each user's last interaction (by `timestamp`, or a seeded
+random one without it) is the test split, the one before it validation, the rest training; users with
+fewer than 3 interactions stay in training. Items seen only in validation or test are cold-start items,
+counted in the report.
+
+Models (models/registry.py): `popularity`, `mf`; training inputs are (user, positive item) pairs (the
+model draws the negatives), ranking inputs are users (B, 1) whose outputs are every item's score.
+Metrics: full ranking (evaluate/ranking.py) over the items the user did not interact with in training
+(test: nor in validation), beside the popularity baseline's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from modelfoundry.data import tabular
+from modelfoundry.errors import UserError, did_you_mean
+from modelfoundry.evaluate.ranking import ItemSets, popularity_scores, ranking_metrics
+from modelfoundry.tasks.base import Objective, Task
+
+FAMILIES = ("mf", "popularity")
+INTERACTIONS = "interactions.json"  # in the package: the users and every item each interacted with
+
+STARTER = """\
+# modelfoundry config: recommendation (rank items per user). Train with `foundry train config.yaml`.
+task: recommendation
+data:
+  source: interactions.csv   # .csv / .parquet / .jsonl, one row per interaction
+  user: user_id              # the user id column
+  item: item_id              # the item id column
+  # rating: rating           # a column of numbers; with implicit_threshold, ratings >= it are positives
+  # implicit_threshold: 4
+  # timestamp: timestamp     # each user's latest interactions are held out (else random ones)
+  min_interactions: 1        # drop users and items with fewer interactions
+model:
+  name: mf                   # or popularity (the baseline every report shows anyway)
+evaluate:
+  k: [10, 20]                # ndcg@10, recall@20, ...
+"""
+
+
+class RankingObjective(Objective):
+    """BPR (one drawn negative) or sampled softmax (several) on the model's (B, 1 + n) scores; validation:
+    full-ranking metrics of every validation user."""
+
+    monitors: ClassVar[dict[str, str]] = {
+        "val_loss": "min",
+        "val_mrr": "max",
+        **{f"val_{m}@{k}": "max" for m in ("ndcg", "recall", "hitrate") for k in (5, 10, 20, 50, 100)},
+    }
+
+    def __init__(self, ks: list[int]):
+        self.ks = ks
+
+    def loss(self, outputs, targets, weights=None):
+        if outputs.shape[1] == 2:  # BPR: the positive above the drawn negative
+            return -torch.nn.functional.logsigmoid(outputs[:, 0] - outputs[:, 1]).mean()
+        return torch.nn.functional.cross_entropy(outputs, torch.zeros_like(targets))
+
+    def metrics(self, outputs, targets) -> dict[str, float]:
+        scores = ranking_metrics(
+            outputs, targets.relevant, targets.exclude, self.ks, targets.popularity, with_loss=True
+        )
+        return {f"val_{k}": v for k, v in scores.items() if "@" in k or k in ("mrr", "loss")}
+
+    def line(self, record: dict) -> str:
+        k = self.ks[0]
+        return f"val_loss {record['val_loss']:.4f}  ndcg@{k} {record[f'val_ndcg@{k}']:.4f}"
+
+
+class RankingTargets:
+    """What ranking a split's users is scored against: each user's relevant items, the items excluded
+    from their ranking, and the training popularity (for the popularity bias)."""
+
+    def __init__(self, relevant: ItemSets, exclude: ItemSets, popularity: np.ndarray):
+        self.relevant, self.exclude, self.popularity = relevant, exclude, popularity
+
+    def numpy(self):
+        return self
+
+    def to(self, device):
+        return self
+
+    def __len__(self) -> int:
+        return len(self.relevant)
+
+
+class PairData:
+    """Training interactions: `batches` yields ((user, item) pairs (B, 2), zeros (B,))."""
+
+    def __init__(self, pairs: torch.Tensor):
+        self.inputs = pairs
+        self.targets = torch.zeros(len(pairs), dtype=torch.long, device=pairs.device)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def to(self, device) -> PairData:
+        return PairData(self.inputs.to(device))
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator=None):
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size].to(self.inputs.device)
+            yield self.inputs[idx], self.targets[idx]
+
+
+class RankingData:
+    """The users of a validation or test split: `batches` yields (user indices (B, 1), row numbers (B,));
+    `targets` says what their rankings are scored against."""
+
+    def __init__(self, users: torch.Tensor, targets: RankingTargets):
+        self.inputs, self.targets = users[:, None], targets
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def to(self, device) -> RankingData:
+        return RankingData(self.inputs[:, 0].to(device), self.targets)
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator=None):
+        for start in range(0, len(self), batch_size):
+            rows = torch.arange(start, min(start + batch_size, len(self)))
+            yield self.inputs[start : start + batch_size], rows
+
+
+class Recommendation(Task):
+    name = "recommendation"
+    kind = "interactions"
+    is_classifier = False
+    objective_class = RankingObjective
+    default_monitor = "val_ndcg@10"
+    small_val_monitor = "val_mrr"  # every user's full rank counts, not only the top 10's hits
+    default_model = "mf"
+    headline = ("ndcg@10", "recall@10", "hitrate@10", "mrr")
+    retrain_metric, retrain_higher_is_better = "ndcg@10", True
+    review_gap = ("ndcg@10", 0.05)
+    starter = STARTER
+
+    # ---- config ------------------------------------------------------------------------------
+
+    def check_config(self, cfg) -> list[str]:
+        data, problems = cfg.data, []
+        for key in ("user", "item"):
+            if not getattr(data, key):
+                problems.append(f"data.{key} is required for recommendation: name the {key} id column")
+        if data.label:
+            problems.append(
+                "data.label: recommendation reads data.user, data.item (and data.rating); remove data.label"
+            )
+        if data.implicit_threshold is not None and not data.rating:
+            problems.append("data.implicit_threshold needs data.rating: name the rating column")
+        if cfg.model.name is not None and cfg.model.name not in FAMILIES:
+            problems.append(
+                f"model.name: {cfg.model.name!r} is not a recommendation model; use one of "
+                f"{', '.join(FAMILIES)}.{did_you_mean(cfg.model.name, FAMILIES)}"
+            )
+        if not cfg.evaluate.k or any(k < 1 for k in cfg.evaluate.k):
+            problems.append(f"evaluate.k: {cfg.evaluate.k} must list cut-offs of 1 or more, e.g. [10, 20]")
+        for key in ("loss", "label_smoothing"):
+            if getattr(cfg.train, key):
+                problems.append(
+                    f"train.{key}: not used by recommendation (the model's loss is BPR); remove it"
+                )
+        if cfg.train.folds:
+            problems.append("train.folds: recommendation splits each user's history in time; remove it")
+        return problems + self.check_monitor(cfg)
+
+    def objective(self, train_cfg, target_spec: dict | None = None) -> Objective:
+        return RankingObjective((target_spec or {}).get("k", [10, 20]))
+
+    # ---- data --------------------------------------------------------------------------------
+
+    def prepare_data(self, config, base_dir: Path, resplit=None):
+        from modelfoundry.data.prepare import Prepared, resolve_source
+
+        if resplit is not None:
+            raise UserError("train.folds: recommendation splits each user's history in time; remove it.")
+        data = config.data
+        path = resolve_source(data.source, base_dir)
+        frame, report = read_interactions(path, data)
+        users = pd.Index(sorted(pd.unique(frame["user"])))
+        items = pd.Index(sorted(pd.unique(frame["item"])))
+        u = users.get_indexer(frame["user"])
+        i = items.get_indexer(frame["item"])
+        times = frame["time"].to_numpy() if data.timestamp else None
+        part = split_per_user(u, times, data.split.val > 0, data.split.test > 0, data.split.seed)
+        train = part == 0
+        popularity = np.bincount(i[train], minlength=len(items))
+        report["splits"] = {name: int((part == p).sum()) for p, name in enumerate(("train", "val", "test"))}
+        report["cold_start"] = {
+            name: {
+                "items": len(set(i[part == p]) - set(i[train])),
+                "users": len(set(u[part == p]) - set(u[train])),
+            }
+            for p, name in ((1, "val"), (2, "test"))
+        }
+        report["n_users"], report["n_items"] = len(users), len(items)
+        n = len(users)
+        seen_train = ItemSets.from_pairs(u[train], i[train], n)
+        seen_val = ItemSets.from_pairs(u[part <= 1], i[part <= 1], n)
+        parts = {"train": PairData(torch.as_tensor(np.stack([u[train], i[train]], 1), dtype=torch.long))}
+        for p, name, exclude in ((1, "val", seen_train), (2, "test", seen_val)):
+            held = part == p
+            who = np.unique(u[held])
+            if len(who) == 0:
+                parts[name] = None
+                continue
+            relevant = ItemSets.from_pairs(u[held], i[held], n).take(who)
+            parts[name] = RankingData(
+                torch.as_tensor(who), RankingTargets(relevant, exclude.take(who), popularity)
+            )
+        everything = ItemSets.from_pairs(u, i, n)  # the package excludes all a user interacted with
+        files = {
+            INTERACTIONS: json.dumps(
+                {"users": [str(x) for x in users], "seen": [everything.row(r).tolist() for r in range(n)]}
+            )
+        }
+        preprocessing = {"kind": "interactions", "popularity": popularity.tolist(), "user": data.user}
+        return Prepared(
+            parts["train"],
+            parts["val"],
+            parts["test"],
+            [str(x) for x in items],
+            (len(users),),
+            preprocessing,
+            report,
+            [],
+            files,
+            {"k": sorted(set(config.evaluate.k))},
+        )
+
+    def describe_targets(self, labels: list[str]) -> str:
+        return f"{len(labels):,} items"
+
+    # ---- predictions, metrics, report --------------------------------------------------------
+
+    def predictions(self, outputs, spec: dict) -> np.ndarray:
+        """Scores (U, I) of every item, numpy."""
+        return outputs.float().cpu().numpy()
+
+    def metrics(self, predictions, targets, spec: dict, labels=None) -> dict:
+        ks = spec.get("target", {}).get("k", [10, 20])
+        args = (targets.relevant, targets.exclude, ks, targets.popularity)
+        out = ranking_metrics(predictions, *args)
+        out["popularity"] = ranking_metrics(popularity_scores(targets.popularity, len(predictions)), *args)
+        out["n"] = out["users"]
+        return out
+
+    def mistakes(self, predictions, targets, spec: dict, display, k: int = 24) -> list[dict]:
+        return []
+
+    def shown(self, item) -> dict:
+        return {}
+
+    def score(self, predictions, targets, spec: dict) -> float:
+        return ranking_metrics(predictions, targets.relevant, targets.exclude, [10], targets.popularity)[
+            "ndcg@10"
+        ]
+
+
+# ---- reading and checking the interactions -------------------------------------------------------
+
+
+def read_interactions(path: Path, data) -> tuple[pd.DataFrame, dict]:
+    """The interactions as a frame of user, item (strings) and time (a number ordering each user's rows;
+    the row number without data.timestamp), checked; and the data report's counts."""
+    origin = str(path)
+    if path.is_dir():
+        raise UserError(
+            f"data.source: {path} is a folder; recommendation reads a .csv, .parquet or .jsonl file."
+        )
+    frame = tabular.read_table(path)
+    for key in ("user", "item", "rating", "timestamp"):
+        column = getattr(data, key)
+        if column and column not in frame.columns:
+            raise UserError(
+                f"{origin}: data.{key} column '{column}' not found.{did_you_mean(column, frame.columns)} "
+                f"Columns: {', '.join(map(str, frame.columns[:30]))}."
+            )
+    report: dict = {"source": origin, "n_rows": len(frame)}
+    out = pd.DataFrame({"user": frame[data.user], "item": frame[data.item]})
+    for key in ("user", "item"):
+        ids = out[key]
+        empty = ids.isna() | (ids.astype(str).str.strip() == "")
+        if empty.any():
+            row = int(np.argmax(empty.to_numpy()))
+            raise UserError(
+                f"{origin}: {tabular.row_name(origin, row)}, column '{getattr(data, key)}': the {key} id is "
+                f"empty ({int(empty.sum())} such rows). Fill in the ids or remove those rows."
+            )
+        out[key] = ids.map(_id_text)
+    if data.timestamp:
+        out["time"] = _times(frame[data.timestamp], data.timestamp, origin)
+    else:
+        out["time"] = np.arange(len(frame), dtype=np.float64)
+    if data.rating:
+        ratings, bad = tabular.as_numbers(frame[data.rating])
+        if bad is not None:
+            raise UserError(
+                f"{origin}: {tabular.row_name(origin, bad)}, rating column '{data.rating}': "
+                f"{tabular.plain(frame[data.rating].iloc[bad])} is not a number. Write ratings as numbers, "
+                "or leave data.rating out to count every row as a positive."
+            )
+        if data.implicit_threshold is not None:
+            positive = (ratings >= data.implicit_threshold).to_numpy()
+            report["below_threshold"] = int((~positive).sum())
+            out = out[positive]
+    out = out.sort_values("time", kind="stable")
+    duplicates = out.duplicated(["user", "item"], keep="last")
+    report["duplicate_pairs"] = int(duplicates.sum())
+    out = out[~duplicates]
+    out, report["too_few_interactions"] = _min_interactions(out, data.min_interactions)
+    if out.empty:
+        raise UserError(
+            f"{origin}: no interactions left after the threshold and data.min_interactions "
+            f"({data.min_interactions}). Lower them."
+        )
+    report["n_examples"] = len(out)
+    warnings = []
+    if report["duplicate_pairs"]:
+        warnings.append(f"{report['duplicate_pairs']} duplicate (user, item) pairs: kept the latest of each")
+    report["warnings"] = warnings
+    return out.reset_index(drop=True), report
+
+
+def _id_text(value) -> str:
+    """An id as text: 42.0 (a number column pandas read as float) is "42"."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _times(column: pd.Series, name: str, origin: str) -> np.ndarray:
+    numbers, bad = tabular.as_numbers(column)
+    if bad is None and numbers.notna().all():
+        return numbers.to_numpy(dtype=np.float64)
+    parsed = pd.to_datetime(column, errors="coerce", utc=True)
+    if parsed.isna().any():
+        row = int(np.argmax(parsed.isna().to_numpy()))
+        raise UserError(
+            f"{origin}: {tabular.row_name(origin, row)}, timestamp column '{name}': "
+            f"{tabular.plain(column.iloc[row])} is neither a number nor a date. Write times as numbers "
+            "(e.g. Unix seconds) or ISO dates, or leave data.timestamp out."
+        )
+    return parsed.astype("int64").to_numpy(dtype=np.float64)
+
+
+def _min_interactions(frame: pd.DataFrame, least: int) -> tuple[pd.DataFrame, dict]:
+    """Drop users and items with fewer than `least` interactions, until none is left (a few rounds)."""
+    dropped = {"users": 0, "items": 0, "interactions": 0}
+    if least <= 1:
+        return frame, dropped
+    for _ in range(10):
+        users = frame["user"].map(frame["user"].value_counts()) >= least
+        items = frame["item"].map(frame["item"].value_counts()) >= least
+        keep = users & items
+        if keep.all():
+            break
+        dropped["users"] += int(frame.loc[~users, "user"].nunique())
+        dropped["items"] += int(frame.loc[~items, "item"].nunique())
+        dropped["interactions"] += int((~keep).sum())
+        frame = frame[keep]
+    return frame, dropped
+
+
+def split_per_user(users: np.ndarray, times, val: bool, test: bool, seed: int) -> np.ndarray:
+    """Leave-last-out per user: 2 (test) for each user's last interaction, 1 (validation) for the one
+    before, 0 (training) for the rest; users with fewer than 3 interactions stay in training. `times`
+    (N,) orders each user's rows (ties by row order); None: a seeded random order per user."""
+    n = len(users)
+    if times is None:
+        times = np.random.default_rng(seed).permutation(n).astype(np.float64)
+    order = np.lexsort((times, users))
+    sorted_users = users[order]
+    counts = np.bincount(users)
+    ends = np.cumsum(counts)[sorted_users]  # each row's user's last position + 1, in sorted order
+    from_end = ends - np.arange(n)  # 1 for the user's last row
+    enough = counts[sorted_users] >= 3
+    part_sorted = np.zeros(n, dtype=np.int8)
+    held = [(2, test), (1, val)]
+    position = 1
+    for p, wanted in held:
+        if wanted:
+            part_sorted[enough & (from_end == position)] = p
+            position += 1
+    part = np.empty(n, dtype=np.int8)
+    part[order] = part_sorted
+    return part
