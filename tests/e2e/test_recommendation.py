@@ -4,13 +4,15 @@ interactions, serve recommendations and similar items."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from e2e_helpers import assert_ok, foundry
+import modelfoundry as mf
+from e2e_helpers import assert_ok, assert_user_error, foundry
 
 
 def interaction_frame(users: int = 60, items: int = 40, per_user: int = 12, seed: int = 0) -> pd.DataFrame:
@@ -30,7 +32,13 @@ def interaction_frame(users: int = 60, items: int = 40, per_user: int = 12, seed
 def rec_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("recommendation")
     home = folder / "runs"
-    interaction_frame().to_csv(folder / "inter.csv", index=False)
+    frame = interaction_frame(per_user=15)  # the first 12 of each user to train on, 3 that come later
+    order = frame.groupby("user_id").cumcount()
+    frame[order < 12].to_csv(folder / "inter.csv", index=False)
+    later = pd.concat(
+        [frame[order >= 12], pd.DataFrame([("stranger", "i1", 5, 10**6)], columns=frame.columns)]
+    )
+    later.to_csv(folder / "later.csv", index=False)
     config = folder / "rec.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -44,11 +52,11 @@ def rec_run(tmp_path_factory):
     )
     result = foundry("train", config, "--run-dir", home / "rec", cwd=folder, home=home)
     assert_ok(result)
-    return folder, home, home / "rec", result
+    return SimpleNamespace(folder=folder, home=home, path=home / "rec", result=result)
 
 
 def test_mf_learns_the_taste_groups_and_beats_the_popularity_baseline_shown_beside_it(rec_run):
-    _folder, _home, run, result = rec_run
+    run, result = rec_run.path, rec_run.result
     assert "test ndcg@10" in result.stdout and "test ndcg@10 of popularity" in result.stdout
     test = json.loads((run / "metrics.json").read_text())["test"]
     assert {"ndcg@10", "recall@20", "hitrate@10", "mrr", "coverage@10", "popularity_bias@10"} <= set(test)
@@ -57,3 +65,42 @@ def test_mf_learns_the_taste_groups_and_beats_the_popularity_baseline_shown_besi
     report = json.loads((run / "data_report.json").read_text())
     assert report["splits"]["test"] == 60 and report["duplicate_pairs"] > 0
     assert report["cold_start"]["test"] == {"items": 0, "users": 0}
+
+
+def test_predict_recommends_unseen_items_and_says_when_a_user_is_new(rec_run):
+    run = rec_run.path
+    seen = set(pd.read_csv(rec_run.folder / "inter.csv").query("user_id == 'u3'")["item_id"])
+    answers = mf.load(run).recommend(["u3", "nobody"], k=5)
+    assert len(answers[0]["items"]) == 5 and not {i["item"] for i in answers[0]["items"]} & seen
+    assert answers[1]["cold_start"] and "cold start" in answers[1]["note"]
+    result = foundry("predict", run, "--user", "nobody", "--k", "3", cwd=rec_run.folder, home=rec_run.home)
+    assert_ok(result)
+    assert "new to the model (cold start)" in result.stderr and len(result.stdout.splitlines()) == 4
+    for k in ("0", "41"):  # 40 items
+        bad = foundry("predict", run, "--user", "u3", "--k", k, cwd=rec_run.folder, home=rec_run.home)
+        assert_user_error(bad, f"k: {k} must be a whole number from 1 to 40")
+
+
+def test_evaluate_ranks_later_interactions_against_everything_the_user_has_not_seen(rec_run):
+    result = foundry(
+        "evaluate", rec_run.path, "--data", "later.csv", "--json", cwd=rec_run.folder, home=rec_run.home
+    )
+    assert_ok(result)
+    test = json.loads(result.stdout)["metrics"]["test"]
+    assert test["new_users"] == 1  # "stranger" cannot be ranked for; counted
+    assert 0 < test["users"] <= 60 and test["ndcg@10"] > test["popularity"]["ndcg@10"]
+
+
+def test_the_service_recommends_finds_similar_items_and_refuses_a_bad_k(rec_run, client_for):
+    client = client_for(rec_run)
+    answer = client.post("/v1/recommend", json={"user": "u3", "k": 4}).json()
+    assert answer["user"] == "u3" and len(answer["items"]) == 4 and not answer["cold_start"]
+    cold = client.post("/v1/recommend", json={"user": "someone new", "k": 2}).json()
+    assert cold["cold_start"] and "most popular" in cold["note"]
+    for k in (0, 1000):
+        bad = client.post("/v1/recommend", json={"user": "u3", "k": k})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "k"
+    similar = client.post("/v1/similar", json={"item": "i1", "k": 3}).json()
+    assert len(similar["items"]) == 3 and "i1" not in {i["item"] for i in similar["items"]}
+    unknown = client.post("/v1/similar", json={"item": "i999"})
+    assert unknown.status_code == 404 and "not an item of this model" in unknown.json()["error"]["message"]

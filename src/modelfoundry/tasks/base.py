@@ -370,6 +370,15 @@ class Task:
             )
         return value
 
+    def recommend(self, predictor, users: list, k: int, exclude_seen: bool) -> list[dict]:
+        """The k best items per user; only recommendation models recommend."""
+        raise InputError(
+            422, "user", f"a {self.name} model does not recommend items; it predicts from inputs."
+        )
+
+    def similar(self, predictor, item, k: int) -> list[dict]:
+        raise InputError(422, "item", f"a {self.name} model does not find similar items.")
+
     def card(self, spec: dict) -> dict:
         """What the model card (`/v1/model`, the page) says about this task's inputs."""
         return {}

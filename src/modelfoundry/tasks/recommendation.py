@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from modelfoundry.data import tabular
-from modelfoundry.errors import UserError, did_you_mean
+from modelfoundry.errors import InputError, UserError, did_you_mean
 from modelfoundry.evaluate.ranking import ItemSets, popularity_scores, ranking_metrics
 from modelfoundry.tasks.base import Objective, Task
 
@@ -232,7 +232,10 @@ class Recommendation(Task):
                 {"users": [str(x) for x in users], "seen": [everything.row(r).tolist() for r in range(n)]}
             )
         }
-        preprocessing = {"kind": "interactions", "popularity": popularity.tolist(), "user": data.user}
+        columns = {
+            key: getattr(data, key) for key in ("user", "item", "rating", "timestamp", "implicit_threshold")
+        }
+        preprocessing = {"kind": "interactions", "popularity": popularity.tolist(), "columns": columns}
         return Prepared(
             parts["train"],
             parts["val"],
@@ -261,6 +264,7 @@ class Recommendation(Task):
         out = ranking_metrics(predictions, *args)
         out["popularity"] = ranking_metrics(popularity_scores(targets.popularity, len(predictions)), *args)
         out["n"] = out["users"]
+        out.update(getattr(targets, "notes", {}))
         return out
 
     def mistakes(self, predictions, targets, spec: dict, display, k: int = 24) -> list[dict]:
@@ -273,6 +277,165 @@ class Recommendation(Task):
         return ranking_metrics(predictions, targets.relevant, targets.exclude, [10], targets.popularity)[
             "ndcg@10"
         ]
+
+    # ---- the Predictor and the HTTP service --------------------------------------------------
+
+    def card(self, spec: dict) -> dict:
+        return {"users": spec["input_shape"][0], "items": len(spec["labels"])}
+
+    def encode_inputs(self, predictor, inputs, origin: str = "input"):
+        """User ids (known to the model) -> their indices (N, 1)."""
+        index = known(predictor)["index"]
+        users = [inputs] if isinstance(inputs, (str, int)) else list(inputs)
+        missing = [u for u in users if str(u) not in index]
+        if missing:
+            raise UserError(f"{origin}: user {missing[0]!r} is not a user of this model; use recommend().")
+        return torch.tensor([[index[str(u)]] for u in users], dtype=torch.long)
+
+    def recommend(self, predictor, users: list, k: int, exclude_seen: bool) -> list[dict]:
+        """Top k per user by one matrix product and `topk` over every item; a user the model never saw
+        (cold start) gets the most popular items, and the answer says so."""
+        items = predictor.labels
+        check_k(k, len(items), "k")
+        state = known(predictor)
+        names = [str(u) for u in users]
+        rows = [state["index"].get(u) for u in names]
+        warm = [r for r in rows if r is not None]
+        scores = {}
+        if warm:
+            device = next(predictor.model.parameters()).device
+            with torch.inference_mode():
+                out = predictor.model(torch.tensor(warm, device=device)[:, None]).float().cpu()  # (B, I)
+                if exclude_seen:
+                    out = out.masked_fill(_seen_mask(state["seen"], warm, len(items)), -torch.inf)
+                top = out.topk(k, dim=1)
+            scores = {r: (top.indices[j].tolist(), top.values[j].tolist()) for j, r in enumerate(warm)}
+        popular = state["popular"][:k]
+        answers = []
+        for name, r in zip(names, rows):
+            if r is None:
+                listed = [(i, float(state["popularity"][i])) for i in popular]
+                note = f"user {name!r} is new to the model (cold start): the {k} most popular items"
+            else:
+                listed = [(i, v) for i, v in zip(*scores[r]) if v != -torch.inf]
+                note = None
+            answer = {
+                "user": name,
+                "cold_start": r is None,
+                "items": [
+                    {"item": items[i], "score": round(float(v), 6), **title(state, i)} for i, v in listed
+                ],
+            }
+            if note:
+                answer["note"] = note
+            answers.append(answer)
+        return answers
+
+    def similar(self, predictor, item, k: int) -> list[dict]:
+        """The k items whose vectors point most the same way (cosine) as `item`'s."""
+        items = predictor.labels
+        check_k(k, len(items) - 1, "k")
+        position = known(predictor)["items"].get(str(item))
+        if position is None:
+            raise InputError(
+                404, "item", f"item {item!r} is not an item of this model.{did_you_mean(str(item), items)}"
+            )
+        if not hasattr(predictor.model, "item_vectors") or predictor.spec["model"]["name"] == "popularity":
+            raise InputError(
+                422, "item", "this model has no item vectors to compare; train mf for similar items."
+            )
+        with torch.inference_mode():
+            vectors = torch.nn.functional.normalize(predictor.model.item_vectors().float().cpu(), dim=1)
+            cosine = vectors @ vectors[position]
+            cosine[position] = -torch.inf
+            top = cosine.topk(k)
+        state = known(predictor)
+        return [
+            {"item": items[i], "score": round(float(v), 6), **title(state, i)}
+            for i, v in zip(top.indices.tolist(), top.values.tolist())
+        ]
+
+    # ---- evaluation of new data --------------------------------------------------------------
+
+    def read_labelled(self, predictor, source: Path, label: str | None):
+        """Interactions that came after the run's data: each known user's items in the file are ranked
+        against every item but those the user interacted with anywhere in the run's data."""
+        from modelfoundry.config import DataConfig
+
+        columns = predictor.spec["preprocessing"]["columns"]
+        frame, _ = read_interactions(source, DataConfig(source=str(source), **columns))
+        state = known(predictor)
+        user_rows = frame["user"].map(state["index"])
+        item_rows = frame["item"].map(state["items"])
+        usable = user_rows.notna() & item_rows.notna()
+        if not usable.any():
+            raise UserError(
+                f"--data: {source}: none of its {len(frame):,} interactions is of a user and an item this "
+                f"model knows (e.g. user {frame['user'].iloc[0]!r}, item {frame['item'].iloc[0]!r}). "
+                "Evaluate "
+                "on later interactions of the users and items the run was trained on."
+            )
+        u, i = user_rows[usable].astype(int).to_numpy(), item_rows[usable].astype(int).to_numpy()
+        who = np.unique(u)
+        n = len(state["index"])
+        targets = RankingTargets(
+            ItemSets.from_pairs(u, i, n).take(who),
+            state["seen"].take(who),
+            np.asarray(predictor.spec["preprocessing"]["popularity"]),
+        )
+        targets.notes = {
+            "new_users": int(frame.loc[user_rows.isna(), "user"].nunique()),
+            "new_items": int(frame.loc[item_rows.isna(), "item"].nunique()),
+            "interactions_scored": int(usable.sum()),
+        }
+        return [state["users"][r] for r in who], targets, None
+
+    def encode_targets(self, raw, spec: dict, origin: str):
+        return raw
+
+
+def known(predictor) -> dict:
+    """What the package says about users and items, read once per Predictor: user id -> row, item id ->
+    column, each user's seen items (all the run's data), the popularity order and item titles."""
+    state = predictor.extras.get("recommendation")
+    if state is None:
+        saved = json.loads((predictor.path / INTERACTIONS).read_text())
+        seen = saved["seen"]
+        counts = np.array([len(s) for s in seen], dtype=np.int64)
+        popularity = np.asarray(predictor.spec["preprocessing"]["popularity"])
+        state = {
+            "users": saved["users"],
+            "index": {u: r for r, u in enumerate(saved["users"])},
+            "items": {item: c for c, item in enumerate(predictor.labels)},
+            "seen": ItemSets(
+                np.concatenate([[0], np.cumsum(counts)]),
+                np.concatenate([np.asarray(s, dtype=np.int64) for s in seen])
+                if seen
+                else np.zeros(0, np.int64),
+            ),
+            "popularity": popularity,
+            "popular": np.argsort(-popularity, kind="stable").tolist(),
+            "titles": saved.get("titles"),
+        }
+        predictor.extras["recommendation"] = state
+    return state
+
+
+def _seen_mask(seen: ItemSets, rows: list[int], n_items: int) -> torch.Tensor:
+    """(len(rows), n_items) bool: the items each of these users interacted with."""
+    return seen.take(np.asarray(rows)).mask(0, len(rows), n_items)
+
+
+def title(state: dict, column: int) -> dict:
+    titles = state.get("titles")
+    return {"title": titles[column]} if titles and titles[column] is not None else {}
+
+
+def check_k(k, most: int, field: str) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > most:
+        raise InputError(
+            422, field, f"k: {k!r} must be a whole number from 1 to {most} (the items this model can list)."
+        )
 
 
 # ---- reading and checking the interactions -------------------------------------------------------
