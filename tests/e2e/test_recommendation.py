@@ -39,12 +39,22 @@ def rec_run(tmp_path_factory):
         [frame[order >= 12], pd.DataFrame([("stranger", "i1", 5, 10**6)], columns=frame.columns)]
     )
     later.to_csv(folder / "later.csv", index=False)
+    titles = pd.DataFrame(
+        {"item_id": [f"i{i}" for i in range(41)], "title": [f"Film {i}" for i in range(41)]}
+    )
+    titles.to_csv(folder / "items.csv", index=False)  # i40 has no interaction: counted
     config = folder / "rec.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "task": "recommendation",
-                "data": {"source": "inter.csv", "user": "user_id", "item": "item_id", "timestamp": "ts"},
+                "data": {
+                    "source": "inter.csv",
+                    "user": "user_id",
+                    "item": "item_id",
+                    "timestamp": "ts",
+                    "items": "items.csv",
+                },
                 "model": {"name": "mf", "dim": 16},
                 "train": {"epochs": 20, "batch_size": 64, "lr": 0.02},
             }
@@ -65,6 +75,14 @@ def test_mf_learns_the_taste_groups_and_beats_the_popularity_baseline_shown_besi
     report = json.loads((run / "data_report.json").read_text())
     assert report["splits"]["test"] == 60 and report["duplicate_pairs"] > 0
     assert report["cold_start"]["test"] == {"items": 0, "users": 0}
+    assert report["items_table"] == {"rows": 41, "without_interactions": 1}
+
+
+def test_the_report_compares_with_popularity_per_activity_and_shows_example_users_with_titles(rec_run):
+    page = (rec_run.path / "report.html").read_text()
+    assert "Ranking metrics against popularity" in page and "popularity_bias@10" in page
+    assert "By user activity" in page and "items before" in page
+    assert page.count("<h3>user ") == 5 and "held out: " in page and "(Film " in page
 
 
 def test_predict_recommends_unseen_items_and_says_when_a_user_is_new(rec_run):

@@ -96,3 +96,12 @@ def test_a_recommendation_config_needs_user_and_item_and_a_ranking_model():
     assert "'mlp' is not a recommendation model" in message
     cfg, _ = load_config({"task": "recommendation", "data": {"source": "x.csv", "user": "u", "item": "i"}})
     assert cfg.model.name == "mf" and cfg.train.monitor == "val_ndcg@10" and cfg.evaluate.k == [10, 20]
+
+
+def test_an_item_table_whose_ids_match_no_interaction_is_refused(tmp_path):
+    source = interactions(tmp_path / "r.csv", [("u1", "i1", 1, 1), ("u1", "i2", 1, 2)])
+    pd.DataFrame({"item_id": [1, 2], "title": ["A", "B"]}).to_csv(tmp_path / "items.csv", index=False)
+    cfg, base = config(source, items=str(tmp_path / "items.csv"))
+    with pytest.raises(UserError) as info:
+        prepare(cfg, base)
+    assert "none of the 2 ids in column 'item_id'" in str(info.value) and "(e.g. 'i1')" in str(info.value)

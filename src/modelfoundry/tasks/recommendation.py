@@ -87,8 +87,11 @@ class RankingTargets:
     """What ranking a split's users is scored against: each user's relevant items, the items excluded
     from their ranking, and the training popularity (for the popularity bias)."""
 
-    def __init__(self, relevant: ItemSets, exclude: ItemSets, popularity: np.ndarray):
+    def __init__(
+        self, relevant: ItemSets, exclude: ItemSets, popularity: np.ndarray, users=None, titles=None
+    ):
         self.relevant, self.exclude, self.popularity = relevant, exclude, popularity
+        self.users, self.titles = users, titles  # the rows' user ids and item titles, for the report
 
     def numpy(self):
         return self
@@ -197,6 +200,7 @@ class Recommendation(Task):
         frame, report = read_interactions(path, data)
         users = pd.Index(sorted(pd.unique(frame["user"])))
         items = pd.Index(sorted(pd.unique(frame["item"])))
+        titles = item_titles(data, base_dir, items, report) if data.items else None
         u = users.get_indexer(frame["user"])
         i = items.get_indexer(frame["item"])
         times = frame["time"].to_numpy() if data.timestamp else None
@@ -224,12 +228,17 @@ class Recommendation(Task):
                 continue
             relevant = ItemSets.from_pairs(u[held], i[held], n).take(who)
             parts[name] = RankingData(
-                torch.as_tensor(who), RankingTargets(relevant, exclude.take(who), popularity)
+                torch.as_tensor(who),
+                RankingTargets(relevant, exclude.take(who), popularity, [users[w] for w in who], titles),
             )
         everything = ItemSets.from_pairs(u, i, n)  # the package excludes all a user interacted with
         files = {
             INTERACTIONS: json.dumps(
-                {"users": [str(x) for x in users], "seen": [everything.row(r).tolist() for r in range(n)]}
+                {
+                    "users": [str(x) for x in users],
+                    "seen": [everything.row(r).tolist() for r in range(n)],
+                    "titles": titles,
+                }
             )
         }
         columns = {
@@ -269,6 +278,13 @@ class Recommendation(Task):
 
     def mistakes(self, predictions, targets, spec: dict, display, k: int = 24) -> list[dict]:
         return []
+
+    def report_sections(self, predictions, targets, spec: dict) -> list[tuple[str, str, str]]:
+        if predictions is None:
+            return []
+        from modelfoundry.evaluate.ranking_report import sections
+
+        return sections(predictions, targets, spec["labels"], spec.get("target", {}).get("k", [10, 20]))
 
     def shown(self, item) -> dict:
         return {}
@@ -501,6 +517,35 @@ def read_interactions(path: Path, data) -> tuple[pd.DataFrame, dict]:
         warnings.append(f"{report['duplicate_pairs']} duplicate (user, item) pairs: kept the latest of each")
     report["warnings"] = warnings
     return out.reset_index(drop=True), report
+
+
+def item_titles(data, base_dir: Path, items: pd.Index, report: dict) -> list[str | None]:
+    """data.items: a side table of the items, keyed by the data.item column; its `title` column (else
+    `movie_title` or `name`) names each item in the report and the served answers. An id of it that
+    matches no interaction is counted; a table none of whose ids match is an error (a wrong key)."""
+    from modelfoundry.data.prepare import resolve_source
+
+    path = resolve_source(data.items, base_dir, "data.items")
+    table = tabular.read_table(path)
+    if data.item not in table.columns:
+        raise UserError(
+            f"data.items: {path} has no column '{data.item}' (data.item) to match the interactions by."
+            f"{did_you_mean(data.item, table.columns)} Columns: {', '.join(table.columns[:30])}."
+        )
+    ids = table[data.item].map(_id_text)
+    matched = ids.isin(items)
+    if not matched.any():
+        raise UserError(
+            f"data.items: none of the {len(ids):,} ids in column '{data.item}' of {path} "
+            f"(e.g. {ids.iloc[0]!r}) matches an item of the interactions (e.g. {items[0]!r}). Use the same "
+            "ids in both files."
+        )
+    report["items_table"] = {"rows": len(ids), "without_interactions": int((~matched).sum())}
+    column = next((c for c in ("title", "movie_title", "name") if c in table.columns), None)
+    if column is None:
+        return None
+    names = dict(zip(ids, table[column].astype(str)))
+    return [names.get(item) for item in items]
 
 
 def _id_text(value) -> str:
