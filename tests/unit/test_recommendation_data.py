@@ -64,7 +64,7 @@ def test_the_data_report_counts_duplicates_dropped_users_and_the_threshold(tmp_p
     assert report["below_threshold"] == 18 and report["duplicate_pairs"] == 1
     assert report["too_few_interactions"]["users"] == 1  # "lonely"
     assert report["splits"] == {"train": 6, "val": 6, "test": 6}
-    assert data.labels == ["i1", "i3", "i5"] and data.input_shape == (6,)
+    assert data.labels == ["i1", "i3", "i5"] and data.input_shape == (6, 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -105,3 +105,42 @@ def test_an_item_table_whose_ids_match_no_interaction_is_refused(tmp_path):
     with pytest.raises(UserError) as info:
         prepare(cfg, base)
     assert "none of the 2 ids in column 'item_id'" in str(info.value) and "(e.g. 'i1')" in str(info.value)
+
+
+def test_two_tower_reads_user_and_item_side_features_and_learns_them_into_its_package(tmp_path, monkeypatch):
+    import modelfoundry as mf
+    from modelfoundry.runner import train
+
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "home"))
+    rows = [(f"u{u}", f"i{(u + j) % 8}", 5, j) for u in range(12) for j in range(5)]
+    source = interactions(tmp_path / "r.csv", rows)
+    users = pd.DataFrame({"user_id": [f"u{u}" for u in range(12)], "age": range(12), "job": ["x", "y"] * 6})
+    users.to_csv(tmp_path / "users.csv", index=False)
+    items = pd.DataFrame(
+        {"item_id": [f"i{i}" for i in range(8)], "genre": list("abab" * 2), "title": list("ABCDEFGH")}
+    )
+    items.to_csv(tmp_path / "items.csv", index=False)
+    cfg = {
+        "task": "recommendation",
+        "data": {
+            "source": str(source),
+            "user": "user_id",
+            "item": "item_id",
+            "timestamp": "ts",
+            "users": str(tmp_path / "users.csv"),
+            "items": str(tmp_path / "items.csv"),
+        },
+        "model": {"name": "two_tower", "dim": 8, "hidden": 16},
+        "train": {"epochs": 2, "batch_size": 16},
+    }
+    run = train(cfg, run_dir=tmp_path / "run")
+    spec_shape = mf.load(run.path).spec["input_shape"]
+    assert spec_shape == [
+        12,
+        3,
+        2,
+    ]  # age (a number), job (2 values) / genre (2 values); titles are not features
+    predictor = mf.load(run.path)
+    assert predictor.model.user_side[:, 0].std() > 0  # the buffers came back from the package
+    answer = predictor.recommend("u1", k=2)[0]
+    assert len(answer["items"]) == 2 and "title" in answer["items"][0]

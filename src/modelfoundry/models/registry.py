@@ -205,6 +205,7 @@ FAMILIES: dict[str, Family] = {
     "popularity": Family(
         "modelfoundry.models.popularity:build_popularity", "interactions", trains="fit_popularity"
     ),
+    "two_tower": Family("modelfoundry.models.two_tower:build_two_tower", "interactions", width_option="dim"),
     "mf": Family(
         "modelfoundry.models.mf:build_mf",
         "interactions",

@@ -33,7 +33,7 @@ from modelfoundry.errors import InputError, UserError, did_you_mean
 from modelfoundry.evaluate.ranking import ItemSets, popularity_scores, ranking_metrics
 from modelfoundry.tasks.base import Objective, Task
 
-FAMILIES = ("mf", "popularity")
+FAMILIES = ("mf", "two_tower", "popularity")
 INTERACTIONS = "interactions.json"  # in the package: the users and every item each interacted with
 
 STARTER = """\
@@ -114,7 +114,9 @@ class PairData:
         return len(self.inputs)
 
     def to(self, device) -> PairData:
-        return PairData(self.inputs.to(device))
+        moved = PairData(self.inputs.to(device))
+        moved.side = getattr(self, "side", {})
+        return moved
 
     def batches(self, batch_size: int, shuffle: bool = False, generator=None):
         n = len(self)
@@ -220,6 +222,10 @@ class Recommendation(Task):
         seen_train = ItemSets.from_pairs(u[train], i[train], n)
         seen_val = ItemSets.from_pairs(u[part <= 1], i[part <= 1], n)
         parts = {"train": PairData(torch.as_tensor(np.stack([u[train], i[train]], 1), dtype=torch.long))}
+        parts["train"].side = {
+            "user_side": side_features(data.users, data.user, "data.users", base_dir, users, report),
+            "item_side": side_features(data.items, data.item, "data.items", base_dir, items, report),
+        }
         for p, name, exclude in ((1, "val", seen_train), (2, "test", seen_val)):
             held = part == p
             who = np.unique(u[held])
@@ -250,7 +256,11 @@ class Recommendation(Task):
             parts["val"],
             parts["test"],
             [str(x) for x in items],
-            (len(users),),
+            (
+                len(users),
+                parts["train"].side["user_side"].shape[1],
+                parts["train"].side["item_side"].shape[1],
+            ),
             preprocessing,
             report,
             [],
@@ -523,29 +533,67 @@ def item_titles(data, base_dir: Path, items: pd.Index, report: dict) -> list[str
     """data.items: a side table of the items, keyed by the data.item column; its `title` column (else
     `movie_title` or `name`) names each item in the report and the served answers. An id of it that
     matches no interaction is counted; a table none of whose ids match is an error (a wrong key)."""
-    from modelfoundry.data.prepare import resolve_source
 
-    path = resolve_source(data.items, base_dir, "data.items")
-    table = tabular.read_table(path)
-    if data.item not in table.columns:
-        raise UserError(
-            f"data.items: {path} has no column '{data.item}' (data.item) to match the interactions by."
-            f"{did_you_mean(data.item, table.columns)} Columns: {', '.join(table.columns[:30])}."
-        )
-    ids = table[data.item].map(_id_text)
-    matched = ids.isin(items)
-    if not matched.any():
-        raise UserError(
-            f"data.items: none of the {len(ids):,} ids in column '{data.item}' of {path} "
-            f"(e.g. {ids.iloc[0]!r}) matches an item of the interactions (e.g. {items[0]!r}). Use the same "
-            "ids in both files."
-        )
-    report["items_table"] = {"rows": len(ids), "without_interactions": int((~matched).sum())}
+    table, ids = side_table(data.items, data.item, "data.items", base_dir, items, report)
     column = next((c for c in ("title", "movie_title", "name") if c in table.columns), None)
     if column is None:
         return None
     names = dict(zip(ids, table[column].astype(str)))
     return [names.get(item) for item in items]
+
+
+def side_table(source: str, key: str, name: str, base_dir: Path, ids: pd.Index, report: dict):
+    """A side table (data.users / data.items) and its ids as text, matched to the interactions' by the
+    column `key` (data.user / data.item). Ids without interactions are counted in the report; a table
+    none of whose ids match is an error (a wrong key or id format)."""
+    from modelfoundry.data.prepare import resolve_source
+
+    path = resolve_source(source, base_dir, name)
+    table = tabular.read_table(path)
+    if key not in table.columns:
+        raise UserError(
+            f"{name}: {path} has no column '{key}' to match the interactions by."
+            f"{did_you_mean(key, table.columns)} Columns: {', '.join(table.columns[:30])}."
+        )
+    keys = table[key].map(_id_text)
+    matched = keys.isin(ids)
+    if not matched.any():
+        raise UserError(
+            f"{name}: none of the {len(keys):,} ids in column '{key}' of {path} (e.g. {keys.iloc[0]!r}) "
+            f"matches an id of the interactions (e.g. {ids[0]!r}). Use the same ids in both files."
+        )
+    report[f"{name.removeprefix('data.')}_table"] = {
+        "rows": len(keys),
+        "without_interactions": int((~matched).sum()),
+    }
+    return table, keys
+
+
+SIDE_CATEGORIES = 20  # a side column's most common values each get a feature; the rest share one
+NOT_FEATURES = ("title", "movie_title", "name")
+
+
+def side_features(source, key: str, name: str, base_dir: Path, ids: pd.Index, report: dict) -> np.ndarray:
+    """(len(ids), F) float32 features of a side table, in the order of `ids` (zeros without one): numbers
+    standardised, other columns one-hot over their most common values; titles and columns of mostly
+    distinct text (zip codes) left out."""
+    if not source:
+        return np.zeros((len(ids), 0), dtype=np.float32)
+    table, keys = side_table(source, key, name, base_dir, ids, report)
+    table = table.assign(**{key: keys}).drop_duplicates(key).set_index(key).reindex(ids)
+    blocks = []
+    for column in table.columns:
+        values = table[column]
+        numbers, bad = tabular.as_numbers(values)
+        if bad is None and numbers.notna().any():
+            std = numbers.std() or 1.0
+            blocks.append(((numbers - numbers.mean()) / std).fillna(0.0).to_numpy()[:, None])
+        elif column not in NOT_FEATURES and values.nunique() <= max(SIDE_CATEGORIES * 5, len(values) // 10):
+            common = values.value_counts().index[:SIDE_CATEGORIES]
+            blocks.append(np.stack([(values == c).to_numpy() for c in common], 1))
+    if not blocks:
+        return np.zeros((len(ids), 0), dtype=np.float32)
+    return np.concatenate(blocks, 1).astype(np.float32)
 
 
 def _id_text(value) -> str:
