@@ -227,9 +227,11 @@ def main() -> None:
         rows[1:1] = tune_implicit(data)
         latency = serve_latency(run, home)
     lines = [
-        f"MovieLens-100k, ratings >= 4 as positives ({data.report['n_examples']:,} interactions, "
-        f"{data.input_shape[0]} users, {len(data.labels)} items), temporal leave-last-out per user, "
-        f"{data.report['splits']['test']} test users; full ranking over every item not seen in training.",
+        (
+            f"MovieLens-100k, ratings >= 4 as positives ({data.report['n_examples']:,} interactions, "
+            f"{data.input_shape[0]} users, {len(data.labels)} items), temporal leave-last-out per user, "
+            f"{data.report['splits']['test']} test users; full ranking over every item not seen in training."
+        ),
         "",
         "| model | val ndcg@10 | test ndcg@10 | test recall@10 | test mrr | coverage@10 | seconds |",
         "|---|---|---|---|---|---|---|",
@@ -243,11 +245,14 @@ def main() -> None:
     best_other = max(r["ndcg@10"] for r in rows[1:])
     lines += [
         "",
-        f"foundry's default against the best of the others (test ndcg@10): {rows[0]['ndcg@10']:.4f} vs "
-        f"{best_other:.4f} (target: >=). Training time of foundry's default (data, training, evaluation, "
-        f"report, package): {seconds:.1f} s (target < 60 s). `foundry serve` `POST /v1/recommend` at "
-        f"concurrency 1, {latency['requests']} requests: p50 {latency['p50']:.2f} ms, p99 {latency['p99']:.2f} ms "
-        "(target p50 < 5 ms). The seconds of the implicit models are one fit of the picked setting.",
+        (
+            f"foundry's default against the best of the others (test ndcg@10): {rows[0]['ndcg@10']:.4f} vs "
+            f"{best_other:.4f} (target: >=). Training time of foundry's default (data, training, evaluation, "
+            f"report, package): {seconds:.1f} s (target < 60 s). `foundry serve` `POST /v1/recommend` at "
+            f"concurrency 1, {latency['requests']} requests: p50 {latency['p50']:.2f} ms, "
+            f"p99 {latency['p99']:.2f} ms (target p50 < 5 ms). The seconds of the implicit models are one "
+            "fit of the picked setting."
+        ),
         f"CPU: {cpu_model()}.",
     ]
     table = "\n".join(lines)

@@ -4,6 +4,7 @@ interactions, serve recommendations and similar items."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 import modelfoundry as mf
-from e2e_helpers import assert_ok, assert_user_error, foundry
+from e2e_helpers import assert_ok, assert_user_error, foundry, one_line
 
 
 def interaction_frame(users: int = 60, items: int = 40, per_user: int = 12, seed: int = 0) -> pd.DataFrame:
@@ -122,3 +123,28 @@ def test_the_service_recommends_finds_similar_items_and_refuses_a_bad_k(rec_run,
     assert len(similar["items"]) == 3 and "i1" not in {i["item"] for i in similar["items"]}
     unknown = client.post("/v1/similar", json={"item": "i999"})
     assert unknown.status_code == 404 and "not an item of this model" in unknown.json()["error"]["message"]
+
+
+def test_clicks_and_likes_are_stored_as_interactions_and_retrain_compares_on_the_frozen_test_split(
+    rec_run, client_for
+):
+    client = client_for(rec_run)
+    for n in range(8):
+        sent = client.post(
+            "/v1/feedback", json={"input": {"user": f"u{n}", "item": f"i{n}"}, "label": "like"}
+        )
+        assert sent.status_code == 201, sent.text
+    bad = client.post("/v1/feedback", json={"input": {"user": "u1", "item": "i999"}, "label": "like"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "input.item"
+    wrong = client.post("/v1/feedback", json={"input": {"user": "u1", "item": "i1"}, "label": "stars"})
+    assert wrong.status_code == 422 and "click, like" in wrong.json()["error"]["message"]
+    assert_ok(foundry("models", "alias", "rec", "champion", cwd=rec_run.folder, home=rec_run.home))
+    result = foundry("retrain", "champion", cwd=rec_run.folder, home=rec_run.home)
+    assert_ok(result)
+    assert "holdout ndcg@10 (60)" in one_line(result.stdout)
+    report = Path(one_line(result.stdout).split("report: ")[1].split()[0])
+    comparison = json.loads(report.with_name("comparison.json").read_text())
+    assert comparison["metric"] == "ndcg@10" and comparison["examples"]["holdout"] == 60
+    assert comparison["examples"]["feedback_trained"] + comparison["examples"]["feedback"] == 8
+    assert comparison["promoted"] is False  # without --promote only the comparison is made
+    assert 0 < comparison["champion"]["holdout"] < 1 and 0 < comparison["challenger"]["holdout"] < 1

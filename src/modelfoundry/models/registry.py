@@ -229,9 +229,10 @@ DATA_ARGUMENTS = ("input_shape", "num_classes", "vocab_size", "pad_id")
 LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     **dict.fromkeys(
         ("width", "depth", "hidden", "blocks_per_stage", "heads", "layers", "embed_dim", "ffn_multiplier")
-        + ("dim", "negatives"),
+        + ("dim",),
         (lambda v: v >= 1, "a positive whole number"),
     ),
+    "negatives": (lambda v: v >= 0, "a whole number: 0 (softmax over every item), 1 (BPR) or more"),
     "freeze_layers": (lambda v: v >= 0, "a whole number of layers, 0 or more"),
     "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     **dict.fromkeys(("n_estimators", "min_child_samples"), (lambda v: v >= 1, "a positive whole number")),

@@ -34,6 +34,7 @@ from modelfoundry.evaluate.ranking import ItemSets, popularity_scores, ranking_m
 from modelfoundry.tasks.base import Objective, Task
 
 FAMILIES = ("mf", "two_tower", "popularity")
+FEEDBACK = ("click", "like")  # what the page and POST /v1/feedback take as a new interaction
 INTERACTIONS = "interactions.json"  # in the package: the users and every item each interacted with
 
 STARTER = """\
@@ -200,7 +201,8 @@ class Recommendation(Task):
         data = config.data
         path = resolve_source(data.source, base_dir)
         frame, report = read_interactions(path, data)
-        users = pd.Index(sorted(pd.unique(frame["user"])))
+        feedback = read_feedback(data, base_dir, set(frame["item"]), report)
+        users = pd.Index(sorted(set(frame["user"]) | set(feedback["user"])))
         items = pd.Index(sorted(pd.unique(frame["item"])))
         titles = item_titles(data, base_dir, items, report) if data.items else None
         u = users.get_indexer(frame["user"])
@@ -221,7 +223,11 @@ class Recommendation(Task):
         n = len(users)
         seen_train = ItemSets.from_pairs(u[train], i[train], n)
         seen_val = ItemSets.from_pairs(u[part <= 1], i[part <= 1], n)
-        parts = {"train": PairData(torch.as_tensor(np.stack([u[train], i[train]], 1), dtype=torch.long))}
+        pairs = np.stack([u[train], i[train]], 1)
+        if len(feedback):  # clicks and likes from the service: training only, each `weight` times
+            extra = np.stack([users.get_indexer(feedback["user"]), items.get_indexer(feedback["item"])], 1)
+            pairs = np.concatenate([pairs, np.repeat(extra, data.feedback.weight, 0)])
+        parts = {"train": PairData(torch.as_tensor(pairs, dtype=torch.long))}
         parts["train"].side = {
             "user_side": side_features(data.users, data.user, "data.users", base_dir, users, report),
             "item_side": side_features(data.items, data.item, "data.items", base_dir, items, report),
@@ -237,6 +243,9 @@ class Recommendation(Task):
                 torch.as_tensor(who),
                 RankingTargets(relevant, exclude.take(who), popularity, [users[w] for w in who], titles),
             )
+        if len(feedback):
+            u = np.concatenate([u, users.get_indexer(feedback["user"])])
+            i = np.concatenate([i, items.get_indexer(feedback["item"])])
         everything = ItemSets.from_pairs(u, i, n)  # the package excludes all a user interacted with
         files = {
             INTERACTIONS: json.dumps(
@@ -263,7 +272,7 @@ class Recommendation(Task):
             ),
             preprocessing,
             report,
-            [],
+            parts["test"].targets.users if parts["test"] is not None else [],  # the test users, by id
             files,
             {"k": sorted(set(config.evaluate.k))},
         )
@@ -380,6 +389,79 @@ class Recommendation(Task):
             {"item": items[i], "score": round(float(v), 6), **title(state, i)}
             for i, v in zip(top.indices.tolist(), top.values.tolist())
         ]
+
+    # ---- feedback: clicks and likes as new interactions ---------------------------------------
+
+    def encode_request(self, predictor, inputs: list, limits, field: str = "inputs"):
+        """Feedback's input: {"user": id, "item": id} (an item of the model; a new user is welcome)."""
+        stored = []
+        for n, value in enumerate(inputs):
+            where = field if field == "input" else f"{field}.{n}"
+            if not isinstance(value, dict) or set(value) != {"user", "item"}:
+                raise InputError(422, where, 'an interaction is {"user": id, "item": id}.')
+            if str(value["item"]) not in known(predictor)["items"]:
+                raise InputError(
+                    422,
+                    f"{where}.item",
+                    f"item {value['item']!r} is not an item of this model."
+                    f"{did_you_mean(str(value['item']), predictor.labels)}",
+                )
+            stored.append({"row": {"user": str(value["user"]), "item": str(value["item"])}})
+        return None, stored
+
+    def correction(self, value, spec: dict) -> str:
+        if value not in FEEDBACK:
+            raise ValueError(
+                f"{value!r} is not feedback on a recommendation; send one of {', '.join(FEEDBACK)}."
+            )
+        return value
+
+    def feedback_records(self, rows, config: dict, folder: Path) -> Path:
+        """Clicks and likes as interactions in the training data's columns (JSONL), for data.feedback."""
+        from modelfoundry.tasks.text import write_jsonl
+
+        data = config["data"]
+        data.pop("label", None)  # retrain names a label column for tables; interactions have none
+        records = [{data["user"]: r.input["row"]["user"], data["item"]: r.input["row"]["item"]} for r in rows]
+        return write_jsonl(records, folder)
+
+    def heldout_targets(self, data) -> list:
+        """Per test user: the held-out items and the items ranked around (both as ids)."""
+        targets, labels = data.test.targets, data.labels
+        return [
+            {
+                "relevant": [labels[c] for c in targets.relevant.row(r)],
+                "exclude": [labels[c] for c in targets.exclude.row(r)],
+            }
+            for r in range(len(targets.relevant))
+        ]
+
+    def example_scores(self, predictor, inputs: list, targets: list) -> np.ndarray:
+        """ndcg@10 per test user (inputs: user ids, targets: `heldout_targets`'), or per held-back click or
+        like (inputs: {"user", "item"}), ranked against every item the package has not seen the user with."""
+        state, columns = known(predictor), known(predictor)["items"]
+        out = np.zeros(len(inputs))
+        for n, (who, target) in enumerate(zip(inputs, targets)):
+            user = who["user"] if isinstance(who, dict) else who
+            relevant = [who["item"]] if isinstance(who, dict) else target["relevant"]
+            row = state["index"].get(str(user))
+            if row is None:
+                continue
+            if isinstance(who, dict):
+                exclude = [c for c in state["seen"].row(row).tolist() if predictor.labels[c] != who["item"]]
+            else:
+                exclude = [columns[i] for i in target["exclude"] if i in columns]
+            wanted = [columns[i] for i in relevant if i in columns]
+            scores = predictor.run(torch.tensor([[row]]))
+            metrics = ranking_metrics(
+                scores,
+                ItemSets(np.array([0, len(wanted)]), np.array(wanted, dtype=np.int64)),
+                ItemSets(np.array([0, len(exclude)]), np.array(exclude, dtype=np.int64)),
+                [10],
+                np.asarray(predictor.spec["preprocessing"]["popularity"]),
+            )
+            out[n] = metrics["ndcg@10"]
+        return out
 
     # ---- evaluation of new data --------------------------------------------------------------
 
@@ -540,6 +622,25 @@ def item_titles(data, base_dir: Path, items: pd.Index, report: dict) -> list[str
         return None
     names = dict(zip(ids, table[column].astype(str)))
     return [names.get(item) for item in items]
+
+
+def read_feedback(data, base_dir: Path, items: set, report: dict) -> pd.DataFrame:
+    """data.feedback (written by `foundry retrain`): clicks and likes as (user, item) rows; items the
+    interactions do not have are dropped and counted."""
+    if data.feedback is None:
+        return pd.DataFrame({"user": [], "item": []}, dtype=str)
+    from modelfoundry.data.prepare import resolve_source
+
+    path = resolve_source(data.feedback.source, base_dir, "data.feedback.source")
+    table = tabular.read_table(path)
+    frame = pd.DataFrame({"user": table[data.user].map(_id_text), "item": table[data.item].map(_id_text)})
+    known_items = frame["item"].isin(items)
+    report["feedback"] = {
+        "interactions": int(known_items.sum()),
+        "unknown_items": int((~known_items).sum()),
+        "weight": data.feedback.weight,
+    }
+    return frame[known_items]
 
 
 def side_table(source: str, key: str, name: str, base_dir: Path, ids: pd.Index, report: dict):
