@@ -148,3 +148,13 @@ def test_clicks_and_likes_are_stored_as_interactions_and_retrain_compares_on_the
     assert comparison["examples"]["feedback_trained"] + comparison["examples"]["feedback"] == 8
     assert comparison["promoted"] is False  # without --promote only the comparison is made
     assert 0 < comparison["champion"]["holdout"] < 1 and 0 < comparison["challenger"]["holdout"] < 1
+
+
+def test_the_scoring_model_exports_to_onnx_and_recommends_the_same_items(rec_run):
+    from modelfoundry.compress.onnx_export import export_onnx
+
+    record = export_onnx(rec_run.path)
+    assert record["parity"]["max_abs_probability_difference"] < 1e-4
+    torch_answer = mf.load(rec_run.path, backend="torch").recommend("u5", k=5)[0]["items"]
+    onnx_answer = mf.load(rec_run.path, backend="onnx").recommend("u5", k=5)[0]["items"]
+    assert [i["item"] for i in onnx_answer] == [i["item"] for i in torch_answer]

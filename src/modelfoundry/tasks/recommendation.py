@@ -36,6 +36,7 @@ from modelfoundry.tasks.base import Objective, Task
 FAMILIES = ("mf", "two_tower", "popularity")
 FEEDBACK = ("click", "like")  # what the page and POST /v1/feedback take as a new interaction
 INTERACTIONS = "interactions.json"  # in the package: the users and every item each interacted with
+HISTORY = 20  # items of a user's history an answer shows
 
 STARTER = """\
 # modelfoundry config: recommendation (rank items per user). Train with `foundry train config.yaml`.
@@ -316,7 +317,8 @@ class Recommendation(Task):
     # ---- the Predictor and the HTTP service --------------------------------------------------
 
     def card(self, spec: dict) -> dict:
-        return {"users": spec["input_shape"][0], "items": len(spec["labels"])}
+        # the items are not labels to list on the page: their count says enough
+        return {"users": spec["input_shape"][0], "items": len(spec["labels"]), "labels": []}
 
     def encode_inputs(self, predictor, inputs, origin: str = "input"):
         """User ids (known to the model) -> their indices (N, 1)."""
@@ -354,9 +356,11 @@ class Recommendation(Task):
             else:
                 listed = [(i, v) for i, v in zip(*scores[r]) if v != -torch.inf]
                 note = None
+            history = state["seen"].row(r)[:HISTORY].tolist() if r is not None else []
             answer = {
                 "user": name,
                 "cold_start": r is None,
+                "history": [{"item": items[i], **title(state, i)} for i in history],
                 "items": [
                     {"item": items[i], "score": round(float(v), 6), **title(state, i)} for i, v in listed
                 ],

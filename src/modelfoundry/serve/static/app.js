@@ -472,6 +472,51 @@ function showPreview(rows, shown) {
   }
 }
 
+// ---------- recommendation: a user's history and recommendations; a like is a new interaction ----------
+
+async function recommend(event) {
+  event.preventDefault();
+  showError("");
+  const user = $("#recommend-user").value.trim();
+  const k = Number($("#recommend-k").value);
+  try {
+    const answer = await api("/v1/recommend", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ user, k }),
+    });
+    $("#recommend-note").textContent = answer.note || "";
+    const named = (item) => (item.title ? `${item.item} · ${item.title}` : item.item);
+    $("#recommend-history").replaceChildren(
+      ...(answer.history || []).map((item) => element("li", {}, named(item))));
+    $("#recommend-items").replaceChildren(...answer.items.map((item) => {
+      const like = element("button", { type: "button", class: "secondary" }, "Like");
+      like.addEventListener("click", () => sendLike(answer.user, item.item, like));
+      const row = element("li", {}, `${named(item)} `);
+      row.append(like);
+      return row;
+    }));
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+async function sendLike(user, item, button) {
+  const headers = { "Content-Type": "application/json" };
+  const key = $("#api-key").value.trim();
+  if (key) headers["X-API-Key"] = key;
+  try {
+    await api("/v1/feedback", {
+      method: "POST", headers, body: JSON.stringify({ input: { user, item }, label: "like" }),
+    });
+    button.disabled = true;
+    button.textContent = "Liked";
+    $("#like-status").textContent = `Stored: ${user} likes ${item} (a new interaction for the next retrain).`;
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
 // ---------- start ----------
 
 async function start() {
@@ -491,6 +536,13 @@ async function start() {
   }
   state.model = model;
   renderCard(model);
+  if (model.kind === "interactions") { // recommendation: its own form instead of Try it
+    $("#predict-form").closest("section").hidden = true;
+    $("#recommend-area").hidden = false;
+    $("#recommend-form").addEventListener("submit", recommend);
+    $("#recommend-k").max = model.items;
+    return;
+  }
   const areas = { text: "#text-area", image: "#image-area", table: "#table-form" };
   if (!areas[model.kind]) {
     return showError(`this page does not know inputs of kind ${model.kind}; use the API at /docs.`);
