@@ -144,3 +144,18 @@ def test_two_tower_reads_user_and_item_side_features_and_learns_them_into_its_pa
     assert predictor.model.user_side[:, 0].std() > 0  # the buffers came back from the package
     answer = predictor.recommend("u1", k=2)[0]
     assert len(answer["items"]) == 2 and "title" in answer["items"][0]
+
+
+def test_a_compressed_variant_is_scored_by_ranking_and_by_how_much_of_the_top_10_it_keeps():
+    from modelfoundry.tasks import get_task
+    from modelfoundry.tasks.recommendation import RankingTargets
+
+    scores = torch.arange(40.0).reshape(2, 20)
+    targets = RankingTargets(
+        ItemSets.from_pairs(np.array([0, 1]), np.array([19, 0]), 2), ItemSets(np.zeros(3), []), np.ones(20)
+    )
+    task = get_task("recommendation")
+    same = task.variant_scores(scores.numpy(), targets, {}, scores.numpy())
+    assert same["agreement"] == 1.0 and same["ndcg@10"] == 0.5  # user 0's item ranks first, user 1's last
+    shuffled = scores.flip(1).numpy()  # the bottom 10 become the top 10
+    assert task.variant_scores(shuffled, targets, {}, scores.numpy())["agreement"] == 0.0

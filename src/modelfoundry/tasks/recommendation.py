@@ -299,6 +299,22 @@ class Recommendation(Task):
     def mistakes(self, predictions, targets, spec: dict, display, k: int = 24) -> list[dict]:
         return []
 
+    # compression trade-off table (foundry compress): ranking quality, and how alike the top 10 stay
+    variant_columns = (
+        ("ndcg@10", "ndcg@10", ".4f"),
+        ("recall@10", "recall@10", ".4f"),
+        ("agreement", "same top 10 as original", ".1%"),
+    )
+
+    def variant_scores(self, predictions, targets, spec: dict, reference) -> dict:
+        metrics = ranking_metrics(predictions, targets.relevant, targets.exclude, [10], targets.popularity)
+        agreement = 1.0
+        if reference is not None:  # the share of each user's top 10 (over all items) that stays
+            mine = torch.as_tensor(predictions).topk(10, dim=1).indices
+            theirs = torch.as_tensor(reference).topk(10, dim=1).indices
+            agreement = float((mine[:, :, None] == theirs[:, None, :]).any(2).double().mean())
+        return {"ndcg@10": metrics["ndcg@10"], "recall@10": metrics["recall@10"], "agreement": agreement}
+
     def report_sections(self, predictions, targets, spec: dict) -> list[tuple[str, str, str]]:
         if predictions is None:
             return []
