@@ -159,3 +159,13 @@ def test_a_compressed_variant_is_scored_by_ranking_and_by_how_much_of_the_top_10
     assert same["agreement"] == 1.0 and same["ndcg@10"] == 0.5  # user 0's item ranks first, user 1's last
     shuffled = scores.flip(1).numpy()  # the bottom 10 become the top 10
     assert task.variant_scores(shuffled, targets, {}, scores.numpy())["agreement"] == 0.0
+
+
+def test_tune_searches_on_a_ranking_metric_and_refuses_a_classifiers():
+    base = {"task": "recommendation", "data": {"source": "x.csv", "user": "u", "item": "i"}}
+    cfg, _ = load_config({**base, "tune": {"space": {"train.lr": {"loguniform": [0.001, 0.01]}}}})
+    assert cfg.tune.metric == "val_ndcg@10"
+    with pytest.raises(UserError) as info:
+        load_config({**base, "tune": {"metric": "val_accuracy"}})
+    assert "'val_accuracy' is not a validation metric of recommendation" in str(info.value)
+    assert "val_ndcg@10" in str(info.value)
