@@ -150,18 +150,19 @@ def tune_implicit(data) -> list[dict]:
     return rows
 
 
-# The mf settings searched on the validation split (the first is the family's recipe): the loss
-# (negatives 1 = BPR, 64 = sampled softmax, 0 = softmax over every item), learning rate, weight decay, width.
+# The mf settings searched on the validation split (the best validation score is the family's recipe): the
+# loss (negatives 1 = BPR, 64 = sampled softmax, 0 = softmax over every item), learning rate, weight decay,
+# width.
 MF_GRID = [
-    ({}, []),
-    ({"negatives": 1, "dim": 64}, ["train.lr=0.005"]),
-    ({"negatives": 64}, ["train.lr=0.005"]),
-    ({}, ["train.lr=0.005"]),
+    ({"negatives": 1}, ["train.lr=0.005", "train.batch_size=1024"]),
+    ({"negatives": 64}, ["train.lr=0.005", "train.batch_size=1024"]),
+    ({}, ["train.lr=0.005", "train.batch_size=1024"]),
+    ({}, ["train.lr=0.002", "train.batch_size=1024"]),
     ({}, ["train.lr=0.001", "train.batch_size=256"]),
-    ({}, ["train.weight_decay=0.00001"]),
-    ({}, ["train.weight_decay=0.0001"]),
-    ({"dim": 128}, ["train.weight_decay=0.0001"]),
-    ({}, ["train.optimizer=adamw", "train.weight_decay=0.05"]),
+    ({}, ["train.lr=0.002", "train.batch_size=1024", "train.weight_decay=0.00001"]),
+    ({}, ["train.lr=0.002", "train.batch_size=1024", "train.weight_decay=0.0001"]),
+    ({"dim": 128}, ["train.lr=0.002", "train.batch_size=1024", "train.weight_decay=0.0001"]),
+    ({}, ["train.lr=0.002", "train.batch_size=1024", "train.optimizer=adamw", "train.weight_decay=0.05"]),
 ]
 
 
