@@ -96,6 +96,8 @@ def test_predict_recommends_unseen_items_and_says_when_a_user_is_new(rec_run):
     result = foundry("predict", run, "--user", "nobody", "--k", "3", cwd=rec_run.folder, home=rec_run.home)
     assert_ok(result)
     assert "new to the model (cold start)" in result.stderr and len(result.stdout.splitlines()) == 4
+    positional = foundry("predict", run, "u3", cwd=rec_run.folder, home=rec_run.home)
+    assert_user_error(positional, "foundry predict RUN --user u3 --k 10")
     bad = foundry("predict", run, "--user", "u3", "--k", "0", cwd=rec_run.folder, home=rec_run.home)
     assert_user_error(bad, "k: 0 must be a whole number from 1 to 40")  # 40 items
     with pytest.raises(UserError, match="k: 41 must be a whole number from 1 to 40"):
@@ -123,6 +125,8 @@ def test_the_service_recommends_finds_similar_items_and_refuses_a_bad_k(rec_run,
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "k"
     similar = client.post("/v1/similar", json={"item": "i1", "k": 3}).json()
     assert len(similar["items"]) == 3 and "i1" not in {i["item"] for i in similar["items"]}
+    wrong_route = client.post("/v1/predict", json={"inputs": ["u3"]})
+    assert wrong_route.status_code == 422 and "/v1/recommend" in wrong_route.json()["error"]["message"]
     unknown = client.post("/v1/similar", json={"item": "i999"})
     assert unknown.status_code == 404 and "not an item of this model" in unknown.json()["error"]["message"]
 

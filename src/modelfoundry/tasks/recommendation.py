@@ -336,6 +336,14 @@ class Recommendation(Task):
         # the items are not labels to list on the page: their count says enough
         return {"users": spec["input_shape"][0], "items": len(spec["labels"]), "labels": []}
 
+    batch_suffixes = ()  # POST /v1/predict/batch: nothing to score by file; /v1/recommend answers users
+
+    def cli_inputs(self, predictor, inputs: list[str]):
+        raise UserError(
+            f"predict: a recommendation model recommends to users: `foundry predict RUN --user "
+            f"{inputs[0] if inputs else 'ID'} --k 10`."
+        )
+
     def encode_inputs(self, predictor, inputs, origin: str = "input"):
         """User ids (known to the model) -> their indices (N, 1)."""
         index = known(predictor)["index"]
@@ -414,6 +422,10 @@ class Recommendation(Task):
 
     def encode_request(self, predictor, inputs: list, limits, field: str = "inputs"):
         """Feedback's input: {"user": id, "item": id} (an item of the model; a new user is welcome)."""
+        if field != "input":  # POST /v1/predict
+            raise InputError(
+                422, field, 'a recommendation model answers POST /v1/recommend {"user": "42", "k": 10}.'
+            )
         stored = []
         for n, value in enumerate(inputs):
             where = field if field == "input" else f"{field}.{n}"
