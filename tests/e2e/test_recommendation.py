@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 import modelfoundry as mf
-from e2e_helpers import assert_ok, assert_user_error, foundry, one_line
+from e2e_helpers import assert_ok, foundry, one_line
+from modelfoundry.cli import app
 from modelfoundry.errors import UserError
 
 
@@ -96,12 +98,14 @@ def test_predict_recommends_unseen_items_and_says_when_a_user_is_new(rec_run):
     result = foundry("predict", run, "--user", "nobody", "--k", "3", cwd=rec_run.folder, home=rec_run.home)
     assert_ok(result)
     assert "new to the model (cold start)" in result.stderr and len(result.stdout.splitlines()) == 4
-    positional = foundry("predict", run, "u3", cwd=rec_run.folder, home=rec_run.home)
-    assert_user_error(positional, "foundry predict RUN --user u3 --k 10")
-    bad = foundry("predict", run, "--user", "u3", "--k", "0", cwd=rec_run.folder, home=rec_run.home)
-    assert_user_error(bad, "k: 0 must be a whole number from 1 to 40")  # 40 items
-    with pytest.raises(UserError, match="k: 41 must be a whole number from 1 to 40"):
-        mf.load(run).recommend("u3", k=41)
+    # the same command in this process (no torch import per call): the CLI exits 2 on a UserError
+    for args, message in (
+        (["u3"], "foundry predict RUN --user u3 --k 10"),
+        (["--user", "u3", "--k", "0"], "k: 0 must be a whole number from 1 to 40"),  # 40 items
+        (["--user", "u3", "--k", "41"], "k: 41 must be a whole number from 1 to 40"),
+    ):
+        outcome = CliRunner().invoke(app, ["predict", str(run), *args])
+        assert isinstance(outcome.exception, UserError) and message in str(outcome.exception)
 
 
 def test_evaluate_ranks_later_interactions_against_everything_the_user_has_not_seen(rec_run):
