@@ -169,3 +169,15 @@ def test_tune_searches_on_a_ranking_metric_and_refuses_a_classifiers():
         load_config({**base, "tune": {"metric": "val_accuracy"}})
     assert "'val_accuracy' is not a validation metric of recommendation" in str(info.value)
     assert "val_ndcg@10" in str(info.value)
+
+
+def test_a_classifier_answers_recommend_and_similar_with_a_422_that_says_why():
+    from modelfoundry.errors import InputError
+    from modelfoundry.tasks import get_task
+
+    task = get_task("tabular_classification")
+    with pytest.raises(InputError) as info:
+        task.recommend(None, ["u1"], 10, True)
+    assert info.value.status == 422 and "does not recommend" in info.value.message
+    with pytest.raises(InputError):
+        task.similar(None, "i1", 10)
