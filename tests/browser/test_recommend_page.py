@@ -45,6 +45,8 @@ def test_the_page_shows_history_and_recommendations_and_stores_a_like(page, rec_
     page.goto(rec_server.url)
     expect(page.locator("#recommend-area")).to_be_visible()
     expect(page.locator("#predict-form")).to_be_hidden()
+    expect(page.locator("#model-card")).to_contain_text("Items")  # counts, not every item as a label
+    expect(page.locator("#model-card")).to_contain_text("Test NDCG@10")
     page.fill("#recommend-user", "u2")
     page.fill("#recommend-k", "5")
     page.click("#recommend")

@@ -56,8 +56,11 @@ function renderCard(model) {
     ["Test RMSE", metrics.test_rmse == null ? null : formatNumber(metrics.test_rmse)],
     ["Test R2", metrics.test_r2 == null ? null : metrics.test_r2.toFixed(3)],
     ["Predicts", model.target ? `a number: ${model.target.column}` : null],
+    ["Test NDCG@10", metrics["test_ndcg@10"] == null ? null : metrics["test_ndcg@10"].toFixed(4)],
+    ["Users", model.users], ["Items", model.items], // a recommendation model
     ["Created", created],
-  ].filter(([name, value]) => value != null || !["Test RMSE", "Test R2", "Predicts"].includes(name));
+  ].filter(([name, value]) => value != null
+    || !["Test RMSE", "Test R2", "Predicts", "Test NDCG@10", "Users", "Items"].includes(name));
   const list = element("dl");
   for (const [name, value] of rows) {
     list.append(element("dt", {}, name), element("dd", {}, value == null ? "—" : String(value)));
