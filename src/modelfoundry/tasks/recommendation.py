@@ -183,7 +183,8 @@ class Recommendation(Task):
         for key in ("loss", "label_smoothing"):
             if getattr(cfg.train, key):
                 problems.append(
-                    f"train.{key}: not used by recommendation (the model's loss is BPR); remove it"
+                    f"train.{key}: not used by recommendation (model.negatives sets the loss: BPR or "
+                    "softmax); remove it"
                 )
         if cfg.train.folds:
             problems.append("train.folds: recommendation splits each user's history in time; remove it")
