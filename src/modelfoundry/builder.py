@@ -40,10 +40,11 @@ def run_time_choices(cfg, data) -> tuple[object, list[str]]:
     if family_of(cfg.model.name).trains:  # no epochs, no monitor: the family's own training decides
         return train, choices
     val = len(data.val) if data.val is not None else 0
-    if not cfg.user_set("train.monitor") and 0 < val < SMALL_VAL and train.monitor != "val_loss":
-        updates["monitor"] = "val_loss"
+    smooth = get_task(cfg.task).small_val_monitor
+    if not cfg.user_set("train.monitor") and 0 < val < SMALL_VAL and train.monitor != smooth:
+        updates["monitor"] = smooth
         choices.append(
-            f"monitor val_loss: {val} validation examples are fewer than {SMALL_VAL}, where {train.monitor} "
+            f"monitor {smooth}: {val} validation examples are fewer than {SMALL_VAL}, where {train.monitor} "
             "moves in steps and picks lucky epochs"
         )
     if cfg.recipe.get("train.epochs", "").startswith("chosen"):
@@ -97,6 +98,8 @@ def build(cfg, base_dir: Path, data, device: torch.device, console: Console | No
     model = model_for(
         task, cfg.model.name, model_options(cfg, base_dir), data.input_shape, data.labels, data.preprocessing
     )
+    if hasattr(model, "read_data"):  # a family that keeps some of the data in its weights (two_tower)
+        model.read_data(data)
     choices = list(getattr(model, "choices", []))  # what the family chose from the data (image_size)
     if cfg.model.init_from:
         choices.append(warm_start(model, cfg, base_dir, data.labels))

@@ -146,11 +146,29 @@ def train(
     out.print(f"run {run.id}", highlight=False)
     table = Table(show_header=False)
     split = "test" if "test" in run.metrics else "val"
-    for key in ("accuracy", "f1_macro", "roc_auc", "ece", "rmse", "mae", "r2", "bits_per_byte", "perplexity"):
+    from modelfoundry.tasks import get_task
+
+    headline = get_task(cfg.task).headline
+    for key in dict.fromkeys(
+        (
+            "accuracy",
+            "f1_macro",
+            "roc_auc",
+            "ece",
+            "rmse",
+            "mae",
+            "r2",
+            "bits_per_byte",
+            "perplexity",
+            *headline,
+        )
+    ):
         if test.get(key) is not None:
             table.add_row(f"{split} {key}", f"{test[key]:.4f}")
     if "baseline" in test:  # regression: what always predicting the training mean scores
         table.add_row(f"{split} rmse of the mean", f"{test['baseline']['rmse']:.4f}")
+    for key in headline if "popularity" in test else ():  # recommendation: the popularity baseline's
+        table.add_row(f"{split} {key} of popularity", f"{test['popularity'][key]:.4f}")
     if "best_epoch" in run.metrics:
         table.add_row("best epoch", f"{run.metrics['best_epoch']} of {run.metrics['epochs_run']}")
     if folds := run.metrics.get("folds"):  # k-fold cross-validation: each validation number, mean ± std
@@ -198,22 +216,32 @@ def evaluate(
 def predict(
     run: Annotated[str, typer.Argument(help="run id or folder")],
     inputs: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
             help="image files or folders, one CSV/Parquet/JSONL file, or texts (a text model also reads "
             "one .txt file, a text per line, or a table with the training text column)"
         ),
-    ],
+    ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write predictions as CSV")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="probabilities of the k most likely labels")] = 1,
+    user: Annotated[
+        list[str] | None, typer.Option("--user", help="a recommendation model: the user(s) to recommend to")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", help="with --user: how many items to recommend")] = 10,
     as_json: AsJson = False,
 ) -> None:
-    """Predict labels for new inputs."""
+    """Predict labels for new inputs (or recommend items to users: --user 42 --k 10)."""
     from modelfoundry.predictor import load, prediction_table
     from modelfoundry.store.registry import resolve_run
 
     predictor = load(resolve_run(run))
     task = predictor.task_module
+    if user:
+        return _recommendations(predictor.recommend(user, k), output, as_json)
+    if not inputs:
+        raise UserError(
+            "predict: give inputs to predict (files, texts), or --user ID for a recommendation model."
+        )
     items, names = task.cli_inputs(predictor, inputs)
     predictions = predictor.predictions(items)
     names = names or [str(i + 1) for i in range(len(predictions))]
@@ -225,6 +253,29 @@ def predict(
     if as_json:  # the served answer of each input (the top k as a list), named as in the table
         _print_json({"predictions": [{"input": name, **a} for name, a in zip(names, answers)]})
     elif not output:
+        out.print(frame.to_string(index=False), highlight=False)
+
+
+def _recommendations(answers: list[dict], output: Path | None, as_json: bool) -> None:
+    """`foundry predict --user`: one row per recommended item, best first."""
+    import pandas as pd
+
+    for answer in answers:
+        if answer.get("note"):
+            err.print(answer["note"], highlight=False)
+    if as_json:
+        return _print_json({"recommendations": answers})
+    frame = pd.DataFrame(
+        [
+            {"user": a["user"], "rank": rank, **item, "cold_start": a["cold_start"]}
+            for a in answers
+            for rank, item in enumerate(a["items"], 1)
+        ]
+    )
+    if output:
+        frame.to_csv(output, index=False)
+        out.print(f"wrote {len(frame)} recommendations to {output}")
+    else:
         out.print(frame.to_string(index=False), highlight=False)
 
 
@@ -586,10 +637,11 @@ def retrain(
     table = Table(
         "", "champion " + result["champion"]["version"], "challenger " + result["challenger"]["version"]
     )
+    metric = result.get("metric", "accuracy")
     for name, label in (
-        ("holdout", "holdout accuracy"),
-        ("feedback", "held-out feedback accuracy"),
-        ("combined", "combined accuracy"),
+        ("holdout", f"holdout {metric}"),
+        ("feedback", f"held-out feedback {metric}"),
+        ("combined", f"combined {metric}"),
     ):
         table.add_row(
             f"{label} ({result['examples'][name]})",
@@ -880,7 +932,16 @@ _METRIC_COLUMNS = {  # (key, column heading); a table shows the set whose first 
         ("mae", "mae"),
         ("r2", "r2"),
         ("mape", "mape"),
-        ("baseline", "rmse of the mean"),
+        ("baseline.rmse", "rmse of the mean"),
+    ],
+    "ndcg@10": [  # recommendation (evaluate.k holds 10 by default)
+        ("ndcg@10", "ndcg@10"),
+        ("recall@10", "recall@10"),
+        ("hitrate@10", "hitrate@10"),
+        ("mrr", "mrr"),
+        ("coverage@10", "coverage@10"),
+        ("users", "users"),
+        ("popularity.ndcg@10", "ndcg@10 of popularity"),
     ],
 }
 
@@ -894,7 +955,9 @@ def _print_metrics(metrics: dict) -> None:
     table = Table("split", *[heading for _, heading in columns])
     for split in splits:
         m = metrics[split]
-        values = [m.get(k) if k != "baseline" else m.get(k, {}).get("rmse") for k, _ in columns]
+        values = [
+            m.get(k) if "." not in k else m.get(k.split(".")[0], {}).get(k.split(".")[1]) for k, _ in columns
+        ]
         table.add_row(split, *[_fmt(v) for v in values])
     out.print(table)
     for split in splits:

@@ -136,6 +136,26 @@ class DataConfig(_Section):
         0.5, ge=0, le=1, description="a column missing more than this is an error"
     )
     dedupe: bool = Field(False, description="drop exact duplicate examples before splitting")
+    # recommendation: a table of user-item interactions (tasks/recommendation.py)
+    user: str | None = Field(None, description="recommendation: the user id column of the interactions")
+    item: str | None = Field(None, description="recommendation: the item id column of the interactions")
+    rating: str | None = Field(
+        None, description="recommendation: a rating column (numbers); without it every row is a positive"
+    )
+    timestamp: str | None = Field(
+        None,
+        description="recommendation: a time column; with it each user's latest interactions are held out",
+    )
+    implicit_threshold: float | None = Field(
+        None, description="recommendation: ratings at or above this are positives, the rest are dropped"
+    )
+    min_interactions: int = Field(
+        1, ge=1, description="recommendation: users and items with fewer interactions are dropped (reported)"
+    )
+    users: str | None = Field(None, description="recommendation: a side table of user features (two_tower)")
+    items: str | None = Field(
+        None, description="recommendation: a side table of item features and titles (report, two_tower)"
+    )
     streaming: bool | Literal["auto"] = Field(
         "auto",
         description="tables: read the file in chunks and stream training batches from disk, so memory "
@@ -304,6 +324,10 @@ class EvaluateConfig(_Section):
         0.1, ge=0, le=1, description="a gap between groups above this is flagged in the report"
     )
     intersections: bool = Field(False, description="also audit every pair of sensitive columns together")
+    k: list[int] = Field(
+        default_factory=lambda: [10, 20],
+        description="recommendation: the cut-offs of the ranking metrics (ndcg@10, recall@20, ...)",
+    )
 
 
 class TuneConfig(_Section):

@@ -100,6 +100,7 @@ class Predictor:
         self.task: str = spec["task"]
         self.task_module = task_of(spec)
         self._tokenizer = None
+        self.extras: dict = {}  # what the task reads once from the package (recommendation: who saw what)
 
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, model={self.spec['model']['name']!r}, labels={self.labels})"
@@ -164,6 +165,17 @@ class Predictor:
         """Several requests' encoded inputs as one batch for `run`: token-id lists joined, tensors
         concatenated (an ensemble joins each member's)."""
         return [ids for p in payloads for ids in p] if isinstance(payloads[0], list) else torch.cat(payloads)
+
+    def recommend(self, users, k: int = 10, exclude_seen: bool = True) -> list[dict]:
+        """The k best items for each user (a recommendation model): per user {"user", "items": [{"item",
+        "score"}, ...], "cold_start"}; a user the model never saw gets the most popular items, and says so."""
+        return self.task_module.recommend(
+            self, [users] if isinstance(users, (str, int)) else users, k, exclude_seen
+        )
+
+    def similar(self, item, k: int = 10) -> list[dict]:
+        """The k items most like `item` (a recommendation model): [{"item", "score"}, ...]."""
+        return self.task_module.similar(self, item, k)
 
     def predict(self, inputs) -> list:
         """The most likely label of each input (classification), or the predicted value (regression)."""

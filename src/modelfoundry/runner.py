@@ -428,7 +428,7 @@ def _pick(candidates: dict[str, Config], base_dir: Path, data, splits: dict, pat
     metric = (
         first.train.monitor
         if first.user_set("train.monitor")
-        else ("val_loss" if len(val) < SMALL_VAL else task.default_monitor)
+        else (task.small_val_monitor if len(val) < SMALL_VAL else task.default_monitor)
     )
     lower = metric in MINIMIZED
     budget = (

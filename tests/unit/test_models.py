@@ -23,10 +23,14 @@ TINY_TEXT = {
 TINY_TABLE = {"gbdt": {"n_estimators": 5}}  # trained by its own fit: tests/e2e/test_gbdt.py
 TINY_GENERATIVE = {"gpt": {"n_layer": 1, "n_embd": 8, "n_head": 2}}  # tests/unit/test_generation.py
 TOKENIZER = {"vocab_size": 30522, "pad_id": 0}
+# recommendation: input_shape (users, user side features, item side features), num_classes the items
+TINY_RANKING = {"mf": {"dim": 4}, "two_tower": {"dim": 4, "hidden": 8}, "popularity": {}}
 
 
 def test_every_family_has_tiny_options_here():
-    assert set(TINY) | set(TINY_TEXT) | set(TINY_TABLE) | set(TINY_GENERATIVE) == set(FAMILIES)
+    assert set(TINY) | set(TINY_TEXT) | set(TINY_TABLE) | set(TINY_GENERATIVE) | set(TINY_RANKING) == set(
+        FAMILIES
+    )
     assert set(TINY_TEXT) == TEXT_ONLY
 
 
@@ -199,3 +203,14 @@ def test_lr_head_on_a_model_without_a_head_is_refused():
     head = {id(p) for p in text_model.head.parameters()}
     assert {g["lr"] for g in groups if all(id(p) in head for p in g["params"])} == {0.01}
     assert {g["lr"] for g in groups if not any(id(p) in head for p in g["params"])} == {1e-3}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_RANKING))
+def test_every_ranking_family_scores_every_item_for_a_user_and_pairs_in_training(name):
+    model = build_model(name, (6, 2, 3), 9, **TINY_RANKING[name]).eval()
+    users = torch.tensor([[0], [5]])
+    assert model(users).shape == (2, 9)  # every item's score, for full ranking
+    pairs = torch.tensor([[0, 1], [2, 3], [4, 5]])
+    model.train()
+    expected = {"mf": (3, 2), "two_tower": (3, 3), "popularity": (3, 1)}[name]  # BPR / in-batch / counts
+    assert model(pairs).shape == expected

@@ -32,7 +32,7 @@ def config_error(raw: dict) -> str:
 def test_every_registered_task_loads_and_names_itself():
     for name in TASKS:
         task = get_task(name)
-        assert task.name == name and task.kind in ("image", "text", "table")
+        assert task.name == name and task.kind in ("image", "text", "table", "interactions")
 
 
 def test_an_unknown_task_suggests_the_closest():

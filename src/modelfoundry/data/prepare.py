@@ -132,6 +132,9 @@ def prepare(config: Config, base_dir: Path, resplit=None) -> Prepared:
     (training/folds.py) trains each fold this way. Data read in chunks (streamed) is refused with it."""
     data = config.data
     task = get_task(config.task)
+    own = task.prepare_data(config, base_dir, resplit)  # a task whose data are not labelled examples
+    if own is not None:
+        return own
     streamed = _streamed(config, base_dir, task, refuse=resplit is not None)
     if streamed is not None:
         return streamed

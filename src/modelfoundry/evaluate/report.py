@@ -253,6 +253,11 @@ def _headline(metrics: dict) -> str:
     if "rmse" in main:  # a regression model
         tiles = [(f"{first} {k.upper()}", main.get(k)) for k in ("rmse", "mae", "r2")]
         tiles.append((f"{first} RMSE of the mean", main.get("baseline", {}).get("rmse")))
+    ndcg = next((k for k in main if k.startswith("ndcg@")), None)
+    if ndcg:  # a recommendation model: its ranking at the first cut-off, and the popularity baseline's
+        k = ndcg.removeprefix("ndcg@")
+        tiles = [(f"{first} {m}", main.get(m)) for m in (ndcg, f"recall@{k}", "mrr")]
+        tiles.append((f"{first} {ndcg} of popularity", main.get("popularity", {}).get(ndcg)))
     if _is_number(main.get("roc_auc")):
         tiles.append((f"{first} ROC-AUC", main["roc_auc"]))
     tile_html = "".join(

@@ -56,7 +56,7 @@ class Family:
     """
 
     builder: str
-    takes: Literal["tables or images", "tables", "images", "text", "token stream"]
+    takes: Literal["tables or images", "tables", "images", "text", "token stream", "interactions"]
     int8: Literal["static", "dynamic"] = "dynamic"
     prune: str | None = None
     prunes: str = ""
@@ -220,6 +220,28 @@ FAMILIES: dict[str, Family] = {
         from_package="package_options",
         recipe=_PRETRAINED_IMAGE_RECIPE,
     ),
+    # Recommendation (user-item interactions): input_shape is (number of users,), num_classes the items.
+    "popularity": Family(
+        "modelfoundry.models.popularity:build_popularity", "interactions", trains="fit_popularity"
+    ),
+    "two_tower": Family("modelfoundry.models.two_tower:build_two_tower", "interactions", width_option="dim"),
+    # Matrix factorisation: a softmax over every item (negatives 0), Adam at 0.001 in batches of 256 with
+    # weight decay 1e-4: the best validation NDCG@10 on MovieLens-100k of the settings bench/recommend.py
+    # --grid searches (BPR, a 64-negative sampled softmax, learning rates, weight decay, width; RESULTS.md)
+    "mf": Family(
+        "modelfoundry.models.mf:build_mf",
+        "interactions",
+        width_option="dim",
+        recipe={
+            "model.negatives": 0,
+            "train.optimizer": "adam",
+            "train.lr": 0.001,
+            "train.batch_size": 256,
+            "train.weight_decay": 0.0001,
+            "train.epochs": 40,
+            "train.early_stopping_patience": 5,
+        },
+    ),
 }
 IMAGE_ONLY = {name for name, family in FAMILIES.items() if family.takes == "images"}
 # Text families take token ids (B, T); the data adds the tokenizer's vocab_size and pad_id.
@@ -244,9 +266,11 @@ LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
                 "ffn_multiplier",
             ),
             *("n_layer", "n_head", "n_embd", "block_size"),
+            "dim",
         ),
         (lambda v: v >= 1, "a positive whole number"),
     ),
+    "negatives": (lambda v: v >= 0, "a whole number: 0 (softmax over every item), 1 (BPR) or more"),
     "freeze_layers": (lambda v: v >= 0, "a whole number of layers, 0 or more"),
     "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     **dict.fromkeys(("n_estimators", "min_child_samples"), (lambda v: v >= 1, "a positive whole number")),

@@ -401,6 +401,37 @@ def _approximate_bytes(inputs: list) -> int:
     )
 
 
+# ---------- recommendation ----------
+
+
+class RecommendRequest(BaseModel):
+    user: str | int = Field(description="the user id; one the model never saw gets the most popular items")
+    k: int = Field(10, description="how many items, 1 to the number of items")
+    exclude_seen: bool = Field(True, description="leave out the items the user already interacted with")
+
+
+class SimilarRequest(BaseModel):
+    item: str | int = Field(description="the item id")
+    k: int = Field(10, description="how many similar items")
+
+
+@router.post("/v1/recommend", tags=["predict"], summary="The k best items for a user (recommendation models)")
+async def recommend(request: Request) -> FastJSONResponse:
+    body = await read_body(request, RecommendRequest)
+    current = service_of(request).served
+    # one matrix product and a top-k: cheaper than a hop to the thread pool
+    answer = current.predictor.recommend([body.user], body.k, body.exclude_seen)[0]
+    return FastJSONResponse({**answer, "model_version": current.version_name})
+
+
+@router.post("/v1/similar", tags=["predict"], summary="The k items most like an item (recommendation models)")
+async def similar(request: Request) -> FastJSONResponse:
+    body = await read_body(request, SimilarRequest)
+    current = service_of(request).served
+    items = current.predictor.similar(body.item, body.k)
+    return FastJSONResponse({"item": str(body.item), "items": items, "model_version": current.version_name})
+
+
 # ---------- feedback and admin ----------
 
 

@@ -22,6 +22,7 @@ TASKS = {
     "tabular_classification": "modelfoundry.tasks.tabular:TabularClassification",
     "tabular_regression": "modelfoundry.tasks.regression:TabularRegression",
     "text_generation": "modelfoundry.tasks.generation:TextGeneration",
+    "recommendation": "modelfoundry.tasks.recommendation:Recommendation",
 }
 
 # validation metrics that are best low; every other one is best high

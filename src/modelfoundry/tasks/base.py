@@ -111,6 +111,8 @@ class Task:
     is_classifier = True
     objective_class = Objective
     default_monitor = "val_accuracy"
+    # what early stopping reads below config.SMALL_VAL validation examples, where the default moves in steps
+    small_val_monitor = "val_loss"
     # the numbers of a split that the registry, `runs list` and the CLI table show, best first
     headline = ("accuracy", "f1_macro", "roc_auc")
     # retrain/promote: the metric a challenger must beat the champion on, and which way is better
@@ -180,6 +182,11 @@ class Task:
         return None
 
     # ---- data --------------------------------------------------------------------------------
+
+    def prepare_data(self, config, base_dir: Path, resplit=None):
+        """The whole of `data.prepare.prepare` for a task whose data are not labelled examples (a
+        `Prepared`), or None: the shared reading, checks and split of examples and their targets."""
+        return
 
     def load(self, data, base_dir: Path, path: Path, image_shape=None):
         """Read one source: (examples, raw targets, origin, extra report fields). Per kind of input."""
@@ -393,6 +400,15 @@ class Task:
                 f"Labels: {', '.join(labels)}."
             )
         return value
+
+    def recommend(self, predictor, users: list, k: int, exclude_seen: bool) -> list[dict]:
+        """The k best items per user; only recommendation models recommend."""
+        raise InputError(
+            422, "user", f"a {self.name} model does not recommend items; it predicts from inputs."
+        )
+
+    def similar(self, predictor, item, k: int) -> list[dict]:
+        raise InputError(422, "item", f"a {self.name} model does not find similar items.")
 
     def card(self, spec: dict) -> dict:
         """What the model card (`/v1/model`, the page) says about this task's inputs."""

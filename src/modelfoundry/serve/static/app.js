@@ -58,9 +58,12 @@ function renderCard(model) {
     ["Predicts", model.target ? `a number: ${model.target.column}` : null],
     ["Test bits per byte", metrics.test_bits_per_byte == null ? null : metrics.test_bits_per_byte.toFixed(3)],
     ["Context", model.context == null ? null : `${model.context.toLocaleString()} tokens`],
+    ["Test NDCG@10", metrics["test_ndcg@10"] == null ? null : metrics["test_ndcg@10"].toFixed(4)],
+    ["Users", model.users], ["Items", model.items], // a recommendation model
     ["Created", created],
   ].filter(([name, value]) => value != null
-    || !["Test RMSE", "Test R2", "Predicts", "Test bits per byte", "Context"].includes(name)
+    || !["Test RMSE", "Test R2", "Predicts", "Test bits per byte", "Context", "Test NDCG@10", "Users", "Items"]
+      .includes(name)
     && !(model.generates && ["Test accuracy", "Test F1 (macro)"].includes(name)));
   const list = element("dl");
   for (const [name, value] of rows) {
@@ -607,6 +610,51 @@ function setUpGeneration(model) {
   $("#generate-button").disabled = false;
 }
 
+// ---------- recommendation: a user's history and recommendations; a like is a new interaction ----------
+
+async function recommend(event) {
+  event.preventDefault();
+  showError("");
+  const user = $("#recommend-user").value.trim();
+  const k = Number($("#recommend-k").value);
+  try {
+    const answer = await api("/v1/recommend", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ user, k }),
+    });
+    $("#recommend-note").textContent = answer.note || "";
+    const named = (item) => (item.title ? `${item.item} · ${item.title}` : item.item);
+    $("#recommend-history").replaceChildren(
+      ...(answer.history || []).map((item) => element("li", {}, named(item))));
+    $("#recommend-items").replaceChildren(...answer.items.map((item) => {
+      const like = element("button", { type: "button", class: "secondary" }, "Like");
+      like.addEventListener("click", () => sendLike(answer.user, item.item, like));
+      const row = element("li", {}, `${named(item)} `);
+      row.append(like);
+      return row;
+    }));
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+async function sendLike(user, item, button) {
+  const headers = { "Content-Type": "application/json" };
+  const key = $("#api-key").value.trim();
+  if (key) headers["X-API-Key"] = key;
+  try {
+    await api("/v1/feedback", {
+      method: "POST", headers, body: JSON.stringify({ input: { user, item }, label: "like" }),
+    });
+    button.disabled = true;
+    button.textContent = "Liked";
+    $("#like-status").textContent = `Stored: ${user} likes ${item} (a new interaction for the next retrain).`;
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
 // ---------- start ----------
 
 async function start() {
@@ -627,6 +675,13 @@ async function start() {
   state.model = model;
   renderCard(model);
   if (model.generates) return setUpGeneration(model);
+  if (model.kind === "interactions") { // recommendation: its own form instead of Try it
+    $("#predict-form").closest("section").hidden = true;
+    $("#recommend-area").hidden = false;
+    $("#recommend-form").addEventListener("submit", recommend);
+    $("#recommend-k").max = model.items;
+    return;
+  }
   const areas = { text: "#text-area", image: "#image-area", table: "#table-form" };
   if (!areas[model.kind]) {
     return showError(`this page does not know inputs of kind ${model.kind}; use the API at /docs.`);
