@@ -75,6 +75,15 @@ def test_a_run_id_or_folder_finds_its_newest_version(store, home):
     assert store.get(str(home / "20240202-bbbb")).name == "v2"
 
 
+def test_a_folder_elsewhere_named_like_a_run_of_this_registry_is_not_that_runs_version(store, home, tmp_path):
+    register(store, home, "run")  # `foundry serve /elsewhere/run` must serve that folder, not this run
+    elsewhere = tmp_path / "elsewhere" / "run"
+    elsewhere.mkdir(parents=True)
+    with pytest.raises(UserError, match="is not a finished run of this registry"):
+        store.get(str(elsewhere))
+    assert store.get("run").path == str((home / "run" / "model").resolve())
+
+
 def test_a_run_id_prefix_from_the_registry_finds_its_version(store, registry, home, tmp_path):
     elsewhere = tmp_path / "elsewhere" / "20240303-cccc"
     elsewhere.mkdir(parents=True)

@@ -102,11 +102,14 @@ class ModelStore:
                     raise UserError(f"no model version {ref}; `foundry models list` shows them.")
         folder = self._run_folder(ref)
         with Session(self.engine, expire_on_commit=False) as s:
-            version = s.scalars(
+            versions = s.scalars(
                 select(ModelVersion)
                 .where(ModelVersion.run_id == folder.name)
                 .order_by(ModelVersion.id.desc())
-            ).first()
+            ).all()
+        # a run id names one folder of this registry; a run folder elsewhere with the same name (a run trained
+        # into a temporary folder, another registry's) is not that run's version
+        version = next((v for v in versions if _inside(Path(v.path), folder)), None)
         return version or self._register_existing(folder)
 
     def _register_existing(self, folder: Path) -> ModelVersion:
@@ -114,7 +117,8 @@ class ModelStore:
         from modelfoundry.runfiles import package_folder
 
         try:
-            known = self.registry.get(folder.name).status == "completed"
+            record = self.registry.get(folder.name)
+            known = record.status == "completed" and _inside(folder, Path(record.path))
         except UserError:
             known = False
         if not known:
@@ -174,3 +178,9 @@ class ModelStore:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies in it (a package in its run folder), comparing resolved paths."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
