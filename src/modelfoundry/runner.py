@@ -27,7 +27,7 @@ from modelfoundry.data.prepare import Prepared, prepare
 from modelfoundry.errors import UserError
 from modelfoundry.evaluate.review import review
 from modelfoundry.plan.check import plan_vs_measured
-from modelfoundry.predictor import save_package
+from modelfoundry.predictor import Predictor, save_package
 from modelfoundry.runfiles import (
     CALIBRATION,
     HELDOUT,
@@ -284,8 +284,6 @@ def _run(
             predictions["test"], test_targets, data.groups["test"], spec, spec["fairness"]
         )
     if "test" in predictions:  # global explanations (tables: which columns the model relies on)
-        from modelfoundry.predictor import Predictor
-
         importance = task.importance(Predictor(model.eval(), spec), data.test_display, test_targets, spec)
         if importance:
             metrics["importance"] = importance
@@ -332,6 +330,7 @@ def _run(
         test,
         config_to_dict(cfg),
         extra_sections,
+        Predictor(model.eval(), spec, path / "model"),
     )
     return metrics, timings, cfg
 
@@ -506,12 +505,18 @@ def write_run_report(
     targets,
     config: dict,
     extra_sections: list | None = None,
+    predictor=None,
 ) -> Path:
-    """report.html of a run: the task's metrics, sections and worst mistakes of the test split, and any
-    `extra_sections` (anchor, heading, HTML) after them."""
+    """report.html of a run: the task's metrics, sections and worst mistakes of the test split (the worst
+    explained by `predictor`, the packaged model, when given), and any `extra_sections` (anchor, heading,
+    HTML) after them."""
+    from modelfoundry.evaluate.explain import explain_mistakes
     from modelfoundry.evaluate.report import write_report
 
     task = task_of(spec)
+    mistakes = task.mistakes(predictions, targets, spec, data.test_display)
+    if predictor is not None:
+        mistakes = explain_mistakes(predictor, mistakes)
     return write_report(
         path / "report.html",
         title=title,
@@ -520,7 +525,7 @@ def write_run_report(
         warnings=metrics.get("warnings", []),
         data_report=data.report,
         labels=data.labels,
-        mistakes=task.mistakes(predictions, targets, spec, data.test_display),
+        mistakes=mistakes,
         config=config,
         sections=task.report_sections(predictions, targets, spec)
         + _auto_section(metrics.get("auto"))
@@ -568,6 +573,7 @@ def evaluate(
     `<run>/evaluations/<data name>-<time>/`. Returns the metrics of that data (under 'test') and the folder.
 
     `label`: the label column of the data when it is not named as in training."""
+    from modelfoundry.evaluate.explain import explain_mistakes
     from modelfoundry.evaluate.report import write_report
     from modelfoundry.predictor import load
 
@@ -604,7 +610,7 @@ def evaluate(
         warnings=metrics["warnings"],
         data_report=data_report,
         labels=predictor.labels,
-        mistakes=task.mistakes(predictions, targets, spec, display),
+        mistakes=explain_mistakes(predictor, task.mistakes(predictions, targets, spec, display)),
         config={"run": str(run), "data": str(source)},
         sections=task.report_sections(predictions, targets, spec) + audit_sections(metrics),
     )

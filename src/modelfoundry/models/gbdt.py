@@ -108,6 +108,13 @@ class GradientBoostedTrees(nn.Module):
             return np.stack([np.zeros_like(raw), raw], 1)
         return raw.reshape(len(x), self.outputs)
 
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """SHAP values of features (N, F) by LightGBM (`pred_contrib`, exact for trees): (N, K, F + 1), K the
+        booster's score columns (1 for two classes or a number), the last of each its expected score. A
+        row's values add up to its raw score."""
+        raw = np.asarray(self._booster.predict(x, pred_contrib=True), np.float64)
+        return raw.reshape(len(x), -1, self.features + 1)
+
     def set_booster(self, booster) -> None:
         self._booster = booster
         text = booster.model_to_string()  # the trees up to the best round (early stopping), or all

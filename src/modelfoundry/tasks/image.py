@@ -234,6 +234,41 @@ model:
         pre = spec["preprocessing"]
         return {"image": {"size": pre["size"], "channels": pre["channels"]}}
 
+    # ---- explanations ----------------------------------------------------------------------------
+
+    def explain_encoded(self, predictor, encoded, target, steps: int, raw) -> dict:
+        """Integrated gradients over the pixels from a black image; the heat map (H, W) sums each pixel's
+        channels. Any network that takes the image: cnn, resnet, mlp, the pretrained EfficientNet."""
+        from modelfoundry.evaluate.explain import heatmap_png, integrated_gradients
+
+        model, spec = predictor.model, predictor.spec
+        x = encoded[0].to(next(model.parameters()).device)  # (C, H, W)
+        attributions, output, start, delta = integrated_gradients(
+            lambda path: self.explained(model(path), spec, target), x, x.new_zeros(x.shape), steps, chunk=16
+        )
+        heat = attributions.sum(0).cpu().numpy()  # (H, W)
+        order = np.argsort(-np.abs(heat), axis=None, kind="stable")[:10]
+        return {
+            "method": "integrated gradients over the pixels",
+            "baseline": "a black image",
+            "steps": steps,
+            "output": output,
+            "baseline_output": start,
+            "convergence_delta": delta,
+            "heatmap": np.round(heat, 6).tolist(),
+            "heatmap_png": heatmap_png(x.cpu().numpy(), heat),
+            "top": [
+                {"name": f"pixel (row {r}, column {c})", "attribution": float(heat[r, c])}
+                for r, c in zip(*np.unravel_index(order, heat.shape))
+            ],
+        }
+
+    def explanation_html(self, explanation: dict) -> str:
+        return f'<img alt="the image and its heat map" src="{explanation["heatmap_png"]}">'
+
+    def shown_input(self, mistake: dict):
+        return mistake["image"]
+
     # ---- evaluation of new data, retraining ------------------------------------------------------
 
     def read_labelled(self, predictor, source: Path, label: str | None):

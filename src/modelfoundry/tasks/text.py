@@ -181,6 +181,65 @@ model:
         pre = spec["preprocessing"]
         return {"text": {"max_length": pre["max_length"], "pii": pre.get("pii")}}
 
+    # ---- explanations ----------------------------------------------------------------------------
+
+    def explain_encoded(self, predictor, encoded, target, steps: int, raw) -> dict:
+        """Integrated gradients on the token embeddings (the model's first embedding layer, replaced by a
+        forward hook with points on the path). The baseline puts the [PAD] embedding at every real token
+        and keeps the special ones ([CLS], [SEP]), which therefore get no attribution and are left out."""
+        import torch
+
+        from modelfoundry.evaluate.explain import integrated_gradients, top
+
+        model, spec = predictor.model, predictor.spec
+        device = next(model.parameters()).device
+        ids = encoded[0].to(device)  # (T,)
+        tokenizer = predictor.tokenizer()
+        special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        keep = torch.tensor([int(i) in special for i in ids], device=device)  # (T,)
+        embedding = token_embedding(model)
+        with torch.no_grad():
+            real = embedding(ids[None])[0].float()  # (T, D)
+            pad = embedding(torch.tensor([[spec["preprocessing"]["pad_id"]]], device=device))[0, 0].float()
+        baseline = torch.where(keep[:, None], real, pad)
+        current = {}
+        hook = embedding.register_forward_hook(lambda module, args, output: current["path"].to(output.dtype))
+
+        def forward(path):  # (S, T, D) embeddings -> (S,)
+            current["path"] = path
+            return self.explained(model(ids.expand(len(path), -1)), spec, target)
+
+        try:
+            attributions, output, start, delta = integrated_gradients(
+                forward, real, baseline, steps, chunk=64
+            )
+        finally:
+            hook.remove()
+        per_token = attributions.sum(-1).cpu().numpy()  # (T,)
+        shown = [i for i in range(len(ids)) if not keep[i]]
+        tokens = [  # index: the token's place among the text's token ids, special ones counted
+            {"token": tokenizer.id_to_token(int(ids[i])), "index": i, "attribution": float(per_token[i])}
+            for i in shown
+        ]
+        return {
+            "method": "integrated gradients on the token embeddings",
+            "baseline": "[PAD] tokens",
+            "steps": steps,
+            "output": output,
+            "baseline_output": start,
+            "convergence_delta": delta,
+            "tokens": tokens,
+            "top": top([f"{t['token']} (token {n + 1})" for n, t in enumerate(tokens)], per_token[shown]),
+        }
+
+    def explanation_html(self, explanation: dict) -> str:
+        from modelfoundry.evaluate.explain import highlighted_tokens
+
+        return highlighted_tokens(explanation["tokens"])
+
+    def shown_input(self, mistake: dict):
+        return mistake["text"]
+
     # ---- evaluation of new data, retraining ------------------------------------------------------
 
     def read_labelled(self, predictor, source: Path, label: str | None):
@@ -208,3 +267,14 @@ def write_jsonl(records: list[dict], folder: Path) -> Path:
     path = folder / "feedback.jsonl"
     pd.DataFrame(records).to_json(path, orient="records", lines=True)
     return path
+
+
+def token_embedding(model):
+    """The layer that turns token ids into vectors: a Hugging Face encoder's input embeddings, else the
+    model's first `nn.Embedding` (lstm, gru and transformer define their token table first)."""
+    from torch import nn
+
+    for module in model.modules():
+        if hasattr(module, "get_input_embeddings"):
+            return module.get_input_embeddings()
+    return next(m for m in model.modules() if isinstance(m, nn.Embedding))
