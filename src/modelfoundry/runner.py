@@ -283,6 +283,9 @@ def _run(
         metrics["fairness"] = task.fairness(
             predictions["test"], test_targets, data.groups["test"], spec, spec["fairness"]
         )
+    if cfg.evaluate.threshold_policy:  # per-group thresholds from the validation split, applied from now on
+        spec["threshold_policy"] = threshold_policy(cfg, task, data, spec, predictions)
+        metrics["threshold_policy"] = spec["threshold_policy"]
     if "test" in predictions:  # global explanations (tables: which columns the model relies on)
         importance = task.importance(Predictor(model.eval(), spec), data.test_display, test_targets, spec)
         if importance:
@@ -482,6 +485,39 @@ def balance_groups(cfg: Config, task, data: Prepared, splits: dict, device, cons
     return {"column": column, "method": method, "cells": cells, "weight_range": weight_range}
 
 
+def threshold_policy(cfg: Config, task, data: Prepared, spec: dict, predictions: dict) -> dict:
+    """evaluate.threshold_policy: the thresholds fitted on the validation split, and the test split's
+    accuracy and gaps before and after them (what the package keeps and metrics.json shows)."""
+    from modelfoundry.evaluate import thresholds
+
+    policy_cfg = cfg.evaluate.threshold_policy
+    thresholds.check_policy(data.labels)
+    if "val" not in predictions or "test" not in predictions:
+        raise UserError(
+            "evaluate.threshold_policy: the thresholds are chosen on the validation split and judged on the "
+            "test split; this run has no "
+            + ("validation" if "val" not in predictions else "test")
+            + " split. Give data.split.val and data.split.test a share above 0 (or a val_source / "
+            "test_source)."
+        )
+    column = policy_cfg.sensitive
+    groups = {k: task.encoded_groups(spec, getattr(data, k).inputs, column) for k in ("val", "test")}
+    policy = thresholds.fit(
+        predictions["val"][:, 1], data.val.targets.numpy(), groups["val"], policy_cfg.equalize, column
+    )
+    test_targets = data.test.targets.numpy()
+    after = thresholds.apply(predictions["test"], groups["test"], policy)
+    settings = {**fairness_settings(cfg), "intersections": False}
+    judged = {
+        name: (
+            task.metrics(p, test_targets, spec),
+            task.fairness(p, test_targets, data.groups["test"][[column]], spec, settings),
+        )
+        for name, p in (("before", predictions["test"]), ("after", after))
+    }
+    return {**policy, "test": thresholds.compare(judged["before"], judged["after"], column)}
+
+
 def fairness_settings(cfg: Config) -> dict:
     """What the package keeps of evaluate.*, so that `foundry evaluate --data` audits new data alike."""
     ev = cfg.evaluate
@@ -537,9 +573,13 @@ def write_run_report(
 def audit_sections(metrics: dict) -> list[tuple[str, str, str]]:
     from modelfoundry.evaluate.fairness import report_section
     from modelfoundry.evaluate.importance import report_section as importance_section
+    from modelfoundry.evaluate.thresholds import report_section as thresholds_section
 
     sections = [importance_section(metrics["importance"])] if metrics.get("importance") else []
-    return sections + ([report_section(metrics["fairness"])] if metrics.get("fairness") else [])
+    sections += [report_section(metrics["fairness"])] if metrics.get("fairness") else []
+    return sections + (
+        [thresholds_section(metrics["threshold_policy"])] if metrics.get("threshold_policy") else []
+    )
 
 
 def _auto_section(picked: dict | None) -> list[tuple[str, str, str]]:

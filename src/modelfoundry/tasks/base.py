@@ -392,6 +392,15 @@ class Task:
         """A report mistake's shown input (`shown`) as `explain` takes it. Per kind of input."""
         raise NotImplementedError
 
+    def encoded_groups(self, spec: dict, encoded, column: str) -> np.ndarray:
+        """Each encoded input's group of `column`, for evaluate.threshold_policy's per-group thresholds (which
+        need the group at prediction time). Per kind of input: only table rows carry their columns."""
+        raise UserError(
+            f"evaluate.threshold_policy: a {self.name} model's inputs do not carry column {column!r} when it "
+            "predicts, so a per-group threshold cannot be applied. Remove evaluate.threshold_policy (the "
+            "fairness audit still runs), or use train.balance_groups."
+        )
+
     # ---- the Predictor and the HTTP service --------------------------------------------------
 
     def encode_inputs(self, predictor, inputs, origin: str = "input"):

@@ -209,6 +209,24 @@ class TableInputs:
             ]
         }
 
+    def encoded_groups(self, spec: dict, encoded, column: str) -> np.ndarray:
+        """Each encoded row's category of `column`, read back from its one-hot block (None where the row held
+        a category the training split did not)."""
+        columns = {c["name"]: c for c in spec["preprocessing"]["columns"]}
+        if columns.get(column, {}).get("kind") != "category":
+            categories = ", ".join(n for n, c in columns.items() if c["kind"] == "category") or "none"
+            raise UserError(
+                f"evaluate.threshold_policy.sensitive: {column!r} is not a category column the model reads "
+                f"({categories}); a threshold "
+                "per group needs the group in every row the model is given. Name one of those, or set "
+                f"data.columns: {{{column}: category}}."
+            )
+        onehot = np.asarray(encoded.cpu() if hasattr(encoded, "cpu") else encoded)[
+            :, feature_blocks(spec["preprocessing"])[column]
+        ]
+        names = np.array(columns[column]["categories"], dtype=object)
+        return np.where(onehot.max(1) > 0.5, names[onehot.argmax(1)], None)
+
     # ---- explanations ----------------------------------------------------------------------------
 
     def explained_inputs(self, inputs) -> list:
