@@ -511,7 +511,7 @@ def threshold_policy(cfg: Config, task, data: Prepared, spec: dict, predictions:
     judged = {
         name: (
             task.metrics(p, test_targets, spec),
-            task.fairness(p, test_targets, data.groups["test"][[column]], spec, settings),
+            task.fairness(p, test_targets, data.groups["test"], spec, settings),
         )
         for name, p in (("before", predictions["test"]), ("after", after))
     }

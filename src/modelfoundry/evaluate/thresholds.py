@@ -58,18 +58,22 @@ def check_policy(labels: list[str]) -> None:
         )
 
 
-def compare(before: dict, after: dict, column: str) -> dict:
-    """What the report and metrics.json show: accuracy and the column's gaps, before and after."""
+GAPS = ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference")
+
+
+def compare(before: tuple[dict, dict], after: tuple[dict, dict], column: str) -> dict:
+    """What the report and metrics.json show, each of (metrics, fairness audit) before and after: accuracy,
+    every audited column's gaps, and the policy column's rates per group."""
     out = {}
     for name, (metrics, fairness) in {"before": before, "after": after}.items():
-        entry = fairness["attributes"][column]
+        attributes = fairness["attributes"]
         out[name] = {
             "accuracy": metrics["accuracy"],
             "f1_macro": metrics["f1_macro"],
-            **{k: entry["gaps"][k] for k in ("demographic_parity_difference", "equalized_odds_difference")},
+            "gaps": {c: {k: entry["gaps"][k] for k in GAPS} for c, entry in attributes.items()},
             "rates": {
                 g: {k: row[k] for k in ("positive_rate", "recall", "fpr")}
-                for g, row in entry["groups"].items()
+                for g, row in attributes[column]["groups"].items()
             },
         }
     return out
@@ -80,11 +84,19 @@ def report_section(policy: dict) -> tuple[str, str, str]:
     from modelfoundry.evaluate.report import _esc, _fmt
 
     comparison = policy["test"]
+    lines = [
+        (k.replace("_", " "), comparison["before"][k], comparison["after"][k])
+        for k in ("accuracy", "f1_macro")
+    ]
+    lines += [
+        (f"{column}: {k.replace('_', ' ')}", gaps[k], comparison["after"]["gaps"][column][k])
+        for column, gaps in comparison["before"]["gaps"].items()
+        for k in GAPS
+    ]
     rows = "".join(
-        f'<tr><th>{_esc(k.replace("_", " "))}</th><td class="num">{_fmt(comparison["before"][k])}</td>'
-        f'<td class="num">{_fmt(comparison["after"][k])}</td>'
-        f'<td class="num">{comparison["after"][k] - comparison["before"][k]:+.4f}</td></tr>'
-        for k in ("accuracy", "f1_macro", "demographic_parity_difference", "equalized_odds_difference")
+        f'<tr><th>{_esc(name)}</th><td class="num">{_fmt(b)}</td><td class="num">{_fmt(a)}</td>'
+        f'<td class="num">{a - b:+.4f}</td></tr>'
+        for name, b, a in lines
     )
     rates = "".join(
         f"<tr><th>{_esc(g)}</th><td class='num'>{_fmt(policy['thresholds'].get(g, 0.5))}</td>"
