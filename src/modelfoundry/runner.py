@@ -287,9 +287,13 @@ def _run(
         spec["threshold_policy"] = threshold_policy(cfg, task, data, spec, predictions)
         metrics["threshold_policy"] = spec["threshold_policy"]
     if "test" in predictions:  # global explanations (tables: which columns the model relies on)
-        importance = task.importance(Predictor(model.eval(), spec), data.test_display, test_targets, spec)
+        predictor = Predictor(model.eval(), spec)
+        importance = task.importance(predictor, data.test_display, test_targets, spec)
         if importance:
             metrics["importance"] = importance
+        overall = task.global_explanation(predictor, data.test_display, predictions["test"], spec)
+        if overall:  # texts and images: tokens or mean saliency per class
+            metrics["global_explanation"] = overall
     metrics["history"] = result.history
     # calibration measures this CPU; a GPU plan would need that GPU's rates, DDP a model of the all-reduce
     if device.type == "cpu" and distributed.world_size() == 1 and any(p.numel() for p in model.parameters()):
@@ -565,17 +569,19 @@ def write_run_report(
         config=config,
         sections=task.report_sections(predictions, targets, spec)
         + _auto_section(metrics.get("auto"))
-        + audit_sections(metrics)
+        + audit_sections(metrics, task)
         + list(extra_sections or []),
     )
 
 
-def audit_sections(metrics: dict) -> list[tuple[str, str, str]]:
+def audit_sections(metrics: dict, task) -> list[tuple[str, str, str]]:
     from modelfoundry.evaluate.fairness import report_section
     from modelfoundry.evaluate.importance import report_section as importance_section
     from modelfoundry.evaluate.thresholds import report_section as thresholds_section
 
     sections = [importance_section(metrics["importance"])] if metrics.get("importance") else []
+    if metrics.get("global_explanation"):
+        sections.append(task.global_section(metrics["global_explanation"]))
     sections += [report_section(metrics["fairness"])] if metrics.get("fairness") else []
     return sections + (
         [thresholds_section(metrics["threshold_policy"])] if metrics.get("threshold_policy") else []
@@ -652,6 +658,6 @@ def evaluate(
         labels=predictor.labels,
         mistakes=explain_mistakes(predictor, task.mistakes(predictions, targets, spec, display)),
         config={"run": str(run), "data": str(source)},
-        sections=task.report_sections(predictions, targets, spec) + audit_sections(metrics),
+        sections=task.report_sections(predictions, targets, spec) + audit_sections(metrics, task),
     )
     return metrics, folder

@@ -4,6 +4,8 @@ shown to rely on, and deleting them hurts it more than deleting others (faithful
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -228,3 +230,16 @@ def test_the_html_page_shows_each_input_with_its_attributions(runs, tmp_path):
         models["text"].task_module,
     ).read_text()
     assert "a &lt;b&gt;" in page and page.count('class="tok"') == 2 and "awful" in page
+
+
+def test_the_report_names_the_words_of_each_class_and_where_the_image_model_looks(runs):
+    folder, _ = runs
+    words = json.loads((folder / "text" / "metrics.json").read_text())["global_explanation"]["classes"]
+    assert words["pos"][0]["word"] == "great" and words["neg"][0]["word"] == "awful"
+    report = (folder / "text" / "report.html").read_text()
+    assert "Words the model associates with each class" in report
+    saliency = json.loads((folder / "image" / "metrics.json").read_text())["global_explanation"]["classes"]
+    right = np.array(saliency["right"]["mean"])
+    assert right.shape == (8, 8) and right.sum() == pytest.approx(1, abs=1e-3)
+    assert right[:, 4:].sum() > right[:, :4].sum()  # the bright half it decides by
+    assert "Mean saliency per class" in (folder / "image" / "report.html").read_text()

@@ -294,6 +294,15 @@ class Task:
         yet. Per kind of input: tables rank their columns."""
         return None
 
+    def global_explanation(self, predictor, display, predictions: np.ndarray, spec: dict) -> dict | None:
+        """What the model relies on over the whole test split, for texts and images (tables rank their
+        columns in `importance`); None where there is none. `predictions`: the split's (`predictions`)."""
+        return None
+
+    def global_section(self, entry: dict) -> tuple[str, str, str]:
+        """The report section of `global_explanation`'s entry (anchor, heading, HTML)."""
+        raise NotImplementedError
+
     def balance_cells(self, targets: np.ndarray, labels: list[str]) -> np.ndarray:
         """What train.balance_groups balances within each group, per example: its class name (regression:
         one cell per group)."""

@@ -17,6 +17,9 @@ from modelfoundry.data import tabular, text
 from modelfoundry.errors import InputError, UserError
 from modelfoundry.tasks.base import Task, at, json_type, one_upload, unicode_text
 
+MIN_TEXTS = 5  # a word must be in this many test texts to be ranked (rarer ones are noise)
+WORDS_PER_CLASS = 12
+
 
 class TextClassification(Task):
     name = "text_classification"
@@ -182,6 +185,51 @@ model:
         return {"text": {"max_length": pre["max_length"], "pii": pre.get("pii")}}
 
     # ---- explanations ----------------------------------------------------------------------------
+
+    def global_explanation(self, predictor, display, predictions: np.ndarray, spec: dict) -> dict | None:
+        """The words most associated with each class in the model's answers on the test split: a word's
+        lift is the mean probability of the class over the texts holding it, minus its mean over all texts
+        (words of at least MIN_TEXTS texts; cheap: no backward pass)."""
+        import re
+        from collections import defaultdict
+
+        if predictions is None or not len(predictions) or not self.is_classifier:
+            return None
+        holding = defaultdict(list)  # word -> indices of the texts that hold it
+        for i, item in enumerate(display):
+            for word in set(re.findall(r"\w+", str(item).lower())):
+                holding[word].append(i)
+        words = [w for w, rows in holding.items() if len(rows) >= MIN_TEXTS]
+        if not words:
+            return None
+        overall = predictions.mean(0)  # (C,)
+        lift = np.stack([predictions[holding[w]].mean(0) - overall for w in words])  # (W, C)
+        classes = {}
+        for c, label in enumerate(spec["labels"]):
+            order = np.argsort(-lift[:, c], kind="stable")[:WORDS_PER_CLASS]
+            classes[label] = [
+                {"word": words[i], "lift": float(lift[i, c]), "texts": len(holding[words[i]])}
+                for i in order
+                if lift[i, c] > 0
+            ]
+        return {"kind": "words", "texts": len(display), "min_texts": MIN_TEXTS, "classes": classes}
+
+    def global_section(self, entry: dict) -> tuple[str, str, str]:
+        from modelfoundry.evaluate.report import _esc
+
+        rows = "".join(
+            f"<tr><th>{_esc(label)}</th><td>"
+            + ", ".join(f"{_esc(w['word'])} <span class=muted>{w['lift']:+.2f}</span>" for w in words)
+            + "</td></tr>"
+            for label, words in entry["classes"].items()
+        )
+        caption = (
+            f"<p class=\"muted\">From the model's answers on {entry['texts']} test texts: each word's lift "
+            "is the mean probability of the class over the texts that hold it minus its mean over all texts "
+            f"(words of {entry['min_texts']} texts or more). The worst mistakes below show single texts' "
+            "token attributions.</p>"
+        )
+        return "global", "Words the model associates with each class", caption + f"<table>{rows}</table>"
 
     def explain_encoded(self, predictor, encoded, target, steps: int, raw) -> dict:
         """Integrated gradients on the token embeddings (the model's first embedding layer, replaced by a
