@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import assert_ok, assert_user_error, b64, foundry, png_bytes
+from e2e_helpers import assert_ok, b64, foundry, png_bytes
 
 pytestmark = pytest.mark.slow
 ROW = {"x1": 6.0, "x2": -2.0, "color": "blue"}
@@ -35,7 +35,7 @@ def test_explain_texts_prints_tokens_and_writes_highlighted_html(text_run):
     assert page.count('class="tok"') == 7 and "works great" in page
 
 
-def test_explain_a_table_file_names_columns_and_a_bad_class_is_one_message(table_run, tmp_path):
+def test_explain_a_table_file_names_its_columns(table_run, tmp_path):
     rows = tmp_path / "rows.csv"
     rows.write_text("x1,x2,color\n6.0,-2.0,blue\n0.1,0.2,red\n")
     result = foundry("explain", table_run.path, rows, "--top", "3", cwd=tmp_path, home=table_run.home)
@@ -45,11 +45,6 @@ def test_explain_a_table_file_names_columns_and_a_bad_class_is_one_message(table
     assert {"x1", "x2", "color"} >= {
         line.split()[-1] for line in result.stdout.splitlines() if line.startswith("  ")
     }
-    assert_user_error(
-        foundry("explain", table_run.path, rows, "--class", "B", cwd=tmp_path, home=table_run.home),
-        "class 'B' is not a label of this model.",
-        "Did you mean 'b'?",
-    )
 
 
 def test_the_reports_worst_mistakes_come_with_their_explanation(image_run, text_run, table_run):

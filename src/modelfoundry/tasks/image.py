@@ -24,7 +24,8 @@ from modelfoundry.data import images
 from modelfoundry.errors import InputError, UserError
 from modelfoundry.tasks.base import Task, at, json_type
 
-SALIENCY_IMAGES = 16  # test images per class the mean saliency averages (each: 16 steps of gradients)
+SALIENCY_IMAGES = 16  # test images per class the mean saliency averages (4 above 64x64: 8 steps each)
+SALIENCY_STEPS = 8
 MAX_SALIENCY_CLASSES = 30
 
 
@@ -240,8 +241,9 @@ model:
     # ---- explanations ----------------------------------------------------------------------------
 
     def global_explanation(self, predictor, display, predictions: np.ndarray, spec: dict) -> dict | None:
-        """Mean saliency per class: integrated gradients (16 steps) of up to SALIENCY_IMAGES test images the
-        model assigns to each class, each heat map's absolute values scaled to sum 1, averaged per class."""
+        """Mean saliency per class: integrated gradients (SALIENCY_STEPS) of up to SALIENCY_IMAGES test images
+        the model assigns to each class (4 when larger than 64x64: a pretrained EfficientNet's backward pass
+        is costly), each heat map's absolute values scaled to sum 1, averaged per class."""
         import torch
 
         if predictions is None or not len(predictions):
@@ -253,10 +255,15 @@ model:
             rows = np.flatnonzero(predicted == c)
             if not len(rows):
                 continue
-            rows = np.sort(rng.choice(rows, min(len(rows), SALIENCY_IMAGES), replace=False))
+            most = SALIENCY_IMAGES if np.prod(spec["input_shape"][1:]) <= 64 * 64 else 4
+            rows = np.sort(rng.choice(rows, min(len(rows), most), replace=False))
             images = torch.from_numpy(np.stack([np.asarray(display[i], np.float32) for i in rows]))
             heats = [
-                np.abs(np.array(self.explain_encoded(predictor, images[j : j + 1], c, 16, None)["heatmap"]))
+                np.abs(
+                    np.array(
+                        self.explain_encoded(predictor, images[j : j + 1], c, SALIENCY_STEPS, None)["heatmap"]
+                    )
+                )
                 for j in range(len(rows))
             ]
             maps[label] = {
@@ -285,8 +292,8 @@ model:
             plot = _png_tag(fig, "mean saliency per class")
         caption = (
             '<p class="muted">Where the model looks, per predicted class: the mean of the absolute '
-            f"integrated gradients of up to {SALIENCY_IMAGES} test images it assigns to the class (each heat "
-            "map scaled to sum 1; brighter = more). In brackets: how many images.</p>"
+            f"integrated gradients of up to {SALIENCY_IMAGES} test images (4 above 64x64) it assigns to the "
+            "class (each heat map scaled to sum 1; brighter = more). In brackets: how many images.</p>"
         )
         return "global", "Mean saliency per class", plot + caption
 
