@@ -29,7 +29,8 @@ def test_explain_shows_tokens_for_a_text_and_a_bar_per_column_for_a_row(
     explanation = page.locator("#explanation")
     expect(explanation).to_be_visible()
     expect(explanation).to_contain_text(re.compile(r"probability of '(positive|negative)'"))
-    expect(explanation.locator(".tok")).to_have_text(["the", "kettle", "broke", ",", "awful", "."])
+    expect(explanation.locator(".tok")).to_have_text(["The", "kettle", "broke", ",", "awful", "."])
+    expect(explanation.locator(".tokens")).to_have_text("The kettle broke, awful.")  # the text as typed
 
     page.goto(table_server.url)
     form = page.locator("#table-form")

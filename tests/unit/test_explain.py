@@ -222,14 +222,12 @@ def test_a_class_the_model_does_not_know_is_named_with_the_labels(runs):
 
 def test_the_html_page_shows_each_input_with_its_attributions(runs, tmp_path):
     _, models = runs
-    page = write_html(
-        tmp_path / "why.html",
-        "why",
-        ["a <b>"],
-        explain(models["text"], ["awful lamp"]),
-        models["text"].task_module,
-    ).read_text()
-    assert "a &lt;b&gt;" in page and page.count('class="tok"') == 2 and "awful" in page
+    explanations = explain(models["text"], ["Awful   LAMP"])
+    assert explanations[0]["text"] == "Awful   LAMP" and explanations[0]["tokens"][1]["start"] == 8
+    task = models["text"].task_module
+    page = write_html(tmp_path / "why.html", "why", ["a <b>"], explanations, task).read_text()
+    assert "a &lt;b&gt;" in page and page.count('class="tok"') == 2
+    assert ">Awful</span>   <span" in page and ">LAMP</span>" in page  # the text as given, its tokens shaded
 
 
 def test_the_report_names_the_words_of_each_class_and_where_the_image_model_looks(runs):

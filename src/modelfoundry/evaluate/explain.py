@@ -132,22 +132,32 @@ def top(names: list[str], values: np.ndarray, k: int = TOP) -> list[dict]:
 POSITIVE, NEGATIVE = (214, 39, 40), (31, 119, 180)  # red raises the explained number, blue lowers it
 
 
-def highlighted_tokens(tokens: list[dict]) -> str:
-    """Tokens [{"token", "attribution"}] as text, each shaded by its attribution (red up, blue down);
-    WordPiece continuations (##ing) join the token before them."""
+def highlighted_tokens(tokens: list[dict], text: str | None = None) -> str:
+    """Tokens [{"token", "attribution"}] shaded by attribution (red up, blue down). With `text` and each
+    token's `start`/`end` in it, the text itself is shown, its tokens' characters shaded; otherwise the
+    tokens, WordPiece continuations (##ing) joined to the token before them."""
     scale = max((abs(t["attribution"]) for t in tokens), default=0.0) or 1.0
+
+    def span(t: dict, shown: str) -> str:
+        color = POSITIVE if t["attribution"] >= 0 else NEGATIVE
+        alpha = min(1.0, abs(t["attribution"]) / scale) * 0.75
+        return (
+            f'<span class="tok" title="{t["attribution"]:+.4f}" '
+            f'style="background:rgba({color[0]},{color[1]},{color[2]},{alpha:.2f})">{html.escape(shown)}</span>'
+        )
+
+    if text is not None and all("start" in t for t in tokens):
+        parts, at = [], 0
+        for t in sorted(tokens, key=lambda t: t["start"]):
+            if t["start"] < at:  # overlapping offsets: keep what is drawn
+                continue
+            parts.append(html.escape(text[at : t["start"]]) + span(t, text[t["start"] : t["end"]]))
+            at = t["end"]
+        return f'<div class="text">{"".join(parts)}{html.escape(text[at:])}</div>'
     parts = []
     for t in tokens:
-        word = t["token"]
-        joined = word.startswith("##")
-        word = word[2:] if joined else word
-        color = POSITIVE if t["attribution"] >= 0 else NEGATIVE
-        alpha = min(1.0, abs(t["attribution"]) / scale)
-        parts.append(
-            ("" if joined or not parts else " ") + f'<span class="tok" title="{t["attribution"]:+.4f}" '
-            f'style="background:rgba({color[0]},{color[1]},{color[2]},{alpha * 0.75:.2f})">'
-            f"{html.escape(word)}</span>"
-        )
+        joined = t["token"].startswith("##")
+        parts.append(("" if joined or not parts else " ") + span(t, t["token"][2:] if joined else t["token"]))
     return f'<div class="text">{"".join(parts)}</div>'
 
 

@@ -269,7 +269,12 @@ model:
             {"token": tokenizer.id_to_token(int(ids[i])), "index": i, "attribution": float(per_token[i])}
             for i in shown
         ]
+        offsets = token_offsets(tokenizer, raw, ids.tolist())
+        if offsets:  # where each token lies in the text as given: the page highlights the text itself
+            for t in tokens:
+                t["start"], t["end"] = offsets[t["index"]]
         return {
+            **({"text": unicode_text(raw)} if offsets else {}),
             "method": "integrated gradients on the token embeddings",
             "baseline": "[PAD] tokens",
             "steps": steps,
@@ -280,10 +285,13 @@ model:
             "top": top([f"{t['token']} (token {n + 1})" for n, t in enumerate(tokens)], per_token[shown]),
         }
 
+    def explained_inputs(self, inputs) -> list | None:
+        return [inputs] if isinstance(inputs, str) else [t if isinstance(t, str) else None for t in inputs]
+
     def explanation_html(self, explanation: dict) -> str:
         from modelfoundry.evaluate.explain import highlighted_tokens
 
-        return highlighted_tokens(explanation["tokens"])
+        return highlighted_tokens(explanation["tokens"], explanation.get("text"))
 
     def shown_input(self, mistake: dict):
         return mistake["text"]
@@ -326,3 +334,12 @@ def token_embedding(model):
         if hasattr(module, "get_input_embeddings"):
             return module.get_input_embeddings()
     return next(m for m in model.modules() if isinstance(m, nn.Embedding))
+
+
+def token_offsets(tokenizer, text, ids: list[int]) -> list[tuple[int, int]] | None:
+    """Each token's (start, end) in `text`, when tokenizing it again gives exactly `ids`; None otherwise
+    (a text scrubbed of personal data before it was tokenized, or no text)."""
+    if not isinstance(text, str):
+        return None
+    encoding = tokenizer.encode(unicode_text(text))
+    return [tuple(o) for o in encoding.offsets] if encoding.ids == ids else None

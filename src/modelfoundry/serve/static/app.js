@@ -368,14 +368,26 @@ function renderExplanation(e) {
   if (e.tokens) {
     const scale = Math.max(...e.tokens.map((t) => Math.abs(t.attribution)));
     const text = element("p", { class: "tokens" });
-    e.tokens.forEach((t, i) => {
-      const joined = t.token.startsWith("##");
-      if (i > 0 && !joined) text.append(" ");
-      const span = element("span", { class: "tok", title: t.attribution.toPrecision(3) },
-        joined ? t.token.slice(2) : t.token);
+    const tok = (t, shown) => {
+      const span = element("span", { class: "tok", title: t.attribution.toPrecision(3) }, shown);
       span.style.background = shade(t.attribution, scale);
-      text.append(span);
-    });
+      return span;
+    };
+    if (e.text != null) { // the text as typed, each token's characters shaded
+      let at = 0;
+      for (const t of [...e.tokens].sort((a, b) => a.start - b.start)) {
+        if (t.start < at) continue;
+        text.append(e.text.slice(at, t.start), tok(t, e.text.slice(t.start, t.end)));
+        at = t.end;
+      }
+      text.append(e.text.slice(at));
+    } else {
+      e.tokens.forEach((t, i) => {
+        const joined = t.token.startsWith("##");
+        if (i > 0 && !joined) text.append(" ");
+        text.append(tok(t, joined ? t.token.slice(2) : t.token));
+      });
+    }
     parts.push(text);
   }
   if (e.heatmap_png) {
