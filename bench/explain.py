@@ -133,7 +133,9 @@ def image_faithfulness(folder: Path, images: int, rng) -> dict:
     held_out = np.arange(HELD_OUT, len(bunch.images))
     chosen = rng.choice(held_out, min(images, len(held_out)), replace=False)
     pictures = [(bunch.images[i] / 16.0)[None].astype(np.float32) for i in chosen]
-    explanations = explain(predictor, pictures)
+    explanations = [
+        e for i in range(0, len(pictures), 100) for e in explain(predictor, pictures[i : i + 100])
+    ]
     for e in explanations:
         e["_values"] = np.array(e["heatmap"]).ravel()
 
@@ -221,9 +223,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         text, predictor = text_faithfulness(folder, args.texts, args.phrases, rng)
-        print("text faithfulness done", file=sys.stderr)
+        summary = {k: v if isinstance(v, str | float) else float(np.mean(v)) for k, v in text.items()}
+        print(f"text faithfulness done: {summary}", file=sys.stderr)
         cost = text_cost(predictor, pd.read_csv(SST2 / "test.tsv", sep="\t", quoting=3)["sentence"].tolist())
-        print("text cost done", file=sys.stderr)
+        print(f"text cost done: {cost}", file=sys.stderr)
         image = image_faithfulness(folder, args.images, rng)
         print("image faithfulness done", file=sys.stderr)
         table = table_cost(folder)
