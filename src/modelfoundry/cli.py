@@ -321,6 +321,61 @@ def generate(
 
 
 @app.command()
+def explain(
+    run: Annotated[
+        str, typer.Argument(help="run id or folder (a package with PyTorch weights or LightGBM trees)")
+    ],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="as `foundry predict` takes them: image files or folders, one table file, or texts"
+        ),
+    ],
+    label: Annotated[
+        str | None,
+        typer.Option("--class", help="explain this class's probability (default: the predicted one)"),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="the HTML file (default: RUN/explanations/<time>.html)"),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="integrated gradients' steps (default per input kind; more: smaller delta)"),
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="attributions printed per input")] = 5,
+    as_json: AsJson = False,
+) -> None:
+    """Explain predictions: which tokens, pixels or columns moved the model, printed and as an HTML page."""
+    from datetime import datetime
+
+    from modelfoundry.evaluate.explain import explain as explain_inputs, summary, write_html
+    from modelfoundry.predictor import load
+    from modelfoundry.runfiles import run_folder
+    from modelfoundry.store.registry import resolve_run
+
+    path = resolve_run(run)
+    predictor = load(path)
+    task = predictor.task_module
+    items, names = task.cli_inputs(predictor, inputs)
+    explanations = explain_inputs(predictor, items, label, steps)
+    names = names or [f"row {i + 1}" for i in range(len(explanations))]
+    if output is None:
+        output = run_folder(predictor.path) / "explanations" / f"{datetime.now():%Y%m%d-%H%M%S}.html"
+        output.parent.mkdir(parents=True, exist_ok=True)
+    write_html(output, f"Why {predictor.spec.get('run_id', 'the model')} said it", names, explanations, task)
+    if as_json:
+        return _print_json(
+            {"explanations": [{"input": n, **e} for n, e in zip(names, explanations)], "html": output}
+        )
+    for name, explanation in zip(names, explanations):
+        out.print(f"[bold]{escape(name)}[/]: {escape(summary(explanation))}", highlight=False)
+        for item in explanation["top"][:top]:
+            out.print(f"  {item['attribution']:+.4g}  {escape(item['name'])}", highlight=False)
+    out.print(f"html: {output}", highlight=False)
+
+
+@app.command()
 def ensemble(
     runs: Annotated[
         list[str], typer.Argument(help="two or more runs: run ids, versions (v3), aliases or run folders")

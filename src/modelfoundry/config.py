@@ -312,6 +312,21 @@ class TrainConfig(_Section):
         return self
 
 
+class ThresholdPolicyConfig(_Section):
+    """evaluate.threshold_policy: per-group decision thresholds of a two-class table model (evaluate/
+    thresholds.py), chosen on the validation split and kept in the package."""
+
+    sensitive: str = Field(
+        description="a category column the model reads, also in evaluate.sensitive: each of its groups gets "
+        "its own threshold"
+    )
+    equalize: Literal["tpr", "fpr", "positive_rate"] = Field(
+        "tpr",
+        description="the rate made equal across groups: tpr (equal opportunity), fpr, or positive_rate "
+        "(demographic parity)",
+    )
+
+
 class EvaluateConfig(_Section):
     """What the report audits beyond the task's metrics (evaluate/fairness.py)."""
 
@@ -327,6 +342,11 @@ class EvaluateConfig(_Section):
     k: list[int] = Field(
         default_factory=lambda: [10, 20],
         description="recommendation: the cut-offs of the ranking metrics (ndcg@10, recall@20, ...)",
+    )
+    threshold_policy: ThresholdPolicyConfig | None = Field(
+        None,
+        description="per-group decision thresholds that equalise a rate (fairness mitigation after "
+        "training); the report shows the gaps and accuracy before and after",
     )
 
 
@@ -471,6 +491,13 @@ def _fairness_problems(cfg: Config) -> list[str]:
         problems.append(
             f"train.balance_groups: {balance!r} is not a column of evaluate.sensitive "
             f"({sensitive or 'empty'}); add it there, so the report shows the gaps the re-weighting leaves"
+        )
+    policy = cfg.evaluate.threshold_policy
+    if policy is not None and policy.sensitive not in sensitive:
+        problems.append(
+            f"evaluate.threshold_policy.sensitive: {policy.sensitive!r} is not a column of "
+            f"evaluate.sensitive ({sensitive or 'empty'}); add it there, so the report shows the gaps "
+            "before and after"
         )
     return problems
 

@@ -157,7 +157,15 @@ class Predictor:
         outputs = [
             self.model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
         ]
-        return self.task_module.predictions(torch.cat(outputs), self.spec)
+        predictions = self.task_module.predictions(torch.cat(outputs), self.spec)
+        policy = self.spec.get("threshold_policy")
+        if policy:  # per-group decision thresholds (evaluate/thresholds.py), the group read from the rows
+            from modelfoundry.evaluate.thresholds import apply
+
+            predictions = apply(
+                predictions, self.task_module.encoded_groups(self.spec, x, policy["column"]), policy
+            )
+        return predictions
 
     proba = run  # the name the service and compress/ used when every model was a classifier
 

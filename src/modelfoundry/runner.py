@@ -27,7 +27,7 @@ from modelfoundry.data.prepare import Prepared, prepare
 from modelfoundry.errors import UserError
 from modelfoundry.evaluate.review import review
 from modelfoundry.plan.check import plan_vs_measured
-from modelfoundry.predictor import save_package
+from modelfoundry.predictor import Predictor, save_package
 from modelfoundry.runfiles import (
     CALIBRATION,
     HELDOUT,
@@ -286,12 +286,17 @@ def _run(
         metrics["fairness"] = task.fairness(
             predictions["test"], test_targets, data.groups["test"], spec, spec["fairness"]
         )
+    if cfg.evaluate.threshold_policy:  # per-group thresholds from the validation split, applied from now on
+        spec["threshold_policy"] = threshold_policy(cfg, task, data, spec, predictions)
+        metrics["threshold_policy"] = spec["threshold_policy"]
     if "test" in predictions:  # global explanations (tables: which columns the model relies on)
-        from modelfoundry.predictor import Predictor
-
-        importance = task.importance(Predictor(model.eval(), spec), data.test_display, test_targets, spec)
+        predictor = Predictor(model.eval(), spec)
+        importance = task.importance(predictor, data.test_display, test_targets, spec)
         if importance:
             metrics["importance"] = importance
+        overall = task.global_explanation(predictor, data.test_display, predictions["test"], spec)
+        if overall:  # texts and images: tokens or mean saliency per class
+            metrics["global_explanation"] = overall
     metrics["history"] = result.history
     # calibration measures this CPU; a GPU plan would need that GPU's rates, DDP a model of the all-reduce
     if device.type == "cpu" and distributed.world_size() == 1 and any(p.numel() for p in model.parameters()):
@@ -335,6 +340,7 @@ def _run(
         test,
         config_to_dict(cfg),
         extra_sections,
+        Predictor(model.eval(), spec, path / "model"),
     )
     return metrics, timings, cfg
 
@@ -486,6 +492,39 @@ def balance_groups(cfg: Config, task, data: Prepared, splits: dict, device, cons
     return {"column": column, "method": method, "cells": cells, "weight_range": weight_range}
 
 
+def threshold_policy(cfg: Config, task, data: Prepared, spec: dict, predictions: dict) -> dict:
+    """evaluate.threshold_policy: the thresholds fitted on the validation split, and the test split's
+    accuracy and gaps before and after them (what the package keeps and metrics.json shows)."""
+    from modelfoundry.evaluate import thresholds
+
+    policy_cfg = cfg.evaluate.threshold_policy
+    thresholds.check_policy(data.labels)
+    if "val" not in predictions or "test" not in predictions:
+        raise UserError(
+            "evaluate.threshold_policy: the thresholds are chosen on the validation split and judged on the "
+            "test split; this run has no "
+            + ("validation" if "val" not in predictions else "test")
+            + " split. Give data.split.val and data.split.test a share above 0 (or a val_source / "
+            "test_source)."
+        )
+    column = policy_cfg.sensitive
+    groups = {k: task.encoded_groups(spec, getattr(data, k).inputs, column) for k in ("val", "test")}
+    policy = thresholds.fit(
+        predictions["val"][:, 1], data.val.targets.numpy(), groups["val"], policy_cfg.equalize, column
+    )
+    test_targets = data.test.targets.numpy()
+    after = thresholds.apply(predictions["test"], groups["test"], policy)
+    settings = {**fairness_settings(cfg), "intersections": False}
+    judged = {
+        name: (
+            task.metrics(p, test_targets, spec),
+            task.fairness(p, test_targets, data.groups["test"], spec, settings),
+        )
+        for name, p in (("before", predictions["test"]), ("after", after))
+    }
+    return {**policy, "test": thresholds.compare(judged["before"], judged["after"], column)}
+
+
 def fairness_settings(cfg: Config) -> dict:
     """What the package keeps of evaluate.*, so that `foundry evaluate --data` audits new data alike."""
     ev = cfg.evaluate
@@ -509,12 +548,18 @@ def write_run_report(
     targets,
     config: dict,
     extra_sections: list | None = None,
+    predictor=None,
 ) -> Path:
-    """report.html of a run: the task's metrics, sections and worst mistakes of the test split, and any
-    `extra_sections` (anchor, heading, HTML) after them."""
+    """report.html of a run: the task's metrics, sections and worst mistakes of the test split (the worst
+    explained by `predictor`, the packaged model, when given), and any `extra_sections` (anchor, heading,
+    HTML) after them."""
+    from modelfoundry.evaluate.explain import explain_mistakes
     from modelfoundry.evaluate.report import write_report
 
     task = task_of(spec)
+    mistakes = task.mistakes(predictions, targets, spec, data.test_display)
+    if predictor is not None:
+        mistakes = explain_mistakes(predictor, mistakes)
     return write_report(
         path / "report.html",
         title=title,
@@ -523,21 +568,27 @@ def write_run_report(
         warnings=metrics.get("warnings", []),
         data_report=data.report,
         labels=data.labels,
-        mistakes=task.mistakes(predictions, targets, spec, data.test_display),
+        mistakes=mistakes,
         config=config,
         sections=task.report_sections(predictions, targets, spec)
         + _auto_section(metrics.get("auto"))
-        + audit_sections(metrics)
+        + audit_sections(metrics, task)
         + list(extra_sections or []),
     )
 
 
-def audit_sections(metrics: dict) -> list[tuple[str, str, str]]:
+def audit_sections(metrics: dict, task) -> list[tuple[str, str, str]]:
     from modelfoundry.evaluate.fairness import report_section
     from modelfoundry.evaluate.importance import report_section as importance_section
+    from modelfoundry.evaluate.thresholds import report_section as thresholds_section
 
     sections = [importance_section(metrics["importance"])] if metrics.get("importance") else []
-    return sections + ([report_section(metrics["fairness"])] if metrics.get("fairness") else [])
+    if metrics.get("global_explanation"):
+        sections.append(task.global_section(metrics["global_explanation"]))
+    sections += [report_section(metrics["fairness"])] if metrics.get("fairness") else []
+    return sections + (
+        [thresholds_section(metrics["threshold_policy"])] if metrics.get("threshold_policy") else []
+    )
 
 
 def _auto_section(picked: dict | None) -> list[tuple[str, str, str]]:
@@ -571,6 +622,7 @@ def evaluate(
     `<run>/evaluations/<data name>-<time>/`. Returns the metrics of that data (under 'test') and the folder.
 
     `label`: the label column of the data when it is not named as in training."""
+    from modelfoundry.evaluate.explain import explain_mistakes
     from modelfoundry.evaluate.report import write_report
     from modelfoundry.predictor import load
 
@@ -624,8 +676,8 @@ def evaluate(
         warnings=metrics["warnings"],
         data_report=data_report,
         labels=predictor.labels,
-        mistakes=task.mistakes(predictions, targets, spec, display),
+        mistakes=explain_mistakes(predictor, task.mistakes(predictions, targets, spec, display)),
         config={"run": str(run), "data": str(source)},
-        sections=task.report_sections(predictions, targets, spec) + audit_sections(metrics),
+        sections=task.report_sections(predictions, targets, spec) + audit_sections(metrics, task),
     )
     return metrics, folder

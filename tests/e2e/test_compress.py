@@ -135,3 +135,9 @@ def test_int8_variant_refuses_the_torch_backend(cnn_run):
     with pytest.raises(mf.UserError, match="has only model.onnx"):
         mf.load(home / "int8-check-int8", backend="torch")
     assert mf.load(home / "int8-check-int8").backend == "onnx"
+    image = min((work / "images").rglob("*.png"))
+    assert_user_error(  # no gradients in an int8 graph: the message sends the user to the original run
+        foundry("explain", home / "int8-check-int8", image, cwd=work, home=home),
+        "holds only an ONNX graph",
+        "explain the original run",
+    )

@@ -63,3 +63,12 @@ def test_trees_of_one_hot_features_load_and_predict_alike_whatever_the_options_s
     again.load_state_dict(onehot.state_dict())
     x = encoder.transform(frame)
     np.testing.assert_allclose(again.scores(x), onehot.scores(x))
+
+
+def test_native_category_contributions_come_back_in_the_encoded_features_and_add_up_to_the_score():
+    frame, labels = table(400, 4)
+    model, encoder = trained("native", frame, labels, table(100, 5))
+    x = encoder.transform(frame[:5])
+    values = model.contributions(x)
+    assert values.shape == (5, 1, x.shape[1] + 1)  # one score column (two classes), every encoded feature
+    np.testing.assert_allclose(values.sum(2)[:, 0], model.scores(x)[:, 1], rtol=1e-5, atol=1e-5)

@@ -94,9 +94,11 @@ tr.bad td { background: #fde8e8; }
 img.plot { max-width: 100%; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 12px; }
 .card { border: 1px solid #e4e7eb; border-radius: 6px; padding: 8px; font-size: .85em; overflow: auto; }
-.card img { image-rendering: pixelated; display: block; margin: 0 auto 6px; }
+.card img { image-rendering: pixelated; display: block; margin: 0 auto 6px; max-width: 100%; }
 .card .text { white-space: pre-wrap; word-break: break-word; max-height: 180px; overflow: auto; }
 .card table { font-size: .95em; margin: 0 0 6px; }
+.card .tok { border-radius: 3px; }
+.card .bar { margin: 2px 0 4px; overflow-wrap: anywhere; }
 pre { background: #f5f7fa; padding: 12px; border-radius: 6px; overflow: auto; font-size: .85em; }
 """
 
@@ -129,7 +131,8 @@ def write_report(
             unreadable, warnings); unknown keys are shown as key/value tables.
         labels: Class names in the order used by the confusion matrix.
         mistakes: Worst mistakes, worst first: {true, pred, confidence} plus one of image (float array in
-            [0, 1], shape (H, W) or (C, H, W)), row (column -> value) or text.
+            [0, 1], shape (H, W) or (C, H, W)), row (column -> value) or text; with `explained` (HTML of
+            the input with its attributions, evaluate/explain.py) shown instead, and `explains` under it.
         config: The resolved config, shown as YAML.
         sections: The task's own sections (anchor, heading, HTML), shown after the learning curves.
         warnings: What to know before trusting the numbers (evaluate/review.py), shown above them.
@@ -470,6 +473,8 @@ def _mistake_caption(mistake: dict) -> str:
 
 
 def _mistake_body(mistake: dict) -> str:
+    if mistake.get("explained"):  # evaluate/explain.py: the input drawn with its attributions
+        return f'{mistake["explained"]}<div class="muted">{_esc(mistake.get("explains", ""))}</div>'
     if mistake.get("image") is not None:
         return _thumbnail(mistake["image"])
     if mistake.get("row") is not None:

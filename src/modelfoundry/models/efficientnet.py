@@ -151,7 +151,8 @@ class EfficientNetLite(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, num_classes)
-        if self.frozen:  # nothing to learn below the head: keep no graph of the backbone
+        if self.frozen and not x.requires_grad:  # nothing to learn below the head: keep no graph of the
+            # backbone (an explanation's input asks for its gradient through it)
             with torch.no_grad():
                 features = self.backbone(x)  # (B, 1280)
         else:

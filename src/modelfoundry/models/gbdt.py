@@ -145,6 +145,27 @@ class GradientBoostedTrees(nn.Module):
         numbers = self.features - sum(width for _, width in self.category_blocks)
         return list(range(numbers, numbers + len(self.category_blocks)))
 
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """SHAP values of features (N, F) by LightGBM (`pred_contrib`, exact for trees): (N, K, F + 1), K the
+        booster's score columns (1 for two classes or a number), the last of each its expected score. A
+        row's values add up to its raw score. With native categories a category's value is given to the first
+        feature of its one-hot block (the block's features sum to the column's value either way)."""
+        folded = self.booster_inputs(x)
+        raw = np.asarray(self._booster.predict(folded, pred_contrib=True), np.float64)
+        raw = raw.reshape(len(x), -1, folded.shape[1] + 1)
+        if not self.category_blocks:
+            return raw
+        keep = np.ones(self.features, dtype=bool)
+        for start, width in self.category_blocks:
+            keep[start : start + width] = False
+        out = np.zeros((len(x), raw.shape[1], self.features + 1))
+        numbers = int(keep.sum())
+        out[:, :, np.flatnonzero(keep)] = raw[:, :, :numbers]
+        for j, (start, _) in enumerate(self.category_blocks):
+            out[:, :, start] = raw[:, :, numbers + j]
+        out[:, :, -1] = raw[:, :, -1]
+        return out
+
     def set_booster(self, booster) -> None:
         self._booster = booster
         text = booster.model_to_string()  # the trees up to the best round (early stopping), or all

@@ -120,6 +120,36 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction | ValuePrediction]
 
 
+class ExplainRequest(BaseModel):
+    inputs: list[Any] = Field(description="as for /v1/predict: texts, base64 images or table rows")
+    label: str | None = Field(
+        None,
+        alias="class",
+        description="explain this class's probability (default: the predicted class); not for a number",
+    )
+    steps: int | None = Field(
+        None, ge=2, le=1024, description="integrated gradients' steps (default per input kind)"
+    )
+
+
+class Explanation(BaseModel):
+    """Why the model said what it did of one input (keys of its kind of input: tokens, heatmap and
+    heatmap_png, or contributions)."""
+
+    model_config = {"extra": "allow"}
+    explains: str
+    method: str
+    output: float
+    baseline_output: float
+    convergence_delta: float | None
+    top: list[dict]
+
+
+class ExplainResponse(BaseModel):
+    model_version: str | None
+    explanations: list[Explanation]
+
+
 class FeedbackRequest(BaseModel):
     label: str | float | None = Field(
         None,
@@ -239,6 +269,41 @@ async def predict_file(
         task.encode_files, current.predictor, contents, service.settings, "files"
     )
     return FastJSONResponse(await service.predict(current, payload, stored, len(uploads), top_k, "files"))
+
+
+@router.post(
+    "/v1/explain",
+    tags=["predict"],
+    response_model=ExplainResponse,
+    summary="Explain predictions: token attributions, a heat map over the image, or column contributions",
+    description="The body of /v1/predict, with `class` to explain another class than the predicted one. "
+    "Texts: `tokens` [{token, attribution}] by integrated gradients on the embeddings (special tokens left "
+    "out); images: `heatmap` (H x W) and `heatmap_png` (the image beside its heat map, a data URL); table "
+    "rows: `contributions` [{column, value, contribution}] (SHAP values for gbdt, integrated gradients "
+    "otherwise). A model served from ONNX alone cannot be explained (422, field `model`).",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ExplainRequest.model_json_schema(by_alias=True)}},
+        }
+    },
+)
+async def explain(request: Request) -> FastJSONResponse:
+    from modelfoundry.evaluate.explain import check_explainable
+
+    body = await read_body(request, ExplainRequest)
+    service = service_of(request)
+    current = service.served
+    predictor = current.predictor
+    check_count(len(body.inputs), service.settings.max_inputs)
+    check_explainable(predictor)
+    payload, _ = await encode(service, current, body.inputs)
+    task = predictor.task_module
+    raw = task.explained_inputs(body.inputs)  # table rows, shown beside their columns' contributions
+    explanations = await run_in_threadpool(
+        task.explain_batch, predictor, payload, raw, body.label, body.steps
+    )
+    return FastJSONResponse({"model_version": current.version_name, "explanations": explanations})
 
 
 BATCH_PATH = "/v1/predict/batch"

@@ -333,10 +333,121 @@ class Task:
         yet. Per kind of input: tables rank their columns."""
         return None
 
+    def global_explanation(self, predictor, display, predictions: np.ndarray, spec: dict) -> dict | None:
+        """What the model relies on over the whole test split, for texts and images (tables rank their
+        columns in `importance`); None where there is none. `predictions`: the split's (`predictions`)."""
+        return None
+
+    def global_section(self, entry: dict) -> tuple[str, str, str]:
+        """The report section of `global_explanation`'s entry (anchor, heading, HTML)."""
+        raise NotImplementedError
+
     def balance_cells(self, targets: np.ndarray, labels: list[str]) -> np.ndarray:
         """What train.balance_groups balances within each group, per example: its class name (regression:
         one cell per group)."""
         return np.asarray(labels, dtype=object)[np.asarray(targets)]
+
+    # ---- explanations of single predictions (evaluate/explain.py) ----------------------------
+
+    explain_steps = 32  # integrated gradients' default steps (per kind of input: bench/explain.py measures)
+
+    def explain(self, predictor, inputs, label: str | None, steps: int | None) -> list[dict]:
+        """One explanation per raw input (as `Predictor.predict` takes them)."""
+        origin = str(inputs) if isinstance(inputs, (str, Path)) else "input"
+        encoded = predictor.encode(inputs, origin)
+        return self.explain_batch(predictor, encoded, self.explained_inputs(inputs), label, steps)
+
+    def explain_batch(
+        self, predictor, encoded, raw: list | None, label: str | None, steps: int | None
+    ) -> list[dict]:
+        """One explanation per encoded input: what is explained (`explain_target`: the predicted class, or
+        `label`) and why (`explain_encoded`, per kind of input). `raw`: the inputs as shown beside it."""
+        from modelfoundry.evaluate.explain import MAX_INPUTS
+
+        if len(encoded) > MAX_INPUTS:
+            raise UserError(
+                f"explain: {len(encoded):,} inputs; it explains up to {MAX_INPUTS} at a time. Give fewer (a "
+                "smaller file, or a few texts or images)."
+            )
+        predictions = predictor.run(encoded)
+        raw = raw or [None] * len(predictions)
+        out = []
+        for i, prediction in enumerate(predictions):
+            target, head = self.explain_target(prediction, predictor.spec, label)
+            body = self.explain_encoded(
+                predictor, encoded[i : i + 1], target, steps or self.explain_steps, raw[i]
+            )
+            out.append({**head, **body})
+        return out
+
+    def explained_inputs(self, inputs) -> list | None:
+        """The raw inputs as an explanation shows them beside its attributions (tables: the rows), or None."""
+        return None
+
+    def explain_target(self, prediction: np.ndarray, spec: dict, label: str | None) -> tuple[int, dict]:
+        """Which output is explained and what the explanation says of it: the probability (C,) of the
+        predicted class, or of `label` when asked."""
+        labels = spec["labels"]
+        predicted = int(np.argmax(prediction))
+        if label is None:
+            target = predicted
+        elif label in labels:
+            target = labels.index(label)
+        else:
+            raise InputError(
+                422,
+                "class",
+                f"class {label!r} is not a label of this model.{did_you_mean(str(label), labels)} "
+                f"Labels: {', '.join(labels)}.",
+            )
+        return target, {
+            "label": labels[target],
+            "probability": float(prediction[target]),
+            "predicted": labels[predicted],
+            "explains": f"probability of {labels[target]!r}",
+        }
+
+    def explained(self, outputs, spec: dict, target: int):
+        """Model outputs (S, C) -> the number explained (S,): the target class's probability."""
+        import torch
+
+        return torch.softmax(outputs.float(), 1)[:, target]
+
+    def tree_contributions(
+        self, contributions: np.ndarray, target: int, spec: dict
+    ) -> tuple[np.ndarray, float, str]:
+        """LightGBM's SHAP values of one row (K, F + 1) (K score columns, the last value the expected score)
+        -> (per feature (F,), expected value, what they add up to): the target class's raw score. A binary
+        booster has one score, the log-odds of the second class; the first class's is its negative."""
+        labels = spec["labels"]
+        if len(contributions) == 1:
+            sign = 1.0 if target == 1 else -1.0
+            row = sign * contributions[0]
+            return row[:-1], float(row[-1]), f"log-odds of {labels[target]!r}"
+        row = contributions[target]
+        return row[:-1], float(row[-1]), f"raw score of {labels[target]!r} (its softmax is the probability)"
+
+    def explain_encoded(self, predictor, encoded, target, steps: int, raw) -> dict:
+        """Why the model said what it did of one encoded input (a batch of one): the attributions
+        (evaluate/explain.py lists the keys). Per kind of input."""
+        raise NotImplementedError
+
+    def explanation_html(self, explanation: dict) -> str:
+        """The explanation as HTML (highlighted text, heat map or bars) with its input. Per kind of input."""
+        raise NotImplementedError
+
+    def shown_input(self, mistake: dict):
+        """A report mistake's shown input (`shown`) as `explain` takes it. Per kind of input."""
+        raise NotImplementedError
+
+    def encoded_groups(self, spec: dict, encoded, column: str) -> np.ndarray:
+        """Each encoded input's group of `column`, for evaluate.threshold_policy's per-group thresholds (which
+        need the group at prediction time). Per kind of input: only table rows carry their columns."""
+        raise UserError(
+            f"evaluate.threshold_policy: a {self.name} model's inputs do not carry column {column!r} when it "
+            "predicts, so a per-group threshold cannot be applied. Remove evaluate.threshold_policy (the "
+            "fairness audit still runs), or use train.balance_groups."
+        )
 
     # ---- the Predictor and the HTTP service --------------------------------------------------
 

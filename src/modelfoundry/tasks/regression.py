@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from modelfoundry.data import tabular
-from modelfoundry.errors import UserError
+from modelfoundry.errors import InputError, UserError
 from modelfoundry.tasks.base import Objective, Targets, Task, finite, weighted_mean
 from modelfoundry.tasks.tabular import TableInputs
 
@@ -241,6 +241,31 @@ class TabularRegression(TableInputs, Task):
         return [
             ("residuals", "Predicted vs true", regression_plots(predictions, self.true_values(targets, spec)))
         ]
+
+    # ---- explanations ----------------------------------------------------------------------------
+
+    def explain_target(self, prediction, spec: dict, label: str | None) -> tuple[None, dict]:
+        """A number: the predicted value is explained; there is no class to ask for."""
+        if label is not None:
+            raise InputError(
+                422,
+                "class",
+                f"class {label!r}: a tabular_regression model predicts a number, so its explanation is of "
+                "the value; leave out the class.",
+            )
+        return None, {"prediction": float(prediction), "explains": f"predicted {spec['target']['column']}"}
+
+    def explained(self, outputs, spec: dict, target):
+        """The value in the target's units (S,)."""
+        return outputs[:, 0].float() * spec["target"]["std"] + spec["target"]["mean"]
+
+    def tree_contributions(
+        self, contributions: np.ndarray, target, spec: dict
+    ) -> tuple[np.ndarray, float, str]:
+        """The booster predicts the standardised value: its SHAP values times the spread, plus the mean."""
+        t = spec["target"]
+        row = contributions[0]
+        return row[:-1] * t["std"], float(row[-1]) * t["std"] + t["mean"], f"predicted {t['column']}"
 
     # ---- Predictor and service -------------------------------------------------------------------
 

@@ -212,6 +212,86 @@ class TableInputs:
             ]
         }
 
+    def encoded_groups(self, spec: dict, encoded, column: str) -> np.ndarray:
+        """Each encoded row's category of `column`, read back from its one-hot block (None where the row held
+        a category the training split did not)."""
+        columns = {c["name"]: c for c in spec["preprocessing"]["columns"]}
+        if columns.get(column, {}).get("kind") != "category":
+            categories = ", ".join(n for n, c in columns.items() if c["kind"] == "category") or "none"
+            raise UserError(
+                f"evaluate.threshold_policy.sensitive: {column!r} is not a category column the model reads "
+                f"({categories}); a threshold "
+                "per group needs the group in every row the model is given. Name one of those, or set "
+                f"data.columns: {{{column}: category}}."
+            )
+        onehot = np.asarray(encoded.cpu() if hasattr(encoded, "cpu") else encoded)[
+            :, feature_blocks(spec["preprocessing"])[column]
+        ]
+        names = np.array(columns[column]["categories"], dtype=object)
+        return np.where(onehot.max(1) > 0.5, names[onehot.argmax(1)], None)
+
+    # ---- explanations ----------------------------------------------------------------------------
+
+    def explained_inputs(self, inputs) -> list:
+        return read_rows(inputs).to_dict(orient="records")
+
+    def explain_encoded(self, predictor, encoded, target, steps: int, raw) -> dict:
+        """Per column of the user's table, how much it moved the explained number: gbdt by LightGBM's SHAP
+        values (exact for trees, in the raw score: log-odds for two classes), other networks by integrated
+        gradients from the encoded zero row (every number at its training mean, no category). A column's
+        encoded features (a category's one-hot block) are summed back into one contribution."""
+        from modelfoundry.evaluate.explain import integrated_gradients, top
+
+        model, spec = predictor.model, predictor.spec
+        features = encoded[0]  # (F,)
+        head = {}
+        if hasattr(model, "contributions"):  # the trees' own SHAP values (Lundberg et al. 2020)
+            values, start, unit = self.tree_contributions(
+                model.contributions(features[None].numpy())[0], target, spec
+            )
+            output, delta, head["explains"] = start + float(values.sum()), None, unit
+            head["baseline"] = "the training rows on average"
+            method = "SHAP values of the trees (LightGBM pred_contrib)"
+        else:
+            x = features.to(next(model.parameters()).device)
+            attributions, output, start, delta = integrated_gradients(
+                lambda path: self.explained(model(path), spec, target), x, x.new_zeros(x.shape), steps
+            )
+            values = attributions.cpu().numpy()
+            head.update(baseline="a row of training means and no category", steps=steps)
+            method = "integrated gradients over the encoded row"
+        blocks = feature_blocks(spec["preprocessing"])
+        contributions = sorted(
+            (
+                {
+                    "column": name,
+                    "value": plain_value(raw.get(name)),
+                    "contribution": float(values[block].sum()),
+                }
+                for name, block in blocks.items()
+            ),
+            key=lambda c: -abs(c["contribution"]),
+        )
+        return {
+            **head,
+            "method": method,
+            "output": output,
+            "baseline_output": start,
+            "convergence_delta": delta,
+            "contributions": contributions,
+            "top": top(
+                [c["column"] for c in contributions], np.array([c["contribution"] for c in contributions])
+            ),
+        }
+
+    def explanation_html(self, explanation: dict) -> str:
+        from modelfoundry.evaluate.explain import contribution_bars
+
+        return contribution_bars(explanation["contributions"])
+
+    def shown_input(self, mistake: dict):
+        return mistake["row"]
+
     # ---- evaluation of new data, retraining ------------------------------------------------------
 
     def read_labelled(self, predictor, source: Path, label: str | None):
@@ -359,6 +439,19 @@ def cell(column: dict, value, field: str):
             "send a finite number, or null for a missing value.",
         )
     return value
+
+
+def plain_value(value):
+    """A cell as JSON holds it: a Python number or string, None for a missing one."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
+        return None
+    return (
+        value.item()
+        if isinstance(value, np.generic)
+        else value
+        if isinstance(value, (int, float))
+        else str(value)
+    )
 
 
 def read_rows(inputs) -> pd.DataFrame:

@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
-const state = { model: null, image: null, requestId: null, generation: null };
+const state = { model: null, image: null, requestId: null, generation: null, input: null };
 const KEY_STORAGE = "modelfoundry.apiKey";
 
 // fetch + JSON; a non-2xx answer throws the server's {"error": {"field", "message"}} as one line.
@@ -260,10 +260,12 @@ async function predict(event) {
   button.disabled = true;
   try {
     const topK = Math.max(1, Math.min(state.model.labels.length, 5));
+    const input = currentInput();
     const answer = await api("/v1/predict", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ inputs: [currentInput()], top_k: topK }),
+      body: JSON.stringify({ inputs: [input], top_k: topK }),
     });
+    state.input = input; // what "Explain" explains
     renderResult(answer);
   } catch (err) {
     $("#result").hidden = true; // the last result was for another input
@@ -279,6 +281,8 @@ function renderResult(answer) {
   const version = answer.model_version || "(not in the registry)";
   $("#result-version").textContent = `Answered by model ${version} · request ${answer.request_id}`;
   $("#feedback-status").textContent = "";
+  $("#explain-status").textContent = "";
+  $("#explanation").hidden = true;
   $("#result").hidden = false;
   if (typeof prediction.prediction === "number") { // a regression model: one number, corrected by a number
     $("#result-label").textContent = formatNumber(prediction.prediction);
@@ -332,6 +336,87 @@ async function sendFeedback() {
   } finally {
     button.disabled = false;
   }
+}
+
+// ---------- explain the prediction (POST /v1/explain) ----------
+
+const shade = (value, scale) => { // red raises the explained number, blue lowers it
+  const alpha = Math.min(1, Math.abs(value) / (scale || 1)) * 0.75;
+  return value >= 0 ? `rgba(214, 39, 40, ${alpha})` : `rgba(31, 119, 180, ${alpha})`;
+};
+
+async function explain() {
+  const status = $("#explain-status");
+  const button = $("#explain");
+  status.className = "";
+  status.textContent = "Explaining…";
+  button.disabled = true;
+  try {
+    const answer = await api("/v1/explain", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ inputs: [state.input] }),
+    });
+    renderExplanation(answer.explanations[0]);
+    status.textContent = "";
+  } catch (err) {
+    status.className = "failed";
+    status.textContent = `Could not explain: ${err.message}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function renderExplanation(e) {
+  const area = $("#explanation");
+  const delta = e.convergence_delta == null ? "" : `, convergence delta ${e.convergence_delta.toExponential(1)}`;
+  const parts = [element("p", { class: "muted small" },
+    `${e.explains}: ${formatNumber(e.output)}, from ${formatNumber(e.baseline_output)} for ${e.baseline}; ` +
+    `${e.method}${delta}. Red raises it, blue lowers it.`)];
+  if (e.tokens) {
+    const scale = Math.max(...e.tokens.map((t) => Math.abs(t.attribution)));
+    const text = element("p", { class: "tokens" });
+    const tok = (t, shown) => {
+      const span = element("span", { class: "tok", title: t.attribution.toPrecision(3) }, shown);
+      span.style.background = shade(t.attribution, scale);
+      return span;
+    };
+    if (e.text != null) { // the text as typed, each token's characters shaded
+      let at = 0;
+      for (const t of [...e.tokens].sort((a, b) => a.start - b.start)) {
+        if (t.start < at) continue;
+        text.append(e.text.slice(at, t.start), tok(t, e.text.slice(t.start, t.end)));
+        at = t.end;
+      }
+      text.append(e.text.slice(at));
+    } else {
+      e.tokens.forEach((t, i) => {
+        const joined = t.token.startsWith("##");
+        if (i > 0 && !joined) text.append(" ");
+        text.append(tok(t, joined ? t.token.slice(2) : t.token));
+      });
+    }
+    parts.push(text);
+  }
+  if (e.heatmap_png) {
+    parts.push(element("img", { class: "heatmap", src: e.heatmap_png, alt: "the image and its heat map" }));
+  }
+  if (e.contributions) {
+    const shown = e.contributions.slice(0, 10);
+    const scale = Math.max(...shown.map((c) => Math.abs(c.contribution)));
+    for (const c of shown) {
+      const bar = element("div", { class: "bar", "data-column": c.column });
+      const track = element("span", { class: "track" });
+      const fill = element("span", { class: "fill" });
+      fill.style.width = `${(100 * Math.abs(c.contribution)) / (scale || 1)}%`;
+      fill.style.background = shade(c.contribution, Math.abs(c.contribution));
+      track.append(fill);
+      bar.append(element("span", { class: "name" }, `${c.column} = ${c.value}`), track,
+        element("span", { class: "value" }, `${c.contribution >= 0 ? "+" : ""}${formatNumber(c.contribution)}`));
+      parts.push(bar);
+    }
+  }
+  area.replaceChildren(...parts);
+  area.hidden = false;
 }
 
 // ---------- score a file ----------
@@ -660,6 +745,7 @@ async function sendLike(user, item, button) {
 async function start() {
   $("#predict-form").addEventListener("submit", predict);
   $("#send-feedback").addEventListener("click", sendFeedback);
+  $("#explain").addEventListener("click", explain);
   const keyInput = $("#api-key");
   keyInput.value = localStorage.getItem(KEY_STORAGE) || "";
   keyInput.addEventListener("input", () => localStorage.setItem(KEY_STORAGE, keyInput.value.trim()));
