@@ -27,9 +27,21 @@ LAYER_KEYS = {
     "mlp.up.weight": "mlp.up_proj.weight",
     "mlp.down.weight": "mlp.down_proj.weight",
 }
-TOP_KEYS = {"wte.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "lm_head.weight": "lm_head.weight"}
+TOP_KEYS = {
+    "wte.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
 # the user's (Llama's) names of GPT's linear layers, for lora.targets
-LINEAR_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "proj": "o_proj", "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+LINEAR_NAMES = {
+    "q": "q_proj",
+    "k": "k_proj",
+    "v": "v_proj",
+    "proj": "o_proj",
+    "gate": "gate_proj",
+    "up": "up_proj",
+    "down": "down_proj",
+}
 
 
 def gpt_config(config, block_size: int | None = None):
@@ -112,9 +124,15 @@ def load_base(path: str | Path | None, block_size: int | None = None):
         model, tokenizer = hf.load_transformers(base)
         gpt = gpt_from_transformers(model, None)
         with atomic_folder(cache) as tmp:
-            state = {k: v.contiguous() for k, v in gpt.state_dict().items() if k != "lm_head.weight" or not gpt.config.tie_embeddings}
+            state = {
+                k: v.contiguous()
+                for k, v in gpt.state_dict().items()
+                if k != "lm_head.weight" or not gpt.config.tie_embeddings
+            }
             save_file(state, str(tmp / "gpt.safetensors"))
-            atomic_write_json(tmp / "gpt.json", {"config": dataclasses.asdict(gpt.config), "source": base.reference})
+            atomic_write_json(
+                tmp / "gpt.json", {"config": dataclasses.asdict(gpt.config), "source": base.reference}
+            )
             tokenizer.save_pretrained(tmp / "tokenizer")
     config = GPTConfig(**hf.read_json(cache / "gpt.json")["config"])
     if block_size:

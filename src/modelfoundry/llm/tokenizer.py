@@ -17,7 +17,9 @@ class HFTokenizer:
         self.pad_id: int = pad if pad is not None else (self.eos_id if self.eos_id is not None else 0)
         # what ends an assistant turn besides eos (ChatML's <|im_end|> may not be the eos token)
         ends = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|eot_id|>", "</s>")]
-        self.stop_ids = {i for i in [self.eos_id, *ends] if isinstance(i, int) and i != tokenizer.unk_token_id}
+        self.stop_ids = {
+            i for i in [self.eos_id, *ends] if isinstance(i, int) and i != tokenizer.unk_token_id
+        }
 
     @classmethod
     def load(cls, folder: Path) -> HFTokenizer:
