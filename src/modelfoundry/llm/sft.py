@@ -229,8 +229,8 @@ def train(model, data, val, cfg, hp: dict, path: Path | None, resume: bool, base
         if state["base_sha256"] != base["sha256"]:
             raise UserError(
                 f"--resume: the run was trained on a base model with sha256 {state['base_sha256'][:12]}…, "
-                f"and model.path now gives {base['sha256'][:12]}… ({base['description']}). Resume with the same "
-                "base model file, or start a new run."
+                f"and model.path now gives {base['sha256'][:12]}… ({base['description']}). Resume with the "
+                "same base model file, or start a new run."
             )
         with torch.no_grad():
             for name, value in state["trainable"].items():
