@@ -8,6 +8,9 @@ reference and sha256; a LoRA package holds only its adapter, which `adapter` reb
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from modelfoundry.errors import UserError
 
 
@@ -44,3 +47,23 @@ def build_pretrained_lm(
     model.tokenizer = tokenizer
     model.base = {"reference": base.reference, "sha256": sha, "description": hf.describe(base)}
     return model
+
+
+def load_package(folder: Path):
+    """The fine-tuned model of a package folder: the base model rebuilt (and checked against its sha256)
+    with the adapter loaded, or every weight of a full fine-tune. Returns (model, spec)."""
+    from safetensors.torch import load_file
+
+    from modelfoundry.llm import lora
+
+    spec = json.loads((folder / "model.json").read_text())
+    options = spec["model"]["options"]
+    model = build_pretrained_lm(tuple(spec["input_shape"]), 0, **options)
+    state = load_file(str(folder / "model.safetensors"))
+    if options.get("adapter"):
+        lora.load_adapter(model, state)
+    else:
+        if model.config.tie_embeddings:
+            state["lm_head.weight"] = state["wte.weight"]
+        model.load_state_dict(state)  # copied in place: a tied output layer stays tied
+    return model.eval(), spec
