@@ -146,7 +146,7 @@ def train(
     out.print(f"run {run.id}", highlight=False)
     table = Table(show_header=False)
     split = "test" if "test" in run.metrics else "val"
-    for key in ("accuracy", "f1_macro", "roc_auc", "ece", "rmse", "mae", "r2"):
+    for key in ("accuracy", "f1_macro", "roc_auc", "ece", "rmse", "mae", "r2", "bits_per_byte", "perplexity"):
         if test.get(key) is not None:
             table.add_row(f"{split} {key}", f"{test[key]:.4f}")
     if "baseline" in test:  # regression: what always predicting the training mean scores
@@ -226,6 +226,47 @@ def predict(
         _print_json({"predictions": [{"input": name, **a} for name, a in zip(names, answers)]})
     elif not output:
         out.print(frame.to_string(index=False), highlight=False)
+
+
+@app.command()
+def generate(
+    run: Annotated[str, typer.Argument(help="run id or folder of a text_generation model")],
+    prompt: Annotated[str, typer.Argument(help="the text to continue")],
+    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate at most")] = 200,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; 1 = the model's own distribution")] = 0.8,
+    top_k: Annotated[int | None, typer.Option(help="sample among the k most likely tokens only")] = None,
+    top_p: Annotated[float | None, typer.Option(help="sample within this much probability (nucleus)")] = None,
+    seed: Annotated[int | None, typer.Option(help="the same seed gives the same text")] = None,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="end before this text (repeat for several); it is not printed")
+    ] = None,
+    no_truncate: Annotated[
+        bool,
+        typer.Option("--no-truncate", help="refuse a prompt longer than the context instead of cutting it"),
+    ] = False,
+) -> None:
+    """Generate text from a prompt, streamed to the terminal as it is decoded."""
+    from modelfoundry.predictor import load
+    from modelfoundry.store.registry import resolve_run
+
+    generator = load(resolve_run(run))
+    if not hasattr(generator, "generate"):
+        raise UserError(f"{run}: a {generator.task} model does not generate text; use `foundry predict`.")
+    pieces = generator.generate(
+        prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop=stop or (),
+        stream=True,
+        truncate=not no_truncate,
+    )
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
 
 
 @app.command()
@@ -819,6 +860,7 @@ _METRIC_COLUMNS = {  # (key, column heading); a table shows the set whose first 
         ("roc_auc", "roc auc"),
         ("ece", "ece"),
     ],
+    "bits_per_byte": [("bits_per_byte", "bits per byte"), ("loss", "loss"), ("perplexity", "perplexity")],
     "rmse": [
         ("rmse", "rmse"),
         ("mae", "mae"),

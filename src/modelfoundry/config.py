@@ -51,6 +51,16 @@ class SplitConfig(_Section):
         return self
 
 
+class TokenizerConfig(_Section):
+    """text_generation: the tokenizer trained on the training split."""
+
+    type: Literal["bpe", "char"] = Field(
+        "bpe",
+        description="bpe: byte-level BPE (any text encodes); char: one token per character (tiny corpora)",
+    )
+    vocab_size: int = Field(8192, ge=257, le=1_000_000, description="bpe: tokens, 256 bytes and merges")
+
+
 class PrivacyConfig(_Section):
     pii: Literal["off", "report", "redact", "drop"] = Field(
         "report",
@@ -97,10 +107,11 @@ class DataConfig(_Section):
         ge=2,
         description="tokens per text; longer texts are truncated (default: the most the model supports)",
     )
-    tokenizer: str | None = Field(
+    tokenizer: str | TokenizerConfig | None = Field(
         None,
-        description="Hugging Face model folder or tokenizer.json whose tokenizer "
-        "text models use (default: the pretrained model's own)",
+        description="text_classification: Hugging Face model folder or tokenizer.json whose tokenizer "
+        "text models use (default: the pretrained model's own); text_generation: {type: bpe|char, "
+        "vocab_size} of the tokenizer trained on the corpus (default: chosen from its size)",
     )
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     feedback: FeedbackDataConfig | None = Field(None, description="corrections to add to the training split")
@@ -240,6 +251,12 @@ class TrainConfig(_Section):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="text_generation: optimizer steps on random windows of the corpus, instead of epochs "
+        "(default: as many as train.max_minutes allows)",
+    )
     max_minutes: float | None = Field(
         None,
         gt=0,
@@ -368,7 +385,7 @@ class Config(_Section):
         task = get_task(self.task)
         problems = task.check_config(self)
         if self.model.name is None:
-            self.model.name = AUTO if task.auto_models else "mlp"
+            self.model.name = AUTO if task.auto_models else task.default_model
             problems += check_options(self.model.name, self.model.model_extra or {})
         elif FAMILIES.get(self.model.name) and FAMILIES[self.model.name].for_inputs:
             family = family_for(self.model.name, task.kind)  # `pretrained`: an ImageNet backbone for images
@@ -590,8 +607,8 @@ def absolute_paths(config: dict, base_dir: Path) -> dict:
     ):
         value = section.get(key)
         if (
-            value
-            and not str(value).startswith("builtin:")
+            isinstance(value, str)
+            and not value.startswith("builtin:")
             and not Path(value).is_absolute()
             and (base_dir / value).exists()
         ):

@@ -78,12 +78,15 @@ def load(path: str | Path, device: str = "cpu", backend: str = "auto") -> Predic
             )
         return Predictor(OnnxModel(folder / "model.onnx"), spec, folder)
     family = family_of(spec["model"]["name"])
+    if family.loads:  # the family reads its own package (a LoRA adapter over a base model it names)
+        model = family_function(spec["model"]["name"], family.loads)(folder)
+        return task_of(spec).predictor(model.to(device).eval(), spec, folder)
     options = (
         family_function(spec["model"]["name"], family.from_package)(folder) if family.from_package else {}
     )
     model = model_from_spec(spec, **options)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return Predictor(model.to(device).eval(), spec, folder)
+    return task_of(spec).predictor(model.to(device).eval(), spec, folder)
 
 
 class Predictor:

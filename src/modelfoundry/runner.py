@@ -215,6 +215,9 @@ def _run(
     clock = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
+    own = task.run(cfg, base_dir, path, resume, console, device)  # a token stream (text_generation)
+    if own is not None:
+        return (*own, cfg)
     data = prepare(cfg, base_dir, resplit)
     if path:
         atomic_write_json(path / "data_report.json", data.report)
@@ -575,6 +578,24 @@ def evaluate(
     spec, source, task = predictor.spec, Path(data_path), predictor.task_module
     if not source.exists():
         raise UserError(f"--data: {source} not found.")
+    folder = run_folder(package_folder(run)) / "evaluations" / f"{source.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    scored = task.score_source(predictor, source)
+    if scored is not None:  # no labels to read: the task scores the data itself (text: bits per byte)
+        metrics = {"test": scored, "data": str(source)}
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "metrics.json", metrics)
+        write_report(
+            folder / "report.html",
+            title=f"{spec.get('run_id', 'model')} on {source.name}",
+            metrics={"test": scored},
+            history=[],
+            data_report={"source": str(source)},
+            labels=[],
+            mistakes=[],
+            config={"run": str(run), "data": str(source)},
+            sections=task.report_sections(None, None, spec),
+        )
+        return metrics, folder
     inputs, raw, display = task.read_labelled(predictor, source, label)
     targets = task.encode_targets(raw, spec, f"--data: {source}")
     groups = None
@@ -588,7 +609,6 @@ def evaluate(
     if groups is not None:
         metrics["fairness"] = task.fairness(predictions, targets, groups, spec, spec["fairness"])
     metrics["warnings"] = review(metrics, task) + metrics.get("fairness", {}).get("warnings", [])
-    folder = run_folder(package_folder(run)) / "evaluations" / f"{source.stem}-{datetime.now():%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "metrics.json", metrics)
     data_report = {"source": str(source), "n_examples": len(raw)}

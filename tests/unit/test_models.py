@@ -21,11 +21,12 @@ TINY_TEXT = {
     "pretrained": {},
 }
 TINY_TABLE = {"gbdt": {"n_estimators": 5}}  # trained by its own fit: tests/e2e/test_gbdt.py
+TINY_GENERATIVE = {"gpt": {"n_layer": 1, "n_embd": 8, "n_head": 2}}  # tests/unit/test_generation.py
 TOKENIZER = {"vocab_size": 30522, "pad_id": 0}
 
 
 def test_every_family_has_tiny_options_here():
-    assert set(TINY) | set(TINY_TEXT) | set(TINY_TABLE) == set(FAMILIES)
+    assert set(TINY) | set(TINY_TEXT) | set(TINY_TABLE) | set(TINY_GENERATIVE) == set(FAMILIES)
     assert set(TINY_TEXT) == TEXT_ONLY
 
 
@@ -44,6 +45,13 @@ def test_text_families_reject_images_and_image_families_reject_text(name):
         build_model(name, (1, 8, 8), 3)
     with pytest.raises(UserError, match="'cnn' is not a model for this data. Text takes one of gru, lstm"):
         build_model("cnn", (16,), 3, TOKENIZER)
+
+
+def test_a_generative_family_classifies_nothing():
+    with pytest.raises(UserError, match="'gpt' generates text .* classify text with one of gru, lstm"):
+        build_model("gpt", (16,), 3, TOKENIZER, **TINY_GENERATIVE["gpt"])
+    model = build_model("gpt", (16,), 0, TOKENIZER, **TINY_GENERATIVE["gpt"])
+    assert model(torch.tensor([[101, 2023]])).shape == (1, 2, TOKENIZER["vocab_size"])
 
 
 def test_text_options_exclude_what_the_tokenizer_decides():

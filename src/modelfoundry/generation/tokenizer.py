@@ -29,6 +29,10 @@ class TextTokenizer:
         assistant's answer begins."""
         return render_chat(self.chat_template, messages)
 
+    def save(self, folder: Path) -> None:
+        for name, text in self.files().items():
+            (Path(folder) / name).write_text(text, encoding="utf-8")
+
     def encode_documents(self, documents: Iterable[str]) -> list[int]:
         """Documents as one token stream, each followed by the end-of-text token."""
         ids: list[int] = []
@@ -75,8 +79,9 @@ class CharTokenizer(TextTokenizer):
         chars = self.chars
         return "".join(chars[i] for i in ids if i != 0)
 
-    def save(self, folder: Path) -> None:
-        (folder / "chars.json").write_text(json.dumps({"chars": self.chars}, ensure_ascii=False))
+    def files(self) -> dict[str, str]:
+        """What a model package holds of it: file name -> text."""
+        return {"chars.json": json.dumps({"chars": self.chars}, ensure_ascii=False)}
 
 
 class BPETokenizer(TextTokenizer):
@@ -123,8 +128,8 @@ class BPETokenizer(TextTokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def save(self, folder: Path) -> None:
-        self.tokenizer.save(str(folder / "tokenizer.json"))
+    def files(self) -> dict[str, str]:
+        return {"tokenizer.json": self.tokenizer.to_str()}
 
 
 def train_tokenizer(kind: str, texts: list[str], vocab_size: int, origin: str = "data.tokenizer"):
@@ -145,6 +150,10 @@ def train_tokenizer(kind: str, texts: list[str], vocab_size: int, origin: str = 
 def load_tokenizer(folder: Path):
     """The tokenizer saved in a model package folder."""
     folder = Path(folder)
+    if (folder / "tokenizer_config.json").exists():  # a pretrained LM's own (llm/tokenizer.py)
+        from modelfoundry.llm.tokenizer import HFTokenizer
+
+        return HFTokenizer.load(folder)
     if (folder / "chars.json").exists():
         return CharTokenizer(json.loads((folder / "chars.json").read_text())["chars"])
     from tokenizers import Tokenizer

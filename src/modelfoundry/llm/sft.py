@@ -149,9 +149,7 @@ def hyperparameters(cfg, method: str) -> tuple[dict, list[str]]:
 
 def split_examples(cfg, source: Path, base_dir: Path, tokenizer, block_size: int) -> tuple[dict, dict]:
     """{"train"|"val"|"test": {"conversations", "examples"}} split seeded (data.split), and the data report.
-    A `data.test_source` file is the test split as it is."""
-    from modelfoundry.data.prepare import resolve_source
-
+    """
     split = cfg.data.split
     if source.suffix.lower() == ".txt":
         examples = instruct.read_examples(source, tokenizer, block_size)
@@ -161,7 +159,7 @@ def split_examples(cfg, source: Path, base_dir: Path, tokenizer, block_size: int
         examples = instruct.tokenize(tokenizer, conversations, block_size, str(source))
     n = len(examples)
     order = np.random.default_rng(split.seed).permutation(n)
-    n_test = 0 if cfg.data.test_source else (round(n * split.test) if n >= 3 else 0)
+    n_test = round(n * split.test) if n >= 3 else 0
     n_val = round(n * split.val) if n >= 3 else 0
     if n - n_test - n_val < 1:
         raise UserError(f"data.source: {source} has {n} examples: too few to split; give more.")
@@ -171,13 +169,6 @@ def split_examples(cfg, source: Path, base_dir: Path, tokenizer, block_size: int
         for k, idx in pieces.items()
         if len(idx)
     }
-    if cfg.data.test_source:
-        test_path = resolve_source(cfg.data.test_source, base_dir)
-        conv = instruct.read_conversations(test_path)
-        parts["test"] = {
-            "conversations": conv,
-            "examples": instruct.tokenize(tokenizer, conv, block_size, str(test_path)),
-        }
     report = {
         "source": str(source),
         "n_examples": n,

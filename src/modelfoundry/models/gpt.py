@@ -184,6 +184,10 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+            # saved once (safetensors refuses shared tensors): the state dict leaves the head out, loading
+            # fills it from the embedding
+            self._register_state_dict_hook(_drop_tied_head)
+            self.register_load_state_dict_pre_hook(_fill_tied_head)
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled down by depth so the residual stream does not grow with layers
         for name, p in self.named_parameters():
@@ -255,9 +259,50 @@ class GPT(nn.Module):
         return self.lm_head(self.norm(x))  # (B, T, V)
 
 
+def _drop_tied_head(module, state_dict, prefix, local_metadata):
+    state_dict.pop(prefix + "lm_head.weight", None)
+
+
+def _fill_tied_head(module, state_dict, prefix, *args):
+    if prefix + "wte.weight" in state_dict:
+        state_dict.setdefault(prefix + "lm_head.weight", state_dict[prefix + "wte.weight"])
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on the 2-D weights (matmuls, embeddings) only; biases and norms none."""
     params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_gpt(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    vocab_size: int,
+    pad_id: int,
+    n_layer: int = 4,
+    n_head: int = 4,
+    n_embd: int = 128,
+    block_size: int = 256,
+    dropout: float = 0.0,
+    bias: bool = False,
+    positions: Literal["learned", "rope"] = "learned",
+    rope_theta: float = 10000.0,
+) -> GPT:
+    """The `gpt` family (model.name: gpt). text_generation sizes n_layer, n_head, n_embd and block_size
+    from the corpus and the time budget when the config leaves them out; these defaults are for a direct
+    build only. `input_shape`, `num_classes` and `pad_id` come with every text family and are not used."""
+    return GPT(
+        GPTConfig(
+            vocab_size=vocab_size,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=n_embd,
+            block_size=block_size,
+            dropout=dropout,
+            bias=bias,
+            positions=positions,
+            rope_theta=rope_theta,
+        )
+    )

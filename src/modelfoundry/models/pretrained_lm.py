@@ -67,3 +67,8 @@ def load_package(folder: Path):
             state["lm_head.weight"] = state["wte.weight"]
         model.load_state_dict(state)  # copied in place: a tied output layer stays tied
     return model.eval(), spec
+
+
+def package_model(folder: Path):
+    """`Family.loads`: the model of a package folder (see load_package)."""
+    return load_package(Path(folder))[0]

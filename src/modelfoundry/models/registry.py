@@ -32,7 +32,8 @@ class Family:
     Attributes:
         builder: "module:function" of `build(input_shape, num_classes, [vocab_size, pad_id,] **options)`;
             its keyword arguments with defaults are the family's `model:` options.
-        takes: "tables or images" (flattened), "tables" (F,), "images" (C, H, W) or "text" (token ids, B x T).
+        takes: "tables or images" (flattened), "tables" (F,), "images" (C, H, W), "text" (token ids, B x T,
+            classified) or "token stream" (token ids B x T, each position predicting the next).
         int8: "static" quantization (activations scaled from a calibration sample: what convolutions need
             to run faster) or "dynamic" (activations scaled per batch: enough where MatMul/Gemm cost most).
         prune: the function in the builder's module that prunes a model of this family (None: it can't be),
@@ -50,12 +51,14 @@ class Family:
             family's options.
         trains: the function in the builder's module that trains a model of this family in place of the
             gradient loop, with `training.loop.fit`'s arguments and result (None: the loop trains it).
+        loads: the function in the builder's module that loads a package folder's model itself, `(folder) ->
+            model` (pretrained_lm: the base model it names, checked by sha256, plus the package's adapter).
         for_inputs: the family this name stands for on another kind of input (a task's `kind`): `pretrained`
             is a Hugging Face encoder for text and an ImageNet backbone for images.
     """
 
     builder: str
-    takes: Literal["tables or images", "tables", "images", "text"]
+    takes: Literal["tables or images", "tables", "images", "text", "token stream"]
     int8: Literal["static", "dynamic"] = "dynamic"
     prune: str | None = None
     prunes: str = ""
@@ -66,6 +69,7 @@ class Family:
     recipe: dict = field(default_factory=dict)
     trains: str | None = None
     for_inputs: dict[str, str] = field(default_factory=dict)
+    loads: str | None = None
 
 
 AUTO = "auto"  # model.name: foundry picks the family when `foundry train` runs (tasks: `auto_models`)
@@ -191,9 +195,29 @@ FAMILIES: dict[str, Family] = {
             "train.epochs": 3,
         },
     ),
+    # A decoder-only transformer trained from scratch (text_generation): nanoGPT's recipe (AdamW, decay 0.1
+    # on matrices only, warm-up + cosine, clipping at 1); the task picks its size and steps from the corpus
+    # and the time budget when the config leaves them out (tasks/generation.py)
+    "gpt": Family(
+        "modelfoundry.models.gpt:build_gpt",
+        "token stream",
+        width_option="n_embd",
+        width_multiple_of="n_head",
+        recipe={
+            "train.optimizer": "adamw",
+            "train.lr": 0.001,
+            "train.weight_decay": 0.1,
+            "train.schedule": "cosine",
+            "train.warmup": 0.05,
+            "train.grad_clip": 1.0,
+            "train.batch_size": 32,
+        },
+    ),
     # A pretrained causal LM (SmolLM2-135M-Instruct by default) for text_generation, fine-tuned by llm/sft.py:
     # LoRA by default (train.method), with its own learning rate and epochs (llm/sft.py DEFAULTS)
-    "pretrained_lm": Family("modelfoundry.models.pretrained_lm:build_pretrained_lm", "text"),
+    "pretrained_lm": Family(
+        "modelfoundry.models.pretrained_lm:build_pretrained_lm", "token stream", loads="package_model"
+    ),
     # An ImageNet-pretrained EfficientNet-Lite: what `pretrained` means for images (`for_inputs` above).
     "pretrained_image": Family(
         "modelfoundry.models.efficientnet:build_pretrained_image",
@@ -208,13 +232,27 @@ FAMILIES: dict[str, Family] = {
 IMAGE_ONLY = {name for name, family in FAMILIES.items() if family.takes == "images"}
 # Text families take token ids (B, T); the data adds the tokenizer's vocab_size and pad_id.
 TEXT_ONLY = {name for name, family in FAMILIES.items() if family.takes == "text"}
+# Families that predict the next token of a token stream (text_generation); they take a tokenizer too.
+GENERATIVE = {name for name, family in FAMILIES.items() if family.takes == "token stream"}
 # Builder arguments that come from the data, not from `model:`.
 DATA_ARGUMENTS = ("input_shape", "num_classes", "vocab_size", "pad_id")
 # What annotations can't say, by option name (a name means the same thing in every family):
 # the test a value must pass and the words for what it must be.
 LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     **dict.fromkeys(
-        ("width", "depth", "hidden", "blocks_per_stage", "heads", "layers", "embed_dim", "ffn_multiplier"),
+        (
+            *(
+                "width",
+                "depth",
+                "hidden",
+                "blocks_per_stage",
+                "heads",
+                "layers",
+                "embed_dim",
+                "ffn_multiplier",
+            ),
+            *("n_layer", "n_head", "n_embd", "block_size"),
+        ),
         (lambda v: v >= 1, "a positive whole number"),
     ),
     "freeze_layers": (lambda v: v >= 0, "a whole number of layers, 0 or more"),
@@ -435,7 +473,12 @@ def build_model(
     problems = check_options(name, options)
     if problems:
         raise UserError("\n".join(problems))
-    if (name in TEXT_ONLY) != (text is not None):
+    if name in GENERATIVE and num_classes:
+        raise UserError(
+            f"model.name: '{name}' generates text (task: text_generation) and classifies nothing; "
+            f"classify text with one of {', '.join(sorted(TEXT_ONLY))}."
+        )
+    if (name in TEXT_ONLY | GENERATIVE) != (text is not None):
         families = ", ".join(sorted(TEXT_ONLY))
         raise UserError(
             f"model.name: '{name}' is not a model for this data. "

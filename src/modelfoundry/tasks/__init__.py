@@ -21,6 +21,7 @@ TASKS = {
     "text_classification": "modelfoundry.tasks.text:TextClassification",
     "tabular_classification": "modelfoundry.tasks.tabular:TabularClassification",
     "tabular_regression": "modelfoundry.tasks.regression:TabularRegression",
+    "text_generation": "modelfoundry.tasks.generation:TextGeneration",
 }
 
 # validation metrics that are best low; every other one is best high

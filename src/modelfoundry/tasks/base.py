@@ -90,6 +90,13 @@ class Objective:
             "val_f1_macro": f1[present].mean().item(),
         }
 
+    def evaluate(self, model, val, autocast=None) -> dict[str, float]:
+        """The validation numbers of `model` on `val` after an epoch: `metrics` of every example's logits.
+        (A language model scores batch by batch instead: its logits of a whole split would not fit.)"""
+        from modelfoundry.training.loop import predict_logits
+
+        return self.metrics(predict_logits(model, val, autocast=autocast), val.targets)
+
     def line(self, record: dict) -> str:
         """The validation part of an epoch's progress line."""
         return f"val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.4f}"
@@ -115,6 +122,7 @@ class Task:
     # model.name auto (the default where there are some): the families a run trains and compares on the
     # validation split, in order of preference on a tie; none: the default model is mlp
     auto_models: tuple[str, ...] = ()
+    default_model = "mlp"  # model.name when the config names none and the task has no auto_models
     # family -> {dotted key: value}: where this task's data wants other defaults than the family's recipe
     # (applied over it, under the user's keys)
     family_recipes: ClassVar[dict[str, dict]] = {}
@@ -151,6 +159,25 @@ class Task:
 
     def objective(self, train_cfg, target_spec: dict | None = None) -> Objective:
         return Objective(train_cfg.label_smoothing)
+
+    # ---- a run -------------------------------------------------------------------------------
+
+    def run(self, cfg, base_dir: Path, path: Path | None, resume: bool, console, device) -> tuple | None:
+        """A task whose data is no set of examples with targets (text generation: a token stream) reads,
+        trains (through `training.loop.fit`), evaluates and packages here, and returns (metrics, timings);
+        None: the runner's common path (prepare, build, fit, predictions, metrics)."""
+        return None
+
+    def predictor(self, model, spec: dict, folder: Path | None):
+        """What `modelfoundry.load` returns for a package of this task."""
+        from modelfoundry.predictor import Predictor
+
+        return Predictor(model, spec, folder)
+
+    def score_source(self, predictor, source: Path) -> dict | None:
+        """`foundry evaluate --data` of a task that scores new data itself (no labels to read): its
+        metrics; None: the common path (read_labelled, predictions, metrics)."""
+        return None
 
     # ---- data --------------------------------------------------------------------------------
 

@@ -49,6 +49,11 @@ model:
                 f"text_classification needs data.{' and data.'.join(missing)}: "
                 "name the text column and the label column of the file"
             )
+        if cfg.data.tokenizer is not None and not isinstance(cfg.data.tokenizer, str):
+            problems.append(
+                "data.tokenizer: text_classification takes a Hugging Face model folder or tokenizer.json "
+                "path here; {type, vocab_size} trains a tokenizer for task text_generation only"
+            )
         return problems
 
     def load(self, data, base_dir: Path, path: Path, image_shape=None):

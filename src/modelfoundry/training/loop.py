@@ -211,8 +211,7 @@ def fit(
             train_loss, seen = distributed.sum_over_ranks(loss_sum, seen)  # DDP: over every rank's examples
             record = {"epoch": epoch + 1, "train_loss": train_loss / seen, "lr": epoch_lr}
             if val is not None and distributed.is_main():  # DDP: rank 0 scores the whole validation set
-                logits = predict_logits(model, val, autocast=autocast)
-                record.update(objective.metrics(logits, val.targets))
+                record.update(objective.evaluate(model, val, autocast))
             record["seconds"] = time.perf_counter() - started
             # DDP: every rank takes rank 0's numbers, so all keep the same best epoch and stop together
             record = distributed.broadcast_object(record)

@@ -1,0 +1,77 @@
+"""A loaded text-generation package: what `modelfoundry.load(run)` returns for task text_generation (and
+what the server loads): `.model` (a GPT), `.tokenizer`, `.block_size`, `.generate(...)` and `.chat(...)`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from modelfoundry.errors import UserError
+from modelfoundry.generation import decode
+from modelfoundry.generation.sampling import check_settings
+from modelfoundry.generation.tokenizer import load_tokenizer
+from modelfoundry.predictor import Predictor
+
+
+class TextGenerator(Predictor):
+    def __init__(self, model, spec: dict, path=None):
+        super().__init__(model, spec, path)
+        self.tokenizer = load_tokenizer(path)
+        self.block_size: int = spec["preprocessing"]["block_size"]
+
+    def __repr__(self) -> str:
+        return f"TextGenerator(model={self.spec['model']['name']!r}, context={self.block_size})"
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 128,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | str = (),
+        stream: bool = False,
+        truncate: bool = True,
+    ) -> str | Iterator[str]:
+        """The continuation of `prompt`: the whole text, or with stream=True a generator of text pieces as
+        they are decoded. temperature 0 is greedy; `stop` sequences end it and are not included; a prompt
+        longer than the context keeps its last tokens (with a warning) unless truncate=False."""
+        if not isinstance(prompt, str):
+            raise UserError(f"prompt: {type(prompt).__name__} given; a prompt is a string.")
+        check_settings(temperature, top_k, top_p)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise UserError(f"max_new_tokens: {max_new_tokens!r} must be a whole number >= 1.")
+        if not truncate:  # refuse now, not at the first piece of a stream
+            decode.prompt_ids(self.tokenizer, prompt, self.block_size, truncate=False)
+        pieces = decode.stream(
+            self.model,
+            self.tokenizer,
+            prompt,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            truncate=truncate,
+        )
+        return pieces if stream else "".join(pieces)
+
+    def chat(self, messages: list[dict], **options) -> str | Iterator[str]:
+        """`generate` on the conversation in the tokenizer's chat form (its template, else "role: content"
+        lines ending with "assistant:"); `options` as for generate."""
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise UserError('messages: a list of {"role": ..., "content": ...} objects with string values.')
+        return self.generate(self.tokenizer.apply_chat(messages), **options)
+
+    def predictions(self, inputs, batch_size: int = 256):
+        raise UserError(
+            "a text_generation model generates text: use .generate(prompt) "
+            "(or `foundry generate RUN PROMPT`)."
+        )
+
+    def predict(self, inputs):
+        return self.predictions(inputs)
