@@ -21,7 +21,8 @@ def save_tiny_llama(folder: Path, seed: int = 0, tie: bool = True) -> Path:
     vocab = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
     for ch in sorted(byte_chars):
         vocab[ch] = len(vocab)
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    vocab["he"] = len(vocab)  # one merge, so the tokenizer has merges as real BPE ones do
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[("h", "e")]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(

@@ -80,9 +80,12 @@ def export_hf(folder: Path, out: Path, merge: bool = True, tolerance: float = 1e
 
     merge=True (`--merge`) on a full fine-tune is a UserError: there is no adapter to merge."""
     from safetensors.torch import save_file
-    from transformers import LlamaForCausalLM
 
+    from modelfoundry.llm.hf import quiet_transformers
     from modelfoundry.runfiles import atomic_folder
+
+    quiet_transformers()
+    from transformers import LlamaForCausalLM
 
     model, spec = load_run(folder)
     if merge and not spec["model"]["options"].get("adapter"):
@@ -183,7 +186,7 @@ def export_gguf(folder: Path, out: Path) -> dict:
 
 
 def _add_tokenizer(writer, tokenizer, gguf) -> None:
-    """The byte-level BPE vocabulary (GPT-2 style, as llama.cpp reads it), merges, special ids and template."""
+    """The byte-level BPE vocabulary (GPT-2 style, as llama.cpp reads it), merges, special ids, template."""
     data = json.loads(tokenizer.hf.backend_tokenizer.to_str())
     model = data["model"]
     if model.get("type") != "BPE":
@@ -203,8 +206,7 @@ def _add_tokenizer(writer, tokenizer, gguf) -> None:
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    if merges:
-        writer.add_token_merges(merges)
+    writer.add_token_merges(merges)
     hf = tokenizer.hf
     for add, value in (
         (writer.add_bos_token_id, hf.bos_token_id),

@@ -94,12 +94,9 @@ def load_transformers(base: Base):
     """(LlamaForCausalLM-like model in float32, eval mode; its tokenizer), read offline by transformers."""
     import torch
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_transformers()
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     where = base.path
     kwargs = {"gguf_file": base.gguf_file} if base.gguf_file else {}
     try:
@@ -129,6 +126,15 @@ def load_transformers(base: Base):
             "tokenizer beside the model (tokenizer.save_pretrained(folder))."
         ) from None
     return model.eval(), tokenizer
+
+
+def quiet_transformers() -> None:
+    """Offline, and without transformers' progress bars and warnings in our output."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def check_causal_lm(config, where) -> None:

@@ -54,6 +54,8 @@ def run(task, cfg, base_dir: Path, path: Path | None, resume: bool, console, dev
     )
     tokenizer, base = model.tokenizer, model.base
     console.print(f"base model: {base['description']} (sha256 {base['sha256'][:12]}…)", highlight=False)
+    if resume:
+        check_resumable(path, base)
 
     source = resolve_source(cfg.data.source, base_dir)
     parts, report = split_examples(cfg, source, base_dir, tokenizer, block_size)
@@ -148,8 +150,7 @@ def hyperparameters(cfg, method: str) -> tuple[dict, list[str]]:
 
 
 def split_examples(cfg, source: Path, base_dir: Path, tokenizer, block_size: int) -> tuple[dict, dict]:
-    """{"train"|"val"|"test": {"conversations", "examples"}} split seeded (data.split), and the data report.
-    """
+    """{"train"|"val"|"test": {"conversations", "examples"}} split seeded (data.split); the data report."""
     split = cfg.data.split
     if source.suffix.lower() == ".txt":
         examples = instruct.read_examples(source, tokenizer, block_size)
@@ -185,7 +186,7 @@ def split_examples(cfg, source: Path, base_dir: Path, tokenizer, block_size: int
 def train(model, data, val, cfg, hp: dict, path: Path | None, resume: bool, base: dict, console):
     """Returns (history, seconds of training, tokens trained on). The model keeps the best epoch's
     trainable weights (by validation loss) when there is a validation split."""
-    from modelfoundry.training.checkpoint import CheckpointWriter, load_checkpoint
+    from modelfoundry.training.checkpoint import CheckpointWriter
 
     train_cfg = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
@@ -214,15 +215,7 @@ def train(model, data, val, cfg, hp: dict, path: Path | None, resume: bool, base
     history, start_epoch, best = [], 0, {"loss": math.inf, "state": None, "epoch": 0}
     seconds, tokens = 0.0, 0
     if resume:
-        if checkpoint is None or not checkpoint.is_file():
-            raise UserError(f"--resume: no checkpoint at {checkpoint}; start the run again without --resume.")
-        state = load_checkpoint(checkpoint)
-        if state["base_sha256"] != base["sha256"]:
-            raise UserError(
-                f"--resume: the run was trained on a base model with sha256 {state['base_sha256'][:12]}…, "
-                f"and model.path now gives {base['sha256'][:12]}… ({base['description']}). Resume with the "
-                "same base model file, or start a new run."
-            )
+        state = check_resumable(path, base)
         with torch.no_grad():
             for name, value in state["trainable"].items():
                 named[name].copy_(value)
@@ -308,6 +301,23 @@ def train(model, data, val, cfg, hp: dict, path: Path | None, resume: bool, base
                 named[name].copy_(value)
     model.eval()
     return history, seconds, tokens
+
+
+def check_resumable(path: Path | None, base: dict) -> dict:
+    """The checkpoint a resumed run continues from, if it was trained on this very base model."""
+    from modelfoundry.training.checkpoint import load_checkpoint
+
+    checkpoint = path / "checkpoints" / CHECKPOINT if path else None
+    if checkpoint is None or not checkpoint.is_file():
+        raise UserError(f"--resume: no checkpoint at {checkpoint}; start the run again without --resume.")
+    state = load_checkpoint(checkpoint)
+    if state["base_sha256"] != base["sha256"]:
+        raise UserError(
+            f"--resume: {path.name} was trained on a base model with sha256 {state['base_sha256'][:12]}…, "
+            f"and model.path now gives one with sha256 {base['sha256'][:12]}… ({base['description']}). "
+            "Resume with the same base model file, or start a new run."
+        )
+    return state
 
 
 # ---- evaluation --------------------------------------------------------------------------------

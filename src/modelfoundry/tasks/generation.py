@@ -369,7 +369,7 @@ class TextGeneration(Task):
     default_monitor = "val_loss"
     default_model = "gpt"
     families = ("gpt", "pretrained_lm")  # model families that generate text
-    headline = ("bits_per_byte", "loss", "perplexity")
+    headline = ("bits_per_byte", "exact_match", "rouge_l", "loss", "perplexity")  # SFT: llm/sft.py
     retrain_metric, retrain_higher_is_better = "bits_per_byte", False
     review_gap = ("bits_per_byte", 0.25)
     data_keys = ("text", "tokenizer", "privacy")
