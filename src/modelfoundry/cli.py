@@ -653,10 +653,11 @@ def retrain(
     table = Table(
         "", "champion " + result["champion"]["version"], "challenger " + result["challenger"]["version"]
     )
+    metric = result.get("metric", "accuracy")
     for name, label in (
-        ("holdout", "holdout accuracy"),
-        ("feedback", "held-out feedback accuracy"),
-        ("combined", "combined accuracy"),
+        ("holdout", f"holdout {metric}"),
+        ("feedback", f"held-out feedback {metric}"),
+        ("combined", f"combined {metric}"),
     ):
         table.add_row(
             f"{label} ({result['examples'][name]})",

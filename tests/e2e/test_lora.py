@@ -132,3 +132,43 @@ def test_full_fine_tuning_refuses_merge_and_a_resume_on_another_base(tmp_path, t
         home=tmp_path / "home",
     )
     assert_user_error(resumed, "--resume:", "was trained on a base model with sha256", "same base model file")
+
+
+def test_retrain_learns_the_served_feedback_from_the_champions_adapter(lora_run, monkeypatch):
+    from modelfoundry.store.feedback import FeedbackStore
+    from modelfoundry.store.models import ModelStore
+
+    folder, run, _ = lora_run
+    home = folder / "home"
+    monkeypatch.setenv("FOUNDRY_HOME", str(home))
+    monkeypatch.delenv("FOUNDRY_DB", raising=False)
+    champion = ModelStore().get(run.name)
+    ModelStore().set_alias("champion", champion.id)
+    feedback = FeedbackStore()
+    for a in range(1, 9):  # the page's "better answer" and thumbs up, as the server stores them
+        item = {
+            "prompt": f"What is {a} plus 1?",
+            "answer": "no idea",
+            "vote": "down",
+            "better_answer": str(a + 1),
+        }
+        feedback.add(
+            run_id=run.name, kind="generation", input=item, label="better", model_version=champion.id
+        )
+    up = {"messages": [{"role": "user", "content": "What is 1 plus 1?"}], "answer": "2", "vote": "up"}
+    feedback.add(run_id=run.name, kind="generation", input=up, label="up", model_version=champion.id)
+    down = {"prompt": "What is 9 plus 9?", "answer": "17", "vote": "down", "better_answer": None}
+    feedback.add(run_id=run.name, kind="generation", input=down, label="down", model_version=champion.id)
+
+    result = foundry("retrain", "champion", "--promote", "--set", "train.epochs=1", cwd=folder, home=home)
+    assert_ok(result)
+    assert "10 feedback rows -> 9 examples (1 teach no answer)" in one_line(result.stderr)
+    assert "combined rouge_l" in result.stdout
+    challenger = next(p for p in home.iterdir() if (p / "comparison.json").is_file())
+    comparison = json.loads((challenger / "comparison.json").read_text())
+    assert comparison["metric"] == "rouge_l" and comparison["examples"]["holdout"] == 8
+    assert comparison["promoted"] == (comparison["gain"] > 0 and comparison["gain"] >= comparison["margin"])
+    metrics = json.loads((challenger / "metrics.json").read_text())
+    assert any(c.startswith("started from") for c in metrics["recipe"]["chosen"])  # the champion's adapter
+    trained_on = (challenger / "config.yaml").read_text()
+    assert "instructions.jsonl" in trained_on

@@ -77,6 +77,8 @@ def run(task, cfg, base_dir: Path, path: Path | None, resume: bool, console, dev
         lora.add_lora(
             model, targets, cfg.train.lora.r, cfg.train.lora.alpha, cfg.train.lora.dropout, LINEAR_NAMES
         )
+    if cfg.model.init_from:
+        choices.append(start_from(model, cfg, base_dir, base, method))
     trainable, total = lora.trainable_parameters(model)
     console.print(
         f"model: {total:,} parameters, {trainable:,} trained ({method}"
@@ -144,6 +146,42 @@ def hyperparameters(cfg, method: str) -> tuple[dict, list[str]]:
             hp[key] = default
             choices.append(f"train.{key} {default:g} ({method} fine-tuning default)")
     return hp, choices
+
+
+def start_from(model, cfg, base_dir: Path, base: dict, method: str) -> str:
+    """`model.init_from` (retrain: the champion): its adapter, or every weight of a full fine-tune, loaded
+    into `model` when it was trained on the same base model (sha256) with the same adapter shape."""
+    from safetensors.torch import load_file
+
+    from modelfoundry.data import text
+    from modelfoundry.runfiles import package_folder
+
+    folder = package_folder(text.resolve_path(cfg.model.init_from, base_dir))
+    spec = json.loads((folder / "model.json").read_text())
+    options = spec["model"]["options"]
+    if spec["model"]["name"] != "pretrained_lm" or options.get("base_sha256") != base["sha256"]:
+        raise UserError(
+            f"model.init_from: {folder} was not fine-tuned from this base model (sha256 "
+            f"{str(options.get('base_sha256'))[:12]}… there, {base['sha256'][:12]}… here). Start from a run "
+            "of the same base model file, or remove model.init_from."
+        )
+    adapter = options.get("adapter")
+    ours = {"r": cfg.train.lora.r, "alpha": cfg.train.lora.alpha, "targets": cfg.train.lora.targets}
+    if (method == "lora") != bool(adapter) or (adapter and adapter != ours):
+        raise UserError(
+            f"model.init_from: {folder} holds "
+            f"{'an adapter ' + str(adapter) if adapter else 'a full fine-tune'}"
+            f"; this run trains {'an adapter ' + str(ours) if method == 'lora' else 'every weight'}. Use the "
+            "same train.method and train.lora as that run."
+        )
+    state = load_file(str(folder / "model.safetensors"))
+    if adapter:
+        lora.load_adapter(model, state)
+    else:
+        if model.config.tie_embeddings:
+            state["lm_head.weight"] = state["wte.weight"]
+        model.load_state_dict(state)
+    return f"started from {folder} ({'its adapter' if adapter else 'its weights'})"
 
 
 # ---- data --------------------------------------------------------------------------------------

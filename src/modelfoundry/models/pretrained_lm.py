@@ -72,3 +72,11 @@ def load_package(folder: Path):
 def package_model(folder: Path):
     """`Family.loads`: the model of a package folder (see load_package)."""
     return load_package(Path(folder))[0]
+
+
+def retrain_from_feedback(champion, package: Path, spec: dict, rows, alias: str, **options) -> dict:
+    """`Family.retrains`: feedback answers as SFT examples, a challenger from the champion's adapter
+    (llm/retrain.py)."""
+    from modelfoundry.llm.retrain import retrain_lm
+
+    return retrain_lm(champion, package, spec, rows, alias, **options)
