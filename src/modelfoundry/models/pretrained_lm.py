@@ -70,8 +70,13 @@ def load_package(folder: Path):
 
 
 def package_model(folder: Path):
-    """`Family.loads`: the model of a package folder (see load_package)."""
-    return load_package(Path(folder))[0]
+    """`Family.loads`: the model of a package folder (see load_package), its adapter merged into the base
+    weights: the same outputs, at the speed of the base model (generation, serving)."""
+    from modelfoundry.llm import lora
+
+    model = load_package(Path(folder))[0]
+    lora.merge(model)
+    return model
 
 
 def retrain_from_feedback(champion, package: Path, spec: dict, rows, alias: str, **options) -> dict:
