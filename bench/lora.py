@@ -65,7 +65,7 @@ def run_sft(rows: int, minutes: float, folder: Path) -> dict:
     config = {
         "task": "text_generation",
         "name": "sst2-lora",
-        "data": {"source": str(data), "split": {"val": 0.05, "test": 0.25, "seed": 0}},
+        "data": {"source": str(data), "split": {"val": 0.05, "test": 0.15, "seed": 0}},
         "model": {"name": "pretrained_lm", "block_size": 256},
         "train": {"method": "lora", "epochs": 1, "max_minutes": minutes, "batch_size": 8},
     }
@@ -221,7 +221,7 @@ def markdown(results: dict) -> str:
         s = results["sft"]
         gain = (s["test"]["exact_match"] - s["base"]["exact_match"]) * 100
         lines += [
-            f"SST-2 as instructions: {s['rows']} rows of train.tsv (5-30 words), split 70/5/25 seeded; "
+            f"SST-2 as instructions: {s['rows']} rows of train.tsv (5-30 words), split 80/5/15 seeded; "
             f"LoRA r 8 on q_proj, v_proj, batch 8, lr 1e-3, one epoch within train.max_minutes "
             f"({s['train_minutes']:.1f} min trained, {s['tokens_per_second']:.0f} tokens/s, "
             f"{s['wall_minutes']:.1f} min wall with both evaluations).",

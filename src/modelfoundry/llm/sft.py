@@ -272,10 +272,8 @@ def train(model, data, val, cfg, hp: dict, path: Path | None, resume: bool, base
         for i, (ids, labels) in enumerate(data.batches(hp["batch_size"], shuffle=True, generator=generator)):
             device = next(model.parameters()).device
             ids, labels = ids.to(device), labels.to(device)
-            logits = model(ids)
-            loss = F.cross_entropy(
-                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=instruct.IGNORE
-            )
+            logits, targets = learnt_logits(model, ids, labels)
+            loss = F.cross_entropy(logits.float(), targets)
             (loss / train_cfg.accumulate).backward()
             if (i + 1) % train_cfg.accumulate == 0 or i + 1 == batches:
                 # clipped at 1 unless train.grad_clip says otherwise: fine-tuning steps stay small
@@ -361,6 +359,21 @@ def check_resumable(path: Path | None, base: dict) -> dict:
 # ---- evaluation --------------------------------------------------------------------------------
 
 
+def learnt_logits(model, ids, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits (N, V) of the N learnt positions of a batch and their labels (N,). The output layer runs on
+    those positions alone: a response is a few tokens of a long prompt, and the 49k-word output layer
+    over every position cost SmolLM2 a fifth of each step (and its (B, T, V) logits most of the memory).
+    GPT ends with `lm_head(norm(x))`, so with lm_head set aside the model returns the normed states."""
+    head = model.lm_head
+    model.lm_head = torch.nn.Identity()
+    try:
+        hidden = model(ids)  # (B, T, C)
+    finally:
+        model.lm_head = head
+    learnt = labels != instruct.IGNORE
+    return head(hidden[learnt]), labels[learnt]
+
+
 @torch.inference_mode()
 def response_loss(model, data: instruct.Batches, batch_size: int = 8) -> dict:
     """Mean loss per learnt token (the responses) and its perplexity."""
@@ -369,12 +382,9 @@ def response_loss(model, data: instruct.Batches, batch_size: int = 8) -> dict:
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for ids, labels in data.batches(batch_size):
-        logits = model(ids.to(device))
-        labels = labels.to(device)
-        total += F.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=instruct.IGNORE, reduction="sum"
-        ).item()
-        count += int((labels != instruct.IGNORE).sum())
+        logits, targets = learnt_logits(model, ids.to(device), labels.to(device))
+        total += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+        count += len(targets)
     model.train(was)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
