@@ -469,6 +469,15 @@ def serve(
             min=1, help="threads the model may use (default: one per core); 1 often serves small models best"
         ),
     ] = None,
+    max_new_tokens_limit: Annotated[
+        int, typer.Option(min=1, help="text generation: most new tokens a request may ask for (max_tokens)")
+    ] = 512,
+    max_sequences: Annotated[
+        int,
+        typer.Option(
+            min=1, help="text generation: sequences decoded together (KV-cache slots); more wait for a slot"
+        ),
+    ] = 16,
 ) -> None:
     """Serve a model over HTTP: JSON API (docs at /docs), web page at /, Prometheus metrics at /metrics."""
     from modelfoundry.serve.app import Settings, access_notes, create_app, load_served
@@ -488,6 +497,8 @@ def serve(
         watch_seconds=watch,
         host=host,
         allowed_hosts=allowed_host or [],
+        max_new_tokens_limit=max_new_tokens_limit,
+        max_sequences=max_sequences,
     )
     if threads:
         import torch

@@ -130,6 +130,27 @@ def write_config(path: Path, task: str, source: str | Path, **sections) -> Path:
     return path
 
 
+def write_sentences(path: Path) -> Path:
+    """About 6 KB of plain, repetitive English sentences, one per line: a tiny GPT learns its letters in a
+    few dozen steps."""
+    subjects = ["the cat", "a dog", "the bird", "my friend", "the old man", "a child"]
+    verbs = ["sees", "likes", "finds", "calls", "follows", "watches"]
+    objects = ["the sun", "a red ball", "the river", "a green tree", "the moon", "an open door"]
+    lines = [f"{s} {v} {o}." for i, s in enumerate(subjects) for v in verbs for o in objects[i % 3 :]]
+    path.write_text("\n".join(lines * 2) + "\n")
+    return path
+
+
+def tiny_gpt_config(source: str, context: int = 128) -> dict:
+    """A 1-layer, 32-wide character GPT trained for 40 steps: seconds on a CPU."""
+    return {
+        "task": "text_generation",
+        "data": {"source": source, "tokenizer": {"type": "char"}},
+        "model": {"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": context},
+        "train": {"max_steps": 40, "precision": "fp32", "batch_size": 16},
+    }
+
+
 # ---------------------------------------------------------------------------------------- serve
 
 

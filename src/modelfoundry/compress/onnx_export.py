@@ -30,6 +30,8 @@ def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
     """Write `model/model.onnx` for a run and record the export in model.json; returns that record."""
     predictor = load(run)
     folder = predictor.path
+    if callable(getattr(predictor, "generate", None)):  # a text generator: a decoder graph with pasts
+        return export_generator(predictor, tolerance)
     if getattr(predictor.model, "onnx_refusal", None):  # a family with no ONNX converter here says why
         raise UserError(f"{folder}: {predictor.model.onnx_refusal}")
     inputs, source = heldout_inputs(run_folder(folder), predictor.spec)
@@ -63,6 +65,48 @@ def export_onnx(run: str | Path, tolerance: float = PARITY_TOLERANCE) -> dict:
     spec = json.loads(spec_path.read_text())
     spec["onnx"] = record
     atomic_write_json(spec_path, spec)
+    return record
+
+
+def export_generator(package, tolerance: float) -> dict:
+    """`model/model.onnx` of a text generation package: the GPT as a decoder with past keys and values
+    (compress/gpt_onnx.py), refused unless its next-token probabilities match PyTorch's on seeded prompts fed
+    whole and then token by token."""
+    from modelfoundry.compress import gpt_onnx
+
+    folder, model = package.path, package.model.cpu().eval()
+    generator = torch.Generator().manual_seed(0)
+    length = max(1, min(16, model.config.block_size - gpt_onnx.PARITY_STEPS))
+    prompts = torch.randint(0, model.config.vocab_size, (4, length), generator=generator)
+    with atomic_path(folder / "model.onnx") as tmp:
+        started = time.perf_counter()
+        gpt_onnx.export_gpt(model, tmp)
+        seconds = time.perf_counter() - started
+        difference = gpt_onnx.parity(model, gpt_onnx.session(tmp), prompts)
+        if not difference <= tolerance:
+            raise UserError(
+                f"{folder}: the ONNX graph's next-token probabilities differ from PyTorch's by up to "
+                f"{difference:.2e}, more than the {tolerance:g} allowed; model.onnx was not written."
+            )
+    record = {
+        "file": "model.onnx",
+        "bytes": (folder / "model.onnx").stat().st_size,
+        "opset": gpt_onnx.OPSET,
+        "exporter": "torchscript",
+        "graph": "decoder with past keys/values: "
+        + ", ".join(gpt_onnx.INPUTS)
+        + " -> "
+        + ", ".join(gpt_onnx.OUTPUTS),
+        "export_seconds": round(seconds, 2),
+        "parity": {
+            "max_abs_probability_difference": difference,
+            "tolerance": tolerance,
+            "examples": len(prompts),
+            "inputs": f"seeded prompts of {length} tokens + {gpt_onnx.PARITY_STEPS} fed one by one",
+        },
+    }
+    spec_path = folder / "model.json"
+    atomic_write_json(spec_path, {**json.loads(spec_path.read_text()), "onnx": record})
     return record
 
 

@@ -290,17 +290,26 @@ def serve(
     model: ModelOpt = None,
     params: ParamsOpt = None,
     config: ConfigOpt = None,
+    run: Annotated[
+        str | None,
+        typer.Option("--run", help="a foundry GPT run (id or folder): its exact shape and context"),
+    ] = None,
     gpu: GpuOpt = "h100",
     gpus: Annotated[int | None, typer.Option(help="GPU count; default: the fewest that fit")] = None,
     batch: Annotated[int, typer.Option(help="concurrent sequences")] = 1,
-    context: Annotated[int, typer.Option(help="tokens per sequence (prompt + output)")] = 4096,
+    context: Annotated[
+        int | None,
+        typer.Option(help="tokens per sequence (prompt + output); default: a run's own, else 4096"),
+    ] = None,
     dtype: Annotated[str, typer.Option(help="weight dtype: fp16, int8 or int4")] = "fp16",
     mfu: MfuOpt = est.DEFAULT_MFU,
     price: PriceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Serving: weights + KV cache memory, GPUs needed, decode tokens/s and cost per 1M tokens."""
-    spec = resolve_model(model, params, config)
+    """Serving: weights + KV cache memory, FLOPs per token, GPUs needed, decode tokens/s and cost per 1M
+    tokens."""
+    spec = resolve_model(model, params, config, run)
+    context = context or spec.context or 4096
     rows = est.serving(
         spec.params,
         spec.layers,

@@ -379,9 +379,8 @@ def serving(
     # int8 weights can run int8 matmuls; int4 weights are dequantized to 16-bit for the matmul.
     compute_dtype = "int8" if dtype == "int8" else gpu.half_precision
     peak = gpu.peak_flops(compute_dtype)
-    per_token = inference_flops_per_token(params, layers, context, hidden)["inference_flops_per_token"][
-        "value"
-    ]
+    out.update(inference_flops_per_token(params, layers, context, hidden))
+    per_token = out["inference_flops_per_token"]["value"]
     compute_bound = gpus * peak * mfu / per_token
     out["decode_compute_bound_tokens_s"] = q(
         compute_bound,

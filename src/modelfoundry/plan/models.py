@@ -52,6 +52,7 @@ class ModelSpec:
     kv_heads: int
     head_dim: int
     source: str = ""
+    context: int = 0  # the model's own context (a foundry GPT run), else 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -268,16 +269,32 @@ def model_from_run(run: str | Path) -> ModelSpec:
         if name != "__metadata__" and not name.endswith(BUFFER_SUFFIXES)
     )
     spec = json.loads((folder / "model.json").read_text())
+    name = f"{spec.get('run_id', folder.parent.name)} ({spec['model']['name']})"
+    options = spec["model"].get("options") or {}
+    if "n_layer" in options:  # a decoder (models/gpt.py): its shape, for FLOPs per token and the KV cache
+        return _gpt_spec(name, float(params), options, spec.get("preprocessing", {}), f"run package {folder}")
+    return ModelSpec(name, float(params), float(params), 0, 0, 0, 0, 0, f"run package {folder}")
+
+
+def _gpt_spec(name: str, params: float, options: dict, preprocessing: dict, source: str) -> ModelSpec:
+    """A GPT run's shape; its non-embedding parameters leave out the token table (tied to the output layer,
+    whose matmul `2 N` then does not count: Kaplan et al.'s convention) and a learned position table."""
+    hidden, heads = options["n_embd"], options["n_head"]
+    context = options.get("block_size") or preprocessing.get("block_size") or 0
+    embeddings = preprocessing.get("vocab_size", 0) * hidden
+    if options.get("positions", "learned") == "learned":
+        embeddings += context * hidden
     return ModelSpec(
-        f"{spec.get('run_id', folder.parent.name)} ({spec['model']['name']})",
-        float(params),
-        float(params),
-        0,
-        0,
-        0,
-        0,
-        0,
-        f"run package {folder}",
+        name,
+        params,
+        params - embeddings,
+        options["n_layer"],
+        hidden,
+        heads,
+        options.get("n_kv_head") or heads,
+        hidden // heads,
+        source,
+        context,
     )
 
 

@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from modelfoundry.serve import openai
 from modelfoundry.serve.errors import BodyTooLarge, error_body, http_answer, install_error_handlers
 from modelfoundry.serve.metrics import ServeMetrics
 from modelfoundry.serve.routes import BATCH_PATH, STATIC, router
@@ -37,7 +38,7 @@ def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
         lifespan=lifespan,
         # The router's routes themselves, not app.include_router(router): FastAPI 0.165 keeps an included
         # router as one route that dispatches again, about 10 us more per request.
-        routes=list(router.routes),
+        routes=list(router.routes) + list(openai.router.routes),
         description="Predictions, feedback and the model card of a packaged modelfoundry model.",
     )
     app.state.service = service
@@ -69,6 +70,8 @@ async def lifespan(app: FastAPI):
     for line in access_notes(service.settings):
         log.info(line)
     service.batcher.start()
+    if service.engine is not None:
+        service.engine.start()
     # Only an alias can move; a run or version stays what it is.
     watch = service.settings.watch_seconds > 0 and service.served.alias
     watcher = asyncio.create_task(service.watch()) if watch else None
@@ -76,6 +79,8 @@ async def lifespan(app: FastAPI):
     if watcher:
         watcher.cancel()
     await service.batcher.stop()
+    if service.engine is not None:
+        service.engine.close()
 
 
 def host_names(settings: Settings) -> frozenset[str]:

@@ -20,15 +20,24 @@ from modelfoundry.errors import InputError, UserError
 ApiError = InputError  # the tasks raise it for bad inputs; routes raise it for everything else
 
 
-def error_json(field: str, message: str) -> dict:
-    """The body of every error answer."""
+OPENAI_PATHS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions"})  # serve/openai.py
+
+
+def error_json(field: str, message: str, status: int | None = None, path: str = "") -> dict:
+    """The body of every error answer. On the OpenAI-compatible routes it also carries OpenAI's `type`,
+    `param` and `code`, so OpenAI's clients read it as theirs."""
+    if path in OPENAI_PATHS:
+        kind = "invalid_request_error" if status is None or status < 500 else "server_error"
+        return {"error": {"message": message, "type": kind, "param": field, "code": None, "field": field}}
     return {"error": {"field": field, "message": message}}
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_json(exc.field, exc.message), status_code=exc.status)
+        return JSONResponse(
+            error_json(exc.field, exc.message, exc.status, request.url.path), status_code=exc.status
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -37,21 +46,24 @@ def install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             position = (first.get("ctx") or {}).get("error", "")
             return JSONResponse(
-                error_json("body", f"the body is not valid JSON ({position})."), status_code=400
+                error_json("body", f"the body is not valid JSON ({position}).", 400, request.url.path),
+                status_code=400,
             )
         fields = [".".join(str(p) for p in e["loc"] if p != "body") or "body" for e in errors]
         message = "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields, errors))
-        return JSONResponse(error_json(fields[0], message), status_code=422)
+        return JSONResponse(error_json(fields[0], message, 422, request.url.path), status_code=422)
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
-        return JSONResponse(error_json("inputs", str(exc)), status_code=422)
+        return JSONResponse(error_json("inputs", str(exc), 422, request.url.path), status_code=422)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         """FastAPI's own answers (404, 405, a body it could not read) in our shape."""
         status, field, message = http_answer(exc)
-        return JSONResponse(error_json(field, message), status_code=status, headers=exc.headers)
+        return JSONResponse(
+            error_json(field, message, status, request.url.path), status_code=status, headers=exc.headers
+        )
 
 
 def http_answer(exc: HTTPException) -> tuple[int, str, str]:

@@ -121,8 +121,10 @@ class PredictResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    label: str | float = Field(
-        description="the correct label (a classifier), or the correct number (a regression model)"
+    label: str | float | None = Field(
+        None,
+        description="the correct label (a classifier), or the correct number (a regression model); "
+        "required for those",
     )
     request_id: str | None = Field(
         None,
@@ -133,8 +135,11 @@ class FeedbackRequest(BaseModel):
     input: Any = Field(None, description="the input itself, when there is no request id")
     predicted: str | float | None = Field(
         None,
-        description="what the model said, when giving the input itself: one of its labels, or a number",
+        description="what the model said, when giving the input itself: one of its labels, or a number "
+        "(a text generation model: its answer)",
     )
+    vote: Literal["up", "down"] | None = Field(None, description="text generation: was the answer good?")
+    better_answer: str | None = Field(None, description="text generation: the answer it should have given")
 
 
 class FeedbackResponse(BaseModel):
@@ -161,7 +166,7 @@ def healthz() -> dict:
 @router.get("/readyz", tags=["health"], summary="A model is loaded and the batcher runs")
 def readyz(request: Request) -> JSONResponse:
     service = service_of(request)
-    ready = service.batcher.running
+    ready = service.ready
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "model_version": service.served.version_name},
         status_code=200 if ready else 503,
@@ -396,6 +401,12 @@ def _approximate_bytes(inputs: list) -> int:
 async def feedback(body: FeedbackRequest, request: Request) -> JSONResponse:
     service = service_of(request)
     require_key(request, service)
+    if service.engine is not None:  # a text generation model: a vote and a better answer, not a label
+        from modelfoundry.serve.openai import generation_feedback
+
+        return FastJSONResponse(*await generation_feedback(service, body))
+    if body.label is None:
+        raise ApiError(422, "label", "Field required: send the correct label (or number) in `label`.")
     if body.request_id is not None:
         remembered = service.recent.get(body.request_id)
         if remembered is None:

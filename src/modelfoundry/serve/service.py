@@ -52,6 +52,9 @@ class Settings:
     watch_seconds: float = 0.0  # poll the alias and reload on change; 0 = only POST /v1/admin/reload
     remembered_requests: int = 10_000  # recent predictions kept in memory for feedback by request id
     remembered_bytes: int = 256 * 2**20  # ... and at most this many bytes of their images
+    # text generation (serve/openai.py)
+    max_new_tokens_limit: int = 512  # most new tokens one choice may ask for (max_tokens)
+    max_sequences: int = 16  # sequences decoded together (KV-cache slots); more wait for a free one
 
 
 @dataclass
@@ -109,6 +112,11 @@ class Service:
             _run_batch, settings.max_batch_size, settings.max_wait_ms, self.metrics.batch_size.observe
         )
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        from modelfoundry.serve.openai import make_engine
+
+        self.engine = make_engine(served, settings, self.metrics)  # None unless the model generates text
+        if self.engine is not None:
+            self.metrics.generating(lambda: self.engine)
         self.recent: OrderedDict[str, Remembered] = OrderedDict()
         self.recent_bytes = 0  # image bytes kept in `recent`
 
@@ -184,6 +192,7 @@ class Service:
             raise ApiError(409, "model", f"could not load {ref}: {exc}") from None
         changed = fresh.version_name != previous.version_name
         if changed or force:
+            self._swap_engine(fresh)
             self.served = fresh  # requests already queued finish on the model that encoded them
             log.info("serving %s (was %s)", fresh.version_name, previous.version_name)
         return {
@@ -191,6 +200,22 @@ class Service:
             "model_version": fresh.version_name,
             "previous": previous.version_name,
         }
+
+    def _swap_engine(self, fresh: Served) -> None:
+        """A generation model gets its own decode engine; the old one finishes the answers it has begun."""
+        from modelfoundry.serve.openai import make_engine
+
+        old, self.engine = self.engine, make_engine(fresh, self.settings, self.metrics)
+        if self.engine is not None:
+            self.engine.start()
+            if old is None:
+                self.metrics.generating(lambda: self.engine)
+        if old is not None:
+            old.retire()
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.running and (self.engine is None or self.engine.running)
 
     async def watch(self) -> None:
         """Poll the alias every `watch_seconds` and reload when it points at another version."""
@@ -231,6 +256,12 @@ class Service:
                 "max_bytes": settings.max_upload_bytes,
             },
         }
+        if self.engine is not None:  # a text generation model: the page shows a prompt box
+            card |= {
+                "generates": True,
+                "context": self.engine.max_len,
+                "max_new_tokens_limit": settings.max_new_tokens_limit,
+            }
         return {**card, **task.card(spec)}
 
 

@@ -1,6 +1,12 @@
 """Corrections from users: the input (or, for images, a file beside the database), what the model
 said, the right label, which version said it and when. Each row is committed before the server
 answers, so an acknowledged correction survives a crash.
+
+Feedback on a text generation model's answer (kind "generation") keeps everything in `input`:
+`{"prompt": text}` or `{"messages": [{"role", "content"}, ...]}`, plus `"answer"` (what the model said,
+whole), `"vote"` ("up", "down" or null) and `"better_answer"` (the answer it should have given, or
+null); `label` is "better" when there is a better answer, else the vote, and `predicted` the answer's first
+200 characters (for listings). Retraining reads prompt/messages -> better_answer as new examples.
 """
 
 from __future__ import annotations
@@ -73,6 +79,14 @@ class FeedbackStore:
             row = s.get(Feedback, feedback_id)
             if row is not None:
                 row.label = label
+            return row is not None
+
+    def replace(self, feedback_id: int, input: dict, label: str, predicted: str | None) -> bool:
+        """Rewrite a stored row (the same answer given feedback again: the last one wins); False when gone."""
+        with Session(self.engine) as s, s.begin():
+            row = s.get(Feedback, feedback_id)
+            if row is not None:
+                row.input, row.label, row.predicted = input, label, predicted
             return row is not None
 
     def list(self, limit: int | None = 100, versions: list[int] | None = None) -> list[Feedback]:

@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
-const state = { model: null, image: null, requestId: null };
+const state = { model: null, image: null, requestId: null, generation: null };
 const KEY_STORAGE = "modelfoundry.apiKey";
 
 // fetch + JSON; a non-2xx answer throws the server's {"error": {"field", "message"}} as one line.
@@ -56,13 +56,17 @@ function renderCard(model) {
     ["Test RMSE", metrics.test_rmse == null ? null : formatNumber(metrics.test_rmse)],
     ["Test R2", metrics.test_r2 == null ? null : metrics.test_r2.toFixed(3)],
     ["Predicts", model.target ? `a number: ${model.target.column}` : null],
+    ["Test bits per byte", metrics.test_bits_per_byte == null ? null : metrics.test_bits_per_byte.toFixed(3)],
+    ["Context", model.context == null ? null : `${model.context.toLocaleString()} tokens`],
     ["Created", created],
-  ].filter(([name, value]) => value != null || !["Test RMSE", "Test R2", "Predicts"].includes(name));
+  ].filter(([name, value]) => value != null
+    || !["Test RMSE", "Test R2", "Predicts", "Test bits per byte", "Context"].includes(name)
+    && !(model.generates && ["Test accuracy", "Test F1 (macro)"].includes(name)));
   const list = element("dl");
   for (const [name, value] of rows) {
     list.append(element("dt", {}, name), element("dd", {}, value == null ? "—" : String(value)));
   }
-  if (model.labels.length) {
+  if (model.labels && model.labels.length) {
     list.append(element("dt", {}, "Labels"));
     const labels = element("dd", { class: "chips" });
     for (const label of model.labels) labels.append(element("span", { class: "chip" }, label));
@@ -472,6 +476,137 @@ function showPreview(rows, shown) {
   }
 }
 
+// ---------- generate (a text generation model) ----------
+
+// POST /v1/completions with stream: true, read as server-sent events (`data: {...}` lines, then
+// `data: [DONE]`); each piece is appended as it comes. Stop aborts the request, and the server stops
+// decoding it.
+async function generate(event) {
+  event.preventDefault();
+  showError("");
+  const prompt = $("#prompt").value;
+  if (!prompt.trim()) return showError("type a prompt first.");
+  const answer = $("#answer");
+  const button = $("#generate-button");
+  const stop = $("#stop-button");
+  const controller = new AbortController();
+  state.generation = { prompt, text: "", id: null };
+  answer.textContent = "";
+  $("#answer-meta").textContent = "Generating…";
+  $("#vote-status").textContent = "";
+  $("#better-answer").value = "";
+  $("#answer-area").hidden = false;
+  button.disabled = true;
+  stop.hidden = false;
+  stop.onclick = () => controller.abort();
+  let finish = null;
+  try {
+    const response = await fetch("/v1/completions", {
+      method: "POST", headers: { "Content-Type": "application/json" }, signal: controller.signal,
+      body: JSON.stringify({
+        prompt, stream: true, max_tokens: Number($("#max-tokens").value),
+        temperature: Number($("#temperature").value),
+      }),
+    });
+    if (!response.ok) {
+      const body = await response.json().catch(() => null);
+      const error = body && body.error;
+      throw new Error(error ? `${error.field || error.param}: ${error.message}` : `the server answered ${response.status}.`);
+    }
+    for await (const chunk of serverEvents(response)) {
+      if (chunk.error) throw new Error(chunk.error.message);
+      state.generation.id = chunk.id;
+      for (const choice of chunk.choices) {
+        state.generation.text += choice.text;
+        answer.textContent = state.generation.text;
+        if (choice.finish_reason) finish = choice.finish_reason;
+      }
+    }
+    const why = { stop: "the model ended it", length: "the token limit" }[finish] || finish;
+    $("#answer-meta").textContent = `Done (${why}) · answer ${state.generation.id}`;
+  } catch (err) {
+    if (err.name === "AbortError") {
+      $("#answer-meta").textContent = "Stopped.";
+    } else {
+      $("#answer-meta").textContent = "";
+      showError(err.message);
+    }
+  } finally {
+    button.disabled = false;
+    stop.hidden = true;
+  }
+}
+
+// The JSON of each `data:` line of a server-sent event stream, until `data: [DONE]`.
+async function* serverEvents(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data: ")) continue;
+        const data = line.slice(6);
+        if (data === "[DONE]") return;
+        yield JSON.parse(data);
+      }
+    }
+    if (done) return;
+  }
+}
+
+// A vote and/or a better answer for the last answer, stored by POST /v1/feedback under its id (or with the
+// prompt and answer sent whole, when the answer was stopped before its id came).
+async function sendVote(vote) {
+  const status = $("#vote-status");
+  const generation = state.generation;
+  const typed = $("#better-answer").value;
+  const better = typed.trim() ? typed : ""; // as typed: a continuation's leading space is part of it
+  if (!vote && !better) {
+    status.className = "failed";
+    status.textContent = "Not saved: type a better answer first.";
+    return;
+  }
+  const key = $("#gen-api-key").value.trim();
+  const headers = { "Content-Type": "application/json" };
+  if (key) headers["X-API-Key"] = key;
+  const body = generation.id
+    ? { request_id: generation.id, index: 0 }
+    : { input: { prompt: generation.prompt }, predicted: generation.text };
+  if (vote) body.vote = vote;
+  if (better) body.better_answer = better;
+  status.className = "";
+  status.textContent = "Sending…";
+  try {
+    const saved = await api("/v1/feedback", { method: "POST", headers, body: JSON.stringify(body) });
+    status.className = "ok";
+    status.textContent = `Thanks — saved as feedback #${saved.feedback_id}`;
+  } catch (err) {
+    status.className = "failed";
+    status.textContent = `Not saved: ${err.message}`;
+  }
+}
+
+function setUpGeneration(model) {
+  $("#predict-card").hidden = true;
+  $("#generate").hidden = false;
+  $("#max-tokens").max = String(model.max_new_tokens_limit);
+  $("#generate-form").addEventListener("submit", generate);
+  $("#vote-up").addEventListener("click", () => sendVote("up"));
+  $("#vote-down").addEventListener("click", () => sendVote("down"));
+  $("#send-better").addEventListener("click", () => sendVote(null));
+  const keyInput = $("#gen-api-key");
+  keyInput.value = localStorage.getItem(KEY_STORAGE) || "";
+  keyInput.addEventListener("input", () => localStorage.setItem(KEY_STORAGE, keyInput.value.trim()));
+  $("#gen-api-key-area").hidden = !model.feedback_requires_key;
+  $("#generate-button").disabled = false;
+}
+
 // ---------- start ----------
 
 async function start() {
@@ -491,6 +626,7 @@ async function start() {
   }
   state.model = model;
   renderCard(model);
+  if (model.generates) return setUpGeneration(model);
   const areas = { text: "#text-area", image: "#image-area", table: "#table-form" };
   if (!areas[model.kind]) {
     return showError(`this page does not know inputs of kind ${model.kind}; use the API at /docs.`);
