@@ -221,17 +221,20 @@ def markdown(results: dict) -> str:
         s = results["sft"]
         gain = (s["test"]["exact_match"] - s["base"]["exact_match"]) * 100
         lines += [
-            f"SST-2 as instructions: {s['rows']} rows of train.tsv (5-30 words), split 80/5/15 seeded; "
-            f"LoRA r 8 on q_proj, v_proj, batch 8, lr 1e-3, one epoch within train.max_minutes "
-            f"({s['train_minutes']:.1f} min trained, {s['tokens_per_second']:.0f} tokens/s, "
-            f"{s['wall_minutes']:.1f} min wall with both evaluations).",
+            (
+                f"SST-2 as instructions: {s['rows']} rows of train.tsv (5-30 words), split 80/5/15 seeded; "
+                f"LoRA r 8 on q_proj, v_proj, batch 8, lr 1e-3, one epoch within train.max_minutes "
+                f"({s['train_minutes']:.1f} min trained, {s['tokens_per_second']:.0f} tokens/s, "
+                f"{s['wall_minutes']:.1f} min wall with both evaluations)."
+            ),
             "",
             "| model (held-out split) | examples | exact match | ROUGE-L | response loss |",
             "| --- | --- | --- | --- | --- |",
         ]
         for name, m in (("SmolLM2-135M-Instruct (base)", s["base"]), ("+ LoRA SFT", s["test"])):
             lines.append(
-                f"| {name} | {m['examples']} | {m['exact_match']:.3f} | {m['rouge_l']:.3f} | {m['loss']:.3f} |"
+                f"| {name} | {m['examples']} | {m['exact_match']:.3f} | {m['rouge_l']:.3f} | "
+                f"{m['loss']:.3f} |"
             )
         verdict = "met" if gain >= TARGET_POINTS else "missed"
         lines += ["", f"Exact match +{gain:.1f} points (target +{TARGET_POINTS}: {verdict}).", ""]
@@ -250,8 +253,10 @@ def markdown(results: dict) -> str:
     if "speed" in results:
         ours = next(r for r in results["speed"] if r["method"] == "lora")
         lines += [
-            f"Training step on one batch {results['speed'][0]['batch']} of SST-2 instructions (mean of the "
-            "timed steps after a warm-up; each method in its own process):",
+            (
+                f"Training step on one batch {results['speed'][0]['batch']} of SST-2 instructions (mean of "
+                "the timed steps after a warm-up; each method in its own process):"
+            ),
             "",
             "| method | trainable parameters | tokens/s | vs our LoRA | peak RSS (MB) |",
             "| --- | --- | --- | --- | --- |",
@@ -324,9 +329,9 @@ def main() -> None:
     print(text)
     if args.write:
         sys.path.insert(0, str(Path(__file__).parent))
-        from record import write_section
-
         import peft
+
+        from record import write_section
 
         note = (
             "The machine was shared with four other engineers' jobs while this ran (load average 6-8 on 2 "

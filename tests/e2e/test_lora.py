@@ -134,35 +134,52 @@ def test_full_fine_tuning_refuses_merge_and_a_resume_on_another_base(tmp_path, t
     assert_user_error(resumed, "--resume:", "was trained on a base model with sha256", "same base model file")
 
 
-def test_retrain_learns_the_served_feedback_from_the_champions_adapter(lora_run, monkeypatch):
-    from modelfoundry.store.feedback import FeedbackStore
+def test_served_chat_feedback_retrains_a_challenger_from_the_champions_adapter(lora_run, monkeypatch):
+    import httpx
+
+    import modelfoundry as mf
+    from e2e_helpers import Server
     from modelfoundry.store.models import ModelStore
 
     folder, run, _ = lora_run
     home = folder / "home"
     monkeypatch.setenv("FOUNDRY_HOME", str(home))
     monkeypatch.delenv("FOUNDRY_DB", raising=False)
-    champion = ModelStore().get(run.name)
-    ModelStore().set_alias("champion", champion.id)
-    feedback = FeedbackStore()
-    for a in range(1, 9):  # the page's "better answer" and thumbs up, as the server stores them
-        item = {
-            "prompt": f"What is {a} plus 1?",
-            "answer": "no idea",
-            "vote": "down",
-            "better_answer": str(a + 1),
-        }
-        feedback.add(
-            run_id=run.name, kind="generation", input=item, label="better", model_version=champion.id
-        )
-    up = {"messages": [{"role": "user", "content": "What is 1 plus 1?"}], "answer": "2", "vote": "up"}
-    feedback.add(run_id=run.name, kind="generation", input=up, label="up", model_version=champion.id)
-    down = {"prompt": "What is 9 plus 9?", "answer": "17", "vote": "down", "better_answer": None}
-    feedback.add(run_id=run.name, kind="generation", input=down, label="down", model_version=champion.id)
+    ModelStore().set_alias("champion", ModelStore().get(run.name).id)
+    server = Server("champion", cwd=folder, home=home)
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            model = http.get("/v1/models").json()["data"][0]["id"]
+
+            def ask(question: str) -> dict:
+                body = {"model": model, "messages": [{"role": "user", "content": question}]}
+                response = http.post("/v1/chat/completions", json={**body, "temperature": 0, "max_tokens": 4})
+                assert response.status_code == 200, response.text
+                return response.json()
+
+            first = ask("What is 1 plus 1?")
+            greedy = mf.load(run).chat(
+                [{"role": "user", "content": "What is 1 plus 1?"}], max_new_tokens=4, temperature=0
+            )
+            assert first["choices"][0]["message"]["content"] == greedy  # the served model is the package
+            for a in range(1, 9):  # the page's "better answer", as the page sends it
+                answer = ask(f"What is {a} plus 1?")
+                sent = {"request_id": answer["id"], "vote": "down", "better_answer": str(a + 1)}
+                assert http.post("/v1/feedback", json=sent).status_code == 201
+            assert (
+                http.post("/v1/feedback", json={"request_id": first["id"], "vote": "up"}).status_code == 201
+            )
+            down = ask("What is 9 plus 9?")
+            assert (
+                http.post("/v1/feedback", json={"request_id": down["id"], "vote": "down"}).status_code == 201
+            )
+    finally:
+        server.stop()
 
     result = foundry("retrain", "champion", "--promote", "--set", "train.epochs=1", cwd=folder, home=home)
     assert_ok(result)
-    assert "10 feedback rows -> 9 examples (1 teach no answer)" in one_line(result.stderr)
+    learnt = 8 + bool(first["choices"][0]["message"]["content"].strip())  # an empty answer voted up: nothing
+    assert f"10 feedback rows -> {learnt} examples ({10 - learnt} teach no answer)" in one_line(result.stderr)
     assert "combined rouge_l" in result.stdout
     challenger = next(p for p in home.iterdir() if (p / "comparison.json").is_file())
     comparison = json.loads((challenger / "comparison.json").read_text())
