@@ -199,3 +199,27 @@ def test_exact_match_and_rouge_l_follow_squad_and_rouge():
         "rouge_l": 0.5,
         "examples": 2,
     }
+
+
+def test_a_path_that_is_not_a_causal_lm_says_what_is_missing(tmp_path):
+    import json
+
+    from modelfoundry.llm import hf
+
+    with pytest.raises(UserError, match="does not exist"):
+        hf.locate(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="no config.json, so it is not a Hugging Face model folder"):
+        hf.locate(tmp_path)
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    config = {"model_type": "bert", "architectures": ["BertForMaskedLM"], "vocab_size": 10, "hidden_size": 8}
+    (encoder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="BertForMaskedLM, not a causal language model.*no \\*ForCausalLM"):
+        hf.load_transformers(hf.locate(encoder))
+
+
+def test_a_package_whose_base_model_changed_is_refused(tiny_llama):
+    from modelfoundry.models.pretrained_lm import build_pretrained_lm
+
+    with pytest.raises(UserError, match="was trained on one with sha256 000000000000"):
+        build_pretrained_lm((64,), 0, path=str(tiny_llama), base_sha256="0" * 64)
