@@ -71,6 +71,17 @@ def test_lora_sft_scores_the_base_beside_the_fine_tuned_model_and_packages_the_a
     assert len((run / "heldout.jsonl").read_text().splitlines()) == 8
 
 
+def test_plan_finetune_reads_the_base_models_shape_from_an_adapter_package(lora_run):
+    folder, run, _ = lora_run
+    args = ("--run", run, "--method", "lora", "--lora-rank", "4", "--tokens", "1e5", "--json")
+    plan = foundry("plan", "finetune", *args, cwd=folder, home=folder / "home")
+    assert_ok(plan)
+    shown = json.loads(plan.stdout)
+    total = json.loads((run / "metrics.json").read_text())["parameters"]["total"]
+    assert shown["model"]["params"] == total and shown["model"]["layers"] == 2  # the base, not the adapter
+    assert shown["estimates"]["trained_params"]["value"] < total / 10
+
+
 def test_chat_keeps_the_conversation_and_streams_each_answer(lora_run):
     import modelfoundry as mf
     from modelfoundry.llm.chat import chat_loop

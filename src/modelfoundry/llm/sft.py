@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -465,6 +466,9 @@ def save_run(task, cfg, base_dir, path, model, tokenizer, metrics, report, parts
         "target": {},
         "base_model": base,
         "method": metrics["method"],
+        # the whole model's shape and size, for `foundry plan --run` (the package may hold an adapter alone)
+        "architecture": dataclasses.asdict(model.config),
+        "parameters": metrics["parameters"]["total"],
         "run_id": path.name,
         "created": datetime.now().isoformat(timespec="seconds"),
         "config_dir": str(base_dir.resolve()),
