@@ -951,6 +951,13 @@ _METRIC_COLUMNS = {  # (key, column heading); a table shows the set whose first 
         ("ece", "ece"),
     ],
     "bits_per_byte": [("bits_per_byte", "bits per byte"), ("loss", "loss"), ("perplexity", "perplexity")],
+    "exact_match": [  # a fine-tuned pretrained LM's answers (llm/sft.py)
+        ("exact_match", "exact match"),
+        ("rouge_l", "ROUGE-L"),
+        ("loss", "response loss"),
+        ("perplexity", "perplexity"),
+    ],
+    "perplexity": [("loss", "loss"), ("perplexity", "perplexity")],  # its continued pretraining on text
     "rmse": [
         ("rmse", "rmse"),
         ("mae", "mae"),

@@ -97,6 +97,15 @@ def test_chat_keeps_the_conversation_and_streams_each_answer(lora_run):
     assert messages[1]["content"] == greedy.strip()
 
 
+def test_evaluate_scores_the_answers_of_new_instruction_data(lora_run):
+    from modelfoundry.runner import evaluate
+
+    folder, run, _ = lora_run
+    metrics, where = evaluate(run, folder / "sft.jsonl")
+    assert {"exact_match", "rouge_l", "loss", "perplexity"} <= set(metrics["test"])
+    assert metrics["test"]["examples"] == 40 and (where / "report.html").is_file()
+
+
 def test_export_merges_the_adapter_into_hugging_face_weights_and_writes_gguf(lora_run):
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, LlamaForCausalLM

@@ -406,6 +406,19 @@ def evaluate(model, tokenizer, part: dict, data: instruct.Batches, continued: bo
     return {**out, **scores(answers, references), "answers": answers}
 
 
+def score_file(predictor, source: Path) -> dict:
+    """`foundry evaluate RUN --data file`: response loss, and greedy answers' exact match and ROUGE-L
+    against the file's responses (a .txt file: the loss of its text)."""
+    model, tokenizer = predictor.model, predictor.tokenizer
+    block_size = predictor.spec["preprocessing"]["block_size"]
+    examples = instruct.read_examples(source, tokenizer, block_size)
+    continued = source.suffix.lower() == ".txt"
+    part = {"conversations": [] if continued else instruct.read_conversations(source)}
+    scored = evaluate(model, tokenizer, part, instruct.Batches(examples, tokenizer.pad_id), continued)
+    scored.pop("answers", None)
+    return scored
+
+
 def answer_table(part: dict, base_answers, answers, worst: int = 10, sample: int = 10) -> dict:
     """The report's rows (prompt, reference, base answer, fine-tuned answer): the worst by ROUGE-L of the
     fine-tuned answer, and a seeded sample."""

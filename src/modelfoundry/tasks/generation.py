@@ -714,6 +714,11 @@ train:
         """`foundry evaluate RUN --data other.txt`: loss, perplexity and bits per byte of new text."""
         from types import SimpleNamespace
 
+        if predictor.spec["model"]["name"] == "pretrained_lm":  # instructions: llm/sft.py scores answers
+            from modelfoundry.llm import sft
+
+            return sft.score_file(predictor, source)
+
         pre = predictor.spec["preprocessing"]
         data = SimpleNamespace(
             text=pre.get("text_column"),
