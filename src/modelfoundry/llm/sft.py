@@ -265,7 +265,7 @@ def train(model, data, val, cfg, hp: dict, path: Path | None, resume: bool, base
     writer = CheckpointWriter(checkpoint) if checkpoint else None
     budget = (train_cfg.max_minutes or math.inf) * 60
     for epoch in range(start_epoch, hp["epochs"]):
-        started, loss_sum, count = time.perf_counter(), 0.0, 0
+        started, cpu_started, loss_sum, count = time.perf_counter(), time.process_time(), 0.0, 0
         torch.manual_seed(train_cfg.seed + epoch)
         generator = torch.Generator().manual_seed(train_cfg.seed * 1_000_003 + epoch)
         model.train()
@@ -298,6 +298,7 @@ def train(model, data, val, cfg, hp: dict, path: Path | None, resume: bool, base
         if val is not None:
             record.update({f"val_{k}": v for k, v in response_loss(model, val).items()})
         record["seconds"] = time.perf_counter() - started
+        record["cpu_seconds"] = time.process_time() - cpu_started  # every thread's: on a shared machine
         history.append(record)
         if val is None or record["val_loss"] < best["loss"]:
             best = {
