@@ -87,6 +87,19 @@ def add_lora(
     Returns the wrapped modules' paths. A target that matches no linear layer is a UserError that lists
     the ones the model has.
     """
+    chosen = targeted(model, targets, aliases)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in chosen:
+        parent, _, child = name.rpartition(".")
+        holder = model.get_submodule(parent) if parent else model
+        setattr(holder, child, LoRALinear(getattr(holder, child), r, alpha, dropout))
+    return chosen
+
+
+def targeted(model: nn.Module, targets: list[str] | str, aliases: dict[str, str] | None = None) -> list[str]:
+    """The paths of the linear layers `targets` selects (see add_lora); UserError for a target that
+    matches none, listing the ones there are."""
     aliases = aliases or {}
     ours_of = {theirs: ours for ours, theirs in aliases.items()}
     tied = _tied_outputs(model)
@@ -108,12 +121,6 @@ def add_lora(
             f"layers: {', '.join(have)} (or all-linear for every one of them)."
             + (" The output layer shares the embedding's weight and takes no adapter." if tied else "")
         )
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name in chosen:
-        parent, _, child = name.rpartition(".")
-        holder = model.get_submodule(parent) if parent else model
-        setattr(holder, child, LoRALinear(getattr(holder, child), r, alpha, dropout))
     return chosen
 
 

@@ -72,6 +72,15 @@ def run(task, cfg, base_dir: Path, path: Path | None, resume: bool, console, dev
     timings = {"data": time.perf_counter() - clock}
     model.to(device)
 
+    if method == "lora":  # bad targets stop the run now, not after the base model's evaluation
+        lora.targeted(model, cfg.train.lora.targets, LINEAR_NAMES)
+    clock = time.perf_counter()  # the base model as it is, before any adapter or init_from
+    test = parts.get("test")
+    base_scores = evaluate(model, tokenizer, test, data.get("test"), continued) if test and path else {}
+    timings["evaluate_base"] = time.perf_counter() - clock
+    if base_scores:
+        console.print(f"base model on test: {_line(base_scores)}", highlight=False)
+
     hp, choices = hyperparameters(cfg, method)
     if method == "lora":
         targets = cfg.train.lora.targets
@@ -87,13 +96,6 @@ def run(task, cfg, base_dir: Path, path: Path | None, resume: bool, console, dev
         + f"); {hp['epochs']} epoch(s) of batches of {hp['batch_size']}, lr {hp['lr']:g} on {device}",
         highlight=False,
     )
-
-    clock = time.perf_counter()
-    test = parts.get("test")
-    base_scores = evaluate(model, tokenizer, test, data.get("test"), continued) if test and path else {}
-    timings["evaluate_base"] = time.perf_counter() - clock
-    if base_scores:
-        console.print(f"base model on test: {_line(base_scores)}", highlight=False)
 
     clock = time.perf_counter()
     history, seconds_trained, tokens_trained = train(
