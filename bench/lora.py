@@ -76,6 +76,9 @@ def run_sft(rows: int, minutes: float, folder: Path) -> dict:
     return {
         "wall_minutes": (time.perf_counter() - started) / 60,
         "train_minutes": sum(h["seconds"] for h in metrics["history"]) / 60,
+        "train_cpu_minutes": sum(h.get("cpu_seconds", 0.0) for h in metrics["history"]) / 60,
+        "steps": metrics["history"][-1].get("steps"),
+        "history": metrics["history"],
         "tokens_per_second": metrics["throughput"]["tokens_per_second"],
         "test": metrics["test"],
         "base": metrics["base"]["test"],
@@ -224,8 +227,11 @@ def markdown(results: dict) -> str:
             (
                 f"SST-2 as instructions: {s['rows']} rows of train.tsv (5-30 words), split 80/5/15 seeded; "
                 f"LoRA r 8 on q_proj, v_proj, batch 8, lr 1e-3, one epoch within train.max_minutes "
-                f"({s['train_minutes']:.1f} min trained, {s['tokens_per_second']:.0f} tokens/s, "
-                f"{s['wall_minutes']:.1f} min wall with both evaluations)."
+                f"({s['train_minutes']:.1f} min trained"
+                + (f" = {s['train_cpu_minutes']:.1f} CPU-minutes" if s.get("train_cpu_minutes") else "")
+                + (f", {s['steps']} optimizer steps" if s.get("steps") else "")
+                + f", {s['tokens_per_second']:.0f} tokens/s, {s['wall_minutes']:.1f} min wall with both "
+                "evaluations)."
             ),
             "",
             "| model (held-out split) | examples | exact match | ROUGE-L | response loss |",
@@ -299,8 +305,8 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["sft", "speed", "generate"])
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--minutes", type=float, default=12.0)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--save", type=Path, help="also write the results as JSON here")
     parser.add_argument("--load", type=Path, nargs="*", default=[], help="results JSON of earlier parts")

@@ -254,7 +254,7 @@ def train(model, data, val, cfg, hp: dict, path: Path | None, resume: bool, base
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     checkpoint = path / "checkpoints" / CHECKPOINT if path else None
     history, start_epoch, best = [], 0, {"loss": math.inf, "state": None, "epoch": 0}
-    seconds, tokens = 0.0, 0
+    seconds, tokens, steps_done = 0.0, 0, 0
     if resume:
         state = check_resumable(path, base)
         with torch.no_grad():
@@ -264,6 +264,7 @@ def train(model, data, val, cfg, hp: dict, path: Path | None, resume: bool, base
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
         seconds, tokens = state["seconds"], state["tokens"]
+        steps_done = history[-1].get("steps", 0) if history else 0
     writer = CheckpointWriter(checkpoint) if checkpoint else None
     budget = (train_cfg.max_minutes or math.inf) * 60
     for epoch in range(start_epoch, hp["epochs"]):
@@ -282,6 +283,7 @@ def train(model, data, val, cfg, hp: dict, path: Path | None, resume: bool, base
                 # clipped at 1 unless train.grad_clip says otherwise: fine-tuning steps stay small
                 torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip or 1.0)
                 optimizer.step()
+                steps_done += 1
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
             learnt = int((labels != instruct.IGNORE).sum())
@@ -301,6 +303,7 @@ def train(model, data, val, cfg, hp: dict, path: Path | None, resume: bool, base
             record.update({f"val_{k}": v for k, v in response_loss(model, val).items()})
         record["seconds"] = time.perf_counter() - started
         record["cpu_seconds"] = time.process_time() - cpu_started  # every thread's: on a shared machine
+        record["steps"] = steps_done  # optimizer steps so far
         history.append(record)
         if val is None or record["val_loss"] < best["loss"]:
             best = {
