@@ -223,3 +223,30 @@ def test_a_package_whose_base_model_changed_is_refused(tiny_llama):
 
     with pytest.raises(UserError, match="was trained on one with sha256 000000000000"):
         build_pretrained_lm((64,), 0, path=str(tiny_llama), base_sha256="0" * 64)
+
+
+def test_batched_greedy_decoding_equals_argmax_of_the_full_forward_prompt_by_prompt(tiny_llama):
+    from modelfoundry.llm.generate import greedy_ids
+
+    gpt, tokenizer, *_ = _tiny_gpt(tiny_llama)
+    torch.manual_seed(3)
+    with torch.no_grad():  # weights that answer more than newlines
+        for p in gpt.parameters():
+            p.normal_(0, 0.3)
+    prompts = [
+        tokenizer.encode(tokenizer.apply_chat([{"role": "user", "content": q}]))
+        for q in ("hi", "a longer one")
+    ]
+    expected = []
+    for ids in prompts:  # no cache, no padding: the whole context again for every token
+        ids, new = list(ids), []
+        with torch.no_grad():
+            for _ in range(6):
+                token = int(gpt(torch.tensor([ids]))[0, -1].argmax())
+                if token in tokenizer.stop_ids:
+                    break
+                new.append(token)
+                ids.append(token)
+        expected.append(new)
+    assert greedy_ids(gpt, tokenizer, prompts, max_new_tokens=6) == expected
+    assert len(expected[0]) == 6 and expected[0] != expected[1]
