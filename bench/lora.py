@@ -36,6 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "sst2"
 QUESTION = "Sentiment (positive or negative)?"
 TARGET_POINTS = 30
+# Torch threads. On the shared 2-core machine (load average 10-15 from other jobs) one thread ran a
+# SmolLM2 forward ~10x faster than two: OpenMP's barriers wait on threads the kernel has descheduled.
+THREADS = 1
 
 
 def sst2_rows(count: int, seed: int = 0) -> list[dict]:
@@ -102,14 +105,14 @@ def batch(tokenizer, size: int = 8):
     return instruct.Batches(examples, tokenizer.pad_id).collate(examples)
 
 
-def one_method(method: str, steps: int) -> dict:
+def one_method(method: str, steps: int, threads: int) -> dict:
     """Runs in its own process: tokens/s of `steps` training steps after one warm-up, and peak RSS."""
     from torch.nn import functional as F
 
     from modelfoundry.llm import hf, lora
     from modelfoundry.llm.convert import LINEAR_NAMES, load_base
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     gpt, tokenizer, base, _ = load_base(None, 256)
     ids, labels = batch(tokenizer)
@@ -155,11 +158,11 @@ def one_method(method: str, steps: int) -> dict:
     }
 
 
-def run_speed(steps: int) -> list[dict]:
+def run_speed(steps: int, threads: int) -> list[dict]:
     out = []
     for method in ("lora", "peft", "full"):
         result = subprocess.run(
-            [sys.executable, __file__, "--one", method, "--steps", str(steps)],
+            [sys.executable, __file__, "--one", method, "--steps", str(steps), "--threads", str(threads)],
             capture_output=True,
             text=True,
             check=True,
@@ -178,12 +181,12 @@ PROMPTS = [
 ]
 
 
-def run_generate(max_new_tokens: int) -> list[dict]:
+def run_generate(max_new_tokens: int, threads: int) -> list[dict]:
     from modelfoundry.generation.decode import stream
     from modelfoundry.llm import hf
     from modelfoundry.llm.convert import load_base
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     gpt, tokenizer, base, _ = load_base(None, 1024)
     reference, _ = hf.load_transformers(base)
     rows = []
@@ -307,15 +310,16 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch threads")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--save", type=Path, help="also write the results as JSON here")
     parser.add_argument("--load", type=Path, nargs="*", default=[], help="results JSON of earlier parts")
     parser.add_argument("--write", action="store_true", help="record the results in bench/RESULTS.md")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_method(args.one, args.steps)))
+        print(json.dumps(one_method(args.one, args.steps, args.threads)))
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     results: dict = {}
     for path in args.load:
         results.update(json.loads(path.read_text()))
@@ -326,9 +330,9 @@ def main() -> None:
                 json.dumps({k: v for k, v in results["sft"].items() if k != "examples"}, indent=1), flush=True
             )
     if "speed" in args.parts:
-        results["speed"] = run_speed(args.steps)
+        results["speed"] = run_speed(args.steps, args.threads)
     if "generate" in args.parts:
-        results["generate"] = run_generate(args.tokens)
+        results["generate"] = run_generate(args.tokens, args.threads)
     if args.save:
         args.save.write_text(json.dumps(results, indent=1))
     text = markdown(results)
