@@ -111,6 +111,7 @@ def one_method(method: str, steps: int, threads: int) -> dict:
 
     from modelfoundry.llm import hf, lora
     from modelfoundry.llm.convert import LINEAR_NAMES, load_base
+    from modelfoundry.llm.sft import learnt_logits
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -128,7 +129,7 @@ def one_method(method: str, steps: int, threads: int) -> dict:
             return model(input_ids=ids).logits
     else:
         model = gpt
-        if method == "lora":
+        if method.startswith("lora"):
             lora.add_lora(model, ["q_proj", "v_proj"], 8, 16, 0.05, LINEAR_NAMES)
 
         def forward():
@@ -140,8 +141,12 @@ def one_method(method: str, steps: int, threads: int) -> dict:
     times = []
     for step in range(steps + 1):
         started = time.perf_counter()
-        logits = forward()
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        if method == "lora_sft":  # what foundry's SFT step does: the output layer on the answer tokens only
+            logits, targets = learnt_logits(model, ids, labels)
+            loss = F.cross_entropy(logits.float(), targets)
+        else:
+            logits = forward()
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -160,7 +165,7 @@ def one_method(method: str, steps: int, threads: int) -> dict:
 
 def run_speed(steps: int, threads: int) -> list[dict]:
     out = []
-    for method in ("lora", "peft", "full"):
+    for method in ("lora", "lora_sft", "peft", "full"):
         result = subprocess.run(
             [sys.executable, __file__, "--one", method, "--steps", str(steps), "--threads", str(threads)],
             capture_output=True,
@@ -261,6 +266,12 @@ def markdown(results: dict) -> str:
             lines.append("")
     if "speed" in results:
         ours = next(r for r in results["speed"] if r["method"] == "lora")
+        names = {
+            "lora": "our LoRA (GPT), loss on every position",
+            "lora_sft": "our LoRA, foundry's SFT step (output layer on answer tokens only)",
+            "peft": "PEFT LoRA (transformers Llama), loss on every position",
+            "full": "full fine-tuning (our GPT)",
+        }
         lines += [
             (
                 f"Training step on one batch {results['speed'][0]['batch']} of SST-2 instructions (mean of "
@@ -272,8 +283,8 @@ def markdown(results: dict) -> str:
         ]
         for r in results["speed"]:
             lines.append(
-                f"| {r['method']} | {r['trainable']:,} | {r['tokens_per_second']:.0f} | "
-                f"{r['tokens_per_second'] / ours['tokens_per_second']:.2f}x | {r['peak_rss_mb']:.0f} |"
+                f"| {names.get(r['method'], r['method'])} | {r['trainable']:,} | "
+                f"{r['tokens_per_second']:.0f} | {r['tokens_per_second'] / ours['tokens_per_second']:.2f}x | {r['peak_rss_mb']:.0f} |"
             )
         lines.append("")
     if "generate" in results:
