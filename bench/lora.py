@@ -284,7 +284,8 @@ def markdown(results: dict) -> str:
         for r in results["speed"]:
             lines.append(
                 f"| {names.get(r['method'], r['method'])} | {r['trainable']:,} | "
-                f"{r['tokens_per_second']:.0f} | {r['tokens_per_second'] / ours['tokens_per_second']:.2f}x | {r['peak_rss_mb']:.0f} |"
+                f"{r['tokens_per_second']:.0f} | {r['tokens_per_second'] / ours['tokens_per_second']:.2f}x | "
+                f"{r['peak_rss_mb']:.0f} |"
             )
         lines.append("")
     if "generate" in results:
