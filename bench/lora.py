@@ -356,8 +356,11 @@ def main() -> None:
         from record import write_section
 
         note = (
-            "The machine was shared with four other engineers' jobs while this ran (load average 6-8 on 2 "
-            "cores): absolute times are pessimistic; compare the rows of one table only.\n\n"
+            "The machine was shared with four other engineers' jobs while this ran (load average 7-15 on 2 "
+            "cores), so every part ran on one torch thread (two were ~10x slower there: OpenMP waits on "
+            "descheduled threads): absolute times are pessimistic and noisy (+-15% between two runs of the "
+            "same step); compare the rows of one table only. Each part was run on its own and the results "
+            "joined with --load.\n\n"
         )
         write_section(
             "Fine-tuning SmolLM2 with LoRA (bench/lora.py)", note + text, {"peft": peft.__version__}
