@@ -87,13 +87,14 @@ def export_hf(folder: Path, out: Path, merge: bool = True, tolerance: float = 1e
     quiet_transformers()
     from transformers import LlamaForCausalLM
 
-    model, spec = load_run(folder)
+    spec = json.loads((folder / "model.json").read_text())
     if merge and not spec["model"]["options"].get("adapter"):
         raise UserError(
             f"--merge: {folder} is a full fine-tune (train.method: full): its package already holds every "
             "weight, so there is no adapter to merge. Export it with --format hf (a Hugging Face folder) "
             "or --format gguf instead."
         )
+    model, spec = load_run(folder)
     tokenizer = model.tokenizer
     with atomic_folder(out) as tmp:
         save_file(merged_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
