@@ -22,14 +22,20 @@ from modelfoundry.llm.convert import to_llama
 PARITY_TEXT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nParis"
 
 
-def load_run(folder: Path):
-    """(model with its adapter, spec) of a pretrained_lm package; UserError for other packages."""
+def package_spec(folder: Path) -> dict:
+    """model.json of a pretrained_lm package; UserError for other packages."""
     spec = json.loads((folder / "model.json").read_text())
     if spec["model"]["name"] != "pretrained_lm":
         raise UserError(
             f"{folder}: a '{spec['model']['name']}' model; --merge and --format gguf/hf export fine-tuned "
             "pretrained_lm models. Use --format onnx for this one."
         )
+    return spec
+
+
+def load_run(folder: Path):
+    """(model with its adapter, spec) of a pretrained_lm package; UserError for other packages."""
+    package_spec(folder)
     from modelfoundry.models.pretrained_lm import load_package
 
     return load_package(folder)
@@ -87,7 +93,7 @@ def export_hf(folder: Path, out: Path, merge: bool = True, tolerance: float = 1e
     quiet_transformers()
     from transformers import LlamaForCausalLM
 
-    spec = json.loads((folder / "model.json").read_text())
+    spec = package_spec(folder)
     if merge and not spec["model"]["options"].get("adapter"):
         raise UserError(
             f"--merge: {folder} is a full fine-tune (train.method: full): its package already holds every "
