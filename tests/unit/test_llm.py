@@ -250,3 +250,11 @@ def test_batched_greedy_decoding_equals_argmax_of_the_full_forward_prompt_by_pro
         expected.append(new)
     assert greedy_ids(gpt, tokenizer, prompts, max_new_tokens=6) == expected
     assert len(expected[0]) == 6 and expected[0] != expected[1]
+
+
+def test_the_default_base_model_is_the_gguf_file_of_the_installed_wheel():
+    from modelfoundry.llm import hf
+
+    base = hf.locate(None)
+    assert base.reference == hf.DEFAULT and base.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert base.path.is_file() and base.path.stat().st_size > 50e6  # found without importing the package
