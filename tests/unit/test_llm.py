@@ -30,6 +30,10 @@ def test_gpt_gives_the_logits_of_transformers_llama(tiny_llama):
     again, *_ = load_base(tiny_llama)  # from the cache now
     with torch.no_grad():
         assert torch.equal(again(ids), got)
+    with pytest.raises(
+        UserError, match="model.block_size: 300 is longer than the context .* use 256 or less"
+    ):
+        load_base(tiny_llama, block_size=300)
 
 
 def test_tokenizer_follows_the_generation_interface(tiny_llama):

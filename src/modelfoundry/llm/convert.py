@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from modelfoundry.errors import UserError
 from modelfoundry.llm import hf
 from modelfoundry.llm.tokenizer import HFTokenizer
 
@@ -136,6 +137,11 @@ def load_base(path: str | Path | None, block_size: int | None = None):
             tokenizer.save_pretrained(tmp / "tokenizer")
     config = GPTConfig(**hf.read_json(cache / "gpt.json")["config"])
     if block_size:
+        if block_size > config.block_size:
+            raise UserError(
+                f"model.block_size: {block_size} is longer than the context {base.reference} was trained "
+                f"for ({config.block_size} tokens); use {config.block_size} or less."
+            )
         config.block_size = block_size
     gpt = GPT(config)  # ~1 s of random init that the weights then replace
     state = load_file(str(cache / "gpt.safetensors"))

@@ -45,7 +45,12 @@ def run(task, cfg, base_dir: Path, path: Path | None, resume: bool, console, dev
     from modelfoundry.builder import model_options
     from modelfoundry.data.prepare import resolve_source
     from modelfoundry.models.pretrained_lm import build_pretrained_lm
+    from modelfoundry.training import distributed
 
+    if distributed.world_size() > 1:
+        raise UserError(
+            "model.name: pretrained_lm fine-tunes in one process; run it without torchrun (--nproc/--nnodes)."
+        )
     clock = time.perf_counter()
     options = model_options(cfg, base_dir)
     method = cfg.train.method
