@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e_helpers import assert_ok, assert_user_error, foundry
+from e2e_helpers import assert_ok, assert_user_error, foundry, one_line
 
 pytestmark = pytest.mark.slow  # trains a model
 WORDS = "the king said to his son that all the world is a stage and we are players upon it"
@@ -42,7 +42,9 @@ def gpt_run(tmp_path_factory):
 
 def test_a_gpt_trains_on_a_text_file_with_its_size_chosen_and_reports_bits_per_byte(gpt_run):
     _, run, result = gpt_run
-    assert "chosen: tokenizer" in result.stderr and "chosen: model 2 layers" in result.stderr
+    chosen = one_line(result.stderr)
+    for phrase in ("chosen: tokenizer", "chosen: model 2 layers", "chosen: batch_size", "chosen: max_steps"):
+        assert phrase in chosen
     assert "test bits_per_byte" in result.stdout
     metrics = json.loads((run / "metrics.json").read_text())
     for split in ("val", "test"):

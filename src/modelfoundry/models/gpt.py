@@ -93,7 +93,7 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope, cache=None, layer=0, slots=None, positions=None, mask=None, in_order=False):
+    def forward(self, x, rope, cache=None, layer=0, slots=None, positions=None, mask=None, **view):
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_head, -1).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k(x).view(B, T, self.n_kv_head, -1).transpose(1, 2)  # (B, nkv, T, hs)
@@ -116,8 +116,8 @@ class Attention(nn.Module):
             ck, cv = cache.k[layer], cache.v[layer]  # (slots, nkv, max_len, hs)
             ck[slots[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)  # (B, T, nkv, hs) written
             cv[slots[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
-            L = mask.shape[-1]
-            if in_order:
+            L = view["length"]
+            if view["in_order"]:
                 keys, values = ck[:B, :, :L], cv[:B, :, :L]  # a view: no copy
             else:
                 keys, values = ck[slots, :, :L], cv[slots, :, :L]  # (B, nkv, L, hs)
@@ -126,6 +126,7 @@ class Attention(nn.Module):
                 keys.to(q.dtype),
                 values.to(q.dtype),
                 attn_mask=mask,
+                is_causal=view["causal"],
                 enable_gqa=self.n_kv_head != self.n_head,
             )
         y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, T, nh * hs)
@@ -232,15 +233,23 @@ class GPT(nn.Module):
                     f"position {end - 1} is past the context ({self.config.block_size}) or the cache "
                     f"({cache.max_len}); reset the slot or crop the prompt"
                 )
-            # row b, new token t sees cached positions 0..start[b]+t: its prefix and itself, causally
-            keys = torch.arange(end, device=idx.device)
-            mask = keys[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, T, L)
+            # row b, new token t sees cached positions 0..start[b]+t: its prefix and itself, causally. Rows of
+            # one length need no mask (SDPA with a mask is far slower on a CPU): one new token each sees all
+            # L positions; a first prefill is plain causal attention.
+            mask, causal = None, False
+            if not bool((start == start[0]).all()) or (T > 1 and int(start[0]) > 0):
+                keys = torch.arange(end, device=idx.device)
+                mask = keys[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, T, L)
+            elif T > 1:
+                causal = True
             in_order = bool((slots == torch.arange(B, device=slots.device)).all())  # slots 0..B-1: a view
             cached = {
                 "cache": cache,
                 "slots": slots,
                 "positions": positions,
                 "mask": mask,
+                "causal": causal,
+                "length": end,
                 "in_order": in_order,
             }
         x = self.wte(idx)  # (B, T, C)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +38,12 @@ FINAL_WINDOWS = 1000  # windows scored for the final val/test numbers (all of a 
 DEFAULT_MINUTES = 5.0  # the time budget when neither train.max_steps nor train.max_minutes is set
 TOKENS_PER_PARAMETER = 20  # Hoffmann et al. 2022 (Chinchilla): compute-optimal training tokens per parameter
 # candidate shapes (n_layer, n_head, n_embd), smallest first; the default is the largest the budget trains
-SHAPES = ((2, 2, 64), (4, 4, 128), (4, 4, 192), (6, 6, 192), (6, 8, 256), (8, 8, 384), (12, 12, 768))
+SHAPES = (
+    *((2, 2, 64), (3, 3, 96), (4, 4, 128), (4, 4, 192), (6, 6, 192)),
+    *((6, 8, 256), (8, 8, 384), (12, 12, 768)),
+)
+PROBE = 4  # windows per timed step when foundry measures this machine
+MIN_STEPS = 500  # with a time budget, the default batch shrinks until the budget makes this many steps
 SIZE_KEYS = ("model.n_layer", "model.n_head", "model.n_embd")
 
 
@@ -262,7 +268,7 @@ def default_tokenizer(train_bytes: int) -> tuple[str, int, str]:
     byte-level BPE with a vocabulary that grows with the corpus (more tokens need more text to learn)."""
     if train_bytes < 200_000:
         return "char", 0, f"{train_bytes:,} bytes of training text is small: one token per character"
-    vocab = min(8192, max(512, 2 ** round(math.log2(train_bytes / 2000))))
+    vocab = min(8192, max(512, 2 ** round(math.log2(train_bytes / 5000))))
     return (
         "bpe",
         vocab,
@@ -301,35 +307,42 @@ def step_seconds(options: dict, vocab_size: int, batch_size: int, steps: int = 3
 
 
 def choose_run(cfg, vocab_size: int, train_tokens: int, block_size: int, console) -> tuple[dict, dict, list]:
-    """The model options and the steps the config leaves to foundry: (options, {"max_steps",
-    "budget_minutes", "step_seconds"}, what was chosen in words).
+    """The model options, batch and steps the config leaves to foundry: (options, {"max_steps",
+    "batch_size", "budget_minutes"}, what was chosen in words). Timed on this machine with a few steps of
+    PROBE windows.
 
     Size: Chinchilla's rule, about 20 training tokens per parameter: the largest of SHAPES whose parameters
     x 20 fit the tokens the time budget trains at the rate measured here (and at most 2 parameters per
-    token of corpus, so a small corpus gets a small model). Steps: what the budget allows at that size."""
+    token of corpus, so a small corpus gets a small model). Batch: a short budget is better spent on many
+    small steps than on a few large ones, so the batch shrinks (down to PROBE windows) until the budget
+    makes MIN_STEPS steps. Steps: what the budget allows at that size and batch."""
     train, options = cfg.train, dict(cfg.model.model_extra or {})
     options["block_size"] = block_size
     choices = []
     minutes = train.max_minutes or (None if train.max_steps else DEFAULT_MINUTES)
-    tokens_per_step = train.batch_size * block_size
-    measured = None
+    budget = minutes * 60 * 0.85 if minutes else None  # the rest evaluates and checkpoints
+    per_window = {}  # shape -> seconds per training window, measured
+
+    def window_seconds(shape: dict) -> float:
+        key = tuple(shape.values())
+        if key not in per_window:
+            per_window[key] = step_seconds({**options, **shape}, vocab_size, PROBE) / PROBE
+        return per_window[key]
+
     if not all(cfg.user_set(k) for k in SIZE_KEYS):
         small = dict(zip(("n_layer", "n_head", "n_embd"), SHAPES[0]))
-        seconds = step_seconds({**options, **small}, vocab_size, train.batch_size)
-        rate = flops_per_token(small["n_layer"], small["n_embd"], block_size, vocab_size) * tokens_per_step
-        rate /= seconds  # FLOP/s a small model trains at here; larger ones use the machine better
-        budget_tokens = (
-            rate * minutes * 60 * 0.85 / tokens_per_step if minutes else train.max_steps * tokens_per_step
-        )
+        # FLOP/s a small model trains at here (larger ones use the machine at least as well)
+        rate = flops_per_token(SHAPES[0][0], SHAPES[0][2], block_size, vocab_size) * block_size
+        rate /= window_seconds(small)
         fits = SHAPES[0]
         for n_layer, n_head, n_embd in SHAPES:
             params = 12 * n_layer * n_embd**2
-            steps_tokens = (
-                rate * minutes * 60 * 0.85 / flops_per_token(n_layer, n_embd, block_size, vocab_size)
-                if minutes
-                else budget_tokens
+            tokens = (
+                rate * budget / flops_per_token(n_layer, n_embd, block_size, vocab_size)
+                if budget
+                else train.max_steps * train.batch_size * block_size
             )
-            if params * TOKENS_PER_PARAMETER <= steps_tokens and params <= 2 * train_tokens:
+            if params * TOKENS_PER_PARAMETER <= tokens and params <= 2 * train_tokens:
                 fits = (n_layer, n_head, n_embd)
         picked = dict(zip(("n_layer", "n_head", "n_embd"), fits))
         options.update({k: v for k, v in picked.items() if not cfg.user_set(f"model.{k}")})
@@ -341,21 +354,27 @@ def choose_run(cfg, vocab_size: int, train_tokens: int, block_size: int, console
             f"(~{params / 1e6:.2f}M parameters besides the embeddings): the largest that sees about "
             f"{TOKENS_PER_PARAMETER} tokens per parameter in the budget, for {train_tokens:,} training tokens"
         )
-        if options == {**options, **small}:
-            measured = seconds
-    else:
-        options.setdefault("n_head", 4)
+    options.setdefault("n_head", 4)
+    shape = {k: options.get(k, d) for k, d in zip(("n_layer", "n_head", "n_embd"), (4, 4, 128))}
+    batch = train.batch_size
+    if budget and not cfg.user_set("train.batch_size"):
+        batch = max(PROBE, min(batch, int(budget / (MIN_STEPS * window_seconds(shape)))))
+        if batch < train.batch_size:
+            choices.append(
+                f"batch_size {batch}: {window_seconds(shape) * 1000:.0f} ms a window measured here; smaller "
+                f"batches make more steps (up to {MIN_STEPS}) in train.max_minutes={minutes:g}"
+            )
     max_steps = train.max_steps
     if max_steps is None:
-        seconds = measured or step_seconds(options, vocab_size, train.batch_size)
-        max_steps = max(1, int(minutes * 60 * 0.85 / seconds))
+        max_steps = max(1, int(budget / (window_seconds(shape) * batch)))
         choices.append(
-            f"max_steps {max_steps:,}: {seconds * 1000:.0f} ms a step measured here, in "
+            f"max_steps {max_steps:,}: {window_seconds(shape) * batch * 1000:.0f} ms a step measured here, "
+            "in "
             f"train.max_minutes={minutes:g} (85% of it; the rest evaluates and checkpoints)"
         )
     for line in choices:
         console.print(f"chosen: {line}", highlight=False)
-    return options, {"max_steps": max_steps, "budget_minutes": minutes}, choices
+    return options, {"max_steps": max_steps, "batch_size": batch, "budget_minutes": minutes}, choices
 
 
 # ---- the task ------------------------------------------------------------------------------------
@@ -478,7 +497,8 @@ train:
             choices.append(f"tokenizer {why}")
             console.print(f"chosen: tokenizer {why}", highlight=False)
         tokenizer = train_tokenizer(kind, parts["train"], vocab)
-        folder = (path or Path(cfg_scratch())) / "tokens"
+        # DDP: the other ranks write their own copy in the scratch folder (rank 0 writes the run's)
+        folder = path / "tokens" if path else cfg_scratch() / f"tokens-{distributed.rank()}-{os.getpid()}"
         folder.mkdir(parents=True, exist_ok=True)
         tokens, per_token = {}, {}
         for name, pieces in parts.items():
@@ -493,7 +513,7 @@ train:
             cfg, path, resume, tokenizer.vocab_size, tokens, block_size, console
         )
         choices += chosen
-        train_cfg, per_epoch = self._train_config(cfg, steps["max_steps"])
+        train_cfg, per_epoch = self._train_config(cfg, steps["max_steps"], steps.get("batch_size"))
         console.print(
             f"data: {report['documents']:,} document(s), {report['bytes']:,} bytes; tokens train/val/test "
             f"{'/'.join(f'{len(tokens.get(k, ())):,}' for k in ('train', 'val', 'test'))} "
@@ -522,19 +542,10 @@ train:
         prompt = first_line(parts["val"][0] if parts["val"] else parts["train"][0])
         prompt = tokenizer.decode(tokenizer.encode(prompt)[: block_size // 2])
 
-        def sample(record: dict) -> None:
-            if distributed.is_main() and record["epoch"] in {
-                1,
-                (train_cfg.epochs + 1) // 2,
-                train_cfg.epochs,
-            }:
-                samples.append(
-                    {
-                        "epoch": record["epoch"],
-                        "prompt": prompt,
-                        "text": sample_text(model, tokenizer, prompt),
-                    }
-                )
+        def sample(record: dict) -> None:  # after the first and the middle evaluation; the final one below
+            if distributed.is_main() and record["epoch"] in {1, (train_cfg.epochs + 1) // 2}:
+                text = sample_text(model, tokenizer, prompt)
+                samples.append({"after": f"evaluation {record['epoch']}", "prompt": prompt, "text": text})
 
         from modelfoundry.training.loop import fit
 
@@ -553,7 +564,11 @@ train:
             on_epoch=sample,
         )
         timings["train"] = result.earlier_seconds + time.perf_counter() - clock
-        if path is None:
+        if path is None:  # DDP: a rank other than 0 drops its copy of the tokens
+            import shutil
+
+            del windows, held, tokens
+            shutil.rmtree(folder, ignore_errors=True)
             return {}, timings
         clock = time.perf_counter()
         metrics: dict = {
@@ -575,7 +590,11 @@ train:
             **options,
             "vocab_size": tokenizer.vocab_size,
         }
-        metrics["samples"] = samples
+        final = sample_text(model, tokenizer, prompt)
+        metrics["samples"] = [
+            *samples,
+            {"after": "training (the model packaged)", "prompt": prompt, "text": final},
+        ]
         metrics["history"] = result.history
         from modelfoundry.evaluate.review import review
 
@@ -663,11 +682,16 @@ train:
             state = distributed.broadcast_object(state)
         return state["options"], state["steps"], state["chosen"]
 
-    def _train_config(self, cfg, max_steps: int):
+    def _train_config(self, cfg, max_steps: int, batch_size: int | None):
         """train.max_steps as the loop's epochs: up to 10 evaluation intervals of equal steps."""
         epochs = max(1, min(10, max_steps))
         per_epoch = math.ceil(max_steps / epochs)
-        return cfg.train.model_copy(update={"epochs": epochs, "max_steps": per_epoch * epochs}), per_epoch
+        update = {
+            "epochs": epochs,
+            "max_steps": per_epoch * epochs,
+            "batch_size": batch_size or cfg.train.batch_size,
+        }
+        return cfg.train.model_copy(update=update), per_epoch
 
     def _report(self, path, cfg, metrics, report):
         from modelfoundry.config import config_to_dict
@@ -699,7 +723,7 @@ train:
             f"{rows}</table>"
         )
         samples = "".join(
-            f"<p>after evaluation {s['epoch']}: <b>{html.escape(s['prompt'])}</b>"
+            f"<p>after {html.escape(s['after'])}: <b>{html.escape(s['prompt'])}</b>"
             f"<pre>{html.escape(s['text'])}</pre></p>"
             for s in metrics.get("samples", [])
         )
