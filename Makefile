@@ -39,6 +39,8 @@ bench: install
 	-$(PY) bench/tables.py --tuned breast_cancer wine diabetes --write
 	$(PY) bench/text_sst2.py --write
 	-$(PY) bench/serve_load.py --write
+	-$(PY) bench/serve_generate.py --write
+	-$(PY) bench/lora.py --write
 	-$(PY) bench/compress.py --models digits mnist --write
 	-$(PY) bench/plan_check.py --write
 	-$(PY) bench/memory.py --write

@@ -9,7 +9,8 @@ stream ends early on an end-of-text token.
 
 Serving: `foundry serve RUN --max-sequences 8 --threads T` on loopback; a client (httpx, asyncio, this
 process) keeps C streams in flight (C = 1, then 8), each `POST /v1/completions` with `stream: true`,
-`max_tokens` N, temperature 0.8 and its own seed, R rounds of C streams. Per level: generated tokens (from
+`max_tokens` N, temperature 0.8, `ignore_eos` and its own seed, R rounds of C streams, the levels taking
+turns round by round. Per level: generated tokens (from
 the usage chunk) / wall time = aggregate tokens/s; time to first token = from sending the request to the first
 text chunk, p50 and p90 over every stream. Target (issue 19): tokens/s at 8 >= 3x at 1.
 
@@ -67,7 +68,8 @@ def shakespeare() -> tuple[list[tuple[str, str]], str]:
     return texts[:-1], texts[-1][1]
 
 
-def train(work: Path, texts: list[tuple[str, str]], steps: int, threads: int) -> Path:
+def train(work: Path, texts: list[tuple[str, str]], steps: int, threads: int, run: Path) -> Path:
+    """`foundry train` into `run` (kept there: `--run` serves it again without training)."""
     corpus = work / "corpus"
     corpus.mkdir()
     for name, text in texts:
@@ -79,10 +81,9 @@ def train(work: Path, texts: list[tuple[str, str]], steps: int, threads: int) ->
         "train": {"max_steps": steps, "batch_size": 12, "precision": "fp32"},
     }
     (work / "gpt.yaml").write_text(json.dumps(config))  # JSON is YAML
-    run = work / "runs" / "gpt"
     log(f"training the GPT for {steps} steps ...")
     subprocess.run(
-        [sys.executable, "-m", "modelfoundry", "train", "gpt.yaml", "--run-dir", str(run)],
+        [sys.executable, "-m", "modelfoundry", "train", "gpt.yaml", "--run-dir", str(run.resolve())],
         cwd=work,
         env=env(work, threads),
         check=True,
@@ -141,26 +142,36 @@ async def one_stream(client: httpx.AsyncClient, url: str, tokens: int, seed: int
     return first, used
 
 
-async def level(url: str, concurrency: int, rounds: int, tokens: int) -> dict:
+async def levels(url: str, rounds: int, tokens: int, concurrencies=(1, 8)) -> list[dict]:
+    """Rounds of C streams at each level in turn (1, 8, 1, 8, ...), so a busy spell of the machine falls on
+    both levels alike; tokens and seconds summed per level."""
+    seen = {c: {"firsts": [], "tokens": 0, "seconds": 0.0} for c in concurrencies}
     async with httpx.AsyncClient(timeout=600) as client:
         await one_stream(client, url, 8, 0)  # warm-up
-        firsts, generated = [], 0
-        start = time.perf_counter()
         for r in range(rounds):
-            results = await asyncio.gather(
-                *(one_stream(client, url, tokens, 1000 * r + i) for i in range(concurrency))
-            )
-            firsts += [f for f, _ in results]
-            generated += sum(n for _, n in results)
-        seconds = time.perf_counter() - start
-    return {
-        "concurrency": concurrency,
-        "streams": len(firsts),
-        "tokens": generated,
-        "tokens_s": generated / seconds,
-        "ttft_p50_ms": 1000 * statistics.median(firsts),
-        "ttft_p90_ms": 1000 * statistics.quantiles(firsts, n=10)[-1] if len(firsts) > 1 else 1000 * firsts[0],
-    }
+            for c in concurrencies:
+                start = time.perf_counter()
+                results = await asyncio.gather(
+                    *(one_stream(client, url, tokens, 1000 * r + i) for i in range(c))
+                )
+                seen[c]["seconds"] += time.perf_counter() - start
+                seen[c]["firsts"] += [f for f, _ in results]
+                seen[c]["tokens"] += sum(n for _, n in results)
+    out = []
+    for c, level in seen.items():
+        firsts = level["firsts"]
+        out.append(
+            {
+                "concurrency": c,
+                "streams": len(firsts),
+                "tokens": level["tokens"],
+                "tokens_s": level["tokens"] / level["seconds"],
+                "ttft_p50_ms": 1000 * statistics.median(firsts),
+                "ttft_p90_ms": 1000
+                * (statistics.quantiles(firsts, n=10)[-1] if len(firsts) > 1 else firsts[0]),
+            }
+        )
+    return out
 
 
 def export_rows(run: Path, heldout: str, new_tokens: int, work: Path) -> list[dict]:
@@ -221,13 +232,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=150, help="training steps of the GPT")
     parser.add_argument("--tokens", type=int, default=200, help="max_tokens per stream")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of C streams per level")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds of C streams per level, interleaved")
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch threads of every process; 1 by default: on a machine shared with other work, two OpenMP "
         "threads wait on each other at every op (a T=1 attention call took 16 ms with 2, 0.03 ms with 1)",
+    )
+    parser.add_argument(
+        "--run", type=Path, help="a run folder: served if it holds a model, else trained into"
     )
     parser.add_argument("--write", action="store_true", help="record the results in bench/RESULTS.md")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, not the numbers")
@@ -239,15 +253,17 @@ def main() -> int:
     heldout = heldout[: 20_000 if args.quick else 200_000]
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        run = train(work, texts, args.steps, args.threads)
+        run = args.run or work / "runs" / "gpt"
+        if not (run / "model" / "model.json").is_file():
+            train(work, texts, args.steps, args.threads, run)
         server = Server(run, work, args.threads)
         try:
-            levels = [asyncio.run(level(server.url, c, args.rounds, args.tokens)) for c in (1, 8)]
+            results = asyncio.run(levels(server.url, args.rounds, args.tokens))
         finally:
             server.stop()
         exports = export_rows(run, heldout, 128, work)
-    ratio = levels[1]["tokens_s"] / levels[0]["tokens_s"]
-    body = report(levels, ratio, exports, args)
+    ratio = results[1]["tokens_s"] / results[0]["tokens_s"]
+    body = report(results, ratio, exports, args)
     print(body)
     if args.write:
         sys.path.insert(0, str(REPO / "bench"))
@@ -262,8 +278,8 @@ def report(levels: list[dict], ratio: float, exports: list[dict], args) -> str:
         (
             f"A char-level GPT (4 layers, 4 heads, 128 wide, context 256) trained {args.steps} steps on 41 "
             f"Shakespeare texts; `foundry serve --max-sequences 8 --threads {args.threads}`; streams of up "
-            f"to {args.tokens} tokens (temperature 0.8), {args.rounds} rounds per level, measured side by "
-            "side in one run on a shared machine (ratios are what to read)."
+            f"to {args.tokens} tokens (temperature 0.8, ignore_eos), {args.rounds} rounds per level taking "
+            "turns, side by side in one run on a machine shared with other work (ratios are what to read)."
         ),
         "",
         "| concurrent streams | streams | tokens | aggregate tokens/s | time to first token p50 | p90 |",

@@ -737,6 +737,9 @@ def compress(
     from modelfoundry.ensemble import refuse_ensemble
 
     refuse_ensemble(parent, "compress")
+    from modelfoundry.compress.variants import refuse_generator
+
+    refuse_generator(parent)
     metric = task_of(json.loads((parent / "model" / "model.json").read_text())).retrain_metric
     made, results = [], {}
     if quantize or all_:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import modelfoundry as mf
-from e2e_helpers import Server, assert_ok, foundry, tiny_gpt_config, write_sentences
+from e2e_helpers import Server, assert_ok, assert_user_error, foundry, tiny_gpt_config, write_sentences
 
 openai = pytest.importorskip("openai")  # the test extra installs it
 
@@ -108,6 +108,9 @@ def test_n_choices_seed_and_stop(client, model):
         ({"top_p": 0}, "top_p", "(0, 1]"),
         ({"top_p": 1.5}, "top_p", "(0, 1]"),
         ({"prompt": "the cat " * 20, "extra_body": {"truncate": False}}, "prompt", "context holds 128"),
+        ({"prompt": ["the cat"] * 3, "n": 30}, "n", "90 sequences"),
+        ({"logprobs": 2}, "logprobs", "not supported by this server"),
+        ({"seed": 2**64}, "seed", "between -2**62 and 2**62"),
     ],
 )
 def test_bad_requests_are_400s_the_client_raises_with_our_message(client, model, options, param, phrase):
@@ -146,6 +149,22 @@ def test_a_client_that_goes_away_mid_stream_frees_its_sequence_and_the_server_se
     assert after.choices[0].finish_reason in ("stop", "length") and server.process.poll() is None
 
 
+def test_a_client_that_gives_up_on_a_whole_answer_cancels_its_choices(served):
+    server, _ = served
+    cancelled, tokens = (
+        metric(server, "foundry_generation_cancelled_total"),
+        metric(server, "foundry_generated_tokens_total"),
+    )
+    body = {"prompt": "the", "max_tokens": LIMIT, "n": 64, "ignore_eos": True}  # 64 x 120 tokens, 4 at a time
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.url}/v1/completions", json=body, timeout=0.2)
+    deadline = time.monotonic() + 20
+    while metric(server, "foundry_generation_active") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric(server, "foundry_generation_cancelled_total") > cancelled
+    assert metric(server, "foundry_generated_tokens_total") - tokens < 64 * LIMIT
+
+
 def metric(server, name: str) -> float:
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
     return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith(f"{name} "))
@@ -178,3 +197,35 @@ def test_export_writes_a_decoder_graph_with_pasts_that_decodes_as_the_package(se
     expected = package.generate("the cat", max_new_tokens=12, temperature=0)
     eos = package.tokenizer.eos_id
     assert package.tokenizer.decode(ids[: ids.index(eos)] if eos in ids else ids) == expected
+
+
+def test_the_predict_routes_point_a_generation_model_to_the_openai_ones(served):
+    server, _ = served
+    answer = httpx.post(f"{server.url}/v1/predict", json={"inputs": ["the cat"]}, timeout=30)
+    assert answer.status_code == 404 and "/v1/completions" in answer.json()["error"]["message"]
+
+
+def test_compress_says_how_to_get_a_generation_models_onnx_and_int8_instead_of_failing(served):
+    _, run = served
+    result = foundry("compress", run, "--quantize", "int8", cwd=run.parent, home=run.parent)
+    assert_user_error(result, "text generation model", "foundry export RUN --format onnx", "quantize_int8")
+
+
+def test_a_reload_hands_new_requests_to_a_new_engine_and_retires_the_old(served):
+    from fastapi.testclient import TestClient
+
+    from modelfoundry.serve.app import create_app
+    from modelfoundry.serve.service import Settings
+
+    _, run = served
+    app = create_app(Settings(str(run)))
+    with TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 50000)) as client:
+        before = app.state.service.engine
+        body = {"prompt": "the cat", "max_tokens": 6, "temperature": 0}
+        first = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+        assert client.post("/v1/admin/reload").json()["reloaded"] is True
+        after = app.state.service.engine
+        assert after is not before and after.running
+        assert client.post("/v1/completions", json=body).json()["choices"][0]["text"] == first
+        before._thread.join(5)
+        assert not before.running  # it had nothing left to finish

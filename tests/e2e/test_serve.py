@@ -241,6 +241,16 @@ def test_feedback_mistakes(client_for, table_run):
         assert phrase in answer.json()["error"]["message"], (body, answer.text)
 
 
+def test_a_classifier_answers_the_openai_routes_with_a_404_in_openais_shape(client_for, table_run):
+    client = client_for(table_run)
+    answer = client.post("/v1/completions", json={"prompt": "hello"})
+    error = answer.json()["error"]
+    assert (
+        answer.status_code == 404 and error["param"] == "model" and error["type"] == "invalid_request_error"
+    )
+    assert "does not generate text" in error["message"] and "/v1/predict" in error["message"]
+
+
 def test_api_key_guards_feedback_and_admin_but_not_predictions(client_for, table_run):
     client = client_for(table_run, api_key="s3cret")
     assert client.get("/v1/model").json()["feedback_requires_key"] is True
@@ -256,6 +266,11 @@ def test_api_key_guards_feedback_and_admin_but_not_predictions(client_for, table
     assert client.post("/v1/admin/reload").status_code == 401
     assert client.get("/v1/feedback").status_code == 401
     assert client.post("/v1/feedback", json=body, headers={"X-API-Key": "s3cret"}).status_code == 201
+    bearer = client.post("/v1/feedback", json=body, headers={"Authorization": "Bearer s3cret"})
+    assert bearer.status_code == 200 and bearer.json()["replaced"]  # as OpenAI's clients send a key
+    assert (
+        client.post("/v1/feedback", json=body, headers={"Authorization": "Bearer guess"}).status_code == 401
+    )
     assert client.post("/v1/admin/reload", headers={"X-API-Key": "s3cret"}).json()["reloaded"] is True
 
 

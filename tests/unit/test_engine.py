@@ -102,3 +102,15 @@ def test_a_cancelled_sequence_frees_its_slot_for_the_next():
     finally:
         engine.close()
     assert len(text) == 5 and finished.reason == "length" and engine.active == 0
+
+
+def test_incremental_pieces_of_a_byte_level_bpe_add_up_to_the_whole_decoded_text():
+    from modelfoundry.generation.tokenizer import train_tokenizer
+
+    text = "Café crème, naïve — 東京 🙂 and the end.\n" * 3
+    tokenizer = train_tokenizer("bpe", [text, "plain words here"], 300)
+    ids = tokenizer.encode("Ünïcødé 🙂🙃 東京タワー the end")  # characters the merges never saw: byte tokens
+    pieces = TextPieces(tokenizer.decode)
+    sent = [pieces.add(i)[0] for i in ids]
+    assert "".join(sent) + pieces.rest() == tokenizer.decode(ids)
+    assert not any("\ufffd" in piece for piece in sent)  # no piece ends inside a character

@@ -89,3 +89,18 @@ def parent_run_of(run: str | Path) -> Path:
     from modelfoundry.store.registry import resolve_run
 
     return run_folder(package_folder(resolve_run(str(run))))
+
+
+def refuse_generator(parent: Path) -> None:
+    """`foundry compress` makes variants scored like classifiers and regressors; a text generation model's
+    ONNX graph (with pasts) and its int8 copy come from `foundry export` and compress/gpt_onnx.py."""
+    folder = package_folder(parent)
+    spec = json.loads((folder / "model.json").read_text())
+    package = task_of(spec).predictor(None, spec, folder)  # what load() returns, without the weights
+    if callable(getattr(package, "generate", None)):  # asks the package, as the server does
+        raise UserError(
+            f"compress: {parent.name} is a text generation model, which compress does not make variants of "
+            "yet. `foundry export RUN --format onnx` writes its ONNX decoder graph (parity-checked); "
+            "modelfoundry.compress.gpt_onnx.quantize_int8(graph, target) makes the int8 copy "
+            "(bench/serve_generate.py measures both)."
+        )

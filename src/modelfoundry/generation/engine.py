@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -61,35 +62,46 @@ class Finished:
 class TextPieces:
     """New tokens -> the text to send so far: never half a UTF-8 character (byte-level tokens can split
     one; an unfinished one decodes to U+FFFD and is held back), never part of a stop sequence (text that
-    could be the start of one is held until it is clearly not), nothing from a stop sequence on."""
+    could be the start of one is held until it is clearly not), nothing from a stop sequence on.
+
+    Decoding is incremental, as vLLM's detokenizer does it: each token decodes a short window (the tokens
+    since the last complete text, after one token of context so tokenizers that drop a leading space on
+    a first token decode the same), not the whole sequence again."""
 
     def __init__(self, decode: Callable[[list[int]], str], stop: tuple[str, ...] = ()):
         self.decode, self.stop = decode, tuple(s for s in stop if s)
         self.ids: list[int] = []
-        self.sent = 0  # characters of the decoded text already given out
-        self.text = ""
+        self.prefix = self.read = 0  # the window is ids[prefix:]; ids[prefix:read] are already text
+        self.text = ""  # every complete character decoded so far
+        self.sent = 0  # characters of it already given out
 
     def add(self, token: int) -> tuple[str, bool]:
         """(text to send now, whether a stop sequence ended the text)."""
         self.ids.append(token)
-        self.text = text = self.decode(self.ids)
+        known = self.decode(self.ids[self.prefix : self.read])
+        window = self.decode(self.ids[self.prefix :])
+        if len(window) > len(known) and not window.endswith("\ufffd"):  # else: a character is unfinished
+            self.text += window[len(known) :]
+            self.prefix, self.read = self.read, len(self.ids)
+        text = self.text
         for stop in self.stop:
             at = text.find(stop, self.sent)
             if at >= 0:
                 return self._take(at), True
-        end = len(text)
-        while end > self.sent and text[end - 1] == "\ufffd":  # maybe the first bytes of a character
-            end -= 1
-        safe = end
+        end = safe = len(text)
         for stop in self.stop:  # the longest tail that could begin a stop sequence waits
             for k in range(min(len(stop) - 1, end - self.sent), 0, -1):
-                if text.endswith(stop[:k], 0, end):
+                if text.endswith(stop[:k]):
                     safe = min(safe, end - k)
                     break
         return self._take(safe), False
 
     def rest(self) -> str:
-        """What is held back, given out when the sequence ends for another reason than a stop."""
+        """What is held back, given out when the sequence ends for another reason than a stop (an
+        unfinished character as U+FFFD)."""
+        known = self.decode(self.ids[self.prefix : self.read])
+        self.text += self.decode(self.ids[self.prefix :])[len(known) :]
+        self.prefix = self.read = len(self.ids)
         return self._take(len(self.text))
 
     def _take(self, end: int) -> str:
@@ -114,9 +126,16 @@ class Sequence:
     last: int = 0  # the token to feed next
     submitted: float = field(default_factory=time.perf_counter)
     generator: torch.Generator | None = None
+    outbox: list | None = None  # the engine's: items wait there until the step ends
 
     def put(self, item) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.index, item))
+        self.outbox.append((self, (self.index, item)))
+
+
+def _deliver(items: list) -> None:
+    """On the event loop: a step's items into their queues (one wake-up per step, not one per token)."""
+    for sequence, item in items:
+        sequence.queue.put_nowait(item)
 
 
 class Engine:
@@ -153,6 +172,7 @@ class Engine:
         self._active: list[Sequence] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._outbox: list = []  # (sequence, item) of this step, delivered together by _flush
         self._closing = False
         self._retiring = False  # another engine took over: end once the last sequence here is done
         self._thread: threading.Thread | None = None
@@ -201,6 +221,7 @@ class Engine:
             asyncio.Queue() if queue is None else queue,
             index,
             generator=generator,
+            outbox=self._outbox,
         )
         with self._lock:
             self._waiting.append(sequence)
@@ -235,12 +256,27 @@ class Engine:
                     self._step()
                 except Exception as exc:
                     log.exception("the decode step failed")
-                    for sequence in self._active:
+                    for sequence in list(self._active):
                         self._end(sequence, exc)
+                finally:
+                    self._flush()
         with self._lock:
             left, self._waiting = [*self._active, *self._waiting], collections.deque()
         for sequence in left:
             sequence.put(RuntimeError("the server is shutting down"))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand this step's items to the event loop(s) of their sequences, one call per loop."""
+        if not self._outbox:
+            return
+        items, self._outbox[:] = list(self._outbox), []
+        loops: dict = {}
+        for sequence, item in items:
+            loops.setdefault(sequence.loop, []).append((sequence, item))
+        for loop, batch in loops.items():
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody is listening
+                loop.call_soon_threadsafe(_deliver, batch)
 
     def _admit(self) -> None:
         """Prefill waiting sequences into free slots (the next after the active ones), one prompt per
@@ -250,7 +286,8 @@ class Engine:
                 if not self._waiting:
                     return
                 sequence = self._waiting.popleft()
-            if sequence.cancelled:
+            if sequence.cancelled:  # its client went away while it waited
+                self.on_cancel()
                 continue
             sequence.slot = slot = len(self._active)
             self._active.append(sequence)
@@ -258,6 +295,7 @@ class Engine:
             ids = torch.tensor([sequence.request.prompt_ids], device=self.device)  # (1, T)
             logits = self.model(ids, self.cache, torch.tensor([slot], device=self.device))[:, -1]  # (1, V)
             self._accept(sequence, self._pick(sequence, logits))
+            self._flush()  # its first token goes out now, not after the other prefills
             self.on_tokens(1)
 
     def _step(self) -> None:
@@ -265,9 +303,22 @@ class Engine:
         batch = list(self._active)
         idx = torch.tensor([[s.last] for s in batch], device=self.device)  # (B, 1)
         logits = self.model(idx, self.cache)[:, -1]  # (B, V); slots 0..B-1
-        for row, sequence in enumerate(batch):
-            self._accept(sequence, self._pick(sequence, logits[row : row + 1]))
+        for sequence, token in zip(batch, self._pick_rows(batch, logits)):
+            self._accept(sequence, token)
         self.on_tokens(len(batch))
+
+    def _pick_rows(self, batch: list[Sequence], logits: torch.Tensor) -> list[int]:
+        """The next token of every row: the greedy rows in one argmax, the sampled ones each with its own
+        settings and generator (a seed gives the same text whoever else is being decoded)."""
+        tokens: list[int | None] = [None] * len(batch)
+        greedy = [i for i, s in enumerate(batch) if s.request.temperature == 0]
+        if greedy:
+            for i, token in zip(greedy, logits[greedy].argmax(-1).tolist()):
+                tokens[i] = token
+        for i, sequence in enumerate(batch):
+            if tokens[i] is None:
+                tokens[i] = self._pick(sequence, logits[i : i + 1])
+        return tokens
 
     def _pick(self, sequence: Sequence, logits: torch.Tensor) -> int:
         r = sequence.request

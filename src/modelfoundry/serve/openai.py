@@ -14,6 +14,7 @@ Errors are `{"error": {"message", "type", "param", "code", "field"}}`: OpenAI's 
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from typing import Any, Literal
@@ -31,6 +32,9 @@ MODELS, COMPLETIONS, CHAT = "/v1/models", "/v1/completions", "/v1/chat/completio
 MAX_STOP = 4  # stop sequences per request, as OpenAI allows
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions; chat: up to the limit
 DISCONNECT_POLL_S = 0.5
+# A stream sends at most one event per this interval (the first at once): what came meanwhile goes in it.
+# 20 ms is below what a reader notices, and spares the server an HTTP write per token per stream.
+STREAM_INTERVAL_S = 0.02
 
 router = APIRouter()
 
@@ -60,10 +64,28 @@ def make_engine(served, settings, metrics) -> Engine | None:
 # ---------- request bodies ----------
 
 
-class Sampling(BaseModel):
-    """What both endpoints take. Unknown fields (user, logit_bias, ...) are accepted and ignored."""
+# OpenAI options this server does not implement, with the values that ask nothing of it: any other value is
+# refused (400), never silently ignored. Other unknown fields (user, metadata, store, ...) are ignored.
+UNSUPPORTED = {
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "response_format": (None, {"type": "text"}),
+}
 
-    model_config = ConfigDict(extra="ignore")
+
+class Sampling(BaseModel):
+    """What both endpoints take; see UNSUPPORTED for the OpenAI options they refuse."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = Field(None, description="ignored: this server serves one model (GET /v1/models)")
     max_tokens: int | None = Field(None, description="most new tokens per choice")
@@ -201,6 +223,8 @@ async def answer(
             try:
                 sequences.append(engine.submit(wanted, queue, index))
             except RuntimeError:
+                for sequence in sequences:  # the choices already queued have nobody to read them
+                    engine.cancel(sequence)
                 raise ApiError(503, "model", "the server is shutting down or reloading; retry.") from None
     reply = Reply(
         id=("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12),
@@ -225,7 +249,13 @@ async def answer(
 
 
 def check_sampling(body: Sampling, settings, chat: bool) -> int:
-    """Refuses settings out of range with a 400 naming the field; returns max_tokens."""
+    """Refuses settings out of range, and OpenAI options this server lacks, with a 400 naming the field;
+    returns max_tokens."""
+    for name, value in (body.model_extra or {}).items():
+        if name in UNSUPPORTED and value not in UNSUPPORTED[name]:
+            raise ApiError(
+                400, name, f"{name} is not supported by this server; leave it out (got {value!r})."
+            )
     limit = settings.max_new_tokens_limit
     max_tokens = body.max_tokens
     if max_tokens is None:
@@ -239,14 +269,24 @@ def check_sampling(body: Sampling, settings, chat: bool) -> int:
             f"max_tokens is {max_tokens:,}; this server answers at most {limit:,} new tokens per choice "
             "(`foundry serve --max-new-tokens-limit`). Ask for fewer.",
         )
-    if not body.temperature >= 0:  # NaN too
+    if not 0 <= body.temperature < math.inf:  # NaN too
         raise ApiError(400, "temperature", f"temperature is {body.temperature}; use 0 (greedy) or more.")
+    if body.seed is not None and not -(2**62) < body.seed < 2**62:
+        raise ApiError(400, "seed", f"seed is {body.seed}; use a whole number between -2**62 and 2**62.")
     if not 0 < body.top_p <= 1:
         raise ApiError(400, "top_p", f"top_p is {body.top_p}; it must be in (0, 1] (1 keeps every token).")
     if body.top_k is not None and body.top_k < 1:
         raise ApiError(400, "top_k", f"top_k is {body.top_k}; use 1 or more, or leave it out.")
     if not 1 <= body.n <= settings.max_inputs:
         raise ApiError(400, "n", f"n is {body.n}; ask for 1 to {settings.max_inputs} choices.")
+    prompts = len(body.prompt) if isinstance(getattr(body, "prompt", None), list) else 1
+    if prompts * body.n > settings.max_inputs:
+        raise ApiError(
+            400,
+            "n",
+            f"{prompts} prompts x n={body.n} is {prompts * body.n} sequences; this server takes at most "
+            f"{settings.max_inputs} per request (`--max-inputs`). Split the request.",
+        )
     stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
     if len(stops) > MAX_STOP or not all(stops):
         raise ApiError(400, "stop", f"stop takes up to {MAX_STOP} non-empty strings; got {len(stops)}.")
@@ -288,14 +328,16 @@ def at(field: str, i: int, prompts: list) -> str:
 async def collect(request: Request, engine: Engine, sequences, queue: asyncio.Queue):
     """Every choice's text and Finished; a client that goes away cancels them."""
     texts, finished = [""] * len(sequences), [None] * len(sequences)
-    left = len(sequences)
+    left, checked = len(sequences), time.monotonic()
     try:
         while left:
+            if time.monotonic() - checked > DISCONNECT_POLL_S:  # however busy the queue is
+                if await request.is_disconnected():
+                    raise ApiError(499, "client", "the client went away")
+                checked = time.monotonic()
             try:
                 index, item = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
             except TimeoutError:
-                if await request.is_disconnected():
-                    raise ApiError(499, "client", "the client went away") from None
                 continue
             if isinstance(item, Exception):
                 raise ApiError(503, "model", f"generation stopped: {item}") from None
@@ -312,28 +354,28 @@ async def collect(request: Request, engine: Engine, sequences, queue: asyncio.Qu
 async def stream(
     engine: Engine, sequences, queue: asyncio.Queue, reply: Reply, include_usage: bool, remember
 ):
-    """Server-sent events: a chunk per text piece, one with each choice's finish_reason, a usage chunk
-    when asked, then `data: [DONE]`. The client going away stops the generator (Starlette cancels it)
-    and its sequences with it. The first chunk carries the warnings, if any (a truncated prompt)."""
+    """Server-sent events: chunks of text as they come, one with each choice's finish_reason, a usage chunk
+    when asked, then `data: [DONE]`. At most one event per STREAM_INTERVAL_S, the first at once: a choice's
+    pieces decoded meanwhile become one chunk. The client going away stops the generator (Starlette cancels
+    it) and its sequences with it. The first event carries the warnings, if any (a truncated prompt)."""
     texts, finished = [""] * len(sequences), [None] * len(sequences)
     left, warnings = len(sequences), reply.warnings
     try:
         if reply.chat:  # OpenAI's first chat chunk of each choice names the role
-            for index in range(len(sequences)):
-                yield event(reply.chunk(index, {"role": "assistant", "content": ""}), warnings)
-                warnings = None
-        while left:
-            index, item = await queue.get()
-            if isinstance(item, Exception):
-                yield event({"error": {"message": f"generation stopped: {item}", "type": "server_error"}})
-                return
-            if isinstance(item, Finished):
-                finished[index], left = item, left - 1
-                yield event(reply.chunk(index, {} if reply.chat else "", finish=item.reason), warnings)
-            else:
-                texts[index] += item
-                yield event(reply.chunk(index, {"content": item} if reply.chat else item), warnings)
+            yield b"".join(
+                event(reply.chunk(i, {"role": "assistant", "content": ""}), warnings if i == 0 else None)
+                for i in range(len(sequences))
+            )
             warnings = None
+        sent = 0.0  # when the last event went out
+        while left:
+            items = await gather_for(queue, left, sent + STREAM_INTERVAL_S)
+            out = chunks(reply, items, texts, finished)
+            left -= sum(isinstance(item, Finished) for _, item in items)
+            yield b"".join(event(chunk, warnings if k == 0 else None) for k, chunk in enumerate(out))
+            warnings, sent = None, time.monotonic()
+            if "error" in out[-1]:
+                return
         remember(texts)
         if include_usage:
             yield event({**reply.head("chunk"), "choices": [], "usage": reply.usage(finished)})
@@ -341,6 +383,54 @@ async def stream(
     finally:
         for sequence in sequences:
             engine.cancel(sequence)
+
+
+async def gather_for(queue: asyncio.Queue, choices: int, until: float) -> list:
+    """The items of a stream's queue: at least one, then what else comes until `until` (time.monotonic),
+    or until every choice left has finished."""
+    items = [await queue.get()]
+    done = sum(isinstance(item, Finished | Exception) for _, item in items)
+    while done < choices:
+        while not queue.empty():
+            items.append(queue.get_nowait())
+            done += isinstance(items[-1][1], Finished | Exception)
+        remaining = until - time.monotonic()
+        if remaining <= 0 or done >= choices:
+            break
+        try:
+            items.append(await asyncio.wait_for(queue.get(), remaining))
+        except TimeoutError:
+            break
+        done += isinstance(items[-1][1], Finished | Exception)
+    return items
+
+
+def chunks(reply: Reply, items: list, texts: list[str], finished: list) -> list[dict]:
+    """The chunks of items that arrived together: each choice's pieces joined into one chunk, sent before
+    its finish chunk; an error ends the list. Records the texts and Finished of each choice."""
+    out, pending = [], {}  # choice -> text not yet in a chunk
+
+    def send(index: int) -> None:
+        text = pending.pop(index, "")
+        if text:
+            out.append(reply.chunk(index, {"content": text} if reply.chat else text))
+
+    for index, item in items:
+        if isinstance(item, Exception):
+            for i in list(pending):
+                send(i)
+            out.append({"error": {"message": f"generation stopped: {item}", "type": "server_error"}})
+            return out
+        if isinstance(item, Finished):
+            send(index)
+            finished[index] = item
+            out.append(reply.chunk(index, {} if reply.chat else "", finish=item.reason))
+        else:
+            texts[index] += item
+            pending[index] = pending.get(index, "") + item
+    for i in list(pending):
+        send(i)
+    return out
 
 
 def event(data: dict, warnings: list[str] | None = None) -> bytes:
@@ -432,114 +522,3 @@ def remembering(service, served, reply: Reply, stored: list[dict]):
         service._remember(reply.id, stored, texts, served)
 
     return remember
-
-
-# ---------- feedback on an answer ----------
-
-GENERATION_KIND = "generation"  # the feedback rows' kind (store/feedback.py says what they hold)
-
-
-async def generation_feedback(service, body) -> tuple[dict, int]:
-    """Store a vote and/or a better answer for one choice of a recent answer (by its id and `index`), or
-    for a prompt and answer sent whole (`input`: {"prompt"} or {"messages"}, `predicted`: the answer).
-    Feedback on the same choice again replaces the earlier row. Returns (answer, status)."""
-    vote = body.vote or ("down" if body.better_answer else None)
-    if vote is None:
-        raise ApiError(422, "vote", 'send a vote ("up" or "down"), a better_answer, or both.')
-    if body.request_id is not None:
-        remembered = service.recent.get(body.request_id)
-        if remembered is None:
-            raise ApiError(
-                404,
-                "request_id",
-                f"no recent answer {body.request_id!r} (this server remembers the last "
-                f"{service.settings.remembered_requests:,} since it started); send the prompt itself in "
-                "`input` and the answer in `predicted` instead.",
-            )
-        if body.index >= len(remembered.stored):
-            raise ApiError(
-                422,
-                "index",
-                f"answer {body.request_id} had {len(remembered.stored)} choice(s); index must be below that.",
-            )
-        item, answer, served = (
-            remembered.stored[body.index],
-            remembered.predicted[body.index],
-            remembered.served,
-        )
-    elif body.input is not None:
-        item, served = feedback_input(body.input), service.served
-        answer = body.predicted if isinstance(body.predicted, str) else None
-    else:
-        raise ApiError(
-            422, "request_id", "give the id of an answer (`request_id`), or the prompt itself in `input`."
-        )
-    record = {**item, "answer": answer, "vote": vote, "better_answer": body.better_answer}
-    label = "better" if body.better_answer else vote
-    predicted = None if answer is None else answer[:200]
-    replaced, feedback_id = False, None
-    if body.request_id is not None:
-        if remembered.lock is None:
-            remembered.lock = asyncio.Lock()
-        async with remembered.lock:
-            earlier = remembered.corrections.get(body.index)
-            if earlier is not None and await run_in_threadpool(
-                replace_feedback, earlier, record, label, predicted
-            ):
-                replaced, feedback_id = True, earlier
-            else:
-                feedback_id = await run_in_threadpool(
-                    store, served, record, label, predicted, body.request_id
-                )
-                remembered.corrections[body.index] = feedback_id
-    else:
-        feedback_id = await run_in_threadpool(store, served, record, label, predicted, None)
-    answer_body = {
-        "feedback_id": feedback_id,
-        "label": label,
-        "predicted": predicted,
-        "model_version": served.version_name,
-        "replaced": replaced,
-    }
-    return answer_body, 200 if replaced else 201
-
-
-def feedback_input(value) -> dict:
-    """A prompt sent with feedback: a text, {"prompt": text} or {"messages": [{"role", "content"}]}."""
-    if isinstance(value, str):
-        return {"prompt": value}
-    if isinstance(value, dict) and isinstance(value.get("prompt"), str):
-        return {"prompt": value["prompt"]}
-    if isinstance(value, dict) and isinstance(value.get("messages"), list):
-        messages = value["messages"]
-        if all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages
-        ):
-            return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
-    raise ApiError(
-        422,
-        "input",
-        'send the prompt as a text, {"prompt": text}, or {"messages": [{"role", "content"}, ...]}.',
-    )
-
-
-def store(served, record: dict, label: str, predicted: str | None, request_id: str | None) -> int:
-    """Runs in a thread: one feedback row, committed before the answer."""
-    from modelfoundry.store.feedback import FeedbackStore
-
-    return FeedbackStore().add(
-        run_id=served.predictor.spec.get("run_id", ""),
-        kind=GENERATION_KIND,
-        input=record,
-        label=label,
-        predicted=predicted,
-        request_id=request_id,
-        model_version=served.version.id if served.version is not None else None,
-    )
-
-
-def replace_feedback(feedback_id: int, record: dict, label: str, predicted: str | None) -> bool:
-    from modelfoundry.store.feedback import FeedbackStore
-
-    return FeedbackStore().replace(feedback_id, record, label, predicted)

@@ -200,8 +200,9 @@ def model_card(request: Request) -> dict:
     },
 )
 async def predict(request: Request) -> FastJSONResponse:
-    body = await read_body(request, PredictRequest)
     service = service_of(request)
+    refuse_generator(service)
+    body = await read_body(request, PredictRequest)
     current = service.served
     check_count(len(body.inputs), service.settings.max_inputs)
     payload, stored = await encode(service, current, body.inputs)
@@ -221,6 +222,7 @@ async def predict_file(
     top_k: Annotated[int, Query(ge=1, le=100)] = 1,
 ) -> JSONResponse:
     service = service_of(request)
+    refuse_generator(service)
     current = service.served
     uploads = (files or []) + ([file] if file else [])
     task = current.predictor.task_module
@@ -262,6 +264,7 @@ async def predict_batch(
     format: Annotated[Literal["ndjson", "csv"], Query()] = "ndjson",
 ) -> StreamingResponse:
     service = service_of(request)
+    refuse_generator(service)
     current, settings = service.served, service.settings
     task = current.predictor.task_module
     uploads = (files or []) + ([file] if file else [])
@@ -284,6 +287,17 @@ async def predict_batch(
     if format == "csv":
         return StreamingResponse(csv_only(lines), media_type="text/csv")
     return StreamingResponse(ndjson(start, lines), media_type="application/x-ndjson")
+
+
+def refuse_generator(service: Service) -> None:
+    """A text generation model answers on the OpenAI-compatible routes, not the predict ones."""
+    if service.engine is not None:
+        raise ApiError(
+            404,
+            "model",
+            "this model generates text: POST /v1/completions or /v1/chat/completions (OpenAI-compatible), "
+            "or try it on the page at /.",
+        )
 
 
 def read_uploads(task, predictor, uploads: list[UploadFile], settings) -> tuple[list[str], list, list[str]]:
@@ -402,7 +416,7 @@ async def feedback(body: FeedbackRequest, request: Request) -> JSONResponse:
     service = service_of(request)
     require_key(request, service)
     if service.engine is not None:  # a text generation model: a vote and a better answer, not a label
-        from modelfoundry.serve.openai import generation_feedback
+        from modelfoundry.serve.generation_feedback import generation_feedback
 
         return FastJSONResponse(*await generation_feedback(service, body))
     if body.label is None:
@@ -495,6 +509,9 @@ def require_key(request: Request, service: Service, local_only: bool = False) ->
             )
         return
     given = request.headers.get("x-api-key")
+    authorization = request.headers.get("authorization", "")
+    if given is None and authorization[:7].lower() == "bearer ":  # how OpenAI's clients send their key
+        given = authorization[7:].strip()
     if given is None:
         raise ApiError(401, "X-API-Key", "this route needs an API key: send it in the X-API-Key header.")
     if not secrets.compare_digest(given.encode(), api_key.encode()):
