@@ -33,6 +33,7 @@ TOP_KEYS = {
     "norm.weight": "model.norm.weight",
     "lm_head.weight": "lm_head.weight",
 }
+DEFAULT_CONTEXT = 512  # tokens, when model.block_size is not given (at most the model's own)
 # the user's (Llama's) names of GPT's linear layers, for lora.targets
 LINEAR_NAMES = {
     "q": "q_proj",
@@ -110,7 +111,8 @@ def gpt_from_transformers(model, block_size: int | None = None):
 
 
 def load_base(path: str | Path | None, block_size: int | None = None):
-    """(GPT, HFTokenizer, Base, sha256) of a base checkpoint; converted once, then read from the cache."""
+    """(GPT, HFTokenizer, Base, sha256) of a base checkpoint; converted once, then read from the cache.
+    `block_size`: the context (default DEFAULT_CONTEXT, at most the model's own)."""
     import dataclasses
 
     from safetensors.torch import load_file, save_file
@@ -136,6 +138,8 @@ def load_base(path: str | Path | None, block_size: int | None = None):
             )
             tokenizer.save_pretrained(tmp / "tokenizer")
     config = GPTConfig(**hf.read_json(cache / "gpt.json")["config"])
+    if block_size is None:  # a context that trains and decodes on a CPU, not SmolLM2's full 8192
+        block_size = min(DEFAULT_CONTEXT, config.block_size)
     if block_size:
         if block_size > config.block_size:
             raise UserError(

@@ -34,7 +34,6 @@ HELDOUT_FILE = "heldout.jsonl"
 CHECKPOINT = "adapter_last.pt"
 GENERATE_LIMIT = 200  # test examples answered greedily for exact match / ROUGE-L
 MAX_ANSWER_TOKENS = 128
-DEFAULT_CONTEXT = 512  # training context (tokens) unless model.block_size says otherwise
 DEFAULTS = {
     "lora": {"lr": 1e-3, "epochs": 2, "batch_size": 8},
     "full": {"lr": 5e-5, "epochs": 2, "batch_size": 8},
@@ -54,10 +53,8 @@ def run(task, cfg, base_dir: Path, path: Path | None, resume: bool, console, dev
     clock = time.perf_counter()
     options = model_options(cfg, base_dir)
     method = cfg.train.method
-    block_size = int(options.get("block_size") or DEFAULT_CONTEXT)
-    model = build_pretrained_lm(
-        (block_size,), 0, **{k: v for k, v in options.items() if k != "block_size"}, block_size=block_size
-    )
+    model = build_pretrained_lm((0,), 0, **options)
+    block_size = model.config.block_size  # model.block_size, else the default context (llm/convert.py)
     tokenizer, base = model.tokenizer, model.base
     console.print(f"base model: {base['description']} (sha256 {base['sha256'][:12]}…)", highlight=False)
     if resume:
