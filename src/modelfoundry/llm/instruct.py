@@ -138,7 +138,7 @@ def tokenize(tokenizer, conversations: list[list[dict]], max_length: int, origin
             raise UserError(
                 f"{origin}: {row_name(origin, i)}: the prompt alone is {first_answer:,} tokens, and the "
                 f"context is {max_length:,}: no room is left for the answer. Shorten the prompt, or raise "
-                "data.block_size (up to the model's context)."
+                "model.block_size (up to the model's context)."
             )
         ids, learnt = ids[:max_length], learnt[:max_length]
         # position t predicts token t+1: its label is that token when token t+1 is learnt
