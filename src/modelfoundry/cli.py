@@ -149,22 +149,13 @@ def train(
     from modelfoundry.tasks import get_task
 
     headline = get_task(cfg.task).headline
-    for key in dict.fromkeys(
-        (
-            "accuracy",
-            "f1_macro",
-            "roc_auc",
-            "ece",
-            "rmse",
-            "mae",
-            "r2",
-            "bits_per_byte",
-            "perplexity",
-            *headline,
-        )
-    ):
+    base = run.metrics.get("base", {}).get(split, {})  # a fine-tuned pretrained model's starting point
+    keys = ("accuracy", "f1_macro", "roc_auc", "ece", "rmse", "mae", "r2", "bits_per_byte", "perplexity")
+    for key in dict.fromkeys((*keys, "exact_match", "rouge_l", *headline)):
         if test.get(key) is not None:
             table.add_row(f"{split} {key}", f"{test[key]:.4f}")
+        if base.get(key) is not None:
+            table.add_row(f"{split} {key} of the base model", f"{base[key]:.4f}")
     if "baseline" in test:  # regression: what always predicting the training mean scores
         table.add_row(f"{split} rmse of the mean", f"{test['baseline']['rmse']:.4f}")
     for key in headline if "popularity" in test else ():  # recommendation: the popularity baseline's
@@ -376,6 +367,34 @@ def explain(
 
 
 @app.command()
+def chat(
+    run: Annotated[str, typer.Argument(help="run id or folder of a text_generation model")],
+    max_new_tokens: Annotated[int, typer.Option(help="tokens per answer at most")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; 1 = the model's own distribution")] = 0.7,
+    top_p: Annotated[float | None, typer.Option(help="sample within this much probability (nucleus)")] = 0.9,
+    seed: Annotated[int | None, typer.Option(help="the same seed gives the same answers")] = None,
+    system: Annotated[str | None, typer.Option(help="a system message that starts the conversation")] = None,
+) -> None:
+    """Chat with a text_generation model in the terminal: multi-turn, each answer streamed as it is
+    decoded. An empty line or /exit ends it; /reset starts a new conversation."""
+    from modelfoundry.llm.chat import COMMANDS, chat_loop
+    from modelfoundry.predictor import load
+    from modelfoundry.store.registry import resolve_run
+
+    generator = load(resolve_run(run))
+    if not hasattr(generator, "chat"):
+        raise UserError(f"{run}: a {generator.task} model does not chat; use `foundry predict`.")
+    err.print(f"chatting with {run} ({COMMANDS})", highlight=False)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    chat_loop(generator, input, write, system, **options)
+
+
+@app.command()
 def ensemble(
     runs: Annotated[
         list[str], typer.Argument(help="two or more runs: run ids, versions (v3), aliases or run folders")
@@ -402,20 +421,66 @@ def ensemble(
 @app.command()
 def export(
     run: Annotated[str, typer.Argument(help="run id or folder")],
-    format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="onnx (default); for a fine-tuned pretrained_lm: hf (a Hugging Face folder) or gguf (one "
+            "file "
+            "llama.cpp-style runtimes load)",
+        ),
+    ] = None,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            "--merge",
+            help="pretrained_lm with LoRA: fold the adapter into the base weights (a Hugging Face folder)",
+        ),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--out", help="where to write (default: RUN/export/merged or RUN/export/model.gguf)"),
+    ] = None,
     tolerance: Annotated[
         float,
         typer.Option(
-            min=0, help="largest allowed difference of any class probability between ONNX Runtime and PyTorch"
+            min=0,
+            help="largest allowed difference of any class probability between ONNX Runtime and PyTorch "
+            "(of any "
+            "logit between transformers and our model, for --merge / --format hf)",
         ),
     ] = 1e-4,
 ) -> None:
-    """Export a packaged model (ONNX), checked against PyTorch on the run's held-out examples."""
+    """Export a packaged model (ONNX), checked against PyTorch on the run's held-out examples; a fine-tuned
+    pretrained_lm as merged Hugging Face weights (--merge) or GGUF (--format gguf)."""
     from modelfoundry.compress.onnx_export import export_onnx
     from modelfoundry.store.registry import resolve_run
 
-    if format != "onnx":
-        raise UserError(f"--format: {format!r} is not supported; use --format onnx.")
+    if merge or format in ("hf", "gguf"):
+        from modelfoundry.llm import export as llm_export
+        from modelfoundry.runfiles import package_folder
+
+        folder = package_folder(resolve_run(run))
+        exports = folder.parent / "export"
+        if format == "gguf":
+            record = llm_export.export_gguf(folder, output or exports / "model.gguf")
+            out.print(
+                f"wrote {record['path']} ({record['bytes'] / 1e6:.1f} MB, {record['tensors']} float32 "
+                "tensors, "
+                "adapter merged)",
+                highlight=False,
+            )
+            return
+        record = llm_export.export_hf(folder, output or exports / "merged", merge, tolerance)
+        out.print(
+            f"wrote {record['path']} (Hugging Face folder, LlamaForCausalLM); parity: max logit difference "
+            f"{record['max_logit_difference']:.1e} between transformers and adapter + base "
+            f"(allowed {tolerance:g})",
+            highlight=False,
+        )
+        return
+    if format not in (None, "onnx"):
+        raise UserError(f"--format: {format!r} is not supported; use onnx, hf or gguf.")
     from modelfoundry.ensemble import refuse_ensemble
 
     refuse_ensemble(resolve_run(run), "export")
@@ -982,6 +1047,13 @@ _METRIC_COLUMNS = {  # (key, column heading); a table shows the set whose first 
         ("ece", "ece"),
     ],
     "bits_per_byte": [("bits_per_byte", "bits per byte"), ("loss", "loss"), ("perplexity", "perplexity")],
+    "exact_match": [  # a fine-tuned pretrained LM's answers (llm/sft.py)
+        ("exact_match", "exact match"),
+        ("rouge_l", "ROUGE-L"),
+        ("loss", "response loss"),
+        ("perplexity", "perplexity"),
+    ],
+    "perplexity": [("loss", "loss"), ("perplexity", "perplexity")],  # its continued pretraining on text
     "rmse": [
         ("rmse", "rmse"),
         ("mae", "mae"),

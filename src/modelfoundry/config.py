@@ -201,6 +201,19 @@ class DistillConfig(_Section):
     )
 
 
+class LoRAConfig(_Section):
+    """pretrained_lm with train.method lora: the low-rank adapter (Hu et al. 2021) over the frozen model."""
+
+    r: int = Field(8, ge=1, le=1024, description="rank of the update")
+    alpha: float = Field(16.0, gt=0, description="the update is scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
+    targets: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        description="linear layers to adapt, by name (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+        "down_proj), or all-linear; never the output layer tied to the embedding",
+    )
+
+
 class TrainConfig(_Section):
     epochs: int = Field(20, ge=1, le=100_000)
     batch_size: int = Field(64, ge=1)
@@ -271,6 +284,11 @@ class TrainConfig(_Section):
         f"{AUTO_EPOCH_MINUTES:g} when epochs is chosen from the data)",
     )
     distill: DistillConfig | None = Field(None, description="knowledge distillation from a trained teacher")
+    method: Literal["lora", "full"] = Field(
+        "lora",
+        description="pretrained_lm: lora trains an adapter over the frozen model; full trains every weight",
+    )
+    lora: LoRAConfig = Field(default_factory=LoRAConfig, description="pretrained_lm with method lora")
     folds: int | None = Field(
         None,
         description="k-fold cross-validation over train+val (`--folds K`): one model per fold, the mean and "

@@ -78,6 +78,9 @@ def load(path: str | Path, device: str = "cpu", backend: str = "auto") -> Predic
             )
         return Predictor(OnnxModel(folder / "model.onnx"), spec, folder)
     family = family_of(spec["model"]["name"])
+    if family.loads:  # the family reads its own package (a LoRA adapter over a base model it names)
+        model = family_function(spec["model"]["name"], family.loads)(folder)
+        return task_of(spec).predictor(model.to(device).eval(), spec, folder)
     options = (
         family_function(spec["model"]["name"], family.from_package)(folder) if family.from_package else {}
     )

@@ -28,6 +28,7 @@ from rich.console import Console
 from modelfoundry.config import absolute_paths
 from modelfoundry.ensemble import refuse_ensemble
 from modelfoundry.errors import UserError
+from modelfoundry.models.registry import family_function, family_of
 from modelfoundry.predictor import Predictor, load
 from modelfoundry.runfiles import atomic_write, atomic_write_json, run_folder
 from modelfoundry.store.feedback import Feedback, FeedbackStore, media_dir
@@ -66,6 +67,21 @@ def retrain(
             "corrections first: `foundry serve` takes them at POST /v1/feedback and on its web page."
         )
     rows.sort(key=lambda r: r.id)
+    family = family_of(spec["model"]["name"])
+    if family.retrains:  # the family's own loop (pretrained_lm: answers -> SFT examples -> challenger)
+        return family_function(spec["model"]["name"], family.retrains)(
+            champion,
+            package,
+            spec,
+            rows,
+            alias,
+            promote=promote,
+            feedback_weight=feedback_weight,
+            margin=margin,
+            overrides=overrides,
+            console=console,
+            warm_start=True,
+        )
     held = [r for r in rows if _held_back(r.id)] if len(rows) >= 4 else []
     used = [r for r in rows if r not in held]
     console.print(

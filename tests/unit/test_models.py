@@ -21,7 +21,10 @@ TINY_TEXT = {
     "pretrained": {},
 }
 TINY_TABLE = {"gbdt": {"n_estimators": 5}}  # trained by its own fit: tests/e2e/test_gbdt.py
-TINY_GENERATIVE = {"gpt": {"n_layer": 1, "n_embd": 8, "n_head": 2}}  # tests/unit/test_generation.py
+TINY_GENERATIVE = {
+    "gpt": {"n_layer": 1, "n_embd": 8, "n_head": 2},  # tests/unit/test_generation.py
+    "pretrained_lm": {},  # a tiny Llama folder as model.path: tests/unit/test_llm.py
+}
 TOKENIZER = {"vocab_size": 30522, "pad_id": 0}
 # recommendation: input_shape (users, user side features, item side features), num_classes the items
 TINY_RANKING = {"mf": {"dim": 4}, "two_tower": {"dim": 4, "hidden": 8}, "popularity": {}}

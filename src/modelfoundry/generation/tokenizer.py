@@ -150,6 +150,10 @@ def train_tokenizer(kind: str, texts: list[str], vocab_size: int, origin: str = 
 def load_tokenizer(folder: Path):
     """The tokenizer saved in a model package folder."""
     folder = Path(folder)
+    if (folder / "tokenizer_config.json").exists():  # a pretrained LM's own (llm/tokenizer.py)
+        from modelfoundry.llm.tokenizer import HFTokenizer
+
+        return HFTokenizer.load(folder)
     if (folder / "chars.json").exists():
         return CharTokenizer(json.loads((folder / "chars.json").read_text())["chars"])
     from tokenizers import Tokenizer

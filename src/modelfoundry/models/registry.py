@@ -51,6 +51,10 @@ class Family:
             family's options.
         trains: the function in the builder's module that trains a model of this family in place of the
             gradient loop, with `training.loop.fit`'s arguments and result (None: the loop trains it).
+        loads: the function in the builder's module that loads a package folder's model itself, `(folder) ->
+            model` (pretrained_lm: the base model it names, checked by sha256, plus the package's adapter).
+        retrains: the function in the builder's module that runs `foundry retrain` for a champion of this
+            family in place of retrain.py's flow, with its arguments (pretrained_lm: feedback answers -> SFT).
         for_inputs: the family this name stands for on another kind of input (a task's `kind`): `pretrained`
             is a Hugging Face encoder for text and an ImageNet backbone for images.
     """
@@ -67,6 +71,8 @@ class Family:
     recipe: dict = field(default_factory=dict)
     trains: str | None = None
     for_inputs: dict[str, str] = field(default_factory=dict)
+    loads: str | None = None
+    retrains: str | None = None
 
 
 AUTO = "auto"  # model.name: foundry picks the family when `foundry train` runs (tasks: `auto_models`)
@@ -209,6 +215,14 @@ FAMILIES: dict[str, Family] = {
             "train.grad_clip": 1.0,
             "train.batch_size": 32,
         },
+    ),
+    # A pretrained causal LM (SmolLM2-135M-Instruct by default) for text_generation, fine-tuned by llm/sft.py:
+    # LoRA by default (train.method), with its own learning rate and epochs (llm/sft.py DEFAULTS)
+    "pretrained_lm": Family(
+        "modelfoundry.models.pretrained_lm:build_pretrained_lm",
+        "token stream",
+        loads="package_model",
+        retrains="retrain_from_feedback",
     ),
     # An ImageNet-pretrained EfficientNet-Lite: what `pretrained` means for images (`for_inputs` above).
     "pretrained_image": Family(

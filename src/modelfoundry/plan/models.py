@@ -271,6 +271,9 @@ def model_from_run(run: str | Path) -> ModelSpec:
     spec = json.loads((folder / "model.json").read_text())
     name = f"{spec.get('run_id', folder.parent.name)} ({spec['model']['name']})"
     options = spec["model"].get("options") or {}
+    if "architecture" in spec:  # a fine-tuned pretrained LM (llm/sft.py): a LoRA package holds the adapter
+        source = f"run package {folder} (base {spec['base_model']['description']})"
+        return _gpt_spec(name, float(spec["parameters"]), spec["architecture"], spec["preprocessing"], source)
     if "n_layer" in options:  # a decoder (models/gpt.py): its shape, for FLOPs per token and the KV cache
         return _gpt_spec(name, float(params), options, spec.get("preprocessing", {}), f"run package {folder}")
     return ModelSpec(name, float(params), float(params), 0, 0, 0, 0, 0, f"run package {folder}")

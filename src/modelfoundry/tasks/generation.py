@@ -163,6 +163,19 @@ def write_tokens(path: Path, ids: list[int], vocab_size: int) -> np.memmap:
     return np.memmap(path, dtype=dtype, mode="r", shape=(len(ids),))
 
 
+def token_files(tokenizer, parts: dict, blocked: bool, part_bytes: dict, folder: Path) -> tuple[dict, dict]:
+    """Each split's tokens written once to `folder/<split>.bin` and mapped back, and its UTF-8 bytes per
+    token. Documents end with the end-of-text token; blocks of one text are joined without one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens, per_token = {}, {}
+    for name, pieces in parts.items():
+        if pieces:
+            ids = tokenizer.encode("".join(pieces)) if blocked else tokenizer.encode_documents(pieces)
+            tokens[name] = write_tokens(folder / f"{name}.bin", ids, tokenizer.vocab_size)
+            per_token[name] = part_bytes[name] / max(1, len(ids))
+    return tokens, per_token
+
+
 # ---- reading and splitting the corpus ------------------------------------------------------------
 
 
@@ -387,8 +400,8 @@ class TextGeneration(Task):
     objective_class = LanguageModelObjective
     default_monitor = "val_loss"
     default_model = "gpt"
-    families = ("gpt",)  # model families that generate text
-    headline = ("bits_per_byte", "loss", "perplexity")
+    families = ("gpt", "pretrained_lm")  # model families that generate text
+    headline = ("bits_per_byte", "exact_match", "rouge_l", "loss", "perplexity")  # SFT: llm/sft.py
     retrain_metric, retrain_higher_is_better = "bits_per_byte", False
     review_gap = ("bits_per_byte", 0.25)
     data_keys = ("text", "tokenizer", "privacy")
@@ -465,9 +478,14 @@ train:
     # ---- a run: data, training, evaluation, package ------------------------------------------------
 
     def run(self, cfg, base_dir: Path, path: Path | None, resume: bool, console, device):
+        if cfg.model.name == "pretrained_lm":  # fine-tuning a pretrained LM on instructions: llm/sft.py
+            from modelfoundry.llm import sft
+
+            return sft.run(self, cfg, base_dir, path, resume, console, device)
         from modelfoundry.data.prepare import resolve_source
         from modelfoundry.generation.tokenizer import train_tokenizer
         from modelfoundry.models.registry import build_model
+        from modelfoundry.runfiles import scratch_root
         from modelfoundry.training import distributed
 
         clock = time.perf_counter()
@@ -494,15 +512,8 @@ train:
             console.print(f"chosen: tokenizer {why}", highlight=False)
         tokenizer = train_tokenizer(kind, parts["train"], vocab)
         # DDP: the other ranks write their own copy in the scratch folder (rank 0 writes the run's)
-        folder = path / "tokens" if path else cfg_scratch() / f"tokens-{distributed.rank()}-{os.getpid()}"
-        folder.mkdir(parents=True, exist_ok=True)
-        tokens, per_token = {}, {}
-        for name, pieces in parts.items():
-            if not pieces:
-                continue
-            ids = tokenizer.encode_documents(pieces) if not blocked else tokenizer.encode("".join(pieces))
-            tokens[name] = write_tokens(folder / f"{name}.bin", ids, tokenizer.vocab_size)
-            per_token[name] = part_bytes[name] / max(1, len(ids))
+        folder = path / "tokens" if path else scratch_root() / f"tokens-{distributed.rank()}-{os.getpid()}"
+        tokens, per_token = token_files(tokenizer, parts, blocked, part_bytes, folder)
         report["tokens"] = {k: len(v) for k, v in tokens.items()}
         block_size = self._block_size(cfg, len(tokens["train"]), kind, source)
         options, steps, chosen = self._choices(
@@ -734,6 +745,11 @@ train:
         """`foundry evaluate RUN --data other.txt`: loss, perplexity and bits per byte of new text."""
         from types import SimpleNamespace
 
+        if predictor.spec["model"]["name"] == "pretrained_lm":  # instructions: llm/sft.py scores answers
+            from modelfoundry.llm import sft
+
+            return sft.score_file(predictor, source)
+
         pre = predictor.spec["preprocessing"]
         data = SimpleNamespace(
             text=pre.get("text_column"),
@@ -752,12 +768,6 @@ train:
         n_bytes = report["bytes"]
         windows = HeldOutWindows(tokens, predictor.block_size, FINAL_WINDOWS, n_bytes / len(ids))
         return {**score(predictor.model, windows), "bytes": n_bytes, "n": len(windows)}
-
-
-def cfg_scratch() -> Path:
-    from modelfoundry.runfiles import scratch_root
-
-    return scratch_root()
 
 
 def first_line(text: str, limit: int = 40) -> str:
