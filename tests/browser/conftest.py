@@ -47,9 +47,12 @@ def require_chromium() -> None:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium for the whole session (playwright allows one sync instance at a time)."""
+    """One headless Chromium per module (playwright allows one sync instance at a time). Not per session:
+    playwright's sync API keeps an asyncio loop running in the thread until it stops, and every later test
+    of that pytest-xdist worker that calls asyncio.run() (tests/unit/test_batching.py, test_engine.py)
+    would fail with "cannot be called from a running event loop"."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=20_000)  # the first prediction of a fresh server on two busy cores

@@ -80,7 +80,7 @@ def explain_mistakes(predictor, mistakes: list[dict], k: int = MISTAKES_EXPLAINE
     explained = mistakes[:k]
     if not explained:
         return mistakes
-    explanations = task.explain(predictor, [task.shown_input(m) for m in explained], None, None)
+    explanations = task.explain(predictor, [task.shown_input(m, predictor) for m in explained], None, None)
     for mistake, explanation in zip(explained, explanations):
         mistake["explained"] = task.explanation_html(explanation)
         mistake["explains"] = summary(explanation)

@@ -17,7 +17,7 @@ from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from modelfoundry.errors import UserError, did_you_mean
-from modelfoundry.store.registry import Base, Registry, resolve_run
+from modelfoundry.store.registry import Base, Registry, resolve_run, runs_root
 
 
 class ModelVersion(Base):
@@ -108,8 +108,10 @@ class ModelStore:
                 .order_by(ModelVersion.id.desc())
             ).all()
         # a run id names one folder of this registry; a run folder elsewhere with the same name (a run trained
-        # into a temporary folder, another registry's) is not that run's version
-        version = next((v for v in versions if _inside(Path(v.path), folder)), None)
+        # into a temporary folder, another registry's) is not that run's version. A folder in this registry's
+        # home is its run even where the recorded path differs (a home copied or moved whole).
+        ours = _in_home(folder)
+        version = next((v for v in versions if ours or _inside(Path(v.path), folder)), None)
         return version or self._register_existing(folder)
 
     def _register_existing(self, folder: Path) -> ModelVersion:
@@ -118,7 +120,7 @@ class ModelStore:
 
         try:
             record = self.registry.get(folder.name)
-            known = record.status == "completed" and _inside(folder, Path(record.path))
+            known = record.status == "completed" and (_in_home(folder) or _inside(folder, Path(record.path)))
         except UserError:
             known = False
         if not known:
@@ -184,3 +186,8 @@ def _inside(path: Path, folder: Path) -> bool:
     """Whether `path` is `folder` or lies in it (a package in its run folder), comparing resolved paths."""
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
+
+
+def _in_home(folder: Path) -> bool:
+    """Whether `folder` is a run folder of this registry's home (runs/<id>)."""
+    return folder.resolve().parent == runs_root().resolve()

@@ -436,7 +436,7 @@ class Task:
         """The explanation as HTML (highlighted text, heat map or bars) with its input. Per kind of input."""
         raise NotImplementedError
 
-    def shown_input(self, mistake: dict):
+    def shown_input(self, mistake: dict, predictor=None):
         """A report mistake's shown input (`shown`) as `explain` takes it. Per kind of input."""
         raise NotImplementedError
 

@@ -327,7 +327,7 @@ model:
     def explanation_html(self, explanation: dict) -> str:
         return f'<img alt="the image and its heat map" src="{explanation["heatmap_png"]}">'
 
-    def shown_input(self, mistake: dict):
+    def shown_input(self, mistake: dict, predictor=None):
         return mistake["image"]
 
     # ---- evaluation of new data, retraining ------------------------------------------------------

@@ -289,8 +289,13 @@ class TableInputs:
 
         return contribution_bars(explanation["contributions"])
 
-    def shown_input(self, mistake: dict):
-        return mistake["row"]
+    def shown_input(self, mistake: dict, predictor=None):
+        """The row without the columns the model neither reads nor ignores: an `evaluate --data` file's label
+        column named by --label, which the row carries for the report."""
+        if predictor is None:
+            return mistake["row"]
+        unknown = set(tabular.TableEncoder(predictor.spec["preprocessing"]).unknown_columns(mistake["row"]))
+        return {k: v for k, v in mistake["row"].items() if k not in unknown}
 
     # ---- evaluation of new data, retraining ------------------------------------------------------
 

@@ -301,7 +301,7 @@ model:
 
         return highlighted_tokens(explanation["tokens"], explanation.get("text"))
 
-    def shown_input(self, mistake: dict):
+    def shown_input(self, mistake: dict, predictor=None):
         return mistake["text"]
 
     # ---- evaluation of new data, retraining ------------------------------------------------------
