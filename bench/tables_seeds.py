@@ -10,7 +10,6 @@ import os
 import sys
 import tempfile
 import warnings
-
 from pathlib import Path
 
 import numpy as np
