@@ -1,6 +1,7 @@
 """Tables with defaults over seeds: foundry given only `task`, `data` (and the seed) against LightGBM
-defaults, HistGradientBoosting and logistic / ridge regression on the same seeded split, for the small statsmodels sets
-whose test splits are too small for one seed to decide (anes96: 189 test rows, one example = 0.53 points).
+defaults, HistGradientBoosting and logistic / ridge regression on the same seeded split, for the small
+statsmodels sets whose test splits are too small for one seed to decide (anes96: 189 test rows, one example
+= 0.53 points).
 
 Run from the repo root (needs `pip install statsmodels`):
     .venv/bin/python bench/tables_seeds.py anes96 fair
