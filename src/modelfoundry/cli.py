@@ -51,7 +51,11 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 @app.command()
 def init(
     task: Annotated[
-        str, typer.Option(help="image_classification, tabular_classification or text_classification")
+        str,
+        typer.Option(
+            help="image_classification, text_classification, tabular_classification, tabular_regression, "
+            "text_generation or recommendation"
+        ),
     ] = "image_classification",
     output: Annotated[Path, typer.Option("--output", "-o", help="where to write the config")] = Path(
         "config.yaml"
