@@ -523,8 +523,9 @@ async function scoreFiles(files) {
   }
 }
 
-// The JSON objects of a streamed NDJSON answer, as their lines arrive.
-async function* ndjsonLines(response) {
+// The records of a streamed answer, each ended by `separator`, as they arrive (a record split across reads is
+// put back together; the decoder keeps a character split across reads whole).
+async function* streamedRecords(response, separator) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
@@ -532,12 +533,18 @@ async function* ndjsonLines(response) {
     const { value, done } = await reader.read();
     buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
     let end;
-    while ((end = buffer.indexOf("\n")) >= 0) {
-      const line = buffer.slice(0, end);
-      buffer = buffer.slice(end + 1);
-      if (line.trim()) yield JSON.parse(line);
+    while ((end = buffer.indexOf(separator)) >= 0) {
+      yield buffer.slice(0, end);
+      buffer = buffer.slice(end + separator.length);
     }
     if (done) return;
+  }
+}
+
+// The JSON objects of a streamed NDJSON answer, as their lines arrive.
+async function* ndjsonLines(response) {
+  for await (const line of streamedRecords(response, "\n")) {
+    if (line.trim()) yield JSON.parse(line);
   }
 }
 
@@ -627,24 +634,13 @@ async function generate(event) {
 
 // The JSON of each `data:` line of a server-sent event stream, until `data: [DONE]`.
 async function* serverEvents(response) {
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      for (const line of event.split("\n")) {
-        if (!line.startsWith("data: ")) continue;
-        const data = line.slice(6);
-        if (data === "[DONE]") return;
-        yield JSON.parse(data);
-      }
+  for await (const event of streamedRecords(response, "\n\n")) {
+    for (const line of event.split("\n")) {
+      if (!line.startsWith("data: ")) continue;
+      const data = line.slice(6);
+      if (data === "[DONE]") return;
+      yield JSON.parse(data);
     }
-    if (done) return;
   }
 }
 
