@@ -24,21 +24,13 @@ async def generation_feedback(service, body) -> tuple[dict, int]:
     if vote is None:
         raise ApiError(422, "vote", 'send a vote ("up" or "down"), a better_answer, or both.')
     if body.request_id is not None:
-        remembered = service.recent.get(body.request_id)
-        if remembered is None:
-            raise ApiError(
-                404,
-                "request_id",
-                f"no recent answer {body.request_id!r} (this server remembers the last "
-                f"{service.settings.remembered_requests:,} since it started); send the prompt itself in "
-                "`input` and the answer in `predicted` instead.",
-            )
-        if body.index >= len(remembered.stored):
-            raise ApiError(
-                422,
-                "index",
-                f"answer {body.request_id} had {len(remembered.stored)} choice(s); index must be below that.",
-            )
+        remembered = service.recalled(
+            body.request_id,
+            body.index,
+            "answer",
+            "); send the prompt itself in `input` and the answer in `predicted` instead.",
+            "choice(s)",
+        )
         item, answer, served = (
             remembered.stored[body.index],
             remembered.predicted[body.index],

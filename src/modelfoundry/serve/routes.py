@@ -518,23 +518,13 @@ async def feedback(body: FeedbackRequest, request: Request) -> JSONResponse:
     if body.label is None:
         raise ApiError(422, "label", "Field required: send the correct label (or number) in `label`.")
     if body.request_id is not None:
-        remembered = service.recent.get(body.request_id)
-        if remembered is None:
-            raise ApiError(
-                404,
-                "request_id",
-                f"no recent prediction {body.request_id!r} (this server remembers the "
-                f"last {service.settings.remembered_requests:,} requests since it started, "
-                "fewer when they carry large images); "
-                "send the input itself in `input` instead.",
-            )
-        if body.index >= len(remembered.stored):
-            raise ApiError(
-                422,
-                "index",
-                f"request {body.request_id} had {len(remembered.stored)} input(s); "
-                f"index must be below {len(remembered.stored)}.",
-            )
+        remembered = service.recalled(
+            body.request_id,
+            body.index,
+            "prediction",
+            ", fewer when they carry large images); send the input itself in `input` instead.",
+            "input(s)",
+        )
         current = remembered.served
         label = checked(current, body.label, "label")
         feedback_id, replaced = await service.correct(body.request_id, remembered, body.index, label)

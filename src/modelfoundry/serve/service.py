@@ -162,6 +162,29 @@ class Service:
         ):
             self.recent_bytes -= _image_bytes(self.recent.popitem(last=False)[1].stored)
 
+    def recalled(self, request_id: str, index: int, what: str, forgotten: str, items: str) -> Remembered:
+        """The recent answer `request_id` that feedback refers to, with its `index` checked: a 404 naming what
+        to send instead (`forgotten`) when it is no longer remembered, a 422 when `index` is past its `items`.
+        `what`: the answer's name in the messages ("prediction", "answer")."""
+        from modelfoundry.serve.errors import ApiError
+
+        remembered = self.recent.get(request_id)
+        if remembered is None:
+            raise ApiError(
+                404,
+                "request_id",
+                f"no recent {what} {request_id!r} (this server remembers the last "
+                f"{self.settings.remembered_requests:,} since it started{forgotten}",
+            )
+        if index >= len(remembered.stored):
+            raise ApiError(
+                422,
+                "index",
+                f"{what} {request_id} had {len(remembered.stored)} {items}; index must be below "
+                f"{len(remembered.stored)}.",
+            )
+        return remembered
+
     async def correct(
         self, request_id: str, remembered: Remembered, index: int, label: str
     ) -> tuple[int, bool]:
