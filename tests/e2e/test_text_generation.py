@@ -125,3 +125,18 @@ def test_the_python_api_generates_and_chats(gpt_run):
     assert "".join(model.generate("The king", max_new_tokens=12, temperature=0, stream=True)) == whole
     assert model.generate("The", max_new_tokens=8, seed=1) == model.generate("The", max_new_tokens=8, seed=1)
     assert isinstance(model.chat([{"role": "user", "content": "the king"}], max_new_tokens=5, seed=0), str)
+
+
+def test_tune_says_it_does_not_search_text_generation_yet(tmp_path):
+    write_corpus(tmp_path / "corpus.txt", lines=20)
+    config = {
+        "task": "text_generation",
+        "data": {"source": "corpus.txt"},
+        "tune": {"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert_user_error(
+        foundry("tune", "config.yaml", cwd=tmp_path, home=tmp_path / "home"),
+        "foundry tune does not search it yet",
+        "foundry runs compare",
+    )

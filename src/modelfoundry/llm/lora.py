@@ -117,8 +117,8 @@ def targeted(model: nn.Module, targets: list[str] | str, aliases: dict[str, str]
     if missing:
         have = linear_names(model, aliases)
         raise UserError(
-            f"train.lora.targets: {', '.join(map(repr, missing))} match no linear layer of this model. Its linear "
-            f"layers: {', '.join(have)} (or all-linear for every one of them)."
+            f"train.lora.targets: {', '.join(map(repr, missing))} match no linear layer of this model. Its "
+            f"linear layers: {', '.join(have)} (or all-linear for every one of them)."
             + (" The output layer shares the embedding's weight and takes no adapter." if tied else "")
         )
     return chosen

@@ -128,6 +128,8 @@ class Task:
     # family -> {dotted key: value}: where this task's data wants other defaults than the family's recipe
     # (applied over it, under the user's keys)
     family_recipes: ClassVar[dict[str, dict]] = {}
+    # `foundry tune`: None where its trials can train this task, else why not (said instead of a traceback)
+    untunable: str | None = None
 
     # ---- config ------------------------------------------------------------------------------
 

@@ -405,6 +405,11 @@ class TextGeneration(Task):
     retrain_metric, retrain_higher_is_better = "bits_per_byte", False
     review_gap = ("bits_per_byte", 0.25)
     data_keys = ("text", "tokenizer", "privacy")
+    untunable = (
+        "a text_generation run reads its corpus as a token stream and trains outside tune's trial loop, so "
+        "foundry tune does not search it yet. Train a few configs with --set (train.lr, model.n_layer, "
+        "model.n_embd, ...) and compare them with `foundry runs compare RUN_A RUN_B` (val bits_per_byte)."
+    )
     starter = """\
 # modelfoundry config: pretrain a small GPT on your own text. Train with `foundry train config.yaml`.
 task: text_generation

@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modelfoundry.errors import UserError
+
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
@@ -69,6 +71,10 @@ def tune_command(
 
     seconds = parse_duration(timeout)
     cfg, _ = load_config(config, set_ or [])  # config mistakes before optuna and torch are imported
+    from modelfoundry.tasks import get_task
+
+    if get_task(cfg.task).untunable:
+        raise UserError(f"foundry tune: {get_task(cfg.task).untunable}")
     from modelfoundry.tune import search
 
     spec = search.open_study(config, set_ or [], storage, study, worker)
