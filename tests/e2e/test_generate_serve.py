@@ -229,3 +229,14 @@ def test_a_reload_hands_new_requests_to_a_new_engine_and_retires_the_old(served)
         assert client.post("/v1/completions", json=body).json()["choices"][0]["text"] == first
         before._thread.join(5)
         assert not before.running  # it had nothing left to finish
+
+
+def test_retrain_of_a_gpt_with_stored_votes_says_what_to_do_instead(served):
+    server, run = served
+    answer = httpx.post(
+        f"{server.url}/v1/completions", json={"prompt": "the cat", "max_tokens": 4}, timeout=60
+    ).json()
+    sent = {"request_id": answer["id"], "vote": "down", "better_answer": " sat on the mat"}
+    assert httpx.post(f"{server.url}/v1/feedback", json=sent, timeout=60).status_code in (200, 201)
+    result = foundry("retrain", run, cwd=run.parent, home=run.parent)
+    assert_user_error(result, "vote(s) and better answer(s) are stored", "pretrained_lm", "feedback export")
