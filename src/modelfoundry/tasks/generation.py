@@ -747,12 +747,12 @@ train:
     # ---- evaluation of new text ----------------------------------------------------------------------
 
     def feedback_records(self, rows, config: dict, folder: Path) -> Path:
-        """`foundry retrain` of a GPT trained here (pretrained_lm retrains through its family, llm/retrain.py)."""
+        """`foundry retrain` of a GPT trained here; pretrained_lm retrains through llm/retrain.py."""
         raise UserError(
             f"foundry retrain: {len(rows)} vote(s) and better answer(s) are stored, but retraining a GPT "
             "pretrained here from them is not built yet (only model: pretrained_lm turns them into "
-            "fine-tuning examples). Add the better answers to the corpus (data.source) and train again, or export them "
-            "with `foundry feedback export`."
+            "fine-tuning examples). Add the better answers to the corpus (data.source) and train again, "
+            "or export them with `foundry feedback export`."
         )
 
     def score_source(self, predictor, source: Path) -> dict:
