@@ -290,6 +290,7 @@ def generate(
         bool,
         typer.Option("--no-truncate", help="refuse a prompt longer than the context instead of cutting it"),
     ] = False,
+    prompt_lookup: PromptLookup = 8,
 ) -> None:
     """Generate text from a prompt, streamed to the terminal as it is decoded."""
     from modelfoundry.predictor import load
@@ -308,6 +309,7 @@ def generate(
         stop=stop or (),
         stream=True,
         truncate=not no_truncate,
+        prompt_lookup=prompt_lookup,
     )
     for piece in pieces:
         sys.stdout.write(piece)
@@ -378,6 +380,7 @@ def chat(
     top_p: Annotated[float | None, typer.Option(help="sample within this much probability (nucleus)")] = 0.9,
     seed: Annotated[int | None, typer.Option(help="the same seed gives the same answers")] = None,
     system: Annotated[str | None, typer.Option(help="a system message that starts the conversation")] = None,
+    prompt_lookup: PromptLookup = 8,
 ) -> None:
     """Chat with a text_generation model in the terminal: multi-turn, each answer streamed as it is
     decoded. An empty line or /exit ends it; /reset starts a new conversation."""
@@ -394,7 +397,13 @@ def chat(
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    options = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "prompt_lookup": prompt_lookup,
+    }
     chat_loop(generator, input, write, system, **options)
 
 
@@ -1008,6 +1017,15 @@ def _folds_of(run: Path) -> dict | None:
 AsJson = Annotated[
     bool,
     typer.Option("--json", help="print one JSON document to stdout (progress and warnings go to stderr)"),
+]
+
+PromptLookup = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="greedy (--temperature 0) only: tokens guessed from the prompt and the text so far, checked per "
+        "pass over the model (generation/speculative.py): the same text, faster when it copies. 0: off",
+    ),
 ]
 
 

@@ -97,6 +97,31 @@ def test_chat_keeps_the_conversation_and_streams_each_answer(lora_run):
     assert messages[1]["content"] == greedy.strip()
 
 
+def test_greedy_generate_guesses_from_the_prompt_and_prints_plain_greedy_text(lora_run):
+    import modelfoundry as mf
+    from modelfoundry.errors import UserError
+
+    folder, run, _ = lora_run
+    prompt = "What is 2 plus 3? What is 2 plus 3? What is 2 plus"
+    result = foundry(
+        "generate",
+        run,
+        prompt,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "24",
+        cwd=folder,
+        home=folder / "home",
+    )
+    assert_ok(result)
+    generator = mf.load(run)
+    plain = generator.generate(prompt, max_new_tokens=24, temperature=0, prompt_lookup=0)
+    assert result.stdout == plain + "\n" and plain.strip()
+    with pytest.raises(UserError, match=r"prompt_lookup: -1 must be a whole number >= 0 .*0 turns"):
+        generator.generate(prompt, temperature=0, prompt_lookup=-1)
+
+
 def test_evaluate_scores_the_answers_of_new_instruction_data(lora_run):
     from modelfoundry.runner import evaluate
 

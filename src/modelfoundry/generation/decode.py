@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from modelfoundry.errors import UserError
+from modelfoundry.generation import speculative
 from modelfoundry.generation.kv_cache import KVCache
 from modelfoundry.generation.sampling import check_settings, pick
 
@@ -66,12 +67,15 @@ def stream(
     stop: Sequence[str] = (),
     truncate: bool = True,
     use_cache: bool = True,
+    prompt_lookup: int = 0,
 ) -> Iterator[str]:
     """Text pieces of the continuation of `prompt`, as they are decoded.
 
     Stops after `max_new_tokens` tokens, at the end-of-text token, or before the first stop sequence (which is
     not yielded). When the context fills up, the last half of it is prefilled again and decoding goes on.
-    use_cache=False recomputes the whole context for every token (for comparison only).
+    use_cache=False recomputes the whole context for every token (for comparison only). prompt_lookup > 0
+    at temperature 0: up to that many tokens guessed from the context are checked per pass (the same text,
+    faster when the answer copies from the prompt: generation/speculative.py).
     """
     check_settings(temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -91,8 +95,14 @@ def stream(
         logits = _forward(model, context, cache, device)  # prefill: (1, V)
         pending: list[int] = []  # tokens not yet turned into text
         held = ""  # decoded text held back: it may begin a stop sequence
+        guessed = None  # greedy tokens with prompt-lookup speculation, when asked for
+        if prompt_lookup and temperature == 0 and cache is not None:
+            guessed = speculative.greedy_tokens(model, context, cache, logits, prompt_lookup)
         for _ in range(max_new_tokens):
-            token = int(pick(logits, temperature, top_k, top_p, generator)[0])
+            if guessed is not None:
+                token = next(guessed)
+            else:
+                token = int(pick(logits, temperature, top_k, top_p, generator)[0])
             if token == tokenizer.eos_id:
                 break
             pending.append(token)
@@ -112,6 +122,8 @@ def stream(
                     yield held[: len(held) - keep]
                     held = held[len(held) - keep :]
             context.append(token)
+            if guessed is not None:
+                continue  # speculative.greedy_tokens feeds the cache itself
             if cache is not None and int(cache.lengths[0]) >= cache.max_len:
                 cache.reset()  # the context is full: slide, prefilling its last half again
                 logits = _forward(model, context[-(block_size // 2) :], cache, device)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from modelfoundry.errors import UserError
-from modelfoundry.generation import decode
+from modelfoundry.generation import decode, speculative
 from modelfoundry.generation.sampling import check_settings
 from modelfoundry.generation.tokenizer import load_tokenizer
 from modelfoundry.predictor import Predictor
@@ -32,15 +32,23 @@ class TextGenerator(Predictor):
         stop: Sequence[str] | str = (),
         stream: bool = False,
         truncate: bool = True,
+        prompt_lookup: int = speculative.DRAFT_TOKENS,
     ) -> str | Iterator[str]:
         """The continuation of `prompt`: the whole text, or with stream=True a generator of text pieces as
         they are decoded. temperature 0 is greedy; `stop` sequences end it and are not included; a prompt
-        longer than the context keeps its last tokens (with a warning) unless truncate=False."""
+        longer than the context keeps its last tokens (with a warning) unless truncate=False. Greedy decoding
+        checks up to `prompt_lookup` tokens guessed from the prompt and the text so far per pass over the
+        model (the same text; faster when the answer copies from its context); 0: one token per pass."""
         if not isinstance(prompt, str):
             raise UserError(f"prompt: {type(prompt).__name__} given; a prompt is a string.")
         check_settings(temperature, top_k, top_p)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise UserError(f"max_new_tokens: {max_new_tokens!r} must be a whole number >= 1.")
+        if isinstance(prompt_lookup, bool) or not isinstance(prompt_lookup, int) or prompt_lookup < 0:
+            raise UserError(
+                f"prompt_lookup: {prompt_lookup!r} must be a whole number >= 0 (tokens guessed per pass; "
+                "0 turns the guessing off)."
+            )
         if not truncate:  # refuse now, not at the first piece of a stream
             decode.prompt_ids(self.tokenizer, prompt, self.block_size, truncate=False)
         pieces = decode.stream(
@@ -54,6 +62,7 @@ class TextGenerator(Predictor):
             seed=seed,
             stop=stop,
             truncate=truncate,
+            prompt_lookup=prompt_lookup,
         )
         return pieces if stream else "".join(pieces)
 
