@@ -29,8 +29,9 @@ def _chatty_llama(tiny_llama, block_size: int):
 def test_lookup_drafts_continue_the_latest_earlier_occurrence_of_the_longest_tail():
     ids = [5, 6, 7, 8, 9, 1, 6, 7, 2, 3, 6, 7]
     assert speculative.lookup_drafts(ids, 2) == [2, 3]  # "6 7" last seen before 2 3 (not before 8 9)
-    assert speculative.lookup_drafts([1, 2, 3, 4], 3) == []  # 4 never occurred before
-    assert speculative.lookup_drafts([4, 9, 9, 9, 4], 10) == [9, 9, 9, 4]  # up to the end of the context
+    assert speculative.lookup_drafts([1, 2, 3, 1, 4], 3) == []  # "1 4" never occurred before
+    assert speculative.lookup_drafts([1, 2, 3, 1, 4], 3, min_ngram=1) == []  # nor 4
+    assert speculative.lookup_drafts([4, 9, 9, 9, 4], 10, min_ngram=1) == [9, 9, 9, 4]  # up to the end
 
 
 def test_speculative_greedy_gives_the_plain_greedy_text_in_fewer_passes(tiny_llama):

@@ -3,12 +3,17 @@
 At batch 1 a forward pass costs about the same for one new position as for ten: it is bound by reading every
 weight once (540 MB for SmolLM2-135M in fp32). So guess the next few tokens cheaply and check them all in
 one pass. The guess (the draft) is what followed the latest earlier occurrence of the context's last n
-tokens (n = 3, then 2, then 1), in the prompt or in the text decoded so far: answers that quote their
-prompt, code edits, summaries and repeated phrases are full of such copies. The pass over [pending token,
+tokens (n = 3, then 2), in the prompt or in the text decoded so far: answers that quote their prompt, code
+edits, summaries and repeated phrases are full of such copies. The pass over [pending token,
 d1..dk] gives the model's own greedy choice after each of them; the drafts are kept up to the first one
 that differs, and the model's choice at that point comes for free, so every pass yields at least one token
 and the text is the one plain greedy decoding gives. The cache's length is set back past the rejected
 drafts (their keys are overwritten by the next pass and masked out until then).
+
+A pass over several positions costs more than one over a single position on a CPU (1.6-2x for 2-9 positions
+here: bench/decode_speed.py), so guesses must be good to pay: a single matching token (n = 1) guesses
+wrong far too often, and after a guess that kept nothing the next passes guess nothing (1, 2, 4, ... up to
+16 of them), so text that copies nothing decodes at about the plain speed.
 
 Exactly equal to plain greedy up to float rounding: a pass over k+1 positions sums in a different order
 than k+1 passes over one, and a near-tie between two tokens can flip (as it can between a prefill and the
@@ -26,6 +31,8 @@ from modelfoundry.generation.kv_cache import KVCache
 
 DRAFT_TOKENS = 8  # the default most tokens guessed per pass (bench/decode_speed.py chose it)
 MAX_NGRAM = 3  # the longest end of the context looked up
+MIN_NGRAM = 2  # the shortest: single tokens recur everywhere and their continuations rarely do
+MAX_BACKOFF = 16  # most passes without guessing after guesses that kept nothing
 
 
 @dataclass
@@ -43,11 +50,13 @@ class Stats:
         return self.accepted / self.drafted if self.drafted else 0.0
 
 
-def lookup_drafts(ids: list[int], count: int, max_ngram: int = MAX_NGRAM) -> list[int]:
+def lookup_drafts(
+    ids: list[int], count: int, max_ngram: int = MAX_NGRAM, min_ngram: int = MIN_NGRAM
+) -> list[int]:
     """Up to `count` tokens that followed the latest earlier occurrence of the last n tokens of `ids`
-    (n = max_ngram down to 1); [] when none of them occurred before."""
+    (n = max_ngram down to min_ngram); [] when none of them occurred before."""
     size = len(ids)
-    for n in range(min(max_ngram, size - 1), 0, -1):
+    for n in range(min(max_ngram, size - 1), min_ngram - 1, -1):
         tail = ids[-n:]
         for start in range(size - n - 1, -1, -1):  # latest first; the tail itself is not a match
             if ids[start : start + n] == tail:
@@ -73,6 +82,7 @@ def greedy_tokens(
     device = cache.lengths.device
     ids = list(context)
     pending = int(logits.argmax(-1)[0])  # decided, not yet in the cache
+    misses = quiet = 0  # guesses in a row that kept nothing; passes left without guessing
     while True:
         ids.append(pending)
         stats.tokens += 1
@@ -82,7 +92,8 @@ def greedy_tokens(
             cache.reset()
             pending = int(_logits(model, ids[-(block_size // 2) :], cache, device)[-1].argmax())
             continue
-        drafts = lookup_drafts(ids, min(draft_tokens, cache.max_len - held - 1))
+        drafts = [] if quiet else lookup_drafts(ids, min(draft_tokens, cache.max_len - held - 1))
+        quiet = max(0, quiet - 1)
         choices = _logits(model, [pending, *drafts], cache, device).argmax(-1).tolist()  # (k+1,)
         stats.passes += 1
         stats.drafted += len(drafts)
@@ -90,6 +101,9 @@ def greedy_tokens(
         while kept < len(drafts) and drafts[kept] == choices[kept]:
             kept += 1
         stats.accepted += kept
+        if drafts:
+            misses = 0 if kept else misses + 1
+            quiet = min(2 ** (misses - 1), MAX_BACKOFF) if misses else 0
         cache.lengths[0] = held + 1 + kept  # the pending token and the kept drafts; the rest rolled back
         for token in drafts[:kept]:
             ids.append(token)
