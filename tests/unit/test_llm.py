@@ -262,3 +262,30 @@ def test_the_default_base_model_is_the_gguf_file_of_the_installed_wheel():
     base = hf.locate(None)
     assert base.reference == hf.DEFAULT and base.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert base.path.is_file() and base.path.stat().st_size > 50e6  # found without importing the package
+
+
+def test_a_gguf_quantisation_type_transformers_cannot_load_is_named_with_the_types_that_load(tmp_path):
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+
+    from modelfoundry.llm.convert import load_base
+
+    path = tmp_path / "tiny-q8_1.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
+    _, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_1]  # 32 values per block
+    quantised = np.zeros((32, block_bytes), dtype=np.uint8)  # 32 rows of one block each
+    writer.add_tensor("blk.0.attn_q.weight", quantised, raw_dtype=GGMLQuantizationType.Q8_1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(UserError) as info:
+        load_base(path)
+    message = str(info.value)
+    assert str(path.resolve()) in message
+    assert "quantisation type Q8_1 (e.g. tensor blk.0.attn_q.weight)" in message
+    assert "Types that load: F32, F16, Q4_0, Q4_1" in message and "Q8_0" in message
+    assert "F32 (e.g." not in message  # the loadable type of the other tensor is not blamed
+    assert "llama-quantize" in message

@@ -98,6 +98,8 @@ def load_transformers(base: Base):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     where = base.path
+    if base.gguf_file:
+        check_gguf_types(where)
     kwargs = {"gguf_file": base.gguf_file} if base.gguf_file else {}
     try:
         config = AutoConfig.from_pretrained(base.folder, **kwargs)
@@ -126,6 +128,44 @@ def load_transformers(base: Base):
             "tokenizer beside the model (tokenizer.save_pretrained(folder))."
         ) from None
     return model.eval(), tokenizer
+
+
+def loadable_gguf_types() -> list[str]:
+    """The GGUF tensor types transformers can read: those the `gguf` package dequantizes (which
+    transformers calls), found by dequantizing one zero block of each, so a newer `gguf` is followed."""
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
+
+    names = []
+    for kind in GGMLQuantizationType:
+        try:
+            quants.dequantize(np.zeros((1, GGML_QUANT_SIZES[kind][1]), dtype=np.uint8), kind)
+        except NotImplementedError:
+            continue
+        names.append(kind.name)
+    return names
+
+
+def check_gguf_types(path: Path) -> None:
+    """A UserError naming the file, its tensor types transformers cannot dequantize, and those it can."""
+    from gguf import GGUFReader
+
+    try:
+        tensors = GGUFReader(path).tensors
+    except (ValueError, OSError) as exc:
+        raise UserError(f"model.path: {path} is not a readable GGUF file ({_first(exc)}).") from None
+    loadable = loadable_gguf_types()
+    bad: dict[str, str] = {}  # type -> the first tensor of it
+    for tensor in tensors:
+        bad.setdefault(tensor.tensor_type.name, tensor.name)
+    bad = {kind: name for kind, name in bad.items() if kind not in loadable}
+    if bad:
+        found = ", ".join(f"{kind} (e.g. tensor {name})" for kind, name in bad.items())
+        raise UserError(
+            f"model.path: {path} holds tensors of quantisation type {found}, which transformers cannot "
+            f"dequantize. Types that load: {', '.join(loadable)}. Re-quantize the file to one of them (e.g. "
+            "llama.cpp's `llama-quantize MODEL.gguf OUT.gguf Q8_0`), or give the Hugging Face folder."
+        )
 
 
 def quiet_transformers() -> None:
