@@ -291,6 +291,7 @@ def generate(
         typer.Option("--no-truncate", help="refuse a prompt longer than the context instead of cutting it"),
     ] = False,
     prompt_lookup: PromptLookup = 8,
+    precision: Precision = "fp32",
 ) -> None:
     """Generate text from a prompt, streamed to the terminal as it is decoded."""
     from modelfoundry.predictor import load
@@ -299,6 +300,7 @@ def generate(
     generator = load(resolve_run(run))
     if not hasattr(generator, "generate"):
         raise UserError(f"{run}: a {generator.task} model does not generate text; use `foundry predict`.")
+    generator.with_precision(precision)
     pieces = generator.generate(
         prompt,
         max_new_tokens=max_new_tokens,
@@ -381,6 +383,7 @@ def chat(
     seed: Annotated[int | None, typer.Option(help="the same seed gives the same answers")] = None,
     system: Annotated[str | None, typer.Option(help="a system message that starts the conversation")] = None,
     prompt_lookup: PromptLookup = 8,
+    precision: Precision = "fp32",
 ) -> None:
     """Chat with a text_generation model in the terminal: multi-turn, each answer streamed as it is
     decoded. An empty line or /exit ends it; /reset starts a new conversation."""
@@ -391,6 +394,7 @@ def chat(
     generator = load(resolve_run(run))
     if not hasattr(generator, "chat"):
         raise UserError(f"{run}: a {generator.task} model does not chat; use `foundry predict`.")
+    generator.with_precision(precision)
     err.print(f"chatting with {run} ({COMMANDS})", highlight=False)
 
     def write(text: str) -> None:
@@ -584,6 +588,7 @@ def serve(
             min=1, help="text generation: sequences decoded together (KV-cache slots); more wait for a slot"
         ),
     ] = 16,
+    precision: Precision = "fp32",
 ) -> None:
     """Serve a model over HTTP: JSON API (docs at /docs), web page at /, Prometheus metrics at /metrics."""
     from modelfoundry.serve.app import Settings, access_notes, create_app, load_served
@@ -605,12 +610,13 @@ def serve(
         allowed_hosts=allowed_host or [],
         max_new_tokens_limit=max_new_tokens_limit,
         max_sequences=max_sequences,
+        precision=precision,
     )
     if threads:
         import torch
 
         torch.set_num_threads(threads)  # ONNX Runtime sessions take the same number
-    served = load_served(model, backend)
+    served = load_served(model, backend, precision)
     import uvicorn
 
     config = uvicorn.Config(
@@ -1017,6 +1023,14 @@ def _folds_of(run: Path) -> dict | None:
 AsJson = Annotated[
     bool,
     typer.Option("--json", help="print one JSON document to stdout (progress and warnings go to stderr)"),
+]
+
+Precision = Annotated[
+    str,
+    typer.Option(
+        help="text generation: the weights in fp32 (as trained) or bf16 (about 1.8x faster on a CPU; "
+        "answers may differ from fp32's)",
+    ),
 ]
 
 PromptLookup = Annotated[

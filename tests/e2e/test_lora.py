@@ -122,6 +122,23 @@ def test_greedy_generate_guesses_from_the_prompt_and_prints_plain_greedy_text(lo
         generator.generate(prompt, temperature=0, prompt_lookup=-1)
 
 
+def test_bf16_precision_for_generate_and_serve(lora_run):
+    import modelfoundry as mf
+    from modelfoundry.errors import UserError
+    from modelfoundry.serve.service import load_served
+
+    folder, run, _ = lora_run
+    args = ("generate", run, "What is 2 plus 3?", "--temperature", "0", "--max-new-tokens", "8")
+    result = foundry(*args, "--precision", "bf16", cwd=folder, home=folder / "home")
+    assert_ok(result)
+    assert result.stdout.strip()  # an answer (which may differ from fp32's)
+    served = load_served(str(run), precision="bf16")
+    assert next(served.predictor.model.parameters()).dtype == torch.bfloat16
+    assert served.predictor.generate("What is 2 plus 3?", max_new_tokens=4, temperature=0) is not None
+    with pytest.raises(UserError, match="precision: 'fp16' is not one of fp32, bf16"):
+        mf.load(run).with_precision("fp16")
+
+
 def test_evaluate_scores_the_answers_of_new_instruction_data(lora_run):
     from modelfoundry.runner import evaluate
 

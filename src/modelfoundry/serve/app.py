@@ -31,7 +31,7 @@ log = logging.getLogger("modelfoundry.serve")
 
 
 def create_app(settings: Settings, served: Served | None = None) -> FastAPI:
-    service = Service(settings, served or load_served(settings.model, settings.backend))
+    service = Service(settings, served or load_served(settings.model, settings.backend, settings.precision))
     app = FastAPI(
         title="modelfoundry model service",
         version="1",

@@ -55,6 +55,7 @@ class Settings:
     # text generation (serve/openai.py)
     max_new_tokens_limit: int = 512  # most new tokens one choice may ask for (max_tokens)
     max_sequences: int = 16  # sequences decoded together (KV-cache slots); more wait for a free one
+    precision: str = "fp32"  # "bf16": a text generation model's weights in bfloat16 (faster, may differ)
 
 
 @dataclass
@@ -82,8 +83,9 @@ class Remembered:
     lock: asyncio.Lock | None = None  # made when the first correction comes
 
 
-def load_served(ref: str, backend: str = "auto") -> Served:
-    """Resolve an alias / version / run to its package and load it. Raises UserError when it can't."""
+def load_served(ref: str, backend: str = "auto", precision: str = "fp32") -> Served:
+    """Resolve an alias / version / run to its package and load it. Raises UserError when it can't.
+    precision "bf16": a text generation model's weights in bfloat16 (its `with_precision`)."""
     from modelfoundry.store.models import ModelStore
 
     store = ModelStore()
@@ -94,7 +96,15 @@ def load_served(ref: str, backend: str = "auto") -> Served:
         if not Path(ref).is_dir():
             raise
         folder, version, alias = package_folder(ref), None, None  # a package outside the registry
-    return Served(load(folder, backend=backend), version, alias)
+    predictor = load(folder, backend=backend)
+    if precision != "fp32":
+        if not hasattr(predictor, "with_precision") or predictor.backend != "torch":
+            raise UserError(
+                f"--precision {precision}: only a text generation model on the torch backend takes another "
+                f"precision; {ref} is a {predictor.task} model ({predictor.backend}). Leave --precision out."
+            )
+        predictor.with_precision(precision)
+    return Served(predictor, version, alias)
 
 
 class Service:
@@ -210,7 +220,7 @@ class Service:
         previous = self.served
         ref = previous.alias or self.settings.model
         try:
-            fresh = await run_in_threadpool(load_served, ref, self.settings.backend)
+            fresh = await run_in_threadpool(load_served, ref, self.settings.backend, self.settings.precision)
         except UserError as exc:
             raise ApiError(409, "model", f"could not load {ref}: {exc}") from None
         changed = fresh.version_name != previous.version_name
