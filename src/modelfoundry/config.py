@@ -289,6 +289,11 @@ class TrainConfig(_Section):
         description="pretrained_lm: lora trains an adapter over the frozen model; full trains every weight",
     )
     lora: LoRAConfig = Field(default_factory=LoRAConfig, description="pretrained_lm with method lora")
+    packing: bool = Field(
+        False,
+        description="pretrained_lm: pack short instruction examples into rows of the full context, each "
+        "attending to itself only (default off: length-bucketed batches, measured as fast: bench/lora.py)",
+    )
     folds: int | None = Field(
         None,
         description="k-fold cross-validation over train+val (`--folds K`): one model per fold, the mean and "

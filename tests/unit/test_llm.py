@@ -289,3 +289,45 @@ def test_a_gguf_quantisation_type_transformers_cannot_load_is_named_with_the_typ
     assert "Types that load: F32, F16, Q4_0, Q4_1" in message and "Q8_0" in message
     assert "F32 (e.g." not in message  # the loadable type of the other tensor is not blamed
     assert "llama-quantize" in message
+
+
+def test_a_packed_row_gives_each_example_the_loss_it_has_alone(tiny_llama):
+    from torch.nn import functional as F
+
+    from modelfoundry.llm.instruct import IGNORE, Packed, tokenize
+    from modelfoundry.llm.sft import learnt_logits
+
+    gpt, tokenizer, *_ = _tiny_gpt(tiny_llama)  # rotary positions, grouped-query attention
+    gpt.eval()
+    questions = ["2+2?", "Capital of France?", "Name a colour.", "Why is the sky blue, in short?", "Hi"]
+    answers = ["4", "Paris", "Red", "Air scatters blue light most.", "Hello!"]
+    conversations = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        for q, a in zip(questions, answers)
+    ]
+    examples = tokenize(tokenizer, conversations, 128, "test")
+    packed = Packed(examples, tokenizer.pad_id, 128)
+    assert len(packed) < len(examples)  # several examples share a row
+    alone = {}
+    with torch.no_grad():
+        for i, e in enumerate(examples):
+            logits = gpt(torch.tensor([e.ids]))[0]
+            alone[i] = F.cross_entropy(logits, torch.tensor(e.labels), ignore_index=IGNORE).item()
+        together = {}
+        for ids, labels, segments in packed.batches(2):
+            logits, targets = learnt_logits(gpt, ids, labels, segments)
+            losses = F.cross_entropy(logits, targets, reduction="none")
+            owner = segments[labels != IGNORE]
+            for i in owner.unique().tolist():
+                together[i] = losses[owner == i].mean().item()
+            assert (labels[segments == len(examples)] == IGNORE).all()  # padding is never learnt
+    assert together.keys() == alone.keys()
+    for i, loss in alone.items():
+        assert abs(together[i] - loss) < 1e-5, (i, together[i], loss)
+    with torch.no_grad():  # without the mask the examples would see each other: the test can fail
+        ids, labels, segments = next(packed.batches(1))
+        unmasked = F.cross_entropy(gpt(ids)[0], labels[0], ignore_index=IGNORE, reduction="none")
+        masked = F.cross_entropy(
+            gpt(ids, segments=segments)[0], labels[0], ignore_index=IGNORE, reduction="none"
+        )
+        assert (unmasked - masked).abs().max() > 1e-3

@@ -1,5 +1,5 @@
 """Instruction data for supervised fine-tuning: conversations -> token ids + labels, in length-bucketed
-batches.
+batches, or packed several to a row of the full context (`Packed`).
 
 A file is JSONL, CSV or Parquet with `prompt` and `response` columns (one user turn and its answer; an
 optional `system` column), or a `messages` column holding a list of {role, content} (multi-turn chat). The
@@ -217,3 +217,53 @@ class Batches:
 
     def steps(self, batch_size: int) -> int:
         return math.ceil(len(self) / batch_size)
+
+
+class Packed(Batches):
+    """Examples packed into rows of up to `length` tokens (first fit, longest first), each row's examples
+    kept apart: `segments` numbers the example of every position, and the model attends within an example
+    only, with positions restarting at each (models.gpt.packed_attention), so each example's loss is what
+    it would be alone. A row's unused end is padding (its own segment, labels IGNORE).
+
+    Yields (ids, labels, segments) (B, T) long tensors; `len` counts rows, not examples."""
+
+    def __init__(self, examples: list[Example], pad_id: int, length: int):
+        super().__init__(examples, pad_id)
+        self.length = length
+        order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for i in order:
+            size = len(examples[i].ids)
+            row = next((r for r, free in enumerate(room) if free >= size), None)
+            if row is None:
+                rows.append([])
+                room.append(length)
+                row = len(rows) - 1
+            rows[row].append(i)
+            room[row] -= size
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
+        n = len(self.rows)
+        order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
+        for start in range(0, n, batch_size):
+            yield self.collate_rows([self.rows[r] for r in order[start : start + batch_size]])
+
+    def collate_rows(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        width = max(sum(len(self.examples[i].ids) for i in row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        segments = torch.full((len(rows), width), len(self.examples), dtype=torch.long)  # padding: its own
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                e = self.examples[i]
+                ids[r, at : at + len(e.ids)] = torch.tensor(e.ids)
+                labels[r, at : at + len(e.labels)] = torch.tensor(e.labels)
+                segments[r, at : at + len(e.ids)] = i
+                at += len(e.ids)
+        return ids, labels, segments

@@ -64,6 +64,8 @@ def run(task, cfg, base_dir: Path, path: Path | None, resume: bool, console, dev
     parts, report = split_examples(cfg, source, base_dir, tokenizer, block_size)
     continued = source.suffix.lower() == ".txt"
     data = {k: instruct.Batches(v["examples"], tokenizer.pad_id) for k, v in parts.items()}
+    if cfg.train.packing:  # training rows packed; evaluation keeps one example per row
+        data["train"] = instruct.Packed(parts["train"]["examples"], tokenizer.pad_id, block_size)
     console.print(
         "data: "
         + ", ".join(f"{k} {len(v)}" for k, v in data.items())
@@ -275,10 +277,13 @@ def train(model, data, val, cfg, hp: dict, path: Path | None, resume: bool, base
         generator = torch.Generator().manual_seed(train_cfg.seed * 1_000_003 + epoch)
         model.train()
         out_of_time = False
-        for i, (ids, labels) in enumerate(data.batches(hp["batch_size"], shuffle=True, generator=generator)):
+        for i, (ids, labels, *packed) in enumerate(
+            data.batches(hp["batch_size"], shuffle=True, generator=generator)
+        ):
             device = next(model.parameters()).device
             ids, labels = ids.to(device), labels.to(device)
-            logits, targets = learnt_logits(model, ids, labels)
+            segments = packed[0].to(device) if packed else None  # instruct.Packed: examples of each row
+            logits, targets = learnt_logits(model, ids, labels, segments)
             loss = F.cross_entropy(logits.float(), targets)
             (loss / train_cfg.accumulate).backward()
             if (i + 1) % train_cfg.accumulate == 0 or i + 1 == batches:
@@ -368,15 +373,16 @@ def check_resumable(path: Path | None, base: dict) -> dict:
 # ---- evaluation --------------------------------------------------------------------------------
 
 
-def learnt_logits(model, ids, labels) -> tuple[torch.Tensor, torch.Tensor]:
+def learnt_logits(model, ids, labels, segments=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits (N, V) of the N learnt positions of a batch and their labels (N,). The output layer runs on
     those positions alone: a response is a few tokens of a long prompt, and the 49k-word output layer
     over every position cost SmolLM2 a fifth of each step (and its (B, T, V) logits most of the memory).
-    GPT ends with `lm_head(norm(x))`, so with lm_head set aside the model returns the normed states."""
+    GPT ends with `lm_head(norm(x))`, so with lm_head set aside the model returns the normed states.
+    segments (B, T): packed rows (instruct.Packed), each example attending to itself only."""
     head = model.lm_head
     model.lm_head = torch.nn.Identity()
     try:
-        hidden = model(ids)  # (B, T, C)
+        hidden = model(ids) if segments is None else model(ids, segments=segments)  # (B, T, C)
     finally:
         model.lm_head = head
     learnt = labels != instruct.IGNORE

@@ -102,12 +102,13 @@ class Attention(nn.Module):
             cos, sin = rope  # (B or 1, 1, T, hs)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-        if cache is None:
+        if cache is None:  # causal, or within each packed example when a mask is given
             y = F.scaled_dot_product_attention(
                 q,
                 k,
                 v,
-                is_causal=True,
+                attn_mask=mask,
+                is_causal=mask is None,
                 dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.n_kv_head != self.n_head,
             )
@@ -211,11 +212,13 @@ class GPT(nn.Module):
             n -= self.wpe.weight.numel()
         return n
 
-    def forward(self, idx, cache=None, slots=None):
+    def forward(self, idx, cache=None, slots=None, segments=None):
         """idx (B, T) token ids -> logits (B, T, V).
 
         Without a cache: causal attention over positions 0..T-1 (training). With a cache: row b continues
         slot `slots[b]` (default: slot b) at position `cache.lengths[slots[b]]`; its lengths advance by T.
+        segments (B, T), without a cache: rows packed with several examples, numbered; each position attends
+        causally within its own example only, and positions restart at 0 where an example starts.
         """
         B, T = idx.shape
         rope, cached = None, {}
@@ -223,6 +226,9 @@ class GPT(nn.Module):
             if self.config.block_size < T:
                 raise ValueError(f"{T} positions is longer than the context of {self.config.block_size}")
             positions = torch.arange(T, device=idx.device)[None]  # (1, T)
+            if segments is not None:
+                positions, mask = packed_attention(segments)
+                cached = {"mask": mask}
         else:
             slots = torch.arange(B, device=idx.device) if slots is None else slots.to(idx.device)
             start = cache.lengths[slots].to(idx.device)  # (B,)
@@ -266,6 +272,19 @@ class GPT(nn.Module):
         if cache is not None:
             cache.lengths[slots] += T
         return self.lm_head(self.norm(x))  # (B, T, V)
+
+
+def packed_attention(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """segments (B, T) example numbers of packed rows -> positions (B, T) restarting at 0 with each example,
+    and the attention mask (B, 1, T, T): True where a query may see a key (same example, not later)."""
+    T = segments.shape[1]
+    steps = torch.arange(T, device=segments.device).expand_as(segments)  # (B, T)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    first = torch.where(starts, steps, torch.zeros_like(steps)).cummax(dim=1).values  # example's start
+    same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    return steps - first, (same & causal)[:, None]
 
 
 def _drop_tied_head(module, state_dict, prefix, local_metadata):
