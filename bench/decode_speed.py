@@ -3,7 +3,7 @@ decoding, ours and transformers' side by side.
 
 Four decoders on the same prompts, same number of new tokens: transformers `generate()` (plain, and with its
 own `prompt_lookup_num_tokens`), our decode path plain (`prompt_lookup=0`) and with prompt lookup (the default
-of `foundry generate --temperature 0`). Two prompt sets: (a) the fine-tuning task of bench/lora.py (SST-2
+of `foundry generate --temperature 0`). Three prompt sets: (a) the fine-tuning task of bench/lora.py (SST-2
 reviews as instructions, real offline data) answered by the base model, which tends to quote the review;
 (b) open-ended chat prompts, where there is little to copy;
 (c) edits that copy their prompt. Prints tokens/s (prefill included, as a user

@@ -292,7 +292,7 @@ class TrainConfig(_Section):
     packing: bool = Field(
         False,
         description="pretrained_lm: pack short instruction examples into rows of the full context, each "
-        "attending to itself only (default off: length-bucketed batches, measured as fast: bench/lora.py)",
+        "attending to itself only (default off: length-bucketed batches measured as fast: bench/packing.py)",
     )
     folds: int | None = Field(
         None,

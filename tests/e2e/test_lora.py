@@ -46,13 +46,15 @@ def train_run(folder: Path, llama: Path, rows: int = 40, **train) -> tuple[Path,
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_llama):
     folder = tmp_path_factory.mktemp("lora")
-    run, result = train_run(folder, tiny_llama, lora={"r": 4, "targets": ["q_proj", "v_proj"]})
+    # packed rows here (the full fine-tune and the retrain below train on padded batches)
+    run, result = train_run(folder, tiny_llama, lora={"r": 4, "targets": ["q_proj", "v_proj"]}, packing=True)
     return folder, run, result
 
 
 def test_lora_sft_scores_the_base_beside_the_fine_tuned_model_and_packages_the_adapter_alone(lora_run):
     _, run, result = lora_run
     assert "base model on test: response loss" in result.stderr
+    assert "packing: 28 training examples in 5 rows" in one_line(result.stderr + result.stdout)
     assert "test exact_match" in result.stdout
     metrics = json.loads((run / "metrics.json").read_text())
     test, base = metrics["test"], metrics["base"]["test"]

@@ -66,6 +66,11 @@ def run(task, cfg, base_dir: Path, path: Path | None, resume: bool, console, dev
     data = {k: instruct.Batches(v["examples"], tokenizer.pad_id) for k, v in parts.items()}
     if cfg.train.packing:  # training rows packed; evaluation keeps one example per row
         data["train"] = instruct.Packed(parts["train"]["examples"], tokenizer.pad_id, block_size)
+        console.print(
+            f"packing: {len(parts['train']['examples'])} training examples in {len(data['train'])} rows of "
+            f"up to {block_size} tokens",
+            highlight=False,
+        )
     console.print(
         "data: "
         + ", ".join(f"{k} {len(v)}" for k, v in data.items())
