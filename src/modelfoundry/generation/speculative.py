@@ -10,8 +10,8 @@ that differs, and the model's choice at that point comes for free, so every pass
 and the text is the one plain greedy decoding gives. The cache's length is set back past the rejected
 drafts (their keys are overwritten by the next pass and masked out until then).
 
-A pass over several positions costs more than one over a single position on a CPU (1.6-2x for 2-9 positions
-here: bench/decode_speed.py), so guesses must be good to pay: a single matching token (n = 1) guesses
+A pass over several positions costs more than one over a single position on a CPU (1.5-2x for 2-9 positions
+here: bench/RESULTS.md), so guesses must be good to pay: a single matching token (n = 1) guesses
 wrong far too often, and after a guess that kept nothing the next passes guess nothing (1, 2, 4, ... up to
 16 of them), so text that copies nothing decodes at about the plain speed.
 
@@ -29,7 +29,8 @@ import torch
 
 from modelfoundry.generation.kv_cache import KVCache
 
-DRAFT_TOKENS = 8  # the default most tokens guessed per pass (bench/decode_speed.py chose it)
+DRAFT_TOKENS = 8  # most tokens guessed per pass: 4-12 came within 3% of each other on bench/decode_speed.py
+# outputs (replayed with the measured pass costs), more paying only on copying answers
 MAX_NGRAM = 3  # the longest end of the context looked up
 MIN_NGRAM = 2  # the shortest: single tokens recur everywhere and their continuations rarely do
 MAX_BACKOFF = 16  # most passes without guessing after guesses that kept nothing
