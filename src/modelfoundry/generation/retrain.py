@@ -66,8 +66,8 @@ def retrain_gpt(
     """The retrain of a GPT champion (see the module docstring); returns the comparison."""
     from modelfoundry.config import absolute_paths, load_config
     from modelfoundry.predictor import load
-    from modelfoundry.retrain import _held_back, write_comparison
-    from modelfoundry.runfiles import atomic_write, atomic_write_json, run_folder
+    from modelfoundry.retrain import _held_back, record, verdict
+    from modelfoundry.runfiles import atomic_write, run_folder
     from modelfoundry.runner import train
     from modelfoundry.store.feedback import media_dir
     from modelfoundry.store.models import ModelStore
@@ -129,21 +129,9 @@ def retrain_gpt(
     }
     before, after = scores["champion"]["combined"], scores["challenger"]["combined"]
     gain = (before - after) / max(before, 1e-12)  # the share of bits per byte removed
-    better = gain > 0 and gain >= margin
-    shown = f"{gain:+.1%} lower"
-    if better and promote:
-        store.set_alias(alias, challenger.id)
-        decision = f"promoted: {alias} -> {challenger.name} (combined {METRIC} {shown} >= margin {margin})"
-    elif better:
-        decision = (
-            f"{challenger.name} is better ({shown} >= margin {margin}) but was not promoted; run "
-            f"`foundry models promote {challenger.name}` or retrain with --promote"
-        )
-    else:
-        decision = (
-            f"kept {alias} = {champion.name}: the challenger {challenger.name} is not better by the margin "
-            f"(combined {METRIC} {shown}, margin {margin})"
-        )
+    better, decision = verdict(
+        store, alias, champion, challenger, gain, margin, promote, METRIC, f"{gain:+.1%} lower"
+    )
     comparison = {
         "champion": {"version": champion.name, **scores["champion"]},
         "challenger": {"version": challenger.name, "run": result.id, **scores["challenger"]},
@@ -161,11 +149,8 @@ def retrain_gpt(
         "promoted": better and promote,
         "alias": alias,
         "decision": decision,
-        "report": str(result.path / "comparison.html"),
     }
-    atomic_write_json(result.path / "comparison.json", comparison)
-    write_comparison(result.path / "comparison.html", comparison)
-    return comparison
+    return record(result.path, comparison)
 
 
 def champion_steps(run: Path, config: dict) -> int:
