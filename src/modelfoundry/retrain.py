@@ -119,23 +119,9 @@ def retrain(
         if task.retrain_higher_is_better
         else (champion_score - challenger_score) / max(champion_score, 1e-12)
     )
-    better = gain > 0 and gain >= margin
-    if better and promote:
-        store.set_alias(alias, challenger.id)
-        decision = (
-            f"promoted: {alias} -> {challenger.name} "
-            f"(combined {metric} {_gain(task, gain)} >= margin {margin})"
-        )
-    elif better:
-        decision = (
-            f"{challenger.name} is better ({_gain(task, gain)} >= margin {margin}) but was not promoted; "
-            f"run `foundry models promote {challenger.name}` or retrain with --promote"
-        )
-    else:
-        decision = (
-            f"kept {alias} = {champion.name}: the challenger {challenger.name} is not better by the margin "
-            f"(combined {metric} {_gain(task, gain)}, margin {margin})"
-        )
+    better, decision = verdict(
+        store, alias, champion, challenger, gain, margin, promote, metric, _gain(task, gain)
+    )
     result = {
         "champion": {"version": champion.name, **scores["champion"]},
         "challenger": {"version": challenger.name, "run": run.id, **scores["challenger"]},
@@ -153,10 +139,43 @@ def retrain(
         "promoted": better and promote,
         "alias": alias,
         "decision": decision,
-        "report": str(run.path / "comparison.html"),
     }
-    atomic_write_json(run.path / "comparison.json", result)
-    write_comparison(run.path / "comparison.html", result)
+    return record(run.path, result)
+
+
+def verdict(
+    store,
+    alias: str,
+    champion,
+    challenger,
+    gain: float,
+    margin: float,
+    promote: bool,
+    metric: str,
+    shown: str,
+) -> tuple[bool, str]:
+    """Whether the challenger beat the champion by the margin (`gain` > 0 is better), the alias moved when
+    it did and `promote` is set, and the decision in words (`shown`: the gain as the metric reads)."""
+    better = gain > 0 and gain >= margin
+    if better and promote:
+        store.set_alias(alias, challenger.id)
+        return True, f"promoted: {alias} -> {challenger.name} (combined {metric} {shown} >= margin {margin})"
+    if better:
+        return True, (
+            f"{challenger.name} is better ({shown} >= margin {margin}) but was not promoted; "
+            f"run `foundry models promote {challenger.name}` or retrain with --promote"
+        )
+    return False, (
+        f"kept {alias} = {champion.name}: the challenger {challenger.name} is not better by the margin "
+        f"(combined {metric} {shown}, margin {margin})"
+    )
+
+
+def record(run_path: Path, result: dict) -> dict:
+    """comparison.json and comparison.html in the challenger's run; the result, with the report's path."""
+    result["report"] = str(run_path / "comparison.html")
+    atomic_write_json(run_path / "comparison.json", result)
+    write_comparison(run_path / "comparison.html", result)
     return result
 
 

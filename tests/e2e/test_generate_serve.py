@@ -6,7 +6,9 @@ client raises; a client that goes away mid-stream while the server keeps serving
 from __future__ import annotations
 
 import json
+import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -231,12 +233,35 @@ def test_a_reload_hands_new_requests_to_a_new_engine_and_retires_the_old(served)
         assert not before.running  # it had nothing left to finish
 
 
-def test_retrain_of_a_gpt_with_stored_votes_says_what_to_do_instead(served):
+def test_served_votes_retrain_a_challenger_gpt_scored_by_bits_per_byte(served):
     server, run = served
-    answer = httpx.post(
-        f"{server.url}/v1/completions", json={"prompt": "the cat", "max_tokens": 4}, timeout=60
-    ).json()
-    sent = {"request_id": answer["id"], "vote": "down", "better_answer": " sat on the mat"}
-    assert httpx.post(f"{server.url}/v1/feedback", json=sent, timeout=60).status_code in (200, 201)
+    for prompt, better in (("the cat", " sat on the mat."), ("a dog", " sat on the mat.")):
+        answer = httpx.post(
+            f"{server.url}/v1/completions", json={"prompt": prompt, "max_tokens": 4}, timeout=60
+        ).json()
+        sent = {"request_id": answer["id"], "vote": "down", "better_answer": better}
+        assert httpx.post(f"{server.url}/v1/feedback", json=sent, timeout=60).status_code in (200, 201)
+    ask = {"prompt": "x", "max_tokens": 2}
+    down = httpx.post(f"{server.url}/v1/completions", json=ask, timeout=60).json()
+    httpx.post(f"{server.url}/v1/feedback", json={"request_id": down["id"], "vote": "down"}, timeout=60)
+
     result = foundry("retrain", run, cwd=run.parent, home=run.parent)
-    assert_user_error(result, "vote(s) and better answer(s) are stored", "pretrained_lm", "feedback export")
+    assert_ok(result)
+    assert "3 feedback rows -> 2 texts (1 teach no answer)" in result.stderr
+    assert "a fifth of its 40" in result.stderr  # from the champion's weights: continued training
+    assert "holdout bits_per_byte" in result.stdout
+    report = Path(re.search(r"report: (\S+)", result.stdout).group(1))
+    comparison = json.loads((report.parent / "comparison.json").read_text())
+    assert comparison["metric"] == "bits_per_byte" and comparison["higher_is_better"] is False
+    champion, challenger = comparison["champion"], comparison["challenger"]
+    assert champion["holdout"] > 0 and challenger["holdout"] > 0
+    assert comparison["examples"]["feedback_trained"] == 2
+    # the challenger learnt the better answers: the text it was given is likelier under it
+    package = mf.load(report.parent)
+    from modelfoundry.tasks.generation import score_texts
+
+    taught = ["the cat sat on the mat.", "a dog sat on the mat."]
+    assert (
+        score_texts(package, taught, False, "t")["bits_per_byte"]
+        < score_texts(mf.load(run), taught, False, "t")["bits_per_byte"]
+    )

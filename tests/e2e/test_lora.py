@@ -62,6 +62,8 @@ def test_lora_sft_scores_the_base_beside_the_fine_tuned_model_and_packages_the_a
         assert {"loss", "perplexity", "exact_match", "rouge_l"} <= set(m) and m["examples"] == 8
     assert test["loss"] < base["loss"]  # it learnt the answers' tokens
     assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"] / 10
+    # the planner's prediction kept beside the measured seconds (no calibration here: it says how to get one)
+    assert metrics["plan"]["measured_seconds"] > 0 and "foundry plan calibrate" in metrics["plan"]["note"]
     from safetensors.torch import load_file
 
     adapter = load_file(str(run / "model" / "model.safetensors"))

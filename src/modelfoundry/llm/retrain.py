@@ -65,8 +65,8 @@ def retrain_lm(
 ) -> dict:
     """The retrain of a pretrained_lm champion (see the module docstring); returns the comparison."""
     from modelfoundry.config import absolute_paths
-    from modelfoundry.retrain import _held_back, write_comparison
-    from modelfoundry.runfiles import atomic_write, atomic_write_json, run_folder
+    from modelfoundry.retrain import _held_back, record, verdict
+    from modelfoundry.runfiles import atomic_write, run_folder
     from modelfoundry.runner import train
     from modelfoundry.store.feedback import media_dir
     from modelfoundry.store.models import ModelStore
@@ -117,22 +117,9 @@ def retrain_lm(
         for name, path in (("champion", package), ("challenger", challenger.path))
     }
     gain = scores["challenger"]["combined"] - scores["champion"]["combined"]
-    better = gain > 0 and gain >= margin
-    if better and promote:
-        store.set_alias(alias, challenger.id)
-        decision = (
-            f"promoted: {alias} -> {challenger.name} (combined {METRIC} {gain:+.4f} >= margin {margin})"
-        )
-    elif better:
-        decision = (
-            f"{challenger.name} is better ({gain:+.4f} >= margin {margin}) but was not promoted; run "
-            f"`foundry models promote {challenger.name}` or retrain with --promote"
-        )
-    else:
-        decision = (
-            f"kept {alias} = {champion.name}: the challenger {challenger.name} is not better by the margin "
-            f"(combined {METRIC} {gain:+.4f}, margin {margin})"
-        )
+    better, decision = verdict(
+        store, alias, champion, challenger, gain, margin, promote, METRIC, f"{gain:+.4f}"
+    )
     comparison = {
         "champion": {"version": champion.name, **scores["champion"]},
         "challenger": {"version": challenger.name, "run": result.id, **scores["challenger"]},
@@ -150,11 +137,8 @@ def retrain_lm(
         "promoted": better and promote,
         "alias": alias,
         "decision": decision,
-        "report": str(result.path / "comparison.html"),
     }
-    atomic_write_json(result.path / "comparison.json", comparison)
-    write_comparison(result.path / "comparison.html", comparison)
-    return comparison
+    return record(result.path, comparison)
 
 
 def score(package: Path, heldout: list[list[dict]], feedback: list[list[dict]]) -> dict:

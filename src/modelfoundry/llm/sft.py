@@ -136,9 +136,51 @@ def run(task, cfg, base_dir: Path, path: Path | None, resume: bool, console, dev
             test, base_scores.get("answers"), metrics["test"].pop("answers", None)
         )
         console.print(f"fine-tuned on test: {_line(metrics['test'])}", highlight=False)
+    if device.type == "cpu":
+        metrics["plan"] = plan_vs_measured(
+            model, cfg, method, total, tokenizer.vocab_size, metrics["throughput"], seconds_trained, hp
+        )
     save_run(task, cfg, base_dir, path, model, tokenizer, metrics, report, parts, block_size)
     timings["evaluate"] = time.perf_counter() - clock
     return metrics, timings
+
+
+def plan_vs_measured(model, cfg, method, total, vocab_size, throughput, seconds, hp) -> dict:
+    """What `foundry plan finetune --gpu cpu` predicts for this run's tokens beside what it measured, as
+    classification runs keep (plan/check.py): training seconds, and memory against the process's peak RSS."""
+    import resource
+
+    from modelfoundry.plan import calibrate
+    from modelfoundry.plan.cli import training_plan
+    from modelfoundry.plan.models import _gpt_spec
+
+    measured = {
+        "measured_seconds": seconds,
+        "measured_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "tokens": throughput["tokens"],
+    }
+    try:
+        mfu = calibrate.load()["mfu"]
+    except UserError as exc:  # no calibration: the run still finishes, the record says why
+        return {**measured, "predicted_seconds": None, "note": str(exc)}
+    spec = _gpt_spec(
+        "this run", float(total), dataclasses.asdict(model.config), {"vocab_size": vocab_size}, "this run"
+    )
+    rank = cfg.train.lora.r if method == "lora" else 16
+    rows = training_plan(
+        spec, max(1, throughput["tokens"]), "cpu", 1, mfu, None, "none", "adamw", None, 1, False, method, rank
+    )["estimates"]
+    predicted = rows["time_seconds"]["value"]
+    return {
+        **measured,
+        "predicted_seconds": predicted,
+        "seconds_ratio": seconds / predicted if predicted else None,
+        "predicted_states_gb": rows["states_gb"]["value"],
+        "mfu_assumed": mfu,
+        "formula": rows["training_flops"]["formula"],
+        "command": f"foundry plan finetune --run RUN --method {method} --lora-rank {rank} --tokens "
+        f"{throughput['tokens']} --gpu cpu --mfu {mfu:.2f}",
+    }
 
 
 def _line(m: dict) -> str:

@@ -334,3 +334,11 @@ def build_gpt(
             rope_theta=rope_theta,
         )
     )
+
+
+def retrain_from_feedback(champion, package, spec: dict, rows, alias: str, **options) -> dict:
+    """`Family.retrains`: served answers as training texts, a challenger trained on from the champion's
+    weights, compared by bits per byte (generation/retrain.py)."""
+    from modelfoundry.generation.retrain import retrain_gpt
+
+    return retrain_gpt(champion, package, spec, rows, alias, **options)

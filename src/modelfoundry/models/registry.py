@@ -206,6 +206,7 @@ FAMILIES: dict[str, Family] = {
         "token stream",
         width_option="n_embd",
         width_multiple_of="n_head",
+        retrains="retrain_from_feedback",
         recipe={
             "train.optimizer": "adamw",
             "train.lr": 0.001,

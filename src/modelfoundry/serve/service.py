@@ -292,6 +292,8 @@ class Service:
         if self.engine is not None:  # a text generation model: the page shows a prompt box
             card |= {
                 "generates": True,
+                # a chat template: the page holds a conversation and asks /v1/chat/completions
+                "chat": bool(getattr(served.predictor.tokenizer, "chat_template", None)),
                 "context": self.engine.max_len,
                 "max_new_tokens_limit": settings.max_new_tokens_limit,
             }

@@ -163,20 +163,93 @@ def write_tokens(path: Path, ids: list[int], vocab_size: int) -> np.memmap:
     return np.memmap(path, dtype=dtype, mode="r", shape=(len(ids),))
 
 
-def token_files(tokenizer, parts: dict, blocked: bool, part_bytes: dict, folder: Path) -> tuple[dict, dict]:
+def token_files(
+    tokenizer, parts: dict, blocked: bool, part_bytes: dict, folder: Path, extra_train: list[str] = ()
+) -> tuple[dict, dict]:
     """Each split's tokens written once to `folder/<split>.bin` and mapped back, and its UTF-8 bytes per
-    token. Documents end with the end-of-text token; blocks of one text are joined without one."""
+    token. Documents end with the end-of-text token; blocks of one text are joined without one.
+    `extra_train`: documents of their own after the training split's (foundry retrain's answers)."""
     folder.mkdir(parents=True, exist_ok=True)
     tokens, per_token = {}, {}
     for name, pieces in parts.items():
         if pieces:
             ids = tokenizer.encode("".join(pieces)) if blocked else tokenizer.encode_documents(pieces)
+            if name == "train" and extra_train:
+                ids = ids + [tokenizer.eos_id] * blocked + tokenizer.encode_documents(extra_train)
             tokens[name] = write_tokens(folder / f"{name}.bin", ids, tokenizer.vocab_size)
             per_token[name] = part_bytes[name] / max(1, len(ids))
     return tokens, per_token
 
 
 # ---- reading and splitting the corpus ------------------------------------------------------------
+
+
+def corpus_parts(cfg, base_dir: Path, report: dict) -> tuple[dict, bool]:
+    """The corpus read, checked and split (train/val/test documents or blocks, and whether blocks of one
+    text): the same split for a run and for `foundry retrain`'s frozen holdout (seed and source decide)."""
+    from modelfoundry.data.prepare import resolve_source
+
+    data = cfg.data
+    source = resolve_source(data.source, base_dir)
+    report["source"] = str(source)
+    documents, how = read_documents(data, source)
+    documents = check_documents(documents, how, data, str(source), report)
+    val, test = (data.split.val, data.split.test) if cfg.user_set("data.split") else (0.05, 0.05)
+    parts, blocked = split_corpus(documents, val, test, data.split.seed)
+    report["split"] = (
+        f"{len(documents)} document(s) cut into {sum(map(len, parts.values()))} contiguous blocks"
+        if blocked
+        else "by document"
+    ) + f", seeded ({data.split.seed}): val {val:g}, test {test:g}"
+    report["splits"] = {k: len(parts[k]) for k in ("train", "val", "test")}
+    return parts, blocked
+
+
+def feedback_documents(data, base_dir: Path, report: dict) -> list[str]:
+    """data.feedback.source (JSONL, a `text` per line, as `foundry retrain` writes it): documents added to
+    the training split `weight` times, checked like the corpus (personal data rules included)."""
+    from modelfoundry.data import text
+
+    path = Path(text.resolve_path(data.feedback.source, base_dir))
+    if not path.is_file():
+        raise UserError(f"data.feedback.source: {path} does not exist.")
+    texts, _ = text.read_text_table(path, "text", None, True)
+    checked: dict = {}
+    kept = check_documents(["" if t is None else t for t in texts], "rows", data, str(path), checked)
+    report["feedback"] = {"documents": len(kept), "weight": data.feedback.weight}
+    return kept
+
+
+def champion_start(cfg, base_dir: Path):
+    """model.init_from of a GPT: (its tokenizer, its kind, its weights), to go on training from them."""
+    from safetensors.torch import load_file
+
+    from modelfoundry.data import text
+    from modelfoundry.generation.tokenizer import load_tokenizer
+    from modelfoundry.runfiles import package_folder
+
+    folder = package_folder(text.resolve_path(cfg.model.init_from, base_dir))
+    spec = json.loads((folder / "model.json").read_text())
+    if spec.get("task") != "text_generation" or spec["model"]["name"] != "gpt":
+        raise UserError(
+            f"model.init_from: {folder} is a {spec.get('task')} {spec['model']['name']} model; a gpt starts "
+            "only from another text_generation gpt."
+        )
+    weights = load_file(str(folder / "model.safetensors"))
+    return load_tokenizer(folder), spec["preprocessing"]["tokenizer"], weights
+
+
+def load_start(model, weights: dict, origin: str) -> None:
+    """The champion's weights into a model of the same shape; a clear error when the shapes differ."""
+    own = model.state_dict()
+    wrong = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
+    if wrong or set(own) - set(weights):
+        raise UserError(
+            f"model.init_from: {origin}: its weights do not fit this model (first mismatch: "
+            f"{(wrong or sorted(set(own) - set(weights)))[0]}); keep n_layer, n_head, n_embd and block_size "
+            "of the model it was trained as."
+        )
+    model.load_state_dict(weights)
 
 
 def read_text_file(path: Path) -> str:
@@ -487,7 +560,6 @@ train:
             from modelfoundry.llm import sft
 
             return sft.run(self, cfg, base_dir, path, resume, console, device)
-        from modelfoundry.data.prepare import resolve_source
         from modelfoundry.generation.tokenizer import train_tokenizer
         from modelfoundry.models.registry import build_model
         from modelfoundry.runfiles import scratch_root
@@ -495,32 +567,33 @@ train:
 
         clock = time.perf_counter()
         data = cfg.data
-        source = resolve_source(data.source, base_dir)
-        report: dict = {"source": str(source)}
-        documents, how = read_documents(data, source)
-        documents = check_documents(documents, how, data, str(source), report)
-        val, test = (data.split.val, data.split.test) if cfg.user_set("data.split") else (0.05, 0.05)
-        parts, blocked = split_corpus(documents, val, test, data.split.seed)
-        report["split"] = (
-            f"{len(documents)} document(s) cut into {sum(map(len, parts.values()))} contiguous blocks"
-            if blocked
-            else "by document"
-        ) + f", seeded ({data.split.seed}): val {val:g}, test {test:g}"
-        report["splits"] = {k: len(parts[k]) for k in ("train", "val", "test")}
+        report: dict = {}
+        parts, blocked = corpus_parts(cfg, base_dir, report)
         part_bytes = {k: sum(len(p.encode("utf-8")) for p in v) for k, v in parts.items()}
+        extra: list[str] = []
+        if data.feedback is not None:  # foundry retrain: served answers, in the training split only
+            extra = feedback_documents(data, base_dir, report)
+            part_bytes["train"] += data.feedback.weight * sum(len(t.encode("utf-8")) for t in extra)
         choices = []
-        if data.tokenizer is not None:
+        start = None
+        if cfg.model.init_from:  # foundry retrain: the champion's tokenizer and weights, trained on
+            tokenizer, kind, start = champion_start(cfg, base_dir)
+            choices.append(f"tokenizer and weights from model.init_from ({cfg.model.init_from})")
+        elif data.tokenizer is not None:
             kind, vocab = data.tokenizer.type, data.tokenizer.vocab_size
         else:
             kind, vocab, why = default_tokenizer(part_bytes["train"])
             choices.append(f"tokenizer {why}")
             console.print(f"chosen: tokenizer {why}", highlight=False)
-        tokenizer = train_tokenizer(kind, parts["train"], vocab)
+        if start is None:
+            tokenizer = train_tokenizer(kind, parts["train"], vocab)
         # DDP: the other ranks write their own copy in the scratch folder (rank 0 writes the run's)
         folder = path / "tokens" if path else scratch_root() / f"tokens-{distributed.rank()}-{os.getpid()}"
-        tokens, per_token = token_files(tokenizer, parts, blocked, part_bytes, folder)
+        tokens, per_token = token_files(
+            tokenizer, parts, blocked, part_bytes, folder, extra * (data.feedback.weight if extra else 0)
+        )
         report["tokens"] = {k: len(v) for k, v in tokens.items()}
-        block_size = self._block_size(cfg, len(tokens["train"]), kind, source)
+        block_size = self._block_size(cfg, len(tokens["train"]), kind, report["source"])
         options, steps, chosen = self._choices(
             cfg, path, resume, tokenizer.vocab_size, tokens, block_size, console
         )
@@ -536,6 +609,8 @@ train:
         model = build_model(
             cfg.model.name, (block_size,), 0, {"vocab_size": tokenizer.vocab_size, "pad_id": 0}, **options
         )
+        if start is not None:
+            load_start(model, start, cfg.model.init_from)
         console.print(
             f"model: gpt with {model.num_parameters():,} parameters ({options['n_layer']} layers, "
             f"{options['n_head']} heads, {options['n_embd']} wide, context {options['block_size']}) on "
@@ -746,15 +821,6 @@ train:
 
     # ---- evaluation of new text ----------------------------------------------------------------------
 
-    def feedback_records(self, rows, config: dict, folder: Path) -> Path:
-        """`foundry retrain` of a GPT trained here; pretrained_lm retrains through llm/retrain.py."""
-        raise UserError(
-            f"foundry retrain: {len(rows)} vote(s) and better answer(s) are stored, but retraining a GPT "
-            "pretrained here from them is not built yet (only model: pretrained_lm turns them into "
-            "fine-tuning examples). Add the better answers to the corpus (data.source) and train again, "
-            "or export them with `foundry feedback export`."
-        )
-
     def score_source(self, predictor, source: Path) -> dict:
         """`foundry evaluate RUN --data other.txt`: loss, perplexity and bits per byte of new text."""
         from types import SimpleNamespace
@@ -774,14 +840,20 @@ train:
         documents, how = read_documents(data, source)
         report: dict = {}
         documents = check_documents(documents, how, data, str(source), report)
-        tokenizer = predictor.tokenizer
-        ids = tokenizer.encode_documents(documents) if how != "one file" else tokenizer.encode(documents[0])
-        if len(ids) < 2:
-            raise UserError(f"--data: {source}: too little text to score ({len(ids)} token).")
-        tokens = np.asarray(ids, dtype=np.int64)
-        n_bytes = report["bytes"]
-        windows = HeldOutWindows(tokens, predictor.block_size, FINAL_WINDOWS, n_bytes / len(ids))
-        return {**score(predictor.model, windows), "bytes": n_bytes, "n": len(windows)}
+        return score_texts(predictor, documents, how == "one file", f"--data: {source}")
+
+
+def score_texts(predictor, texts: list[str], blocked: bool, origin: str) -> dict:
+    """Loss, perplexity and bits per byte of a GPT package on texts: documents (each ended by the end-of-text
+    token), or contiguous blocks of one text (`blocked`)."""
+    tokenizer = predictor.tokenizer
+    ids = tokenizer.encode("".join(texts)) if blocked else tokenizer.encode_documents(texts)
+    if len(ids) < 2:
+        raise UserError(f"{origin}: too little text to score ({len(ids)} token).")
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    tokens = np.asarray(ids, dtype=np.int64)
+    windows = HeldOutWindows(tokens, predictor.block_size, FINAL_WINDOWS, n_bytes / len(ids))
+    return {**score(predictor.model, windows), "bytes": n_bytes, "n": len(windows)}
 
 
 def first_line(text: str, limit: int = 40) -> str:

@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
-const state = { model: null, image: null, requestId: null, generation: null, input: null };
+const state = { model: null, image: null, requestId: null, generation: null, input: null, conversation: [] };
 const KEY_STORAGE = "modelfoundry.apiKey";
 
 // fetch + JSON; a non-2xx answer throws the server's {"error": {"field", "message"}} as one line.
@@ -573,19 +573,28 @@ function showPreview(rows, shown) {
 
 // ---------- generate (a text generation model) ----------
 
-// POST /v1/completions with stream: true, read as server-sent events (`data: {...}` lines, then
-// `data: [DONE]`); each piece is appended as it comes. Stop aborts the request, and the server stops
-// decoding it.
+// POST /v1/completions (or, for a model with a chat template, /v1/chat/completions with the conversation so
+// far) with stream: true, read as server-sent events (`data: {...}` lines, then `data: [DONE]`); each piece
+// is appended as it comes. Stop aborts the request, and the server stops decoding it.
 async function generate(event) {
   event.preventDefault();
   showError("");
+  const chat = Boolean(state.model.chat);
   const prompt = $("#prompt").value;
-  if (!prompt.trim()) return showError("type a prompt first.");
-  const answer = $("#answer");
+  if (!prompt.trim()) return showError(chat ? "type a message first." : "type a prompt first.");
+  const messages = chat ? [...state.conversation, { role: "user", content: prompt }] : null;
   const button = $("#generate-button");
   const stop = $("#stop-button");
   const controller = new AbortController();
-  state.generation = { prompt, text: "", id: null };
+  state.generation = { prompt, messages, text: "", id: null };
+  let answer = $("#answer");
+  if (chat) {
+    $("#conversation").append(element("li", { class: "user" }, prompt));
+    answer = element("li", { class: "assistant" });
+    $("#conversation").append(answer);
+    $("#conversation").hidden = false;
+    $("#prompt").value = "";
+  }
   answer.textContent = "";
   $("#answer-meta").textContent = "Generating…";
   $("#vote-status").textContent = "";
@@ -594,14 +603,12 @@ async function generate(event) {
   button.disabled = true;
   stop.hidden = false;
   stop.onclick = () => controller.abort();
+  const sampling = { stream: true, max_tokens: Number($("#max-tokens").value), temperature: Number($("#temperature").value) };
   let finish = null;
   try {
-    const response = await fetch("/v1/completions", {
+    const response = await fetch(chat ? "/v1/chat/completions" : "/v1/completions", {
       method: "POST", headers: { "Content-Type": "application/json" }, signal: controller.signal,
-      body: JSON.stringify({
-        prompt, stream: true, max_tokens: Number($("#max-tokens").value),
-        temperature: Number($("#temperature").value),
-      }),
+      body: JSON.stringify(chat ? { messages, ...sampling } : { prompt, ...sampling }),
     });
     if (!response.ok) {
       const body = await response.json().catch(() => null);
@@ -612,7 +619,7 @@ async function generate(event) {
       if (chunk.error) throw new Error(chunk.error.message);
       state.generation.id = chunk.id;
       for (const choice of chunk.choices) {
-        state.generation.text += choice.text;
+        state.generation.text += chat ? (choice.delta.content || "") : choice.text;
         answer.textContent = state.generation.text;
         if (choice.finish_reason) finish = choice.finish_reason;
       }
@@ -629,7 +636,19 @@ async function generate(event) {
   } finally {
     button.disabled = false;
     stop.hidden = true;
+    // the conversation goes on from what was shown, a stopped answer included
+    if (chat) state.conversation = [...messages, { role: "assistant", content: state.generation.text }];
   }
+}
+
+// A chat starts again: the turns so far are forgotten (feedback already sent stays stored).
+function newConversation() {
+  state.conversation = [];
+  state.generation = null;
+  $("#conversation").replaceChildren();
+  $("#conversation").hidden = true;
+  $("#answer-area").hidden = true;
+  $("#prompt").focus();
 }
 
 // The JSON of each `data:` line of a server-sent event stream, until `data: [DONE]`.
@@ -661,7 +680,7 @@ async function sendVote(vote) {
   if (key) headers["X-API-Key"] = key;
   const body = generation.id
     ? { request_id: generation.id, index: 0 }
-    : { input: { prompt: generation.prompt }, predicted: generation.text };
+    : { input: generation.messages ? { messages: generation.messages } : { prompt: generation.prompt }, predicted: generation.text };
   if (vote) body.vote = vote;
   if (better) body.better_answer = better;
   status.className = "";
@@ -681,6 +700,21 @@ function setUpGeneration(model) {
   $("#generate").hidden = false;
   $("#max-tokens").max = String(model.max_new_tokens_limit);
   $("#generate-form").addEventListener("submit", generate);
+  if (model.chat) { // a chat template: the box holds a conversation
+    state.conversation = [];
+    $("#generate-title").textContent = "Chat";
+    $("#prompt-label").textContent = "Message";
+    $("#prompt").placeholder = "Type a message; the model answers it";
+    $("#prompt").rows = 3;
+    $("#generate-button").textContent = "Send";
+    $("#answer-title").hidden = true;
+    $("#answer").hidden = true;
+    $("#new-chat").hidden = false;
+    $("#new-chat").addEventListener("click", newConversation);
+    $("#prompt").addEventListener("keydown", (e) => { // Enter sends, Shift+Enter is a new line
+      if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("#generate-form").requestSubmit(); }
+    });
+  }
   $("#vote-up").addEventListener("click", () => sendVote("up"));
   $("#vote-down").addEventListener("click", () => sendVote("down"));
   $("#send-better").addEventListener("click", () => sendVote(null));
