@@ -314,3 +314,14 @@ def test_concurrent_feedback_survives_a_killed_server(table_run, tmp_path):
 def test_serving_an_unknown_alias_names_the_known_ones(table_run, tmp_path):
     result = foundry("serve", "champoin", cwd=tmp_path, home=table_run.home)
     assert result.returncode == 2 and "neither an alias" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_another_precision_for_a_classifier_is_refused_by_name(table_run, monkeypatch):
+    from modelfoundry.errors import UserError
+    from modelfoundry.serve.service import load_served
+
+    monkeypatch.setenv("FOUNDRY_HOME", str(table_run.home))
+    with pytest.raises(
+        UserError, match=r"--precision bf16: only a text generation model .* Leave --precision out"
+    ):
+        load_served(str(table_run.path), precision="bf16")
