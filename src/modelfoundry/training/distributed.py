@@ -216,7 +216,7 @@ def load_whole_state(sharded: nn.Module, optimizer, model_state: dict, optimizer
         ],
     }
     whole = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(sharded, model_state, options=whole)
+    set_model_state_dict(sharded, dict(model_state), options=whole)  # it puts its shards in the dict given
     set_optimizer_state_dict(sharded, optimizer, by_name, options=whole)
 
 

@@ -326,9 +326,9 @@ def _restore(state: dict, model, optimizer, scheduler, scaler, sharded=None):
     if (
         sharded is not None
     ):  # FSDP: each rank takes its shards of the whole state; only rank 0 keeps a plain model
-        distributed.load_whole_state(sharded, optimizer, state["model"], state["optimizer"])
         if distributed.is_main():
             model.load_state_dict(state["model"])
+        distributed.load_whole_state(sharded, optimizer, state["model"], state["optimizer"])
     else:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
