@@ -88,7 +88,14 @@ def test_fsdp_stopped_and_resumed_ends_like_ddp_and_packages_the_same_model(ddp_
     command += ["--set", "train.strategy=fsdp", "--run-dir", str(run)]
     log = tmp_path / "stopped.stderr"
     with open(log, "w") as stderr:
-        process = subprocess.Popen(command, cwd=tmp_path, env=cli_env(tmp_path / "home"), stderr=stderr)
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=cli_env(tmp_path / "home"),
+            stderr=stderr,
+            # Ctrl-C must reach it even where pytest runs in the background, which ignores SIGINT (inherited)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 (no lock taken)
+        )
     try:
         _wait_for_interval(process, log, run, 2)
         process.send_signal(signal.SIGINT)  # Ctrl-C: the launcher stops torchrun and its processes

@@ -1,0 +1,139 @@
+"""A GPT on one process, on two with DDP and on two with FSDP (`train.strategy: fsdp`), side by side in one
+run: training tokens/s (metrics.json: trained tokens / the evaluation intervals' seconds, which include
+rank 0's validation and, under FSDP, gathering the whole weights and optimizer state to rank 0) and the
+peak resident memory (VmHWM) of each training process.
+
+The same config, seed and batch per process (8 windows of 64 tokens); `train.max_steps` counts windows
+of one process, so two processes make half the optimizer steps on twice the windows and all three
+runs train on the same number of tokens. On CPU the processes share the cores: one process gets 2 torch
+threads, each of two processes 1.
+
+    .venv/bin/python bench/gpt_fsdp.py [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+from record import write_section
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 64}
+RUNS = {"1 process": (1, None), "2 processes, ddp": (2, "ddp"), "2 processes, fsdp": (2, "fsdp")}
+
+
+def corpus(folder: Path) -> Path:
+    """Some 200 KB of English: this repository's README and design notes, repeated as needed."""
+    text = (REPO / "README.md").read_text() + (REPO.parent / "shared" / "DESIGN.md").read_text(
+        errors="ignore"
+    )
+    path = folder / "corpus.txt"
+    path.write_text((text * (1 + 200_000 // len(text)))[:200_000])
+    return path
+
+
+def peaks(root: psutil.Process, found: dict[int, int], done: threading.Event) -> None:
+    """Every 0.2 s: the peak RSS (VmHWM, bytes) of each process under `root` that trains (imports torch)."""
+    while not done.is_set():
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                if "torch.distributed.run" in " ".join(process.cmdline()):
+                    continue  # torchrun itself, not a training process
+                status = Path(f"/proc/{process.pid}/status").read_text()
+                hwm = next(
+                    int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM")
+                )
+                found[process.pid] = max(found.get(process.pid, 0), hwm)
+            except (psutil.Error, OSError, StopIteration):
+                pass
+        time.sleep(0.2)
+
+
+def run(folder: Path, name: str, nproc: int, strategy: str | None, steps: int) -> dict:
+    home = folder / name.replace(" ", "-").replace(",", "")
+    config = {
+        "task": "text_generation",
+        "data": {"source": str(corpus(folder))},
+        "model": MODEL,
+        "train": {"max_steps": steps, "batch_size": 8, "precision": "fp32", "device": "cpu", "seed": 0},
+    }
+    if strategy:
+        config["train"]["strategy"] = strategy
+    (folder / "gpt.yaml").write_text(yaml.safe_dump(config))
+    command = [
+        sys.executable,
+        "-m",
+        "modelfoundry",
+        "train",
+        str(folder / "gpt.yaml"),
+        "--run-dir",
+        str(home),
+    ]
+    command += ["--nproc", str(nproc)] if nproc > 1 else []
+    env = {**os.environ, "FOUNDRY_HOME": str(folder / "registry"), "OMP_NUM_THREADS": str(2 // nproc)}
+    started = time.perf_counter()
+    process = psutil.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    found: dict[int, int] = {}
+    done = threading.Event()
+    watcher = threading.Thread(target=peaks, args=(process, found, done))
+    watcher.start()
+    _, stderr = process.communicate()
+    done.set()
+    watcher.join()
+    if process.returncode:
+        raise SystemExit(f"{name} failed:\n{stderr}")
+    metrics = json.loads((home / "metrics.json").read_text())
+    if nproc > 1:
+        found.pop(process.pid, None)  # the launcher: no torch, a few dozen MB
+    return {
+        "tokens_s": metrics["throughput"]["tokens_per_second"],
+        "val_bpb": metrics["val"]["bits_per_byte"],
+        "peak_mb": sorted((v / 2**20 for v in found.values()), reverse=True),
+        "wall_s": time.perf_counter() - started,
+        "parameters": metrics["model"]["parameters"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--write", action="store_true", help="record the table in bench/RESULTS.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-fsdp-") as tmp:
+        results = {name: run(Path(tmp), name, *spec, args.steps) for name, spec in RUNS.items()}
+    base = results["1 process"]["tokens_s"]
+    lines = [
+        (
+            f"GPT {MODEL['n_layer']} layers x {MODEL['n_embd']} wide, context {MODEL['block_size']} "
+            f"({results['1 process']['parameters'] / 1e6:.1f}M parameters), {args.steps} steps of 8 windows "
+            "per process, fp32."
+        ),
+        "",
+        "| run | tokens/s | vs 1 process | peak RSS per training process (MB) | val bits/byte | wall s |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['tokens_s']:,.0f} | {r['tokens_s'] / base:.2f}x | "
+            f"{', '.join(f'{m:,.0f}' for m in r['peak_mb'])} | {r['val_bpb']:.4f} | {r['wall_s']:.0f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        write_section("GPT on two processes: DDP against FSDP (bench/gpt_fsdp.py)", table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
