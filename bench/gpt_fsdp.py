@@ -8,6 +8,12 @@ of one process, so two processes make half the optimizer steps on twice the wind
 runs train on the same number of tokens. On CPU the processes share the cores: one process gets 2 torch
 threads, each of two processes 1.
 
+Then the memory of a larger GPT (8 layers x 512 wide, 29M parameters) under each strategy, apart from
+this machine's load: torchrun starts this file as workers that build the model, wrap it as `foundry
+train` does (`training.distributed.shard_model` for FSDP, DistributedDataParallel for DDP) and take two
+AdamW steps; each reports the bytes of weights, gradients and optimizer state it holds (FSDP: its
+shards, plus rank 0's whole CPU copy) and its peak RSS.
+
     .venv/bin/python bench/gpt_fsdp.py [--write]
 """
 
@@ -29,15 +35,13 @@ import yaml
 from record import write_section
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 64}
+MODEL = {"n_layer": 4, "n_head": 4, "n_embd": 256, "block_size": 64}
 RUNS = {"1 process": (1, None), "2 processes, ddp": (2, "ddp"), "2 processes, fsdp": (2, "fsdp")}
 
 
 def corpus(folder: Path) -> Path:
-    """Some 200 KB of English: this repository's README and design notes, repeated as needed."""
-    text = (REPO / "README.md").read_text() + (REPO.parent / "shared" / "DESIGN.md").read_text(
-        errors="ignore"
-    )
+    """200 KB of English: this repository's README and benchmark results, repeated as needed."""
+    text = (REPO / "README.md").read_text() + (REPO / "bench" / "RESULTS.md").read_text()
     path = folder / "corpus.txt"
     path.write_text((text * (1 + 200_000 // len(text)))[:200_000])
     return path
@@ -105,18 +109,106 @@ def run(folder: Path, name: str, nproc: int, strategy: str | None, steps: int) -
     }
 
 
+LARGE = {"n_layer": 8, "n_head": 8, "n_embd": 512, "block_size": 128}
+
+
+def worker(strategy: str) -> None:
+    """One process of the memory measurement (started by torchrun; `strategy` none, ddp or fsdp)."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from modelfoundry.models.gpt import build_gpt
+    from modelfoundry.training import distributed
+
+    torch.set_num_threads(1)
+    distributed.init("cpu")
+    model = build_gpt((0,), 0, 8192, 0, **LARGE)
+    if strategy == "fsdp":
+        net = distributed.shard_model(model)
+    elif strategy == "ddp":
+        net = DistributedDataParallel(model)
+    else:
+        net = model
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x = torch.randint(0, 8192, (2, LARGE["block_size"]))
+    for _ in range(2):
+        torch.nn.functional.cross_entropy(net(x).flatten(0, 1), x.flatten()).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)  # gradients kept, as they are at their peak
+
+    def local(t):
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    held = sum(local(p).nbytes + local(p.grad).nbytes for p in net.parameters())
+    held += sum(local(v).nbytes for state in optimizer.state.values() for v in state.values() if v.dim())
+    if strategy == "fsdp" and distributed.is_main():
+        held += sum(p.nbytes for p in model.parameters())  # the whole copy rank 0 keeps for checkpoints
+    status = Path("/proc/self/status").read_text()
+    hwm = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM"))
+    row = {"rank": distributed.rank(), "held_mb": held / 2**20, "peak_mb": hwm / 2**20}
+    rows = [None] * distributed.world_size()
+    if distributed.world_size() > 1:
+        dist.all_gather_object(rows, row)
+    else:
+        rows = [row]
+    if distributed.is_main():
+        print(json.dumps({"parameters": sum(p.numel() for p in model.parameters()), "rows": rows}))
+
+
+def memory(strategy: str) -> dict:
+    nproc = 1 if strategy == "none" else 2
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    command += [__file__, "--worker", strategy]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--write", action="store_true", help="record the table in bench/RESULTS.md")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory of the larger GPT")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        worker(args.worker)
+        return 0
+    lines = [] if args.memory_only else throughput(args.steps)
+    sizes = {
+        name: memory(strategy) for name, strategy in (("1 process", "none"), ("ddp", "ddp"), ("fsdp", "fsdp"))
+    }
+    lines += [
+        "",
+        (
+            f"Memory per process, GPT {LARGE['n_layer']} layers x {LARGE['n_embd']} wide "
+            f"({sizes['ddp']['parameters'] / 1e6:.1f}M parameters), two AdamW steps (batch 2 x "
+            f"{LARGE['block_size']} tokens): weights + gradients + AdamW moments held, and peak RSS."
+        ),
+        "",
+        "| run | rank | weights + grads + AdamW held (MB) | peak RSS (MB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, result in sizes.items():
+        for row in result["rows"]:
+            lines.append(f"| {name} | {row['rank']} | {row['held_mb']:,.0f} | {row['peak_mb']:,.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        write_section("GPT on two processes: DDP against FSDP (bench/gpt_fsdp.py)", table)
+    return 0
+
+
+def throughput(steps: int) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="bench-fsdp-") as tmp:
-        results = {name: run(Path(tmp), name, *spec, args.steps) for name, spec in RUNS.items()}
+        results = {name: run(Path(tmp), name, *spec, steps) for name, spec in RUNS.items()}
     base = results["1 process"]["tokens_s"]
     lines = [
         (
             f"GPT {MODEL['n_layer']} layers x {MODEL['n_embd']} wide, context {MODEL['block_size']} "
-            f"({results['1 process']['parameters'] / 1e6:.1f}M parameters), {args.steps} steps of 8 windows "
+            f"({results['1 process']['parameters'] / 1e6:.1f}M parameters), {steps} steps of 8 windows "
             "per process, fp32."
         ),
         "",
@@ -128,11 +220,7 @@ def main() -> int:
             f"| {name} | {r['tokens_s']:,.0f} | {r['tokens_s'] / base:.2f}x | "
             f"{', '.join(f'{m:,.0f}' for m in r['peak_mb'])} | {r['val_bpb']:.4f} | {r['wall_s']:.0f} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if args.write:
-        write_section("GPT on two processes: DDP against FSDP (bench/gpt_fsdp.py)", table)
-    return 0
+    return lines
 
 
 if __name__ == "__main__":

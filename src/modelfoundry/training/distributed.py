@@ -23,7 +23,8 @@ weights are gathered for its forward and backward and freed after, and gradients
 The data are split as under DDP. After every evaluation interval the whole weights and optimizer state
 are gathered to rank 0's CPU (`gather_weights`, `full_optimizer_state`), into the plain model it keeps
 for evaluation, checkpoints and the package: files the same as one process writes, so `--resume`,
-`foundry generate/serve/evaluate` do not know how the model was trained. The other ranks hold no copy.
+`foundry generate/serve/evaluate` do not know how the model was trained. The other ranks hold no whole
+copy: their `model` is the sharded one.
 """
 
 from __future__ import annotations
@@ -149,20 +150,22 @@ def broadcast_object(value=None, src: int = 0):
 
 
 def shard_model(model: nn.Module) -> nn.Module:
-    """FSDP: a copy of `model` sharded across the processes (FSDP2's `fully_shard` on each block of its
-    nn.ModuleLists, then on the root), starting from rank 0's weights. Rank 0 keeps `model` on the CPU,
-    to receive the whole weights after each interval (`gather_weights`); the other ranks drop its weights
-    (to the meta device), keeping only their shard."""
+    """FSDP: `model` sharded across the processes (FSDP2's `fully_shard` on each block of its
+    nn.ModuleLists, then on the root), starting from rank 0's weights. Rank 0 shards a copy and keeps
+    `model` whole on the CPU, to receive the whole weights after each interval (`gather_weights`); the
+    other ranks shard `model` itself and keep no whole copy."""
     from torch.distributed.fsdp import fully_shard
 
     for tensor in (*model.parameters(), *model.buffers()):  # each rank built its own; DDP does this itself
         dist.broadcast(tensor.data, src=0)
-    sharded = copy.deepcopy(model)  # tied weights stay tied: deepcopy keeps shared tensors shared
+    # deepcopy keeps tied weights tied (the embedding and the output layer stay one tensor)
+    sharded = copy.deepcopy(model) if is_main() else model
     for blocks in [m for m in sharded.modules() if isinstance(m, nn.ModuleList)]:
         for block in blocks:
             fully_shard(block)
     fully_shard(sharded)
-    model.to("cpu" if is_main() else "meta")
+    if is_main():
+        model.to("cpu")
     return sharded
 
 

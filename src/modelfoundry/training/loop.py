@@ -114,7 +114,7 @@ def fit(
         )
     # DDP: the wrapper starts every rank from rank 0's weights and averages the gradients across ranks
     # during backward; evaluation and checkpoints use the bare `model`
-    if fsdp:  # FSDP: each rank trains its shard of a copy; rank 0's `model` moves to the CPU
+    if fsdp:  # FSDP: each rank trains its shard; rank 0 keeps `model` whole on the CPU
         net = distributed.shard_model(model)
     elif world > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -242,7 +242,10 @@ def fit(
                 best = {
                     "epoch": epoch + 1,
                     "value": record.get(monitor, 0.0),
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    # FSDP: only rank 0's `model` is whole; the others' is sharded and never restored
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    if not fsdp or distributed.is_main()
+                    else {},
                 }
             patience_left = (cfg.early_stopping_patience or math.inf) - (epoch + 1 - best["epoch"])
             if writer:
