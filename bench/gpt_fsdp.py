@@ -5,8 +5,8 @@ peak resident memory (VmHWM) of each training process.
 
 The same config, seed and batch per process (8 windows of 64 tokens); `train.max_steps` counts windows
 of one process, so two processes make half the optimizer steps on twice the windows and all three
-runs train on the same number of tokens. On CPU the processes share the cores: one process gets 2 torch
-threads, each of two processes 1.
+runs train on the same number of tokens. On CPU the processes share the cores: one process with 2 torch
+threads (and with 1), each of two processes 1.
 
 Then the memory of a larger GPT (8 layers x 512 wide, 29M parameters) under each strategy, apart from
 this machine's load: torchrun starts this file as workers that build the model, wrap it as `foundry
@@ -36,7 +36,13 @@ from record import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = {"n_layer": 4, "n_head": 4, "n_embd": 256, "block_size": 64}
-RUNS = {"1 process": (1, None), "2 processes, ddp": (2, "ddp"), "2 processes, fsdp": (2, "fsdp")}
+# name: (processes, strategy, torch threads per process)
+RUNS = {
+    "1 process, 2 threads": (1, None, 2),
+    "1 process, 1 thread": (1, None, 1),
+    "2 processes, ddp": (2, "ddp", 1),
+    "2 processes, fsdp": (2, "fsdp", 1),
+}
 
 
 def corpus(folder: Path) -> Path:
@@ -64,7 +70,7 @@ def peaks(root: psutil.Process, found: dict[int, int], done: threading.Event) ->
         time.sleep(0.2)
 
 
-def run(folder: Path, name: str, nproc: int, strategy: str | None, steps: int) -> dict:
+def run(folder: Path, name: str, nproc: int, strategy: str | None, threads: int, steps: int) -> dict:
     home = folder / name.replace(" ", "-").replace(",", "")
     config = {
         "task": "text_generation",
@@ -85,7 +91,7 @@ def run(folder: Path, name: str, nproc: int, strategy: str | None, steps: int) -
         str(home),
     ]
     command += ["--nproc", str(nproc)] if nproc > 1 else []
-    env = {**os.environ, "FOUNDRY_HOME": str(folder / "registry"), "OMP_NUM_THREADS": str(2 // nproc)}
+    env = {**os.environ, "FOUNDRY_HOME": str(folder / "registry"), "OMP_NUM_THREADS": str(threads)}
     started = time.perf_counter()
     process = psutil.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     found: dict[int, int] = {}
@@ -204,12 +210,11 @@ def main() -> int:
 def throughput(steps: int) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="bench-fsdp-") as tmp:
         results = {name: run(Path(tmp), name, *spec, steps) for name, spec in RUNS.items()}
-    base = results["1 process"]["tokens_s"]
+    base = results["1 process, 2 threads"]
     lines = [
         (
             f"GPT {MODEL['n_layer']} layers x {MODEL['n_embd']} wide, context {MODEL['block_size']} "
-            f"({results['1 process']['parameters'] / 1e6:.1f}M parameters), {steps} steps of 8 windows "
-            "per process, fp32."
+            f"({base['parameters'] / 1e6:.1f}M parameters), {steps} steps of 8 windows per process, fp32."
         ),
         "",
         "| run | tokens/s | vs 1 process | peak RSS per training process (MB) | val bits/byte | wall s |",
@@ -217,7 +222,7 @@ def throughput(steps: int) -> list[str]:
     ]
     for name, r in results.items():
         lines.append(
-            f"| {name} | {r['tokens_s']:,.0f} | {r['tokens_s'] / base:.2f}x | "
+            f"| {name} | {r['tokens_s']:,.0f} | {r['tokens_s'] / base['tokens_s']:.2f}x | "
             f"{', '.join(f'{m:,.0f}' for m in r['peak_mb'])} | {r['val_bpb']:.4f} | {r['wall_s']:.0f} |"
         )
     return lines
