@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from test_text_generation import write_corpus
 
 from e2e_helpers import assert_ok, assert_user_error, cli_env, foundry, one_line
@@ -66,22 +67,22 @@ def ddp_run(tmp_path_factory):
     config = gpt_config(folder)
     result = foundry("train", config, "--nproc", "2", "--run-dir", "ddp", cwd=folder, home=folder / "home")
     assert_ok(result)
-    return folder, folder / "ddp", result
+    return folder, folder / "ddp", result, greedy(folder / "ddp", folder)
 
 
 @pytest.mark.slow
 def test_a_gpt_trains_on_two_processes_with_ddp_and_generates(ddp_run):
-    folder, run, result = ddp_run
+    _, run, result, text = ddp_run
     assert "DDP: 2 processes (gloo)" in one_line(result.stderr)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["distributed"]["strategy"] == "ddp" and metrics["distributed"]["processes"] == 2
     assert 0 < metrics["test"]["bits_per_byte"] < 8
-    assert len(greedy(run, folder).rstrip("\n")) == 20  # characters: one per token
+    assert len(text.rstrip("\n")) == 20  # characters: one per token
 
 
 @pytest.mark.slow
 def test_fsdp_stopped_and_resumed_ends_like_ddp_and_packages_the_same_model(ddp_run, tmp_path):
-    ddp_folder, ddp, _ = ddp_run
+    _, ddp, _, ddp_text = ddp_run
     config = gpt_config(tmp_path)
     run = tmp_path / "fsdp"
     command = [sys.executable, "-m", "modelfoundry", "train", str(config), "--nproc", "2"]
@@ -138,7 +139,10 @@ def test_fsdp_stopped_and_resumed_ends_like_ddp_and_packages_the_same_model(ddp_
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=TOLERANCE), a["epoch"]
     for split in ("val", "test"):
         assert got[split]["bits_per_byte"] == pytest.approx(want[split]["bits_per_byte"], abs=TOLERANCE)
-    assert greedy(run, tmp_path) == greedy(ddp, ddp_folder)  # the same text from the same weights
+    weights, ddp_weights = (load_file(r / "model" / "model.safetensors") for r in (run, ddp))
+    assert weights.keys() == ddp_weights.keys()
+    assert all(torch.allclose(weights[k], ddp_weights[k], atol=1e-5) for k in weights)
+    assert greedy(run, tmp_path) == ddp_text  # the same text from the same weights
 
 
 def test_a_strategy_needs_several_processes_and_a_model_with_blocks(tmp_path):
