@@ -29,7 +29,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import yaml
 
 from record import write_section
@@ -53,19 +52,35 @@ def corpus(folder: Path) -> Path:
     return path
 
 
-def peaks(root: psutil.Process, found: dict[int, int], done: threading.Event) -> None:
-    """Every 0.2 s: the peak RSS (VmHWM, bytes) of each process under `root` that trains (imports torch)."""
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (from /proc: Linux only)."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    found, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, up in parent.items() if up in frontier]
+        found += frontier
+    return found
+
+
+def peaks(root: int, found: dict[int, int], done: threading.Event) -> None:
+    """Every 0.2 s: the peak RSS (VmHWM, bytes) of each process under `root` but torchrun itself."""
     while not done.is_set():
-        for process in [root, *root.children(recursive=True)]:
+        for pid in descendants(root):
             try:
-                if "torch.distributed.run" in " ".join(process.cmdline()):
+                if b"torch.distributed.run" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     continue  # torchrun itself, not a training process
-                status = Path(f"/proc/{process.pid}/status").read_text()
+                status = Path(f"/proc/{pid}/status").read_text()
                 hwm = next(
                     int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM")
                 )
-                found[process.pid] = max(found.get(process.pid, 0), hwm)
-            except (psutil.Error, OSError, StopIteration):
+                found[pid] = max(found.get(pid, 0), hwm)
+            except (OSError, StopIteration):
                 pass
         time.sleep(0.2)
 
@@ -93,10 +108,10 @@ def run(folder: Path, name: str, nproc: int, strategy: str | None, threads: int,
     command += ["--nproc", str(nproc)] if nproc > 1 else []
     env = {**os.environ, "FOUNDRY_HOME": str(folder / "registry"), "OMP_NUM_THREADS": str(threads)}
     started = time.perf_counter()
-    process = psutil.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     found: dict[int, int] = {}
     done = threading.Event()
-    watcher = threading.Thread(target=peaks, args=(process, found, done))
+    watcher = threading.Thread(target=peaks, args=(process.pid, found, done))
     watcher.start()
     _, stderr = process.communicate()
     done.set()
