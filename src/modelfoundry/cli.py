@@ -20,7 +20,7 @@ from rich.table import Table
 
 from modelfoundry.errors import UserError
 from modelfoundry.plan.cli import plan_app
-from modelfoundry.training.launch import leave, report_to_launcher, under_launcher
+from modelfoundry.training.launch import check_strategy, leave, report_to_launcher, under_launcher
 from modelfoundry.tune.cli import tune_command
 
 app = typer.Typer(
@@ -124,6 +124,7 @@ def train(
     set_ = [*(set_ or []), *([f"train.folds={folds}"] if folds is not None else [])]
     set_ += ["train.folds_ensemble=true"] if folds_ensemble else []
     cfg, _ = load_config(config, set_ or [])  # config mistakes surface in a blink, before torch is imported
+    check_strategy(cfg.train.strategy, nproc, nnodes)
     if nproc > 1 or nnodes > 1 or rdzv_endpoint:  # DDP: run this command again as torchrun's processes
         from modelfoundry.training.launch import launch
 

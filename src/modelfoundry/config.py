@@ -270,6 +270,11 @@ class TrainConfig(_Section):
         "auto", description="auto = bf16/fp16 only where the hardware runs it faster than fp32"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    strategy: Literal["ddp", "fsdp"] | None = Field(
+        None,
+        description="with --nproc/--nnodes: ddp (the default) keeps a whole copy of the model in every "
+        "process and averages gradients; fsdp (gpt) shards weights, gradients and optimizer state over them",
+    )
     seed: int = 0
     max_steps: int | None = Field(
         None,
@@ -452,6 +457,13 @@ class Config(_Section):
             problems.append(
                 f"data.{', data.'.join(foreign)}: only for task text_classification; this config's "
                 f"task is {self.task}. Remove the key(s) or change the task."
+            )
+        shardable = [name for name, family in FAMILIES.items() if family.shards]
+        if self.train.strategy == "fsdp" and self.model.name not in shardable:
+            problems.append(
+                f"train.strategy: fsdp shards a model's transformer blocks across processes, and model.name "
+                f"{self.model.name!r} has none to shard (fsdp trains {', '.join(shardable)}). Use "
+                "train.strategy: ddp, or leave it out (ddp is the default with --nproc)."
             )
         if self.tune is not None and self.tune.direction is not None:
             metric = self.tune.metric or task.default_monitor

@@ -55,6 +55,9 @@ class Family:
             model` (pretrained_lm: the base model it names, checked by sha256, plus the package's adapter).
         retrains: the function in the builder's module that runs `foundry retrain` for a champion of this
             family in place of retrain.py's flow, with its arguments (pretrained_lm: feedback answers -> SFT).
+        shards: whether `train.strategy: fsdp` can shard it across processes: each element of its
+            nn.ModuleLists (a transformer's blocks) becomes a unit of FSDP, then the root
+            (training/distributed.py).
         for_inputs: the family this name stands for on another kind of input (a task's `kind`): `pretrained`
             is a Hugging Face encoder for text and an ImageNet backbone for images.
     """
@@ -73,6 +76,7 @@ class Family:
     for_inputs: dict[str, str] = field(default_factory=dict)
     loads: str | None = None
     retrains: str | None = None
+    shards: bool = False
 
 
 AUTO = "auto"  # model.name: foundry picks the family when `foundry train` runs (tasks: `auto_models`)
@@ -216,6 +220,7 @@ FAMILIES: dict[str, Family] = {
             "train.grad_clip": 1.0,
             "train.batch_size": 32,
         },
+        shards=True,
     ),
     # A pretrained causal LM (SmolLM2-135M-Instruct by default) for text_generation, fine-tuned by llm/sft.py:
     # LoRA by default (train.method), with its own learning rate and epochs (llm/sft.py DEFAULTS)

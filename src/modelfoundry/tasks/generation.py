@@ -513,6 +513,8 @@ train:
             problems.append(
                 "data.label: text_generation learns the text itself and takes no label; remove it."
             )
+        if cfg.model.name in (None, "gpt"):
+            problems += _fine_tuning_keys(cfg)
         if isinstance(data.tokenizer, str):
             problems.append(
                 f"data.tokenizer: {data.tokenizer!r}: text_generation trains its tokenizer on the corpus; "
@@ -619,6 +621,10 @@ train:
             highlight=False,
         )
         windows = RandomWindows(tokens["train"], block_size, train_cfg.batch_size * per_epoch)
+        setup = None
+        if distributed.world_size() > 1:  # DDP or FSDP: how each batch is split, and the effective batch
+            line, setup = distributed.describe(train_cfg, len(windows))
+            console.print(line, highlight=False)
         held = {
             k: HeldOutWindows(tokens[k], block_size, EVAL_WINDOWS, per_token[k])
             for k in ("val", "test")
@@ -665,6 +671,8 @@ train:
             "stopped_early": result.stopped_early,
             "precision": result.precision,
         }
+        if setup:
+            metrics["distributed"] = setup
         for name in ("val", "test"):
             if name in held:
                 final = HeldOutWindows(tokens[name], block_size, FINAL_WINDOWS, per_token[name])
@@ -854,6 +862,26 @@ def score_texts(predictor, texts: list[str], blocked: bool, origin: str) -> dict
     tokens = np.asarray(ids, dtype=np.int64)
     windows = HeldOutWindows(tokens, predictor.block_size, FINAL_WINDOWS, n_bytes / len(ids))
     return {**score(predictor.model, windows), "bytes": n_bytes, "n": len(windows)}
+
+
+def _fine_tuning_keys(cfg) -> list[str]:
+    """train.method and train.lora tune a pretrained_lm; a gpt trains every weight from scratch. A run's saved
+    config.yaml (it carries `recipe`) spells out their defaults: only values that differ count there."""
+    from modelfoundry.config import TrainConfig
+
+    saved = "recipe" in cfg.model_fields_set
+    shown = {"method": repr(cfg.train.method), "lora": cfg.train.lora.model_dump()}
+    return [
+        f"train.{key}: {shown[key]} is for model.name: pretrained_lm (fine-tuning a pretrained "
+        f"model); a gpt trains every weight from scratch and would ignore it. Remove train.{key}, or set "
+        "model.name: pretrained_lm to fine-tune a pretrained model."
+        for key in ("method", "lora")
+        if key in cfg.train.model_fields_set
+        and (
+            not saved
+            or getattr(cfg.train, key) != TrainConfig.model_fields[key].get_default(call_default_factory=True)
+        )
+    ]
 
 
 def first_line(text: str, limit: int = 40) -> str:

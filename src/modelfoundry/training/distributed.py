@@ -15,16 +15,28 @@ CUDA with device cuda:LOCAL_RANK) and trains the same model on its share of ever
   reshuffled) and none is repeated (no padding).
 - Rank 0 alone writes (checkpoints, TensorBoard, run folder, registry, console) and scores the
   validation set; the loop broadcasts its numbers so every rank stops at the same epoch.
+
+`train.strategy: fsdp` (families with `shards`, the gpt) shards instead of copying: PyTorch's FSDP2
+(`torch.distributed.fsdp.fully_shard`) makes each block of the model's nn.ModuleLists a unit, then the
+root, so every process holds 1/W of each weight, its gradient and its AdamW moments; a unit's whole
+weights are gathered for its forward and backward and freed after, and gradients are reduce-scattered.
+The data are split as under DDP. After every evaluation interval the whole weights and optimizer state
+are gathered to rank 0's CPU (`gather_weights`, `full_optimizer_state`), into the plain model it keeps
+for evaluation, checkpoints and the package: files the same as one process writes, so `--resume`,
+`foundry generate/serve/evaluate` do not know how the model was trained. The other ranks hold no whole
+copy: their `model` is the sharded one.
 """
 
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 from collections.abc import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from modelfoundry.config import TrainConfig
 from modelfoundry.errors import UserError
@@ -137,11 +149,86 @@ def broadcast_object(value=None, src: int = 0):
     return box[0]
 
 
+def shard_model(model: nn.Module) -> nn.Module:
+    """FSDP: `model` sharded across the processes (FSDP2's `fully_shard` on each block of its
+    nn.ModuleLists, then on the root), starting from rank 0's weights. Rank 0 shards a copy and keeps
+    `model` whole on the CPU, to receive the whole weights after each interval (`gather_weights`); the
+    other ranks shard `model` itself and keep no whole copy."""
+    from torch.distributed.fsdp import fully_shard
+
+    for tensor in (*model.parameters(), *model.buffers()):  # each rank built its own; DDP does this itself
+        dist.broadcast(tensor.data, src=0)
+    # deepcopy keeps tied weights tied (the embedding and the output layer stay one tensor)
+    sharded = copy.deepcopy(model) if is_main() else model
+    for blocks in [m for m in sharded.modules() if isinstance(m, nn.ModuleList)]:
+        for block in blocks:
+            fully_shard(block)
+    fully_shard(sharded)
+    if is_main():
+        model.to("cpu")
+    return sharded
+
+
+def _whole():
+    """Whole (unsharded) state dicts, gathered to rank 0's CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def gather_weights(sharded: nn.Module, model: nn.Module) -> None:
+    """FSDP, on every rank: rank 0's plain `model` gets the sharded model's whole weights."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(sharded, options=_whole())  # on rank 0's CPU; {} elsewhere
+    if is_main():
+        model.load_state_dict(state)
+
+
+def full_optimizer_state(sharded: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """FSDP, on every rank: the optimizer's whole state on rank 0 ({} elsewhere) in the layout of one
+    process's `optimizer.state_dict()`: parameters numbered in the order of the parameter groups (torch
+    gives them by name)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(sharded, optimizer, options=_whole())
+    if not is_main():
+        return {}
+    number = {name: i for i, name in enumerate(n for g in state["param_groups"] for n in g["params"])}
+    return {
+        "state": {number[name]: value for name, value in state["state"].items()},
+        "param_groups": [{**g, "params": [number[n] for n in g["params"]]} for g in state["param_groups"]],
+    }
+
+
+def load_whole_state(sharded: nn.Module, optimizer, model_state: dict, optimizer_state: dict) -> None:
+    """FSDP, on every rank: each rank's shards of a checkpoint's whole weights and optimizer state (the
+    layout one process writes)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    name = {id(p): n for n, p in sharded.named_parameters()}
+    names = [name[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    by_name = {
+        "state": {names[i]: value for i, value in optimizer_state["state"].items()},
+        "param_groups": [
+            {**g, "params": [names[i] for i in g["params"]]} for g in optimizer_state["param_groups"]
+        ],
+    }
+    whole = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(sharded, dict(model_state), options=whole)  # it puts its shards in the dict given
+    set_optimizer_state_dict(sharded, optimizer, by_name, options=whole)
+
+
 def describe(cfg: TrainConfig, examples: int) -> tuple[str, dict]:
     """The DDP set-up as a line for the console and a dict for metrics.json."""
     world = world_size()
     setup = {
         "processes": world,
+        "strategy": cfg.strategy or "ddp",
         "backend": dist.get_backend(),
         "batch_per_process": cfg.batch_size,
         "accumulate": cfg.accumulate,
@@ -151,7 +238,13 @@ def describe(cfg: TrainConfig, examples: int) -> tuple[str, dict]:
         "examples_dropped_per_epoch": examples % (cfg.batch_size * world) % world,
     }
     line = (
-        f"DDP: {world} processes ({setup['backend']}); batch {cfg.batch_size} per process x {world} "
+        f"{setup['strategy'].upper()}: {world} processes ({setup['backend']})"
+        + (
+            "; weights, gradients and optimizer state sharded over them"
+            if setup["strategy"] == "fsdp"
+            else ""
+        )
+        + f"; batch {cfg.batch_size} per process x {world} "
         f"processes x accumulate {cfg.accumulate} = effective batch {setup['effective_batch']}. lr "
         f"{cfg.lr:g} is used as set; the linear scaling rule would use {cfg.lr * world:g} (--set "
         f"train.lr={cfg.lr * world:g}). Each epoch every process draws the same shuffled order and process r "

@@ -105,6 +105,22 @@ def launch(
     raise SystemExit(code)
 
 
+def check_strategy(strategy: str | None, nproc: int, nnodes: int) -> None:
+    """train.strategy names how several processes share the training: one process has nothing to share.
+    Under torchrun the processes are counted from WORLD_SIZE."""
+    processes = int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else nproc * nnodes
+    if strategy and processes == 1:
+        sharing = (
+            "shards the model's weights, gradients and optimizer state across processes"
+            if strategy == "fsdp"
+            else "keeps a copy of the model in each process and averages their gradients"
+        )
+        raise UserError(
+            f"train.strategy: {strategy} {sharing}, and this run has one process. Train with --nproc 2 or "
+            "more (or torchrun), or remove train.strategy to train in one process."
+        )
+
+
 def report_to_launcher(message: str) -> bool:
     """In a process started by `launch`: hand a UserError message to it (the first process to fail
     wins) and return True. Elsewhere return False: the caller prints the message itself."""

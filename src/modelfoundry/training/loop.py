@@ -6,6 +6,9 @@ the numbers an uninterrupted run draws from epoch k+1 on, and ends with the same
 
 Data parallel (DDP, lines marked "DDP:"): torchrun starts one process per GPU or core and each
 calls `fit` with the same arguments; `cfg.batch_size` is per process. See training/distributed.py.
+With `train.strategy: fsdp` (lines marked "FSDP:") the processes train a sharded copy, `net`; rank 0's
+`model` receives its whole weights after every interval and is what evaluation, checkpoints and the
+caller see.
 """
 
 from __future__ import annotations
@@ -103,16 +106,23 @@ def fit(
         )
     model.to(device)
     world, rank = distributed.world_size(), distributed.rank()
+    fsdp = world > 1 and cfg.strategy == "fsdp"
+    if fsdp and (teacher is not None or cfg.l1):
+        raise UserError(
+            f"train.strategy: fsdp does not combine with {'train.distill' if teacher else 'train.l1'} yet; "
+            "use train.strategy: ddp."
+        )
     # DDP: the wrapper starts every rank from rank 0's weights and averages the gradients across ranks
     # during backward; evaluation and checkpoints use the bare `model`
-    net = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if world > 1
-        else model
-    )
+    if fsdp:  # FSDP: each rank trains its shard; rank 0 keeps `model` whole on the CPU
+        net = distributed.shard_model(model)
+    elif world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        net = model
     if cfg.freeze_epochs:  # the optimizer holds the backbone's weights too, for the epochs after
         model.freeze(False)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(net if fsdp else model, cfg)  # FSDP: the optimizer steps the shards
     batches_per_epoch = distributed.batches_per_epoch(len(train), cfg.batch_size)  # per rank under DDP
     scheduler = build_scheduler(optimizer, cfg, math.ceil(batches_per_epoch / cfg.accumulate))
     if objective is None:
@@ -136,7 +146,9 @@ def fit(
         state = distributed.broadcast_object(
             _read_checkpoint(checkpoint_dir, cfg) if distributed.is_main() else None
         )
-        start_epoch, history, best = _restore(state, model, optimizer, scheduler, scaler)
+        start_epoch, history, best = _restore(
+            state, model, optimizer, scheduler, scaler, net if fsdp else None
+        )
         # a checkpoint from before it carried the time: its epochs' own seconds
         earlier_seconds = state.get("train_seconds", sum(r["seconds"] for r in history))
     tensorboard = _tensorboard(log_dir if distributed.is_main() else None)
@@ -176,8 +188,10 @@ def fit(
                     inputs = augment(inputs, augment_generator)
                 stepping = (i + 1) % cfg.accumulate == 0 or i + 1 == batches_per_epoch
                 # DDP: gradients are averaged across ranks only in the backward of a batch that steps
+                if fsdp:  # FSDP: ... and reduce-scattered to their shards
+                    net.set_requires_gradient_sync(stepping)
                 with (
-                    net.no_sync() if world > 1 and not stepping else nullcontext(),
+                    net.no_sync() if world > 1 and not fsdp and not stepping else nullcontext(),
                     torch.autocast(
                         device.type, dtype=autocast or torch.float32, enabled=autocast is not None
                     ),
@@ -196,7 +210,8 @@ def fit(
                 if stepping:
                     if cfg.grad_clip:
                         scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        # FSDP: the norm of the whole gradient, summed over every rank's shard
+                        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
@@ -209,6 +224,9 @@ def fit(
                     last_refresh = time.monotonic()
 
             train_loss, seen = distributed.sum_over_ranks(loss_sum, seen)  # DDP: over every rank's examples
+            if fsdp:  # FSDP: every rank gives its shards; rank 0's `model` and checkpoint get the whole
+                distributed.gather_weights(net, model)
+                optimizer_state = distributed.full_optimizer_state(net, optimizer)
             record = {"epoch": epoch + 1, "train_loss": train_loss / seen, "lr": epoch_lr}
             if val is not None and distributed.is_main():  # DDP: rank 0 scores the whole validation set
                 record.update(objective.evaluate(model, val, autocast))
@@ -224,14 +242,17 @@ def fit(
                 best = {
                     "epoch": epoch + 1,
                     "value": record.get(monitor, 0.0),
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    # FSDP: only rank 0's `model` is whole; the others' is sharded and never restored
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    if not fsdp or distributed.is_main()
+                    else {},
                 }
             patience_left = (cfg.early_stopping_patience or math.inf) - (epoch + 1 - best["epoch"])
             if writer:
                 writer.save(
                     {
                         "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
+                        "optimizer": optimizer_state if fsdp else optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(),
                         "epoch": epoch + 1,
@@ -274,7 +295,8 @@ def fit(
     if tensorboard:
         tensorboard.close()
     if cfg.restore_best and best["state"] is not None:
-        model.load_state_dict(best["state"])
+        if not fsdp or distributed.is_main():  # FSDP: the other ranks hold no plain model
+            model.load_state_dict(best["state"])
     else:
         best["epoch"] = len(history)
     return FitResult(
@@ -303,9 +325,16 @@ def _read_checkpoint(checkpoint_dir: Path | None, cfg: TrainConfig) -> dict:
     return state
 
 
-def _restore(state: dict, model, optimizer, scheduler, scaler):
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+def _restore(state: dict, model, optimizer, scheduler, scaler, sharded=None):
+    if (
+        sharded is not None
+    ):  # FSDP: each rank takes its shards of the whole state; only rank 0 keeps a plain model
+        if distributed.is_main():
+            model.load_state_dict(state["model"])
+        distributed.load_whole_state(sharded, optimizer, state["model"], state["optimizer"])
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     return state["epoch"], state["history"], state["best"]
