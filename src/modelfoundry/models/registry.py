@@ -176,6 +176,14 @@ FAMILIES: dict[str, Family] = {
             "train.early_stopping_patience": 50,
         },
     ),
+    # Logistic regression for classes, ridge regression for a number: one Linear layer fitted by L-BFGS to
+    # convergence (no lr, epochs or batches), its L2 strength chosen on the validation loss (bench/tables.py)
+    "linear": Family(
+        "modelfoundry.models.linear:build_linear",
+        "tables",
+        trains="fit_linear",
+        recipe={"model.l2": "auto"},
+    ),
     # A fine-tuned encoder's architecture is fixed by its folder: its student is trained from scratch.
     "pretrained": Family(
         "modelfoundry.models.pretrained:build_pretrained",
@@ -293,7 +301,7 @@ LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "max_bin": (lambda v: v >= 2, "a whole number, 2 or more"),
     "learning_rate": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     **dict.fromkeys(("subsample", "colsample_bytree"), (lambda v: 0 < v <= 1, "a number in (0, 1]")),
-    **dict.fromkeys(("reg_lambda", "reg_alpha"), (lambda v: v >= 0, "a number, 0 or more")),
+    **dict.fromkeys(("reg_lambda", "reg_alpha", "l2"), (lambda v: v >= 0, "a number, 0 or more")),
 }
 
 
@@ -312,7 +320,7 @@ def family_of(name: str) -> Family:
 def _unknown(name: str) -> str:
     return (
         f"model.name: unknown model '{name}'.{did_you_mean(name, FAMILIES)} Available: "
-        f"{', '.join(FAMILIES)}; for tables also auto (foundry picks gbdt or mlp)."
+        f"{', '.join(FAMILIES)}; for tables also auto (foundry picks gbdt, mlp or linear)."
     )
 
 
@@ -393,7 +401,7 @@ def check_options(name: str, options: dict) -> list[str]:
     if name == AUTO:
         return [
             f"model.{key}: model.name auto takes no options; name the family they belong to (model.name: "
-            f"gbdt or mlp)." + did_you_mean(key, [k for f in FAMILIES for k in model_options(f)])
+            f"gbdt, mlp or linear)." + did_you_mean(key, [k for f in FAMILIES for k in model_options(f)])
             for key in options
         ]
     if name not in FAMILIES:
