@@ -20,7 +20,10 @@ TINY_TEXT = {
     "transformer": {"width": 8, "depth": 1, "heads": 2},
     "pretrained": {},
 }
-TINY_TABLE = {"gbdt": {"n_estimators": 5}}  # trained by its own fit: tests/e2e/test_gbdt.py
+TINY_TABLE = {
+    "gbdt": {"n_estimators": 5},
+    "linear": {},
+}  # trained by their own fit: tests/e2e, unit/test_linear.py
 TINY_GENERATIVE = {
     "gpt": {"n_layer": 1, "n_embd": 8, "n_head": 2},  # tests/unit/test_generation.py
     "pretrained_lm": {},  # a tiny Llama folder as model.path: tests/unit/test_llm.py
