@@ -270,7 +270,10 @@ def main() -> int:
             f"| {t_mean:.4f} ± {t_spread:.4f} | {d_mean - t_mean:+.4f} | {d_sec:.1f} "
             f"| {t_sec:.1f} | {'yes' if ok else 'MISS'} |"
         )
-        notes.append(f"- {name}: {said}; tuned config: {best.get('train')} {best.get('model')}")
+        notes.append(
+            f"- {name}: {said}; tuned config: {best.get('train')} {best.get('model')} "
+            f"augment {best['data'].get('augment')}"
+        )
         if args.log:
             with args.log.open("a") as out:
                 out.write(rows[-1] + "\n" + notes[-1] + "\n")
