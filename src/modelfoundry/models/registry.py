@@ -94,9 +94,9 @@ _IMAGE_RECIPE = {
     "data.augment.rotation": 10,
 }
 # Image models from scratch get fewer steps than the default 1,000 when foundry chooses the epochs: on
-# digits (3 seeds, bench/RESULTS.md) 300 steps (15 epochs) scored 0.992, 500 0.996 and 1,000 0.990 with
-# early stopping cutting the one-cycle schedule short, in a third of 1,000's time. Larger sets reach the
-# 10-epoch floor first (MNIST-10k: 115 steps an epoch), so it changes only small ones.
+# digits (3 seeds, bench/RESULTS.md) 300 steps (15 epochs) scored 0.992, 500 (25) 0.996 and 1,000 (50)
+# 0.990; 300 took about half of 500's time and less than a 20-trial tuned config (30 epochs).
+# Larger sets reach the 10-epoch floor first (MNIST-10k: 115 steps an epoch), so it changes only small ones.
 _IMAGE_STEPS = 300
 _SEQUENCE_RECIPE = {
     **_FROM_SCRATCH,
