@@ -49,14 +49,14 @@ class Family:
             user's config leaves the key unset (user config > recipe > task default > global default).
             Chosen by measurement: bench/defaults.py, results in bench/RESULTS.md. `model.` keys set the
             family's options.
+        steps: the optimizer steps a run of this family gets when foundry chooses its epochs from the data
+            size (`train.epochs` unset by the config and the recipe; builder.run_time_choices).
         trains: the function in the builder's module that trains a model of this family in place of the
             gradient loop, with `training.loop.fit`'s arguments and result (None: the loop trains it).
         loads: the function in the builder's module that loads a package folder's model itself, `(folder) ->
             model` (pretrained_lm: the base model it names, checked by sha256, plus the package's adapter).
         retrains: the function in the builder's module that runs `foundry retrain` for a champion of this
             family in place of retrain.py's flow, with its arguments (pretrained_lm: feedback answers -> SFT).
-        steps: the optimizer steps a run of this family gets when foundry chooses its epochs from the data
-            size (`train.epochs` unset by the config and the recipe; builder.run_time_choices).
         for_inputs: the family this name stands for on another kind of input (a task's `kind`): `pretrained`
             is a Hugging Face encoder for text and an ImageNet backbone for images.
     """
