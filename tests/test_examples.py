@@ -47,3 +47,8 @@ def test_examples_are_shipped():
         "reviews.yaml",
         "sst2.yaml",
     }
+
+
+def test_init_says_the_step_budget_of_its_family():
+    assert "about 300 steps" in starter_config("image_classification")  # cnn: models/registry.py
+    assert "about 1,000 steps" in starter_config("tabular_classification")

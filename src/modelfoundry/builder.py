@@ -16,8 +16,7 @@ from modelfoundry.errors import UserError
 from modelfoundry.models.registry import build_model, family_function, family_of
 from modelfoundry.tasks import get_task, task_of
 
-STEP_BUDGET = 1000  # optimizer steps a run gets when foundry chooses its epochs from the data size
-EPOCH_RANGE = (10, 100)  # ... within these bounds
+EPOCH_RANGE = (10, 100)  # the epochs foundry chooses from the data size (Family.steps) stay within these
 
 
 @dataclass
@@ -37,7 +36,8 @@ def run_time_choices(cfg, data) -> tuple[object, list[str]]:
     from modelfoundry.config import AUTO_EPOCH_MINUTES, SMALL_VAL
 
     train, updates, choices = cfg.train, {}, []
-    if family_of(cfg.model.name).trains:  # no epochs, no monitor: the family's own training decides
+    family = family_of(cfg.model.name)
+    if family.trains:  # no epochs, no monitor: the family's own training decides
         return train, choices
     val = len(data.val) if data.val is not None else 0
     smooth = get_task(cfg.task).small_val_monitor
@@ -49,12 +49,12 @@ def run_time_choices(cfg, data) -> tuple[object, list[str]]:
         )
     if cfg.recipe.get("train.epochs", "").startswith("chosen"):
         steps = math.ceil(len(data.train) / train.batch_size)
-        epochs = min(EPOCH_RANGE[1], max(EPOCH_RANGE[0], math.ceil(STEP_BUDGET / steps)))
+        epochs = min(EPOCH_RANGE[1], max(EPOCH_RANGE[0], math.ceil(family.steps / steps)))
         updates["epochs"] = epochs
         updates["max_minutes"] = train.max_minutes or AUTO_EPOCH_MINUTES
         line = (
-            f"epochs {epochs}: about {STEP_BUDGET:,} steps of {steps} per epoch for {len(data.train):,} "
-            f"training examples, at most {updates['max_minutes']:g} minutes"
+            f"epochs {epochs}: about {family.steps:,} steps ({cfg.model.name}) of {steps} per epoch for "
+            f"{len(data.train):,} training examples, at most {updates['max_minutes']:g} minutes"
         )
         if val and cfg.recipe.get("train.early_stopping_patience", "").startswith("chosen"):
             updates["early_stopping_patience"] = max(5, epochs // 10)

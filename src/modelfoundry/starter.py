@@ -25,7 +25,7 @@ def train_section(family: str, header: bool = True) -> str:
     """The recipe of `family` as commented train keys, and what foundry chooses at run time."""
     from modelfoundry.models.registry import family_of
 
-    recipe = family_of(family).recipe
+    recipe, steps = family_of(family).recipe, family_of(family).steps
     lines = ["train:"] if header else []
     lines += [
         "  seed: 0",
@@ -39,9 +39,9 @@ def train_section(family: str, header: bool = True) -> str:
     ]
     if "train.epochs" not in recipe:
         lines += [
-            "  # epochs: 30              # default: chosen from the data size (about 1,000 steps, 10 to 100",
-            "  #                         # epochs), at most max_minutes: 5, stopping early when the",
-            "  #                         # validation score stops improving",
+            f"  # epochs: 30              # default: chosen from the data size (about {steps:,} steps,",
+            "  #                         # 10 to 100 epochs), at most max_minutes: 5, stopping early",
+            "  #                         # when the validation score stops improving",
         ]
     lines += [
         "  # monitor: val_loss       # default: the task's metric, or val_loss below 200 validation examples",

@@ -34,6 +34,19 @@ def test_unset_epochs_are_chosen_from_the_data_with_a_budget_and_early_stopping(
     assert any(choice.startswith(f"epochs {result.train.epochs}:") for choice in result.choices)
 
 
+def test_an_image_model_from_scratch_gets_fewer_steps_than_a_table_model():
+    digits = {"task": "image_classification", "data": {"source": "builtin:digits"}}
+    data, cnn = built({**digits, "model": {"name": "cnn"}})
+    steps = -(-len(data.train) // cnn.train.batch_size)
+    assert cnn.train.epochs == max(10, -(-300 // steps)) < 1000 // steps  # models/registry.py: _IMAGE_STEPS
+    assert any(f"about 300 steps (cnn) of {steps} per epoch" in choice for choice in cnn.choices)
+    _, mlp = built({**digits, "model": {"name": "mlp"}})
+    mlp_steps = -(-len(data.train) // mlp.train.batch_size)
+    assert mlp.train.epochs == min(100, max(10, -(-1000 // mlp_steps)))  # other families' default budget
+    _, own = built({**digits, "model": {"name": "cnn"}}, "train.epochs=4")
+    assert own.train.epochs == 4  # the user's epochs win
+
+
 def test_set_epochs_win_and_a_small_validation_set_is_monitored_by_its_loss():
     data, result = built(TABLE, "train.epochs=7")
     assert len(data.val) < 200
