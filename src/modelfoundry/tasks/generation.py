@@ -37,11 +37,11 @@ EVAL_WINDOWS = 32  # windows scored after each evaluation interval (evenly sprea
 FINAL_WINDOWS = 1000  # windows scored for the final val/test numbers (all of a split up to this)
 DEFAULT_MINUTES = 5.0  # the time budget when neither train.max_steps nor train.max_minutes is set
 # Default sizes: the largest of SHAPES that trains on at least TOKENS_PER_PARAMETER tokens per parameter in
-# the time budget, each shape timed here. Chinchilla's compute-optimal 20 (Hoffmann et al. 2022) counts
-# FLOPs; on a CPU in minutes, narrow matmuls run at a fraction of the matmul rate, and a wider model seeing
-# fewer tokens per parameter reached a lower validation bits/byte in the same wall-clock time (measured:
-# bench/gpt_sizes.py, bench/RESULTS.md "GPT default sizing").
-TOKENS_PER_PARAMETER = 2
+# the time budget, each shape timed here (not extrapolated from the smallest one's FLOP rate: wide models
+# run matmuls nearer the machine's rate). Chinchilla's 20 (Hoffmann et al. 2022) held on Shakespeare at 1
+# and 3 CPU minutes: wider/deeper models on fewer tokens (2 to 9 per parameter) reached a higher validation
+# bits/byte than the 2 x 64 model on 19 to 56 (bench/gpt_sizes.py; bench/RESULTS.md "GPT default sizing").
+TOKENS_PER_PARAMETER = 20
 # candidate shapes (n_layer, n_head, n_embd), smallest first; heads of 64 from 128 wide on
 SHAPES = (
     *((2, 2, 64), (3, 3, 96), (4, 2, 128), (4, 3, 192), (4, 4, 256)),
