@@ -391,7 +391,7 @@ def choose_run(cfg, vocab_size: int, train_tokens: int, block_size: int, console
                 f"batch_size {batch}: {window_seconds(shape) * 1000:.0f} ms a window measured here; smaller "
                 f"batches make more steps (up to {MIN_STEPS}) in train.max_minutes={minutes:g}"
             )
-    step = window_seconds(shape) * batch
+    step = window_seconds(shape) * batch if budget else None
     threads = one_thread(cfg, {**options, **shape}, vocab_size, batch) if budget else None
     if threads:
         step = threads["one"]
