@@ -383,6 +383,15 @@ def choose_run(cfg, vocab_size: int, train_tokens: int, block_size: int, console
         )
     options.setdefault("n_head", 4)
     shape = {k: options.get(k, d) for k, d in zip(("n_layer", "n_head", "n_embd"), (4, 4, 128))}
+    # threads first: the batch and the steps follow from the speed training will run at
+    threads = one_thread(cfg, {**options, **shape}, vocab_size, PROBE) if budget else None
+    if threads:
+        per_window[tuple(shape.values())] = threads["one"] / PROBE
+        choices.append(
+            f"threads 1: a step of {PROBE} windows took {threads['one'] * 1000:.0f} ms on one thread and "
+            f"{threads['all'] * 1000:.0f} ms on {threads['threads']} here (a small model's kernels wait for "
+            "the other threads longer than they share work)"
+        )
     batch = train.batch_size
     if budget and not cfg.user_set("train.batch_size"):
         batch = max(PROBE, min(batch, int(budget / (MIN_STEPS * window_seconds(shape)))))
@@ -392,14 +401,6 @@ def choose_run(cfg, vocab_size: int, train_tokens: int, block_size: int, console
                 f"batches make more steps (up to {MIN_STEPS}) in train.max_minutes={minutes:g}"
             )
     step = window_seconds(shape) * batch if budget else None
-    threads = one_thread(cfg, {**options, **shape}, vocab_size, batch) if budget else None
-    if threads:
-        step = threads["one"]
-        choices.append(
-            f"threads 1: a step of {batch} windows took {threads['one'] * 1000:.0f} ms on one thread and "
-            f"{threads['all'] * 1000:.0f} ms on {threads['threads']} here (a small model's kernels wait for "
-            "the other threads longer than they share work)"
-        )
     max_steps = train.max_steps
     if max_steps is None:
         max_steps = max(1, int(budget / step))
