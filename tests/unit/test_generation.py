@@ -42,6 +42,37 @@ def test_cached_decode_gives_the_full_forward_logits_for_rows_of_different_lengt
     assert cache.lengths.tolist() == [4, 0, 9, 13]
 
 
+@pytest.mark.parametrize("options", [{}, LLAMA_LIKE], ids=["gpt2-like", "llama-like"])
+def test_rows_at_one_length_decode_through_the_cache_as_the_full_forward(options):
+    model = tiny(**options)
+    torch.manual_seed(2)
+    rows = torch.randint(0, 61, (2, 12))
+    cache = KVCache.allocate(model.config, slots=2, max_len=24)
+    with torch.no_grad():
+        full = model(rows[:, :10])
+        first = model(rows[:, :5], cache)  # a prefill from position 0
+        more = model(rows[:, 5:9], cache)  # four more positions after a prefix
+        last = model(rows[:, 9:10], cache)  # one token
+    torch.testing.assert_close(torch.cat([first, more, last], 1), full, atol=1e-5, rtol=1e-4)
+    assert cache.lengths.tolist() == [10, 10]
+
+
+def test_small_decoding_steps_run_on_one_thread_with_the_same_text_and_threads_restored(monkeypatch):
+    model = tiny()
+    tokenizer = CharTokenizer.train([TEXT])
+    model.wte = torch.nn.Embedding(tokenizer.vocab_size, 32)
+    model.lm_head.weight = model.wte.weight
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = decode.generate(model, tokenizer, "To be", 30, temperature=0)  # a tiny model: one thread
+        assert torch.get_num_threads() == 2  # the caller's setting is back
+        monkeypatch.setattr(decode, "ONE_THREAD_FLOPS", 0)  # every step on both threads
+        assert decode.generate(model, tokenizer, "To be", 30, temperature=0) == one
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_tied_embeddings_and_decay_only_on_matrices():
     model = tiny()
     assert model.lm_head.weight is model.wte.weight

@@ -144,3 +144,19 @@ def test_training_windows_are_contiguous_and_shifted_by_one(tmp_path):
     x, y = next(gen.RandomWindows(tokens, 8, 4).batches(4, generator=torch.Generator().manual_seed(0)))
     assert x.shape == (4, 8) and torch.equal(y, x + 1) and torch.equal(x[:, 1:], x[:, :-1] + 1)
     assert gen.write_tokens(tmp_path / "u.bin", [70_000], vocab_size=70_001).dtype == np.uint32
+
+
+def test_the_default_size_is_the_largest_that_sees_20_tokens_per_parameter_and_small_corpora_stay_small(
+    tmp_path,
+):
+    quiet = SimpleNamespace(print=lambda *args, **kwargs: None)
+    raw = {"task": "text_generation", "data": {"source": str(tmp_path / "c.txt")}}
+    # 2,000 steps of 64 windows of 64 tokens: 8.2M tokens, 20 per parameter for 3 x 96 (0.33M), not 4 x 128
+    cfg = load_config({**raw, "train": {"max_steps": 2000, "batch_size": 64}})[0]
+    options, steps, chosen = gen.choose_run(cfg, 61, 10**7, 64, quiet)
+    assert (options["n_layer"], options["n_head"], options["n_embd"]) == (3, 3, 96)
+    assert "model 3 layers x 3 heads x 96 wide" in chosen[0] and "20+ tokens per parameter" in chosen[0]
+    assert steps == {"max_steps": 2000, "batch_size": 64, "budget_minutes": None}
+    # a corpus of 10,000 tokens gets the smallest model whatever the budget
+    options, _, chosen = gen.choose_run(cfg, 61, 10_000, 64, quiet)
+    assert (options["n_layer"], options["n_embd"]) == (2, 64) and "the smallest" in chosen[0]

@@ -85,6 +85,7 @@ def stream(
     context = prompt_ids(tokenizer, prompt, block_size, truncate)
     param = next(model.parameters())
     device = param.device
+    weights = sum(p.numel() for p in model.parameters())
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -92,7 +93,7 @@ def stream(
     model.eval()
     cache = KVCache.allocate(model.config, 1, block_size, param.dtype, device) if use_cache else None
     try:
-        logits = _forward(model, context, cache, device)  # prefill: (1, V)
+        logits = _forward(model, context, cache, device, weights)  # prefill: (1, V)
         pending: list[int] = []  # tokens not yet turned into text
         held = ""  # decoded text held back: it may begin a stop sequence
         guessed = None  # greedy tokens with prompt-lookup speculation, when asked for
@@ -126,10 +127,10 @@ def stream(
                 continue  # speculative.greedy_tokens feeds the cache itself
             if cache is not None and int(cache.lengths[0]) >= cache.max_len:
                 cache.reset()  # the context is full: slide, prefilling its last half again
-                logits = _forward(model, context[-(block_size // 2) :], cache, device)
+                logits = _forward(model, context[-(block_size // 2) :], cache, device, weights)
             else:
                 logits = _forward(
-                    model, [token] if cache is not None else context[-block_size:], cache, device
+                    model, [token] if cache is not None else context[-block_size:], cache, device, weights
                 )
         rest = held + (tokenizer.decode(pending) if pending else "")
         if rest:
@@ -138,10 +139,25 @@ def stream(
         model.train(was_training)
 
 
-def _forward(model, ids: list[int], cache, device) -> torch.Tensor:
-    """The next-token logits (1, V) after feeding `ids` (into the cache when there is one)."""
+# A forward pass of fewer FLOPs than this runs on one CPU thread: a cached decoding step of a small model is
+# a few dozen tiny kernels, and handing each to a second thread costs more than the work (on a busy machine
+# a thread that is not scheduled stalls every kernel: measured 7x slower per token with two threads than
+# one for a 4-layer, 128-wide model). Larger steps keep every thread.
+ONE_THREAD_FLOPS = 50e6
+
+
+def _forward(model, ids: list[int], cache, device, weights: int) -> torch.Tensor:
+    """The next-token logits (1, V) after feeding `ids` (into the cache when there is one); `weights`: the
+    model's parameter count (the FLOPs of the pass are about 2 x weights x len(ids))."""
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    return model(idx, cache)[:, -1].float()
+    threads = torch.get_num_threads()
+    if threads == 1 or device.type != "cpu" or 2 * weights * len(ids) > ONE_THREAD_FLOPS:
+        return model(idx, cache)[:, -1].float()
+    torch.set_num_threads(1)
+    try:
+        return model(idx, cache)[:, -1].float()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int, **options) -> str:

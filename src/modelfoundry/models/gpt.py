@@ -115,9 +115,13 @@ class Attention(nn.Module):
         else:
             # write the new keys/values at their positions, then attend over each slot's first L positions
             ck, cv = cache.k[layer], cache.v[layer]  # (slots, nkv, max_len, hs)
-            ck[slots[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)  # (B, T, nkv, hs) written
-            cv[slots[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
             L = view["length"]
+            if view["start"] is not None:  # slots 0..B-1, all at one length: a slice, no index tensors
+                ck[:B, :, view["start"] : L] = k
+                cv[:B, :, view["start"] : L] = v
+            else:
+                ck[slots[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)  # (B, T, nkv, hs) written
+                cv[slots[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
             if view["in_order"]:
                 keys, values = ck[:B, :, :L], cv[:B, :, :L]  # a view: no copy
             else:
@@ -225,10 +229,39 @@ class GPT(nn.Module):
         if cache is None:
             if self.config.block_size < T:
                 raise ValueError(f"{T} positions is longer than the context of {self.config.block_size}")
-            positions = torch.arange(T, device=idx.device)[None]  # (1, T)
-            if segments is not None:
+            positions = slice(0, T)  # every row at positions 0..T-1
+            if segments is not None:  # packed rows: positions restart per example, attention kept inside it
                 positions, mask = packed_attention(segments)
                 cached = {"mask": mask}
+        elif slots is None and cache.slots >= B and self._one_length(cache.lengths, B):
+            # the common case (batch-1 decoding, a prefill of rows from 0): rows 0..B-1 all continue at one
+            # position, so the cache is written and read through slices and positions are a range; this
+            # saves the index tensors, the mask checks and their host syncs of the general case below
+            first = int(cache.lengths[0])
+            end = first + T
+            if end > min(self.config.block_size, cache.max_len):
+                raise ValueError(
+                    f"position {end - 1} is past the context ({self.config.block_size}) or the cache "
+                    f"({cache.max_len}); reset the slot or crop the prompt"
+                )
+            positions = slice(first, end)
+            mask = None
+            if T > 1 and first > 0:  # new tokens after a prefix: each sees the prefix and itself, causally
+                keys = torch.arange(end, device=idx.device)
+                mask = (
+                    keys[None, None, None, :]
+                    <= torch.arange(first, end, device=idx.device)[None, None, :, None]
+                )
+            cached = {
+                "cache": cache,
+                "slots": None,
+                "positions": None,
+                "mask": mask,
+                "causal": T > 1 and first == 0,
+                "length": end,
+                "in_order": True,
+                "start": first,
+            }
         else:
             slots = torch.arange(B, device=idx.device) if slots is None else slots.to(idx.device)
             start = cache.lengths[slots].to(idx.device)  # (B,)
@@ -257,21 +290,30 @@ class GPT(nn.Module):
                 "causal": causal,
                 "length": end,
                 "in_order": in_order,
+                "start": None,
             }
         x = self.wte(idx)  # (B, T, C)
         if self.config.positions == "learned":
-            x = x + self.wpe(positions)
+            x = x + (self.wpe.weight[positions] if isinstance(positions, slice) else self.wpe(positions))
         else:
-            rope = (
-                self.rope_cos[positions][:, None].to(x.dtype),
-                self.rope_sin[positions][:, None].to(x.dtype),
-            )
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B or 1, T, hs), or (T, hs)
+            if isinstance(positions, slice):
+                cos, sin = cos[None], sin[None]
+            rope = (cos[:, None].to(x.dtype), sin[:, None].to(x.dtype))
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):
             x = block(x, rope, **({**cached, "layer": layer} if cached else {}))
         if cache is not None:
-            cache.lengths[slots] += T
+            if slots is None:
+                cache.lengths[:B] += T
+            else:
+                cache.lengths[slots] += T
         return self.lm_head(self.norm(x))  # (B, T, V)
+
+    @staticmethod
+    def _one_length(lengths: torch.Tensor, rows: int) -> bool:
+        """Whether slots 0..rows-1 hold the same number of positions."""
+        return rows == 1 or bool((lengths[:rows] == lengths[0]).all())
 
 
 def packed_attention(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

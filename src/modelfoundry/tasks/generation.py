@@ -36,11 +36,16 @@ FEW_DOCUMENTS = 20  # below this many documents the corpus is split by blocks in
 EVAL_WINDOWS = 32  # windows scored after each evaluation interval (evenly spread over the split)
 FINAL_WINDOWS = 1000  # windows scored for the final val/test numbers (all of a split up to this)
 DEFAULT_MINUTES = 5.0  # the time budget when neither train.max_steps nor train.max_minutes is set
-TOKENS_PER_PARAMETER = 20  # Hoffmann et al. 2022 (Chinchilla): compute-optimal training tokens per parameter
-# candidate shapes (n_layer, n_head, n_embd), smallest first; the default is the largest the budget trains
+# Default sizes: the largest of SHAPES that trains on at least TOKENS_PER_PARAMETER tokens per parameter in
+# the time budget, each shape timed here (not extrapolated from the smallest one's FLOP rate: wide models
+# run matmuls nearer the machine's rate). Chinchilla's 20 (Hoffmann et al. 2022) held on Shakespeare at 1
+# and 3 CPU minutes: wider/deeper models on fewer tokens (2 to 9 per parameter) reached a higher validation
+# bits/byte than the 2 x 64 model on 19 to 56 (bench/gpt_sizes.py; bench/RESULTS.md "GPT default sizing").
+TOKENS_PER_PARAMETER = 20
+# candidate shapes (n_layer, n_head, n_embd), smallest first; heads of 64 from 128 wide on
 SHAPES = (
-    *((2, 2, 64), (3, 3, 96), (4, 4, 128), (4, 4, 192), (6, 6, 192)),
-    *((6, 8, 256), (8, 8, 384), (12, 12, 768)),
+    *((2, 2, 64), (3, 3, 96), (4, 2, 128), (4, 3, 192), (4, 4, 256)),
+    *((6, 6, 384), (8, 8, 512), (12, 12, 768)),
 )
 PROBE = 4  # windows per timed step when foundry measures this machine
 MIN_STEPS = 500  # with a time budget, the default batch shrinks until the budget makes this many steps
@@ -397,11 +402,12 @@ def choose_run(cfg, vocab_size: int, train_tokens: int, block_size: int, console
     "batch_size", "budget_minutes"}, what was chosen in words). Timed on this machine with a few steps of
     PROBE windows.
 
-    Size: Chinchilla's rule, about 20 training tokens per parameter: the largest of SHAPES whose parameters
-    x 20 fit the tokens the time budget trains at the rate measured here (and at most 2 parameters per
-    token of corpus, so a small corpus gets a small model). Batch: a short budget is better spent on many
-    small steps than on a few large ones, so the batch shrinks (down to PROBE windows) until the budget
-    makes MIN_STEPS steps. Steps: what the budget allows at that size and batch."""
+    Size: the largest of SHAPES whose parameters x TOKENS_PER_PARAMETER fit the tokens the time budget
+    trains that shape on at the rate measured here for it (and at most 2 parameters per token of corpus,
+    so a small corpus gets a small model); shapes are timed smallest first until one does not fit. Batch:
+    a short budget is better spent on many small steps than on a few large ones, so the batch shrinks
+    (down to PROBE windows) until the budget makes MIN_STEPS steps. Steps: what the budget allows at that
+    size and batch."""
     train, options = cfg.train, dict(cfg.model.model_extra or {})
     options["block_size"] = block_size
     choices = []
@@ -416,32 +422,49 @@ def choose_run(cfg, vocab_size: int, train_tokens: int, block_size: int, console
         return per_window[key]
 
     if not all(cfg.user_set(k) for k in SIZE_KEYS):
-        small = dict(zip(("n_layer", "n_head", "n_embd"), SHAPES[0]))
-        # FLOP/s a small model trains at here (larger ones use the machine at least as well)
-        rate = flops_per_token(SHAPES[0][0], SHAPES[0][2], block_size, vocab_size) * block_size
-        rate /= window_seconds(small)
-        fits = SHAPES[0]
+        fits, seen = SHAPES[0], None
         for n_layer, n_head, n_embd in SHAPES:
             params = 12 * n_layer * n_embd**2
+            if params > 2 * train_tokens:  # a small corpus gets a small model
+                break
+            shape = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}
+            # the tokens this shape trains on in the budget, at the rate it runs at here (timed: narrow
+            # models use the machine far worse than wide ones)
             tokens = (
-                rate * budget / flops_per_token(n_layer, n_embd, block_size, vocab_size)
+                budget / window_seconds(shape) * block_size
                 if budget
                 else train.max_steps * train.batch_size * block_size
             )
-            if params * TOKENS_PER_PARAMETER <= tokens and params <= 2 * train_tokens:
-                fits = (n_layer, n_head, n_embd)
+            if params * TOKENS_PER_PARAMETER > tokens:
+                break
+            fits, seen = (n_layer, n_head, n_embd), tokens
         picked = dict(zip(("n_layer", "n_head", "n_embd"), fits))
         options.update({k: v for k, v in picked.items() if not cfg.user_set(f"model.{k}")})
         if options["n_embd"] % options["n_head"]:
             options["n_head"] = math.gcd(options["n_embd"], options["n_head"])
         params = 12 * options["n_layer"] * options["n_embd"] ** 2
+        why = (
+            f"the largest that trains on {TOKENS_PER_PARAMETER}+ tokens per parameter in the budget "
+            f"(~{seen / 1e6:.1f}M tokens at the speed measured here)"
+            if seen
+            else "the smallest"
+        )
         choices.append(
             f"model {options['n_layer']} layers x {options['n_head']} heads x {options['n_embd']} wide "
-            f"(~{params / 1e6:.2f}M parameters besides the embeddings): the largest that sees about "
-            f"{TOKENS_PER_PARAMETER} tokens per parameter in the budget, for {train_tokens:,} training tokens"
+            f"(~{params / 1e6:.2f}M parameters besides the embeddings): {why}, for {train_tokens:,} "
+            "training tokens"
         )
     options.setdefault("n_head", 4)
     shape = {k: options.get(k, d) for k, d in zip(("n_layer", "n_head", "n_embd"), (4, 4, 128))}
+    # threads first: the batch and the steps follow from the speed training will run at
+    threads = one_thread(cfg, {**options, **shape}, vocab_size, PROBE) if budget else None
+    if threads:
+        per_window[tuple(shape.values())] = threads["one"] / PROBE
+        choices.append(
+            f"threads 1: a step of {PROBE} windows took {threads['one'] * 1000:.0f} ms on one thread and "
+            f"{threads['all'] * 1000:.0f} ms on {threads['threads']} here (a small model's kernels wait for "
+            "the other threads longer than they share work)"
+        )
     batch = train.batch_size
     if budget and not cfg.user_set("train.batch_size"):
         batch = max(PROBE, min(batch, int(budget / (MIN_STEPS * window_seconds(shape)))))
@@ -450,17 +473,37 @@ def choose_run(cfg, vocab_size: int, train_tokens: int, block_size: int, console
                 f"batch_size {batch}: {window_seconds(shape) * 1000:.0f} ms a window measured here; smaller "
                 f"batches make more steps (up to {MIN_STEPS}) in train.max_minutes={minutes:g}"
             )
+    step = window_seconds(shape) * batch if budget else None
     max_steps = train.max_steps
     if max_steps is None:
-        max_steps = max(1, int(budget / (window_seconds(shape) * batch)))
+        max_steps = max(1, int(budget / step))
         choices.append(
-            f"max_steps {max_steps:,}: {window_seconds(shape) * batch * 1000:.0f} ms a step measured here, "
-            "in "
+            f"max_steps {max_steps:,}: {step * 1000:.0f} ms a step measured here, in "
             f"train.max_minutes={minutes:g} (85% of it; the rest evaluates and checkpoints)"
         )
     for line in choices:
         console.print(f"chosen: {line}", highlight=False)
-    return options, {"max_steps": max_steps, "batch_size": batch, "budget_minutes": minutes}, choices
+    steps = {"max_steps": max_steps, "batch_size": batch, "budget_minutes": minutes}
+    if threads:
+        steps["threads"] = 1
+    return options, steps, choices
+
+
+def one_thread(cfg, options: dict, vocab_size: int, batch: int) -> dict | None:
+    """{"one", "all", "threads"} when a training step of this model runs clearly faster on one CPU thread
+    than on all of torch's (timed here, both); None otherwise or when there is one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads == 1 or cfg.train.device not in ("auto", "cpu"):
+        return None
+    every = step_seconds(options, vocab_size, batch, steps=2)
+    torch.set_num_threads(1)
+    try:
+        one = step_seconds(options, vocab_size, batch, steps=2)
+    finally:
+        torch.set_num_threads(threads)
+    return {"one": one, "all": every, "threads": threads} if one < 0.8 * every else None
 
 
 # ---- the task ------------------------------------------------------------------------------------
@@ -562,6 +605,8 @@ train:
             from modelfoundry.llm import sft
 
             return sft.run(self, cfg, base_dir, path, resume, console, device)
+        import torch
+
         from modelfoundry.generation.tokenizer import train_tokenizer
         from modelfoundry.models.registry import build_model
         from modelfoundry.runfiles import scratch_root
@@ -643,19 +688,25 @@ train:
         from modelfoundry.training.loop import fit
 
         clock = time.perf_counter()
-        result = fit(
-            model,
-            windows,
-            held.get("val"),
-            train_cfg,
-            device=device,
-            checkpoint_dir=path and path / "checkpoints",
-            resume=resume,
-            log_dir=path and path / "tensorboard",
-            console=console,
-            objective=objective,
-            on_epoch=sample,
-        )
+        threads = torch.get_num_threads()
+        if steps.get("threads") and torch.device(device).type == "cpu":
+            torch.set_num_threads(steps["threads"])  # chosen by timing both (choose_run); restored below
+        try:
+            result = fit(
+                model,
+                windows,
+                held.get("val"),
+                train_cfg,
+                device=device,
+                checkpoint_dir=path and path / "checkpoints",
+                resume=resume,
+                log_dir=path and path / "tensorboard",
+                console=console,
+                objective=objective,
+                on_epoch=sample,
+            )
+        finally:
+            torch.set_num_threads(threads)
         timings["train"] = result.earlier_seconds + time.perf_counter() - clock
         if path is None:  # DDP: a rank other than 0 drops its copy of the tokens
             import shutil
