@@ -82,8 +82,7 @@ def retrain(
             console=console,
             warm_start=True,
         )
-    held = [r for r in rows if _held_back(r.id)] if len(rows) >= 4 else []
-    used = [r for r in rows if r not in held]
+    held, used = hold_back([(r.id, r) for r in rows])
     console.print(
         f"{champion.name} ({alias}): {len(rows)} corrections, {len(used)} to train on (x{feedback_weight}), "
         f"{len(held)} held back to score both models",
@@ -222,6 +221,22 @@ def _gain(task, gain: float) -> str:
 
 def _held_back(feedback_id: int) -> bool:
     return hashlib.sha256(str(feedback_id).encode()).digest()[0] < 256 * HELD_BACK
+
+
+def hold_back(items: list[tuple[int, object]]) -> tuple[list, list]:
+    """(held back, trained on) of (feedback id, item) pairs: a quarter held back by id (the same ones every
+    time) to score both models on, once there are at least 4."""
+    backed = len(items) >= 4
+    held = [item for i, item in items if backed and _held_back(i)]
+    return held, [item for i, item in items if not (backed and _held_back(i))]
+
+
+def nothing_to_learn(rows, champion) -> UserError:
+    """The error for generation feedback of which no row gives an answer to learn."""
+    return UserError(
+        f"{len(rows)} feedback row(s) for {champion.name}, none with an answer to learn: give a better "
+        "answer, or vote a good answer up, on the server's page or at POST /v1/feedback."
+    )
 
 
 def _input_of(row: Feedback):

@@ -46,3 +46,18 @@ def test_a_classifier_package_is_refused_as_the_start_of_a_gpt(tmp_path):
     )
     with pytest.raises(UserError, match="text_classification lstm model; a gpt starts only from"):
         champion_start(cfg, tmp_path)
+
+
+def test_a_missing_start_is_named_by_its_key(tmp_path):
+    from modelfoundry.config import load_config
+    from modelfoundry.tasks.generation import champion_start
+
+    cfg, _ = load_config(
+        {
+            "task": "text_generation",
+            "data": {"source": "c.txt"},
+            "model": {"name": "gpt", "init_from": "gone"},
+        }
+    )
+    with pytest.raises(UserError, match="model.init_from: .*gone.*no model package here"):
+        champion_start(cfg, tmp_path)

@@ -66,7 +66,7 @@ def retrain_gpt(
     """The retrain of a GPT champion (see the module docstring); returns the comparison."""
     from modelfoundry.config import absolute_paths, load_config
     from modelfoundry.predictor import load
-    from modelfoundry.retrain import _held_back, record, verdict
+    from modelfoundry.retrain import hold_back, nothing_to_learn, record, verdict
     from modelfoundry.runfiles import atomic_write, run_folder
     from modelfoundry.runner import train
     from modelfoundry.store.feedback import media_dir
@@ -78,13 +78,8 @@ def retrain_gpt(
     champion_model = load(package)
     documents, skipped = documents_of(rows, champion_model.tokenizer)
     if not documents:
-        raise UserError(
-            f"{len(rows)} feedback row(s) for {champion.name}, none with an answer to learn: give a better "
-            "answer, or vote a good answer up, on the server's page or at POST /v1/feedback."
-        )
-    backed = len(documents) >= 4
-    held = [d for i, d in documents if backed and _held_back(i)]
-    used = [d for i, d in documents if not (backed and _held_back(i))]
+        raise nothing_to_learn(rows, champion)
+    held, used = hold_back(documents)
     console.print(
         f"{champion.name} ({alias}): {len(rows)} feedback rows -> {len(documents)} texts ({skipped} teach no "
         f"answer), {len(used)} to train on (x{feedback_weight}), {len(held)} held back to score both models",

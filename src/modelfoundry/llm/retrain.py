@@ -65,7 +65,7 @@ def retrain_lm(
 ) -> dict:
     """The retrain of a pretrained_lm champion (see the module docstring); returns the comparison."""
     from modelfoundry.config import absolute_paths
-    from modelfoundry.retrain import _held_back, record, verdict
+    from modelfoundry.retrain import hold_back, nothing_to_learn, record, verdict
     from modelfoundry.runfiles import atomic_write, run_folder
     from modelfoundry.runner import train
     from modelfoundry.store.feedback import media_dir
@@ -82,12 +82,8 @@ def retrain_lm(
         )
     examples, skipped = examples_of(rows)
     if not examples:
-        raise UserError(
-            f"{len(rows)} feedback row(s) for {champion.name}, none with an answer to learn: give a better "
-            "answer, or vote a good answer up, on the server's page or at POST /v1/feedback."
-        )
-    held = [c for i, c in examples if _held_back(i)] if len(examples) >= 4 else []
-    used = [c for i, c in examples if not (len(examples) >= 4 and _held_back(i))]
+        raise nothing_to_learn(rows, champion)
+    held, used = hold_back(examples)
     console.print(
         f"{champion.name} ({alias}): {len(rows)} feedback rows -> {len(examples)} examples ({skipped} teach "
         "no "

@@ -233,7 +233,10 @@ def champion_start(cfg, base_dir: Path):
     from modelfoundry.generation.tokenizer import load_tokenizer
     from modelfoundry.runfiles import package_folder
 
-    folder = package_folder(text.resolve_path(cfg.model.init_from, base_dir))
+    try:
+        folder = package_folder(text.resolve_path(cfg.model.init_from, base_dir))
+    except UserError as exc:
+        raise UserError(f"model.init_from: {exc}") from None
     spec = json.loads((folder / "model.json").read_text())
     if spec.get("task") != "text_generation" or spec["model"]["name"] != "gpt":
         raise UserError(
