@@ -38,7 +38,8 @@ import tables as T
 import torch
 from rich.console import Console
 
-TRIED = ("linear",)  # families auto does not compare today, trained as its candidates are
+TRIED = ()  # families auto does not compare today, trained as its candidates are
+BEFORE = ("gbdt", "mlp")  # auto's candidates before linear joined and small tables were compared by folds
 SETS = ("breast_cancer", "wine", "diabetes", "anes96", "fair", "randhie", "adult")
 
 
@@ -79,6 +80,7 @@ def candidates_on_test(task: str, data: dict, seed: int) -> dict:
     from modelfoundry.data.prepare import prepare
     from modelfoundry.runner import _train_one, auto_candidates
     from modelfoundry.tasks import MINIMIZED, get_task
+    from modelfoundry.training.folds import auto_fold_count, out_of_fold_score
     from modelfoundry.training.loop import predict_logits
 
     config = {"task": task, "data": {**data, "split": {"seed": seed}}, "train": {"seed": seed}}
@@ -95,9 +97,21 @@ def candidates_on_test(task: str, data: dict, seed: int) -> dict:
     splits = {k: getattr(prepared, k) for k in ("train", "val", "test")}
     val = splits["val"]
     first = next(iter(candidates.values()))
-    metric = get_task(task).small_val_monitor if len(val) < SMALL_VAL else first.train.monitor
+    folds = auto_fold_count(splits["train"], get_task(task))  # runner._pick's rules
+    metric = get_task(task).small_val_monitor if folds or len(val) < SMALL_VAL else first.train.monitor
     scores = {}
     for name, candidate in candidates.items():
+        cv = None
+        if folds:  # auto's comparison below SMALL_VAL validation examples (runner._pick)
+            cv = out_of_fold_score(
+                candidate,
+                prepared,
+                splits,
+                folds,
+                metric,
+                lambda c, d, s: _train_one(c, base, d, s, None, False, quiet, device)[0],
+                device,
+            )
         torch.manual_seed(candidate.train.seed)
         np.random.seed(candidate.train.seed)
         clock = time.perf_counter()
@@ -110,6 +124,8 @@ def candidates_on_test(task: str, data: dict, seed: int) -> dict:
             "test": on_test.get("val_accuracy", on_test.get("val_r2")),
             "seconds": round(time.perf_counter() - clock, 1),
         }
+        if cv:
+            scores[name].update(cv=cv[metric], cv_all=cv["out_of_fold"], cv_seconds=cv["seconds"])
     return {
         "metric": metric,
         "lower": metric in MINIMIZED,
@@ -119,9 +135,12 @@ def candidates_on_test(task: str, data: dict, seed: int) -> dict:
     }
 
 
-def picked(record: dict, among) -> str:
-    """auto's choice among the families `among`, by `_pick`'s rule (a tie goes to the first)."""
-    scores = {n: record["candidates"][n]["val"] for n in among}
+def picked(record: dict, among, by: str = "val") -> str:
+    """auto's choice among the families `among`, by `_pick`'s rule (a tie goes to the first): by the
+    validation score (`by` "val") or the out-of-fold one ("cv", where the record has it)."""
+    if by == "cv" and "cv" not in record["candidates"][among[0]]:
+        by = "val"
+    scores = {n: record["candidates"][n][by] for n in among}
     best = (min if record["lower"] else max)(scores, key=scores.get)
     return among[0] if scores[best] == scores[among[0]] else best
 
@@ -164,35 +183,49 @@ def count(names: list[str], families: list[str]) -> str:
 
 
 def summary(path: Path) -> str:
-    """The markdown table of the records in `path`: mean test score per data set over its seeds."""
+    """The markdown table of the records in `path`: mean test score per data set over its seeds, for auto's
+    rule before (gbdt and mlp by the validation split), with linear by the validation split, and now
+    (gbdt, mlp and linear; by out-of-fold scores below SMALL_VAL validation examples)."""
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     by_set: dict[str, list[dict]] = {}
     for r in records:
         by_set.setdefault(r["data"], []).append(r)
     lines = [
-        "| data | seeds | val examples (auto compares) | auto today: gbdt, mlp (picks) | auto with "
-        + "linear (picks) | gbdt | mlp | linear | LightGBM defaults | HistGB | logistic / ridge | "
-        + "today / with linear >= best by hand |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| data | seeds | validation rows (compared by) | auto before: gbdt, mlp by validation (picks) | "
+        + "+ linear, by validation (picks) | **auto now: + linear, folds below 200 (picks)** | gbdt | "
+        + "mlp | linear | LightGBM defaults | HistGB | logistic / ridge | now - best by hand | "
+        + "auto now s (folds) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in [s for s in SETS if s in by_set]:
         rs = by_set[name]
         families = list(rs[0]["candidates"])
-        after_names = [picked(r, families) for r in rs]
-        before_names = [picked(r, r.get("auto", ["gbdt", "mlp"])) for r in rs]
-        before = statistics.fmean(r["candidates"][p]["test"] for r, p in zip(rs, before_names))
-        after = statistics.fmean(r["candidates"][p]["test"] for r, p in zip(rs, after_names))
+        before_names = [picked(r, [f for f in BEFORE if f in families]) for r in rs]
+        val_names = [picked(r, families) for r in rs]
+        now_names = [picked(r, families, "cv") for r in rs]
+
+        def mean_test(names, rs=rs):
+            return statistics.fmean(r["candidates"][p]["test"] for r, p in zip(rs, names))
+
         each = {f: statistics.fmean(r["candidates"][f]["test"] for r in rs) for f in families}
         hands = {k: statistics.fmean(r["hand"][k] for r in rs) for k in rs[0]["hand"]}
         best_hand = max(hands.values())
-
+        folded = "cv" in rs[0]["candidates"][families[0]]
+        seconds = statistics.fmean(
+            sum(c.get("cv_seconds", c["seconds"]) for c in r["candidates"].values())
+            + (r["candidates"][p]["seconds"] if folded else 0)
+            for r, p in zip(rs, now_names)
+        )
+        how = f"{rs[0]['metric']}, 5 folds of train" if folded else rs[0]["metric"]
         lines.append(
-            f"| {name} | {len(rs)} | {rs[0]['val_examples']:,} ({rs[0]['metric']}) | **{before:.4f}** "
-            f"({count(before_names, families)}) | {after:.4f} ({count(after_names, families)}) | "
+            f"| {name} | {len(rs)} | {rs[0]['val_examples']:,} ({how}) | {mean_test(before_names):.4f} "
+            f"({count(before_names, families)}) | {mean_test(val_names):.4f} "
+            f"({count(val_names, families)}) | "
+            f"**{mean_test(now_names):.4f}** ({count(now_names, families)}) | "
             + " | ".join(f"{each[f]:.4f}" for f in families)
             + " | "
             + " | ".join(f"{v:.4f}" for v in hands.values())
-            + f" | {before - best_hand:+.4f} / {after - best_hand:+.4f} |"
+            + f" | {mean_test(now_names) - best_hand:+.4f} | {seconds:.1f} |"
         )
     return "\n".join(lines)
 

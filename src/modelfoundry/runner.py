@@ -192,7 +192,17 @@ def _interrupted_run(cfg: Config) -> Path:
     )
 
 
-def _run(
+def _run(*args, **kwargs) -> tuple[dict, dict, Config]:
+    """`_train_and_evaluate`, with torch's thread count as it found it afterwards (a small model trained on
+    one thread is also evaluated on one)."""
+    threads = torch.get_num_threads()
+    try:
+        return _train_and_evaluate(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_evaluate(
     cfg: Config,
     base_dir: Path,
     path: Path | None,
@@ -241,6 +251,8 @@ def _run(
     else:
         built, result, setup = _train_one(cfg, base_dir, data, splits, path, resume, console, device)
     model = built.model
+    if result.threads == 1:  # evaluating (explanations, importance) a model trained on one thread: the same
+        torch.set_num_threads(1)
     timings["train"] = result.earlier_seconds + time.perf_counter() - clock  # every process of a resumed run
     if path is None:
         return {}, timings, cfg
@@ -413,12 +425,16 @@ def auto_candidates(cfg: Config, config, overrides: list[str] | None) -> dict[st
 
 
 def _pick(candidates: dict[str, Config], base_dir: Path, data, splits: dict, path, resume, console, device):
-    """Train every candidate and keep the one with the best validation score (the first on a tie): the
-    metric the run monitors (the loss below SMALL_VAL validation examples, where accuracy moves in steps).
+    """Train every candidate and keep the one with the best score (the first on a tie). Below
+    AUTO_FOLD_ROWS training examples the candidates are compared by the loss out of k folds of the training
+    split (training/folds.py `out_of_fold_score`), where a few dozen or hundred validation rows would pick
+    by luck, and then only the picked one trains its final model; on more, by the metric the run monitors
+    on the validation split (the loss below SMALL_VAL validation examples, where accuracy moves in steps).
     Without a validation split the first candidate is trained alone. Returns the picked candidate's
     config, Built, FitResult and DDP setup, and what the choice was (for metrics.json and the report)."""
     from modelfoundry.config import SMALL_VAL
     from modelfoundry.tasks import MINIMIZED
+    from modelfoundry.training.folds import auto_fold_count, out_of_fold_score
 
     first = next(iter(candidates.values()))
     task = get_task(first.task)
@@ -431,33 +447,47 @@ def _pick(candidates: dict[str, Config], base_dir: Path, data, splits: dict, pat
         )
         why = "no validation split to compare on; the first choice for this data"
         return candidates[name], built, result, setup, {"picked": name, "why": why, "candidates": {}}
+    folds = auto_fold_count(splits["train"], task) if distributed.world_size() == 1 else 0
     metric = (
         first.train.monitor
         if first.user_set("train.monitor")
-        else (task.small_val_monitor if len(val) < SMALL_VAL else task.default_monitor)
+        else (task.small_val_monitor if folds or len(val) < SMALL_VAL else task.default_monitor)
     )
     lower = metric in MINIMIZED
     budget = (
         f"at most {first.train.max_minutes:g} minutes each" if first.train.max_minutes else "no time limit"
     )
-    console.print(
-        f"auto: comparing {', '.join(candidates)} by {metric} on {len(val):,} validation examples ({budget})",
-        highlight=False,
+    on = (
+        f"over {folds} folds of the {len(splits['train']):,} training examples (out-of-fold; each fold stops "
+        f"early on the {len(val):,} validation examples)"
+        if folds
+        else f"on {len(val):,} validation examples"
     )
+    console.print(f"auto: comparing {', '.join(candidates)} by {metric} {on} ({budget})", highlight=False)
     trained, scores = {}, {}
+    quiet = Console(quiet=True)
     for name, cfg in candidates.items():
         console.print(f"auto: candidate {name}", highlight=False)
-        torch.manual_seed(cfg.train.seed)
-        np.random.seed(cfg.train.seed)
-        clock = time.perf_counter()
-        built, result, setup = _train_one(cfg, base_dir, data, splits, path, resume, console, device)
-        score = built.objective.metrics(predict_logits(built.model, val), val.targets)[metric]
-        trained[name] = (cfg, built, result, setup)
-        scores[name] = {
-            metric: score,
-            "seconds": round(time.perf_counter() - clock, 2),
-            "recipe": {k: str(_shown(cfg, k)) for k, v in cfg.recipe.items() if " recipe" in v},
-        }
+        if folds:
+            scores[name] = out_of_fold_score(
+                cfg,
+                data,
+                splits,
+                folds,
+                metric,
+                lambda c, d, s: _train_one(c, base_dir, d, s, None, False, quiet, device)[0],
+                device,
+            )
+            console.print(f"auto: {name} {metric} {scores[name][metric]:.4f}", highlight=False)
+        else:
+            torch.manual_seed(cfg.train.seed)
+            np.random.seed(cfg.train.seed)
+            clock = time.perf_counter()
+            built, result, setup = _train_one(cfg, base_dir, data, splits, path, resume, console, device)
+            score = built.objective.metrics(predict_logits(built.model, val), val.targets)[metric]
+            trained[name] = (cfg, built, result, setup)
+            scores[name] = {metric: score, "seconds": round(time.perf_counter() - clock, 2)}
+        scores[name]["recipe"] = {k: str(_shown(cfg, k)) for k, v in cfg.recipe.items() if " recipe" in v}
     name = (
         min(scores, key=lambda n: scores[n][metric])
         if lower
@@ -466,9 +496,22 @@ def _pick(candidates: dict[str, Config], base_dir: Path, data, splits: dict, pat
     if scores[name][metric] == scores[next(iter(scores))][metric]:
         name = next(iter(scores))  # a tie goes to the first choice
     shown = ", ".join(f"{n} {s[metric]:.4f}" for n, s in scores.items())
-    why = f"the {'lowest' if lower else 'highest'} {metric} on {len(val):,} validation examples ({shown})"
+    where = (
+        f"out of {folds} folds of {len(splits['train']):,} training examples"
+        if folds
+        else f"on {len(val):,} validation examples"
+    )
+    why = f"the {'lowest' if lower else 'highest'} {metric} {where} ({shown})"
     console.print(f"auto: picked {name}: {why}", highlight=False)
-    return *trained[name], {"picked": name, "why": why, "metric": metric, "candidates": scores}
+    if folds:  # the picked family's final model: trained on the whole training split, as alone
+        cfg = candidates[name]
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        trained[name] = (cfg, *_train_one(cfg, base_dir, data, splits, path, resume, console, device))
+    choice = {"picked": name, "why": why, "metric": metric, "candidates": scores}
+    if folds:
+        choice["folds"] = folds
+    return *trained[name], choice
 
 
 def balance_groups(cfg: Config, task, data: Prepared, splits: dict, device, console: Console) -> dict:
@@ -603,8 +646,9 @@ def _auto_section(picked: dict | None) -> list[tuple[str, str, str]]:
         f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in score['recipe'].items()) or 'none')}</td></tr>"
         for name, score in picked["candidates"].items()
     )
+    metric = picked["metric"] + (f" (out of {picked['folds']} folds)" if picked.get("folds") else "")
     table = (
-        f"<table><tr><th>model</th><th>{html.escape(picked['metric'])}</th><th>time</th><th>recipe</th></tr>"
+        f"<table><tr><th>model</th><th>{html.escape(metric)}</th><th>time</th><th>recipe</th></tr>"
         f"{rows}</table>"
         if rows
         else ""

@@ -206,3 +206,29 @@ def test_two_configs_on_the_same_folds_are_compared_fold_by_fold():
     assert "val accuracy: A - B = +0.0220" in line and line.endswith("apart (2 standard errors)")
     assert not line.endswith("not apart (2 standard errors)")
     assert paired_differences(("A", a), ("B", folds([0.8] * 5, seed=1))) == []
+
+
+def test_auto_compares_small_tables_out_of_folds_of_train_on_the_same_folds_for_every_candidate(tmp_path):
+    from modelfoundry.runner import _train_one
+    from modelfoundry.tasks import get_task
+    from modelfoundry.training.folds import auto_fold_count, out_of_fold_score
+
+    cfg, base = load_config(tiny(table(tmp_path / "t.csv", per_class=12)))
+    data = prepare(cfg, base)
+    splits = {k: getattr(data, k) for k in ("train", "val", "test")}
+    task = get_task(cfg.task)
+    rarest = int(np.bincount(data.train.targets.numpy()).min())
+    assert auto_fold_count(data.train, task) == min(5, rarest)
+    held = []
+
+    def train_one(c, d, s):
+        held.append(len(d.train))
+        return _train_one(c, base, d, s, None, False, quiet(), torch.device("cpu"))[0]
+
+    import torch
+
+    score = out_of_fold_score(cfg, data, splits, 3, "val_loss", train_one, torch.device("cpu"))
+    assert score["folds"] == 3 and len(score["per_fold"]) == 3 and score["val_loss"] > 0
+    assert sum(len(data.train) - n for n in held) == len(data.train)  # every training row held out once
+    again = out_of_fold_score(cfg, data, splits, 3, "val_loss", train_one, torch.device("cpu"))
+    assert again["val_loss"] == pytest.approx(score["val_loss"])  # seeded folds and training: repeatable

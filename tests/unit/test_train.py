@@ -490,3 +490,30 @@ def test_a_lone_last_example_does_not_break_batch_norm():
     odd = blobs(33, seed=2)
     result = fit(model, odd, VAL, train_cfg(batch_size=32, epochs=2), device=CPU, console=quiet())
     assert len(result.history) == 2 and math.isfinite(result.history[-1]["train_loss"])
+
+
+def test_a_small_model_trains_on_one_thread_and_fit_leaves_torchs_thread_count_as_it_found_it():
+    from modelfoundry.training.loop import ONE_THREAD_PARAMETERS, one_thread
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = io.StringIO()
+        result = fit(
+            tiny_mlp(), TRAIN, VAL, train_cfg(epochs=1), device=CPU, console=Console(file=out, width=200)
+        )
+        assert torch.get_num_threads() == 2 and result.threads == 1  # 2 -> 8 -> 2 weights: too small to split
+        assert "chosen: one CPU thread for training: a batch's forward pass is" in out.getvalue()
+        big = torch.nn.Linear(1000, ONE_THREAD_PARAMETERS // 1000)  # its big operations use the threads
+        assert (
+            one_thread(
+                big, ArrayData(torch.zeros(4, 1000), torch.zeros(4, dtype=torch.long)), train_cfg(), CPU
+            )
+            is None
+        )
+        wide = build_model("mlp", (2,), 2, hidden=[400, 400])  # 162k weights x 16 rows: 5.2 MFLOPs a batch
+        assert one_thread(wide, TRAIN, train_cfg(), CPU) is None
+        torch.set_num_threads(1)
+        assert one_thread(tiny_mlp(), TRAIN, train_cfg(), CPU) is None  # nothing to choose
+    finally:
+        torch.set_num_threads(threads)

@@ -26,6 +26,7 @@ from torch import nn
 from modelfoundry.errors import UserError
 
 CURVE_POINTS = 100  # most history records (learning-curve points, tune's pruning steps) per training
+THREADED_ROWS = 50_000  # LightGBM trains on one thread below this many rows (see _params)
 
 
 def build_gbdt(
@@ -194,8 +195,8 @@ class GradientBoostedTrees(nn.Module):
         return f"{self._booster.num_trees():,} trees {leaves}"
 
 
-def _params(model: GradientBoostedTrees, cfg) -> dict:
-    """LightGBM's parameters for the model's options and the run's objective."""
+def _params(model: GradientBoostedTrees, cfg, rows: int) -> dict:
+    """LightGBM's parameters for the model's options, the run's objective and `rows` training rows."""
     o = model.options
     if model.outputs == 1:  # a number, standardised: the run's loss
         objective = {"mse": "regression", "mae": "regression_l1", "huber": "huber"}[cfg.loss or "mse"]
@@ -217,6 +218,10 @@ def _params(model: GradientBoostedTrees, cfg) -> dict:
         "lambda_l1": o["reg_alpha"],
         "max_bin": o["max_bin"],
         "seed": cfg.seed,
+        # one thread below THREADED_ROWS: on a few thousand rows a second thread saves little, and where the
+        # cores are busy LightGBM's OpenMP threads spin-wait (a 320-row fit measured 0.1 s on one thread
+        # and 157 s on two on a shared 2-core machine); 0 is LightGBM's default, every core
+        "num_threads": 1 if rows < THREADED_ROWS else 0,
         "deterministic": True,
         "verbosity": -1,
     }
@@ -286,7 +291,7 @@ def fit_gbdt(
             callbacks.append(lightgbm.early_stopping(cfg.early_stopping_patience, verbose=False))
     curve = _Curve(max(1, round(model.options["n_estimators"] / CURVE_POINTS)), val is not None)
     booster = lightgbm.train(
-        _params(model, cfg),
+        _params(model, cfg, len(y)),
         dtrain,
         num_boost_round=model.options["n_estimators"],
         valid_sets=sets,

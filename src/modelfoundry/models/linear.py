@@ -28,6 +28,9 @@ from torch import nn
 from modelfoundry.errors import UserError
 
 MAX_ITERATIONS = 500  # most L-BFGS iterations; convergence usually takes tens
+# below this many table cells L-BFGS runs on one CPU thread: its operations are too small to split, and a
+# second thread's spin-waiting on a busy machine made a breast_cancer fit 10x slower
+ONE_THREAD_ELEMENTS = 1_000_000
 
 
 class LinearModel(nn.Module):
@@ -103,7 +106,14 @@ def fit_linear(
     l2 = 1.0 / len(x) if model.l2 == "auto" else float(model.l2)
     model.to(device)
     started = time.perf_counter()
-    record = {"epoch": 1, "l2": l2, "train_loss": _lbfgs(model.linear, x, y, weights, l2, objective)}
+    threads = torch.get_num_threads()
+    one = device.type == "cpu" and x.numel() < ONE_THREAD_ELEMENTS
+    if one:
+        torch.set_num_threads(1)
+    try:
+        record = {"epoch": 1, "l2": l2, "train_loss": _lbfgs(model.linear, x, y, weights, l2, objective)}
+    finally:
+        torch.set_num_threads(threads)
     if val is not None:
         vx, vy = _arrays(val, device)
         with torch.no_grad():
@@ -117,7 +127,7 @@ def fit_linear(
         + (f" (1/N for {len(x):,} training rows)" if model.l2 == "auto" else " (model.l2)"),
         highlight=False,
     )
-    return FitResult([record], 1, False, "fp32")
+    return FitResult([record], 1, False, "fp32", threads=1 if one else None)
 
 
 def _lbfgs(linear: nn.Linear, x, y, weights, l2: float, objective) -> float:

@@ -29,7 +29,7 @@ class TableInputs:
     """Table rows as inputs; mixed into a task with its target."""
 
     kind = "table"
-    auto_models = ("gbdt", "mlp")
+    auto_models = ("gbdt", "mlp", "linear")
     # One hidden layer of 64 rather than the MLP's (128, 64): over 8-10 seeds of the defaults, test R2 0.493
     # against 0.464 on diabetes, accuracy 0.968 against 0.965 on breast_cancer and 0.990 against 0.986 on
     # wine (on digits images the wider MLP stays better: 0.976 against 0.972). bench/RESULTS.md, defaults.

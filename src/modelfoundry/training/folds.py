@@ -339,3 +339,74 @@ def load_oof(run: Path) -> dict | None:
     if not (folder / OOF_PREDICTIONS).is_file() or not (folder / OOF_TARGETS).is_file():
         return None
     return {**load_file(str(folder / OOF_PREDICTIONS)), **json.loads((folder / OOF_TARGETS).read_text())}
+
+
+AUTO_FOLDS = (
+    5  # model.name auto below SMALL_VAL validation examples: its candidates compared over this many folds
+)
+
+
+def auto_fold_count(train, task) -> int:
+    """How many folds of the training split auto compares its candidates over: AUTO_FOLDS, fewer when the
+    rarest class has fewer training examples; 0 when the split cannot be cut so (a streamed or weighted
+    split, or a class with a single example): auto then compares on the validation split."""
+    from modelfoundry.data.prepare import ArrayData
+
+    if type(train) is not ArrayData:
+        return 0
+    if not task.is_classifier:
+        return AUTO_FOLDS if len(train) >= 2 * AUTO_FOLDS else 0
+    rarest = int(np.bincount(train.targets.numpy()).astype(np.int64)[np.unique(train.targets.numpy())].min())
+    return min(AUTO_FOLDS, rarest) if rarest >= 2 else 0
+
+
+def out_of_fold_score(cfg, data, splits: dict, k: int, metric: str, train_one, device) -> dict:
+    """One auto candidate scored by k-fold cross-validation of the training split: trained k times, each
+    time on all but one fold (stopping early on the validation split, as the candidate's final model
+    does), and `metric` computed once over the out-of-fold predictions of every training example, so the
+    choice rests on all of them rather than on a small validation split. Folds are stratified (classes;
+    quantile bins of a number) and seeded by the split's seed: every candidate sees the same folds.
+    `train_one(cfg, data, splits)` trains one model and returns its Built. Returns {metric, "folds": k,
+    "per_fold": [metric of each fold], "out_of_fold": {every validation number}, "seconds"}."""
+    from dataclasses import replace
+
+    import torch
+    from sklearn.model_selection import StratifiedKFold
+
+    from modelfoundry.data.prepare import ArrayData
+    from modelfoundry.training.loop import predict_logits
+
+    clock = time.perf_counter()
+    train = splits["train"]
+    strata = get_task(cfg.task).strata(train.targets.cpu().numpy())
+    splitter = StratifiedKFold(k, shuffle=True, random_state=cfg.data.split.seed)
+    outputs, per_fold, objective = None, [], None
+    with warnings.catch_warnings():  # a regression's quantile bin smaller than k: still cut, less even
+        warnings.simplefilter("ignore")
+        cuts = list(splitter.split(np.zeros(len(train)), strata))
+    for kept, held in cuts:
+        kept, held = (
+            torch.from_numpy(kept).to(train.inputs.device),
+            torch.from_numpy(held).to(train.inputs.device),
+        )
+        part = ArrayData(train.inputs[kept], train.targets[kept])
+        out = ArrayData(train.inputs[held], train.targets[held])
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        built = train_one(cfg, replace(data, train=part.to(torch.device("cpu"))), {**splits, "train": part})
+        objective = built.objective
+        predicted = predict_logits(built.model, out)
+        per_fold.append(objective.metrics(predicted, out.targets)[metric])
+        if outputs is None:
+            outputs = torch.zeros(
+                (len(train), *predicted.shape[1:]), dtype=predicted.dtype, device=predicted.device
+            )
+        outputs[held] = predicted
+    every = objective.metrics(outputs, train.targets)
+    return {
+        metric: every[metric],
+        "folds": k,
+        "per_fold": per_fold,
+        "out_of_fold": every,  # every validation number of the out-of-fold predictions
+        "seconds": round(time.perf_counter() - clock, 2),
+    }

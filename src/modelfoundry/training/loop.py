@@ -44,6 +44,7 @@ class FitResult:
     precision: str
     # training time of the processes before a resume (the checkpoint carries it); this one's is added
     earlier_seconds: float = 0.0
+    threads: int | None = None  # 1 when fit trained on one CPU thread (one_thread)
 
 
 @torch.inference_mode()
@@ -60,7 +61,66 @@ def predict_logits(
     return torch.cat(outputs)
 
 
-def fit(
+# fit trains on one CPU thread when a batch's forward pass takes fewer floating-point operations than this
+# (and the model has fewer than ONE_THREAD_PARAMETERS weights): see one_thread
+ONE_THREAD_FLOPS = 5_000_000
+ONE_THREAD_PARAMETERS = 1_000_000
+
+
+def fit(model: nn.Module, train, val, cfg: TrainConfig, *, device: torch.device, **options) -> FitResult:
+    """Train `model` (see `_fit` for the arguments), on one CPU thread where `one_thread` says its steps are
+    too small to split; torch's thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    flops = one_thread(model, train, cfg, device)
+    if flops is not None:
+        (options.get("console") or Console(stderr=True)).print(
+            f"chosen: one CPU thread for training: a batch's forward pass is {flops / 1e6:.2g} MFLOPs, too "
+            f"small to split across {threads} threads",
+            highlight=False,
+        )
+        torch.set_num_threads(1)
+    try:
+        result = _fit(model, train, val, cfg, device=device, **options)
+    finally:
+        torch.set_num_threads(threads)
+    if flops is not None:
+        result.threads = 1
+    return result
+
+
+def one_thread(model: nn.Module, train, cfg: TrainConfig, device: torch.device) -> float | None:
+    """The floating-point operations of the model's forward pass on one training batch (torch's
+    FlopCounterMode), when they are under ONE_THREAD_FLOPS, so the model should train on one CPU thread;
+    None otherwise, and on a GPU, under torchrun, with one thread, or for a model of ONE_THREAD_PARAMETERS
+    or more.
+
+    Such a step's operations are too small to split: a second thread only adds synchronisation, and where
+    the cores are busy its spin-waiting made steps 10x slower (breast_cancer's MLP, 0.13 MFLOPs: 1.5 ms a
+    step on one thread, 14.6 ms on two; a digits MLP, 1.1 MFLOPs: 3.5 against 46.6 ms; bench/RESULTS.md).
+    Counted, not timed, so that a run's result does not depend on how busy the machine was (one thread and
+    two do not round alike) and a resumed run makes the same choice."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if device.type != "cpu" or distributed.world_size() > 1 or torch.get_num_threads() == 1:
+        return None
+    if sum(p.numel() for p in model.parameters()) >= ONE_THREAD_PARAMETERS:
+        return None
+    try:
+        inputs, _ = next(iter(train.batches(cfg.batch_size)))
+    except (StopIteration, AttributeError, TypeError):
+        return None
+    training = model.training
+    model.eval()  # batch norm's running statistics stay as they are
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(inputs.to(device))
+    finally:
+        model.train(training)
+    flops = counter.get_total_flops()
+    return float(flops) if 0 < flops < ONE_THREAD_FLOPS else None
+
+
+def _fit(
     model: nn.Module,
     train,
     val,
