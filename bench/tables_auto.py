@@ -1,14 +1,17 @@
-"""`model.name: auto` over seeds: what adding a candidate family (`linear`) would do to foundry's default on
-tables.
+"""`model.name: auto` over seeds: foundry's default on tables, against the rules it had before and models
+run by hand.
 
 For each data set and seed, foundry's auto is run the way `foundry train` runs it with only `task`, `data`
-and the seed (its candidates from `runner.auto_candidates`, plus the families in TRIED configured the same
+and the seed (its candidates from `runner.auto_candidates`, plus any families in TRIED configured the same
 way, each trained on the same prepared data with the same seeding, as `runner._pick` does), but every
-candidate is also scored on the test split. From one set of trainings this gives auto's test score with the
-candidates of today (gbdt, mlp) and with TRIED added: each picks by `_pick`'s rule (the validation loss
-below SMALL_VAL validation examples, else the task's monitor; a tie goes to the first). Beside them, on the
-same seeded split: LightGBM defaults, HistGradientBoosting and logistic / ridge regression fitted by hand on
-train + val (bench/tables.py).
+candidate is also scored on the test split, and, below AUTO_FOLD_ROWS training rows, out of 5 folds of the
+training split as `_pick` compares them (`out_of_fold_score`). From one set of trainings this gives auto's
+test score by three rules: before (gbdt and mlp, by the validation split: the loss below SMALL_VAL validation
+examples, else the task's monitor; a tie goes to the first), with linear added by the validation split, and
+now (gbdt, mlp and linear; out of folds below AUTO_FOLD_ROWS training rows, where a simpler family within
+one standard error of the best is kept: `simplest_within_error`). Beside them, on the same seeded split:
+LightGBM defaults, HistGradientBoosting and logistic / ridge regression fitted by hand on train + val
+(bench/tables.py).
 
 Data: scikit-learn's breast_cancer, wine, diabetes; statsmodels' fair, anes96, randhie; UCI Adult (its
 published test file; the seed sets the 10% validation hold-out, so the hand-run models are fitted once).
@@ -125,7 +128,9 @@ def candidates_on_test(task: str, data: dict, seed: int) -> dict:
             "seconds": round(time.perf_counter() - clock, 1),
         }
         if cv:
-            scores[name].update(cv=cv[metric], cv_all=cv["out_of_fold"], cv_seconds=cv["seconds"])
+            scores[name].update(
+                cv=cv[metric], cv_per_fold=cv["per_fold"], cv_all=cv["out_of_fold"], cv_seconds=cv["seconds"]
+            )
     return {
         "metric": metric,
         "lower": metric in MINIMIZED,
@@ -140,6 +145,16 @@ def picked(record: dict, among, by: str = "val") -> str:
     validation score (`by` "val") or the out-of-fold one ("cv", where the record has it)."""
     if by == "cv" and "cv" not in record["candidates"][among[0]]:
         by = "val"
+    if by == "cv" and "cv_per_fold" in record["candidates"][among[0]]:  # runner._pick's rule under folds
+        from modelfoundry.tasks import get_task
+        from modelfoundry.training.folds import simplest_within_error
+
+        folded = {
+            n: {"cv": record["candidates"][n]["cv"], "per_fold": record["candidates"][n]["cv_per_fold"]}
+            for n in among
+        }
+        simplest = get_task(record.get("task", "tabular_classification")).auto_simplest_first
+        return simplest_within_error(folded, "cv", record["lower"], simplest)[0]
     scores = {n: record["candidates"][n][by] for n in among}
     best = (min if record["lower"] else max)(scores, key=scores.get)
     return among[0] if scores[best] == scores[among[0]] else best
@@ -171,7 +186,7 @@ def run(names: list[str], seeds: range, out: Path) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 record = candidates_on_test(task, data, seed)
-            record.update(data=name, seed=seed, hand=adult_hand or hand(task, frame, None, seed))
+            record.update(data=name, task=task, seed=seed, hand=adult_hand or hand(task, frame, None, seed))
             with out.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(name, seed, json.dumps(record["candidates"]), file=sys.stderr, flush=True)
@@ -192,8 +207,8 @@ def summary(path: Path) -> str:
         by_set.setdefault(r["data"], []).append(r)
     lines = [
         "| data | seeds | validation rows (compared by) | auto before: gbdt, mlp by validation (picks) | "
-        + "+ linear, by validation (picks) | **auto now: + linear, folds below 200 (picks)** | gbdt | "
-        + "mlp | linear | LightGBM defaults | HistGB | logistic / ridge | now - best by hand | "
+        + "+ linear, by validation (picks) | **auto now: + linear, folds below 10,000 rows (picks)** | "
+        + "gbdt | mlp | linear | LightGBM defaults | HistGB | logistic / ridge | now - best by hand | "
         + "auto now s (folds) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]

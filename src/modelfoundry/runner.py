@@ -434,7 +434,7 @@ def _pick(candidates: dict[str, Config], base_dir: Path, data, splits: dict, pat
     config, Built, FitResult and DDP setup, and what the choice was (for metrics.json and the report)."""
     from modelfoundry.config import SMALL_VAL
     from modelfoundry.tasks import MINIMIZED
-    from modelfoundry.training.folds import auto_fold_count, out_of_fold_score
+    from modelfoundry.training.folds import auto_fold_count, out_of_fold_score, simplest_within_error
 
     first = next(iter(candidates.values()))
     task = get_task(first.task)
@@ -502,6 +502,9 @@ def _pick(candidates: dict[str, Config], base_dir: Path, data, splits: dict, pat
         else f"on {len(val):,} validation examples"
     )
     why = f"the {'lowest' if lower else 'highest'} {metric} {where} ({shown})"
+    simpler = simplest_within_error(scores, metric, lower, task.auto_simplest_first) if folds else None
+    if simpler and simpler[1]:  # the one-standard-error rule kept a simpler family
+        name, why = simpler[0], f"{simpler[1]}; {name} had {why}"
     console.print(f"auto: picked {name}: {why}", highlight=False)
     if folds:  # the picked family's final model: trained on the whole training split, as alone
         cfg = candidates[name]

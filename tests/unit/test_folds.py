@@ -232,3 +232,23 @@ def test_auto_compares_small_tables_out_of_folds_of_train_on_the_same_folds_for_
     assert sum(len(data.train) - n for n in held) == len(data.train)  # every training row held out once
     again = out_of_fold_score(cfg, data, splits, 3, "val_loss", train_one, torch.device("cpu"))
     assert again["val_loss"] == pytest.approx(score["val_loss"])  # seeded folds and training: repeatable
+
+
+def test_a_simpler_family_within_one_standard_error_of_the_best_is_kept_and_the_output_says_why():
+    from modelfoundry.training.folds import simplest_within_error
+
+    order = ("linear", "gbdt", "mlp")
+    close = {  # mlp is better on average, but by less than its fold-to-fold spread
+        "gbdt": {"val_loss": 0.30, "per_fold": [0.30, 0.31, 0.29, 0.30, 0.30]},
+        "mlp": {"val_loss": 0.20, "per_fold": [0.10, 0.30, 0.15, 0.25, 0.20]},
+        "linear": {"val_loss": 0.21, "per_fold": [0.21, 0.20, 0.22, 0.19, 0.23]},
+    }
+    name, why = simplest_within_error(close, "val_loss", True, order)
+    assert name == "linear" and why.startswith("linear, simpler, is within one standard error of mlp")
+    apart = {**close, "linear": {"val_loss": 0.25, "per_fold": [0.15, 0.35, 0.20, 0.30, 0.25]}}
+    assert simplest_within_error(apart, "val_loss", True, order) == ("mlp", "")  # 0.05 worse on every fold
+    accuracy = {
+        n: {"val_accuracy": 1 - s["val_loss"], "per_fold": [1 - x for x in s["per_fold"]]}
+        for n, s in apart.items()
+    }
+    assert simplest_within_error(accuracy, "val_accuracy", False, order) == ("mlp", "")  # higher is better

@@ -338,7 +338,7 @@ def family_of(name: str) -> Family:
 def _unknown(name: str) -> str:
     return (
         f"model.name: unknown model '{name}'.{did_you_mean(name, FAMILIES)} Available: "
-        f"{', '.join(FAMILIES)}; for tables also auto (foundry picks gbdt or mlp)."
+        f"{', '.join(FAMILIES)}; for tables also auto (foundry picks gbdt, mlp or linear)."
     )
 
 

@@ -124,6 +124,9 @@ class Task:
     # model.name auto (the default where there are some): the families a run trains and compares on the
     # validation split, in order of preference on a tie; none: the default model is mlp
     auto_models: tuple[str, ...] = ()
+    # ... and simplest first: compared out of folds, a simpler family within one standard error of the best
+    # is kept (training/folds.py `simplest_within_error`)
+    auto_simplest_first: tuple[str, ...] = ()
     default_model = "mlp"  # model.name when the config names none and the task has no auto_models
     # family -> {dotted key: value}: where this task's data wants other defaults than the family's recipe
     # (applied over it, under the user's keys)

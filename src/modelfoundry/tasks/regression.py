@@ -36,7 +36,7 @@ data:
   # drop: [id]                    # columns to ignore
   missing: impute                 # impute | drop | error
   split: {val: 0.15, test: 0.2, seed: 0}   # stratified by quantile bins of the target
-model:                            # leave model: out and foundry picks gbdt or mlp (auto)
+model:                            # leave model: out and foundry picks gbdt, mlp or linear (auto)
   name: mlp                       # or gbdt (gradient-boosted trees: n_estimators, num_leaves, ...)
   hidden: [64]
   dropout: 0.1

@@ -30,6 +30,7 @@ class TableInputs:
 
     kind = "table"
     auto_models = ("gbdt", "mlp", "linear")
+    auto_simplest_first = ("linear", "gbdt", "mlp")
     # One hidden layer of 64 rather than the MLP's (128, 64): over 8-10 seeds of the defaults, test R2 0.493
     # against 0.464 on diabetes, accuracy 0.968 against 0.965 on breast_cancer and 0.990 against 0.986 on
     # wine (on digits images the wider MLP stays better: 0.976 against 0.972). bench/RESULTS.md, defaults.
@@ -342,7 +343,7 @@ data:
   # drop: [id]                    # columns to ignore
   missing: impute                 # impute | drop | error
   split: {val: 0.1, test: 0.2, seed: 0}
-model:                            # leave model: out and foundry picks gbdt or mlp (auto)
+model:                            # leave model: out and foundry picks gbdt, mlp or linear (auto)
   name: mlp                       # or gbdt (gradient-boosted trees: n_estimators, num_leaves, ...)
   hidden: [64]
   dropout: 0.1
