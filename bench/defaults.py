@@ -5,12 +5,15 @@ the tuned run?
 For every data set: the default config (tables: `task` and `data` only, so `model: auto` trains gbdt and
 mlp and keeps the better on validation; images and text: plus `model.name`; nothing else, so the family's
 recipe and the run-time choices of modelfoundry decide the rest) is trained on `--seeds` (each seed sets
-the initialisation and the split). Then `foundry tune` (the functions it calls) runs `--trials` trials
-(fewer where the data set says so: `Bench.trials`) over each family's space on seed 0, minimising the
-validation loss (RMSE for regression); the best configuration of the families' studies is trained on the
-same seeds. Reported per data set: mean ± std test accuracy (R2 for regression) and mean run seconds of
-both, the gap, and whether the default is within `--tolerance` points of the tuned score at no more than
-its seconds (5% slack).
+the initialisation and the split). First `foundry tune` (the functions it calls) runs 20 trials (fewer
+where the data set says so, `Bench.trials`; `--trials N` asks for N on every data set) over each
+family's space on seed 0, minimising the validation loss (RMSE for regression), for at most
+`--study-minutes` a study; then the default and the best configuration of the families' studies are
+trained in turn on each seed (default, tuned, next seed), so their seconds are measured side by side.
+Reported per data set: mean ± std test accuracy (R2 for regression) and mean run seconds of both, the
+gap, the trials actually run, and whether the default is within `--tolerance` points of the tuned score
+at no more than its seconds (5% slack). With `--log`, every trial, every seed and every row is appended
+to the file as it ends.
 
 Data sets (offline): scikit-learn's breast_cancer, wine, diabetes (regression), digits (images);
 MNIST-10k and SST-2 from ../shared/data (SST-2: `--sst2-rows` training phrases and a quarter as many
@@ -23,6 +26,7 @@ Run from the repo root:
     .venv/bin/python bench/defaults.py --write                     # every data set, 20 trials, seeds 0,1,2
     .venv/bin/python bench/defaults.py --datasets wine --trials 3 --seeds 0   # a quick look
     .venv/bin/python bench/defaults.py --datasets diabetes --seeds 0,1,2,3,4 --log rows.md  # rows as they end
+    .venv/bin/python bench/defaults.py --datasets mnist10k --trials 20 --study-minutes 60 --threads 1
 """
 
 from __future__ import annotations
@@ -198,10 +202,12 @@ def trained(config: dict, seed: int, score: str, console: Console) -> tuple[floa
         return run.metrics["test"][score], time.perf_counter() - start
 
 
-def tuned_config(name: str, config: dict, studies: list, trials: int, console: Console) -> tuple[dict, str]:
-    """The best configuration of `trials`-trial studies (seed 0), one per family, by validation loss
-    (RMSE), as a config dict; and what was run, in words."""
-    best, said = None, []
+def tuned_config(
+    name: str, config: dict, studies: list, trials: int, timeout: float | None, console: Console
+) -> tuple[dict, str, list[int]]:
+    """The best configuration of `trials`-trial studies (seed 0, at most `timeout` seconds each), one per
+    family, by validation loss (RMSE), as a config dict; what was run, in words; the trials run per study."""
+    best, said, counts = None, [], []
     for family, space in studies:
         study_config = {
             **copy.deepcopy(config),
@@ -210,14 +216,40 @@ def tuned_config(name: str, config: dict, studies: list, trials: int, console: C
         }
         storage = f"sqlite:///{Path(os.environ['FOUNDRY_HOME']) / f'{name}-{family}.db'}"
         spec = search.open_study(study_config, [], storage, study_name=f"{name}-{family}")
-        search.optimize(spec, trials, None, console)
+        started = time.perf_counter()
+        search.optimize(spec, trials, timeout, console)
+        minutes = (time.perf_counter() - started) / 60
         folder = Path(os.environ["FOUNDRY_HOME"]) / "tune" / f"{name}-{family}"
         found = yaml.safe_load(search.finish(spec, folder, False, console).best_config.read_text())
         value = spec.study.best_value
-        said.append(f"{family} {trials} trials: best validation {spec.metric} {value:.4f}")
+        states = [t.state.name for t in spec.study.trials]
+        run = len(states) - states.count("RUNNING")
+        counts.append(run)
+        said.append(
+            f"{family} {run} trials ({states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
+            f"{states.count('FAIL')} failed; {minutes:.0f} min): best validation {spec.metric} {value:.4f} "
+            f"(trial {spec.study.best_trial.number})"
+        )
         if best is None or value < best[0]:
             best = (value, found)
-    return best[1], "; ".join(said)
+    return best[1], "; ".join(said), counts
+
+
+class Tee:
+    """A file for rich's Console: stderr, and appended to `path` (when given) at every write."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def write(self, text: str) -> int:
+        sys.stderr.write(text)
+        if self.path:
+            with self.path.open("a") as out:
+                out.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def main() -> int:
@@ -225,7 +257,11 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--datasets", nargs="*", default=None, help="default: every one found")
-    parser.add_argument("--trials", type=int, default=20, help="per study, where the data set sets no fewer")
+    parser.add_argument(
+        "--trials", type=int, default=None, help="per study (default 20, or fewer where the data set says)"
+    )
+    parser.add_argument("--study-minutes", type=float, default=None, help="stop each study after this")
+    parser.add_argument("--home", type=Path, default=None, help="FOUNDRY_HOME kept (studies' SQLite)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--sst2-rows", type=int, default=2000, help="SST-2 training phrases drawn")
     parser.add_argument("--tolerance", type=float, default=0.01, help="the gap allowed (0.01 = one point)")
@@ -236,10 +272,15 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(args.threads)
     home = tempfile.TemporaryDirectory(prefix="foundry-defaults-")
-    os.environ["FOUNDRY_HOME"] = home.name
+    os.environ["FOUNDRY_HOME"] = str(args.home or home.name)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore")
-    quiet, log = Console(quiet=True), Console(stderr=True)
+    quiet = Console(quiet=True)
+    log = Console(file=Tee(args.log), width=200)  # stderr and, with --log, the file as each line ends
+
+    def logged(text: str) -> None:
+        log.print(text, highlight=False, soft_wrap=True)
+
     trained(
         {"task": "tabular_classification", "data": {"source": "builtin:iris"}, "train": {"epochs": 1}},
         0,
@@ -251,13 +292,23 @@ def main() -> int:
         if (args.datasets and name not in args.datasets) or (not args.datasets and name in ONLY_ASKED):
             continue
         config, score = bench.config, bench.score
-        default = [trained(config, s, score, quiet) for s in seeds]
-        log.print(f"{name}: default {[round(d[0], 4) for d in default]}", highlight=False)
-        trials = min(args.trials, bench.trials or args.trials)
-        best, said = tuned_config(name, config, bench.studies, trials, quiet)
+        trials = args.trials or min(20, bench.trials or 20)
+        timeout = args.study_minutes * 60 if args.study_minutes else None
+        logged(
+            f"{name}: {trials} trials per study{f', {args.study_minutes:g} min at most' if timeout else ''}"
+        )
+        best, said, counts = tuned_config(name, config, bench.studies, trials, timeout, log)
         best.pop("recipe", None)  # the tuned run is its own configuration
-        tuned = [trained(best, s, score, quiet) for s in seeds]
-        log.print(f"{name}: tuned {[round(t[0], 4) for t in tuned]} ({said})", highlight=False)
+        logged(f"{name}: studies: {said}")
+        default, tuned = [], []
+        for s in seeds:  # in turn, so that both see the same load
+            default.append(trained(config, s, score, quiet))
+            tuned.append(trained(best, s, score, quiet))
+            load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+            logged(
+                f"{name} seed {s}: default {default[-1][0]:.4f} ({default[-1][1]:.1f} s), tuned "
+                f"{tuned[-1][0]:.4f} ({tuned[-1][1]:.1f} s); load average {load}"
+            )
         d_mean, t_mean = statistics.mean(d[0] for d in default), statistics.mean(t[0] for t in tuned)
         d_sec, t_sec = statistics.mean(d[1] for d in default), statistics.mean(t[1] for t in tuned)
         ok = d_mean >= t_mean - args.tolerance and d_sec <= t_sec * 1.05
@@ -265,8 +316,10 @@ def main() -> int:
         spread = lambda values: statistics.stdev(values) if len(values) > 1 else 0.0  # noqa: E731
         d_spread, t_spread = spread([d[0] for d in default]), spread([t[0] for t in tuned])
         family = config.get("model", {}).get("name", "auto")
+        studied = " + ".join(str(c) for c in counts)
         rows.append(
-            f"| {name} | {family} | {best['model']['name']} | {score} | {d_mean:.4f} ± {d_spread:.4f} "
+            f"| {name} | {family} | {best['model']['name']} ({studied} trials) | {score} "
+            f"| {d_mean:.4f} ± {d_spread:.4f} "
             f"| {t_mean:.4f} ± {t_spread:.4f} | {d_mean - t_mean:+.4f} | {d_sec:.1f} "
             f"| {t_sec:.1f} | {'yes' if ok else 'MISS'} |"
         )
@@ -274,15 +327,13 @@ def main() -> int:
             f"- {name}: {said}; tuned config: {best.get('train')} {best.get('model')} "
             f"augment {best['data'].get('augment')}"
         )
-        if args.log:
-            with args.log.open("a") as out:
-                out.write(rows[-1] + "\n" + notes[-1] + "\n")
+        logged(rows[-1] + "\n" + notes[-1])
     table = "\n".join(
         [
             (
                 f"Default: `task` and `data` only for tables (`model: auto`), plus `model.name` elsewhere. "
-                f"Tuned: the best of up to {args.trials} `foundry tune` trials per family on seed 0 (TPE, "
-                "median pruner, validation loss / RMSE), trained again on each seed. Seeds "
+                "Tuned: the best of `foundry tune` studies (trials run per family in the table) on seed 0 "
+                "(TPE, median pruner, validation loss / RMSE), trained again on each seed. Seeds "
                 f"{args.seeds} (initialisation and split); mean ± std; seconds per whole run. Target: the "
                 f"default within {args.tolerance * 100:g} point(s) of the tuned score at no more wall-clock."
             ),
