@@ -478,7 +478,11 @@ def _pick(candidates: dict[str, Config], base_dir: Path, data, splits: dict, pat
                 lambda c, d, s: _train_one(c, base_dir, d, s, None, False, quiet, device)[0],
                 device,
             )
-            console.print(f"auto: {name} {metric} {scores[name][metric]:.4f}", highlight=False)
+            console.print(
+                f"auto: {name} {metric} {scores[name][metric]:.4f} out of {folds} folds "
+                f"({scores[name]['seconds']:.1f} s)",
+                highlight=False,
+            )
         else:
             torch.manual_seed(cfg.train.seed)
             np.random.seed(cfg.train.seed)
