@@ -49,7 +49,10 @@ def test_the_size_aware_values_grow_trees_with_the_training_rows():
     assert all(isinstance(v, int) and v >= 2 for v in (*small.values(), *large.values()))
 
 
-def test_an_unset_key_takes_the_size_aware_value_which_the_run_prints_records_and_packages(tmp_path):
+def test_an_unset_key_takes_the_size_aware_value_which_the_run_prints_records_and_packages(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "runs"))
     cfg, _ = load_config(
         {"task": "tabular_classification", "data": table(tmp_path / "t.csv"), "model": {"name": "gbdt"}}
     )
@@ -71,7 +74,8 @@ def test_an_unset_key_takes_the_size_aware_value_which_the_run_prints_records_an
     assert predictor.predict([{"a": 2.0, "b": 0.0}, {"a": -2.0, "b": 0.0}]) == ["yes", "no"]
 
 
-def test_a_key_the_user_sets_wins_over_the_size_aware_value(tmp_path):
+def test_a_key_the_user_sets_wins_over_the_size_aware_value(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "runs"))
     metrics, spec, printed = trained(tmp_path, {"num_leaves": 3})
     assert spec["model"]["options"]["num_leaves"] == 3
     assert most_leaves(tmp_path / "run") <= 3
