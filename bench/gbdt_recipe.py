@@ -131,7 +131,7 @@ def summary(path: Path) -> str:
         by_set.setdefault(r["data"], []).append(r)
     header = (
         "| data | seeds | training rows | new recipe chose | val: today / new | test: today / new "
-        "| test: new - today (min, max over seeds) | seconds: today / new |"
+        "| test: new - today, mean ± s.e. (min, max over seeds) | seconds: today / new |"
     )
     lines = [header, "|---|---|---|---|---|---|---|---|"]
     for name in [s for s in TA.SETS if s in by_set]:
@@ -142,13 +142,14 @@ def summary(path: Path) -> str:
             for m in ("val", "test", "seconds")
         }
         gains = [r["new"]["test"] - r["today"]["test"] for r in rs]
+        error = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else float("nan")
         said = rs[0]["new"]["chosen"][0] if rs[0]["new"]["chosen"] else ": for ? "
         chose, rows = said.split(":")[0].removeprefix("gbdt "), said.split("for ")[1].split(" ")[0]
         lines.append(
             f"| {name} | {len(rs)} | {rows} | {chose} "
             f"| {mean['today', 'val']:.4f} / {mean['new', 'val']:.4f} "
             f"| {mean['today', 'test']:.4f} / **{mean['new', 'test']:.4f}** | {statistics.fmean(gains):+.4f} "
-            f"({min(gains):+.4f}, {max(gains):+.4f}) | {mean['today', 'seconds']:.1f} / "
+            f"± {error:.4f} ({min(gains):+.4f}, {max(gains):+.4f}) | {mean['today', 'seconds']:.1f} / "
             f"{mean['new', 'seconds']:.1f} |"
         )
     folded = {name: [r for r in rs if "folds" in r] for name, rs in by_set.items()}
