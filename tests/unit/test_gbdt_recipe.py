@@ -9,10 +9,12 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 from rich.console import Console
 
 import modelfoundry as mf
 from modelfoundry.config import load_config
+from modelfoundry.errors import UserError
 from modelfoundry.models.gbdt import size_aware
 
 
@@ -82,3 +84,16 @@ def test_a_key_the_user_sets_wins_over_the_size_aware_value(tmp_path, monkeypatc
     line = next(line for line in printed.splitlines() if line.startswith("chosen: gbdt"))
     assert "num_leaves" not in line and "min_child_samples" in line  # only the unset key was chosen
     assert "model.num_leaves" not in metrics["recipe"]["from"]
+
+
+def test_a_bad_value_for_a_size_aware_option_names_the_key_the_value_and_what_is_allowed(tmp_path):
+    config = {
+        "task": "tabular_classification",
+        "data": table(tmp_path / "t.csv"),
+        "model": {"name": "gbdt", "num_leaves": "many", "min_child_samples": 0},
+    }
+    with pytest.raises(UserError) as info:
+        load_config(config)
+    message = str(info.value)  # both problems at once
+    assert "model.num_leaves: 'many' must be a whole number, 2 or more or one of 'auto'" in message
+    assert "model.min_child_samples: 0 must be a positive whole number or one of 'auto'" in message
