@@ -98,7 +98,8 @@ def build(cfg, base_dir: Path, data, device: torch.device, console: Console | No
     model = model_for(
         task, cfg.model.name, model_options(cfg, base_dir), data.input_shape, data.labels, data.preprocessing
     )
-    if hasattr(model, "read_data"):  # a family that keeps some of the data in its weights (two_tower)
+    # a family that keeps some of the data in its weights (two_tower), or sizes itself by it (gbdt)
+    if hasattr(model, "read_data"):
         model.read_data(data)
     choices = list(getattr(model, "choices", []))  # what the family chose from the data (image_size)
     if cfg.model.init_from:

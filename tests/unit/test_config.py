@@ -223,7 +223,8 @@ def test_tables_default_to_auto_and_gbdt_fills_unset_options_from_its_recipe():
     assert load_config(TABLE)[0].model.name == "auto"
     assert load_config(IMAGE)[0].model.name == "mlp"
     cfg, _ = load_config({**TABLE, "model": {"name": "gbdt", "learning_rate": 0.2}})
-    assert cfg.model.model_extra == {"learning_rate": 0.2, "n_estimators": 2000}  # the user's value wins
+    assert cfg.model.model_extra["learning_rate"] == 0.2  # the user's value wins
+    assert cfg.model.model_extra["n_estimators"] == 2000 and cfg.model.model_extra["num_leaves"] == "auto"
     assert cfg.recipe["model.n_estimators"] == "gbdt recipe" and "model.learning_rate" not in cfg.recipe
     assert "train.epochs" not in cfg.recipe  # boosting rounds are not epochs: nothing chosen at run time
     again, _ = load_config(config_to_dict(cfg))  # a run's saved config keeps the recipe's keys "unset"

@@ -5,6 +5,8 @@ fix, and the combiners weigh, stack and average members as their names say."""
 from __future__ import annotations
 
 import io
+import json
+import statistics
 
 import numpy as np
 import pandas as pd
@@ -252,3 +254,27 @@ def test_a_simpler_family_within_one_standard_error_of_the_best_is_kept_and_the_
         for n, s in apart.items()
     }
     assert simplest_within_error(accuracy, "val_accuracy", False, order) == ("mlp", "")  # higher is better
+
+
+def test_the_final_gbdt_model_boosts_the_folds_median_best_round_not_every_round(tmp_path, monkeypatch):
+    # gbdt counts boosting rounds in model.n_estimators, which train.epochs does not limit: without a
+    # validation split to stop on, the final model would otherwise boost all 300 rounds
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "runs"))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 2))
+    label = np.where(x[:, 0] + rng.normal(scale=1.5, size=120) > 0, "a", "b")  # a weak signal: overfits
+    source = tmp_path / "t.csv"
+    pd.DataFrame({"x1": x[:, 0], "x2": x[:, 1], "label": label}).to_csv(source, index=False)
+    config = {
+        "task": "tabular_classification",
+        "data": {"source": str(source), "label": "label"},
+        "model": {"name": "gbdt", "n_estimators": 300},
+    }
+    train(config, ["train.folds=3"], run_dir=tmp_path / "run", console=quiet())
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    bests = [fold["best_epoch"] for fold in metrics["folds"]["per_fold"]]
+    median = round(statistics.median(bests))
+    assert median < 300  # the folds stopped early
+    trees = (tmp_path / "run" / "model" / "lightgbm.txt").read_text().count("\nTree=")
+    assert trees == median  # two classes: one tree a round
+    assert f"for {median} rounds (model.n_estimators" in metrics["folds"]["final"]

@@ -27,6 +27,25 @@ from modelfoundry.errors import UserError
 
 CURVE_POINTS = 100  # most history records (learning-curve points, tune's pruning steps) per training
 THREADED_ROWS = 50_000  # LightGBM trains on one thread below this many rows (see _params)
+AUTO = "auto"  # an option the gbdt recipe leaves to the training rows (`size_aware`)
+
+
+# The gbdt recipe's size-aware options, chosen on validation loss over 5 seeds on statsmodels' fair (4,455
+# training rows) and randhie (14,133) and on subsamples of their training rows (500 to 3,000): a grid of
+# num_leaves 7-127 x min_child_samples 5-40 x colsample_bytree 0.8/1 (bench/RESULTS.md, "The gbdt recipe by
+# size"). Up to fair's 4,455 rows trees of 7 leaves had the lowest validation loss; randhie's 14,133 rows
+# wanted 63 (or 127); in between the leaves double as the rows grow ~1.6x. Leaves of 5 rows helped from
+# 1,500 rows on; below that LightGBM's 20 stayed best (and keeps a tiny table's trees from memorising it).
+LEAVES_BY_ROWS = ((5_000, 7), (8_000, 15), (12_500, 31))  # (fewer training rows than, num_leaves); 63 above
+MOST_LEAVES = 63
+SMALL_LEAF_FROM = 1_500  # min_child_samples 5 from this many training rows, else 20
+
+
+def size_aware(rows: int) -> dict[str, int]:
+    """The values the gbdt recipe's "auto" options take for `rows` training rows: trees with more leaves,
+    and smaller leaves, as the rows grow."""
+    leaves = next((leaves for below, leaves in LEAVES_BY_ROWS if rows < below), MOST_LEAVES)
+    return {"num_leaves": leaves, "min_child_samples": 5 if rows >= SMALL_LEAF_FROM else 20}
 
 
 def build_gbdt(
@@ -34,9 +53,9 @@ def build_gbdt(
     num_classes: int,
     n_estimators: int = 100,
     learning_rate: float = 0.1,
-    num_leaves: int = 31,
+    num_leaves: int | Literal["auto"] = 31,
     max_depth: int = -1,
-    min_child_samples: int = 20,
+    min_child_samples: int | Literal["auto"] = 20,
     subsample: float = 1.0,
     colsample_bytree: float = 1.0,
     reg_lambda: float = 0.0,
@@ -53,9 +72,9 @@ def build_gbdt(
         num_classes: classes (2 or more), or 1 for a number.
         n_estimators: most boosting rounds (trees per class); early stopping usually ends sooner.
         learning_rate: shrinkage of each tree's contribution.
-        num_leaves: most leaves per tree.
+        num_leaves: most leaves per tree; "auto" (the recipe): from the training rows (`size_aware`).
         max_depth: most levels per tree; -1 for no limit.
-        min_child_samples: fewest training rows in a leaf.
+        min_child_samples: fewest training rows in a leaf; "auto" (the recipe): from the training rows.
         subsample: fraction of rows each tree sees (bagging); 1.0 for all.
         colsample_bytree: fraction of features each tree sees.
         reg_lambda, reg_alpha: L2 and L1 penalties on leaf values.
@@ -108,6 +127,23 @@ class GradientBoostedTrees(nn.Module):
         # holds no weights; tells callers that ask a model's parameters which device it is on
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
         self._booster = None
+        self.resolved_options: dict = {}  # what "auto" options came to, saved in the package
+        self.choices: list[str] = []  # the same, in words (a `chosen:` line of the run)
+
+    def read_data(self, data) -> None:
+        """Settle the options left "auto" (the gbdt recipe) from the training split's rows."""
+        self.settle(len(data.train))
+
+    def settle(self, rows: int) -> None:
+        """Give each "auto" option its `size_aware` value for `rows` training rows; say what was chosen."""
+        auto = [key for key, value in self.options.items() if value == AUTO]
+        if not auto:
+            return
+        values = size_aware(rows)
+        self.resolved_options = {key: values[key] for key in auto}
+        self.options.update(self.resolved_options)
+        shown = ", ".join(f"{key} {value}" for key, value in self.resolved_options.items())
+        self.choices = [f'gbdt {shown}: for {rows:,} training rows (the gbdt recipe\'s "auto")']
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._booster is None:
@@ -275,6 +311,7 @@ def fit_gbdt(
         raise UserError("train.early_stopping_patience needs a validation split: set data.split.val above 0.")
     console = console or Console(stderr=True)
     x, y = _arrays(train)
+    model.settle(len(x))  # "auto" options a caller did not settle from the data (builder.build does)
     started = time.perf_counter()
     weights = getattr(train, "weights", None)  # train.balance_groups (training/weights.py)
     dtrain = lightgbm.Dataset(

@@ -31,6 +31,7 @@ import numpy as np
 from rich.console import Console
 
 from modelfoundry.errors import UserError
+from modelfoundry.models.registry import family_of
 from modelfoundry.runfiles import atomic_write, atomic_write_json
 from modelfoundry.tasks import get_task
 
@@ -229,17 +230,27 @@ def _fold_record(metrics: dict) -> dict:
 
 def _final_config(cfg, per_fold: list[dict]):
     """The config of the final model: without a validation split it cannot stop early nor keep its best
-    epoch, so it trains for the folds' median best epoch (its family's own count when it has no epochs)."""
+    epoch, so it trains for the folds' median best epoch, or best round where its family counts its own
+    rounds (`Family.rounds`: gbdt's n_estimators, which train.epochs does not limit)."""
     epochs = [f["best_epoch"] for f in per_fold if "best_epoch" in f]
     updates, recipe = {"early_stopping_patience": None}, dict(cfg.recipe)
     recipe.pop("train.early_stopping_patience", None)
     n = sum(f["examples"] for f in per_fold)
     how = f"trained on all {n:,} train+val examples"
+    rounds = family_of(cfg.model.name).rounds  # a family counting its own rounds (gbdt: boosting rounds)
+    model = cfg.model
     if epochs:
-        updates["epochs"] = max(1, round(statistics.median(epochs)))
-        recipe["train.epochs"] = f"median best epoch of the {len(per_fold)} folds"
-        how += f" for {updates['epochs']} epochs (the median best epoch of the folds: {epochs})"
-    final = cfg.model_copy(update={"train": cfg.train.model_copy(update=updates), "recipe": recipe})
+        median = max(1, round(statistics.median(epochs)))
+        if rounds:
+            model = cfg.model.model_copy(update={rounds: median})
+            recipe[f"model.{rounds}"] = f"median best round of the {len(per_fold)} folds"
+            how += f" for {median} rounds (model.{rounds}: the median best round of the folds: {epochs})"
+        else:
+            updates["epochs"] = median
+            recipe["train.epochs"] = f"median best epoch of the {len(per_fold)} folds"
+            how += f" for {median} epochs (the median best epoch of the folds: {epochs})"
+    train = cfg.train.model_copy(update=updates)
+    final = cfg.model_copy(update={"train": train, "model": model, "recipe": recipe})
     return final, how
 
 
