@@ -105,7 +105,7 @@ def candidates_on_test(task: str, data: dict, seed: int) -> dict:
     scores = {}
     for name, candidate in candidates.items():
         cv = None
-        if folds:  # auto's comparison below SMALL_VAL validation examples (runner._pick)
+        if folds:  # auto compares out of folds below AUTO_FOLD_ROWS training rows (runner._pick)
             cv = out_of_fold_score(
                 candidate,
                 prepared,
@@ -200,7 +200,7 @@ def count(names: list[str], families: list[str]) -> str:
 def summary(path: Path) -> str:
     """The markdown table of the records in `path`: mean test score per data set over its seeds, for auto's
     rule before (gbdt and mlp by the validation split), with linear by the validation split, and now
-    (gbdt, mlp and linear; by out-of-fold scores below SMALL_VAL validation examples)."""
+    (gbdt, mlp and linear; out of folds below AUTO_FOLD_ROWS training rows)."""
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     by_set: dict[str, list[dict]] = {}
     for r in records:

@@ -213,7 +213,7 @@ def test_two_configs_on_the_same_folds_are_compared_fold_by_fold():
 def test_auto_compares_small_tables_out_of_folds_of_train_on_the_same_folds_for_every_candidate(tmp_path):
     from modelfoundry.runner import _train_one
     from modelfoundry.tasks import get_task
-    from modelfoundry.training.folds import auto_fold_count, out_of_fold_score
+    from modelfoundry.training.folds import AUTO_FOLD_ROWS, auto_fold_count, out_of_fold_score
 
     cfg, base = load_config(tiny(table(tmp_path / "t.csv", per_class=12)))
     data = prepare(cfg, base)
@@ -221,6 +221,10 @@ def test_auto_compares_small_tables_out_of_folds_of_train_on_the_same_folds_for_
     task = get_task(cfg.task)
     rarest = int(np.bincount(data.train.targets.numpy()).min())
     assert auto_fold_count(data.train, task) == min(5, rarest)
+    from modelfoundry.data.prepare import ArrayData
+
+    big = ArrayData(np.zeros((AUTO_FOLD_ROWS, 2)), np.arange(AUTO_FOLD_ROWS) % 2)
+    assert auto_fold_count(big, task) == 0  # its validation split is big enough to compare on
     held = []
 
     def train_one(c, d, s):

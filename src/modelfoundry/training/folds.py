@@ -352,18 +352,19 @@ def load_oof(run: Path) -> dict | None:
     return {**load_file(str(folder / OOF_PREDICTIONS)), **json.loads((folder / OOF_TARGETS).read_text())}
 
 
-AUTO_FOLDS = (
-    5  # model.name auto below SMALL_VAL validation examples: its candidates compared over this many folds
-)
+AUTO_FOLDS = 5  # model.name auto below AUTO_FOLD_ROWS training rows: its candidates compared out of 5 folds
+AUTO_FOLD_ROWS = 10_000
 
 
 def auto_fold_count(train, task) -> int:
-    """How many folds of the training split auto compares its candidates over: AUTO_FOLDS, fewer when the
-    rarest class has fewer training examples; 0 when the split cannot be cut so (a streamed or weighted
-    split, or a class with a single example): auto then compares on the validation split."""
+    """How many folds of the training split auto compares its candidates over: AUTO_FOLDS below
+    AUTO_FOLD_ROWS training examples (fewer when the rarest class has fewer); 0 for a bigger split, whose
+    validation split is big enough to compare on (randhie and Adult picked the same family by either), and
+    where the split cannot be cut so (a streamed or weighted split, or a class with a single example): auto
+    then compares on the validation split."""
     from modelfoundry.data.prepare import ArrayData
 
-    if type(train) is not ArrayData:
+    if type(train) is not ArrayData or len(train) >= AUTO_FOLD_ROWS:
         return 0
     if not task.is_classifier:
         return AUTO_FOLDS if len(train) >= 2 * AUTO_FOLDS else 0
