@@ -155,6 +155,15 @@ def picked(record: dict, among, by: str = "val") -> str:
         }
         simplest = get_task(record.get("task", "tabular_classification")).auto_simplest_first
         return simplest_within_error(folded, "cv", record["lower"], simplest)[0]
+    if by == "val" and "val_all" in record["candidates"][among[0]]:  # the rule without folds: its metric
+        from modelfoundry.config import SMALL_VAL
+        from modelfoundry.tasks import MINIMIZED, get_task
+
+        task = get_task(record.get("task", "tabular_classification"))
+        metric = task.small_val_monitor if record["val_examples"] < SMALL_VAL else task.default_monitor
+        scores = {n: record["candidates"][n]["val_all"][metric] for n in among}
+        best = (min if metric in MINIMIZED else max)(scores, key=scores.get)
+        return among[0] if scores[best] == scores[among[0]] else best
     scores = {n: record["candidates"][n][by] for n in among}
     best = (min if record["lower"] else max)(scores, key=scores.get)
     return among[0] if scores[best] == scores[among[0]] else best
