@@ -288,7 +288,7 @@ def main() -> int:
         quiet,
     )  # imports and first-call costs, so the first data set is not charged them
     rows, notes, misses = [], [], 0
-    for name, bench in datasets(Path(home.name), args.sst2_rows).items():
+    for name, bench in datasets(Path(os.environ["FOUNDRY_HOME"]), args.sst2_rows).items():
         if (args.datasets and name not in args.datasets) or (not args.datasets and name in ONLY_ASKED):
             continue
         config, score = bench.config, bench.score
