@@ -2,8 +2,9 @@
 the task has no automatic choice) get within a point of a tuned configuration, in no more wall-clock than
 the tuned run?
 
-For every data set: the default config (tables: `task` and `data` only, so `model: auto` trains gbdt and
-mlp and keeps the better on validation; images and text: plus `model.name`; nothing else, so the family's
+For every data set: the default config (tables: `task` and `data` only, so `model: auto` compares gbdt,
+mlp and linear (out of 5 folds of the training split below 10,000 rows) and keeps one; images and
+text: plus `model.name`; nothing else, so the family's
 recipe and the run-time choices of modelfoundry decide the rest) is trained on `--seeds` (each seed sets
 the initialisation and the split). First `foundry tune` (the functions it calls) runs 20 trials (fewer
 where the data set says so, `Bench.trials`; `--trials N` asks for N on every data set) over each
