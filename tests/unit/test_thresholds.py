@@ -45,7 +45,8 @@ def people(rows: int, seed: int) -> pd.DataFrame:
     return frame
 
 
-def test_a_run_fits_thresholds_reports_before_and_after_and_its_package_applies_them(tmp_path):
+def test_a_run_fits_thresholds_reports_before_and_after_and_its_package_applies_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "home"))  # the registry goes there, not into ./runs
     people(600, 0).to_csv(tmp_path / "people.csv", index=False)
     config = {
         "task": "tabular_classification",
@@ -80,7 +81,10 @@ def test_a_run_fits_thresholds_reports_before_and_after_and_its_package_applies_
     assert given[2] == pytest.approx(raw[2], abs=1e-6)  # a group it never saw keeps the model's own
 
 
-def test_a_threshold_policy_needs_an_audited_category_column_of_a_two_class_table_model(tmp_path):
+def test_a_threshold_policy_needs_an_audited_category_column_of_a_two_class_table_model(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "home"))
     base = {"task": "tabular_classification", "data": {"source": "people.csv", "label": "label"}}
     with pytest.raises(UserError, match="'sex' is not a column of evaluate.sensitive"):
         load_config({**base, "evaluate": {"threshold_policy": {"sensitive": "sex"}}})
