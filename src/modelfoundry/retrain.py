@@ -178,6 +178,42 @@ def record(run_path: Path, result: dict) -> dict:
     return result
 
 
+def decide(
+    store,
+    alias: str,
+    champion,
+    challenger,
+    run,
+    scores: dict,
+    gain: float,
+    shown: str,
+    *,
+    margin: float,
+    promote: bool,
+    metric: str,
+    higher_is_better: bool,
+    examples: dict,
+    fingerprint: str,
+) -> dict:
+    """A language model's retrain, from the two models' `scores` on: the verdict (`gain` > 0 is better,
+    `shown` as the metric reads), the comparison, recorded in the challenger's run `run`. Returns it."""
+    better, decision = verdict(store, alias, champion, challenger, gain, margin, promote, metric, shown)
+    comparison = {
+        "champion": {"version": champion.name, **scores["champion"]},
+        "challenger": {"version": challenger.name, "run": run.id, **scores["challenger"]},
+        "examples": examples,
+        "holdout_fingerprint": fingerprint,
+        "metric": metric,
+        "higher_is_better": higher_is_better,
+        "gain": gain,
+        "margin": margin,
+        "promoted": better and promote,
+        "alias": alias,
+        "decision": decision,
+    }
+    return record(run.path, comparison)
+
+
 def frozen_holdout(config: dict, base_dir: Path) -> tuple[list, list[str]]:
     """The champion's test split as raw inputs and labels.
 

@@ -66,7 +66,7 @@ def retrain_gpt(
     """The retrain of a GPT champion (see the module docstring); returns the comparison."""
     from modelfoundry.config import absolute_paths, load_config
     from modelfoundry.predictor import load
-    from modelfoundry.retrain import hold_back, nothing_to_learn, record, verdict
+    from modelfoundry.retrain import decide, hold_back, nothing_to_learn
     from modelfoundry.runfiles import atomic_write, run_folder
     from modelfoundry.runner import train
     from modelfoundry.store.feedback import media_dir
@@ -124,28 +124,29 @@ def retrain_gpt(
     }
     before, after = scores["champion"]["combined"], scores["challenger"]["combined"]
     gain = (before - after) / max(before, 1e-12)  # the share of bits per byte removed
-    better, decision = verdict(
-        store, alias, champion, challenger, gain, margin, promote, METRIC, f"{gain:+.1%} lower"
-    )
-    comparison = {
-        "champion": {"version": champion.name, **scores["champion"]},
-        "challenger": {"version": challenger.name, "run": result.id, **scores["challenger"]},
-        "examples": {
-            "holdout": len(parts["test"]),
-            "feedback": len(held),
-            "combined": len(parts["test"]) + len(held),
-            "feedback_trained": len(used),
-        },
-        "holdout_fingerprint": hashlib.sha256("\0".join(parts["test"]).encode()).hexdigest()[:16],
-        "metric": METRIC,
-        "higher_is_better": False,
-        "gain": gain,
-        "margin": margin,
-        "promoted": better and promote,
-        "alias": alias,
-        "decision": decision,
+    examples = {
+        "holdout": len(parts["test"]),
+        "feedback": len(held),
+        "combined": len(parts["test"]) + len(held),
+        "feedback_trained": len(used),
     }
-    return record(result.path, comparison)
+    fingerprint = hashlib.sha256("\0".join(parts["test"]).encode()).hexdigest()[:16]
+    return decide(
+        store,
+        alias,
+        champion,
+        challenger,
+        result,
+        scores,
+        gain,
+        f"{gain:+.1%} lower",
+        margin=margin,
+        promote=promote,
+        metric=METRIC,
+        higher_is_better=False,
+        examples=examples,
+        fingerprint=fingerprint,
+    )
 
 
 def champion_steps(run: Path, config: dict) -> int:

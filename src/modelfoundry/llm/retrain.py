@@ -65,7 +65,7 @@ def retrain_lm(
 ) -> dict:
     """The retrain of a pretrained_lm champion (see the module docstring); returns the comparison."""
     from modelfoundry.config import absolute_paths
-    from modelfoundry.retrain import hold_back, nothing_to_learn, record, verdict
+    from modelfoundry.retrain import decide, hold_back, nothing_to_learn
     from modelfoundry.runfiles import atomic_write, run_folder
     from modelfoundry.runner import train
     from modelfoundry.store.feedback import media_dir
@@ -113,28 +113,28 @@ def retrain_lm(
         for name, path in (("champion", package), ("challenger", challenger.path))
     }
     gain = scores["challenger"]["combined"] - scores["champion"]["combined"]
-    better, decision = verdict(
-        store, alias, champion, challenger, gain, margin, promote, METRIC, f"{gain:+.4f}"
-    )
-    comparison = {
-        "champion": {"version": champion.name, **scores["champion"]},
-        "challenger": {"version": challenger.name, "run": result.id, **scores["challenger"]},
-        "examples": {
-            "holdout": len(heldout),
-            "feedback": len(held),
-            "combined": len(heldout) + len(held),
-            "feedback_trained": len(used),
-        },
-        "holdout_fingerprint": _fingerprint(heldout),
-        "metric": METRIC,
-        "higher_is_better": True,
-        "gain": gain,
-        "margin": margin,
-        "promoted": better and promote,
-        "alias": alias,
-        "decision": decision,
+    examples = {
+        "holdout": len(heldout),
+        "feedback": len(held),
+        "combined": len(heldout) + len(held),
+        "feedback_trained": len(used),
     }
-    return record(result.path, comparison)
+    return decide(
+        store,
+        alias,
+        champion,
+        challenger,
+        result,
+        scores,
+        gain,
+        f"{gain:+.4f}",
+        margin=margin,
+        promote=promote,
+        metric=METRIC,
+        higher_is_better=True,
+        examples=examples,
+        fingerprint=_fingerprint(heldout),
+    )
 
 
 def score(package: Path, heldout: list[list[dict]], feedback: list[list[dict]]) -> dict:
