@@ -114,6 +114,8 @@ def one_thread(model: nn.Module, train, cfg: TrainConfig, device: torch.device) 
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(inputs.to(device))
+    except (AttributeError, TypeError, RuntimeError):  # inputs that are not one tensor: keep the threads
+        return None
     finally:
         model.train(training)
     flops = counter.get_total_flops()
