@@ -167,6 +167,8 @@ def train(
         table.add_row(f"{split} {key} of popularity", f"{test['popularity'][key]:.4f}")
     if "best_epoch" in run.metrics:
         table.add_row("best epoch", f"{run.metrics['best_epoch']} of {run.metrics['epochs_run']}")
+    if refit := run.metrics.get("refit"):  # train.refit: the shipped model saw the validation split too
+        table.add_row("trained again on", f"train+val ({refit['examples']:,} examples)")
     if folds := run.metrics.get("folds"):  # k-fold cross-validation: each validation number, mean ± std
         for key in ("accuracy", "f1_macro", "roc_auc", "rmse", "mae", "r2"):
             if key in folds["mean"]:

@@ -308,6 +308,13 @@ class TrainConfig(_Section):
         False, description="with folds: keep the fold models as an ensemble instead of a final model"
     )
 
+    refit: bool | None = Field(
+        None,
+        description="after training, train the model again on train+val for the epochs (boosting rounds) "
+        "early stopping chose on the validation split, and ship that one; the validation numbers stay the "
+        "first model's. Default (unset): on for model.name auto on a table held in memory, off otherwise",
+    )
+
     balance_groups: str | None = Field(
         None,
         description="a column of evaluate.sensitive: training examples are re-weighted so that each (group, "
@@ -473,7 +480,7 @@ class Config(_Section):
                     f"tune.direction: {self.tune.direction} contradicts metric {metric}, which is best "
                     f"{'low' if natural == 'minimize' else 'high'}; remove direction or set it to {natural}"
                 )
-        problems += _fairness_problems(self)
+        problems += _fairness_problems(self) + _refit_problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         self._user_keys = self._keys_set() - set(self.recipe)  # keys a saved recipe filled are not the user's
@@ -535,6 +542,29 @@ def _fairness_problems(cfg: Config) -> list[str]:
             "before and after"
         )
     return problems
+
+
+def _refit_problems(cfg: Config) -> list[str]:
+    """train.refit: true needs a validation split to stop on, and no --folds (whose final model already
+    trains on train+val)."""
+    if not cfg.train.refit:
+        return []
+    if cfg.train.folds:
+        return [
+            (
+                f"train.refit: true, and --folds {cfg.train.folds} already trains the final model on all of "
+                "train+val; remove one of them (--set train.refit=false keeps --folds)"
+            )
+        ]
+    if cfg.data.split.val == 0 and not cfg.data.val_source:
+        return [
+            (
+                "train.refit: true trains the model again on train+val for as long as early stopping on the "
+                "validation split kept it, and data.split.val is 0: there is no validation split. Set "
+                "data.split.val above 0 (0.1 is usual), or remove train.refit."
+            )
+        ]
+    return []
 
 
 def freeze_problems(train: TrainConfig, family: str) -> list[str]:

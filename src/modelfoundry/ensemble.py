@@ -266,8 +266,10 @@ def make_ensemble(
     first = members[0]
     heldout = heldout_splits(first.config, Path(first.predictor.spec.get("config_dir", ".")))
     fit_on = _fit_data(method, members, heldout, console)
-    if any(load_oof(run_folder(m.package)) is not None for m in members):
-        heldout["val"] = None  # a member trained on it (--folds): its scores there would flatter it
+    if any(load_oof(run_folder(m.package)) is not None or m.predictor.spec.get("refit") for m in members):
+        heldout["val"] = (
+            None  # a member trained on it (--folds, train.refit): its scores there would flatter it
+        )
     run_id = f"{datetime.now():%Y%m%d-%H%M%S}-{name or 'ensemble-' + method}-{secrets.token_hex(2)}"
     path = runs_root() / "".join(c if c.isalnum() or c in "-_" else "-" for c in run_id)
     path.mkdir(parents=True)
@@ -420,6 +422,13 @@ def _fit_data(method: str, members: list[Member], heldout: dict, console: Consol
             f"--method {method}: {', '.join(trained_on_val)} trained its final model on the validation "
             "split (--folds), so a combiner fitted there would favour it. Use --method mean, or members "
             "that all used the same --folds (and seed): then it fits on their out-of-fold predictions."
+        )
+    refitted = [m.name for m in members if m.predictor.spec.get("refit")]
+    if refitted:
+        raise UserError(
+            f"--method {method}: {', '.join(refitted)} was trained again on train+val (train.refit, on by "
+            "default for model.name auto), so a combiner fitted on the validation split would favour it. "
+            "Use --method mean, or train the members with --set train.refit=false."
         )
     if heldout["val"] is None:
         raise UserError(

@@ -11,7 +11,7 @@ import json
 import math
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -140,7 +140,9 @@ def train(
     except BaseException as exc:
         registry.finish(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    if trained is not cfg:  # auto: the run is the picked family's, and its config says so
+    if (
+        trained is not cfg
+    ):  # auto: the run is the picked family's (refit: train.refit true), as the config says
         cfg, resolved = trained, config_to_dict(trained)
         atomic_write(path / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         registry.start(run_id, cfg.name, cfg.task, cfg.model.name, path, resolved)
@@ -243,6 +245,9 @@ def _train_and_evaluate(
         name: getattr(data, name) and getattr(data, name).to(device) for name in ("train", "val", "test")
     }
     balance = balance_groups(cfg, task, data, splits, device, console)
+    refits = _refits(
+        next(iter(candidates.values())) if candidates else cfg, bool(candidates), splits
+    )  # checked before training
     picked = None
     if candidates:  # model.name auto: train each candidate family, keep the best on the validation split
         cfg, built, result, setup, picked = _pick(
@@ -250,12 +255,18 @@ def _train_and_evaluate(
         )
     else:
         built, result, setup = _train_one(cfg, base_dir, data, splits, path, resume, console, device)
+    val_scores, refit, trained_cfg = None, None, cfg  # trained_cfg: what the run's config.yaml says
+    if refits and result.best_epoch >= 1:  # train.refit: again on train+val, for as long
+        val_scores = predict_logits(built.model, splits["val"])  # the validation numbers: the first model's
+        trained_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"refit": True})})
+        cfg, built, refit, threads = _refit(cfg, built, result, base_dir, data, splits, console, device)
+        result = replace(result, threads=threads)
     model = built.model
     if result.threads == 1:  # evaluating (explanations, importance) a model trained on one thread: the same
         torch.set_num_threads(1)
     timings["train"] = result.earlier_seconds + time.perf_counter() - clock  # every process of a resumed run
     if path is None:
-        return {}, timings, cfg
+        return {}, timings, trained_cfg
 
     clock = time.perf_counter()
     metrics: dict = {
@@ -271,6 +282,8 @@ def _train_and_evaluate(
         metrics["balance_groups"] = balance
     if picked:
         metrics["auto"] = picked
+    if refit:
+        metrics["refit"] = refit
     spec = {
         "task": cfg.task,
         "model": {
@@ -287,10 +300,17 @@ def _train_and_evaluate(
     }
     if data.target:
         spec["target"] = data.target
+    if refit:  # the package was trained on the validation split too (ensemble.py then fits nothing on it)
+        spec["refit"] = refit
     predictions = {}
     for name in ("val", "test"):
         if splits[name] is not None:
-            predictions[name] = task.predictions(predict_logits(model, splits[name]), spec)
+            scores = (
+                val_scores
+                if name == "val" and val_scores is not None
+                else predict_logits(model, splits[name])
+            )
+            predictions[name] = task.predictions(scores, spec)
             metrics[name] = task.metrics(predictions[name], getattr(data, name).targets.numpy(), spec)
     test_targets = data.test.targets.numpy() if data.test is not None else None
     if data.groups and "test" in predictions:  # evaluate.sensitive: the audit of the test split's groups
@@ -354,7 +374,7 @@ def _train_and_evaluate(
         extra_sections,
         Predictor(model.eval(), spec, path / "model"),
     )
-    return metrics, timings, cfg
+    return metrics, timings, trained_cfg
 
 
 def _train_one(cfg: Config, base_dir: Path, data, splits: dict, path, resume, console, device):
@@ -404,6 +424,80 @@ def _train_one(cfg: Config, base_dir: Path, data, splits: dict, path, resume, co
         objective=built.objective,
     )
     return built, result, setup
+
+
+def _refits(cfg: Config, auto: bool, splits: dict) -> bool:
+    """Whether the model, once trained, is trained again on train+val (train.refit; unset: for model.name
+    auto, when it can be). The first model's early stopping on the validation split says for how long; the
+    second sees the validation rows too, 11-14% more on the usual split, as a model fitted by hand on
+    train+val or a tuned one refitted does (bench/RESULTS.md, "train.refit"). The evaluate keys that fit
+    something on the validation split's predictions of the shipped model, streamed or weighted data,
+    distillation and DDP keep the first model. Called before training: train.refit true that cannot be
+    done stops the run before it trains."""
+    from modelfoundry.data.prepare import ArrayData
+
+    if cfg.train.refit is False or (cfg.train.refit is None and not auto):
+        return False
+    why = (
+        "there is no validation split to find how long to train"
+        if splits["val"] is None
+        else "the training data is streamed or weighted (train.balance_groups), not one table in memory"
+        if type(splits["train"]) is not ArrayData or type(splits["val"]) is not ArrayData
+        else "evaluate.threshold_policy fits its thresholds on the validation split's predictions"
+        if cfg.evaluate.threshold_policy
+        else "train.distill trains from a teacher"
+        if cfg.train.distill
+        else "DDP trains in many processes"
+        if distributed.world_size() > 1
+        else ""
+    )
+    if why and cfg.train.refit:
+        raise UserError(f"train.refit: true, but {why}. Remove train.refit (or set it to false).")
+    return not why
+
+
+def _refit(cfg: Config, built, result, base_dir: Path, data, splits: dict, console: Console, device):
+    """Train `cfg`'s model again, from scratch, on train+val, for the epochs (or rounds) the first model's
+    early stopping kept, with the options it settled on ("auto" sizes, L2). Returns the config and Built of
+    the second model, what metrics.json and the package record of it, and its FitResult's threads."""
+    from modelfoundry.data.prepare import ArrayData
+    from modelfoundry.training.folds import for_epochs
+
+    clock = time.perf_counter()
+    train, val = splits["train"], splits["val"]
+    both = ArrayData(torch.cat([train.inputs, val.inputs]), torch.cat([train.targets, val.targets]))
+    settled = getattr(built.model, "resolved_options", {})
+    refit_cfg, length = for_epochs(
+        cfg.model_copy(update={"model": cfg.model.model_copy(update=settled)}),
+        result.best_epoch,
+        "the best {} on the validation split",
+    )
+    console.print(
+        f"refit: training {cfg.model.name} again on the {len(both):,} train+val examples"
+        + (f" for {length}" if length else ""),
+        highlight=False,
+    )
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    again, fitted, _ = _train_one(
+        refit_cfg,
+        base_dir,
+        replace(data, train=both.to(torch.device("cpu")), val=None),
+        {**splits, "train": both, "val": None},
+        None,  # no checkpoints: a refit is short, and --resume continues the first model's
+        False,
+        Console(quiet=True),
+        device,
+    )
+    record = {
+        "examples": len(both),
+        "best_epoch": result.best_epoch,
+        "seconds": round(time.perf_counter() - clock, 2),
+        "why": f"trained again on train+val ({len(train):,} + {len(val):,} examples)"
+        + (f" for {length}" if length else "")
+        + "; the validation numbers are the first model's, trained on the training split alone",
+    }
+    return refit_cfg, again, record, fitted.threads
 
 
 AUTO_MINUTES = 2.0  # model.name auto: the most minutes each candidate trains, unless train.max_minutes is set
@@ -621,7 +715,7 @@ def write_run_report(
         mistakes=mistakes,
         config=config,
         sections=task.report_sections(predictions, targets, spec)
-        + _auto_section(metrics.get("auto"))
+        + _auto_section(metrics.get("auto"), metrics.get("refit"))
         + audit_sections(metrics, task)
         + list(extra_sections or []),
     )
@@ -641,11 +735,14 @@ def audit_sections(metrics: dict, task) -> list[tuple[str, str, str]]:
     )
 
 
-def _auto_section(picked: dict | None) -> list[tuple[str, str, str]]:
-    """model.name auto's choice as a report section: each candidate's validation score, time and recipe."""
-    if not picked:
-        return []
+def _auto_section(picked: dict | None, refit: dict | None = None) -> list[tuple[str, str, str]]:
+    """model.name auto's choice as a report section: each candidate's validation score, time and recipe;
+    and how the final model was trained again on train+val (train.refit), with or without auto."""
     import html
+
+    again = f"<p>Final model: {html.escape(refit['why'])}.</p>" if refit else ""
+    if not picked:
+        return [("refit", "Final model (train.refit)", again)] if refit else []
 
     rows = "".join(
         f"<tr><td>{html.escape(name)}{' (picked)' if name == picked['picked'] else ''}</td>"
@@ -663,7 +760,7 @@ def _auto_section(picked: dict | None) -> list[tuple[str, str, str]]:
     body = (
         f"<p>model.name auto picked <b>{html.escape(picked['picked'])}</b>: {html.escape(picked['why'])}.</p>"
     )
-    return [("auto", "Model choice (auto)", body + table)]
+    return [("auto", "Model choice (auto)", body + table + again)]
 
 
 def evaluate(

@@ -153,6 +153,12 @@ def test_auto_is_the_default_for_tables_and_says_what_it_picked_and_why(tmp_path
     )
     report = (tmp_path / "run" / "report.html").read_text()
     assert "Model choice (auto)" in report
+    # the picked family's final model is trained again on train+val, and the run says so
+    splits = json.loads((tmp_path / "run" / "data_report.json").read_text())["splits"]
+    assert metrics["refit"]["examples"] == splits["train"] + splits["val"] and saved["train"]["refit"] is True
+    both = splits["train"] + splits["val"]
+    assert f"refit: training {picked} again on the {both} train+val" in result.stderr
+    assert "Final model: trained again on train+val" in report
     assert "<h3>Columns</h3>" in report and "<td>color</td><td>category</td>" in report  # each column's role
 
 

@@ -62,8 +62,10 @@ def distill(
             f"--student takes model.* keys only; got {', '.join(others)}. Use --epochs for training length."
         )
     config["model"] = model
-    for key in ("lr_head", "lr_backbone", "freeze_epochs", "features_only"):
-        config["train"].pop(key, None)  # the teacher's transfer-learning settings are not the student's
+    for key in ("lr_head", "lr_backbone", "freeze_epochs", "features_only", "refit"):
+        config["train"].pop(
+            key, None
+        )  # the teacher's transfer-learning settings (and refit) are not the student's
     config["train"]["distill"] = {
         "teacher": str(parent / "model"),
         "temperature": temperature,

@@ -26,6 +26,12 @@ def review(metrics: dict, task) -> list[str]:
             f"{test[name]:.3f} ({test.get('n', '?')} examples): a gap of {abs(val[name] - test[name]):.3f}. "
             "The validation split, which early stopping chose the epoch on, is too small or unlike the test "
             "split; trust the test number, and give validation more examples (data.split.val)."
+            + (
+                " (The test number is of the model trained again on train+val, train.refit; the validation "
+                "number is the first model's, trained on the training split alone.)"
+                if metrics.get("refit")
+                else ""
+            )
         )
     best, epochs = metrics.get("best_epoch"), metrics.get("epochs_run")
     if best and epochs and best <= EARLY_SHARE * epochs:

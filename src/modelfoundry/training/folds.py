@@ -230,28 +230,36 @@ def _fold_record(metrics: dict) -> dict:
 
 def _final_config(cfg, per_fold: list[dict]):
     """The config of the final model: without a validation split it cannot stop early nor keep its best
-    epoch, so it trains for the folds' median best epoch, or best round where its family counts its own
-    rounds (`Family.rounds`: gbdt's n_estimators, which train.epochs does not limit)."""
+    epoch, so it trains for the folds' median best epoch (or round: `for_epochs`)."""
     epochs = [f["best_epoch"] for f in per_fold if "best_epoch" in f]
-    updates, recipe = {"early_stopping_patience": None}, dict(cfg.recipe)
-    recipe.pop("train.early_stopping_patience", None)
     n = sum(f["examples"] for f in per_fold)
     how = f"trained on all {n:,} train+val examples"
-    rounds = family_of(cfg.model.name).rounds  # a family counting its own rounds (gbdt: boosting rounds)
-    model = cfg.model
-    if epochs:
-        median = max(1, round(statistics.median(epochs)))
-        if rounds:
-            model = cfg.model.model_copy(update={rounds: median})
-            recipe[f"model.{rounds}"] = f"median best round of the {len(per_fold)} folds"
-            how += f" for {median} rounds (model.{rounds}: the median best round of the folds: {epochs})"
-        else:
-            updates["epochs"] = median
-            recipe["train.epochs"] = f"median best epoch of the {len(per_fold)} folds"
-            how += f" for {median} epochs (the median best epoch of the folds: {epochs})"
+    if not epochs:
+        return for_epochs(cfg, None, "")[0], how
+    median = max(1, round(statistics.median(epochs)))
+    final, length = for_epochs(cfg, median, f"the median best {{}} of the {len(per_fold)} folds: {epochs}")
+    return final, f"{how} for {length}" if length else how
+
+
+def for_epochs(cfg, epochs: int | None, why: str):
+    """`cfg` trained with no validation split to stop on: early stopping off and, for `epochs`, train.epochs
+    set to it, or the option that counts the rounds of a family that trains itself (`Family.rounds`: gbdt's
+    n_estimators, which train.epochs does not limit). `why`'s {} is "epoch" or "round". Returns the config
+    and its length in words ("" for a family fitted without epochs: linear)."""
+    updates, recipe = {"early_stopping_patience": None}, dict(cfg.recipe)
+    recipe.pop("train.early_stopping_patience", None)
+    family = family_of(cfg.model.name)
+    model, length = cfg.model, ""
+    if epochs and family.rounds:
+        model = cfg.model.model_copy(update={family.rounds: epochs})
+        recipe[f"model.{family.rounds}"] = why.format("round")
+        length = f"{epochs} rounds (model.{family.rounds}: {why.format('round')})"
+    elif epochs and not family.trains:  # the gradient loop's epochs (linear fits to convergence)
+        updates["epochs"] = epochs
+        recipe["train.epochs"] = why.format("epoch")
+        length = f"{epochs} epochs ({why.format('epoch')})"
     train = cfg.train.model_copy(update=updates)
-    final = cfg.model_copy(update={"train": train, "model": model, "recipe": recipe})
-    return final, how
+    return cfg.model_copy(update={"train": train, "model": model, "recipe": recipe}), length
 
 
 def summarise(per_fold: list[dict], k: int, examples: int, seed: int) -> dict:
