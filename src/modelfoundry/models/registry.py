@@ -201,8 +201,8 @@ FAMILIES: dict[str, Family] = {
     ),
     # Logistic regression for classes, ridge regression for a number: one Linear layer fitted by L-BFGS to
     # convergence (no lr, epochs or batches); L2 1/N, scikit-learn's default, which scored above a strength
-    # chosen on the validation loss on five small tables (bench/RESULTS.md, tables over seeds). Not one of
-    # auto's candidates: as a third it did not help (same place).
+    # chosen on the validation loss on five small tables (bench/RESULTS.md, tables over seeds). auto's
+    # third candidate since small tables are compared out of folds (runner._pick).
     "linear": Family(
         "modelfoundry.models.linear:build_linear",
         "tables",
