@@ -229,3 +229,12 @@ def test_tables_default_to_auto_and_gbdt_fills_unset_options_from_its_recipe():
     assert "train.epochs" not in cfg.recipe  # boosting rounds are not epochs: nothing chosen at run time
     again, _ = load_config(config_to_dict(cfg))  # a run's saved config keeps the recipe's keys "unset"
     assert again.model.model_extra == cfg.model.model_extra and again.recipe == cfg.recipe
+
+
+def test_refit_true_that_cannot_be_done_is_refused_before_training_naming_the_fix():
+    assert load_config(TABLE)[0].train.refit is None  # unset: auto decides (on for model.name auto)
+    folds = config_error(TABLE, ["train.refit=true", "train.folds=5"])
+    assert "train.refit: true, and --folds 5 already trains the final model on all of train+val" in folds
+    no_val = config_error(TABLE, ["train.refit=true", "data.split.val=0"])
+    assert "data.split.val is 0: there is no validation split. Set data.split.val above 0" in no_val
+    assert load_config(TABLE, ["train.refit=false", "train.folds=5"])[0].train.refit is False
