@@ -370,7 +370,11 @@ def _train_and_evaluate(
         spec,
         predictions.get("test"),
         test,
-        config_to_dict(cfg),
+        config_to_dict(  # the options "auto" settled on (gbdt's leaves, linear's L2), as the package has them
+            cfg.model_copy(
+                update={"model": cfg.model.model_copy(update=getattr(model, "resolved_options", {}))}
+            )
+        ),
         extra_sections,
         Predictor(model.eval(), spec, path / "model"),
     )
