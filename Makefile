@@ -26,7 +26,7 @@ test: install
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	bash .ci/chromium.sh
-	eval "$$(bash .ci/postgres.sh)" && $(PY) -m pytest -n 2 -q
+	eval "$$(bash .ci/postgres.sh)" && $(PY) -m pytest -n 2 -q --durations=15
 
 test-fast: install
 	$(PY) -m pytest -n 2 -q -m "not slow"
