@@ -131,7 +131,9 @@ def summary(files: list[Path]) -> str:
         ]
     for name in dict.fromkeys(d for d, _ in tuned_at):
         pairs = [
-            (r["on"]["test"], tuned_at[(name, r["seed"])]) for r in records if (name, r["seed"]) in tuned_at
+            (r["on"]["test"], tuned_at[(name, r["seed"])])
+            for r in records
+            if r["data"] == name and (name, r["seed"]) in tuned_at
         ]
         if not pairs:
             continue
