@@ -66,24 +66,14 @@ def run(names: list[str], seeds: range, out: Path) -> None:
 def tuned(names: list[str], seeds: range, trials: int, out: Path) -> None:
     """LightGBM tuned by `trials` Optuna trials of 5-fold CV on train + val of each seed's split, refitted
     and tested (bench/tables.py `tuned_lightgbm`), one record per (data set, seed) in `out`."""
-    from modelfoundry.data.split import split_indices
-    from modelfoundry.tasks import get_task
-
     folder = Path(tempfile.mkdtemp())
     for name in names:
         task, _, frame, adult = A.full_frames(folder, name)
         for seed in seeds:
-            if adult is not None:
-                seen, test = adult
-            else:
-                split = split_indices(get_task(task).strata(frame["target"].to_numpy()), 0.1, 0.2, seed, True)
-                seen = frame.iloc[np.sort(np.concatenate([split["train"], split["val"]]))]
-                test = frame.iloc[split["test"]]
+            x = A.T.features(*A.seen_and_test(task, frame, adult, seed))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                score, done = A.T.tuned_lightgbm(
-                    task == "tabular_classification", *A.T.features(seen, test), trials
-                )
+                score, done = A.T.tuned_lightgbm(task == "tabular_classification", *x, trials)
             record = {"data": name, "seed": seed, "tuned": score, "trials": done}
             print(json.dumps(record), flush=True)
             with out.open("a") as f:

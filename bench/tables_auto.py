@@ -169,17 +169,19 @@ def picked(record: dict, among, by: str = "val") -> str:
     return among[0] if scores[best] == scores[among[0]] else best
 
 
-def hand(task: str, frame, adult, seed: int) -> dict:
+def seen_and_test(task: str, frame, adult, seed: int):
+    """(train + val, test) frames of the seed's split, as foundry cuts it (Adult: its own test file)."""
     from modelfoundry.data.split import split_indices
     from modelfoundry.tasks import get_task
 
     if adult is not None:
-        seen, test = adult
-    else:
-        split = split_indices(get_task(task).strata(frame["target"].to_numpy()), 0.1, 0.2, seed, True)
-        seen = frame.iloc[np.sort(np.concatenate([split["train"], split["val"]]))]
-        test = frame.iloc[split["test"]]
-    x, y, x_test, y_test = T.features(seen, test)
+        return adult
+    split = split_indices(get_task(task).strata(frame["target"].to_numpy()), 0.1, 0.2, seed, True)
+    return frame.iloc[np.sort(np.concatenate([split["train"], split["val"]]))], frame.iloc[split["test"]]
+
+
+def hand(task: str, frame, adult, seed: int) -> dict:
+    x, y, x_test, y_test = T.features(*seen_and_test(task, frame, adult, seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return T.by_hand(task == "tabular_classification", x, y, x_test, y_test)
