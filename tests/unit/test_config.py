@@ -21,8 +21,10 @@ def config_error(raw: dict, overrides: list[str] | None = None) -> str:
 
 def test_defaults_fill_every_section():
     cfg, _ = load_config(IMAGE)
-    assert cfg.model.name == "mlp"
-    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.schedule) == ("adamw", 0.003, "cosine")  # mlp recipe
+    assert cfg.model.name == "cnn"  # images without model.name: the CNN, whose recipe scored best
+    text = {"task": "text_classification", "data": {"source": "r.csv", "text": "t", "label": "y"}}
+    assert load_config(text)[0].model.name == "pretrained"  # not the base MLP, which takes no text
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.schedule) == ("adamw", 0.003, "onecycle")  # cnn's
     assert (cfg.data.split.val, cfg.data.split.test) == (0.1, 0.2)
     assert cfg.data.missing == "impute" and cfg.data.dedupe is False
 
@@ -221,7 +223,7 @@ def test_did_you_mean_suggests_only_close_names():
 
 def test_tables_default_to_auto_and_gbdt_fills_unset_options_from_its_recipe():
     assert load_config(TABLE)[0].model.name == "auto"
-    assert load_config(IMAGE)[0].model.name == "mlp"
+    assert load_config(IMAGE)[0].model.name == "cnn"
     cfg, _ = load_config({**TABLE, "model": {"name": "gbdt", "learning_rate": 0.2}})
     assert cfg.model.model_extra["learning_rate"] == 0.2  # the user's value wins
     assert cfg.model.model_extra["n_estimators"] == 2000 and cfg.model.model_extra["num_leaves"] == "auto"
