@@ -192,16 +192,22 @@ def decide(
     promote: bool,
     metric: str,
     higher_is_better: bool,
-    examples: dict,
+    examples: tuple[int, int, int],
     fingerprint: str,
 ) -> dict:
     """A language model's retrain, from the two models' `scores` on: the verdict (`gain` > 0 is better,
-    `shown` as the metric reads), the comparison, recorded in the challenger's run `run`. Returns it."""
+    `shown` as the metric reads), the comparison, recorded in the challenger's run `run`. Returns it.
+    `examples`: how many held-out examples and feedback examples were scored, and feedback trained on."""
     better, decision = verdict(store, alias, champion, challenger, gain, margin, promote, metric, shown)
     comparison = {
         "champion": {"version": champion.name, **scores["champion"]},
         "challenger": {"version": challenger.name, "run": run.id, **scores["challenger"]},
-        "examples": examples,
+        "examples": {
+            "holdout": examples[0],
+            "feedback": examples[1],
+            "combined": examples[0] + examples[1],
+            "feedback_trained": examples[2],
+        },
         "holdout_fingerprint": fingerprint,
         "metric": metric,
         "higher_is_better": higher_is_better,

@@ -124,12 +124,7 @@ def retrain_gpt(
     }
     before, after = scores["champion"]["combined"], scores["challenger"]["combined"]
     gain = (before - after) / max(before, 1e-12)  # the share of bits per byte removed
-    examples = {
-        "holdout": len(parts["test"]),
-        "feedback": len(held),
-        "combined": len(parts["test"]) + len(held),
-        "feedback_trained": len(used),
-    }
+    examples = (len(parts["test"]), len(held), len(used))
     fingerprint = hashlib.sha256("\0".join(parts["test"]).encode()).hexdigest()[:16]
     return decide(
         store,

@@ -113,12 +113,7 @@ def retrain_lm(
         for name, path in (("champion", package), ("challenger", challenger.path))
     }
     gain = scores["challenger"]["combined"] - scores["champion"]["combined"]
-    examples = {
-        "holdout": len(heldout),
-        "feedback": len(held),
-        "combined": len(heldout) + len(held),
-        "feedback_trained": len(used),
-    }
+    examples = (len(heldout), len(held), len(used))
     return decide(
         store,
         alias,
