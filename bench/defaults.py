@@ -104,7 +104,9 @@ SEQUENCE_SPACE = {  # a text family trained from scratch
     "model.dropout": {"uniform": [0.0, 0.5]},
     "train.monitor": {"choice": ["val_loss"]},
 }
-ONLY_ASKED = {"diabetes_mlp"}  # run with --datasets only
+# each table family's recipe alone against its own study (a default run compares them: model auto)
+FAMILY_ROWS = [f"{d}_{family}" for d in ("breast_cancer", "wine", "diabetes") for family in ("mlp", "gbdt")]
+ONLY_ASKED = set(FAMILY_ROWS)  # run with --datasets only
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # the worktrees' ../shared/data
 
 
@@ -206,12 +208,15 @@ def datasets(folder: Path, sst2_rows: int) -> dict[str, Bench]:
             "r2",
         ),
         "digits": Bench({**image, "data": {"source": "builtin:digits"}}, [("cnn", IMAGE_SPACE)]),
-        "diabetes_mlp": Bench(  # the MLP's recipe alone against a tuned MLP (not in a default run)
-            {**regression, "data": {"source": "builtin:diabetes"}, "model": {"name": "mlp"}},
-            [("mlp", {**TABLE_SPACE, **rmse})],
-            "r2",
-        ),
     }
+    spaces = {"mlp": TABLE_SPACE, "gbdt": GBDT_SPACE}
+    for name in FAMILY_ROWS:  # the family's recipe alone against a study of that family
+        data, family = name.rsplit("_", 1)
+        source = {"data": {"source": f"builtin:{data}"}, "model": {"name": family}}
+        if data == "diabetes":
+            found[name] = Bench({**regression, **source}, [(family, {**spaces[family], **rmse})], "r2")
+        else:
+            found[name] = Bench({**table, **source}, [(family, spaces[family])])
     if (SHARED / "mnist-10k").exists():  # 10,000 images: 7,360 train, 640 validation, 2,000 test
         mnist = {"source": str(SHARED / "mnist-10k"), "split": {"val": 0.08, "test": 0.2}}
         found["mnist10k"] = Bench(

@@ -16,7 +16,7 @@ from modelfoundry.errors import UserError
 from modelfoundry.models.registry import build_model, family_function, family_of
 from modelfoundry.tasks import get_task, task_of
 
-EPOCH_RANGE = (10, 100)  # the epochs foundry chooses from the data size (Family.steps) stay within these
+MAX_EPOCHS = 100  # the most epochs foundry chooses from the data size (Family.steps; the fewest: min_epochs)
 
 
 @dataclass
@@ -49,7 +49,7 @@ def run_time_choices(cfg, data) -> tuple[object, list[str]]:
         )
     if cfg.recipe.get("train.epochs", "").startswith("chosen"):
         steps = math.ceil(len(data.train) / train.batch_size)
-        epochs = min(EPOCH_RANGE[1], max(EPOCH_RANGE[0], math.ceil(family.steps / steps)))
+        epochs = min(MAX_EPOCHS, max(family.min_epochs, math.ceil(family.steps / steps)))
         updates["epochs"] = epochs
         updates["max_minutes"] = train.max_minutes or AUTO_EPOCH_MINUTES
         line = (

@@ -25,7 +25,7 @@ def train_section(family: str, header: bool = True) -> str:
     """The recipe of `family` as commented train keys, and what foundry chooses at run time."""
     from modelfoundry.models.registry import family_of
 
-    recipe, steps = family_of(family).recipe, family_of(family).steps
+    recipe, steps, fewest = family_of(family).recipe, family_of(family).steps, family_of(family).min_epochs
     lines = ["train:"] if header else []
     lines += [
         "  seed: 0",
@@ -40,7 +40,7 @@ def train_section(family: str, header: bool = True) -> str:
     if "train.epochs" not in recipe:
         lines += [
             f"  # epochs: 30              # default: chosen from the data size (about {steps:,} steps,",
-            "  #                         # 10 to 100 epochs), at most max_minutes: 5, stopping early",
+            f"  #                         # {fewest} to 100 epochs), at most max_minutes: 5, stopping early",
             "  #                         # when the validation score stops improving",
         ]
     lines += [

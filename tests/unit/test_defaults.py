@@ -4,10 +4,11 @@ budget, and the validation loss as the monitor when the validation set is small.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from modelfoundry.builder import build
+from modelfoundry.builder import build, run_time_choices
 from modelfoundry.config import load_config
 from modelfoundry.data.prepare import prepare
 
@@ -38,13 +39,26 @@ def test_an_image_model_from_scratch_gets_fewer_steps_than_a_table_model():
     digits = {"task": "image_classification", "data": {"source": "builtin:digits"}}
     data, cnn = built({**digits, "model": {"name": "cnn"}})
     steps = -(-len(data.train) // cnn.train.batch_size)
-    assert cnn.train.epochs == max(10, -(-300 // steps)) < 1000 // steps  # models/registry.py: _IMAGE_STEPS
+    assert cnn.train.epochs == max(7, -(-300 // steps)) < 1000 // steps  # models/registry.py: _IMAGE_STEPS
     assert any(f"about 300 steps (cnn) of {steps} per epoch" in choice for choice in cnn.choices)
     _, mlp = built({**digits, "model": {"name": "mlp"}})
     mlp_steps = -(-len(data.train) // mlp.train.batch_size)
     assert mlp.train.epochs == min(100, max(10, -(-1000 // mlp_steps)))  # other families' default budget
     _, own = built({**digits, "model": {"name": "cnn"}}, "train.epochs=4")
     assert own.train.epochs == 4  # the user's epochs win
+
+
+def test_a_large_image_set_gets_the_image_floor_of_epochs_not_the_table_one():
+    """MNIST-10k's 7,360 training images: 300 image steps are 3 epochs, raised to the image families'
+    floor of 7 (a table model's floor is 10)."""
+    size = SimpleNamespace(train=range(7360), val=range(640))
+    for family, floor in (("cnn", 7), ("resnet", 7), ("mlp", 10)):
+        cfg, _ = load_config(
+            {"task": "image_classification", "data": {"source": "builtin:digits"}, "model": {"name": family}}
+        )
+        train, choices = run_time_choices(cfg, size)
+        assert train.epochs == floor, family
+        assert any(choice.startswith(f"epochs {floor}: about") for choice in choices)
 
 
 def test_set_epochs_win_and_a_small_validation_set_is_monitored_by_its_loss():
