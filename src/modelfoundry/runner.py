@@ -504,7 +504,7 @@ def _refit(cfg: Config, built, result, base_dir: Path, data, splits: dict, conso
     return refit_cfg, again, record, fitted.threads
 
 
-AUTO_MINUTES = 2.0  # model.name auto: the most minutes each candidate trains, unless train.max_minutes is set
+AUTO_MINUTES = 2.0  # model.name auto: the most minutes each candidate trains (all its folds), unless set
 
 
 def auto_candidates(cfg: Config, config, overrides: list[str] | None) -> dict[str, Config]:
@@ -553,7 +553,9 @@ def _pick(candidates: dict[str, Config], base_dir: Path, data, splits: dict, pat
     )
     lower = metric in MINIMIZED
     budget = (
-        f"at most {first.train.max_minutes:g} minutes each" if first.train.max_minutes else "no time limit"
+        f"at most {first.train.max_minutes:g} minutes each{', its folds together' if folds else ''}"
+        if first.train.max_minutes
+        else "no time limit"
     )
     on = (
         f"over {folds} folds of the {len(splits['train']):,} training examples (out-of-fold; each fold stops "

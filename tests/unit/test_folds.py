@@ -240,6 +240,33 @@ def test_auto_compares_small_tables_out_of_folds_of_train_on_the_same_folds_for_
     assert again["val_loss"] == pytest.approx(score["val_loss"])  # seeded folds and training: repeatable
 
 
+def test_an_auto_candidates_minutes_are_shared_by_its_folds_not_given_to_each(tmp_path):
+    """train.max_minutes (auto: 2 minutes a candidate) is the budget of all k folds together: a fold gets
+    what is left over the folds left, so a candidate cannot take k times its minutes."""
+    import torch
+
+    from modelfoundry.runner import _train_one
+    from modelfoundry.training.folds import out_of_fold_score
+
+    cfg, base = load_config(tiny(table(tmp_path / "t.csv", per_class=12)), ["train.max_minutes=3"])
+    data = prepare(cfg, base)
+    splits = {k: getattr(data, k) for k in ("train", "val", "test")}
+    given = []
+
+    def train_one(c, d, s):
+        given.append(c.train.max_minutes)
+        return _train_one(c, base, d, s, None, False, quiet(), torch.device("cpu"))[0]
+
+    out_of_fold_score(cfg, data, splits, 3, "val_loss", train_one, torch.device("cpu"))
+    # 3 minutes over 3 folds; then what is left (these folds take seconds) over the 2 and the 1 left
+    assert given == pytest.approx([1.0, 1.5, 3.0], abs=0.05)
+    assert cfg.train.max_minutes == 3  # the candidate's own config is left as it was
+    unlimited, _ = load_config(tiny(table(tmp_path / "u.csv", per_class=12)))
+    given.clear()
+    out_of_fold_score(unlimited, data, splits, 3, "val_loss", train_one, torch.device("cpu"))
+    assert given == [None, None, None]  # no budget: none made up
+
+
 def test_a_simpler_family_within_one_standard_error_of_the_best_is_kept_and_the_output_says_why():
     from modelfoundry.training.folds import simplest_within_error
 

@@ -386,8 +386,10 @@ def out_of_fold_score(cfg, data, splits: dict, k: int, metric: str, train_one, d
     does), and `metric` computed once over the out-of-fold predictions of every training example, so the
     choice rests on all of them rather than on a small validation split. Folds are stratified (classes;
     quantile bins of a number) and seeded by the split's seed: every candidate sees the same folds.
-    `train_one(cfg, data, splits)` trains one model and returns its Built. Returns {metric, "folds": k,
-    "per_fold": [metric of each fold], "out_of_fold": {every validation number}, "seconds"}."""
+    `train_one(cfg, data, splits)` trains one model and returns its Built. `train.max_minutes` is the
+    candidate's budget for all k folds together: each fold may take what is left of it over the folds left.
+    Returns {metric, "folds": k, "per_fold": [metric of each fold], "out_of_fold": {every validation
+    number}, "seconds"}."""
     from dataclasses import replace
 
     import torch
@@ -404,7 +406,7 @@ def out_of_fold_score(cfg, data, splits: dict, k: int, metric: str, train_one, d
     with warnings.catch_warnings():  # a regression's quantile bin smaller than k: still cut, less even
         warnings.simplefilter("ignore")
         cuts = list(splitter.split(np.zeros(len(train)), strata))
-    for kept, held in cuts:
+    for done, (kept, held) in enumerate(cuts):
         kept, held = (
             torch.from_numpy(kept).to(train.inputs.device),
             torch.from_numpy(held).to(train.inputs.device),
@@ -413,7 +415,10 @@ def out_of_fold_score(cfg, data, splits: dict, k: int, metric: str, train_one, d
         out = ArrayData(train.inputs[held], train.targets[held])
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
-        built = train_one(cfg, replace(data, train=part.to(torch.device("cpu"))), {**splits, "train": part})
+        fold_cfg = _fold_budget(cfg, (time.perf_counter() - clock) / 60, k - done)
+        built = train_one(
+            fold_cfg, replace(data, train=part.to(torch.device("cpu"))), {**splits, "train": part}
+        )
         objective = built.objective
         predicted = predict_logits(built.model, out)
         per_fold.append(objective.metrics(predicted, out.targets)[metric])
@@ -430,6 +435,16 @@ def out_of_fold_score(cfg, data, splits: dict, k: int, metric: str, train_one, d
         "out_of_fold": every,  # every validation number of the out-of-fold predictions
         "seconds": round(time.perf_counter() - clock, 2),
     }
+
+
+def _fold_budget(cfg, spent_minutes: float, folds_left: int):
+    """`cfg` with the minutes one fold may train: what is left of `train.max_minutes` (a candidate's
+    budget for all its folds) over the folds left; unchanged without a budget. A fold ends after the
+    epoch that passes its minutes, so it always trains one epoch."""
+    if not cfg.train.max_minutes:
+        return cfg
+    minutes = max(cfg.train.max_minutes - spent_minutes, 0.0) / folds_left
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_minutes": max(minutes, 1e-3)})})
 
 
 def simplest_within_error(scores: dict, metric: str, lower: bool, simplest_first) -> tuple[str, str]:
