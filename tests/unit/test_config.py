@@ -117,7 +117,8 @@ def test_set_overrides_reach_the_validated_config():
         copy.deepcopy(IMAGE), ["train.epochs=2", "model.name=cnn", "model.width=4", "data.split.seed=7"]
     )
     assert cfg.train.epochs == 2
-    assert cfg.model.name == "cnn" and cfg.model.model_extra == {"width": 4}
+    # the set width, and the cnn recipe's depth (from the image size when the model is built)
+    assert cfg.model.name == "cnn" and cfg.model.model_extra == {"width": 4, "depth": "auto"}
     assert cfg.data.split.seed == 7
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from modelfoundry.builder import build, run_time_choices
 from modelfoundry.config import load_config
 from modelfoundry.data.prepare import prepare
+from modelfoundry.errors import UserError
 
 TABLE = {
     "task": "tabular_classification",
@@ -39,7 +41,7 @@ def test_an_image_model_from_scratch_gets_fewer_steps_than_a_table_model():
     digits = {"task": "image_classification", "data": {"source": "builtin:digits"}}
     data, cnn = built({**digits, "model": {"name": "cnn"}})
     steps = -(-len(data.train) // cnn.train.batch_size)
-    assert cnn.train.epochs == max(7, -(-300 // steps)) < 1000 // steps  # models/registry.py: _IMAGE_STEPS
+    assert cnn.train.epochs == max(5, -(-300 // steps)) < 1000 // steps  # models/registry.py: _IMAGE_STEPS
     assert any(f"about 300 steps (cnn) of {steps} per epoch" in choice for choice in cnn.choices)
     _, mlp = built({**digits, "model": {"name": "mlp"}})
     mlp_steps = -(-len(data.train) // mlp.train.batch_size)
@@ -49,10 +51,10 @@ def test_an_image_model_from_scratch_gets_fewer_steps_than_a_table_model():
 
 
 def test_a_large_image_set_gets_the_image_floor_of_epochs_not_the_table_one():
-    """MNIST-10k's 7,360 training images: 300 image steps are 3 epochs, raised to the image families'
-    floor of 7 (a table model's floor is 10)."""
+    """MNIST-10k's 7,360 training images: 300 image steps are 3 epochs, raised to the family's floor: 5 for
+    the cnn, 7 for the resnet (a table model's floor is 10)."""
     size = SimpleNamespace(train=range(7360), val=range(640))
-    for family, floor in (("cnn", 7), ("resnet", 7), ("mlp", 10)):
+    for family, floor in (("cnn", 5), ("resnet", 7), ("mlp", 10)):
         cfg, _ = load_config(
             {"task": "image_classification", "data": {"source": "builtin:digits"}, "model": {"name": family}}
         )
@@ -97,3 +99,41 @@ def test_a_table_mlp_takes_one_hidden_layer_of_64_unless_the_config_says_otherwi
     assert own.model.hidden == [32, 16] and "model.hidden" not in own.recipe
     images, _ = load_config({"task": "image_classification", "data": {"source": "builtin:digits"}})
     assert "model.hidden" not in images.recipe  # images keep the MLP's own (128, 64)
+
+
+def grey_images(root: Path, side: int, per_class: int = 6) -> Path:
+    """`root/<class>/<i>.png`: two classes of `side` x `side` grey images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("light", "dark")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(200 - 120 * k, 25, (side, side)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def stages(model) -> int:
+    return 1 + sum(isinstance(layer, torch.nn.MaxPool2d) for layer in model.modules())
+
+
+def test_the_cnn_takes_its_depth_from_the_image_size_unless_the_config_sets_it(tmp_path):
+    """The cnn recipe's depth "auto": 2 stages for 8x8 digits, 3 for 28x28 images (MNIST's size), said
+    in a `chosen` line and kept in the package's options; a depth the config sets wins."""
+    digits = {"task": "image_classification", "data": {"source": "builtin:digits"}}
+    _, small = built(digits)
+    assert stages(small.model) == 2 and small.model.resolved_options == {"depth": 2}
+    assert any(choice.startswith("cnn depth 2: for 8x8 images") for choice in small.choices)
+    folder = grey_images(tmp_path / "pictures", 28)
+    mnist_size = {"task": "image_classification", "data": {"source": str(folder)}}
+    _, large = built(mnist_size)
+    assert stages(large.model) == 3 and large.model.resolved_options == {"depth": 3}
+    assert any(choice.startswith("cnn depth 3: for 28x28 images") for choice in large.choices)
+    _, own = built(mnist_size, "model.depth=2")
+    assert stages(own.model) == 2 and not any(choice.startswith("cnn depth") for choice in own.choices)
+    with pytest.raises(
+        UserError, match="model.depth: 'deep' must be a positive whole number or one of 'auto'"
+    ):
+        load_config(mnist_size, ["model.name=cnn", "model.depth=deep"])
