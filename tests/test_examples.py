@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from modelfoundry.config import load_config
 from modelfoundry.models.registry import build_model
@@ -50,5 +51,8 @@ def test_examples_are_shipped():
 
 
 def test_init_says_the_step_budget_of_its_family():
-    assert "about 300 steps" in starter_config("image_classification")  # cnn: models/registry.py
+    image = starter_config("image_classification")
+    assert "about 300 steps" in image and "5 to 100 epochs" in image  # cnn: models/registry.py
+    # the starter leaves the cnn's depth to the image size, as the recipe does (a written 2 would win)
+    assert load_config(yaml.safe_load(image))[0].model.model_extra["depth"] == "auto"
     assert "about 1,000 steps" in starter_config("tabular_classification")

@@ -48,7 +48,7 @@ data:
 model:
   name: cnn                  # cnn | resnet | mlp | pretrained (ImageNet EfficientNet-Lite0, fine-tuned)
   width: 32
-  depth: 2
+  depth: auto                # stages from the image size: 2 for 8x8, 3 for 28x28 or 32x32, 4 from 64x64
   dropout: 0.2
 """
 
