@@ -137,3 +137,15 @@ def test_the_cnn_takes_its_depth_from_the_image_size_unless_the_config_sets_it(t
         UserError, match="model.depth: 'deep' must be a positive whole number or one of 'auto'"
     ):
         load_config(mnist_size, ["model.name=cnn", "model.depth=deep"])
+
+
+def test_a_cnn_too_deep_or_too_wide_to_build_is_refused_with_the_key_and_the_fix():
+    """Each stage doubles the channels: depth 30 asked for 32 x 2^29 of them and the run was killed for
+    memory before it could say why. Now it is a UserError naming the key, the value and what fits."""
+    from modelfoundry.models.cnn import build_cnn
+
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in build_cnn((1, 28, 28), 10, depth=8).modules()) == 16
+    with pytest.raises(UserError, match=r"model.depth: 30 stages .* Use model.depth 8 or less"):
+        build_cnn((1, 28, 28), 10, depth=30)
+    with pytest.raises(UserError, match=r"model.width: 5000 channels in the first stage; at most 4,096"):
+        build_cnn((1, 28, 28), 10, width=5000, depth=1)

@@ -8,6 +8,7 @@ from typing import Literal
 from torch import nn
 
 from modelfoundry.compress.prune import Plan, chain_plan, shrink
+from modelfoundry.errors import UserError
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -17,6 +18,8 @@ def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
 AUTO = "auto"  # depth left to the image size (the cnn recipe's)
 AUTO_SIDE = 8  # depth "auto": stages until the last one's map is at most this many pixels a side
 AUTO_DEPTHS = (2, 4)  # ... within these
+MAX_CHANNELS = 4096  # the last stage's channels (width x 2^(depth-1)); more is a typo, not a model: depth 30
+# at width 32 asked for 32 x 2^29 channels and was killed for memory before it could say so
 
 
 def auto_depth(side: int) -> int:
@@ -50,6 +53,15 @@ def build_cnn(
     chosen = depth == AUTO
     if chosen:
         depth = auto_depth(min(height, wide))
+    if width > MAX_CHANNELS:
+        raise UserError(f"model.width: {width} channels in the first stage; at most {MAX_CHANNELS:,}.")
+    if width * 2 ** (depth - 1) > MAX_CHANNELS:
+        most = (MAX_CHANNELS // width).bit_length()
+        raise UserError(
+            f"model.depth: {depth} stages of width {width} would end with {width} x 2^{depth - 1} channels "
+            f"(each stage doubles them); at most {MAX_CHANNELS:,}. Use model.depth {most} or less, or "
+            "leave it out (the recipe's auto picks 2-4 from the image size)."
+        )
     layers: list[nn.Module] = []
     for stage in range(depth):
         out = width * 2**stage
