@@ -107,9 +107,10 @@ _IMAGE_RECIPE = {
 # digits (3 seeds, bench/RESULTS.md) 300 steps (15 epochs) scored 0.992, 500 (25) 0.996 and 1,000 (50)
 # 0.990; 300 took about half of 500's time and less than a 20-trial tuned config (30 epochs).
 # Larger sets reach the floor of epochs first (MNIST-10k: 115 steps an epoch, 3 epochs of steps). That floor
-# is 7 epochs for them, not the 10 of other families: on MNIST-10k (4 seeds, bench/RESULTS.md) 7 epochs
-# scored 0.9878 against 0.9891 at 10 and 0.9884 for a 20-trial tuned config (which trains 7), in 0.7 of the
-# time of 10; 6 epochs scored 0.9864.
+# is 7 epochs for the resnet, not the 10 of other families, measured with the cnn of 2 stages (the cnn's
+# own floor is below): on MNIST-10k (4 seeds, bench/RESULTS.md) 7 epochs scored 0.9878 against 0.9891 at 10
+# and 0.9884 for a 20-trial tuned config (which trains 7), in 0.7 of the time of 10; 6 epochs 0.9864. Not
+# measured on the resnet itself.
 _IMAGE_STEPS = 300
 _IMAGE_MIN_EPOCHS = 7
 # The cnn's depth is "auto" in its recipe: 3 stages for 28x28 images where it had 2 (models/cnn.py
